@@ -1,0 +1,573 @@
+//! The two-direction pump between a WebSocket client and a byte-stream backend, and how it closes.
+//!
+//! Two tasks, each owning one half of each side:
+//! - `client_to_backend` reads frames (fastwebsockets' `read_frame` is not cancel-safe, so it has
+//!   its own loop and is never raced) and writes payloads to the backend; control frames and the
+//!   end of the client's stream are reported to the other task over a small bounded channel.
+//! - `backend_to_client` owns the WebSocket writer: backend bytes, pongs, pings and every Close go
+//!   out from here, so the close handshake and keepalive live in one place.
+//!
+//! Backpressure is end to end: each task holds at most one buffer and does not read its source
+//! until the last write to its sink finished.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead, WebSocketWrite};
+use metrics::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::MessageType;
+use crate::error::close_code;
+use crate::keepalive::{Due, Keepalive};
+use crate::metrics::SessionMetrics;
+use crate::utf8::{complete_prefix, Utf8Stream};
+
+/// Per-session settings, taken from the config snapshot the session started with.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// Most backend bytes read (and framed) at once. The client side is bounded by
+    /// `max_frame_bytes`, enforced by the frame reader.
+    pub buffer_bytes: usize,
+    pub message_type: MessageType,
+    /// `None` disables pings.
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Duration,
+    pub close_grace: Duration,
+}
+
+/// Who started the end of a session (`initiator` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Initiator {
+    Client,
+    Backend,
+    Gateway,
+}
+
+impl Initiator {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Backend => "backend",
+            Self::Gateway => "gateway",
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The close code sent or received; 1006 when a peer vanished without one.
+    pub code: u16,
+    pub initiator: Initiator,
+    pub reason: Cow<'static, str>,
+    pub bytes_to_backend: u64,
+    pub bytes_to_client: u64,
+}
+
+/// What the client-reading task tells the client-writing task.
+#[derive(Debug)]
+enum FromClient {
+    /// The client pinged: answer with a pong carrying this payload.
+    Ping(Bytes),
+    /// The client answered a ping.
+    Pong(Bytes),
+    /// The client's Close frame (raw payload, to echo). The backend's write side is shut.
+    Close(Bytes),
+    /// The client broke the protocol: close with this code.
+    Violation(u16, &'static str),
+    /// Writing to the backend failed: the backend is gone.
+    BackendWriteFailed,
+    /// The client's stream ended or failed without a Close.
+    Gone,
+}
+
+/// Bridge one upgraded WebSocket and one backend until the session ends.
+#[allow(clippy::too_many_arguments)]
+pub async fn run<CR, CW, BR, BW>(
+    ws_read: WebSocketRead<CR>,
+    ws_write: WebSocketWrite<CW>,
+    backend_read: BR,
+    backend_write: BW,
+    config: &BridgeConfig,
+    metrics: &SessionMetrics,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> Outcome
+where
+    CR: AsyncRead + Unpin + Send + 'static,
+    CW: AsyncWrite + Unpin,
+    BR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin + Send + 'static,
+{
+    // A handful of control messages in flight at most: a client that floods pings
+    // while we cannot write waits on this channel, not on our memory.
+    let (tx, rx) = mpsc::channel(4);
+    let to_backend = Arc::new(AtomicU64::new(0));
+    let reader_stop = CancellationToken::new();
+    let reader = tokio::spawn(client_to_backend(
+        ws_read,
+        backend_write,
+        tx,
+        ClientCounters {
+            bytes: metrics.bytes_to_backend.clone(),
+            messages: metrics.messages_to_backend.clone(),
+            total: to_backend.clone(),
+        },
+        reader_stop.clone(),
+    ));
+    let mut writer = Writer {
+        ws: ws_write,
+        keepalive: config
+            .ping_interval
+            .map(|i| Keepalive::new(i, config.pong_timeout, Instant::now())),
+        hard_stop,
+        sent: 0,
+    };
+    let (code, initiator, reason) = writer
+        .backend_to_client(backend_read, rx, config, metrics, shutdown)
+        .await;
+    reader_stop.cancel();
+    let _ = reader.await;
+    Outcome {
+        code,
+        initiator,
+        reason,
+        bytes_to_backend: to_backend.load(Ordering::Relaxed),
+        bytes_to_client: writer.sent,
+    }
+}
+
+struct ClientCounters {
+    bytes: Counter,
+    messages: Counter,
+    total: Arc<AtomicU64>,
+}
+
+/// Client frames → backend bytes. Ends at the client's Close, error or EOF, or when stopped.
+async fn client_to_backend<CR, BW>(
+    mut ws: WebSocketRead<CR>,
+    mut backend: BW,
+    tx: mpsc::Sender<FromClient>,
+    counters: ClientCounters,
+    stop: CancellationToken,
+) where
+    CR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin,
+{
+    // Dropping the whole loop is cancel-safe: nothing reads `ws` afterwards.
+    tokio::select! {
+        () = stop.cancelled() => {}
+        last = pump_client_frames(&mut ws, &mut backend, &tx, &counters) => {
+            // The client is done sending: give the backend its FIN (half-close) first,
+            // so a Close never overtakes bytes still on their way.
+            let _ = backend.shutdown().await;
+            let _ = tx.send(last).await;
+        }
+    }
+}
+
+/// Pumps until the client's side ends; returns the message that says how.
+async fn pump_client_frames<CR, BW>(
+    ws: &mut WebSocketRead<CR>,
+    backend: &mut BW,
+    tx: &mpsc::Sender<FromClient>,
+    counters: &ClientCounters,
+) -> FromClient
+where
+    CR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin,
+{
+    // Obligated replies (pong, close echo) are ours to send, from the writer task.
+    let mut ignore = |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
+    // Inside a message: `Some(None)` binary or one-frame text, `Some(Some(_))` fragmented text.
+    let mut message: Option<Option<Utf8Stream>> = None;
+    let mut backend_alive = true;
+    loop {
+        let frame = match ws.read_frame(&mut ignore).await {
+            Ok(frame) => frame,
+            Err(e) => return classify_read_error(e),
+        };
+        let control = matches!(frame.opcode, OpCode::Ping | OpCode::Pong | OpCode::Close);
+        if control && frame.payload.len() > 125 {
+            return FromClient::Violation(
+                close_code::PROTOCOL_ERROR,
+                "control frame over 125 bytes",
+            );
+        }
+        let text = match frame.opcode {
+            OpCode::Ping | OpCode::Pong => {
+                let payload = Bytes::copy_from_slice(&frame.payload);
+                let msg = if frame.opcode == OpCode::Ping {
+                    FromClient::Ping(payload)
+                } else {
+                    FromClient::Pong(payload)
+                };
+                if tx.send(msg).await.is_err() {
+                    return FromClient::Gone;
+                }
+                continue;
+            }
+            // The frame reader checked the code and the reason's UTF-8.
+            OpCode::Close => return FromClient::Close(Bytes::copy_from_slice(&frame.payload)),
+            OpCode::Text | OpCode::Binary if message.is_some() => {
+                return FromClient::Violation(
+                    close_code::PROTOCOL_ERROR,
+                    "new message inside a fragmented one",
+                );
+            }
+            OpCode::Continuation if message.is_none() => {
+                return FromClient::Violation(
+                    close_code::PROTOCOL_ERROR,
+                    "continuation frame without a message",
+                );
+            }
+            // A one-frame text message was already checked by the frame reader.
+            OpCode::Text => message.insert((!frame.fin).then(Utf8Stream::default)),
+            OpCode::Binary => message.insert(None),
+            OpCode::Continuation => message.get_or_insert(None),
+        };
+        if let Some(utf8) = text {
+            if utf8.push(&frame.payload, frame.fin).is_err() {
+                return FromClient::Violation(
+                    close_code::INVALID_PAYLOAD,
+                    "invalid UTF-8 in a text message",
+                );
+            }
+        }
+        if frame.fin {
+            message = None;
+            counters.messages.increment(1);
+        }
+        if frame.payload.is_empty() || !backend_alive {
+            continue;
+        }
+        let written = async {
+            backend.write_all(&frame.payload).await?;
+            backend.flush().await
+        };
+        if written.await.is_err() {
+            // Keep reading: the client's answer to our Close 1011 still has to arrive.
+            backend_alive = false;
+            if tx.send(FromClient::BackendWriteFailed).await.is_err() {
+                return FromClient::Gone;
+            }
+            continue;
+        }
+        let n = frame.payload.len() as u64;
+        counters.bytes.increment(n);
+        counters.total.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+fn classify_read_error(e: WebSocketError) -> FromClient {
+    use WebSocketError as E;
+    match e {
+        E::UnexpectedEOF | E::IoError(_) | E::ConnectionClosed => FromClient::Gone,
+        E::FrameTooLarge => FromClient::Violation(close_code::TOO_BIG, "frame too large"),
+        E::InvalidUTF8 => FromClient::Violation(close_code::INVALID_PAYLOAD, "invalid UTF-8"),
+        E::ReservedBitsNotZero => {
+            FromClient::Violation(close_code::PROTOCOL_ERROR, "reserved bits set")
+        }
+        E::ControlFrameFragmented => {
+            FromClient::Violation(close_code::PROTOCOL_ERROR, "fragmented control frame")
+        }
+        E::PingFrameTooLarge => {
+            FromClient::Violation(close_code::PROTOCOL_ERROR, "control frame over 125 bytes")
+        }
+        E::InvalidCloseFrame => {
+            FromClient::Violation(close_code::PROTOCOL_ERROR, "malformed close frame")
+        }
+        E::InvalidCloseCode => {
+            FromClient::Violation(close_code::PROTOCOL_ERROR, "invalid close code")
+        }
+        _ => FromClient::Violation(close_code::PROTOCOL_ERROR, "protocol error"),
+    }
+}
+
+/// Where the close handshake stands, from the writer's side.
+enum Phase {
+    Open,
+    /// The client sent Close: backend bytes still flow until the backend's FIN
+    /// or the deadline, then we echo the client's Close.
+    ClientClosed {
+        echo: Bytes,
+        deadline: Instant,
+    },
+    /// We sent Close: wait for the client's until the deadline.
+    GatewayClosed {
+        code: u16,
+        initiator: Initiator,
+        reason: Cow<'static, str>,
+        deadline: Instant,
+    },
+}
+
+/// Why a write to the client did not complete.
+enum WriteFailed {
+    /// The socket failed: the client is gone.
+    Io,
+    /// The client accepted nothing for a whole keepalive cycle.
+    Stalled,
+    /// The drain deadline passed.
+    Stopped,
+}
+
+struct Writer<'a, CW> {
+    ws: WebSocketWrite<CW>,
+    keepalive: Option<Keepalive>,
+    hard_stop: &'a CancellationToken,
+    sent: u64,
+}
+
+type Ending = (u16, Initiator, Cow<'static, str>);
+
+impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
+    /// Write and flush one frame, giving up if the client stops reading for a whole
+    /// keepalive cycle or the drain deadline passes (then the session is dropped).
+    async fn send(&mut self, frame: Frame<'_>) -> Result<(), WriteFailed> {
+        let stall = self.keepalive.as_ref().map(Keepalive::stall_limit);
+        let write = async {
+            self.ws.write_frame(frame).await?;
+            self.ws.flush().await
+        };
+        tokio::select! {
+            biased;
+            () = self.hard_stop.cancelled() => Err(WriteFailed::Stopped),
+            r = maybe_timeout(stall, write) => match r {
+                Some(Ok(())) => Ok(()),
+                Some(Err(_)) => Err(WriteFailed::Io),
+                None => Err(WriteFailed::Stalled),
+            },
+        }
+    }
+
+    async fn send_close(&mut self, code: u16, reason: &str) -> Result<(), WriteFailed> {
+        self.send(Frame::close(code, reason.as_bytes())).await
+    }
+
+    /// Backend bytes → client frames, plus pings, pongs and the close handshake.
+    async fn backend_to_client<BR: AsyncRead + Unpin>(
+        &mut self,
+        mut backend: BR,
+        mut rx: mpsc::Receiver<FromClient>,
+        config: &BridgeConfig,
+        metrics: &SessionMetrics,
+        shutdown: &CancellationToken,
+    ) -> Ending {
+        let mut buf: Vec<u8> = Vec::with_capacity(config.buffer_bytes);
+        let mut phase = Phase::Open;
+        let mut backend_open = true;
+        // False once the client's side ended (its Close, a violation, or EOF): the reader is done.
+        let mut client_open = true;
+        let stopped: Ending = (
+            close_code::ABNORMAL,
+            Initiator::Gateway,
+            "drain deadline passed".into(),
+        );
+        macro_rules! send_or_end {
+            ($write:expr) => {
+                match $write.await {
+                    Ok(()) => {}
+                    Err(WriteFailed::Io) => {
+                        return (
+                            close_code::ABNORMAL,
+                            Initiator::Client,
+                            "client connection lost".into(),
+                        )
+                    }
+                    Err(WriteFailed::Stalled) => {
+                        metrics.keepalive_timed_out();
+                        return (
+                            close_code::ABNORMAL,
+                            Initiator::Gateway,
+                            "client stopped reading".into(),
+                        );
+                    }
+                    Err(WriteFailed::Stopped) => return stopped,
+                }
+            };
+        }
+        macro_rules! close_with {
+            ($code:expr, $initiator:expr, $reason:expr) => {{
+                let reason: Cow<'static, str> = $reason.into();
+                send_or_end!(self.send_close($code, &reason));
+                phase = Phase::GatewayClosed {
+                    code: $code,
+                    initiator: $initiator,
+                    reason,
+                    deadline: Instant::now() + config.close_grace,
+                };
+            }};
+        }
+        loop {
+            let ping_at = match (&phase, &self.keepalive) {
+                (Phase::Open, Some(k)) => Some(k.deadline()),
+                _ => None,
+            };
+            let close_at = match &phase {
+                Phase::Open => None,
+                Phase::ClientClosed { deadline, .. } | Phase::GatewayClosed { deadline, .. } => {
+                    Some(*deadline)
+                }
+            };
+            let read_backend = backend_open && !matches!(phase, Phase::GatewayClosed { .. });
+            let accepting_shutdown = !matches!(phase, Phase::GatewayClosed { .. });
+            tokio::select! {
+                biased;
+                () = self.hard_stop.cancelled() => return stopped,
+                // Keepalive first: a session busy with bulk data still pings on time.
+                () = sleep_until_opt(ping_at), if ping_at.is_some() => {
+                    let Some(k) = self.keepalive.as_mut() else { continue };
+                    match k.on_deadline(Instant::now()) {
+                        Due::Ping(seq) => send_or_end!(self.send(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&seq)))),
+                        Due::TimedOut => {
+                            metrics.keepalive_timed_out();
+                            // Best effort: the client may be gone, so do not wait on it for long.
+                            let _ = tokio::time::timeout(Duration::from_secs(1), self.send_close(close_code::GOING_AWAY, "keepalive timeout")).await;
+                            return (close_code::GOING_AWAY, Initiator::Gateway, "keepalive timeout".into());
+                        }
+                    }
+                }
+                msg = rx.recv(), if client_open => match msg {
+                    Some(FromClient::Ping(payload)) => {
+                        if !matches!(phase, Phase::GatewayClosed { .. }) {
+                            send_or_end!(self.send(Frame::pong(Payload::Borrowed(&payload))));
+                        }
+                    }
+                    Some(FromClient::Pong(payload)) => {
+                        if let Some(rtt) = self.keepalive.as_mut().and_then(|k| k.on_pong(&payload, Instant::now())) {
+                            metrics.ping_rtt.record(rtt.as_secs_f64());
+                        }
+                    }
+                    Some(FromClient::Close(echo)) => { client_open = false; match phase {
+                        Phase::Open if backend_open => {
+                            phase = Phase::ClientClosed { echo, deadline: Instant::now() + config.close_grace };
+                        }
+                        Phase::Open | Phase::ClientClosed { .. } => {
+                            send_or_end!(self.send(Frame::close_raw(Payload::Borrowed(&echo))));
+                            return client_ending(&echo);
+                        }
+                        Phase::GatewayClosed { code, initiator, reason, .. } => return (code, initiator, reason),
+                    }},
+                    Some(FromClient::Violation(code, reason)) => {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), self.send_close(code, reason)).await;
+                        return (code, Initiator::Client, reason.into());
+                    }
+                    Some(FromClient::BackendWriteFailed) => {
+                        backend_open = false;
+                        if let Phase::ClientClosed { echo, .. } = &phase {
+                            let echo = echo.clone();
+                            send_or_end!(self.send(Frame::close_raw(Payload::Borrowed(&echo))));
+                            return client_ending(&echo);
+                        }
+                        close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend connection lost");
+                    }
+                    Some(FromClient::Gone) | None => {
+                        return match phase {
+                            Phase::GatewayClosed { code, initiator, reason, .. } => (code, initiator, reason),
+                            _ => (close_code::ABNORMAL, Initiator::Client, "client vanished without a Close".into()),
+                        };
+                    }
+                },
+                () = shutdown.cancelled(), if accepting_shutdown => {
+                    if let Phase::ClientClosed { echo, .. } = &phase {
+                        let echo = echo.clone();
+                        send_or_end!(self.send(Frame::close_raw(Payload::Borrowed(&echo))));
+                        return client_ending(&echo);
+                    }
+                    close_with!(close_code::GOING_AWAY, Initiator::Gateway, "gateway shutting down");
+                }
+                read = backend.read_buf(&mut buf), if read_backend => match read {
+                    Ok(0) => {
+                        backend_open = false;
+                        if !buf.is_empty() {
+                            // Text mode: the backend ended inside a character.
+                            close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend sent invalid UTF-8");
+                            continue;
+                        }
+                        if let Phase::ClientClosed { echo, .. } = &phase {
+                            let echo = echo.clone();
+                            send_or_end!(self.send(Frame::close_raw(Payload::Borrowed(&echo))));
+                            return client_ending(&echo);
+                        }
+                        close_with!(close_code::NORMAL, Initiator::Backend, "backend closed the connection");
+                    }
+                    Ok(_) => {
+                        let ready = match config.message_type {
+                            MessageType::Binary => buf.len(),
+                            MessageType::Text => match complete_prefix(&buf) {
+                                Ok(n) => n,
+                                Err(_) => {
+                                    backend_open = false;
+                                    close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend sent invalid UTF-8");
+                                    continue;
+                                }
+                            },
+                        };
+                        if ready > 0 {
+                            let opcode = match config.message_type {
+                                MessageType::Binary => OpCode::Binary,
+                                MessageType::Text => OpCode::Text,
+                            };
+                            send_or_end!(self.send(Frame::new(true, opcode, None, Payload::Borrowed(&buf[..ready]))));
+                            self.sent += ready as u64;
+                            metrics.bytes_to_client.increment(ready as u64);
+                            metrics.messages_to_client.increment(1);
+                            // At most 3 bytes of a cut character stay for the next read.
+                            buf.drain(..ready);
+                        }
+                    }
+                    Err(_) => {
+                        backend_open = false;
+                        if let Phase::ClientClosed { echo, .. } = &phase {
+                            let echo = echo.clone();
+                            send_or_end!(self.send(Frame::close_raw(Payload::Borrowed(&echo))));
+                            return client_ending(&echo);
+                        }
+                        close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend connection lost");
+                    }
+                },
+                () = sleep_until_opt(close_at), if close_at.is_some() => match phase {
+                    Phase::ClientClosed { echo, .. } => {
+                        // The backend kept talking past the grace period: finish the handshake anyway.
+                        send_or_end!(self.send(Frame::close_raw(Payload::Borrowed(&echo))));
+                        return client_ending(&echo);
+                    }
+                    Phase::GatewayClosed { code, initiator, reason, .. } => return (code, initiator, reason),
+                    Phase::Open => unreachable!("no close deadline while open"),
+                },
+            }
+        }
+    }
+}
+
+/// The client started the close: report its code (1005 "no code" when it sent none).
+fn client_ending(echo: &[u8]) -> Ending {
+    let code = match echo {
+        [a, b, ..] => u16::from_be_bytes([*a, *b]),
+        _ => 1005,
+    };
+    let reason = String::from_utf8_lossy(echo.get(2..).unwrap_or_default()).into_owned();
+    (code, Initiator::Client, reason.into())
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn maybe_timeout<F: std::future::Future>(limit: Option<Duration>, f: F) -> Option<F::Output> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, f).await.ok(),
+        None => Some(f.await),
+    }
+}

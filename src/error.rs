@@ -1,0 +1,66 @@
+//! The boundary error: what went wrong before the upgrade, and which HTTP answer it earns.
+
+use hyper::StatusCode;
+
+/// Why a request did not become a session. Clients get `status()` and the
+/// one-line `Display`; the log gets the source too; metrics get `label()`.
+#[derive(Debug, thiserror::Error)]
+pub enum RejectError {
+    #[error("no route for this path")]
+    NoRoute,
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("unsupported Sec-WebSocket-Version (this gateway speaks 13)")]
+    UnsupportedVersion,
+    #[error("backend refused the connection")]
+    BackendRefused(#[source] std::io::Error),
+    #[error("backend unreachable")]
+    BackendUnreachable(#[source] std::io::Error),
+    #[error("backend did not answer in time")]
+    BackendTimeout,
+    #[error("gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl RejectError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
+            Self::BackendRefused(_) | Self::BackendUnreachable(_) => StatusCode::BAD_GATEWAY,
+            Self::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `reason` label of `wsgate_upgrade_rejections_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::BadRequest(_) => "bad_request",
+            Self::UnsupportedVersion => "bad_version",
+            Self::BackendRefused(_) => "backend_refused",
+            Self::BackendUnreachable(_) => "backend_unreachable",
+            Self::BackendTimeout => "backend_timeout",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// Whose fault it is, for the log level: client mistakes are routine.
+    pub fn is_client_error(&self) -> bool {
+        self.status().is_client_error()
+    }
+}
+
+/// Close codes the gateway sends (RFC 6455 §7.4.1).
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Not sent on the wire: recorded when a peer vanished without a Close.
+    pub const ABNORMAL: u16 = 1006;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL_ERROR: u16 = 1011;
+}

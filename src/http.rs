@@ -1,0 +1,278 @@
+//! One HTTP request: route, upgrade checks, backend dial, `101`, then the session task.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fastwebsockets::{after_handshake_split, Role};
+use http_body_util::Full;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tracing::{debug, info, warn, Instrument, Span};
+
+use crate::backend::Backend;
+use crate::bridge::{self, BridgeConfig};
+use crate::config::Route;
+use crate::error::RejectError;
+use crate::metrics::{self, SessionMetrics};
+use crate::route::select_subprotocol;
+use crate::server::Shared;
+
+pub type Body = Full<Bytes>;
+
+/// Answer one request on a public listener. Never fails: errors become HTTP answers.
+pub async fn handle(
+    mut req: Request<hyper::body::Incoming>,
+    shared: Arc<Shared>,
+    permit: Arc<OwnedSemaphorePermit>,
+) -> Result<Response<Body>, Infallible> {
+    let Some(route) = shared.snapshot.router.find(req.uri().path()).cloned() else {
+        return Ok(reject(&req, None, RejectError::NoRoute));
+    };
+    Span::current().record("route", &*route.name);
+    if let Err(e) = check_upgrade(&req) {
+        return Ok(reject(&req, Some(&route), e));
+    }
+    if shared.shutdown.is_cancelled() {
+        return Ok(reject(&req, Some(&route), RejectError::ShuttingDown));
+    }
+    Span::current().record("backend", tracing::field::display(&route.backend));
+
+    // Only a live backend earns a 101.
+    let dial_started = Instant::now();
+    let backend = match shared.snapshot.dialer.dial(&route.backend).await {
+        Ok(b) => b,
+        Err(e) => return Ok(reject(&req, Some(&route), e)),
+    };
+    metrics::backend_connected(&route.name, dial_started.elapsed());
+
+    let protocol = {
+        let offered = req
+            .headers()
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','));
+        select_subprotocol(&route, offered).map(str::to_owned)
+    };
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err(_) => {
+            return Ok(reject(
+                &req,
+                Some(&route),
+                RejectError::BadRequest("invalid upgrade request"),
+            ))
+        }
+    };
+    let mut response = response.map(|_| Body::default());
+    if let Some(p) = &protocol {
+        if let Ok(v) = HeaderValue::from_str(p) {
+            response
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+
+    let session = {
+        let shared = shared.clone();
+        async move {
+            let _permit = permit;
+            let ws = match upgrade.await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    debug!(error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            run_session(ws.into_inner(), backend, &route, &shared).await;
+        }
+    };
+    shared.tracker.spawn(session.instrument(Span::current()));
+    Ok(response)
+}
+
+async fn run_session(
+    client: hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>,
+    backend: Backend,
+    route: &Route,
+    shared: &Shared,
+) {
+    let started = Instant::now();
+    let metrics = SessionMetrics::start(route.name.clone());
+    let snapshot = &shared.snapshot;
+    let (client_read, client_write) = tokio::io::split(client);
+    let (mut ws_read, mut ws_write) =
+        after_handshake_split(client_read, client_write, Role::Server);
+    // fastwebsockets checks this per frame; fragments stream through without reassembly.
+    ws_read.set_max_message_size(snapshot.max_frame_bytes);
+    ws_read.set_auto_pong(false);
+    ws_write.set_writev(true);
+    let config = BridgeConfig {
+        buffer_bytes: snapshot.buffer_bytes,
+        message_type: route.message_type,
+        ping_interval: snapshot.ping_interval,
+        pong_timeout: snapshot.pong_timeout,
+        close_grace: snapshot.close_grace,
+    };
+    let outcome = match backend {
+        Backend::Tcp(stream) => {
+            let (backend_read, backend_write) = stream.into_split();
+            bridge::run(
+                ws_read,
+                ws_write,
+                backend_read,
+                backend_write,
+                &config,
+                &metrics,
+                &shared.shutdown,
+                &shared.hard_stop,
+            )
+            .await
+        }
+    };
+    let duration = started.elapsed();
+    metrics.closed(outcome.code, outcome.initiator.label(), duration);
+    info!(
+        bytes_to_backend = outcome.bytes_to_backend,
+        bytes_to_client = outcome.bytes_to_client,
+        duration_ms = duration.as_millis() as u64,
+        code = outcome.code,
+        closed_by = outcome.initiator.label(),
+        reason = %outcome.reason,
+        "session closed"
+    );
+}
+
+/// RFC 6455 §4.2.1: what makes a request a WebSocket upgrade.
+fn check_upgrade<B>(req: &Request<B>) -> Result<(), RejectError> {
+    if req.method() != Method::GET {
+        return Err(RejectError::BadRequest("a WebSocket upgrade must be a GET"));
+    }
+    if req.version() < Version::HTTP_11 {
+        return Err(RejectError::BadRequest(
+            "a WebSocket upgrade needs HTTP/1.1",
+        ));
+    }
+    if !header_has_token(req, header::UPGRADE, "websocket") {
+        return Err(RejectError::BadRequest("missing Upgrade: websocket"));
+    }
+    if !header_has_token(req, header::CONNECTION, "upgrade") {
+        return Err(RejectError::BadRequest("missing Connection: Upgrade"));
+    }
+    match req.headers().get(header::SEC_WEBSOCKET_KEY) {
+        None => return Err(RejectError::BadRequest("missing Sec-WebSocket-Key")),
+        Some(key) if !is_valid_key(key.as_bytes()) => {
+            return Err(RejectError::BadRequest(
+                "Sec-WebSocket-Key must be 16 bytes in base64",
+            ))
+        }
+        Some(_) => {}
+    }
+    match req.headers().get(header::SEC_WEBSOCKET_VERSION) {
+        Some(v) if v == "13" => Ok(()),
+        _ => Err(RejectError::UnsupportedVersion),
+    }
+}
+
+fn header_has_token<B>(req: &Request<B>, name: header::HeaderName, token: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// 16 random bytes in base64: 22 alphabet characters and `==`.
+fn is_valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
+/// Turn a rejection into its HTTP answer, a metric and a log line.
+fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Response<Body> {
+    let route_name = route.map_or("none", |r| &*r.name);
+    metrics::upgrade_rejected(route_name, e.label());
+    if e.is_client_error() {
+        debug!(path = req.uri().path(), error = %e, "upgrade rejected");
+    } else {
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        warn!(path = req.uri().path(), error = %e, source = source.as_deref(), "upgrade failed");
+    }
+    let mut response = Response::new(Body::from(format!("{e}\n")));
+    *response.status_mut() = e.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if e.status() == StatusCode::UPGRADE_REQUIRED {
+        headers.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(edit: impl FnOnce(&mut hyper::http::request::Builder)) -> Request<()> {
+        let mut b = Request::get("/x")
+            .header("Upgrade", "websocket")
+            .header("Connection", "keep-alive, Upgrade")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("Sec-WebSocket-Version", "13");
+        edit(&mut b);
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn accepts_a_proper_upgrade() {
+        assert!(check_upgrade(&request(|_| {})).is_ok());
+    }
+
+    #[test]
+    fn rejects_each_missing_piece_with_its_status() {
+        let post = Request::post("/x").body(()).unwrap();
+        assert_eq!(
+            check_upgrade(&post).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
+        let no_upgrade = Request::get("/x")
+            .header("Connection", "Upgrade")
+            .body(())
+            .unwrap();
+        assert!(check_upgrade(&no_upgrade)
+            .unwrap_err()
+            .to_string()
+            .contains("Upgrade: websocket"));
+        let bad_key = request(|b| {
+            b.headers_mut()
+                .unwrap()
+                .insert("Sec-WebSocket-Key", HeaderValue::from_static("short"));
+        });
+        assert!(check_upgrade(&bad_key)
+            .unwrap_err()
+            .to_string()
+            .contains("Sec-WebSocket-Key"));
+        let v8 = request(|b| {
+            b.headers_mut()
+                .unwrap()
+                .insert("Sec-WebSocket-Version", HeaderValue::from_static("8"));
+        });
+        assert_eq!(
+            check_upgrade(&v8).unwrap_err().status(),
+            StatusCode::UPGRADE_REQUIRED
+        );
+    }
+}

@@ -1,0 +1,41 @@
+//! wsgate: a WebSocket-to-TCP reverse proxy gateway.
+//!
+//! # Layout
+//! ```text
+//! main.rs      CLI, tracing, load config, run until SIGINT/SIGTERM
+//! config.rs    serde/toml, defaults, validate -> resolved Config (default.toml embedded)
+//! server.rs    bind, accept loop with permits, per-connection span, TLS + hyper, drain
+//! tls.rs       PEM -> rustls ServerConfig (the one place PEM is read)
+//! http.rs      one request: route (404), upgrade checks (400/426), dial (502/504), 101, spawn session
+//! route.rs     path -> route, subprotocol choice (pure)
+//! backend.rs   dial backends under a timeout; the built-in echo service
+//! bridge.rs    the two-direction pump, control frames, close handshake, counts
+//! keepalive.rs ping schedule and missed-pong state (pure)
+//! utf8.rs      incremental UTF-8 checks for fragmented text
+//! metrics.rs   metric names, descriptions, recorder, per-session handles
+//! admin.rs     /metrics, /healthz, /readyz on the admin listener
+//! error.rs     the pre-upgrade error (status, label) and close codes
+//! shutdown.rs  signals -> cancellation token
+//! ```
+//!
+//! # Data flow
+//! accept → TLS → HTTP → route (404) → upgrade checks (400/426) → dial backend (502/504)
+//! → `101` → bridge → close (1000 normal, 1001 shutdown/keepalive, 1002 protocol,
+//! 1007 bad UTF-8, 1009 too big, 1011 backend error), with metrics alongside every stage.
+
+pub mod admin;
+pub mod backend;
+pub mod bridge;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod keepalive;
+pub mod metrics;
+pub mod route;
+pub mod server;
+pub mod shutdown;
+pub mod tls;
+pub mod utf8;
+
+pub use config::Config;
+pub use server::Gateway;

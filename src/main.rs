@@ -1,0 +1,198 @@
+//! The `wsgate` binary: parse the CLI, set up logging, load the config, run until a signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+use wsgate::config::{AdminConfig, FileConfig, ListenerConfig, RouteConfig, TlsConfig};
+use wsgate::{Config, Gateway};
+
+/// WebSocket-to-TCP reverse proxy gateway.
+///
+/// With no arguments, serves the embedded default: ws://127.0.0.1:8080/echo to a built-in
+/// echo service, metrics on http://127.0.0.1:9090/metrics.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Run from a TOML config file.
+    #[arg(long, short, value_name = "FILE", conflicts_with_all = ["listen", "routes", "tls_cert", "admin"])]
+    config: Option<PathBuf>,
+
+    /// Quick mode: the public listener address [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+
+    /// Quick mode: a route, PATH=tcp://HOST:PORT (repeatable). A PATH ending in / is a prefix.
+    #[arg(long = "route", value_name = "PATH=URL")]
+    routes: Vec<String>,
+
+    /// Quick mode: serve wss:// with this PEM certificate chain.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// Quick mode: the PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Quick mode: the admin listener (/metrics, /healthz, /readyz); none if omitted.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a config file and exit: 0 if valid, 1 with the bad key named if not.
+    Check {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(Command::Check { file }) = &cli.command {
+        return match Config::load(file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} listener(s), {} route(s))",
+                    file.display(),
+                    c.listeners.len(),
+                    c.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(cli: &Cli) -> anyhow::Result<Config> {
+    if let Some(path) = &cli.config {
+        return Config::load(path);
+    }
+    if cli.listen.is_none()
+        && cli.routes.is_empty()
+        && cli.tls_cert.is_none()
+        && cli.admin.is_none()
+    {
+        return Ok(Config::embedded_default());
+    }
+    if cli.routes.is_empty() {
+        bail!("quick mode needs at least one --route PATH=tcp://HOST:PORT");
+    }
+    let mut routes = Vec::with_capacity(cli.routes.len());
+    for spec in &cli.routes {
+        let (path, backend) = spec
+            .split_once('=')
+            .with_context(|| format!("--route {spec:?}: expected PATH=URL"))?;
+        routes.push(RouteConfig {
+            name: route_name(path, routes.len()),
+            path: path.to_owned(),
+            backend: backend.to_owned(),
+            subprotocols: vec!["binary".to_owned()],
+            message_type: Default::default(),
+        });
+    }
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert_file), Some(key_file)) => Some(TlsConfig {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+        }),
+        _ => None,
+    };
+    FileConfig {
+        listeners: vec![ListenerConfig {
+            address: cli
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            tls,
+        }],
+        admin: cli.admin.map(|address| AdminConfig { address }),
+        timeouts: Default::default(),
+        limits: Default::default(),
+        routes,
+    }
+    .validate()
+    .context("quick mode")
+}
+
+/// A metrics-safe name for a quick-mode route: `/vnc/` → `vnc`, `/` → `root`.
+fn route_name(path: &str, index: usize) -> String {
+    let name: String = path
+        .trim_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match name.as_str() {
+        "" if index == 0 => "root".to_owned(),
+        "" => format!("root{index}"),
+        _ => name,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let gateway = Gateway::bind(config.clone()).await?;
+    for (addr, scheme) in gateway.public_urls() {
+        for route in &config.routes {
+            println!(
+                "wsgate: {scheme}://{addr}{} -> {}",
+                route.path, route.backend
+            );
+        }
+    }
+    if let Some(admin) = gateway.admin_addr() {
+        println!("wsgate: admin http://{admin}/metrics /healthz /readyz");
+    }
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(wsgate::shutdown::cancel_on_signal(shutdown.clone()));
+    let result = gateway.run(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = signals.await;
+    result
+}

@@ -1,0 +1,184 @@
+//! Every metric in one place: names, descriptions, the recorder, and per-session handles.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const SESSIONS_ACTIVE: &str = "wsgate_sessions_active";
+pub const SESSIONS_TOTAL: &str = "wsgate_sessions_total";
+pub const UPGRADE_REJECTIONS_TOTAL: &str = "wsgate_upgrade_rejections_total";
+pub const BYTES_TOTAL: &str = "wsgate_bytes_total";
+pub const MESSAGES_TOTAL: &str = "wsgate_messages_total";
+pub const BACKEND_CONNECT_SECONDS: &str = "wsgate_backend_connect_seconds";
+pub const SESSION_DURATION_SECONDS: &str = "wsgate_session_duration_seconds";
+pub const PING_RTT_SECONDS: &str = "wsgate_ping_rtt_seconds";
+pub const CLOSES_TOTAL: &str = "wsgate_closes_total";
+pub const KEEPALIVE_TIMEOUTS_TOTAL: &str = "wsgate_keepalive_timeouts_total";
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "wsgate_tls_handshake_failures_total";
+pub const CONNECTIONS_ACTIVE: &str = "wsgate_connections_active";
+
+/// `direction` label values.
+pub const CLIENT_TO_BACKEND: &str = "client_to_backend";
+pub const BACKEND_TO_CLIENT: &str = "backend_to_client";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+const DURATION_BUCKETS: &[f64] = &[
+    0.1, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Install the process-wide recorder once (later calls return the same handle).
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(SESSION_DURATION_SECONDS.into()),
+                    DURATION_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                })
+                .expect("bucket lists are non-empty");
+            let handle = builder
+                .install_recorder()
+                .expect("no other metrics recorder is installed in this process");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(SESSIONS_ACTIVE, "WebSocket sessions now bridged");
+    describe_counter!(SESSIONS_TOTAL, "WebSocket sessions started (101 sent)");
+    describe_counter!(
+        UPGRADE_REJECTIONS_TOTAL,
+        "Upgrade requests answered with an HTTP error, by reason"
+    );
+    describe_counter!(
+        BYTES_TOTAL,
+        Unit::Bytes,
+        "Payload bytes bridged, by direction"
+    );
+    describe_counter!(
+        MESSAGES_TOTAL,
+        "Messages bridged: complete client messages, frames sent to clients"
+    );
+    describe_histogram!(
+        BACKEND_CONNECT_SECONDS,
+        Unit::Seconds,
+        "Time to dial the backend"
+    );
+    describe_histogram!(
+        SESSION_DURATION_SECONDS,
+        Unit::Seconds,
+        "Session lifetime, 101 to close"
+    );
+    describe_histogram!(
+        PING_RTT_SECONDS,
+        Unit::Seconds,
+        "Ping to pong round trip to clients"
+    );
+    describe_counter!(
+        CLOSES_TOTAL,
+        "Sessions ended, by close code and by who started the close"
+    );
+    describe_counter!(
+        KEEPALIVE_TIMEOUTS_TOTAL,
+        "Sessions closed because the client stopped answering"
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        "TLS handshakes that failed or timed out"
+    );
+    describe_gauge!(
+        CONNECTIONS_ACTIVE,
+        "Open client connections on public listeners"
+    );
+}
+
+pub fn upgrade_rejected(route: &str, reason: &'static str) {
+    counter!(UPGRADE_REJECTIONS_TOTAL, "route" => route.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+pub fn tls_handshake_failed() {
+    counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
+}
+
+pub fn backend_connected(route: &str, took: Duration) {
+    histogram!(BACKEND_CONNECT_SECONDS, "route" => route.to_owned()).record(took.as_secs_f64());
+}
+
+/// Holds `wsgate_connections_active` up for as long as it lives.
+pub struct ConnectionGuard(Gauge);
+
+impl ConnectionGuard {
+    pub fn new() -> Self {
+        let g = gauge!(CONNECTIONS_ACTIVE);
+        g.increment(1.0);
+        Self(g)
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// One session's metric handles, looked up once so the data path never touches the registry.
+/// Holds `wsgate_sessions_active` up while alive.
+pub struct SessionMetrics {
+    route: Arc<str>,
+    active: Gauge,
+    pub bytes_to_backend: Counter,
+    pub bytes_to_client: Counter,
+    pub messages_to_backend: Counter,
+    pub messages_to_client: Counter,
+    pub ping_rtt: Histogram,
+}
+
+impl SessionMetrics {
+    pub fn start(route: Arc<str>) -> Self {
+        let r = || route.to_string();
+        counter!(SESSIONS_TOTAL, "route" => r()).increment(1);
+        let active = gauge!(SESSIONS_ACTIVE, "route" => r());
+        active.increment(1.0);
+        Self {
+            active,
+            bytes_to_backend: counter!(BYTES_TOTAL, "route" => r(), "direction" => CLIENT_TO_BACKEND),
+            bytes_to_client: counter!(BYTES_TOTAL, "route" => r(), "direction" => BACKEND_TO_CLIENT),
+            messages_to_backend: counter!(MESSAGES_TOTAL, "route" => r(), "direction" => CLIENT_TO_BACKEND),
+            messages_to_client: counter!(MESSAGES_TOTAL, "route" => r(), "direction" => BACKEND_TO_CLIENT),
+            ping_rtt: histogram!(PING_RTT_SECONDS, "route" => r()),
+            route,
+        }
+    }
+
+    /// Record how the session ended.
+    pub fn closed(&self, code: u16, initiator: &'static str, duration: Duration) {
+        let r = self.route.to_string();
+        counter!(CLOSES_TOTAL, "route" => r.clone(), "code" => code.to_string(), "initiator" => initiator)
+            .increment(1);
+        histogram!(SESSION_DURATION_SECONDS, "route" => r).record(duration.as_secs_f64());
+    }
+
+    pub fn keepalive_timed_out(&self) {
+        counter!(KEEPALIVE_TIMEOUTS_TOTAL, "route" => self.route.to_string()).increment(1);
+    }
+}
+
+impl Drop for SessionMetrics {
+    fn drop(&mut self) {
+        self.active.decrement(1.0);
+    }
+}

@@ -1,0 +1,313 @@
+//! The gateway's lifecycle: bind, accept with permits, serve connections, drain on shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::backend::{spawn_echo_service, Dialer};
+use crate::config::{BackendAddr, Config};
+use crate::metrics::{self, ConnectionGuard};
+use crate::route::Router;
+use crate::{admin, tls};
+
+/// Everything a session needs from the configuration it started with. Immutable and shared:
+/// a later config reload makes a new snapshot, and live sessions keep theirs.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub router: Router,
+    pub dialer: Dialer,
+    pub buffer_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Duration,
+    pub close_grace: Duration,
+}
+
+/// What every connection task shares.
+pub struct Shared {
+    pub snapshot: Arc<Snapshot>,
+    /// Cancelled on SIGTERM/SIGINT: stop accepting, close sessions with 1001.
+    pub shutdown: CancellationToken,
+    /// Cancelled when the drain deadline passes: drop whatever is left.
+    pub hard_stop: CancellationToken,
+    /// Connections and sessions; the drain waits on it.
+    pub tracker: TaskTracker,
+    header_read_timeout: Duration,
+    tls_handshake_timeout: Duration,
+}
+
+struct PublicListener {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+/// A gateway whose sockets are bound; [`Gateway::run`] serves them.
+pub struct Gateway {
+    config: Config,
+    listeners: Vec<PublicListener>,
+    admin: Option<TcpListener>,
+}
+
+impl Gateway {
+    /// Load TLS material and bind every listener (port 0 picks a free port).
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        tls::install_crypto_provider();
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let tls = match &l.tls {
+                Some(t) => Some(TlsAcceptor::from(
+                    tls::server_config(t)
+                        .with_context(|| format!("TLS for listener {}", l.address))?,
+                )),
+                None => None,
+            };
+            let listener = TcpListener::bind(l.address)
+                .await
+                .with_context(|| format!("binding listener {}", l.address))?;
+            listeners.push(PublicListener { listener, tls });
+        }
+        let admin = match config.admin {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding admin listener {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            config,
+            listeners,
+            admin,
+        })
+    }
+
+    /// Public listeners' addresses, in config order, with `wss` for TLS ones.
+    pub fn public_urls(&self) -> Vec<(SocketAddr, &'static str)> {
+        self.listeners
+            .iter()
+            .filter_map(|l| {
+                let scheme = if l.tls.is_some() { "wss" } else { "ws" };
+                l.listener.local_addr().ok().map(|a| (a, scheme))
+            })
+            .collect()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serve until `shutdown` is cancelled, then close every session with 1001 and
+    /// drain for up to `shutdown_grace` before returning.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let handle = metrics::install();
+        let config = self.config;
+        let hard_stop = CancellationToken::new();
+        // Helpers (admin, echo, metrics upkeep) outlive the drain and stop after it.
+        let aux_stop = CancellationToken::new();
+        let aux = TaskTracker::new();
+
+        let needs_echo = config
+            .routes
+            .iter()
+            .any(|r| r.backend == BackendAddr::BuiltinEcho);
+        let echo_addr = if needs_echo {
+            Some(
+                spawn_echo_service(&aux, aux_stop.clone())
+                    .await
+                    .context("starting the echo service")?,
+            )
+        } else {
+            None
+        };
+        let snapshot = Arc::new(Snapshot {
+            router: Router::new(&config.routes),
+            dialer: Dialer {
+                connect_timeout: config.backend_connect_timeout,
+                echo_addr,
+            },
+            buffer_bytes: config.buffer_bytes,
+            max_frame_bytes: config.max_frame_bytes,
+            ping_interval: config.ping_interval,
+            pong_timeout: config.pong_timeout,
+            close_grace: config.close_grace,
+        });
+        let shared = Arc::new(Shared {
+            snapshot,
+            shutdown: shutdown.clone(),
+            hard_stop: hard_stop.clone(),
+            tracker: TaskTracker::new(),
+            header_read_timeout: config.header_read_timeout,
+            tls_handshake_timeout: config.tls_handshake_timeout,
+        });
+
+        let ready = Arc::new(AtomicBool::new(false));
+        if let Some(listener) = self.admin {
+            aux.spawn(admin::serve(
+                listener,
+                handle.clone(),
+                ready.clone(),
+                aux_stop.clone(),
+            ));
+        }
+        aux.spawn({
+            let stop = aux_stop.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => handle.run_upkeep(),
+                        () = stop.cancelled() => break,
+                    }
+                }
+            }
+        });
+
+        let permits = Arc::new(Semaphore::new(config.max_connections));
+        for l in self.listeners {
+            shared
+                .tracker
+                .spawn(accept_loop(l, permits.clone(), shared.clone()));
+        }
+        ready.store(true, Ordering::Relaxed);
+
+        shutdown.cancelled().await;
+        ready.store(false, Ordering::Relaxed);
+        let active = shared.tracker.len();
+        info!(
+            tasks = active,
+            grace_secs = config.shutdown_grace.as_secs_f64(),
+            "shutting down: closing sessions with 1001"
+        );
+        shared.tracker.close();
+        if tokio::time::timeout(config.shutdown_grace, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                left = shared.tracker.len(),
+                "drain deadline passed: dropping what is left"
+            );
+            hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), shared.tracker.wait()).await;
+        }
+        aux_stop.cancel();
+        aux.close();
+        aux.wait().await;
+        info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// Accept until shutdown. A permit is taken before accepting, so at the limit new
+/// clients wait in the kernel's backlog instead of costing us memory.
+async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc<Shared>) {
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = shared.shutdown.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            r = l.listener.accept() => r,
+            () = shared.shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) if is_per_connection(&e) => continue,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; the listener stays up.
+                error!(error = %e, "accept failed; retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let span = tracing::info_span!("conn", %peer, route = tracing::field::Empty, backend = tracing::field::Empty);
+        let tls = l.tls.clone();
+        shared
+            .tracker
+            .spawn(connection(stream, tls, permit, shared.clone()).instrument(span));
+    }
+}
+
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+async fn connection(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+) {
+    let _ = stream.set_nodelay(true);
+    let _guard = ConnectionGuard::new();
+    let permit = Arc::new(permit);
+    match tls {
+        None => serve_http(stream, permit, shared).await,
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(stream)) => r,
+                () = shared.shutdown.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(stream)) => serve_http(stream, permit, shared).await,
+                Ok(Err(e)) => {
+                    metrics::tls_handshake_failed();
+                    debug!(error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    metrics::tls_handshake_failed();
+                    debug!("TLS handshake timed out");
+                }
+            }
+        }
+    }
+}
+
+async fn serve_http<IO>(io: IO, permit: Arc<OwnedSemaphorePermit>, shared: Arc<Shared>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let shared = shared.clone();
+        service_fn(move |req| crate::http::handle(req, shared.clone(), permit.clone()))
+    };
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.header_read_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shared.shutdown.cancelled() => {
+            // Finish the request in flight (its upgrade included), then close.
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = shared.hard_stop.cancelled() => return,
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "connection ended with an error");
+    }
+}
