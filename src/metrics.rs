@@ -122,7 +122,7 @@ pub fn backend_connected(route: &str, took: Duration) {
 pub struct ConnectionGuard(Gauge);
 
 impl ConnectionGuard {
-    pub fn new() -> Self {
+    pub fn open() -> Self {
         let g = gauge!(CONNECTIONS_ACTIVE);
         g.increment(1.0);
         Self(g)

@@ -258,7 +258,7 @@ async fn connection(
     shared: Arc<Shared>,
 ) {
     let _ = stream.set_nodelay(true);
-    let _guard = ConnectionGuard::new();
+    let _guard = ConnectionGuard::open();
     let permit = Arc::new(permit);
     match tls {
         None => serve_http(stream, permit, shared).await,
