@@ -1,0 +1,227 @@
+//! Config files as shipped and as mistyped: every example under `deploy/` and the embedded
+//! default must load; every fixture under `tests/fixtures/invalid/` must be rejected with
+//! an error that names the offending key (the fixture's first line: `# expect: SUBSTRING`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use wsgate::Config;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `*.toml` files directly in `dir`, sorted, relative to the repository root.
+fn toml_files(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join(dir))
+        .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|ext| ext == "toml"))
+        .map(|p| p.strip_prefix(repo()).expect("under the repo").to_owned())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no *.toml files in {dir}");
+    files
+}
+
+/// The substring a fixture's error must contain, from its first line.
+fn expectation(fixture: &Path) -> String {
+    let text = std::fs::read_to_string(repo().join(fixture)).expect("reading fixture");
+    let first = text.lines().next().unwrap_or_default();
+    first
+        .strip_prefix("# expect:")
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: first line must be `# expect: SUBSTRING`",
+                fixture.display()
+            )
+        })
+}
+
+/// An error message with the file's own path blanked out, so that a fixture named
+/// after the key it breaks cannot satisfy its own expectation.
+fn without_path(message: &str, file: &Path) -> String {
+    message
+        .replace(&repo().join(file).display().to_string(), "<file>")
+        .replace(&file.display().to_string(), "<file>")
+}
+
+#[test]
+fn deploy_examples_load() {
+    for file in toml_files("deploy") {
+        if let Err(e) = Config::load(&repo().join(&file)) {
+            panic!("{}: {e:#}", file.display());
+        }
+    }
+}
+
+/// After the drain deadline wsgate waits up to this long for what is left, then exits.
+const HARD_STOP_SECS: f64 = 2.0;
+
+/// The number after `key` on the first line that holds it (`TimeoutStopSec=40`,
+/// `terminationGracePeriodSeconds: 40`, `command: ["sleep", "5"]`).
+fn number_after(text: &str, key: &str) -> f64 {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.starts_with('#') && l.contains(key))
+        .unwrap_or_else(|| panic!("no line with {key:?}"));
+    let rest = &line[line.find(key).unwrap() + key.len()..];
+    let digits: String = rest
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {key:?} in {line:?}"))
+}
+
+#[test]
+fn production_example_and_systemd_unit_agree() {
+    let c = Config::load(&repo().join("deploy/wsgate.toml")).expect("deploy/wsgate.toml");
+    let tls = c.listeners[0].tls.as_ref().expect("a wss listener");
+    assert!(tls.cert_file.starts_with("/etc/wsgate/tls/"));
+    assert!(tls.key_file.starts_with("/etc/wsgate/tls/"));
+    assert_eq!(c.admin, Some("127.0.0.1:9090".parse().unwrap()));
+
+    let unit = std::fs::read_to_string(repo().join("deploy/wsgate.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/wsgate --config /etc/wsgate/wsgate.toml"));
+    let stop = number_after(&unit, "TimeoutStopSec=");
+    let drain = c.shutdown_grace.as_secs_f64() + HARD_STOP_SECS;
+    assert!(
+        stop > drain,
+        "TimeoutStopSec={stop} must exceed the drain ({drain} s)"
+    );
+}
+
+/// The TOML inside the Kubernetes ConfigMap (the `wsgate.toml: |` block).
+fn kubernetes_configmap_toml(yaml: &str) -> String {
+    let mut lines = yaml.lines();
+    let key_indent = lines
+        .by_ref()
+        .find_map(|l| (l.trim() == "wsgate.toml: |").then(|| l.len() - l.trim_start().len()))
+        .expect("a `wsgate.toml: |` block in deploy/kubernetes.yaml");
+    let block: Vec<&str> = lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > key_indent)
+        .collect();
+    let indent = block
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .expect("a non-empty block");
+    block
+        .iter()
+        .map(|l| format!("{}\n", l.get(indent..).unwrap_or("")))
+        .collect()
+}
+
+#[test]
+fn kubernetes_configmap_loads_and_fits_the_grace_period() {
+    let yaml = std::fs::read_to_string(repo().join("deploy/kubernetes.yaml")).unwrap();
+    let toml = kubernetes_configmap_toml(&yaml);
+    let c = Config::from_toml(&toml).unwrap_or_else(|e| panic!("ConfigMap: {e:#}\n{toml}"));
+    // Probes and Prometheus reach the pod IP: the admin listener must not be loopback.
+    let admin = c.admin.expect("an [admin] listener for the probes");
+    assert!(admin.ip().is_unspecified(), "admin binds {admin}");
+    assert_eq!(admin.port(), 9090);
+    assert!(yaml.contains("prometheus.io/port: \"9090\""));
+
+    let grace = number_after(&yaml, "terminationGracePeriodSeconds:");
+    let pre_stop = number_after(&yaml, "command: [\"sleep\",");
+    let drain = pre_stop + c.shutdown_grace.as_secs_f64() + HARD_STOP_SECS;
+    assert!(
+        grace > drain,
+        "terminationGracePeriodSeconds={grace} must exceed preStop + drain ({drain} s)"
+    );
+}
+
+#[test]
+fn container_config_fits_docker_stop() {
+    let c = Config::load(&repo().join("deploy/container.toml")).expect("deploy/container.toml");
+    for l in &c.listeners {
+        assert!(
+            l.address.ip().is_unspecified(),
+            "listener binds {}",
+            l.address
+        );
+    }
+    assert_eq!(c.listeners[0].address.port(), 8080);
+    assert_eq!(c.admin.map(|a| a.port()), Some(9090));
+    // `docker stop` sends SIGKILL 10 s after SIGTERM unless told otherwise.
+    let drain = c.shutdown_grace.as_secs_f64() + HARD_STOP_SECS;
+    assert!(drain < 10.0, "drain {drain} s >= docker stop's 10 s");
+}
+
+#[test]
+fn embedded_default_loads() {
+    let c = Config::from_toml(wsgate::config::DEFAULT_CONFIG).expect("embedded default");
+    assert!(!c.listeners.is_empty());
+    assert!(!c.routes.is_empty());
+}
+
+#[test]
+fn invalid_fixtures_are_rejected_naming_the_key() {
+    for file in toml_files("tests/fixtures/invalid") {
+        let expect = expectation(&file);
+        match Config::load(&repo().join(&file)) {
+            Ok(_) => panic!("{}: loaded, but it should fail", file.display()),
+            Err(e) => {
+                let message = without_path(&format!("{e:#}"), &file);
+                assert!(
+                    message.contains(&expect),
+                    "{}: error does not contain {expect:?}:\n{message}",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+fn wsgate_check(file: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .arg("check")
+        .arg(file)
+        .current_dir(repo())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("running wsgate check")
+}
+
+#[test]
+fn binary_check_accepts_the_production_example() {
+    let file = Path::new("deploy/wsgate.toml");
+    let out = wsgate_check(file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "wsgate check {}: {:?}\nstdout: {stdout}\nstderr: {}",
+        file.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok"), "{stdout}");
+}
+
+#[test]
+fn binary_check_rejects_invalid_fixtures_naming_the_key() {
+    for file in toml_files("tests/fixtures/invalid") {
+        let expect = expectation(&file);
+        let out = wsgate_check(&file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "wsgate check {} succeeded",
+            file.display()
+        );
+        let message = without_path(&stderr, &file);
+        assert!(
+            message.contains(&expect),
+            "wsgate check {}: stderr does not contain {expect:?}:\n{stderr}",
+            file.display()
+        );
+    }
+}
