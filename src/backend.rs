@@ -1,21 +1,48 @@
-//! Dialing backends under a timeout, and the built-in echo service.
+//! Dialing backends under a timeout (TCP, WebSocket over TCP or TLS), and the built-in echo service.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::upgrade::Upgraded;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::BackendAddr;
+use crate::config::{BackendAddr, Route};
 use crate::error::RejectError;
 
-/// A connected backend. An enum, not a TCP stream, so TLS and WebSocket backends can join it.
+/// A connected backend. An enum, not a TCP stream, so more kinds can join it.
 #[derive(Debug)]
 pub enum Backend {
+    /// Raw bytes: the bridge frames them.
     Tcp(TcpStream),
+    /// A WebSocket whose handshake completed; `protocol` is the backend's choice.
+    WebSocket {
+        io: TokioIo<Upgraded>,
+        protocol: Option<HeaderValue>,
+    },
+}
+
+/// What the backend's WebSocket handshake carries over from the client's request.
+#[derive(Debug, Default)]
+pub struct Handshake {
+    /// Path and query to request.
+    pub path: String,
+    /// Forwarded client headers and `X-Forwarded-*`.
+    pub headers: HeaderMap,
+    /// The client's `Sec-WebSocket-Protocol` offer, passed through.
+    pub protocols: Option<HeaderValue>,
 }
 
 /// Turns a route's backend address into a connection.
@@ -27,33 +54,169 @@ pub struct Dialer {
 }
 
 impl Dialer {
-    /// Dial under the connect timeout: refused → 502, timeout → 504.
-    pub async fn dial(&self, addr: &BackendAddr) -> Result<Backend, RejectError> {
-        let connect = async {
-            match addr {
-                BackendAddr::Tcp { host, port } => TcpStream::connect((host.as_str(), *port)).await,
+    /// Dial `route`'s backend; for a WebSocket backend its handshake is part of the dial.
+    /// Everything runs under the connect timeout: refused → 502, timeout → 504.
+    pub async fn dial(&self, route: &Route, handshake: Handshake) -> Result<Backend, RejectError> {
+        let dial = async {
+            match &route.backend {
+                BackendAddr::Tcp { host, port } => {
+                    Ok(Backend::Tcp(connect((host.as_str(), *port)).await?))
+                }
                 BackendAddr::BuiltinEcho => match self.echo_addr {
-                    Some(a) => TcpStream::connect(a).await,
-                    None => Err(io::Error::new(
+                    Some(a) => Ok(Backend::Tcp(connect(a).await?)),
+                    None => Err(RejectError::BackendUnreachable(io::Error::new(
                         io::ErrorKind::NotFound,
                         "echo service not started",
-                    )),
+                    ))),
                 },
+                BackendAddr::WebSocket {
+                    tls, host, port, ..
+                } => {
+                    let tcp = connect((host.as_str(), *port)).await?;
+                    let authority = if *port == if *tls { 443 } else { 80 } {
+                        bracket(host)
+                    } else {
+                        format!("{}:{port}", bracket(host))
+                    };
+                    let (io, protocol) = match (tls, &route.backend_tls) {
+                        (true, Some(config)) => {
+                            let name = ServerName::try_from(host.clone())
+                                .map_err(|e| handshake_error(e.to_string()))?;
+                            let stream = TlsConnector::from(config.clone())
+                                .connect(name, tcp)
+                                .await
+                                .map_err(|e| handshake_error(format!("TLS: {e}")))?;
+                            websocket_handshake(stream, &authority, handshake).await?
+                        }
+                        _ => websocket_handshake(tcp, &authority, handshake).await?,
+                    };
+                    Ok(Backend::WebSocket { io, protocol })
+                }
             }
         };
-        let stream = tokio::time::timeout(self.connect_timeout, connect)
+        tokio::time::timeout(self.connect_timeout, dial)
             .await
             .map_err(|_| RejectError::BackendTimeout)?
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::ConnectionRefused => RejectError::BackendRefused(e),
-                _ => RejectError::BackendUnreachable(e),
-            })?;
-        // Small messages (keystrokes, pongs, RPCs) must not wait for Nagle.
-        stream
-            .set_nodelay(true)
-            .map_err(RejectError::BackendUnreachable)?;
-        Ok(Backend::Tcp(stream))
     }
+}
+
+async fn connect(addr: impl tokio::net::ToSocketAddrs) -> Result<TcpStream, RejectError> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
+        io::ErrorKind::ConnectionRefused => RejectError::BackendRefused(e),
+        _ => RejectError::BackendUnreachable(e),
+    })?;
+    // Small messages (keystrokes, pongs, RPCs) must not wait for Nagle.
+    stream
+        .set_nodelay(true)
+        .map_err(RejectError::BackendUnreachable)?;
+    Ok(stream)
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+fn handshake_error(detail: impl Into<String>) -> RejectError {
+    RejectError::BackendHandshake(detail.into().into())
+}
+
+/// The client side of RFC 6455 §4.1, strict: 101, `Upgrade: websocket`, an `upgrade`
+/// token in `Connection` (`keep-alive, Upgrade` is legal), the right `Sec-WebSocket-Accept`,
+/// no extension we did not offer, and a subprotocol only from the offer.
+async fn websocket_handshake<S>(
+    io: S,
+    authority: &str,
+    handshake: Handshake,
+) -> Result<(TokioIo<Upgraded>, Option<HeaderValue>), RejectError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let key = fastwebsockets::handshake::generate_key();
+    let mut request = Request::get(handshake.path.as_str())
+        .header(header::HOST, authority)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_KEY, key.as_str())
+        .header(header::SEC_WEBSOCKET_VERSION, "13")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| handshake_error(format!("building the request: {e}")))?;
+    let headers = request.headers_mut();
+    for (name, value) in &handshake.headers {
+        headers.append(name, value.clone());
+    }
+    if let Some(p) = &handshake.protocols {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, p.clone());
+    }
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| handshake_error(e.to_string()))?;
+    // Drives the HTTP exchange; ends once the connection is upgraded or dropped.
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let mut response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| handshake_error(e.to_string()))?;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(RejectError::BackendRejected(response.status()));
+    }
+    let h = response.headers();
+    if !has_token(h, header::UPGRADE, "websocket") {
+        return Err(handshake_error("101 without Upgrade: websocket"));
+    }
+    if !has_token(h, header::CONNECTION, "upgrade") {
+        return Err(handshake_error("101 without Connection: Upgrade"));
+    }
+    if h.get(header::SEC_WEBSOCKET_ACCEPT)
+        .map(HeaderValue::as_bytes)
+        != Some(accept_key(key.as_bytes()).as_bytes())
+    {
+        return Err(handshake_error("wrong Sec-WebSocket-Accept"));
+    }
+    if h.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
+        return Err(handshake_error("extension negotiated without an offer"));
+    }
+    let protocol = h.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+    if let Some(chosen) = &protocol {
+        let offered = handshake
+            .protocols
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|offer| {
+                offer
+                    .split(',')
+                    .any(|p| p.trim().as_bytes() == chosen.as_bytes())
+            });
+        if !offered {
+            return Err(handshake_error("subprotocol the client did not offer"));
+        }
+    }
+    let upgraded = hyper::upgrade::on(&mut response)
+        .await
+        .map_err(|e| handshake_error(e.to_string()))?;
+    Ok((TokioIo::new(upgraded), protocol))
+}
+
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha1 = Sha1::new();
+    sha1.update(key);
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
 }
 
 /// The built-in TCP echo service behind `builtin:echo`, on a loopback port.
@@ -86,4 +249,15 @@ pub async fn spawn_echo_service(
         }
     });
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        assert_eq!(
+            super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
 }

@@ -16,18 +16,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketRead, WebSocketWrite};
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MessageType;
 use crate::error::close_code;
-use crate::keepalive::{Due, Keepalive};
+use crate::frames::{self, close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
+use crate::keepalive::{sleep_until_opt, Due, Keepalive};
 use crate::metrics::SessionMetrics;
-use crate::utf8::{complete_prefix, Utf8Stream};
+use crate::utf8::complete_prefix;
 
 /// Per-session settings, taken from the config snapshot the session started with.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct BridgeConfig {
     /// Most backend bytes read (and framed) at once. The client side is bounded by
     /// `max_frame_bytes`, enforced by the frame reader.
     pub buffer_bytes: usize,
+    /// Largest client message, all fragments together (1009 above it).
+    pub max_message_bytes: usize,
     pub message_type: MessageType,
     /// `None` disables pings.
     pub ping_interval: Option<Duration>,
@@ -116,18 +119,23 @@ where
         backend_write,
         tx,
         ClientCounters {
+            max_message_bytes: config.max_message_bytes,
             bytes: metrics.bytes_to_backend.clone(),
             messages: metrics.messages_to_backend.clone(),
             total: to_backend.clone(),
         },
         reader_stop.clone(),
     ));
+    let keepalive = config
+        .ping_interval
+        .map(|i| Keepalive::new(i, config.pong_timeout, Instant::now()));
     let mut writer = Writer {
-        ws: ws_write,
-        keepalive: config
-            .ping_interval
-            .map(|i| Keepalive::new(i, config.pong_timeout, Instant::now())),
-        hard_stop,
+        ws: GuardedWriter::new(
+            ws_write,
+            keepalive.as_ref().map(Keepalive::stall_limit),
+            hard_stop,
+        ),
+        keepalive,
         sent: 0,
     };
     let (code, initiator, reason) = writer
@@ -145,6 +153,7 @@ where
 }
 
 struct ClientCounters {
+    max_message_bytes: usize,
     bytes: Counter,
     messages: Counter,
     total: Arc<AtomicU64>,
@@ -186,22 +195,22 @@ where
 {
     // Obligated replies (pong, close echo) are ours to send, from the writer task.
     let mut ignore = |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
-    // Inside a message: `Some(None)` binary or one-frame text, `Some(Some(_))` fragmented text.
-    let mut message: Option<Option<Utf8Stream>> = None;
+    let mut messages = MessageCheck::new(counters.max_message_bytes);
     let mut backend_alive = true;
     loop {
         let frame = match ws.read_frame(&mut ignore).await {
             Ok(frame) => frame,
-            Err(e) => return classify_read_error(e),
+            Err(e) => {
+                return match frames::read_error(&e) {
+                    Some((code, reason)) => FromClient::Violation(code, reason),
+                    None => FromClient::Gone,
+                }
+            }
         };
-        let control = matches!(frame.opcode, OpCode::Ping | OpCode::Pong | OpCode::Close);
-        if control && frame.payload.len() > 125 {
-            return FromClient::Violation(
-                close_code::PROTOCOL_ERROR,
-                "control frame over 125 bytes",
-            );
+        if let Err((code, reason)) = frames::check_control(frame.opcode, frame.payload.len()) {
+            return FromClient::Violation(code, reason);
         }
-        let text = match frame.opcode {
+        match frame.opcode {
             OpCode::Ping | OpCode::Pong => {
                 let payload = Bytes::copy_from_slice(&frame.payload);
                 let msg = if frame.opcode == OpCode::Ping {
@@ -216,34 +225,12 @@ where
             }
             // The frame reader checked the code and the reason's UTF-8.
             OpCode::Close => return FromClient::Close(Bytes::copy_from_slice(&frame.payload)),
-            OpCode::Text | OpCode::Binary if message.is_some() => {
-                return FromClient::Violation(
-                    close_code::PROTOCOL_ERROR,
-                    "new message inside a fragmented one",
-                );
-            }
-            OpCode::Continuation if message.is_none() => {
-                return FromClient::Violation(
-                    close_code::PROTOCOL_ERROR,
-                    "continuation frame without a message",
-                );
-            }
-            // A one-frame text message was already checked by the frame reader.
-            OpCode::Text => message.insert((!frame.fin).then(Utf8Stream::default)),
-            OpCode::Binary => message.insert(None),
-            OpCode::Continuation => message.get_or_insert(None),
-        };
-        if let Some(utf8) = text {
-            if utf8.push(&frame.payload, frame.fin).is_err() {
-                return FromClient::Violation(
-                    close_code::INVALID_PAYLOAD,
-                    "invalid UTF-8 in a text message",
-                );
-            }
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {}
         }
-        if frame.fin {
-            message = None;
-            counters.messages.increment(1);
+        match messages.data_frame(frame.opcode, frame.fin, &frame.payload) {
+            Ok(true) => counters.messages.increment(1),
+            Ok(false) => {}
+            Err((code, reason)) => return FromClient::Violation(code, reason),
         }
         if frame.payload.is_empty() || !backend_alive {
             continue;
@@ -266,31 +253,6 @@ where
     }
 }
 
-fn classify_read_error(e: WebSocketError) -> FromClient {
-    use WebSocketError as E;
-    match e {
-        E::UnexpectedEOF | E::IoError(_) | E::ConnectionClosed => FromClient::Gone,
-        E::FrameTooLarge => FromClient::Violation(close_code::TOO_BIG, "frame too large"),
-        E::InvalidUTF8 => FromClient::Violation(close_code::INVALID_PAYLOAD, "invalid UTF-8"),
-        E::ReservedBitsNotZero => {
-            FromClient::Violation(close_code::PROTOCOL_ERROR, "reserved bits set")
-        }
-        E::ControlFrameFragmented => {
-            FromClient::Violation(close_code::PROTOCOL_ERROR, "fragmented control frame")
-        }
-        E::PingFrameTooLarge => {
-            FromClient::Violation(close_code::PROTOCOL_ERROR, "control frame over 125 bytes")
-        }
-        E::InvalidCloseFrame => {
-            FromClient::Violation(close_code::PROTOCOL_ERROR, "malformed close frame")
-        }
-        E::InvalidCloseCode => {
-            FromClient::Violation(close_code::PROTOCOL_ERROR, "invalid close code")
-        }
-        _ => FromClient::Violation(close_code::PROTOCOL_ERROR, "protocol error"),
-    }
-}
-
 /// Where the close handshake stands, from the writer's side.
 enum Phase {
     Open,
@@ -309,47 +271,21 @@ enum Phase {
     },
 }
 
-/// Why a write to the client did not complete.
-enum WriteFailed {
-    /// The socket failed: the client is gone.
-    Io,
-    /// The client accepted nothing for a whole keepalive cycle.
-    Stalled,
-    /// The drain deadline passed.
-    Stopped,
-}
-
 struct Writer<'a, CW> {
-    ws: WebSocketWrite<CW>,
+    ws: GuardedWriter<'a, CW>,
     keepalive: Option<Keepalive>,
-    hard_stop: &'a CancellationToken,
     sent: u64,
 }
 
 type Ending = (u16, Initiator, Cow<'static, str>);
 
 impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
-    /// Write and flush one frame, giving up if the client stops reading for a whole
-    /// keepalive cycle or the drain deadline passes (then the session is dropped).
     async fn send(&mut self, frame: Frame<'_>) -> Result<(), WriteFailed> {
-        let stall = self.keepalive.as_ref().map(Keepalive::stall_limit);
-        let write = async {
-            self.ws.write_frame(frame).await?;
-            self.ws.flush().await
-        };
-        tokio::select! {
-            biased;
-            () = self.hard_stop.cancelled() => Err(WriteFailed::Stopped),
-            r = maybe_timeout(stall, write) => match r {
-                Some(Ok(())) => Ok(()),
-                Some(Err(_)) => Err(WriteFailed::Io),
-                None => Err(WriteFailed::Stalled),
-            },
-        }
+        self.ws.send(frame).await
     }
 
     async fn send_close(&mut self, code: u16, reason: &str) -> Result<(), WriteFailed> {
-        self.send(Frame::close(code, reason.as_bytes())).await
+        self.ws.send_close(code, reason).await
     }
 
     /// Backend bytes → client frames, plus pings, pongs and the close handshake.
@@ -361,6 +297,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         metrics: &SessionMetrics,
         shutdown: &CancellationToken,
     ) -> Ending {
+        let hard_stop = self.ws.hard_stop();
         let mut buf: Vec<u8> = Vec::with_capacity(config.buffer_bytes);
         let mut phase = Phase::Open;
         let mut backend_open = true;
@@ -421,7 +358,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
             let accepting_shutdown = !matches!(phase, Phase::GatewayClosed { .. });
             tokio::select! {
                 biased;
-                () = self.hard_stop.cancelled() => return stopped,
+                () = hard_stop.cancelled() => return stopped,
                 // Keepalive first: a session busy with bulk data still pings on time.
                 () = sleep_until_opt(ping_at), if ping_at.is_some() => {
                     let Some(k) = self.keepalive.as_mut() else { continue };
@@ -430,7 +367,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         Due::TimedOut => {
                             metrics.keepalive_timed_out();
                             // Best effort: the client may be gone, so do not wait on it for long.
-                            let _ = tokio::time::timeout(Duration::from_secs(1), self.send_close(close_code::GOING_AWAY, "keepalive timeout")).await;
+                            self.ws.try_close(close_code::GOING_AWAY, "keepalive timeout").await;
                             return (close_code::GOING_AWAY, Initiator::Gateway, "keepalive timeout".into());
                         }
                     }
@@ -457,7 +394,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         Phase::GatewayClosed { code, initiator, reason, .. } => return (code, initiator, reason),
                     }},
                     Some(FromClient::Violation(code, reason)) => {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), self.send_close(code, reason)).await;
+                        self.ws.try_close(code, reason).await;
                         return (code, Initiator::Client, reason.into());
                     }
                     Some(FromClient::BackendWriteFailed) => {
@@ -550,24 +487,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
 
 /// The client started the close: report its code (1005 "no code" when it sent none).
 fn client_ending(echo: &[u8]) -> Ending {
-    let code = match echo {
-        [a, b, ..] => u16::from_be_bytes([*a, *b]),
-        _ => 1005,
-    };
+    let code = close_payload_code(echo);
     let reason = String::from_utf8_lossy(echo.get(2..).unwrap_or_default()).into_owned();
     (code, Initiator::Client, reason.into())
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn maybe_timeout<F: std::future::Future>(limit: Option<Duration>, f: F) -> Option<F::Output> {
-    match limit {
-        Some(limit) => tokio::time::timeout(limit, f).await.ok(),
-        None => Some(f.await),
-    }
 }

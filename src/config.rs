@@ -96,8 +96,11 @@ pub struct Limits {
     /// Per-session buffer for each direction: the most bytes read from one side
     /// before they are written to the other. Default 64 KiB.
     pub buffer_bytes: usize,
-    /// Largest frame accepted from a client; larger ones close with 1009. Default 16 MiB.
+    /// Largest frame accepted from a peer; larger ones close with 1009. Default 16 MiB.
     pub max_frame_bytes: usize,
+    /// Largest message (all fragments together) accepted from a peer; larger ones
+    /// close with 1009. Messages are streamed, never reassembled. Default 64 MiB.
+    pub max_message_bytes: usize,
 }
 
 impl Default for Limits {
@@ -106,6 +109,7 @@ impl Default for Limits {
             max_connections: 10_000,
             buffer_bytes: 64 * 1024,
             max_frame_bytes: 16 * 1024 * 1024,
+            max_message_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -118,7 +122,8 @@ pub struct RouteConfig {
     pub name: String,
     /// Exact path (`/vnc`), or a prefix when it ends in `/` (`/apps/`, `/`). Query is ignored.
     pub path: String,
-    /// `tcp://host:port`, or `builtin:echo` for the built-in echo service.
+    /// `tcp://host:port`, `ws://host:port/path`, `wss://host:port/path`, or
+    /// `builtin:echo` for the built-in echo service.
     pub backend: String,
     /// Subprotocols this route accepts, in the client's order of preference. Default `["binary"]`.
     #[serde(default = "default_subprotocols")]
@@ -126,6 +131,61 @@ pub struct RouteConfig {
     /// Frame type for backend bytes: `binary` (default) or `text` (UTF-8 never split across frames).
     #[serde(default)]
     pub message_type: MessageType,
+    /// WebSocket backends: request headers copied to the backend handshake.
+    /// Default `["cookie", "authorization", "user-agent"]`.
+    #[serde(default = "default_forward_headers")]
+    pub forward_headers: Vec<String>,
+    /// WebSocket backends with a prefix route: drop the route's prefix from the request
+    /// path before appending it to the backend URL's path. Default true.
+    #[serde(default = "default_true")]
+    pub strip_path_prefix: bool,
+    /// `wss://` backends: a PEM CA bundle to verify against instead of the built-in
+    /// Mozilla roots. Default: none (built-in roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// `wss://` backends: skip certificate verification. Development only; logged at start.
+    /// Default false.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Overrides `limits.max_frame_bytes` for this route.
+    #[serde(default)]
+    pub max_frame_bytes: Option<usize>,
+    /// Overrides `limits.max_message_bytes` for this route.
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_forward_headers() -> Vec<String> {
+    ["cookie", "authorization", "user-agent"]
+        .map(String::from)
+        .to_vec()
+}
+
+impl RouteConfig {
+    /// A route with every optional field at its default.
+    pub fn new(
+        name: impl Into<String>,
+        path: impl Into<String>,
+        backend: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            path: path.into(),
+            backend: backend.into(),
+            subprotocols: default_subprotocols(),
+            message_type: MessageType::default(),
+            forward_headers: default_forward_headers(),
+            strip_path_prefix: true,
+            tls_ca_file: None,
+            insecure_skip_verify: false,
+            max_frame_bytes: None,
+            max_message_bytes: None,
+        }
+    }
 }
 
 fn default_subprotocols() -> Vec<String> {
@@ -146,6 +206,13 @@ pub enum MessageType {
 pub enum BackendAddr {
     /// A raw TCP service, dialed by name on every session (DNS is re-resolved).
     Tcp { host: String, port: u16 },
+    /// A WebSocket service; `path` holds the URL's path and query (at least `/`).
+    WebSocket {
+        tls: bool,
+        host: String,
+        port: u16,
+        path: String,
+    },
     /// The built-in echo service, started by the gateway on a loopback port.
     BuiltinEcho,
 }
@@ -155,13 +222,24 @@ impl BackendAddr {
         if url == "builtin:echo" {
             return Ok(Self::BuiltinEcho);
         }
-        let Some(rest) = url.strip_prefix("tcp://") else {
-            bail!("backend {url:?}: expected tcp://HOST:PORT or builtin:echo");
+        let (scheme, rest) = url.split_once("://").with_context(|| {
+            format!("backend {url:?}: expected tcp://, ws://, wss:// or builtin:echo")
+        })?;
+        let (authority, path) = match (scheme, rest.find(['/', '?'])) {
+            ("tcp", _) => (rest.trim_end_matches('/'), ""),
+            ("ws" | "wss", Some(i)) => (&rest[..i], &rest[i..]),
+            ("ws" | "wss", None) => (rest, ""),
+            _ => bail!("backend {url:?}: unknown scheme {scheme:?} (tcp, ws, wss)"),
         };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = rest
-            .rsplit_once(':')
-            .with_context(|| format!("backend {url:?}: missing :PORT"))?;
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !authority.starts_with('[') || h.ends_with(']') => (h, p),
+            _ if scheme == "ws" => (authority, "80"),
+            _ if scheme == "wss" => (authority, "443"),
+            _ => bail!("backend {url:?}: missing :PORT"),
+        };
+        if host.contains(['/', '@', ' ']) {
+            bail!("backend {url:?}: bad host {host:?}");
+        }
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
             bail!("backend {url:?}: missing host");
@@ -171,9 +249,19 @@ impl BackendAddr {
             .ok()
             .filter(|p| *p != 0)
             .with_context(|| format!("backend {url:?}: port must be 1-65535"))?;
-        Ok(Self::Tcp {
-            host: host.to_owned(),
-            port,
+        let host = host.to_owned();
+        Ok(match scheme {
+            "tcp" => Self::Tcp { host, port },
+            _ => Self::WebSocket {
+                tls: scheme == "wss",
+                host,
+                port,
+                path: if path.starts_with('/') {
+                    path.to_owned()
+                } else {
+                    format!("/{path}")
+                },
+            },
         })
     }
 }
@@ -183,6 +271,19 @@ impl std::fmt::Display for BackendAddr {
         match self {
             Self::Tcp { host, port } if host.contains(':') => write!(f, "tcp://[{host}]:{port}"),
             Self::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Self::WebSocket {
+                tls,
+                host,
+                port,
+                path,
+            } => {
+                let scheme = if *tls { "wss" } else { "ws" };
+                if host.contains(':') {
+                    write!(f, "{scheme}://[{host}]:{port}{path}")
+                } else {
+                    write!(f, "{scheme}://{host}:{port}{path}")
+                }
+            }
             Self::BuiltinEcho => f.write_str("builtin:echo"),
         }
     }
@@ -196,6 +297,51 @@ pub struct Route {
     pub backend: BackendAddr,
     pub subprotocols: Vec<String>,
     pub message_type: MessageType,
+    /// Lower-case header names copied to a WebSocket backend's handshake.
+    pub forward_headers: Vec<hyper::header::HeaderName>,
+    pub strip_path_prefix: bool,
+    /// TLS client settings for a `wss://` backend.
+    pub backend_tls: Option<Arc<rustls::ClientConfig>>,
+    pub max_frame_bytes: usize,
+    pub max_message_bytes: usize,
+}
+
+impl Route {
+    /// The path and query to request from a WebSocket backend for this client request.
+    pub fn backend_path(
+        &self,
+        backend_path: &str,
+        request_path: &str,
+        query: Option<&str>,
+    ) -> String {
+        let rest = match request_path.strip_prefix(self.path.as_str()) {
+            Some(rest) if self.strip_path_prefix && self.path.ends_with('/') => rest,
+            _ if self.path.ends_with('/') => request_path.trim_start_matches('/'),
+            _ => "",
+        };
+        let (base, base_query) = match backend_path.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (backend_path, None),
+        };
+        let mut out = String::with_capacity(base.len() + rest.len() + 16);
+        out.push_str(base);
+        if !rest.is_empty() {
+            if !out.ends_with('/') {
+                out.push('/');
+            }
+            out.push_str(rest);
+        }
+        let queries: Vec<&str> = [base_query, query]
+            .into_iter()
+            .flatten()
+            .filter(|q| !q.is_empty())
+            .collect();
+        if !queries.is_empty() {
+            out.push('?');
+            out.push_str(&queries.join("&"));
+        }
+        out
+    }
 }
 
 /// The resolved configuration: no `Option` that "must be set", durations as `Duration`.
@@ -214,7 +360,6 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub max_connections: usize,
     pub buffer_bytes: usize,
-    pub max_frame_bytes: usize,
 }
 
 impl Config {
@@ -296,6 +441,31 @@ impl FileConfig {
             }
             let backend =
                 BackendAddr::parse(&r.backend).with_context(|| format!("route[{i}].backend"))?;
+            let is_wss = matches!(backend, BackendAddr::WebSocket { tls: true, .. });
+            if !is_wss && (r.tls_ca_file.is_some() || r.insecure_skip_verify) {
+                bail!("route[{i}]: tls_ca_file and insecure_skip_verify apply to wss:// backends only");
+            }
+            let backend_tls = if is_wss {
+                Some(
+                    crate::tls::client_config(r.tls_ca_file.as_deref(), r.insecure_skip_verify)
+                        .with_context(|| format!("route[{i}].tls_ca_file"))?,
+                )
+            } else {
+                None
+            };
+            let mut forward_headers = Vec::with_capacity(r.forward_headers.len());
+            for h in &r.forward_headers {
+                let name = hyper::header::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                    .ok()
+                    .filter(|n| !is_hop_header(n))
+                    .with_context(|| {
+                        format!("route[{i}].forward_headers: {h:?} is not a forwardable header")
+                    })?;
+                forward_headers.push(name);
+            }
+            let max_frame_bytes = r.max_frame_bytes.unwrap_or(self.limits.max_frame_bytes);
+            let max_message_bytes = r.max_message_bytes.unwrap_or(self.limits.max_message_bytes);
+            check_sizes(&format!("route[{i}]"), max_frame_bytes, max_message_bytes)?;
             for p in &r.subprotocols {
                 if p.is_empty() || !p.bytes().all(is_token_byte) {
                     bail!("route[{i}].subprotocols: {p:?} is not an HTTP token");
@@ -307,6 +477,11 @@ impl FileConfig {
                 backend,
                 subprotocols: r.subprotocols,
                 message_type: r.message_type,
+                forward_headers,
+                strip_path_prefix: r.strip_path_prefix,
+                backend_tls,
+                max_frame_bytes,
+                max_message_bytes,
             }));
         }
         let t = &self.timeouts;
@@ -340,9 +515,41 @@ impl FileConfig {
             shutdown_grace: secs("shutdown_grace_secs", t.shutdown_grace_secs, false)?,
             max_connections: l.max_connections,
             buffer_bytes: l.buffer_bytes,
-            max_frame_bytes: l.max_frame_bytes,
         })
     }
+}
+
+fn check_sizes(at: &str, frame: usize, message: usize) -> anyhow::Result<()> {
+    if !(126..=1 << 30).contains(&frame) {
+        bail!("{at}.max_frame_bytes: must be 126..=1073741824, got {frame}");
+    }
+    if !(frame..=1 << 32).contains(&message) {
+        bail!("{at}.max_message_bytes: must be max_frame_bytes..=4294967296, got {message}");
+    }
+    Ok(())
+}
+
+/// Headers that belong to one hop or to the handshake itself; never forwarded.
+fn is_hop_header(name: &hyper::header::HeaderName) -> bool {
+    use hyper::header::*;
+    [
+        CONNECTION,
+        UPGRADE,
+        HOST,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        CONTENT_LENGTH,
+        PROXY_AUTHORIZATION,
+        SEC_WEBSOCKET_KEY,
+        SEC_WEBSOCKET_VERSION,
+        SEC_WEBSOCKET_EXTENSIONS,
+        SEC_WEBSOCKET_PROTOCOL,
+        SEC_WEBSOCKET_ACCEPT,
+    ]
+    .contains(name)
+        || name.as_str() == "keep-alive"
+        || name.as_str().starts_with("x-forwarded-")
 }
 
 /// RFC 7230 `tchar`: what a subprotocol name may hold.
@@ -384,9 +591,50 @@ mod tests {
         assert!(BackendAddr::parse("tcp://host:0").is_err());
         assert!(BackendAddr::parse("http://host:80").is_err());
         assert_eq!(
+            BackendAddr::parse("wss://example.com/chat?x=1").unwrap(),
+            BackendAddr::WebSocket {
+                tls: true,
+                host: "example.com".into(),
+                port: 443,
+                path: "/chat?x=1".into()
+            }
+        );
+        assert_eq!(
+            BackendAddr::parse("ws://[::1]:9000").unwrap().to_string(),
+            "ws://[::1]:9000/"
+        );
+        assert_eq!(
             BackendAddr::parse("tcp://[::1]:5900").unwrap().to_string(),
             "tcp://[::1]:5900"
         );
+    }
+
+    #[test]
+    fn backend_path_mapping() {
+        let mut r = Route {
+            name: "a".into(),
+            path: "/apps/".into(),
+            backend: BackendAddr::BuiltinEcho,
+            subprotocols: vec![],
+            message_type: MessageType::Binary,
+            forward_headers: vec![],
+            strip_path_prefix: true,
+            backend_tls: None,
+            max_frame_bytes: 1 << 20,
+            max_message_bytes: 1 << 20,
+        };
+        assert_eq!(
+            r.backend_path("/", "/apps/chat/1", Some("t=1")),
+            "/chat/1?t=1"
+        );
+        assert_eq!(
+            r.backend_path("/base?k=v", "/apps/x", Some("t=1")),
+            "/base/x?k=v&t=1"
+        );
+        r.strip_path_prefix = false;
+        assert_eq!(r.backend_path("/", "/apps/chat", None), "/apps/chat");
+        r.path = "/exact".into();
+        assert_eq!(r.backend_path("/ws", "/exact", None), "/ws");
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub enum RejectError {
     BackendUnreachable(#[source] std::io::Error),
     #[error("backend did not answer in time")]
     BackendTimeout,
+    #[error("backend refused the WebSocket upgrade")]
+    BackendRejected(StatusCode),
+    #[error("backend handshake failed")]
+    BackendHandshake(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("gateway is shutting down")]
     ShuttingDown,
 }
@@ -28,7 +32,10 @@ impl RejectError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
-            Self::BackendRefused(_) | Self::BackendUnreachable(_) => StatusCode::BAD_GATEWAY,
+            Self::BackendRefused(_)
+            | Self::BackendUnreachable(_)
+            | Self::BackendRejected(_)
+            | Self::BackendHandshake(_) => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -43,6 +50,8 @@ impl RejectError {
             Self::BackendRefused(_) => "backend_refused",
             Self::BackendUnreachable(_) => "backend_unreachable",
             Self::BackendTimeout => "backend_timeout",
+            Self::BackendRejected(_) => "backend_rejected",
+            Self::BackendHandshake(_) => "backend_handshake",
             Self::ShuttingDown => "shutting_down",
         }
     }
@@ -63,4 +72,6 @@ pub mod close_code {
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// A WebSocket backend broke the protocol (the gateway got a bad answer upstream).
+    pub const BAD_GATEWAY: u16 = 1014;
 }

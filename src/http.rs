@@ -4,29 +4,35 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fastwebsockets::{after_handshake_split, Role};
+use fastwebsockets::{after_handshake_split, Role, WebSocketRead, WebSocketWrite};
 use http_body_util::Full;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use tokio::sync::OwnedSemaphorePermit;
+use hyper_util::rt::TokioIo;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Handshake};
 use crate::bridge::{self, BridgeConfig};
+use crate::config::BackendAddr;
 use crate::config::Route;
 use crate::error::RejectError;
 use crate::metrics::{self, SessionMetrics};
+use crate::relay::{self, RelayConfig};
 use crate::route::select_subprotocol;
 use crate::server::Shared;
+use crate::server::{ConnInfo, ConnectionSlot};
 
 pub type Body = Full<Bytes>;
 
 /// Answer one request on a public listener. Never fails: errors become HTTP answers.
 pub async fn handle(
     mut req: Request<hyper::body::Incoming>,
+    conn: ConnInfo,
     shared: Arc<Shared>,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<ConnectionSlot>,
 ) -> Result<Response<Body>, Infallible> {
     let Some(route) = shared.snapshot.router.find(req.uri().path()).cloned() else {
         return Ok(reject(&req, None, RejectError::NoRoute));
@@ -42,20 +48,28 @@ pub async fn handle(
 
     // Only a live backend earns a 101.
     let dial_started = Instant::now();
-    let backend = match shared.snapshot.dialer.dial(&route.backend).await {
+    let handshake = match &route.backend {
+        BackendAddr::WebSocket { path, .. } => backend_handshake(&req, &route, path, conn),
+        _ => Handshake::default(),
+    };
+    let backend = match shared.snapshot.dialer.dial(&route, handshake).await {
         Ok(b) => b,
         Err(e) => return Ok(reject(&req, Some(&route), e)),
     };
     metrics::backend_connected(&route.name, dial_started.elapsed());
 
-    let protocol = {
-        let offered = req
-            .headers()
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','));
-        select_subprotocol(&route, offered).map(str::to_owned)
+    // A WebSocket backend chose from the client's offer; for a byte backend the route decides.
+    let protocol = match &backend {
+        Backend::WebSocket { protocol, .. } => protocol.clone(),
+        Backend::Tcp(_) => {
+            let offered = req
+                .headers()
+                .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','));
+            select_subprotocol(&route, offered).and_then(|p| HeaderValue::from_str(p).ok())
+        }
     };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
@@ -68,12 +82,10 @@ pub async fn handle(
         }
     };
     let mut response = response.map(|_| Body::default());
-    if let Some(p) = &protocol {
-        if let Ok(v) = HeaderValue::from_str(p) {
-            response
-                .headers_mut()
-                .insert(header::SEC_WEBSOCKET_PROTOCOL, v);
-        }
+    if let Some(p) = protocol {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
 
     let session = {
@@ -94,37 +106,45 @@ pub async fn handle(
     Ok(response)
 }
 
-async fn run_session(
-    client: hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>,
-    backend: Backend,
-    route: &Route,
-    shared: &Shared,
-) {
+async fn run_session(client: TokioIo<Upgraded>, backend: Backend, route: &Route, shared: &Shared) {
     let started = Instant::now();
     let metrics = SessionMetrics::start(route.name.clone());
     let snapshot = &shared.snapshot;
-    let (client_read, client_write) = tokio::io::split(client);
-    let (mut ws_read, mut ws_write) =
-        after_handshake_split(client_read, client_write, Role::Server);
-    // fastwebsockets checks this per frame; fragments stream through without reassembly.
-    ws_read.set_max_message_size(snapshot.max_frame_bytes);
-    ws_read.set_auto_pong(false);
-    ws_write.set_writev(true);
-    let config = BridgeConfig {
-        buffer_bytes: snapshot.buffer_bytes,
-        message_type: route.message_type,
-        ping_interval: snapshot.ping_interval,
-        pong_timeout: snapshot.pong_timeout,
-        close_grace: snapshot.close_grace,
-    };
+    let (client_read, client_write) = websocket_halves(client, Role::Server, route.max_frame_bytes);
     let outcome = match backend {
         Backend::Tcp(stream) => {
+            let config = BridgeConfig {
+                buffer_bytes: snapshot.buffer_bytes,
+                max_message_bytes: route.max_message_bytes,
+                message_type: route.message_type,
+                ping_interval: snapshot.ping_interval,
+                pong_timeout: snapshot.pong_timeout,
+                close_grace: snapshot.close_grace,
+            };
             let (backend_read, backend_write) = stream.into_split();
             bridge::run(
-                ws_read,
-                ws_write,
+                client_read,
+                client_write,
                 backend_read,
                 backend_write,
+                &config,
+                &metrics,
+                &shared.shutdown,
+                &shared.hard_stop,
+            )
+            .await
+        }
+        Backend::WebSocket { io, .. } => {
+            let config = RelayConfig {
+                max_message_bytes: route.max_message_bytes,
+                ping_interval: snapshot.ping_interval,
+                pong_timeout: snapshot.pong_timeout,
+                close_grace: snapshot.close_grace,
+            };
+            let backend = websocket_halves(io, Role::Client, route.max_frame_bytes);
+            relay::run(
+                (client_read, client_write),
+                backend,
                 &config,
                 &metrics,
                 &shared.shutdown,
@@ -144,6 +164,73 @@ async fn run_session(
         reason = %outcome.reason,
         "session closed"
     );
+}
+
+type Halves = (
+    WebSocketRead<ReadHalf<TokioIo<Upgraded>>>,
+    WebSocketWrite<WriteHalf<TokioIo<Upgraded>>>,
+);
+
+/// Split an upgraded stream into a frame reader and writer with our settings:
+/// frames over `max_frame_bytes` fail the read (fragments stream through, never
+/// reassembled), pongs are ours to send, header and payload go out in one write.
+fn websocket_halves(io: TokioIo<Upgraded>, role: Role, max_frame_bytes: usize) -> Halves {
+    let (read, write) = tokio::io::split(io);
+    let (mut read, mut write) = after_handshake_split(read, write, role);
+    // fastwebsockets rejects `len >= limit`; ours is inclusive.
+    read.set_max_message_size(max_frame_bytes.saturating_add(1));
+    read.set_auto_pong(false);
+    write.set_writev(true);
+    (read, write)
+}
+
+/// The backend handshake for a WebSocket route: mapped path, forwarded headers,
+/// `X-Forwarded-*`, and the client's subprotocol offer.
+fn backend_handshake<B>(
+    req: &Request<B>,
+    route: &Route,
+    backend_path: &str,
+    conn: ConnInfo,
+) -> Handshake {
+    let mut headers = HeaderMap::new();
+    for name in &route.forward_headers {
+        for value in req.headers().get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let client_ip = conn.peer.ip().to_string();
+    let forwarded_for = match req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prior) => format!("{prior}, {client_ip}"),
+        None => client_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    if let Some(host) = req.headers().get(header::HOST) {
+        headers.insert("x-forwarded-host", host.clone());
+    }
+    let protocols = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ");
+    Handshake {
+        path: route.backend_path(backend_path, req.uri().path(), req.uri().query()),
+        headers,
+        protocols: (!protocols.is_empty())
+            .then(|| HeaderValue::from_str(&protocols).ok())
+            .flatten(),
+    }
 }
 
 /// RFC 6455 §4.2.1: what makes a request a WebSocket upgrade.
@@ -202,7 +289,10 @@ fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Respons
     if e.is_client_error() {
         debug!(path = req.uri().path(), error = %e, "upgrade rejected");
     } else {
-        let source = std::error::Error::source(&e).map(ToString::to_string);
+        let source = match &e {
+            RejectError::BackendRejected(status) => Some(format!("backend answered {status}")),
+            _ => std::error::Error::source(&e).map(ToString::to_string),
+        };
         warn!(path = req.uri().path(), error = %e, source = source.as_deref(), "upgrade failed");
     }
     let mut response = Response::new(Body::from(format!("{e}\n")));

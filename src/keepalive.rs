@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{sleep_until, Instant};
 
 /// What the bridge must do when [`Keepalive::deadline`] passes.
 #[derive(Debug, PartialEq, Eq)]
@@ -72,6 +72,14 @@ impl Keepalive {
     /// a client that accepts no byte for a whole ping cycle could not have answered a ping either.
     pub fn stall_limit(&self) -> Duration {
         self.interval + self.pong_timeout
+    }
+}
+
+/// Sleep until `at`, or forever when there is no deadline (for a `select!` arm).
+pub async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

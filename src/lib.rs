@@ -8,9 +8,11 @@
 //! tls.rs       PEM -> rustls ServerConfig (the one place PEM is read)
 //! http.rs      one request: route (404), upgrade checks (400/426), dial (502/504), 101, spawn session
 //! route.rs     path -> route, subprotocol choice (pure)
-//! backend.rs   dial backends under a timeout; the built-in echo service
+//! backend.rs   dial TCP / WebSocket (ws, wss) backends under a timeout; the built-in echo service
 //! bridge.rs    the two-direction pump, control frames, close handshake, counts
+//! relay.rs     WebSocket ↔ WebSocket frame relay: two hops, close codes end to end
 //! keepalive.rs ping schedule and missed-pong state (pure)
+//! frames.rs    frame rules shared by both bridges: sequencing, UTF-8, sizes, read errors
 //! utf8.rs      incremental UTF-8 checks for fragmented text
 //! metrics.rs   metric names, descriptions, recorder, per-session handles
 //! admin.rs     /metrics, /healthz, /readyz on the admin listener
@@ -28,9 +30,11 @@ pub mod backend;
 pub mod bridge;
 pub mod config;
 pub mod error;
+pub mod frames;
 pub mod http;
 pub mod keepalive;
 pub mod metrics;
+pub mod relay;
 pub mod route;
 pub mod server;
 pub mod shutdown;

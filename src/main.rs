@@ -125,13 +125,11 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
         let (path, backend) = spec
             .split_once('=')
             .with_context(|| format!("--route {spec:?}: expected PATH=URL"))?;
-        routes.push(RouteConfig {
-            name: route_name(path, routes.len()),
-            path: path.to_owned(),
-            backend: backend.to_owned(),
-            subprotocols: vec!["binary".to_owned()],
-            message_type: Default::default(),
-        });
+        routes.push(RouteConfig::new(
+            route_name(path, routes.len()),
+            path,
+            backend,
+        ));
     }
     let tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(cert_file), Some(key_file)) => Some(TlsConfig {

@@ -57,6 +57,11 @@ mod tests {
             backend: BackendAddr::BuiltinEcho,
             subprotocols: vec!["binary".into(), "mqtt".into()],
             message_type: MessageType::Binary,
+            forward_headers: vec![],
+            strip_path_prefix: true,
+            backend_tls: None,
+            max_frame_bytes: 1 << 20,
+            max_message_bytes: 1 << 20,
         })
     }
 

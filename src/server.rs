@@ -31,7 +31,6 @@ pub struct Snapshot {
     pub router: Router,
     pub dialer: Dialer,
     pub buffer_bytes: usize,
-    pub max_frame_bytes: usize,
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
     pub close_grace: Duration,
@@ -140,7 +139,6 @@ impl Gateway {
                 echo_addr,
             },
             buffer_bytes: config.buffer_bytes,
-            max_frame_bytes: config.max_frame_bytes,
             ping_interval: config.ping_interval,
             pong_timeout: config.pong_timeout,
             close_grace: config.close_grace,
@@ -236,9 +234,13 @@ async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc<Sha
         };
         let span = tracing::info_span!("conn", %peer, route = tracing::field::Empty, backend = tracing::field::Empty);
         let tls = l.tls.clone();
+        let conn = ConnInfo {
+            peer,
+            tls: tls.is_some(),
+        };
         shared
             .tracker
-            .spawn(connection(stream, tls, permit, shared.clone()).instrument(span));
+            .spawn(connection(stream, tls, conn, permit, shared.clone()).instrument(span));
     }
 }
 
@@ -251,24 +253,43 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
+/// A client connection's place under `max_connections`, and its count in
+/// `wsgate_connections_active`. Shared by the HTTP connection and the session it
+/// upgrades to, so both last until the session ends.
+pub struct ConnectionSlot {
+    _permit: OwnedSemaphorePermit,
+    _gauge: ConnectionGuard,
+}
+
+/// What a request handler knows of its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The client came over TLS (`wss`).
+    pub tls: bool,
+}
+
 async fn connection(
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
+    conn: ConnInfo,
     permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
 ) {
     let _ = stream.set_nodelay(true);
-    let _guard = ConnectionGuard::open();
-    let permit = Arc::new(permit);
+    let permit = Arc::new(ConnectionSlot {
+        _permit: permit,
+        _gauge: ConnectionGuard::open(),
+    });
     match tls {
-        None => serve_http(stream, permit, shared).await,
+        None => serve_http(stream, conn, permit, shared).await,
         Some(acceptor) => {
             let handshake = tokio::select! {
                 r = tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(stream)) => r,
                 () = shared.shutdown.cancelled() => return,
             };
             match handshake {
-                Ok(Ok(stream)) => serve_http(stream, permit, shared).await,
+                Ok(Ok(stream)) => serve_http(stream, conn, permit, shared).await,
                 Ok(Err(e)) => {
                     metrics::tls_handshake_failed();
                     debug!(error = %e, "TLS handshake failed");
@@ -282,13 +303,13 @@ async fn connection(
     }
 }
 
-async fn serve_http<IO>(io: IO, permit: Arc<OwnedSemaphorePermit>, shared: Arc<Shared>)
+async fn serve_http<IO>(io: IO, conn: ConnInfo, permit: Arc<ConnectionSlot>, shared: Arc<Shared>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = {
         let shared = shared.clone();
-        service_fn(move |req| crate::http::handle(req, shared.clone(), permit.clone()))
+        service_fn(move |req| crate::http::handle(req, conn, shared.clone(), permit.clone()))
     };
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -40,9 +40,10 @@ impl Utf8Stream {
                     self.pending_len = 0;
                 }
                 Err(e) if e.error_len().is_none() && take == data.len() => {
+                    // Still cut short: everything new joined the pending character.
                     self.pending = joined;
                     self.pending_len = joined_len;
-                    data = &[];
+                    return if fin { Err(InvalidUtf8) } else { Ok(()) };
                 }
                 Err(_) => return Err(InvalidUtf8),
             }
@@ -81,6 +82,17 @@ mod tests {
                 v.push(&s[a..b], false).unwrap();
                 v.push(&s[b..], true).unwrap();
             }
+        }
+    }
+
+    /// Regression: Autobahn 6.2.4 (one-byte fragments) failed with 1007 because a character
+    /// still cut short after two fragments was forgotten.
+    #[test]
+    fn one_byte_fragments_pass() {
+        let s = "κόσμε😀".as_bytes();
+        let mut v = Utf8Stream::default();
+        for (i, b) in s.iter().enumerate() {
+            v.push(std::slice::from_ref(b), i + 1 == s.len()).unwrap();
         }
     }
 

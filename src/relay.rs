@@ -1,0 +1,477 @@
+//! The frame relay between a WebSocket client and a WebSocket backend: two hops, each a full peer.
+//!
+//! Each hop has a reader (its own loop: `read_frame` is not cancel-safe) and a writer (the only
+//! place frames go out: relayed data, pongs, pings for that hop's keepalive, Close). Frames stream
+//! through one at a time with their opcode and FIN bit, never reassembled; the channels between
+//! reader and writer hold one frame, so a slow hop slows the other instead of growing a queue.
+//! Close codes travel end to end; a hop that dies closes the other with 1001 (client lost) or
+//! 1011 (backend lost), 1014 when the backend broke the protocol.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketRead, WebSocketWrite};
+use metrics::{Counter, Histogram};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::{Initiator, Outcome};
+use crate::error::close_code;
+use crate::frames::{self, close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
+use crate::keepalive::{sleep_until_opt, Due, Keepalive};
+use crate::metrics::SessionMetrics;
+
+/// Per-session settings from the route and the config snapshot.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Largest message from either hop, all fragments together (1009 above it).
+    pub max_message_bytes: usize,
+    /// Ping interval for each hop; `None` disables keepalive.
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Duration,
+    /// How long a hop waits for the Close that answers its own.
+    pub close_grace: Duration,
+}
+
+/// Which side of the gateway a hop faces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    Client,
+    Backend,
+}
+
+impl Hop {
+    fn initiator(self) -> Initiator {
+        match self {
+            Hop::Client => Initiator::Client,
+            Hop::Backend => Initiator::Backend,
+        }
+    }
+
+    /// The Close the *other* hop gets when this one vanishes.
+    fn lost(self) -> (u16, &'static str) {
+        match self {
+            Hop::Client => (close_code::GOING_AWAY, "client went away"),
+            Hop::Backend => (close_code::INTERNAL_ERROR, "backend connection lost"),
+        }
+    }
+
+    /// The Close the *other* hop gets when this one broke the protocol.
+    fn violated(self) -> (u16, &'static str) {
+        match self {
+            Hop::Client => (close_code::GOING_AWAY, "client protocol error"),
+            Hop::Backend => (close_code::BAD_GATEWAY, "backend protocol error"),
+        }
+    }
+}
+
+/// From a hop's reader to the other hop's writer.
+enum Relayed {
+    Frame {
+        opcode: OpCode,
+        fin: bool,
+        payload: BytesMut,
+    },
+    /// The peer's Close, raw (code and reason), to pass on unchanged.
+    Close(Bytes),
+    /// The peer is gone or broke the protocol: close the other hop with this.
+    Lost(u16, &'static str),
+}
+
+/// From a hop's reader to its own writer.
+enum Own {
+    Ping(Bytes),
+    Pong(Bytes),
+    /// The peer sent Close (its payload): answer once the other hop answered, or at the deadline.
+    PeerClosed(Bytes),
+    /// The peer broke the protocol: close it with this code.
+    Violation(u16, &'static str),
+}
+
+/// The first reason the session started to end; later ones do not overwrite it.
+type FirstEnd = Arc<OnceLock<(u16, Initiator, Cow<'static, str>)>>;
+
+fn record(first: &FirstEnd, code: u16, initiator: Initiator, reason: impl Into<Cow<'static, str>>) {
+    let _ = first.set((code, initiator, reason.into()));
+}
+
+/// Relay frames between `client` and `backend` until both close handshakes are done.
+#[allow(clippy::too_many_arguments)]
+pub async fn run<CR, CW, BR, BW>(
+    client: (WebSocketRead<CR>, WebSocketWrite<CW>),
+    backend: (WebSocketRead<BR>, WebSocketWrite<BW>),
+    config: &RelayConfig,
+    metrics: &SessionMetrics,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> Outcome
+where
+    CR: AsyncRead + Unpin + Send + 'static,
+    CW: AsyncWrite + Unpin,
+    BR: AsyncRead + Unpin + Send + 'static,
+    BW: AsyncWrite + Unpin,
+{
+    let first: FirstEnd = Arc::default();
+    let (to_backend_tx, to_backend_rx) = mpsc::channel(1);
+    let (to_client_tx, to_client_rx) = mpsc::channel(1);
+    let (client_own_tx, client_own_rx) = mpsc::channel(4);
+    let (backend_own_tx, backend_own_rx) = mpsc::channel(4);
+    let up = Arc::new(AtomicU64::new(0));
+    let down = Arc::new(AtomicU64::new(0));
+    let stop_readers = CancellationToken::new();
+
+    let client_reader = tokio::spawn(read_hop(
+        client.0,
+        Hop::Client,
+        client_own_tx,
+        to_backend_tx.clone(),
+        Counts {
+            max_message_bytes: config.max_message_bytes,
+            bytes: metrics.bytes_to_backend.clone(),
+            messages: metrics.messages_to_backend.clone(),
+            total: up.clone(),
+        },
+        first.clone(),
+        stop_readers.clone(),
+    ));
+    let backend_reader = tokio::spawn(read_hop(
+        backend.0,
+        Hop::Backend,
+        backend_own_tx,
+        to_client_tx.clone(),
+        Counts {
+            max_message_bytes: config.max_message_bytes,
+            bytes: metrics.bytes_to_client.clone(),
+            messages: metrics.messages_to_client.clone(),
+            total: down.clone(),
+        },
+        first.clone(),
+        stop_readers.clone(),
+    ));
+
+    let keepalive = || {
+        config
+            .ping_interval
+            .map(|i| Keepalive::new(i, config.pong_timeout, Instant::now()))
+    };
+    let client_writer = HopWriter {
+        hop: Hop::Client,
+        keepalive: keepalive(),
+        ws: GuardedWriter::new(client.1, stall_limit(config), hard_stop),
+        first: first.clone(),
+        rtt: Some(metrics.ping_rtt.clone()),
+        metrics,
+    };
+    let backend_writer = HopWriter {
+        hop: Hop::Backend,
+        keepalive: keepalive(),
+        ws: GuardedWriter::new(backend.1, stall_limit(config), hard_stop),
+        first: first.clone(),
+        rtt: None,
+        metrics,
+    };
+    tokio::join!(
+        client_writer.run(client_own_rx, to_client_rx, to_backend_tx, config, shutdown),
+        backend_writer.run(
+            backend_own_rx,
+            to_backend_rx,
+            to_client_tx,
+            config,
+            shutdown
+        ),
+    );
+    stop_readers.cancel();
+    let _ = tokio::join!(client_reader, backend_reader);
+
+    let (code, initiator, reason) =
+        first
+            .get()
+            .cloned()
+            .unwrap_or((close_code::ABNORMAL, Initiator::Gateway, "ended".into()));
+    Outcome {
+        code,
+        initiator,
+        reason,
+        bytes_to_backend: up.load(Ordering::Relaxed),
+        bytes_to_client: down.load(Ordering::Relaxed),
+    }
+}
+
+fn stall_limit(config: &RelayConfig) -> Option<Duration> {
+    config.ping_interval.map(|i| i + config.pong_timeout)
+}
+
+struct Counts {
+    max_message_bytes: usize,
+    bytes: Counter,
+    messages: Counter,
+    total: Arc<AtomicU64>,
+}
+
+/// One hop's reader: frames from its peer, checked, to the other hop (data, Close)
+/// or to its own writer (ping, pong, violations).
+async fn read_hop<R: AsyncRead + Unpin>(
+    mut ws: WebSocketRead<R>,
+    hop: Hop,
+    own: mpsc::Sender<Own>,
+    relay: mpsc::Sender<Relayed>,
+    counts: Counts,
+    first: FirstEnd,
+    stop: CancellationToken,
+) {
+    // Dropping the loop is cancel-safe: nothing reads `ws` afterwards.
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = pump_hop(&mut ws, hop, &own, &relay, &counts, &first) => {}
+    }
+}
+
+async fn pump_hop<R: AsyncRead + Unpin>(
+    ws: &mut WebSocketRead<R>,
+    hop: Hop,
+    own: &mpsc::Sender<Own>,
+    relay: &mpsc::Sender<Relayed>,
+    counts: &Counts,
+    first: &FirstEnd,
+) {
+    let mut ignore = |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
+    let mut messages = MessageCheck::new(counts.max_message_bytes);
+    loop {
+        let violation = match ws.read_frame(&mut ignore).await {
+            Err(e) => match frames::read_error(&e) {
+                Some(v) => v,
+                None => {
+                    let side = if hop == Hop::Client {
+                        "client"
+                    } else {
+                        "backend"
+                    };
+                    record(
+                        first,
+                        close_code::ABNORMAL,
+                        hop.initiator(),
+                        format!("{side} vanished without a Close"),
+                    );
+                    let (code, reason) = hop.lost();
+                    let _ = relay.send(Relayed::Lost(code, reason)).await;
+                    return;
+                }
+            },
+            Ok(frame) => {
+                let checked = frames::check_control(frame.opcode, frame.payload.len())
+                    .and_then(|()| messages.data_frame(frame.opcode, frame.fin, &frame.payload));
+                match (checked, frame.opcode) {
+                    (Err(v), _) => v,
+                    (Ok(_), OpCode::Ping) => {
+                        if own
+                            .send(Own::Ping(Bytes::copy_from_slice(&frame.payload)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    (Ok(_), OpCode::Pong) => {
+                        if own
+                            .send(Own::Pong(Bytes::copy_from_slice(&frame.payload)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    (Ok(_), OpCode::Close) => {
+                        let payload = Bytes::copy_from_slice(&frame.payload);
+                        let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default())
+                            .into_owned();
+                        record(first, close_payload_code(&payload), hop.initiator(), reason);
+                        let _ = relay.send(Relayed::Close(payload.clone())).await;
+                        let _ = own.send(Own::PeerClosed(payload)).await;
+                        return;
+                    }
+                    (Ok(ends_message), opcode) => {
+                        let n = frame.payload.len() as u64;
+                        let payload = match frame.payload {
+                            Payload::Bytes(b) => b,
+                            other => BytesMut::from(&other[..]),
+                        };
+                        if relay
+                            .send(Relayed::Frame {
+                                opcode,
+                                fin: frame.fin,
+                                payload,
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        counts.bytes.increment(n);
+                        counts.total.fetch_add(n, Ordering::Relaxed);
+                        if ends_message {
+                            counts.messages.increment(1);
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let (code, reason) = violation;
+        record(first, code, hop.initiator(), reason);
+        let _ = own.send(Own::Violation(code, reason)).await;
+        let (code, reason) = hop.violated();
+        let _ = relay.send(Relayed::Lost(code, reason)).await;
+        return;
+    }
+}
+
+/// One hop's writer and its half of the close handshake.
+struct HopWriter<'a, W> {
+    hop: Hop,
+    ws: GuardedWriter<'a, W>,
+    keepalive: Option<Keepalive>,
+    first: FirstEnd,
+    /// Where this hop's ping round trips are recorded (the client hop only).
+    rtt: Option<Histogram>,
+    metrics: &'a SessionMetrics,
+}
+
+impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
+    async fn run(
+        mut self,
+        mut own: mpsc::Receiver<Own>,
+        mut relayed: mpsc::Receiver<Relayed>,
+        to_other: mpsc::Sender<Relayed>,
+        config: &RelayConfig,
+        shutdown: &CancellationToken,
+    ) {
+        let hard_stop = self.ws.hard_stop();
+        let mut sent_close = false;
+        let mut peer_closed: Option<Bytes> = None;
+        let mut deadline: Option<Instant> = None;
+        let (mut own_open, mut relay_open) = (true, true);
+        macro_rules! send_or_return {
+            ($write:expr) => {
+                if let Err(e) = $write.await {
+                    if let WriteFailed::Stalled = e {
+                        self.metrics.keepalive_timed_out();
+                    }
+                    let (code, reason) = self.hop.lost();
+                    record(
+                        &self.first,
+                        close_code::ABNORMAL,
+                        self.hop.initiator(),
+                        "write failed or stalled",
+                    );
+                    let _ = to_other.try_send(Relayed::Lost(code, reason));
+                    return;
+                }
+            };
+        }
+        loop {
+            let ping_at = match (&self.keepalive, sent_close || peer_closed.is_some()) {
+                (Some(k), false) => Some(k.deadline()),
+                _ => None,
+            };
+            tokio::select! {
+                biased;
+                () = hard_stop.cancelled() => return,
+                () = sleep_until_opt(ping_at), if ping_at.is_some() => {
+                    let Some(k) = self.keepalive.as_mut() else { continue };
+                    match k.on_deadline(Instant::now()) {
+                        Due::Ping(seq) => send_or_return!(self.ws.send(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&seq)))),
+                        Due::TimedOut => {
+                            self.metrics.keepalive_timed_out();
+                            record(&self.first, close_code::GOING_AWAY, Initiator::Gateway, "keepalive timeout");
+                            self.ws.try_close(close_code::GOING_AWAY, "keepalive timeout").await;
+                            let (code, _) = self.hop.lost();
+                            let _ = to_other.try_send(Relayed::Lost(code, "peer keepalive timeout"));
+                            return;
+                        }
+                    }
+                }
+                msg = own.recv(), if own_open => match msg {
+                    Some(Own::Ping(payload)) if !sent_close => send_or_return!(self.ws.send(Frame::pong(Payload::Borrowed(&payload)))),
+                    Some(Own::Ping(_)) => {}
+                    Some(Own::Pong(payload)) => {
+                        let rtt = self.keepalive.as_mut().and_then(|k| k.on_pong(&payload, Instant::now()));
+                        if let (Some(rtt), Some(h)) = (rtt, &self.rtt) {
+                            h.record(rtt.as_secs_f64());
+                        }
+                    }
+                    Some(Own::PeerClosed(payload)) => {
+                        own_open = false;
+                        if sent_close {
+                            return;
+                        }
+                        // Answer with the other hop's reply when it comes, or echo at the deadline.
+                        peer_closed = Some(payload);
+                        deadline = Some(Instant::now() + config.close_grace);
+                    }
+                    Some(Own::Violation(code, reason)) => {
+                        if !sent_close {
+                            self.ws.try_close(code, reason).await;
+                        }
+                        return;
+                    }
+                    // The reader ended without a Close: the peer is gone.
+                    None => return,
+                },
+                () = shutdown.cancelled(), if !sent_close => {
+                    record(&self.first, close_code::GOING_AWAY, Initiator::Gateway, "gateway shutting down");
+                    send_or_return!(self.ws.send_close(close_code::GOING_AWAY, "gateway shutting down"));
+                    sent_close = true;
+                    if peer_closed.is_some() {
+                        return;
+                    }
+                    deadline = Some(Instant::now() + config.close_grace);
+                }
+                msg = relayed.recv(), if relay_open => match msg {
+                    Some(Relayed::Frame { opcode, fin, payload }) => {
+                        if !sent_close {
+                            send_or_return!(self.ws.send(Frame::new(fin, opcode, None, Payload::Bytes(payload))));
+                        }
+                    }
+                    Some(Relayed::Close(payload)) => {
+                        relay_open = false;
+                        if !sent_close {
+                            send_or_return!(self.ws.send(Frame::close_raw(Payload::Borrowed(&payload))));
+                            sent_close = true;
+                        }
+                        if peer_closed.is_some() {
+                            return;
+                        }
+                        deadline = Some(Instant::now() + config.close_grace);
+                    }
+                    Some(Relayed::Lost(code, reason)) => {
+                        relay_open = false;
+                        if !sent_close {
+                            send_or_return!(self.ws.send_close(code, reason));
+                            sent_close = true;
+                        }
+                        if peer_closed.is_some() {
+                            return;
+                        }
+                        deadline = Some(Instant::now() + config.close_grace);
+                    }
+                    None => relay_open = false,
+                },
+                () = sleep_until_opt(deadline), if deadline.is_some() => {
+                    if let (Some(payload), false) = (&peer_closed, sent_close) {
+                        // The other hop never answered: complete this hop's handshake ourselves.
+                        let payload = payload.clone();
+                        send_or_return!(self.ws.send(Frame::close_raw(Payload::Borrowed(&payload))));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
