@@ -777,7 +777,6 @@ async fn ipv6_listener_and_backend() {
 // The connection gauge.
 
 #[tokio::test]
-#[ignore = "bug: wsgate_connections_active drops to 0 once a connection is upgraded; live sessions are not counted"]
 async fn upgraded_connections_still_count_as_active_connections() {
     let echo = tcp_echo_backend().await;
     let gw = gateway_to("conn_gauge", &format!("tcp://{echo}")).await;
