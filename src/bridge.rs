@@ -298,7 +298,9 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         shutdown: &CancellationToken,
     ) -> Ending {
         let hard_stop = self.ws.hard_stop();
-        let mut buf: Vec<u8> = Vec::with_capacity(config.buffer_bytes);
+        // Allocated on the first backend bytes, sized to the traffic: an idle session holds little.
+        let mut buf: Vec<u8> = Vec::new();
+        let mut read_size = ReadSize::new(config.buffer_bytes);
         let mut phase = Phase::Open;
         let mut backend_open = true;
         // False once the client's side ended (its Close, a violation, or EOF): the reader is done.
@@ -355,6 +357,9 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                 }
             };
             let read_backend = backend_open && !matches!(phase, Phase::GatewayClosed { .. });
+            if read_backend {
+                read_size.prepare(&mut buf);
+            }
             let accepting_shutdown = !matches!(phase, Phase::GatewayClosed { .. });
             tokio::select! {
                 biased;
@@ -436,7 +441,8 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         }
                         close_with!(close_code::NORMAL, Initiator::Backend, "backend closed the connection");
                     }
-                    Ok(_) => {
+                    Ok(n) => {
+                        read_size.after_read(n);
                         let ready = match config.message_type {
                             MessageType::Binary => buf.len(),
                             MessageType::Text => match complete_prefix(&buf) {
@@ -485,9 +491,73 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
     }
 }
 
+/// Backend read sizes follow the traffic: they double while reads fill the buffer (bulk
+/// transfer) up to `buffer_bytes`, and halve when reads come back small (interactive).
+#[derive(Debug)]
+struct ReadSize {
+    current: usize,
+    max: usize,
+}
+
+impl ReadSize {
+    const MIN: usize = 4096;
+
+    fn new(max: usize) -> Self {
+        Self {
+            current: Self::MIN.min(max),
+            max,
+        }
+    }
+
+    /// Make room for the next read, giving memory back after a burst.
+    fn prepare(&self, buf: &mut Vec<u8>) {
+        if buf.capacity() > 2 * self.current.max(buf.len()) {
+            buf.shrink_to(self.current.max(buf.len()));
+        }
+        buf.reserve_exact(self.current);
+    }
+
+    fn after_read(&mut self, n: usize) {
+        if n >= self.current {
+            self.current = (self.current * 2).min(self.max);
+        } else if n <= self.current / 4 {
+            self.current = (self.current / 2).max(Self::MIN.min(self.max));
+        }
+    }
+}
+
 /// The client started the close: report its code (1005 "no code" when it sent none).
 fn client_ending(echo: &[u8]) -> Ending {
     let code = close_payload_code(echo);
     let reason = String::from_utf8_lossy(echo.get(2..).unwrap_or_default()).into_owned();
     (code, Initiator::Client, reason.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_size_grows_with_bulk_and_shrinks_when_idle() {
+        let mut size = ReadSize::new(64 * 1024);
+        let mut buf = Vec::new();
+        size.prepare(&mut buf);
+        assert!(buf.capacity() >= 4096 && buf.capacity() < 8192);
+        for _ in 0..6 {
+            let n = size.current;
+            size.after_read(n);
+        }
+        assert_eq!(size.current, 64 * 1024, "capped at buffer_bytes");
+        size.prepare(&mut buf);
+        assert!(buf.capacity() >= 64 * 1024);
+        for _ in 0..6 {
+            size.after_read(10);
+        }
+        assert_eq!(size.current, 4096);
+        size.prepare(&mut buf);
+        assert!(
+            buf.capacity() < 16 * 1024,
+            "memory given back after the burst"
+        );
+    }
 }

@@ -4,13 +4,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fastwebsockets::{after_handshake_split, Role, WebSocketRead, WebSocketWrite};
+use fastwebsockets::Role;
 use http_body_util::Full;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
@@ -19,6 +18,7 @@ use crate::bridge::{self, BridgeConfig};
 use crate::config::BackendAddr;
 use crate::config::Route;
 use crate::error::RejectError;
+use crate::io::{websocket_halves, ClientStream};
 use crate::metrics::{self, SessionMetrics};
 use crate::relay::{self, RelayConfig};
 use crate::route::select_subprotocol;
@@ -99,18 +99,41 @@ pub async fn handle(
                     return;
                 }
             };
-            run_session(ws.into_inner(), backend, &route, &shared).await;
+            run_session(ws.into_inner().into_inner(), backend, &route, &shared).await;
         }
     };
     shared.tracker.spawn(session.instrument(Span::current()));
     Ok(response)
 }
 
-async fn run_session(client: TokioIo<Upgraded>, backend: Backend, route: &Route, shared: &Shared) {
+async fn run_session(client: Upgraded, backend: Backend, route: &Route, shared: &Shared) {
+    match ClientStream::new(client) {
+        ClientStream::Tcp(read, write) => bridge_session(read, write, backend, route, shared).await,
+        ClientStream::Other(read, write) => {
+            bridge_session(read, write, backend, route, shared).await
+        }
+    }
+}
+
+async fn bridge_session<CR, CW>(
+    client_read: CR,
+    client_write: CW,
+    backend: Backend,
+    route: &Route,
+    shared: &Shared,
+) where
+    CR: AsyncRead + Unpin + Send + 'static,
+    CW: AsyncWrite + Unpin,
+{
     let started = Instant::now();
     let metrics = SessionMetrics::start(route.name.clone());
     let snapshot = &shared.snapshot;
-    let (client_read, client_write) = websocket_halves(client, Role::Server, route.max_frame_bytes);
+    let (client_read, client_write) = websocket_halves(
+        client_read,
+        client_write,
+        Role::Server,
+        route.max_frame_bytes,
+    );
     let outcome = match backend {
         Backend::Tcp(stream) => {
             let config = BridgeConfig {
@@ -141,7 +164,8 @@ async fn run_session(client: TokioIo<Upgraded>, backend: Backend, route: &Route,
                 pong_timeout: snapshot.pong_timeout,
                 close_grace: snapshot.close_grace,
             };
-            let backend = websocket_halves(io, Role::Client, route.max_frame_bytes);
+            let (read, write) = tokio::io::split(io);
+            let backend = websocket_halves(read, write, Role::Client, route.max_frame_bytes);
             relay::run(
                 (client_read, client_write),
                 backend,
@@ -164,24 +188,6 @@ async fn run_session(client: TokioIo<Upgraded>, backend: Backend, route: &Route,
         reason = %outcome.reason,
         "session closed"
     );
-}
-
-type Halves = (
-    WebSocketRead<ReadHalf<TokioIo<Upgraded>>>,
-    WebSocketWrite<WriteHalf<TokioIo<Upgraded>>>,
-);
-
-/// Split an upgraded stream into a frame reader and writer with our settings:
-/// frames over `max_frame_bytes` fail the read (fragments stream through, never
-/// reassembled), pongs are ours to send, header and payload go out in one write.
-fn websocket_halves(io: TokioIo<Upgraded>, role: Role, max_frame_bytes: usize) -> Halves {
-    let (read, write) = tokio::io::split(io);
-    let (mut read, mut write) = after_handshake_split(read, write, role);
-    // fastwebsockets rejects `len >= limit`; ours is inclusive.
-    read.set_max_message_size(max_frame_bytes.saturating_add(1));
-    read.set_auto_pong(false);
-    write.set_writev(true);
-    (read, write)
 }
 
 /// The backend handshake for a WebSocket route: mapped path, forwarded headers,

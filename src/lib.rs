@@ -7,6 +7,7 @@
 //! server.rs    bind, accept loop with permits, per-connection span, TLS + hyper, drain
 //! tls.rs       PEM -> rustls ServerConfig (the one place PEM is read)
 //! http.rs      one request: route (404), upgrade checks (400/426), dial (502/504), 101, spawn session
+//! io.rs        upgraded streams: plain TCP split without a lock, bytes read early kept, frame halves
 //! route.rs     path -> route, subprotocol choice (pure)
 //! backend.rs   dial TCP / WebSocket (ws, wss) backends under a timeout; the built-in echo service
 //! bridge.rs    the two-direction pump, control frames, close handshake, counts
@@ -32,6 +33,7 @@ pub mod config;
 pub mod error;
 pub mod frames;
 pub mod http;
+pub mod io;
 pub mod keepalive;
 pub mod metrics;
 pub mod relay;

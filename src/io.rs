@@ -1,0 +1,104 @@
+//! Stream plumbing: upgraded connections → split halves → frame reader and writer.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use fastwebsockets::{after_handshake_split, Role, WebSocketRead, WebSocketWrite};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// A read half that first yields bytes already read past the HTTP request
+/// (a client may send its first frame together with the upgrade request).
+#[derive(Debug)]
+pub struct Rewind<R> {
+    prefix: Bytes,
+    inner: R,
+}
+
+impl<R> Rewind<R> {
+    pub fn new(prefix: Bytes, inner: R) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Rewind<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// An upgraded client connection, split for the two bridge directions.
+pub enum ClientStream {
+    /// Plain TCP: the socket itself, split without a lock.
+    Tcp(Rewind<OwnedReadHalf>, OwnedWriteHalf),
+    /// Anything else (TLS): hyper's type-erased stream behind `tokio::io::split`.
+    Other(
+        tokio::io::ReadHalf<TokioIo<Upgraded>>,
+        tokio::io::WriteHalf<TokioIo<Upgraded>>,
+    ),
+}
+
+impl ClientStream {
+    pub fn new(upgraded: Upgraded) -> Self {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let (read, write) = parts.io.into_inner().into_split();
+                Self::Tcp(Rewind::new(parts.read_buf, read), write)
+            }
+            Err(upgraded) => {
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                Self::Other(read, write)
+            }
+        }
+    }
+}
+
+/// Wrap two halves in a frame reader and writer with our settings: frames over
+/// `max_frame_bytes` fail the read (fragments stream through, never reassembled),
+/// pongs are ours to send, header and payload go out in one write.
+pub fn websocket_halves<R, W>(
+    read: R,
+    write: W,
+    role: Role,
+    max_frame_bytes: usize,
+) -> (WebSocketRead<R>, WebSocketWrite<W>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (mut read, mut write) = after_handshake_split(read, write, role);
+    // fastwebsockets rejects `len >= limit`; ours is inclusive.
+    read.set_max_message_size(max_frame_bytes.saturating_add(1));
+    read.set_auto_pong(false);
+    write.set_writev(true);
+    (read, write)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn rewind_yields_the_prefix_first() {
+        let mut r = Rewind::new(Bytes::from_static(b"head"), &b"-tail"[..]);
+        let mut out = String::new();
+        r.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "head-tail");
+    }
+}
