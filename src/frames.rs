@@ -87,7 +87,11 @@ impl MessageCheck {
 pub fn read_error(e: &WebSocketError) -> Option<Violation> {
     use WebSocketError as E;
     Some(match e {
-        E::UnexpectedEOF | E::IoError(_) | E::ConnectionClosed => return None,
+        E::IoError(io) => match crate::io::mask_violation(io) {
+            Some(reason) => (close_code::PROTOCOL_ERROR, reason),
+            None => return None,
+        },
+        E::UnexpectedEOF | E::ConnectionClosed => return None,
         E::FrameTooLarge => (close_code::TOO_BIG, "frame too big"),
         E::InvalidUTF8 => (close_code::INVALID_PAYLOAD, "invalid UTF-8"),
         E::ReservedBitsNotZero => (close_code::PROTOCOL_ERROR, "reserved bits set"),
