@@ -155,7 +155,11 @@ impl ClientStream {
             Ok(parts) => {
                 let (read, write) = parts.io.into_inner().into_split();
                 // An empty leftover still pins hyper's whole read buffer: let it go.
-                let early = if parts.read_buf.is_empty() { Bytes::new() } else { parts.read_buf };
+                let early = if parts.read_buf.is_empty() {
+                    Bytes::new()
+                } else {
+                    parts.read_buf
+                };
                 Self::Tcp(Rewind::new(early, read), write)
             }
             Err(upgraded) => {
