@@ -1,8 +1,8 @@
 //! The two-direction pump between a WebSocket client and a byte-stream backend, and how it closes.
 //!
 //! Two tasks, each owning one half of each side:
-//! - `client_to_backend` reads frames (fastwebsockets' `read_frame` is not cancel-safe, so it has
-//!   its own loop and is never raced) and writes payloads to the backend; control frames and the
+//! - `client_to_backend` reads frames (`read_frame` is not cancel-safe, so it has its own loop
+//!   and is never raced) and writes payloads to the backend; control frames and the
 //!   end of the client's stream are reported to the other task over a small bounded channel.
 //! - `backend_to_client` owns the WebSocket writer: backend bytes, pongs, pings and every Close go
 //!   out from here, so the close handshake and keepalive live in one place.
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -25,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MessageType;
 use crate::error::close_code;
-use crate::frames::{self, close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
+use crate::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
 use crate::keepalive::{sleep_until_opt, Due, Keepalive};
 use crate::metrics::SessionMetrics;
+use crate::reader::{FrameReader, ReadError};
 use crate::utf8::complete_prefix;
 
 /// Per-session settings, taken from the config snapshot the session started with.
@@ -94,7 +95,7 @@ enum FromClient {
 /// Bridge one upgraded WebSocket and one backend until the session ends.
 #[allow(clippy::too_many_arguments)]
 pub async fn run<CR, CW, BR, BW>(
-    ws_read: WebSocketRead<CR>,
+    ws_read: FrameReader<CR>,
     ws_write: WebSocketWrite<CW>,
     backend_read: BR,
     backend_write: BW,
@@ -161,7 +162,7 @@ struct ClientCounters {
 
 /// Client frames → backend bytes. Ends at the client's Close, error or EOF, or when stopped.
 async fn client_to_backend<CR, BW>(
-    mut ws: WebSocketRead<CR>,
+    mut ws: FrameReader<CR>,
     mut backend: BW,
     tx: mpsc::Sender<FromClient>,
     counters: ClientCounters,
@@ -184,7 +185,7 @@ async fn client_to_backend<CR, BW>(
 
 /// Pumps until the client's side ends; returns the message that says how.
 async fn pump_client_frames<CR, BW>(
-    ws: &mut WebSocketRead<CR>,
+    ws: &mut FrameReader<CR>,
     backend: &mut BW,
     tx: &mpsc::Sender<FromClient>,
     counters: &ClientCounters,
@@ -193,23 +194,16 @@ where
     CR: AsyncRead + Unpin,
     BW: AsyncWrite + Unpin,
 {
-    // Obligated replies (pong, close echo) are ours to send, from the writer task.
-    let mut ignore = |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
     let mut messages = MessageCheck::new(counters.max_message_bytes);
     let mut backend_alive = true;
     loop {
-        let frame = match ws.read_frame(&mut ignore).await {
+        let frame = match ws.read_frame().await {
             Ok(frame) => frame,
-            Err(e) => {
-                return match frames::read_error(&e) {
-                    Some((code, reason)) => FromClient::Violation(code, reason),
-                    None => FromClient::Gone,
-                }
+            Err(ReadError::Violation((code, reason))) => {
+                return FromClient::Violation(code, reason)
             }
+            Err(ReadError::Gone(_)) => return FromClient::Gone,
         };
-        if let Err((code, reason)) = frames::check_control(frame.opcode, frame.payload.len()) {
-            return FromClient::Violation(code, reason);
-        }
         match frame.opcode {
             OpCode::Ping | OpCode::Pong => {
                 let payload = Bytes::copy_from_slice(&frame.payload);

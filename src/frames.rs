@@ -1,8 +1,8 @@
-//! Frame-level rules shared by both bridges: message sequencing, UTF-8, sizes, read errors.
+//! Rules shared by both bridges: message sequencing, UTF-8 and size across frames; guarded writes.
 
 use std::time::Duration;
 
-use fastwebsockets::{Frame, OpCode, WebSocketError, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, WebSocketWrite};
 use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
@@ -53,8 +53,7 @@ impl MessageCheck {
             }
             OpCode::Text => {
                 self.length = 0;
-                // fastwebsockets already checked a one-frame text message.
-                self.current.insert((!fin).then(Utf8Stream::default))
+                self.current.insert(Some(Utf8Stream::default()))
             }
             OpCode::Binary => {
                 self.length = 0;
@@ -80,36 +79,6 @@ impl MessageCheck {
         }
         Ok(fin)
     }
-}
-
-/// How a frame read failed: `None` when the peer just went away (EOF, reset),
-/// else the protocol violation and its close code.
-pub fn read_error(e: &WebSocketError) -> Option<Violation> {
-    use WebSocketError as E;
-    Some(match e {
-        E::IoError(io) => match crate::io::mask_violation(io) {
-            Some(reason) => (close_code::PROTOCOL_ERROR, reason),
-            None => return None,
-        },
-        E::UnexpectedEOF | E::ConnectionClosed => return None,
-        E::FrameTooLarge => (close_code::TOO_BIG, "frame too big"),
-        E::InvalidUTF8 => (close_code::INVALID_PAYLOAD, "invalid UTF-8"),
-        E::ReservedBitsNotZero => (close_code::PROTOCOL_ERROR, "reserved bits set"),
-        E::ControlFrameFragmented => (close_code::PROTOCOL_ERROR, "fragmented control frame"),
-        E::PingFrameTooLarge => (close_code::PROTOCOL_ERROR, "control frame over 125 bytes"),
-        E::InvalidCloseFrame => (close_code::PROTOCOL_ERROR, "malformed close frame"),
-        E::InvalidCloseCode => (close_code::PROTOCOL_ERROR, "invalid close code"),
-        _ => (close_code::PROTOCOL_ERROR, "protocol error"),
-    })
-}
-
-/// Control frames may carry at most 125 bytes (RFC 6455 §5.5).
-pub fn check_control(opcode: OpCode, payload_len: usize) -> Result<(), Violation> {
-    let control = matches!(opcode, OpCode::Ping | OpCode::Pong | OpCode::Close);
-    if control && payload_len > 125 {
-        return Err((close_code::PROTOCOL_ERROR, "control frame over 125 bytes"));
-    }
-    Ok(())
 }
 
 /// Why a write to a peer did not complete.

@@ -11,9 +11,10 @@
 //! route.rs     path -> route, subprotocol choice (pure)
 //! backend.rs   dial TCP / WebSocket (ws, wss) backends under a timeout; the built-in echo service
 //! bridge.rs    the two-direction pump, control frames, close handshake, counts
+//! reader.rs    frame reader: every per-frame rule of RFC 6455 §5, no buffer held between frames
 //! relay.rs     WebSocket ↔ WebSocket frame relay: two hops, close codes end to end
 //! keepalive.rs ping schedule and missed-pong state (pure)
-//! frames.rs    frame rules shared by both bridges: sequencing, UTF-8, sizes, read errors
+//! frames.rs    message rules shared by both bridges (sequencing, UTF-8, size) and guarded writes
 //! utf8.rs      incremental UTF-8 checks for fragmented text
 //! metrics.rs   metric names, descriptions, recorder, per-session handles
 //! admin.rs     /metrics, /healthz, /readyz on the admin listener
@@ -36,6 +37,7 @@ pub mod http;
 pub mod io;
 pub mod keepalive;
 pub mod metrics;
+pub mod reader;
 pub mod relay;
 pub mod route;
 pub mod server;

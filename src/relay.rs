@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
 use metrics::{Counter, Histogram};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -22,9 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{Initiator, Outcome};
 use crate::error::close_code;
-use crate::frames::{self, close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
+use crate::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
 use crate::keepalive::{sleep_until_opt, Due, Keepalive};
 use crate::metrics::SessionMetrics;
+use crate::reader::{FrameReader, ReadError};
 
 /// Per-session settings from the route and the config snapshot.
 #[derive(Debug, Clone)]
@@ -103,8 +104,8 @@ fn record(first: &FirstEnd, code: u16, initiator: Initiator, reason: impl Into<C
 /// Relay frames between `client` and `backend` until both close handshakes are done.
 #[allow(clippy::too_many_arguments)]
 pub async fn run<CR, CW, BR, BW>(
-    client: (WebSocketRead<CR>, WebSocketWrite<CW>),
-    backend: (WebSocketRead<BR>, WebSocketWrite<BW>),
+    client: (FrameReader<CR>, WebSocketWrite<CW>),
+    backend: (FrameReader<BR>, WebSocketWrite<BW>),
     config: &RelayConfig,
     metrics: &SessionMetrics,
     shutdown: &CancellationToken,
@@ -216,7 +217,7 @@ struct Counts {
 /// One hop's reader: frames from its peer, checked, to the other hop (data, Close)
 /// or to its own writer (ping, pong, violations).
 async fn read_hop<R: AsyncRead + Unpin>(
-    mut ws: WebSocketRead<R>,
+    mut ws: FrameReader<R>,
     hop: Hop,
     own: mpsc::Sender<Own>,
     relay: mpsc::Sender<Relayed>,
@@ -232,39 +233,35 @@ async fn read_hop<R: AsyncRead + Unpin>(
 }
 
 async fn pump_hop<R: AsyncRead + Unpin>(
-    ws: &mut WebSocketRead<R>,
+    ws: &mut FrameReader<R>,
     hop: Hop,
     own: &mpsc::Sender<Own>,
     relay: &mpsc::Sender<Relayed>,
     counts: &Counts,
     first: &FirstEnd,
 ) {
-    let mut ignore = |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
     let mut messages = MessageCheck::new(counts.max_message_bytes);
     loop {
-        let violation = match ws.read_frame(&mut ignore).await {
-            Err(e) => match frames::read_error(&e) {
-                Some(v) => v,
-                None => {
-                    let side = if hop == Hop::Client {
-                        "client"
-                    } else {
-                        "backend"
-                    };
-                    record(
-                        first,
-                        close_code::ABNORMAL,
-                        hop.initiator(),
-                        format!("{side} vanished without a Close"),
-                    );
-                    let (code, reason) = hop.lost();
-                    let _ = relay.send(Relayed::Lost(code, reason)).await;
-                    return;
-                }
-            },
+        let violation = match ws.read_frame().await {
+            Err(ReadError::Violation(v)) => v,
+            Err(ReadError::Gone(_)) => {
+                let side = if hop == Hop::Client {
+                    "client"
+                } else {
+                    "backend"
+                };
+                record(
+                    first,
+                    close_code::ABNORMAL,
+                    hop.initiator(),
+                    format!("{side} vanished without a Close"),
+                );
+                let (code, reason) = hop.lost();
+                let _ = relay.send(Relayed::Lost(code, reason)).await;
+                return;
+            }
             Ok(frame) => {
-                let checked = frames::check_control(frame.opcode, frame.payload.len())
-                    .and_then(|()| messages.data_frame(frame.opcode, frame.fin, &frame.payload));
+                let checked = messages.data_frame(frame.opcode, frame.fin, &frame.payload);
                 match (checked, frame.opcode) {
                     (Err(v), _) => v,
                     (Ok(_), OpCode::Ping) => {
