@@ -18,13 +18,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
 use metrics::Counter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MessageType;
 use crate::error::close_code;
+use crate::io::BackendSource;
 use crate::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
 use crate::keepalive::{sleep_until_opt, Due, Keepalive};
 use crate::metrics::SessionMetrics;
@@ -107,7 +108,7 @@ pub async fn run<CR, CW, BR, BW>(
 where
     CR: AsyncRead + Unpin + Send + 'static,
     CW: AsyncWrite + Unpin,
-    BR: AsyncRead + Unpin,
+    BR: BackendSource,
     BW: AsyncWrite + Unpin + Send + 'static,
 {
     // A handful of control messages in flight at most: a client that floods pings
@@ -283,7 +284,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
     }
 
     /// Backend bytes → client frames, plus pings, pongs and the close handshake.
-    async fn backend_to_client<BR: AsyncRead + Unpin>(
+    async fn backend_to_client<BR: BackendSource>(
         &mut self,
         mut backend: BR,
         mut rx: mpsc::Receiver<FromClient>,
@@ -351,9 +352,6 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                 }
             };
             let read_backend = backend_open && !matches!(phase, Phase::GatewayClosed { .. });
-            if read_backend {
-                read_size.prepare(&mut buf);
-            }
             let accepting_shutdown = !matches!(phase, Phase::GatewayClosed { .. });
             tokio::select! {
                 biased;
@@ -420,7 +418,12 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                     }
                     close_with!(close_code::GOING_AWAY, Initiator::Gateway, "gateway shutting down");
                 }
-                read = backend.read_buf(&mut buf), if read_backend => match read {
+                ready = backend.ready(), if read_backend => match ready.and_then(|()| {
+                    // The buffer is taken only now that bytes are waiting.
+                    read_size.prepare(&mut buf);
+                    backend.try_read_into(&mut buf)
+                }) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Ok(0) => {
                         backend_open = false;
                         if !buf.is_empty() {

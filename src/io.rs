@@ -8,7 +8,7 @@ use bytes::{Buf, Bytes};
 use fastwebsockets::{after_handshake_split, Role, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -41,6 +41,42 @@ impl<R: AsyncRead + Unpin> AsyncRead for Rewind<R> {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// A backend byte source the bridge can wait on without holding a buffer, so an idle
+/// session keeps no read buffer at all (it is taken when bytes are waiting).
+pub trait BackendSource: Unpin + Send {
+    /// Wait until a read has something to return (bytes or EOF). Cancel-safe.
+    fn ready(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+    /// Append what is waiting to `buf` (up to its spare capacity); `WouldBlock` if
+    /// nothing was after all, `Ok(0)` at EOF.
+    fn try_read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
+}
+
+impl BackendSource for OwnedReadHalf {
+    async fn ready(&mut self) -> io::Result<()> {
+        self.readable().await
+    }
+
+    fn try_read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        self.try_read_buf(buf)
+    }
+}
+
+/// Any other stream (TLS, in-memory): buffered, so readiness is "the buffer has bytes".
+impl<R: AsyncRead + Unpin + Send> BackendSource for tokio::io::BufReader<R> {
+    async fn ready(&mut self) -> io::Result<()> {
+        use tokio::io::AsyncBufReadExt;
+        self.fill_buf().await.map(|_| ())
+    }
+
+    fn try_read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        let waiting = self.buffer();
+        let n = waiting.len().min(buf.capacity() - buf.len());
+        buf.extend_from_slice(&waiting[..n]);
+        Pin::new(self).consume(n);
+        Ok(n)
     }
 }
 

@@ -40,7 +40,8 @@ pub struct FrameReader<R> {
     /// Server: frames must be masked (they come from a client); client: they must not be.
     expect_masked: bool,
     max_frame_bytes: usize,
-    inline: [u8; INLINE],
+    /// Boxed: the reader moves through several futures before it settles in its task.
+    inline: Box<[u8; INLINE]>,
     start: usize,
     end: usize,
 }
@@ -52,7 +53,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             stream,
             expect_masked: role == Role::Server,
             max_frame_bytes,
-            inline: [0; INLINE],
+            inline: Box::new([0; INLINE]),
             start: 0,
             end: 0,
         }
