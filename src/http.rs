@@ -109,8 +109,9 @@ pub async fn handle(
 async fn run_session(client: Upgraded, backend: Backend, route: &Route, shared: &Shared) {
     match ClientStream::new(client) {
         ClientStream::Tcp(read, write) => bridge_session(read, write, backend, route, shared).await,
+        // Boxed: TLS sessions should not make every plain session's future larger.
         ClientStream::Other(read, write) => {
-            bridge_session(read, write, backend, route, shared).await
+            Box::pin(bridge_session(read, write, backend, route, shared)).await
         }
     }
 }
@@ -166,14 +167,15 @@ async fn bridge_session<CR, CW>(
             };
             let (read, write) = tokio::io::split(io);
             let backend = websocket_halves(read, write, Role::Client, route.max_frame_bytes);
-            relay::run(
+            // Boxed so that sessions on TCP routes do not carry the relay's larger state.
+            Box::pin(relay::run(
                 (client_read, client_write),
                 backend,
                 &config,
                 &metrics,
                 &shared.shutdown,
                 &shared.hard_stop,
-            )
+            ))
             .await
         }
     };
