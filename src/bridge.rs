@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -25,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MessageType;
 use crate::error::close_code;
-use crate::io::BackendSource;
 use crate::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
+use crate::io::BackendSource;
 use crate::keepalive::{sleep_until_opt, Due, Keepalive};
 use crate::metrics::SessionMetrics;
 use crate::reader::{FrameReader, ReadError};
@@ -76,15 +75,16 @@ pub struct Outcome {
     pub bytes_to_client: u64,
 }
 
-/// What the client-reading task tells the client-writing task.
+/// What the client-reading task tells the client-writing task. Kept small (boxed payloads):
+/// the channel's first block holds 32 of these in every session.
 #[derive(Debug)]
 enum FromClient {
     /// The client pinged: answer with a pong carrying this payload.
-    Ping(Bytes),
+    Ping(Box<[u8]>),
     /// The client answered a ping.
-    Pong(Bytes),
+    Pong(Box<[u8]>),
     /// The client's Close frame (raw payload, to echo). The backend's write side is shut.
-    Close(Bytes),
+    Close(Box<[u8]>),
     /// The client broke the protocol: close with this code.
     Violation(u16, &'static str),
     /// Writing to the backend failed: the backend is gone.
@@ -207,7 +207,7 @@ where
         };
         match frame.opcode {
             OpCode::Ping | OpCode::Pong => {
-                let payload = Bytes::copy_from_slice(&frame.payload);
+                let payload: Box<[u8]> = frame.payload[..].into();
                 let msg = if frame.opcode == OpCode::Ping {
                     FromClient::Ping(payload)
                 } else {
@@ -219,7 +219,7 @@ where
                 continue;
             }
             // The frame reader checked the code and the reason's UTF-8.
-            OpCode::Close => return FromClient::Close(Bytes::copy_from_slice(&frame.payload)),
+            OpCode::Close => return FromClient::Close(frame.payload[..].into()),
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {}
         }
         match messages.data_frame(frame.opcode, frame.fin, &frame.payload) {
@@ -254,7 +254,7 @@ enum Phase {
     /// The client sent Close: backend bytes still flow until the backend's FIN
     /// or the deadline, then we echo the client's Close.
     ClientClosed {
-        echo: Bytes,
+        echo: Box<[u8]>,
         deadline: Instant,
     },
     /// We sent Close: wait for the client's until the deadline.
@@ -275,14 +275,6 @@ struct Writer<'a, CW> {
 type Ending = (u16, Initiator, Cow<'static, str>);
 
 impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
-    async fn send(&mut self, frame: Frame<'_>) -> Result<(), WriteFailed> {
-        self.ws.send(frame).await
-    }
-
-    async fn send_close(&mut self, code: u16, reason: &str) -> Result<(), WriteFailed> {
-        self.ws.send_close(code, reason).await
-    }
-
     /// Backend bytes → client frames, plus pings, pongs and the close handshake.
     async fn backend_to_client<BR: BackendSource>(
         &mut self,
@@ -331,7 +323,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         macro_rules! close_with {
             ($code:expr, $initiator:expr, $reason:expr) => {{
                 let reason: Cow<'static, str> = $reason.into();
-                send_or_end!(self.send_close($code, &reason));
+                send_or_end!(self.ws.send_close($code, &reason));
                 phase = Phase::GatewayClosed {
                     code: $code,
                     initiator: $initiator,
@@ -360,7 +352,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                 () = sleep_until_opt(ping_at), if ping_at.is_some() => {
                     let Some(k) = self.keepalive.as_mut() else { continue };
                     match k.on_deadline(Instant::now()) {
-                        Due::Ping(seq) => send_or_end!(self.send(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&seq)))),
+                        Due::Ping(seq) => send_or_end!(self.ws.send(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&seq)))),
                         Due::TimedOut => {
                             metrics.keepalive_timed_out();
                             // Best effort: the client may be gone, so do not wait on it for long.
@@ -372,7 +364,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                 msg = rx.recv(), if client_open => match msg {
                     Some(FromClient::Ping(payload)) => {
                         if !matches!(phase, Phase::GatewayClosed { .. }) {
-                            send_or_end!(self.send(Frame::pong(Payload::Borrowed(&payload))));
+                            send_or_end!(self.ws.send(Frame::pong(Payload::Borrowed(&payload))));
                         }
                     }
                     Some(FromClient::Pong(payload)) => {
@@ -385,7 +377,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                             phase = Phase::ClientClosed { echo, deadline: Instant::now() + config.close_grace };
                         }
                         Phase::Open | Phase::ClientClosed { .. } => {
-                            send_or_end!(self.send(Frame::close_raw(Payload::Borrowed(&echo))));
+                            send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
                             return client_ending(&echo);
                         }
                         Phase::GatewayClosed { code, initiator, reason, .. } => return (code, initiator, reason),
@@ -398,7 +390,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         backend_open = false;
                         if let Phase::ClientClosed { echo, .. } = &phase {
                             let echo = echo.clone();
-                            send_or_end!(self.send(Frame::close_raw(Payload::Borrowed(&echo))));
+                            send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
                             return client_ending(&echo);
                         }
                         close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend connection lost");
@@ -413,7 +405,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                 () = shutdown.cancelled(), if accepting_shutdown => {
                     if let Phase::ClientClosed { echo, .. } = &phase {
                         let echo = echo.clone();
-                        send_or_end!(self.send(Frame::close_raw(Payload::Borrowed(&echo))));
+                        send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
                         return client_ending(&echo);
                     }
                     close_with!(close_code::GOING_AWAY, Initiator::Gateway, "gateway shutting down");
@@ -433,7 +425,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         }
                         if let Phase::ClientClosed { echo, .. } = &phase {
                             let echo = echo.clone();
-                            send_or_end!(self.send(Frame::close_raw(Payload::Borrowed(&echo))));
+                            send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
                             return client_ending(&echo);
                         }
                         close_with!(close_code::NORMAL, Initiator::Backend, "backend closed the connection");
@@ -456,7 +448,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                                 MessageType::Binary => OpCode::Binary,
                                 MessageType::Text => OpCode::Text,
                             };
-                            send_or_end!(self.send(Frame::new(true, opcode, None, Payload::Borrowed(&buf[..ready]))));
+                            send_or_end!(self.ws.send(Frame::new(true, opcode, None, Payload::Borrowed(&buf[..ready]))));
                             self.sent += ready as u64;
                             metrics.bytes_to_client.increment(ready as u64);
                             metrics.messages_to_client.increment(1);
@@ -469,7 +461,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         backend_open = false;
                         if let Phase::ClientClosed { echo, .. } = &phase {
                             let echo = echo.clone();
-                            send_or_end!(self.send(Frame::close_raw(Payload::Borrowed(&echo))));
+                            send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
                             return client_ending(&echo);
                         }
                         close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend connection lost");
@@ -478,7 +470,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                 () = sleep_until_opt(close_at), if close_at.is_some() => match phase {
                     Phase::ClientClosed { echo, .. } => {
                         // The backend kept talking past the grace period: finish the handshake anyway.
-                        send_or_end!(self.send(Frame::close_raw(Payload::Borrowed(&echo))));
+                        send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
                         return client_ending(&echo);
                     }
                     Phase::GatewayClosed { code, initiator, reason, .. } => return (code, initiator, reason),

@@ -120,23 +120,17 @@ impl<'a, W: AsyncWrite + Unpin> GuardedWriter<'a, W> {
 
     /// Write and flush one frame.
     pub async fn send(&mut self, frame: Frame<'_>) -> Result<(), WriteFailed> {
-        let write = async {
-            self.ws.write_frame(frame).await?;
-            self.ws.flush().await
-        };
-        let guarded = async {
-            match self.stall_limit {
-                Some(limit) => tokio::time::timeout(limit, write).await.ok(),
-                None => Some(write.await),
-            }
-        };
+        // One future, built in place: every idle session's task is sized by this one.
+        // Without a stall limit the timer is 30 years away and never armed in practice
+        // (a timeout polls its future first; the timer is registered only if that blocks).
+        let limit = self.stall_limit.unwrap_or(Duration::from_secs(1 << 30));
         tokio::select! {
             biased;
             () = self.hard_stop.cancelled() => Err(WriteFailed::Stopped),
-            r = guarded => match r {
-                Some(Ok(())) => Ok(()),
-                Some(Err(_)) => Err(WriteFailed::Io),
-                None => Err(WriteFailed::Stalled),
+            r = tokio::time::timeout(limit, write_and_flush(&mut self.ws, frame)) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(WriteFailed::Io),
+                Err(_) => Err(WriteFailed::Stalled),
             },
         }
     }
@@ -150,6 +144,14 @@ impl<'a, W: AsyncWrite + Unpin> GuardedWriter<'a, W> {
     pub async fn try_close(&mut self, code: u16, reason: &str) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.send_close(code, reason)).await;
     }
+}
+
+async fn write_and_flush<W: AsyncWrite + Unpin>(
+    ws: &mut WebSocketWrite<W>,
+    frame: Frame<'_>,
+) -> Result<(), fastwebsockets::WebSocketError> {
+    ws.write_frame(frame).await?;
+    ws.flush().await
 }
 
 /// The code in a Close frame's payload; 1005 ("no status") when it has none.
