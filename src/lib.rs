@@ -26,6 +26,7 @@
 //! → `101` → bridge → close (1000 normal, 1001 shutdown/keepalive, 1002 protocol,
 //! 1007 bad UTF-8, 1009 too big, 1011 backend error), with metrics alongside every stage.
 
+pub mod access;
 pub mod admin;
 pub mod backend;
 pub mod bridge;
@@ -34,12 +35,14 @@ pub mod error;
 pub mod frames;
 pub mod http;
 pub mod io;
+pub mod jwt;
 pub mod keepalive;
 pub mod metrics;
 pub mod relay;
 pub mod route;
 pub mod server;
 pub mod shutdown;
+pub mod targets;
 pub mod tls;
 pub mod utf8;
 
