@@ -529,6 +529,42 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn token_file_follows_edits_and_survives_broken_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.cfg");
+        std::fs::write(&path, "a: h:1\n").unwrap();
+        let file = TokenFile::load(&path, "token").unwrap();
+        let later = || tokio::time::advance(TOKEN_FILE_CHECK_INTERVAL);
+
+        std::fs::write(&path, "a: h:1\nb: h:2\n").unwrap();
+        assert!(
+            file.lookup("b").await.is_none(),
+            "checked at most once per interval"
+        );
+        later().await;
+        assert_eq!(file.lookup("b").await.unwrap().to_string(), "tcp://h:2");
+
+        std::fs::write(&path, "a: h:1\nbroken line\n").unwrap();
+        later().await;
+        assert!(
+            file.lookup("b").await.is_some(),
+            "a broken edit keeps the last good table"
+        );
+        std::fs::remove_file(&path).unwrap();
+        later().await;
+        assert!(file.lookup("a").await.is_some(), "so does a vanished file");
+
+        std::fs::write(&path, "c: h:3\n").unwrap();
+        later().await;
+        assert!(file.lookup("c").await.is_some());
+        assert!(file.lookup("a").await.is_none());
+        assert!(
+            !format!("{file:?}").contains("h:3"),
+            "Debug never shows targets"
+        );
+    }
+
     #[test]
     fn claim_targets_are_tcp_host_port() {
         assert_eq!(
