@@ -466,6 +466,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                             // At most 3 bytes of a cut character stay for the next read.
                             buf.drain(..ready);
                         }
+                        read_size.release_if_idle(&mut buf);
                     }
                     Err(_) => {
                         backend_open = false;
@@ -515,6 +516,14 @@ impl ReadSize {
             buf.shrink_to(self.current.max(buf.len()));
         }
         buf.reserve_exact(self.current);
+    }
+
+    /// After a small read that emptied the buffer, free it: interactive and idle sessions
+    /// hold no read buffer between messages (a fresh one is a cheap allocation).
+    fn release_if_idle(&self, buf: &mut Vec<u8>) {
+        if buf.is_empty() && self.current <= Self::MIN {
+            *buf = Vec::new();
+        }
     }
 
     fn after_read(&mut self, n: usize) {

@@ -493,6 +493,12 @@ impl FileConfig {
             if !is_wss && (r.tls_ca_file.is_some() || r.insecure_skip_verify) {
                 bail!("route[{i}]: tls_ca_file and insecure_skip_verify apply to wss:// backends only");
             }
+            if r.insecure_skip_verify {
+                tracing::warn!(
+                    route = %r.name,
+                    "insecure_skip_verify is set: this route's backend certificates are NOT verified (development only)"
+                );
+            }
             let backend_tls = if is_wss {
                 Some(
                     crate::tls::client_config(r.tls_ca_file.as_deref(), r.insecure_skip_verify)

@@ -224,14 +224,15 @@ fn backend_handshake<B>(
         }
     }
     let client_ip = conn.peer.ip().to_string();
-    let forwarded_for = match req
+    // Every earlier proxy's line, in order, then the address this connection came from.
+    let forwarded_for = req
         .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prior) => format!("{prior}, {client_ip}"),
-        None => client_ip,
-    };
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .chain(std::iter::once(client_ip.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
     if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", v);
     }

@@ -154,7 +154,13 @@ impl ClientStream {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let (read, write) = parts.io.into_inner().into_split();
-                Self::Tcp(Rewind::new(parts.read_buf, read), write)
+                // An empty leftover still pins hyper's whole read buffer: let it go.
+                let early = if parts.read_buf.is_empty() {
+                    Bytes::new()
+                } else {
+                    parts.read_buf
+                };
+                Self::Tcp(Rewind::new(early, read), write)
             }
             Err(upgraded) => {
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
