@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -21,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{BackendAddr, Route};
 use crate::error::RejectError;
+use crate::targets::{self, Egress};
 
 /// A connected backend. An enum, not a TCP stream, so more kinds can join it.
 #[derive(Debug)]
@@ -51,16 +53,25 @@ pub struct Dialer {
     pub connect_timeout: Duration,
     /// Where the built-in echo service listens, when a route uses it.
     pub echo_addr: Option<SocketAddr>,
+    /// `[egress] allow`, checked on every dial but the echo service's.
+    pub egress: Option<Arc<Egress>>,
 }
 
 impl Dialer {
-    /// Dial `route`'s backend; for a WebSocket backend its handshake is part of the dial.
-    /// Everything runs under the connect timeout: refused → 502, timeout → 504.
-    pub async fn dial(&self, route: &Route, handshake: Handshake) -> Result<Backend, RejectError> {
+    /// Dial `target` (the route's backend, or this session's); for a WebSocket backend its
+    /// handshake is part of the dial. Everything runs under the connect timeout: egress
+    /// denied → 403, refused → 502, timeout → 504.
+    pub async fn dial(
+        &self,
+        route: &Route,
+        target: &BackendAddr,
+        handshake: Handshake,
+    ) -> Result<Backend, RejectError> {
+        let egress = self.egress.as_deref();
         let dial = async {
-            match &route.backend {
+            match target {
                 BackendAddr::Tcp { host, port } => {
-                    Ok(Backend::Tcp(connect((host.as_str(), *port)).await?))
+                    Ok(Backend::Tcp(connect_checked(host, *port, egress).await?))
                 }
                 BackendAddr::BuiltinEcho => match self.echo_addr {
                     Some(a) => Ok(Backend::Tcp(connect(a).await?)),
@@ -72,7 +83,8 @@ impl Dialer {
                 BackendAddr::WebSocket {
                     tls, host, port, ..
                 } => {
-                    let tcp = connect((host.as_str(), *port)).await?;
+                    // SNI and Host keep the name; the socket goes to a checked address.
+                    let tcp = connect_checked(host, *port, egress).await?;
                     let authority = if *port == if *tls { 443 } else { 80 } {
                         bracket(host)
                     } else {
@@ -98,6 +110,27 @@ impl Dialer {
             .await
             .map_err(|_| RejectError::BackendTimeout)?
     }
+}
+
+/// Resolve once, keep what `[egress]` allows, connect to those addresses in order.
+async fn connect_checked(
+    host: &str,
+    port: u16,
+    egress: Option<&Egress>,
+) -> Result<TcpStream, RejectError> {
+    let mut last = None;
+    for addr in targets::resolve_allowed(host, port, egress).await? {
+        match connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        RejectError::BackendUnreachable(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} resolved to no address"),
+        ))
+    }))
 }
 
 async fn connect(addr: impl tokio::net::ToSocketAddrs) -> Result<TcpStream, RejectError> {

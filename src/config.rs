@@ -9,6 +9,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::access::{Access, AuthConfig, ClientAuth, OriginConfig};
+use crate::targets::{Egress, EgressConfig, Target, TargetConfig};
+
 /// The embedded default: `ws://127.0.0.1:8080/echo` to a built-in echo service, admin on 9090.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
@@ -26,6 +29,9 @@ pub struct FileConfig {
     pub limits: Limits,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// Where backends may be dialed (src/targets.rs). Default: anywhere.
+    #[serde(default)]
+    pub egress: Option<EgressConfig>,
 }
 
 /// A public listener: where clients connect, with optional TLS (`wss://`).
@@ -43,6 +49,13 @@ pub struct ListenerConfig {
 pub struct TlsConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// PEM CA bundle that client certificates must chain to (mTLS). Default: none, and no
+    /// client certificate is asked for.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: `required` (default) or `optional`.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
 }
 
 /// The admin listener: `/metrics`, `/healthz`, `/readyz`. Keep it off public interfaces.
@@ -123,8 +136,9 @@ pub struct RouteConfig {
     /// Exact path (`/vnc`), or a prefix when it ends in `/` (`/apps/`, `/`). Query is ignored.
     pub path: String,
     /// `tcp://host:port`, `ws://host:port/path`, `wss://host:port/path`, or
-    /// `builtin:echo` for the built-in echo service.
-    pub backend: String,
+    /// `builtin:echo` for the built-in echo service. Required unless `[route.target]` is set.
+    #[serde(default)]
+    pub backend: Option<String>,
     /// Subprotocols this route accepts, in the client's order of preference. Default `["binary"]`.
     #[serde(default = "default_subprotocols")]
     pub subprotocols: Vec<String>,
@@ -153,6 +167,16 @@ pub struct RouteConfig {
     /// Overrides `limits.max_message_bytes` for this route.
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
+    // Access control (src/access.rs, src/targets.rs): each table optional, absent = open.
+    /// `[route.origin]`: the Origin allowlist.
+    #[serde(default)]
+    pub origin: Option<OriginConfig>,
+    /// `[route.auth]`: credentials the client must present.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// `[route.target]`: a per-session target (token file, JWT claim) instead of `backend`.
+    #[serde(default)]
+    pub target: Option<TargetConfig>,
 }
 
 fn default_true() -> bool {
@@ -175,7 +199,7 @@ impl RouteConfig {
         Self {
             name: name.into(),
             path: path.into(),
-            backend: backend.into(),
+            backend: Some(backend.into()),
             subprotocols: default_subprotocols(),
             message_type: MessageType::default(),
             forward_headers: default_forward_headers(),
@@ -184,6 +208,9 @@ impl RouteConfig {
             insecure_skip_verify: false,
             max_frame_bytes: None,
             max_message_bytes: None,
+            origin: None,
+            auth: None,
+            target: None,
         }
     }
 }
@@ -294,7 +321,8 @@ impl std::fmt::Display for BackendAddr {
 pub struct Route {
     pub name: Arc<str>,
     pub path: String,
-    pub backend: BackendAddr,
+    /// The fixed backend, or where each session's target comes from.
+    pub backend: Target,
     pub subprotocols: Vec<String>,
     pub message_type: MessageType,
     /// Lower-case header names copied to a WebSocket backend's handshake.
@@ -304,6 +332,8 @@ pub struct Route {
     pub backend_tls: Option<Arc<rustls::ClientConfig>>,
     pub max_frame_bytes: usize,
     pub max_message_bytes: usize,
+    /// Origin allowlist and credentials.
+    pub access: Access,
 }
 
 impl Route {
@@ -360,6 +390,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub max_connections: usize,
     pub buffer_bytes: usize,
+    /// `None`: backends may be dialed anywhere.
+    pub egress: Option<Arc<Egress>>,
 }
 
 impl Config {
@@ -407,6 +439,9 @@ impl FileConfig {
                 bail!("listener[{i}].address: {} is used twice", l.address);
             }
         }
+        for (i, l) in self.listeners.iter().enumerate() {
+            check_client_ca(i, l)?;
+        }
         if let Some(admin) = &self.admin {
             if admin.address.port() != 0 && addrs.contains(&admin.address) {
                 bail!("admin.address: {} is also a public listener", admin.address);
@@ -439,9 +474,22 @@ impl FileConfig {
             if !paths.insert(r.path.clone()) {
                 bail!("route[{i}].path: {:?} is used twice", r.path);
             }
+            let at = format!("route[{i}]");
+            let access = Access::from_config(&at, r.origin.as_ref(), r.auth.as_ref())?;
+            if access.needs_client_cert()
+                && !self
+                    .listeners
+                    .iter()
+                    .any(|l| l.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()))
+            {
+                bail!("{at}.auth: requires a client certificate, but no listener has tls.client_ca_file");
+            }
             let backend =
-                BackendAddr::parse(&r.backend).with_context(|| format!("route[{i}].backend"))?;
-            let is_wss = matches!(backend, BackendAddr::WebSocket { tls: true, .. });
+                Target::from_config(&at, r.backend.as_deref(), r.target.as_ref(), &access)?;
+            let is_wss = matches!(
+                backend,
+                Target::Fixed(BackendAddr::WebSocket { tls: true, .. })
+            );
             if !is_wss && (r.tls_ca_file.is_some() || r.insecure_skip_verify) {
                 bail!("route[{i}]: tls_ca_file and insecure_skip_verify apply to wss:// backends only");
             }
@@ -488,6 +536,7 @@ impl FileConfig {
                 backend_tls,
                 max_frame_bytes,
                 max_message_bytes,
+                access,
             }));
         }
         let t = &self.timeouts;
@@ -521,7 +570,27 @@ impl FileConfig {
             shutdown_grace: secs("shutdown_grace_secs", t.shutdown_grace_secs, false)?,
             max_connections: l.max_connections,
             buffer_bytes: l.buffer_bytes,
+            egress: self
+                .egress
+                .as_ref()
+                .map(Egress::from_config)
+                .transpose()?
+                .map(Arc::new),
         })
+    }
+}
+
+/// mTLS settings of listener `i`: the CA bundle must load, `client_auth` needs one.
+fn check_client_ca(i: usize, l: &ListenerConfig) -> anyhow::Result<()> {
+    let Some(tls) = &l.tls else {
+        return Ok(());
+    };
+    match (&tls.client_ca_file, tls.client_auth) {
+        (Some(ca), _) => crate::tls::client_roots(ca)
+            .map(drop)
+            .with_context(|| format!("listener[{i}].tls.client_ca_file")),
+        (None, Some(_)) => bail!("listener[{i}].tls.client_auth: needs client_ca_file"),
+        (None, None) => Ok(()),
     }
 }
 
@@ -620,7 +689,7 @@ mod tests {
         let mut r = Route {
             name: "a".into(),
             path: "/apps/".into(),
-            backend: BackendAddr::BuiltinEcho,
+            backend: Target::Fixed(BackendAddr::BuiltinEcho),
             subprotocols: vec![],
             message_type: MessageType::Binary,
             forward_headers: vec![],
@@ -628,6 +697,7 @@ mod tests {
             backend_tls: None,
             max_frame_bytes: 1 << 20,
             max_message_bytes: 1 << 20,
+            access: Access::default(),
         };
         assert_eq!(
             r.backend_path("/", "/apps/chat/1", Some("t=1")),

@@ -24,6 +24,22 @@ pub enum RejectError {
     BackendHandshake(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("gateway is shutting down")]
     ShuttingDown,
+    // Access control (src/access.rs, src/targets.rs).
+    #[error("origin not allowed")]
+    Origin,
+    /// Missing or invalid credentials: `401` with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Valid credentials that this route does not accept.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// A token-file route got no token or one the file does not hold: answered exactly
+    /// like an unknown path, so the answer tells nothing about which tokens exist.
+    #[error("no route for this path")]
+    UnknownToken,
+    /// Every address the target resolved to is outside `[egress] allow`.
+    #[error("backend address not allowed")]
+    EgressDenied(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl RejectError {
@@ -38,6 +54,9 @@ impl RejectError {
             | Self::BackendHandshake(_) => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Origin | Self::Forbidden(_) | Self::EgressDenied(_) => StatusCode::FORBIDDEN,
+            Self::UnknownToken => StatusCode::NOT_FOUND,
         }
     }
 
@@ -53,12 +72,18 @@ impl RejectError {
             Self::BackendRejected(_) => "backend_rejected",
             Self::BackendHandshake(_) => "backend_handshake",
             Self::ShuttingDown => "shutting_down",
+            Self::Origin => "origin",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::UnknownToken => "unknown_token",
+            Self::EgressDenied(_) => "egress_denied",
         }
     }
 
-    /// Whose fault it is, for the log level: client mistakes are routine.
+    /// Whose fault it is, for the log level: client mistakes are routine. A denied egress
+    /// is not: clients never choose targets, so it means a config or token-file mistake.
     pub fn is_client_error(&self) -> bool {
-        self.status().is_client_error()
+        self.status().is_client_error() && !matches!(self, Self::EgressDenied(_))
     }
 }
 

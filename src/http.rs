@@ -1,4 +1,5 @@
-//! One HTTP request: route, upgrade checks, backend dial, `101`, then the session task.
+//! One HTTP request: route, upgrade checks, access (origin, credentials, target), backend
+//! dial, `101`, then the session task.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
+use crate::access;
 use crate::backend::{Backend, Handshake};
 use crate::bridge::{self, BridgeConfig};
 use crate::config::BackendAddr;
@@ -44,15 +46,38 @@ pub async fn handle(
     if shared.shutdown.is_cancelled() {
         return Ok(reject(&req, Some(&route), RejectError::ShuttingDown));
     }
-    Span::current().record("backend", tracing::field::display(&route.backend));
+
+    // Access: origin (403), credentials (401/403), then this session's target (404 for an
+    // unknown token). The egress check (403) is part of the dial.
+    let granted = match route.access.check(&req, &conn) {
+        Ok(g) => g,
+        Err(e) => return Ok(reject(&req, Some(&route), e)),
+    };
+    if let Some(user) = &granted.principal {
+        Span::current().record("user", user.as_str());
+    }
+    let target = match route.backend.resolve(&req, &granted).await {
+        Ok(t) => t,
+        Err(e) => return Ok(reject(&req, Some(&route), e)),
+    };
+    Span::current().record("backend", tracing::field::display(&target));
+    // The offer without `bearer.` credentials: never chosen, echoed or forwarded.
+    let offered = route.access.offered_protocols(&req);
 
     // Only a live backend earns a 101.
     let dial_started = Instant::now();
-    let handshake = match &route.backend {
-        BackendAddr::WebSocket { path, .. } => backend_handshake(&req, &route, path, conn),
+    let handshake = match &target {
+        BackendAddr::WebSocket { path, .. } => {
+            backend_handshake(&req, &route, path, &conn, &offered)
+        }
         _ => Handshake::default(),
     };
-    let backend = match shared.snapshot.dialer.dial(&route, handshake).await {
+    let backend = match shared
+        .snapshot
+        .dialer
+        .dial(&route, &target, handshake)
+        .await
+    {
         Ok(b) => b,
         Err(e) => return Ok(reject(&req, Some(&route), e)),
     };
@@ -61,15 +86,8 @@ pub async fn handle(
     // A WebSocket backend chose from the client's offer; for a byte backend the route decides.
     let protocol = match &backend {
         Backend::WebSocket { protocol, .. } => protocol.clone(),
-        Backend::Tcp(_) => {
-            let offered = req
-                .headers()
-                .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','));
-            select_subprotocol(&route, offered).and_then(|p| HeaderValue::from_str(p).ok())
-        }
+        Backend::Tcp(_) => select_subprotocol(&route, offered.iter().copied())
+            .and_then(|p| HeaderValue::from_str(p).ok()),
     };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
@@ -193,12 +211,13 @@ async fn bridge_session<CR, CW>(
 }
 
 /// The backend handshake for a WebSocket route: mapped path, forwarded headers,
-/// `X-Forwarded-*`, and the client's subprotocol offer.
+/// `X-Forwarded-*`, and the client's subprotocol offer (`offered`, credentials removed).
 fn backend_handshake<B>(
     req: &Request<B>,
     route: &Route,
     backend_path: &str,
-    conn: ConnInfo,
+    conn: &ConnInfo,
+    offered: &[&str],
 ) -> Handshake {
     let mut headers = HeaderMap::new();
     for name in &route.forward_headers {
@@ -226,15 +245,10 @@ fn backend_handshake<B>(
     if let Some(host) = req.headers().get(header::HOST) {
         headers.insert("x-forwarded-host", host.clone());
     }
-    let protocols = req
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let protocols = offered.join(", ");
+    let query = route.access.forwarded_query(req.uri().query());
     Handshake {
-        path: route.backend_path(backend_path, req.uri().path(), req.uri().query()),
+        path: route.backend_path(backend_path, req.uri().path(), query.as_deref()),
         headers,
         protocols: (!protocols.is_empty())
             .then(|| HeaderValue::from_str(&protocols).ok())
@@ -295,14 +309,16 @@ fn is_valid_key(key: &[u8]) -> bool {
 fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Response<Body> {
     let route_name = route.map_or("none", |r| &*r.name);
     metrics::upgrade_rejected(route_name, e.label());
+    // Query values are redacted: a token in the URL never reaches the log.
+    let uri = access::log_uri(req.uri());
     if e.is_client_error() {
-        debug!(path = req.uri().path(), error = %e, "upgrade rejected");
+        debug!(uri, error = %e, "upgrade rejected");
     } else {
         let source = match &e {
             RejectError::BackendRejected(status) => Some(format!("backend answered {status}")),
             _ => std::error::Error::source(&e).map(ToString::to_string),
         };
-        warn!(path = req.uri().path(), error = %e, source = source.as_deref(), "upgrade failed");
+        warn!(uri, error = %e, source = source.as_deref(), "upgrade failed");
     }
     let mut response = Response::new(Body::from(format!("{e}\n")));
     *response.status_mut() = e.status();
@@ -317,6 +333,9 @@ fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Respons
             HeaderValue::from_static("13"),
         );
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    if e.status() == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
 }

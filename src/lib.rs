@@ -5,8 +5,13 @@
 //! main.rs      CLI, tracing, load config, run until SIGINT/SIGTERM
 //! config.rs    serde/toml, defaults, validate -> resolved Config (default.toml embedded)
 //! server.rs    bind, accept loop with permits, per-connection span, TLS + hyper, drain
-//! tls.rs       PEM -> rustls ServerConfig (the one place PEM is read)
-//! http.rs      one request: route (404), upgrade checks (400/426), dial (502/504), 101, spawn session
+//! tls.rs       PEM -> rustls ServerConfig, client-certificate verifier (mTLS)
+//! http.rs      one request: route (404), upgrade checks (400/426), access, dial (502/504),
+//!              101, spawn session
+//! access.rs    [route.origin], [route.auth]: Origin allowlist, client certificate and bearer
+//!              token checks; tokens kept out of backend handshakes and logs
+//! jwt.rs       [route.auth.jwt]: keys, claim checks; ring as jsonwebtoken's crypto
+//! targets.rs   [route.target], [egress]: token files, JWT-claim targets, egress allowlist
 //! io.rs        upgraded streams: plain TCP split without a lock, bytes read early kept, frame halves
 //! route.rs     path -> route, subprotocol choice (pure)
 //! backend.rs   dial TCP / WebSocket (ws, wss) backends under a timeout; the built-in echo service
@@ -23,10 +28,14 @@
 //! ```
 //!
 //! # Data flow
-//! accept → TLS → HTTP → route (404) → upgrade checks (400/426) → dial backend (502/504)
-//! → `101` → bridge → close (1000 normal, 1001 shutdown/keepalive, 1002 protocol,
-//! 1007 bad UTF-8, 1009 too big, 1011 backend error), with metrics alongside every stage.
+//! accept → TLS (client certificate verified when the listener asks) → HTTP → route (404)
+//! → upgrade checks (400/426) → origin (403) → credentials (401 missing/invalid, 403 not
+//! allowed) → target (token file: 404 unknown token; claim: 403) → egress check after DNS
+//! (403) → dial backend (502/504) → `101` → bridge → close (1000 normal, 1001
+//! shutdown/keepalive, 1002 protocol, 1007 bad UTF-8, 1009 too big, 1011 backend error),
+//! with metrics alongside every stage.
 
+pub mod access;
 pub mod admin;
 pub mod backend;
 pub mod bridge;
@@ -35,6 +44,7 @@ pub mod error;
 pub mod frames;
 pub mod http;
 pub mod io;
+pub mod jwt;
 pub mod keepalive;
 pub mod metrics;
 pub mod reader;
@@ -42,6 +52,7 @@ pub mod relay;
 pub mod route;
 pub mod server;
 pub mod shutdown;
+pub mod targets;
 pub mod tls;
 pub mod utf8;
 

@@ -135,6 +135,8 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
         (Some(cert_file), Some(key_file)) => Some(TlsConfig {
             cert_file: cert_file.clone(),
             key_file: key_file.clone(),
+            client_ca_file: None,
+            client_auth: None,
         }),
         _ => None,
     };
@@ -149,6 +151,7 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
         timeouts: Default::default(),
         limits: Default::default(),
         routes,
+        egress: None,
     }
     .validate()
     .context("quick mode")

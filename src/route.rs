@@ -54,7 +54,7 @@ mod tests {
         Arc::new(Route {
             name: name.into(),
             path: path.into(),
-            backend: BackendAddr::BuiltinEcho,
+            backend: crate::targets::Target::Fixed(BackendAddr::BuiltinEcho),
             subprotocols: vec!["binary".into(), "mqtt".into()],
             message_type: MessageType::Binary,
             forward_headers: vec![],
@@ -62,6 +62,7 @@ mod tests {
             backend_tls: None,
             max_frame_bytes: 1 << 20,
             max_message_bytes: 1 << 20,
+            access: Default::default(),
         })
     }
 

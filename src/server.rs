@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
+use crate::access::{self, ClientCert};
 use crate::backend::{spawn_echo_service, Dialer};
 use crate::config::{BackendAddr, Config};
 use crate::metrics::{self, ConnectionGuard};
@@ -137,6 +138,7 @@ impl Gateway {
             dialer: Dialer {
                 connect_timeout: config.backend_connect_timeout,
                 echo_addr,
+                egress: config.egress.clone(),
             },
             buffer_bytes: config.buffer_bytes,
             ping_interval: config.ping_interval,
@@ -232,11 +234,12 @@ async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc<Sha
                 continue;
             }
         };
-        let span = tracing::info_span!("conn", %peer, route = tracing::field::Empty, backend = tracing::field::Empty);
+        let span = tracing::info_span!("conn", %peer, route = tracing::field::Empty, user = tracing::field::Empty, backend = tracing::field::Empty);
         let tls = l.tls.clone();
         let conn = ConnInfo {
             peer,
             tls: tls.is_some(),
+            client_cert: None,
         };
         shared
             .tracker
@@ -262,11 +265,13 @@ pub struct ConnectionSlot {
 }
 
 /// What a request handler knows of its connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The client came over TLS (`wss`).
     pub tls: bool,
+    /// The client certificate the listener verified (mTLS), if one was sent.
+    pub client_cert: Option<Arc<ClientCert>>,
 }
 
 async fn connection(
@@ -289,7 +294,13 @@ async fn connection(
                 () = shared.shutdown.cancelled() => return,
             };
             match handshake {
-                Ok(Ok(stream)) => serve_http(stream, conn, permit, shared).await,
+                Ok(Ok(stream)) => {
+                    let conn = ConnInfo {
+                        client_cert: access::client_cert(stream.get_ref().1),
+                        ..conn
+                    };
+                    serve_http(stream, conn, permit, shared).await
+                }
                 Ok(Err(e)) => {
                     metrics::tls_handshake_failed();
                     debug!(error = %e, "TLS handshake failed");
@@ -309,7 +320,9 @@ where
 {
     let service = {
         let shared = shared.clone();
-        service_fn(move |req| crate::http::handle(req, conn, shared.clone(), permit.clone()))
+        service_fn(move |req| {
+            crate::http::handle(req, conn.clone(), shared.clone(), permit.clone())
+        })
     };
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -8,8 +8,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::pki_types::{ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
+use crate::access::ClientAuth;
 use crate::config::TlsConfig;
 
 /// Make `ring` the process's crypto provider. Call once at start: with more than one
@@ -37,23 +39,55 @@ pub fn load_pem(
     Ok((certs, key))
 }
 
-/// A server config for one listener: TLS 1.2 and 1.3, ALPN `http/1.1`.
+/// A server config for one listener: TLS 1.2 and 1.3, ALPN `http/1.1`; with
+/// `client_ca_file`, client certificates verified against it (mTLS).
 pub fn server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> {
     let (certs, key) = load_pem(&tls.cert_file, &tls.key_file)?;
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .context("choosing TLS versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .with_context(|| {
-            format!(
-                "certificate {} does not match key {}",
-                tls.cert_file.display(),
-                tls.key_file.display()
+        .context("choosing TLS versions")?;
+    let builder = match &tls.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(client_roots(ca)?, provider());
+            let verifier = match tls.client_auth.unwrap_or_default() {
+                ClientAuth::Required => verifier,
+                ClientAuth::Optional => verifier.allow_unauthenticated(),
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .with_context(|| format!("client CA file {}", ca.display()))?,
             )
-        })?;
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key).with_context(|| {
+        format!(
+            "certificate {} does not match key {}",
+            tls.cert_file.display(),
+            tls.key_file.display()
+        )
+    })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The CAs that client certificates must chain to (`[listener.tls] client_ca_file`).
+pub fn client_roots(ca_file: &Path) -> anyhow::Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file)
+        .with_context(|| format!("reading CA file {}", ca_file.display()))?
+    {
+        let cert = cert.with_context(|| format!("parsing CA PEM {}", ca_file.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("adding a CA from {}", ca_file.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("{}: no CERTIFICATE block found", ca_file.display());
+    }
+    Ok(Arc::new(roots))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

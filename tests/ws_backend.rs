@@ -1194,6 +1194,8 @@ async fn wss_echo_backend(pki: &Pki) -> SocketAddr {
     let config = wsgate::tls::server_config(&wsgate::config::TlsConfig {
         cert_file: pki.file("leaf.pem"),
         key_file: pki.file("leaf-key.pem"),
+        client_ca_file: None,
+        client_auth: None,
     })
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);

@@ -517,3 +517,237 @@ impl RawWs {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Access-control helpers: raw answers, tokens, special backends, captured logs.
+
+/// An upgrade request to `path` with extra `headers`, on a fresh connection; returns the status
+/// and the whole answer.
+pub async fn upgrade_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    raw_http(addr, &upgrade_request(path, &extra)).await
+}
+
+/// One header's value in a raw HTTP answer (name case-insensitive).
+pub fn answer_header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
+    let head = answer.split("\r\n\r\n").next()?;
+    head.lines().skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The body of a raw HTTP answer.
+pub fn answer_body(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// Open a WebSocket to `url` with extra request headers; returns the client and the selected
+/// subprotocol, or the client's error when the upgrade fails.
+pub async fn ws_client_with(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(WsClient, Option<String>), tokio_tungstenite::tungstenite::Error> {
+    let mut req = url.into_client_request()?;
+    for (k, v) in headers {
+        req.headers_mut().append(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
+    let chosen = resp
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .map(|v| v.to_str().unwrap().to_owned());
+    Ok((ws, chosen))
+}
+
+/// Bytes sent, then echoed back through `ws`.
+pub async fn assert_echoes(ws: &mut WsClient, data: &[u8]) {
+    send_binary(ws, data).await;
+    assert_eq!(read_bytes(ws, data.len()).await, data);
+}
+
+/// A TCP backend that greets every connection with `name`, then echoes: tells which served.
+pub async fn greeting_backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if s.write_all(name.as_bytes()).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The greeting of the backend a WebSocket to `url` (with `headers`) reaches.
+pub async fn greeting_via(url: &str, headers: &[(&str, &str)]) -> String {
+    let (mut ws, _) = ws_client_with(url, headers)
+        .await
+        .unwrap_or_else(|e| panic!("{url}: upgrade failed: {e}"));
+    let greeting = next_data(&mut ws).await.expect("the backend's greeting");
+    String::from_utf8(greeting).unwrap()
+}
+
+/// What a WebSocket backend saw in one handshake.
+#[derive(Debug)]
+pub struct SeenHandshake {
+    pub path: String,
+    pub protocols: Option<String>,
+}
+
+/// A WebSocket echo backend that reports each handshake and selects `binary` when offered.
+pub async fn ws_echo_backend() -> (SocketAddr, tokio::sync::mpsc::Receiver<SeenHandshake>) {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut seen = None;
+                // The callback's error type is tungstenite's, not ours.
+                #[allow(clippy::result_large_err)]
+                let callback = |req: &Request, mut resp: Response| {
+                    let protocols = req
+                        .headers()
+                        .get("sec-websocket-protocol")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    if protocols
+                        .as_deref()
+                        .is_some_and(|p| p.split(',').any(|p| p.trim() == "binary"))
+                    {
+                        resp.headers_mut()
+                            .insert("sec-websocket-protocol", "binary".parse().unwrap());
+                    }
+                    seen = Some(SeenHandshake {
+                        path: req.uri().to_string(),
+                        protocols,
+                    });
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, callback).await else {
+                    return;
+                };
+                if let Some(seen) = seen.take() {
+                    let _ = tx.send(seen).await;
+                }
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_binary() || m.is_text()) && ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// SHA-256 of a token in hex, as `bearer_sha256` lists it.
+pub fn sha256_hex(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn jwt_signing_input(alg: &str, claims: &serde_json::Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let head = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
+    let body = URL_SAFE_NO_PAD.encode(claims.to_string());
+    format!("{head}.{body}")
+}
+
+fn jwt_finish(input: String, signature: &[u8]) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+/// A JWT signed with HS256 (built by hand: the gateway's verifier is what is under test).
+pub fn jwt_hs256(secret: &[u8], claims: &serde_json::Value) -> String {
+    let input = jwt_signing_input("HS256", claims);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let tag = ring::hmac::sign(&key, input.as_bytes());
+    jwt_finish(input, tag.as_ref())
+}
+
+/// A JWT signed with ES256 by a P-256 key in PKCS#8 DER (rcgen's `KeyPair::serialize_der`).
+pub fn jwt_es256(pkcs8: &[u8], claims: &serde_json::Value) -> String {
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng).unwrap();
+    let input = jwt_signing_input("ES256", claims);
+    let sig = key.sign(&rng, input.as_bytes()).unwrap();
+    jwt_finish(input, sig.as_ref())
+}
+
+/// A JWT signed with RS256 by an RSA key in PKCS#8 DER.
+pub fn jwt_rs256(pkcs8: &[u8], claims: &serde_json::Value) -> String {
+    let key = ring::rsa::KeyPair::from_pkcs8(pkcs8).unwrap();
+    let input = jwt_signing_input("RS256", claims);
+    let mut sig = vec![0; key.public().modulus_len()];
+    key.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        input.as_bytes(),
+        &mut sig,
+    )
+    .unwrap();
+    jwt_finish(input, &sig)
+}
+
+/// Log lines captured in memory (plain text, no colours).
+#[derive(Clone, Default)]
+pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Capture every log line at debug and above written on this thread while the guard lives.
+/// With `#[tokio::test]`'s current-thread runtime that includes the gateway's tasks.
+pub fn capture_logs() -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
+}
