@@ -176,10 +176,12 @@ async fn client_to_backend<CR, BW>(
     tokio::select! {
         () = stop.cancelled() => {}
         last = pump_client_frames(&mut ws, &mut backend, &tx, &counters) => {
-            // The client is done sending: give the backend its FIN (half-close) first,
-            // so a Close never overtakes bytes still on their way.
-            let _ = backend.shutdown().await;
+            // The client is done sending. Tell the writer before the backend gets its FIN
+            // (half-close): the backend's answering EOF must find the writer already in the
+            // client-closed phase, or the close would be counted as the backend's.
+            // Every client byte was written before this point, so the FIN loses nothing.
             let _ = tx.send(last).await;
+            let _ = backend.shutdown().await;
         }
     }
 }
