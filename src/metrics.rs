@@ -1,6 +1,7 @@
 //! Every metric in one place: names, descriptions, the recorder, and per-session handles.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
@@ -114,8 +115,51 @@ pub fn tls_handshake_failed() {
     counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
 }
 
-pub fn backend_connected(route: &str, took: Duration) {
-    histogram!(BACKEND_CONNECT_SECONDS, "route" => route.to_owned()).record(took.as_secs_f64());
+pub fn backend_connected(route: &Arc<str>, took: Duration) {
+    route_handles(route)
+        .backend_connect
+        .record(took.as_secs_f64());
+}
+
+/// A route's fixed-label handles, registered once per route instead of once per session:
+/// a handshake then costs no registry lookup and no label allocation for them.
+struct RouteHandles {
+    sessions_total: Counter,
+    active: Gauge,
+    bytes_to_backend: Counter,
+    bytes_to_client: Counter,
+    messages_to_backend: Counter,
+    messages_to_client: Counter,
+    ping_rtt: Histogram,
+    backend_connect: Histogram,
+    duration: Histogram,
+    keepalive_timeouts: Counter,
+}
+
+fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
+    static ROUTES: OnceLock<Mutex<HashMap<Arc<str>, Arc<RouteHandles>>>> = OnceLock::new();
+    let mut routes = ROUTES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    routes
+        .entry(route.clone())
+        .or_insert_with(|| {
+            let r = || route.to_string();
+            Arc::new(RouteHandles {
+                sessions_total: counter!(SESSIONS_TOTAL, "route" => r()),
+                active: gauge!(SESSIONS_ACTIVE, "route" => r()),
+                bytes_to_backend: counter!(BYTES_TOTAL, "route" => r(), "direction" => CLIENT_TO_BACKEND),
+                bytes_to_client: counter!(BYTES_TOTAL, "route" => r(), "direction" => BACKEND_TO_CLIENT),
+                messages_to_backend: counter!(MESSAGES_TOTAL, "route" => r(), "direction" => CLIENT_TO_BACKEND),
+                messages_to_client: counter!(MESSAGES_TOTAL, "route" => r(), "direction" => BACKEND_TO_CLIENT),
+                ping_rtt: histogram!(PING_RTT_SECONDS, "route" => r()),
+                backend_connect: histogram!(BACKEND_CONNECT_SECONDS, "route" => r()),
+                duration: histogram!(SESSION_DURATION_SECONDS, "route" => r()),
+                keepalive_timeouts: counter!(KEEPALIVE_TIMEOUTS_TOTAL, "route" => r()),
+            })
+        })
+        .clone()
 }
 
 /// Holds `wsgate_connections_active` up for as long as it lives.
@@ -135,11 +179,11 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// One session's metric handles, looked up once so the data path never touches the registry.
-/// Holds `wsgate_sessions_active` up while alive.
+/// One session's metric handles (clones of its route's), so the data path never touches
+/// the registry. Holds `wsgate_sessions_active` up while alive.
 pub struct SessionMetrics {
     route: Arc<str>,
-    active: Gauge,
+    handles: Arc<RouteHandles>,
     pub bytes_to_backend: Counter,
     pub bytes_to_client: Counter,
     pub messages_to_backend: Counter,
@@ -149,36 +193,34 @@ pub struct SessionMetrics {
 
 impl SessionMetrics {
     pub fn start(route: Arc<str>) -> Self {
-        let r = || route.to_string();
-        counter!(SESSIONS_TOTAL, "route" => r()).increment(1);
-        let active = gauge!(SESSIONS_ACTIVE, "route" => r());
-        active.increment(1.0);
+        let handles = route_handles(&route);
+        handles.sessions_total.increment(1);
+        handles.active.increment(1.0);
         Self {
-            active,
-            bytes_to_backend: counter!(BYTES_TOTAL, "route" => r(), "direction" => CLIENT_TO_BACKEND),
-            bytes_to_client: counter!(BYTES_TOTAL, "route" => r(), "direction" => BACKEND_TO_CLIENT),
-            messages_to_backend: counter!(MESSAGES_TOTAL, "route" => r(), "direction" => CLIENT_TO_BACKEND),
-            messages_to_client: counter!(MESSAGES_TOTAL, "route" => r(), "direction" => BACKEND_TO_CLIENT),
-            ping_rtt: histogram!(PING_RTT_SECONDS, "route" => r()),
+            bytes_to_backend: handles.bytes_to_backend.clone(),
+            bytes_to_client: handles.bytes_to_client.clone(),
+            messages_to_backend: handles.messages_to_backend.clone(),
+            messages_to_client: handles.messages_to_client.clone(),
+            ping_rtt: handles.ping_rtt.clone(),
+            handles,
             route,
         }
     }
 
     /// Record how the session ended.
     pub fn closed(&self, code: u16, initiator: &'static str, duration: Duration) {
-        let r = self.route.to_string();
-        counter!(CLOSES_TOTAL, "route" => r.clone(), "code" => code.to_string(), "initiator" => initiator)
+        counter!(CLOSES_TOTAL, "route" => self.route.to_string(), "code" => code.to_string(), "initiator" => initiator)
             .increment(1);
-        histogram!(SESSION_DURATION_SECONDS, "route" => r).record(duration.as_secs_f64());
+        self.handles.duration.record(duration.as_secs_f64());
     }
 
     pub fn keepalive_timed_out(&self) {
-        counter!(KEEPALIVE_TIMEOUTS_TOTAL, "route" => self.route.to_string()).increment(1);
+        self.handles.keepalive_timeouts.increment(1);
     }
 }
 
 impl Drop for SessionMetrics {
     fn drop(&mut self) {
-        self.active.decrement(1.0);
+        self.handles.active.decrement(1.0);
     }
 }
