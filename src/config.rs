@@ -101,6 +101,27 @@ pub struct Limits {
     /// Largest message (all fragments together) accepted from a peer; larger ones
     /// close with 1009. Messages are streamed, never reassembled. Default 64 MiB.
     pub max_message_bytes: usize,
+    // ---- Admission, header size and pacing: checked and used in src/limits.rs ----
+    /// Concurrent sessions across all routes; over it, 503. 0 = no cap. Default 0.
+    pub max_sessions: usize,
+    /// Concurrent sessions on each route (a route's `max_sessions` overrides it); over it,
+    /// 503. 0 = no cap. Default 0.
+    pub max_sessions_per_route: usize,
+    /// Concurrent sessions from one client address (IPv4, or IPv6 /64); over it, 429.
+    /// 0 = no cap. Default 0.
+    pub max_sessions_per_ip: usize,
+    /// Upgrade handshakes per second from one client address, refilled continuously;
+    /// over it, 429. 0 = no rate limit. Default 0.
+    pub handshakes_per_ip_per_sec: f64,
+    /// Handshakes one client address may make at once before the rate applies. Default 10.
+    pub handshake_burst_per_ip: u32,
+    /// `Retry-After` seconds sent with a 503 or 429 from a session cap. Default 5.
+    pub retry_after_secs: u32,
+    /// Largest HTTP request head (request line and headers); larger ones get 431. Default 32 KiB.
+    pub max_header_bytes: usize,
+    /// Pacing of each direction of each session, in bytes per second (a route's
+    /// `bandwidth_bytes_per_sec` overrides it). 0 = unpaced. Default 0.
+    pub bandwidth_bytes_per_sec: u64,
 }
 
 impl Default for Limits {
@@ -110,6 +131,14 @@ impl Default for Limits {
             buffer_bytes: 64 * 1024,
             max_frame_bytes: 16 * 1024 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
+            max_sessions: 0,
+            max_sessions_per_route: 0,
+            max_sessions_per_ip: 0,
+            handshakes_per_ip_per_sec: 0.0,
+            handshake_burst_per_ip: 10,
+            retry_after_secs: 5,
+            max_header_bytes: 32 * 1024,
+            bandwidth_bytes_per_sec: 0,
         }
     }
 }
@@ -153,6 +182,12 @@ pub struct RouteConfig {
     /// Overrides `limits.max_message_bytes` for this route.
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
+    /// Overrides `limits.max_sessions_per_route` for this route (0 = no cap).
+    #[serde(default)]
+    pub max_sessions: Option<usize>,
+    /// Overrides `limits.bandwidth_bytes_per_sec` for this route (0 = unpaced).
+    #[serde(default)]
+    pub bandwidth_bytes_per_sec: Option<u64>,
 }
 
 fn default_true() -> bool {
@@ -184,6 +219,8 @@ impl RouteConfig {
             insecure_skip_verify: false,
             max_frame_bytes: None,
             max_message_bytes: None,
+            max_sessions: None,
+            bandwidth_bytes_per_sec: None,
         }
     }
 }
@@ -304,6 +341,8 @@ pub struct Route {
     pub backend_tls: Option<Arc<rustls::ClientConfig>>,
     pub max_frame_bytes: usize,
     pub max_message_bytes: usize,
+    /// Session cap and bandwidth (src/limits.rs).
+    pub limits: crate::limits::RouteLimits,
 }
 
 impl Route {
@@ -360,6 +399,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub max_connections: usize,
     pub buffer_bytes: usize,
+    /// Session caps and handshake rate (src/limits.rs).
+    pub admission: crate::limits::AdmissionConfig,
+    /// Largest HTTP request head; larger ones get 431.
+    pub max_header_bytes: usize,
 }
 
 impl Config {
@@ -412,6 +455,8 @@ impl FileConfig {
                 bail!("admin.address: {} is also a public listener", admin.address);
             }
         }
+        // Before the routes, which inherit its defaults: a bad default is named as such.
+        let admission = crate::limits::resolve(&self.limits)?;
         let mut names = HashSet::new();
         let mut paths = HashSet::new();
         let mut routes = Vec::with_capacity(self.routes.len());
@@ -466,6 +511,7 @@ impl FileConfig {
             let max_frame_bytes = r.max_frame_bytes.unwrap_or(self.limits.max_frame_bytes);
             let max_message_bytes = r.max_message_bytes.unwrap_or(self.limits.max_message_bytes);
             check_sizes(&format!("route[{i}]"), max_frame_bytes, max_message_bytes)?;
+            let limits = crate::limits::resolve_route(&format!("route[{i}]"), &r, &self.limits)?;
             for p in &r.subprotocols {
                 if p.is_empty() || !p.bytes().all(is_token_byte) {
                     bail!("route[{i}].subprotocols: {p:?} is not an HTTP token");
@@ -482,6 +528,7 @@ impl FileConfig {
                 backend_tls,
                 max_frame_bytes,
                 max_message_bytes,
+                limits,
             }));
         }
         let t = &self.timeouts;
@@ -515,6 +562,8 @@ impl FileConfig {
             shutdown_grace: secs("shutdown_grace_secs", t.shutdown_grace_secs, false)?,
             max_connections: l.max_connections,
             buffer_bytes: l.buffer_bytes,
+            admission,
+            max_header_bytes: l.max_header_bytes,
         })
     }
 }
@@ -622,6 +671,7 @@ mod tests {
             backend_tls: None,
             max_frame_bytes: 1 << 20,
             max_message_bytes: 1 << 20,
+            limits: Default::default(),
         };
         assert_eq!(
             r.backend_path("/", "/apps/chat/1", Some("t=1")),

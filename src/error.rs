@@ -24,6 +24,12 @@ pub enum RejectError {
     BackendHandshake(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("gateway is shutting down")]
     ShuttingDown,
+    /// Refused by a session cap or the handshake rate (src/limits.rs): 429 or 503.
+    #[error("{reason}")]
+    Limited {
+        reason: crate::limits::Refusal,
+        retry_after_secs: u64,
+    },
 }
 
 impl RejectError {
@@ -38,6 +44,7 @@ impl RejectError {
             | Self::BackendHandshake(_) => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Limited { reason, .. } => reason.status(),
         }
     }
 
@@ -53,7 +60,23 @@ impl RejectError {
             Self::BackendRejected(_) => "backend_rejected",
             Self::BackendHandshake(_) => "backend_handshake",
             Self::ShuttingDown => "shutting_down",
+            Self::Limited { reason, .. } => reason.label(),
         }
+    }
+
+    /// The `Retry-After` header's seconds, for refusals that say when to come back.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::Limited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
+    /// Logged at debug, not warn: client mistakes, and load shed on purpose.
+    pub fn is_routine(&self) -> bool {
+        self.is_client_error() || matches!(self, Self::Limited { .. })
     }
 
     /// Whose fault it is, for the log level: client mistakes are routine.

@@ -44,6 +44,11 @@ pub async fn handle(
     if shared.shutdown.is_cancelled() {
         return Ok(reject(&req, Some(&route), RejectError::ShuttingDown));
     }
+    // Limits: a slot under every session cap, held until the session ends (429/503).
+    let slot = match shared.snapshot.admission.admit(&route, conn.peer.ip()) {
+        Ok(slot) => slot,
+        Err(e) => return Ok(reject(&req, Some(&route), e)),
+    };
     Span::current().record("backend", tracing::field::display(&route.backend));
 
     // Only a live backend earns a 101.
@@ -92,6 +97,7 @@ pub async fn handle(
         let shared = shared.clone();
         async move {
             let _permit = permit;
+            let _slot = slot;
             let ws = match upgrade.await {
                 Ok(ws) => ws,
                 Err(e) => {
@@ -143,6 +149,7 @@ async fn bridge_session<CR, CW>(
                 ping_interval: snapshot.ping_interval,
                 pong_timeout: snapshot.pong_timeout,
                 close_grace: snapshot.close_grace,
+                bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
             };
             let (backend_read, backend_write) = stream.into_split();
             bridge::run(
@@ -163,6 +170,7 @@ async fn bridge_session<CR, CW>(
                 ping_interval: snapshot.ping_interval,
                 pong_timeout: snapshot.pong_timeout,
                 close_grace: snapshot.close_grace,
+                bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
             };
             let (read, write) = tokio::io::split(io);
             let backend = websocket_halves(read, write, Role::Client, route.max_frame_bytes);
@@ -240,7 +248,7 @@ fn backend_handshake<B>(
 }
 
 /// RFC 6455 §4.2.1: what makes a request a WebSocket upgrade.
-fn check_upgrade<B>(req: &Request<B>) -> Result<(), RejectError> {
+pub fn check_upgrade<B>(req: &Request<B>) -> Result<(), RejectError> {
     if req.method() != Method::GET {
         return Err(RejectError::BadRequest("a WebSocket upgrade must be a GET"));
     }
@@ -292,7 +300,7 @@ fn is_valid_key(key: &[u8]) -> bool {
 fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Response<Body> {
     let route_name = route.map_or("none", |r| &*r.name);
     metrics::upgrade_rejected(route_name, e.label());
-    if e.is_client_error() {
+    if e.is_routine() {
         debug!(path = req.uri().path(), error = %e, "upgrade rejected");
     } else {
         let source = match &e {
@@ -314,6 +322,9 @@ fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Respons
             HeaderValue::from_static("13"),
         );
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    if let Some(secs) = e.retry_after_secs() {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }

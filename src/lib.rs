@@ -6,13 +6,15 @@
 //! config.rs    serde/toml, defaults, validate -> resolved Config (default.toml embedded)
 //! server.rs    bind, accept loop with permits, per-connection span, TLS + hyper, drain
 //! tls.rs       PEM -> rustls ServerConfig (the one place PEM is read)
-//! http.rs      one request: route (404), upgrade checks (400/426), dial (502/504), 101, spawn session
+//! http.rs      one request: route (404), upgrade checks (400/426), limits (429/503), dial (502/504),
+//!              101, spawn session
 //! io.rs        upgraded streams: plain TCP split without a lock, bytes read early kept, frame halves
 //! route.rs     path -> route, subprotocol choice (pure)
 //! backend.rs   dial TCP / WebSocket (ws, wss) backends under a timeout; the built-in echo service
 //! bridge.rs    the two-direction pump, control frames, close handshake, counts
 //! relay.rs     WebSocket ↔ WebSocket frame relay: two hops, close codes end to end
 //! keepalive.rs ping schedule and missed-pong state (pure)
+//! limits.rs    admission (session caps, handshake rate → 429/503) and the bandwidth pacer
 //! frames.rs    frame rules shared by both bridges: sequencing, UTF-8, sizes, read errors
 //! utf8.rs      incremental UTF-8 checks for fragmented text
 //! metrics.rs   metric names, descriptions, recorder, per-session handles
@@ -22,7 +24,8 @@
 //! ```
 //!
 //! # Data flow
-//! accept → TLS → HTTP → route (404) → upgrade checks (400/426) → dial backend (502/504)
+//! accept → TLS → HTTP (431, header timeout) → route (404) → upgrade checks (400/426)
+//! → limits (429/503) → dial backend (502/504)
 //! → `101` → bridge → close (1000 normal, 1001 shutdown/keepalive, 1002 protocol,
 //! 1007 bad UTF-8, 1009 too big, 1011 backend error), with metrics alongside every stage.
 
@@ -35,6 +38,7 @@ pub mod frames;
 pub mod http;
 pub mod io;
 pub mod keepalive;
+pub mod limits;
 pub mod metrics;
 pub mod relay;
 pub mod route;

@@ -5,7 +5,8 @@
 //! through one at a time with their opcode and FIN bit, never reassembled; the channels between
 //! reader and writer hold one frame, so a slow hop slows the other instead of growing a queue.
 //! Close codes travel end to end; a hop that dies closes the other with 1001 (client lost) or
-//! 1011 (backend lost), 1014 when the backend broke the protocol.
+//! 1011 (backend lost), 1014 when the backend broke the protocol. An optional bandwidth cap paces
+//! each reader (src/limits.rs `Pacer`): a capped hop's sender is slowed down, never buffered.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use crate::bridge::{Initiator, Outcome};
 use crate::error::close_code;
 use crate::frames::{self, close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
 use crate::keepalive::{sleep_until_opt, Due, Keepalive};
+use crate::limits::Pacer;
 use crate::metrics::SessionMetrics;
 
 /// Per-session settings from the route and the config snapshot.
@@ -36,6 +38,8 @@ pub struct RelayConfig {
     pub pong_timeout: Duration,
     /// How long a hop waits for the Close that answers its own.
     pub close_grace: Duration,
+    /// Pacing of each direction in bytes per second; `None`: unpaced.
+    pub bandwidth_bytes_per_sec: Option<u64>,
 }
 
 /// Which side of the gateway a hop faces.
@@ -135,6 +139,7 @@ where
             bytes: metrics.bytes_to_backend.clone(),
             messages: metrics.messages_to_backend.clone(),
             total: up.clone(),
+            pacer: Pacer::new(config.bandwidth_bytes_per_sec),
         },
         first.clone(),
         stop_readers.clone(),
@@ -149,6 +154,7 @@ where
             bytes: metrics.bytes_to_client.clone(),
             messages: metrics.messages_to_client.clone(),
             total: down.clone(),
+            pacer: Pacer::new(config.bandwidth_bytes_per_sec),
         },
         first.clone(),
         stop_readers.clone(),
@@ -211,6 +217,7 @@ struct Counts {
     bytes: Counter,
     messages: Counter,
     total: Arc<AtomicU64>,
+    pacer: Pacer,
 }
 
 /// One hop's reader: frames from its peer, checked, to the other hop (data, Close)
@@ -220,14 +227,14 @@ async fn read_hop<R: AsyncRead + Unpin>(
     hop: Hop,
     own: mpsc::Sender<Own>,
     relay: mpsc::Sender<Relayed>,
-    counts: Counts,
+    mut counts: Counts,
     first: FirstEnd,
     stop: CancellationToken,
 ) {
     // Dropping the loop is cancel-safe: nothing reads `ws` afterwards.
     tokio::select! {
         () = stop.cancelled() => {}
-        () = pump_hop(&mut ws, hop, &own, &relay, &counts, &first) => {}
+        () = pump_hop(&mut ws, hop, &own, &relay, &mut counts, &first) => {}
     }
 }
 
@@ -236,12 +243,13 @@ async fn pump_hop<R: AsyncRead + Unpin>(
     hop: Hop,
     own: &mpsc::Sender<Own>,
     relay: &mpsc::Sender<Relayed>,
-    counts: &Counts,
+    counts: &mut Counts,
     first: &FirstEnd,
 ) {
     let mut ignore = |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
     let mut messages = MessageCheck::new(counts.max_message_bytes);
     loop {
+        counts.pacer.ready().await;
         let violation = match ws.read_frame(&mut ignore).await {
             Err(e) => match frames::read_error(&e) {
                 Some(v) => v,
@@ -263,6 +271,7 @@ async fn pump_hop<R: AsyncRead + Unpin>(
                 }
             },
             Ok(frame) => {
+                counts.pacer.spent(frame.payload.len());
                 let checked = frames::check_control(frame.opcode, frame.payload.len())
                     .and_then(|()| messages.data_frame(frame.opcode, frame.fin, &frame.payload));
                 match (checked, frame.opcode) {

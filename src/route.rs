@@ -62,6 +62,7 @@ mod tests {
             backend_tls: None,
             max_frame_bytes: 1 << 20,
             max_message_bytes: 1 << 20,
+            limits: Default::default(),
         })
     }
 
