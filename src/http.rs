@@ -287,13 +287,13 @@ fn header_has_token<B>(req: &Request<B>, name: header::HeaderName, token: &str) 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// 16 random bytes in base64: 22 alphabet characters and `==`.
+/// 16 bytes in canonical base64: 24 characters ending in `==`, no stray bits in the last one.
 fn is_valid_key(key: &[u8]) -> bool {
+    use base64::Engine;
     key.len() == 24
-        && key.ends_with(b"==")
-        && key[..22]
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|raw| raw.len() == 16)
 }
 
 /// Turn a rejection into its HTTP answer, a metric and a log line.
@@ -372,6 +372,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("Sec-WebSocket-Key"));
+        // Regression (found by tests/fuzz.rs): 22 alphabet characters and `==` passed even when
+        // the last character carried bits past the 16 bytes, which is not base64 of 16 bytes.
+        let stray_bits = request(|b| {
+            b.headers_mut().unwrap().insert(
+                "Sec-WebSocket-Key",
+                HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAB=="),
+            );
+        });
+        assert_eq!(
+            check_upgrade(&stray_bits).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
         let v8 = request(|b| {
             b.headers_mut()
                 .unwrap()

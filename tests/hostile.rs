@@ -200,6 +200,12 @@ async fn bad_or_missing_key_is_400_and_a_wrong_version_is_426() {
             "Sec-WebSocket-Key must be 16 bytes in base64",
         ),
         (
+            // The last character carries bits past the 16 bytes: not base64 of 16 bytes.
+            request(Some("AAAAAAAAAAAAAAAAAAAAAB=="), v13),
+            400,
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ),
+        (
             request(Some("dGhlIHNhbXBsZSBub25j*Q=="), v13),
             400,
             "Sec-WebSocket-Key must be 16 bytes in base64",
