@@ -148,6 +148,7 @@ impl Gateway {
             close_grace: config.close_grace,
             admission: Arc::new(Admission::new(&config.admission, &config.routes)),
         });
+        // Keeps the handshake limiter's memory bounded; stops with the other helpers.
         aux.spawn(snapshot.admission.clone().run_upkeep(aux_stop.clone()));
         let shared = Arc::new(Shared {
             snapshot,
