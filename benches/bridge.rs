@@ -121,6 +121,7 @@ fn default_settings() -> (BridgeConfig, usize) {
         ping_interval: config.ping_interval,
         pong_timeout: config.pong_timeout,
         close_grace: config.close_grace,
+        bandwidth_bytes_per_sec: None,
     };
     (bridge, route.max_frame_bytes)
 }

@@ -8,7 +8,8 @@
 //!   out from here, so the close handshake and keepalive live in one place.
 //!
 //! Backpressure is end to end: each task holds at most one buffer and does not read its source
-//! until the last write to its sink finished.
+//! until the last write to its sink finished. An optional bandwidth cap paces each task's reads
+//! (src/limits.rs `Pacer`), so a capped session slows its sender down instead of buffering.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,7 @@ use crate::error::close_code;
 use crate::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
 use crate::io::BackendSource;
 use crate::keepalive::{sleep_until_opt, Due, Keepalive};
+use crate::limits::Pacer;
 use crate::metrics::SessionMetrics;
 use crate::reader::{FrameReader, ReadError};
 use crate::utf8::complete_prefix;
@@ -44,6 +46,8 @@ pub struct BridgeConfig {
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
     pub close_grace: Duration,
+    /// Pacing of each direction in bytes per second; `None`: unpaced.
+    pub bandwidth_bytes_per_sec: Option<u64>,
 }
 
 /// Who started the end of a session (`initiator` label).
@@ -125,6 +129,7 @@ where
             bytes: metrics.bytes_to_backend.clone(),
             messages: metrics.messages_to_backend.clone(),
             total: to_backend.clone(),
+            pacer: Pacer::new(config.bandwidth_bytes_per_sec),
         },
         reader_stop.clone(),
     ));
@@ -159,6 +164,7 @@ struct ClientCounters {
     bytes: Counter,
     messages: Counter,
     total: Arc<AtomicU64>,
+    pacer: Pacer,
 }
 
 /// Client frames → backend bytes. Ends at the client's Close, error or EOF, or when stopped.
@@ -166,7 +172,7 @@ async fn client_to_backend<CR, BW>(
     mut ws: FrameReader<CR>,
     mut backend: BW,
     tx: mpsc::Sender<FromClient>,
-    counters: ClientCounters,
+    mut counters: ClientCounters,
     stop: CancellationToken,
 ) where
     CR: AsyncRead + Unpin,
@@ -175,7 +181,7 @@ async fn client_to_backend<CR, BW>(
     // Dropping the whole loop is cancel-safe: nothing reads `ws` afterwards.
     tokio::select! {
         () = stop.cancelled() => {}
-        last = pump_client_frames(&mut ws, &mut backend, &tx, &counters) => {
+        last = pump_client_frames(&mut ws, &mut backend, &tx, &mut counters) => {
             // The client is done sending. Tell the writer before the backend gets its FIN
             // (half-close): the backend's answering EOF must find the writer already in the
             // client-closed phase, or the close would be counted as the backend's.
@@ -191,7 +197,7 @@ async fn pump_client_frames<CR, BW>(
     ws: &mut FrameReader<CR>,
     backend: &mut BW,
     tx: &mpsc::Sender<FromClient>,
-    counters: &ClientCounters,
+    counters: &mut ClientCounters,
 ) -> FromClient
 where
     CR: AsyncRead + Unpin,
@@ -200,6 +206,7 @@ where
     let mut messages = MessageCheck::new(counters.max_message_bytes);
     let mut backend_alive = true;
     loop {
+        counters.pacer.ready().await;
         let frame = match ws.read_frame().await {
             Ok(frame) => frame,
             Err(ReadError::Violation((code, reason))) => {
@@ -207,6 +214,7 @@ where
             }
             Err(ReadError::Gone(_)) => return FromClient::Gone,
         };
+        counters.pacer.spent(frame.payload.len());
         match frame.opcode {
             OpCode::Ping | OpCode::Pong => {
                 let payload: Box<[u8]> = frame.payload[..].into();
@@ -289,7 +297,8 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         let hard_stop = self.ws.hard_stop();
         // Allocated on the first backend bytes, sized to the traffic: an idle session holds little.
         let mut buf: Vec<u8> = Vec::new();
-        let mut read_size = ReadSize::new(config.buffer_bytes);
+        let mut pacer = Pacer::new(config.bandwidth_bytes_per_sec);
+        let mut read_size = ReadSize::new(pacer.max_read(config.buffer_bytes));
         let mut phase = Phase::Open;
         let mut backend_open = true;
         // False once the client's side ended (its Close, a violation, or EOF): the reader is done.
@@ -345,7 +354,14 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                     Some(*deadline)
                 }
             };
-            let read_backend = backend_open && !matches!(phase, Phase::GatewayClosed { .. });
+            let wants_backend = backend_open && !matches!(phase, Phase::GatewayClosed { .. });
+            // Over the bandwidth cap: no read until the pacer allows one.
+            let paced_until = if wants_backend {
+                pacer.ready_at(Instant::now())
+            } else {
+                None
+            };
+            let read_backend = wants_backend && paced_until.is_none();
             let accepting_shutdown = !matches!(phase, Phase::GatewayClosed { .. });
             tokio::select! {
                 biased;
@@ -412,6 +428,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                     }
                     close_with!(close_code::GOING_AWAY, Initiator::Gateway, "gateway shutting down");
                 }
+                () = sleep_until_opt(paced_until), if paced_until.is_some() => {}
                 ready = backend.ready(), if read_backend => match ready.and_then(|()| {
                     // The buffer is taken only now that bytes are waiting.
                     read_size.prepare(&mut buf);
@@ -434,6 +451,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                     }
                     Ok(n) => {
                         read_size.after_read(n);
+                        pacer.spent(n);
                         let ready = match config.message_type {
                             MessageType::Binary => buf.len(),
                             MessageType::Text => match complete_prefix(&buf) {

@@ -114,6 +114,27 @@ pub struct Limits {
     /// Largest message (all fragments together) accepted from a peer; larger ones
     /// close with 1009. Messages are streamed, never reassembled. Default 64 MiB.
     pub max_message_bytes: usize,
+    // ---- Admission, header size and pacing: checked and used in src/limits.rs ----
+    /// Concurrent sessions across all routes; over it, 503. 0 = no cap. Default 0.
+    pub max_sessions: usize,
+    /// Concurrent sessions on each route (a route's `max_sessions` overrides it); over it,
+    /// 503. 0 = no cap. Default 0.
+    pub max_sessions_per_route: usize,
+    /// Concurrent sessions from one client address (IPv4, or IPv6 /64); over it, 429.
+    /// 0 = no cap. Default 0.
+    pub max_sessions_per_ip: usize,
+    /// Upgrade handshakes per second from one client address, refilled continuously;
+    /// over it, 429. 0 = no rate limit. Default 0.
+    pub handshakes_per_ip_per_sec: f64,
+    /// Handshakes one client address may make at once before the rate applies. Default 10.
+    pub handshake_burst_per_ip: u32,
+    /// `Retry-After` seconds sent with a 503 or 429 from a session cap. Default 5.
+    pub retry_after_secs: u32,
+    /// Largest HTTP request head (request line and headers); larger ones get 431. Default 32 KiB.
+    pub max_header_bytes: usize,
+    /// Pacing of each direction of each session, in bytes per second (a route's
+    /// `bandwidth_bytes_per_sec` overrides it). 0 = unpaced. Default 0.
+    pub bandwidth_bytes_per_sec: u64,
 }
 
 impl Default for Limits {
@@ -123,6 +144,14 @@ impl Default for Limits {
             buffer_bytes: 64 * 1024,
             max_frame_bytes: 16 * 1024 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
+            max_sessions: 0,
+            max_sessions_per_route: 0,
+            max_sessions_per_ip: 0,
+            handshakes_per_ip_per_sec: 0.0,
+            handshake_burst_per_ip: 10,
+            retry_after_secs: 5,
+            max_header_bytes: 32 * 1024,
+            bandwidth_bytes_per_sec: 0,
         }
     }
 }
@@ -177,6 +206,12 @@ pub struct RouteConfig {
     /// `[route.target]`: a per-session target (token file, JWT claim) instead of `backend`.
     #[serde(default)]
     pub target: Option<TargetConfig>,
+    /// Overrides `limits.max_sessions_per_route` for this route (0 = no cap).
+    #[serde(default)]
+    pub max_sessions: Option<usize>,
+    /// Overrides `limits.bandwidth_bytes_per_sec` for this route (0 = unpaced).
+    #[serde(default)]
+    pub bandwidth_bytes_per_sec: Option<u64>,
 }
 
 fn default_true() -> bool {
@@ -211,6 +246,8 @@ impl RouteConfig {
             origin: None,
             auth: None,
             target: None,
+            max_sessions: None,
+            bandwidth_bytes_per_sec: None,
         }
     }
 }
@@ -334,6 +371,8 @@ pub struct Route {
     pub max_message_bytes: usize,
     /// Origin allowlist and credentials.
     pub access: Access,
+    /// Session cap and bandwidth (src/limits.rs).
+    pub limits: crate::limits::RouteLimits,
 }
 
 impl Route {
@@ -392,6 +431,10 @@ pub struct Config {
     pub buffer_bytes: usize,
     /// `None`: backends may be dialed anywhere.
     pub egress: Option<Arc<Egress>>,
+    /// Session caps and handshake rate (src/limits.rs).
+    pub admission: crate::limits::AdmissionConfig,
+    /// Largest HTTP request head; larger ones get 431.
+    pub max_header_bytes: usize,
 }
 
 impl Config {
@@ -447,6 +490,8 @@ impl FileConfig {
                 bail!("admin.address: {} is also a public listener", admin.address);
             }
         }
+        // Before the routes, which inherit its defaults: a bad default is named as such.
+        let admission = crate::limits::resolve(&self.limits)?;
         let mut names = HashSet::new();
         let mut paths = HashSet::new();
         let mut routes = Vec::with_capacity(self.routes.len());
@@ -520,6 +565,7 @@ impl FileConfig {
             let max_frame_bytes = r.max_frame_bytes.unwrap_or(self.limits.max_frame_bytes);
             let max_message_bytes = r.max_message_bytes.unwrap_or(self.limits.max_message_bytes);
             check_sizes(&format!("route[{i}]"), max_frame_bytes, max_message_bytes)?;
+            let limits = crate::limits::resolve_route(&format!("route[{i}]"), &r, &self.limits)?;
             for p in &r.subprotocols {
                 if p.is_empty() || !p.bytes().all(is_token_byte) {
                     bail!("route[{i}].subprotocols: {p:?} is not an HTTP token");
@@ -537,6 +583,7 @@ impl FileConfig {
                 max_frame_bytes,
                 max_message_bytes,
                 access,
+                limits,
             }));
         }
         let t = &self.timeouts;
@@ -576,6 +623,8 @@ impl FileConfig {
                 .map(Egress::from_config)
                 .transpose()?
                 .map(Arc::new),
+            admission,
+            max_header_bytes: l.max_header_bytes,
         })
     }
 }
@@ -698,6 +747,7 @@ mod tests {
             max_frame_bytes: 1 << 20,
             max_message_bytes: 1 << 20,
             access: Access::default(),
+            limits: Default::default(),
         };
         assert_eq!(
             r.backend_path("/", "/apps/chat/1", Some("t=1")),

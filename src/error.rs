@@ -40,6 +40,12 @@ pub enum RejectError {
     /// Every address the target resolved to is outside `[egress] allow`.
     #[error("backend address not allowed")]
     EgressDenied(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Refused by a session cap or the handshake rate (src/limits.rs): 429 or 503.
+    #[error("{reason}")]
+    Limited {
+        reason: crate::limits::Refusal,
+        retry_after_secs: u64,
+    },
 }
 
 impl RejectError {
@@ -57,6 +63,7 @@ impl RejectError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Origin | Self::Forbidden(_) | Self::EgressDenied(_) => StatusCode::FORBIDDEN,
             Self::UnknownToken => StatusCode::NOT_FOUND,
+            Self::Limited { reason, .. } => reason.status(),
         }
     }
 
@@ -77,7 +84,23 @@ impl RejectError {
             Self::Forbidden(_) => "forbidden",
             Self::UnknownToken => "unknown_token",
             Self::EgressDenied(_) => "egress_denied",
+            Self::Limited { reason, .. } => reason.label(),
         }
+    }
+
+    /// The `Retry-After` header's seconds, for refusals that say when to come back.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::Limited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
+    /// Logged at debug, not warn: client mistakes, and load shed on purpose.
+    pub fn is_routine(&self) -> bool {
+        self.is_client_error() || matches!(self, Self::Limited { .. })
     }
 
     /// Whose fault it is, for the log level: client mistakes are routine. A denied egress

@@ -63,6 +63,11 @@ pub async fn handle(
     Span::current().record("backend", tracing::field::display(&target));
     // The offer without `bearer.` credentials: never chosen, echoed or forwarded.
     let offered = route.access.offered_protocols(&req);
+    // Limits: a slot under every session cap, held until the session ends (429/503).
+    let slot = match shared.snapshot.admission.admit(&route, conn.peer.ip()) {
+        Ok(slot) => slot,
+        Err(e) => return Ok(reject(&req, Some(&route), e)),
+    };
 
     // Only a live backend earns a 101.
     let dial_started = Instant::now();
@@ -110,6 +115,7 @@ pub async fn handle(
         let shared = shared.clone();
         async move {
             let _permit = permit;
+            let _slot = slot;
             let ws = match upgrade.await {
                 Ok(ws) => ws,
                 Err(e) => {
@@ -162,6 +168,7 @@ async fn bridge_session<CR, CW>(
                 ping_interval: snapshot.ping_interval,
                 pong_timeout: snapshot.pong_timeout,
                 close_grace: snapshot.close_grace,
+                bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
             };
             let (backend_read, backend_write) = stream.into_split();
             bridge::run(
@@ -182,6 +189,7 @@ async fn bridge_session<CR, CW>(
                 ping_interval: snapshot.ping_interval,
                 pong_timeout: snapshot.pong_timeout,
                 close_grace: snapshot.close_grace,
+                bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
             };
             let (read, write) = tokio::io::split(io);
             let backend = websocket_halves(read, write, Role::Client, route.max_frame_bytes);
@@ -257,7 +265,7 @@ fn backend_handshake<B>(
 }
 
 /// RFC 6455 §4.2.1: what makes a request a WebSocket upgrade.
-fn check_upgrade<B>(req: &Request<B>) -> Result<(), RejectError> {
+pub fn check_upgrade<B>(req: &Request<B>) -> Result<(), RejectError> {
     if req.method() != Method::GET {
         return Err(RejectError::BadRequest("a WebSocket upgrade must be a GET"));
     }
@@ -296,13 +304,13 @@ fn header_has_token<B>(req: &Request<B>, name: header::HeaderName, token: &str) 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// 16 random bytes in base64: 22 alphabet characters and `==`.
+/// 16 bytes in canonical base64: 24 characters ending in `==`, no stray bits in the last one.
 fn is_valid_key(key: &[u8]) -> bool {
+    use base64::Engine;
     key.len() == 24
-        && key.ends_with(b"==")
-        && key[..22]
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|raw| raw.len() == 16)
 }
 
 /// Turn a rejection into its HTTP answer, a metric and a log line.
@@ -311,7 +319,7 @@ fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Respons
     metrics::upgrade_rejected(route_name, e.label());
     // Query values are redacted: a token in the URL never reaches the log.
     let uri = access::log_uri(req.uri());
-    if e.is_client_error() {
+    if e.is_routine() {
         debug!(uri, error = %e, "upgrade rejected");
     } else {
         let source = match &e {
@@ -336,6 +344,9 @@ fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Respons
     }
     if e.status() == StatusCode::UNAUTHORIZED {
         headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(secs) = e.retry_after_secs() {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }
@@ -383,6 +394,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("Sec-WebSocket-Key"));
+        // Regression (found by tests/fuzz.rs): 22 alphabet characters and `==` passed even when
+        // the last character carried bits past the 16 bytes, which is not base64 of 16 bytes.
+        let stray_bits = request(|b| {
+            b.headers_mut().unwrap().insert(
+                "Sec-WebSocket-Key",
+                HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAB=="),
+            );
+        });
+        assert_eq!(
+            check_upgrade(&stray_bits).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
         let v8 = request(|b| {
             b.headers_mut()
                 .unwrap()

@@ -6,8 +6,8 @@
 //! config.rs    serde/toml, defaults, validate -> resolved Config (default.toml embedded)
 //! server.rs    bind, accept loop with permits, per-connection span, TLS + hyper, drain
 //! tls.rs       PEM -> rustls ServerConfig, client-certificate verifier (mTLS)
-//! http.rs      one request: route (404), upgrade checks (400/426), access, dial (502/504),
-//!              101, spawn session
+//! http.rs      one request: route (404), upgrade checks (400/426), access, limits (429/503),
+//!              dial (502/504), 101, spawn session
 //! access.rs    [route.origin], [route.auth]: Origin allowlist, client certificate and bearer
 //!              token checks; tokens kept out of backend handshakes and logs
 //! jwt.rs       [route.auth.jwt]: keys, claim checks; ring as jsonwebtoken's crypto
@@ -19,6 +19,7 @@
 //! reader.rs    frame reader: every per-frame rule of RFC 6455 §5, no buffer held between frames
 //! relay.rs     WebSocket ↔ WebSocket frame relay: two hops, close codes end to end
 //! keepalive.rs ping schedule and missed-pong state (pure)
+//! limits.rs    admission (session caps, handshake rate → 429/503) and the bandwidth pacer
 //! frames.rs    message rules shared by both bridges (sequencing, UTF-8, size) and guarded writes
 //! utf8.rs      incremental UTF-8 checks for fragmented text
 //! metrics.rs   metric names, descriptions, recorder, per-session handles
@@ -28,12 +29,12 @@
 //! ```
 //!
 //! # Data flow
-//! accept → TLS (client certificate verified when the listener asks) → HTTP → route (404)
-//! → upgrade checks (400/426) → origin (403) → credentials (401 missing/invalid, 403 not
-//! allowed) → target (token file: 404 unknown token; claim: 403) → egress check after DNS
-//! (403) → dial backend (502/504) → `101` → bridge → close (1000 normal, 1001
-//! shutdown/keepalive, 1002 protocol, 1007 bad UTF-8, 1009 too big, 1011 backend error),
-//! with metrics alongside every stage.
+//! accept → TLS (client certificate verified when the listener asks) → HTTP (431, header
+//! timeout) → route (404) → upgrade checks (400/426) → origin (403) → credentials (401
+//! missing/invalid, 403 not allowed) → target (token file: 404 unknown token; claim: 403)
+//! → limits (429/503) → egress check after DNS (403) → dial backend (502/504) → `101`
+//! → bridge → close (1000 normal, 1001 shutdown/keepalive, 1002 protocol, 1007 bad UTF-8,
+//! 1009 too big, 1011 backend error, 1014 bad gateway), with metrics alongside every stage.
 
 pub mod access;
 pub mod admin;
@@ -46,6 +47,7 @@ pub mod http;
 pub mod io;
 pub mod jwt;
 pub mod keepalive;
+pub mod limits;
 pub mod metrics;
 pub mod reader;
 pub mod relay;

@@ -5,7 +5,8 @@
 //! through one at a time with their opcode and FIN bit, never reassembled; the channels between
 //! reader and writer hold one frame, so a slow hop slows the other instead of growing a queue.
 //! Close codes travel end to end; a hop that dies closes the other with 1001 (client lost) or
-//! 1011 (backend lost), 1014 when the backend broke the protocol.
+//! 1011 (backend lost), 1014 when the backend broke the protocol. An optional bandwidth cap paces
+//! each reader (src/limits.rs `Pacer`): a capped hop's sender is slowed down, never buffered.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use crate::bridge::{Initiator, Outcome};
 use crate::error::close_code;
 use crate::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
 use crate::keepalive::{sleep_until_opt, Due, Keepalive};
+use crate::limits::Pacer;
 use crate::metrics::SessionMetrics;
 use crate::reader::{FrameReader, ReadError};
 
@@ -37,6 +39,8 @@ pub struct RelayConfig {
     pub pong_timeout: Duration,
     /// How long a hop waits for the Close that answers its own.
     pub close_grace: Duration,
+    /// Pacing of each direction in bytes per second; `None`: unpaced.
+    pub bandwidth_bytes_per_sec: Option<u64>,
 }
 
 /// Which side of the gateway a hop faces.
@@ -136,6 +140,7 @@ where
             bytes: metrics.bytes_to_backend.clone(),
             messages: metrics.messages_to_backend.clone(),
             total: up.clone(),
+            pacer: Pacer::new(config.bandwidth_bytes_per_sec),
         },
         first.clone(),
         stop_readers.clone(),
@@ -150,6 +155,7 @@ where
             bytes: metrics.bytes_to_client.clone(),
             messages: metrics.messages_to_client.clone(),
             total: down.clone(),
+            pacer: Pacer::new(config.bandwidth_bytes_per_sec),
         },
         first.clone(),
         stop_readers.clone(),
@@ -212,6 +218,7 @@ struct Counts {
     bytes: Counter,
     messages: Counter,
     total: Arc<AtomicU64>,
+    pacer: Pacer,
 }
 
 /// One hop's reader: frames from its peer, checked, to the other hop (data, Close)
@@ -221,14 +228,14 @@ async fn read_hop<R: AsyncRead + Unpin>(
     hop: Hop,
     own: mpsc::Sender<Own>,
     relay: mpsc::Sender<Relayed>,
-    counts: Counts,
+    mut counts: Counts,
     first: FirstEnd,
     stop: CancellationToken,
 ) {
     // Dropping the loop is cancel-safe: nothing reads `ws` afterwards.
     tokio::select! {
         () = stop.cancelled() => {}
-        () = pump_hop(&mut ws, hop, &own, &relay, &counts, &first) => {}
+        () = pump_hop(&mut ws, hop, &own, &relay, &mut counts, &first) => {}
     }
 }
 
@@ -237,11 +244,12 @@ async fn pump_hop<R: AsyncRead + Unpin>(
     hop: Hop,
     own: &mpsc::Sender<Own>,
     relay: &mpsc::Sender<Relayed>,
-    counts: &Counts,
+    counts: &mut Counts,
     first: &FirstEnd,
 ) {
     let mut messages = MessageCheck::new(counts.max_message_bytes);
     loop {
+        counts.pacer.ready().await;
         let violation = match ws.read_frame().await {
             Err(ReadError::Violation(v)) => v,
             Err(ReadError::Gone(_)) => {
@@ -261,6 +269,7 @@ async fn pump_hop<R: AsyncRead + Unpin>(
                 return;
             }
             Ok(frame) => {
+                counts.pacer.spent(frame.payload.len());
                 let checked = messages.data_frame(frame.opcode, frame.fin, &frame.payload);
                 match (checked, frame.opcode) {
                     (Err(v), _) => v,

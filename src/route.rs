@@ -63,6 +63,7 @@ mod tests {
             max_frame_bytes: 1 << 20,
             max_message_bytes: 1 << 20,
             access: Default::default(),
+            limits: Default::default(),
         })
     }
 

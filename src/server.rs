@@ -21,6 +21,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use crate::access::{self, ClientCert};
 use crate::backend::{spawn_echo_service, Dialer};
 use crate::config::{BackendAddr, Config};
+use crate::limits::Admission;
 use crate::metrics::{self, ConnectionGuard};
 use crate::route::Router;
 use crate::{admin, tls};
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
     pub close_grace: Duration,
+    /// Session caps and handshake rate, shared by every request (src/limits.rs).
+    pub admission: Arc<Admission>,
 }
 
 /// What every connection task shares.
@@ -48,6 +51,7 @@ pub struct Shared {
     pub tracker: TaskTracker,
     header_read_timeout: Duration,
     tls_handshake_timeout: Duration,
+    max_header_bytes: usize,
 }
 
 struct PublicListener {
@@ -144,7 +148,10 @@ impl Gateway {
             ping_interval: config.ping_interval,
             pong_timeout: config.pong_timeout,
             close_grace: config.close_grace,
+            admission: Arc::new(Admission::new(&config.admission, &config.routes)),
         });
+        // Keeps the handshake limiter's memory bounded; stops with the other helpers.
+        aux.spawn(snapshot.admission.clone().run_upkeep(aux_stop.clone()));
         let shared = Arc::new(Shared {
             snapshot,
             shutdown: shutdown.clone(),
@@ -152,6 +159,7 @@ impl Gateway {
             tracker: TaskTracker::new(),
             header_read_timeout: config.header_read_timeout,
             tls_handshake_timeout: config.tls_handshake_timeout,
+            max_header_bytes: config.max_header_bytes,
         });
 
         let ready = Arc::new(AtomicBool::new(false));
@@ -327,6 +335,8 @@ where
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(shared.header_read_timeout)
+        // Over it hyper answers 431 and closes (its default is ~400 KiB and 100 headers).
+        .max_header_size(shared.max_header_bytes)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);

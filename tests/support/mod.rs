@@ -423,6 +423,14 @@ pub async fn raw_ws_client(addr: SocketAddr, path: &str) -> RawWs {
 }
 
 impl RawWs {
+    /// A client on a stream whose `101` answer was read up to its blank line, and no further.
+    pub fn from_upgraded(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Write bytes (usually from [`client_frame`]) as they are.
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("raw send");
