@@ -4,7 +4,7 @@
 //! Cases per target: `WSGATE_FUZZ_CASES` × the target's weight, its speed relative to the
 //! slowest target (measured in release builds), so every target gets about the same time and one
 //! number sets the run's length. Unset, proptest's `PROPTEST_CASES` is the base; neither set, a
-//! small default keeps `cargo test` quick. CI runs `WSGATE_FUZZ_CASES=500000 cargo test --release
+//! small default keeps `cargo test` quick. CI runs `WSGATE_FUZZ_CASES=1000000 cargo test --release
 //! --test fuzz`: about a minute per target (the harness runs targets in parallel).
 //! Failures are saved under `tests/fuzz.proptest-regressions` and replayed first next time.
 //!
@@ -276,7 +276,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(1))]
+    #![proptest_config(config(2))]
 
     #[test]
     fn config_mutations_of_a_valid_config_never_panic(
@@ -301,7 +301,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(2))]
+    #![proptest_config(config(3))]
 
     #[test]
     fn backend_urls_parse_or_fail_and_round_trip(url in prop_oneof![
