@@ -32,6 +32,18 @@ pub struct FileConfig {
     /// Where backends may be dialed (src/targets.rs). Default: anywhere.
     #[serde(default)]
     pub egress: Option<EgressConfig>,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+/// The async runtime.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 = one per CPU (the default). 1 runs everything on one thread
+    /// (tokio's current-thread runtime): on a small box that the backend shares it moved
+    /// more bytes per CPU second in our benchmarks (docs/benchmarks.md).
+    pub worker_threads: usize,
 }
 
 /// A public listener: where clients connect, with optional TLS (`wss://`).
@@ -427,6 +439,8 @@ pub struct Config {
     pub pong_timeout: Duration,
     pub close_grace: Duration,
     pub shutdown_grace: Duration,
+    /// Runtime worker threads; 0 = one per CPU.
+    pub worker_threads: usize,
     pub max_connections: usize,
     pub buffer_bytes: usize,
     /// `None`: backends may be dialed anywhere.
@@ -589,6 +603,12 @@ impl FileConfig {
         let t = &self.timeouts;
         let ping = secs("ping_interval_secs", t.ping_interval_secs, true)?;
         let l = &self.limits;
+        if self.runtime.worker_threads > 1024 {
+            bail!(
+                "runtime.worker_threads: must be 0..=1024, got {}",
+                self.runtime.worker_threads
+            );
+        }
         if l.max_connections == 0 {
             bail!("limits.max_connections: must be > 0");
         }
@@ -615,6 +635,7 @@ impl FileConfig {
             pong_timeout: secs("pong_timeout_secs", t.pong_timeout_secs, false)?,
             close_grace: secs("close_grace_secs", t.close_grace_secs, false)?,
             shutdown_grace: secs("shutdown_grace_secs", t.shutdown_grace_secs, false)?,
+            worker_threads: self.runtime.worker_threads,
             max_connections: l.max_connections,
             buffer_bytes: l.buffer_bytes,
             egress: self

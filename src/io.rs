@@ -8,6 +8,7 @@ use bytes::{Buf, Bytes};
 use fastwebsockets::{after_handshake_split, Role, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::Interest;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -60,7 +61,24 @@ impl BackendSource for OwnedReadHalf {
     }
 
     fn try_read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        self.try_read_buf(buf)
+        // A short read means the socket was drained: forget its readiness now, as tokio's
+        // own `poll_read` does, instead of paying a second recv() that only says EAGAIN.
+        // (Clearing is tied to the readiness event this read saw; a newer one is kept.)
+        let room = buf.capacity() - buf.len();
+        let mut got = None;
+        let outcome = self.as_ref().try_io(Interest::READABLE, || {
+            let n = self.try_read_buf(buf)?;
+            got = Some(n);
+            if n > 0 && n < room {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        match got {
+            Some(n) => Ok(n),
+            None => outcome,
+        }
     }
 }
 

@@ -8,7 +8,9 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use wsgate::config::{AdminConfig, FileConfig, ListenerConfig, RouteConfig, TlsConfig};
+use wsgate::config::{
+    AdminConfig, FileConfig, ListenerConfig, RouteConfig, RuntimeConfig, TlsConfig,
+};
 use wsgate::{Config, Gateway};
 
 /// WebSocket-to-TCP reverse proxy gateway.
@@ -40,6 +42,11 @@ struct Cli {
     /// Quick mode: the PEM private key for --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+
+    /// Runtime worker threads (overrides [runtime] worker_threads); 0 = one per CPU,
+    /// 1 = a single-threaded runtime.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    worker_threads: usize,
 
     /// Quick mode: the admin listener (/metrics, /healthz, /readyz); none if omitted.
     #[arg(long, value_name = "ADDR")]
@@ -87,10 +94,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match config.worker_threads {
+        // One thread: no work stealing, no cross-thread wake-ups.
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
@@ -107,6 +124,15 @@ fn main() -> ExitCode {
 }
 
 fn load(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = load_source(cli)?;
+    // The flag wins over a file's [runtime] and applies to the embedded default too.
+    if cli.worker_threads != 0 {
+        config.worker_threads = cli.worker_threads;
+    }
+    Ok(config)
+}
+
+fn load_source(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(path) = &cli.config {
         return Config::load(path);
     }
@@ -152,6 +178,9 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
         limits: Default::default(),
         routes,
         egress: None,
+        runtime: RuntimeConfig {
+            worker_threads: cli.worker_threads,
+        },
     }
     .validate()
     .context("quick mode")
