@@ -343,6 +343,16 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                 };
             }};
         }
+        // After the client's Close, any end of the backend's stream completes the handshake:
+        // echo the client's Close now.
+        macro_rules! answer_client_close {
+            () => {
+                if let Phase::ClientClosed { echo, .. } = &phase {
+                    send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(echo))));
+                    return client_ending(echo);
+                }
+            };
+        }
         loop {
             let ping_at = match (&phase, &self.keepalive) {
                 (Phase::Open, Some(k)) => Some(k.deadline()),
@@ -406,11 +416,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                     }
                     Some(FromClient::BackendWriteFailed) => {
                         backend_open = false;
-                        if let Phase::ClientClosed { echo, .. } = &phase {
-                            let echo = echo.clone();
-                            send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
-                            return client_ending(&echo);
-                        }
+                        answer_client_close!();
                         close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend connection lost");
                     }
                     Some(FromClient::Gone) | None => {
@@ -421,11 +427,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                     }
                 },
                 () = shutdown.cancelled(), if accepting_shutdown => {
-                    if let Phase::ClientClosed { echo, .. } = &phase {
-                        let echo = echo.clone();
-                        send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
-                        return client_ending(&echo);
-                    }
+                    answer_client_close!();
                     close_with!(close_code::GOING_AWAY, Initiator::Gateway, "gateway shutting down");
                 }
                 () = sleep_until_opt(paced_until), if paced_until.is_some() => {}
@@ -442,11 +444,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                             close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend sent invalid UTF-8");
                             continue;
                         }
-                        if let Phase::ClientClosed { echo, .. } = &phase {
-                            let echo = echo.clone();
-                            send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
-                            return client_ending(&echo);
-                        }
+                        answer_client_close!();
                         close_with!(close_code::NORMAL, Initiator::Backend, "backend closed the connection");
                     }
                     Ok(n) => {
@@ -479,11 +477,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                     }
                     Err(_) => {
                         backend_open = false;
-                        if let Phase::ClientClosed { echo, .. } = &phase {
-                            let echo = echo.clone();
-                            send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
-                            return client_ending(&echo);
-                        }
+                        answer_client_close!();
                         close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend connection lost");
                     }
                 },

@@ -166,18 +166,27 @@ where
             .ping_interval
             .map(|i| Keepalive::new(i, config.pong_timeout, Instant::now()))
     };
+    let (keepalive_client, keepalive_backend) = (keepalive(), keepalive());
     let client_writer = HopWriter {
         hop: Hop::Client,
-        keepalive: keepalive(),
-        ws: GuardedWriter::new(client.1, stall_limit(config), hard_stop),
+        ws: GuardedWriter::new(
+            client.1,
+            keepalive_client.as_ref().map(Keepalive::stall_limit),
+            hard_stop,
+        ),
+        keepalive: keepalive_client,
         first: first.clone(),
         rtt: Some(metrics.ping_rtt.clone()),
         metrics,
     };
     let backend_writer = HopWriter {
         hop: Hop::Backend,
-        keepalive: keepalive(),
-        ws: GuardedWriter::new(backend.1, stall_limit(config), hard_stop),
+        ws: GuardedWriter::new(
+            backend.1,
+            keepalive_backend.as_ref().map(Keepalive::stall_limit),
+            hard_stop,
+        ),
+        keepalive: keepalive_backend,
         first: first.clone(),
         rtt: None,
         metrics,
@@ -207,10 +216,6 @@ where
         bytes_to_backend: up.load(Ordering::Relaxed),
         bytes_to_client: down.load(Ordering::Relaxed),
     }
-}
-
-fn stall_limit(config: &RelayConfig) -> Option<Duration> {
-    config.ping_interval.map(|i| i + config.pong_timeout)
 }
 
 struct Counts {
