@@ -1,0 +1,365 @@
+//! The permessage-deflate codec (RFC 7692 §7.2): streaming inflate in bounded chunks, deflate
+//! with the sync-flush tail removed, context kept or dropped per the agreement.
+//!
+//! Memory is the design constraint: a compressor with a 15-bit window holds about 260 KiB and a
+//! decompressor about 40 KiB (zlib's layout, which zlib-rs keeps). Both are created on the
+//! first compressed message in their direction, and with no context takeover they are dropped
+//! after every message, so an idle session holds none. Inflated bytes come out in pieces of at
+//! most `CHUNK`, so a compression bomb is stopped by the caller's size check after at most
+//! `max_message_bytes + CHUNK` bytes were produced, never materialised whole.
+
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+use crate::error::close_code;
+use crate::frames::Violation;
+
+/// The most inflated bytes handed out at once.
+pub const CHUNK: usize = 16 * 1024;
+
+/// What a sync flush ends with: removed after each compressed message, put back before inflating.
+const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// The receiving half: inflates one peer's compressed messages.
+pub struct Inflater {
+    window_bits: u8,
+    keep_context: bool,
+    /// `None` between messages when the context is not kept, and before the first message.
+    state: Option<Box<Decompress>>,
+}
+
+impl Inflater {
+    /// `window_bits`: the peer's LZ77 window (8..=15; 8 is decoded with 9, which is a superset).
+    /// `keep_context`: false when the peer agreed to no context takeover.
+    pub fn new(window_bits: u8, keep_context: bool) -> Self {
+        Self {
+            window_bits: window_bits.clamp(9, 15),
+            keep_context,
+            state: None,
+        }
+    }
+
+    /// Whether a decompressor is allocated now (memory tests and metrics).
+    pub fn is_allocated(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// Inflate one frame's payload; `fin` when the frame ends its message. Pull the
+    /// output with `Inflating::next_chunk`.
+    pub fn frame<'a>(&'a mut self, payload: &'a [u8], fin: bool) -> Inflating<'a> {
+        Inflating {
+            inflater: self,
+            input: payload,
+            tail: if fin { TAIL.len() } else { 0 },
+            fin,
+            out: vec![0; (payload.len().saturating_mul(4) + 64).min(CHUNK)],
+            produced: 0,
+            full: false,
+            ended: false,
+        }
+    }
+
+    fn end_message(&mut self, stream_ended: bool) {
+        if !self.keep_context {
+            self.state = None;
+        } else if stream_ended {
+            // The peer closed its deflate stream (BFINAL): the next message starts a new one.
+            if let Some(d) = self.state.as_mut() {
+                d.reset(false);
+            }
+        }
+    }
+}
+
+/// One frame being inflated.
+pub struct Inflating<'a> {
+    inflater: &'a mut Inflater,
+    input: &'a [u8],
+    /// Bytes of `TAIL` still to feed after the payload (message end only).
+    tail: usize,
+    fin: bool,
+    /// Output space: small for a small frame, `CHUNK` once a frame fills it.
+    out: Vec<u8>,
+    produced: usize,
+    /// The last call filled `out`: more output may be pending without more input.
+    full: bool,
+    /// The peer's deflate stream ended (BFINAL): anything after it is ignored.
+    ended: bool,
+}
+
+impl Inflating<'_> {
+    /// The next piece of inflated bytes (at most `CHUNK`); `None` once the frame is used up.
+    /// Corrupt data is a 1007.
+    pub fn next_chunk(&mut self) -> Result<Option<&[u8]>, Violation> {
+        loop {
+            let has_input = !self.ended && (!self.input.is_empty() || self.tail > 0);
+            if !has_input && !self.full {
+                if self.fin {
+                    self.fin = false;
+                    self.inflater.end_message(self.ended);
+                }
+                return Ok(None);
+            }
+            let bits = self.inflater.window_bits;
+            let d = self
+                .inflater
+                .state
+                .get_or_insert_with(|| Box::new(Decompress::new_with_window_bits(false, bits)));
+            if self.full && self.out.len() < CHUNK {
+                self.out.resize(CHUNK, 0);
+            }
+            let src = if self.ended {
+                &[][..]
+            } else if !self.input.is_empty() {
+                self.input
+            } else {
+                &TAIL[TAIL.len() - self.tail..]
+            };
+            let (in_before, out_before) = (d.total_in(), d.total_out());
+            let status = d
+                .decompress(src, &mut self.out, FlushDecompress::Sync)
+                .map_err(|_| bad_data())?;
+            let consumed = (d.total_in() - in_before) as usize;
+            let produced = (d.total_out() - out_before) as usize;
+            if !self.input.is_empty() {
+                self.input = &self.input[consumed..];
+            } else if !self.ended {
+                self.tail -= consumed;
+            }
+            self.full = produced == self.out.len();
+            self.produced = produced;
+            if status == Status::StreamEnd {
+                self.ended = true;
+                self.full = false;
+            }
+            if produced > 0 {
+                return Ok(Some(&self.out[..self.produced]));
+            }
+            if consumed == 0 && !self.ended && !self.full {
+                // No progress with input left: the data cannot be decoded.
+                return Err(bad_data());
+            }
+        }
+    }
+}
+
+fn bad_data() -> Violation {
+    (close_code::INVALID_PAYLOAD, "invalid compressed data")
+}
+
+/// The sending half: compresses messages for one peer.
+pub struct Deflater {
+    level: u32,
+    window_bits: u8,
+    keep_context: bool,
+    state: Option<Box<Compress>>,
+}
+
+impl Deflater {
+    /// `window_bits`: the most the peer accepts (9..=15). `keep_context`: false with
+    /// no context takeover (or to save memory: resetting is always safe for the sender).
+    pub fn new(level: u8, window_bits: u8, keep_context: bool) -> Self {
+        Self {
+            level: u32::from(level.min(9)),
+            window_bits: window_bits.clamp(9, 15),
+            keep_context,
+            state: None,
+        }
+    }
+
+    pub fn is_allocated(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// Append the compressed form of `input`, one piece of a message, to `out`; each piece
+    /// ends on a byte boundary (sync flush). At the message's end (`fin`) the flush's
+    /// 00 00 ff ff tail is removed, as RFC 7692 §7.2.1 asks.
+    pub fn compress(&mut self, input: &[u8], fin: bool, out: &mut Vec<u8>) {
+        let (level, bits) = (self.level, self.window_bits);
+        let c = self.state.get_or_insert_with(|| {
+            Box::new(Compress::new_with_window_bits(
+                Compression::new(level),
+                false,
+                bits,
+            ))
+        });
+        let start = out.len();
+        let mut pos = 0;
+        loop {
+            // Stored blocks cost 5 bytes per 64 KiB: this room always suffices for one pass.
+            let room = input.len() - pos + (input.len() - pos) / 1024 + 64;
+            if out.capacity() - out.len() < room {
+                out.reserve(room);
+            }
+            let before = c.total_in();
+            // Only a broken stream state can fail, and ours is never shared: treat as done.
+            if c.compress_vec(&input[pos..], out, FlushCompress::Sync)
+                .is_err()
+            {
+                break;
+            }
+            pos += (c.total_in() - before) as usize;
+            if pos == input.len() && out.len() < out.capacity() {
+                break;
+            }
+        }
+        if fin {
+            if out[start..].ends_with(&TAIL) {
+                out.truncate(out.len() - TAIL.len());
+            }
+            self.end_message();
+        }
+    }
+
+    /// After a message was compressed but sent uncompressed: the peer's window lacks it,
+    /// so ours must forget it too (a reset sender only refers to what the peer has).
+    pub fn forget(&mut self) {
+        match (&mut self.state, self.keep_context) {
+            (Some(c), true) => c.reset(),
+            _ => self.state = None,
+        }
+    }
+
+    fn end_message(&mut self) {
+        if !self.keep_context {
+            self.state = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inflate_all(inf: &mut Inflater, frames: &[(&[u8], bool)]) -> Result<Vec<u8>, Violation> {
+        let mut all = Vec::new();
+        for (payload, fin) in frames {
+            let mut f = inf.frame(payload, *fin);
+            while let Some(chunk) = f.next_chunk()? {
+                assert!(chunk.len() <= CHUNK);
+                all.extend_from_slice(chunk);
+            }
+        }
+        Ok(all)
+    }
+
+    fn text(n: usize) -> Vec<u8> {
+        let words = [
+            "alpha ",
+            "beta ",
+            "gamma ",
+            "{\"id\":42,\"ok\":true} ",
+            "delta\n",
+        ];
+        words
+            .iter()
+            .cycle()
+            .flat_map(|w| w.bytes())
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn rfc_7692_examples() {
+        // §7.2.3.1: "Hello" compressed, one frame.
+        let mut inf = Inflater::new(15, true);
+        let hello = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        assert_eq!(inflate_all(&mut inf, &[(&hello, true)]).unwrap(), b"Hello");
+        // §7.2.3.2: the second "Hello" refers back to the first (context takeover).
+        let again = [0xf2, 0x00, 0x11, 0x00, 0x00];
+        assert_eq!(inflate_all(&mut inf, &[(&again, true)]).unwrap(), b"Hello");
+        // §7.2.3.1, fragmented: the compressed bytes split across frames.
+        let mut inf = Inflater::new(15, false);
+        let got = inflate_all(&mut inf, &[(&hello[..3], false), (&hello[3..], true)]).unwrap();
+        assert_eq!(got, b"Hello");
+        assert!(
+            !inf.is_allocated(),
+            "no context takeover: freed after the message"
+        );
+        // §7.2.3.6: an empty message is one 0x00 byte.
+        assert_eq!(inflate_all(&mut inf, &[(&[0x00], true)]).unwrap(), b"");
+    }
+
+    #[test]
+    fn round_trip_with_and_without_context() {
+        for keep in [true, false] {
+            for bits in [9, 12, 15] {
+                let mut def = Deflater::new(6, bits, keep);
+                let mut inf = Inflater::new(bits, keep);
+                for n in [0, 1, 100, 5_000, 200_000] {
+                    let msg = text(n);
+                    let mut wire = Vec::new();
+                    def.compress(&msg, true, &mut wire);
+                    assert!(!wire.ends_with(&TAIL));
+                    if n > 1000 {
+                        assert!(
+                            wire.len() < n / 4,
+                            "text compresses ({n} -> {})",
+                            wire.len()
+                        );
+                    }
+                    assert_eq!(inflate_all(&mut inf, &[(&wire, true)]).unwrap(), msg);
+                    assert_eq!(def.is_allocated(), keep);
+                    assert_eq!(inf.is_allocated(), keep);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fragments_compress_and_inflate_piecewise() {
+        let msg = text(50_000);
+        let mut def = Deflater::new(1, 15, true);
+        let mut inf = Inflater::new(15, true);
+        let mut frames = Vec::new();
+        let pieces: Vec<&[u8]> = msg.chunks(7_000).collect();
+        for (i, p) in pieces.iter().enumerate() {
+            let mut wire = Vec::new();
+            def.compress(p, i + 1 == pieces.len(), &mut wire);
+            frames.push((wire, i + 1 == pieces.len()));
+        }
+        let frames: Vec<(&[u8], bool)> = frames.iter().map(|(w, f)| (&w[..], *f)).collect();
+        assert_eq!(inflate_all(&mut inf, &frames).unwrap(), msg);
+        // A forgotten context still decodes: the receiver's window is a superset.
+        def.forget();
+        let mut wire = Vec::new();
+        def.compress(&msg[..1000], true, &mut wire);
+        assert_eq!(
+            inflate_all(&mut inf, &[(&wire, true)]).unwrap(),
+            &msg[..1000]
+        );
+    }
+
+    #[test]
+    fn a_bomb_comes_out_in_bounded_chunks() {
+        // 64 MiB of zeros is about 64 KiB compressed.
+        let mut def = Deflater::new(9, 15, false);
+        let mut wire = Vec::new();
+        let zeros = vec![0u8; 1 << 20];
+        for i in 0..64 {
+            def.compress(&zeros, i == 63, &mut wire);
+        }
+        assert!(wire.len() < 100_000);
+        let mut inf = Inflater::new(15, false);
+        let mut f = inf.frame(&wire, true);
+        let (mut seen, limit) = (0usize, 1 << 20);
+        while let Some(chunk) = f.next_chunk().unwrap() {
+            assert!(chunk.len() <= CHUNK);
+            seen += chunk.len();
+            if seen > limit {
+                break;
+            }
+        }
+        assert!(
+            seen <= limit + CHUNK,
+            "stopped within one chunk of the limit"
+        );
+    }
+
+    #[test]
+    fn corrupt_data_is_1007() {
+        let mut inf = Inflater::new(15, true);
+        // BTYPE 11 is reserved.
+        let got = inflate_all(&mut inf, &[(&[0xff, 0xff, 0xff], true)]);
+        assert_eq!(got.unwrap_err().0, 1007);
+    }
+}
