@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload};
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -32,6 +32,7 @@ use crate::limits::Pacer;
 use crate::metrics::SessionMetrics;
 use crate::reader::{FrameReader, ReadError};
 use crate::utf8::complete_prefix;
+use crate::writer::FrameWriter;
 
 /// Per-session settings, taken from the config snapshot the session started with.
 #[derive(Debug, Clone)]
@@ -101,7 +102,7 @@ enum FromClient {
 #[allow(clippy::too_many_arguments)]
 pub async fn run<CR, CW, BR, BW>(
     ws_read: FrameReader<CR>,
-    ws_write: WebSocketWrite<CW>,
+    ws_write: FrameWriter<CW>,
     backend_read: BR,
     backend_write: BW,
     config: &BridgeConfig,

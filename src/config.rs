@@ -224,6 +224,45 @@ pub struct RouteConfig {
     /// Overrides `limits.bandwidth_bytes_per_sec` for this route (0 = unpaced).
     #[serde(default)]
     pub bandwidth_bytes_per_sec: Option<u64>,
+    /// permessage-deflate (RFC 7692) on the client hop: `off` (default) or `on`.
+    /// See docs/compression.md for when it pays.
+    #[serde(default)]
+    pub compression: CompressionMode,
+    /// The gateway keeps its compressor between messages (better ratio for small similar
+    /// messages, about 260 KiB per active session at 15 window bits). Default true.
+    #[serde(default = "default_true")]
+    pub compression_server_context_takeover: bool,
+    /// The client may keep its compressor between messages; false asks it not to
+    /// (`client_no_context_takeover`), so the gateway holds no decompressor between
+    /// messages. Default true.
+    #[serde(default = "default_true")]
+    pub compression_client_context_takeover: bool,
+    /// The gateway's LZ77 window, 9..=15 bits. Default 15.
+    #[serde(default = "default_window_bits")]
+    pub compression_server_max_window_bits: u8,
+    /// The client's window when it lets the gateway choose, 9..=15 bits. Default 15.
+    #[serde(default = "default_window_bits")]
+    pub compression_client_max_window_bits: u8,
+    /// zlib level for what the gateway compresses, 0..=9. Default 1 (fastest).
+    #[serde(default = "default_compression_level")]
+    pub compression_level: u8,
+}
+
+/// Whether a route negotiates permessage-deflate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionMode {
+    #[default]
+    Off,
+    On,
+}
+
+fn default_window_bits() -> u8 {
+    15
+}
+
+fn default_compression_level() -> u8 {
+    1
 }
 
 fn default_true() -> bool {
@@ -260,6 +299,12 @@ impl RouteConfig {
             target: None,
             max_sessions: None,
             bandwidth_bytes_per_sec: None,
+            compression: CompressionMode::Off,
+            compression_server_context_takeover: true,
+            compression_client_context_takeover: true,
+            compression_server_max_window_bits: default_window_bits(),
+            compression_client_max_window_bits: default_window_bits(),
+            compression_level: default_compression_level(),
         }
     }
 }
@@ -385,6 +430,8 @@ pub struct Route {
     pub access: Access,
     /// Session cap and bandwidth (src/limits.rs).
     pub limits: crate::limits::RouteLimits,
+    /// permessage-deflate on the client hop; `None`: offers are declined.
+    pub compression: Option<crate::extensions::DeflatePolicy>,
 }
 
 impl Route {
@@ -585,6 +632,7 @@ impl FileConfig {
                     bail!("route[{i}].subprotocols: {p:?} is not an HTTP token");
                 }
             }
+            let compression = resolve_compression(&format!("route[{i}]"), &r)?;
             routes.push(Arc::new(Route {
                 name: r.name.into(),
                 path: r.path,
@@ -598,6 +646,7 @@ impl FileConfig {
                 max_message_bytes,
                 access,
                 limits,
+                compression,
             }));
         }
         let t = &self.timeouts;
@@ -662,6 +711,41 @@ fn check_client_ca(i: usize, l: &ListenerConfig) -> anyhow::Result<()> {
         (None, Some(_)) => bail!("listener[{i}].tls.client_auth: needs client_ca_file"),
         (None, None) => Ok(()),
     }
+}
+
+fn resolve_compression(
+    at: &str,
+    r: &RouteConfig,
+) -> anyhow::Result<Option<crate::extensions::DeflatePolicy>> {
+    for (key, bits) in [
+        (
+            "compression_server_max_window_bits",
+            r.compression_server_max_window_bits,
+        ),
+        (
+            "compression_client_max_window_bits",
+            r.compression_client_max_window_bits,
+        ),
+    ] {
+        if !(9..=15).contains(&bits) {
+            bail!("{at}.{key}: must be 9..=15, got {bits}");
+        }
+    }
+    if r.compression_level > 9 {
+        bail!(
+            "{at}.compression_level: must be 0..=9, got {}",
+            r.compression_level
+        );
+    }
+    Ok(
+        (r.compression == CompressionMode::On).then_some(crate::extensions::DeflatePolicy {
+            server_context_takeover: r.compression_server_context_takeover,
+            client_context_takeover: r.compression_client_context_takeover,
+            server_max_window_bits: r.compression_server_max_window_bits,
+            client_max_window_bits: r.compression_client_max_window_bits,
+            level: r.compression_level,
+        }),
+    )
 }
 
 fn check_sizes(at: &str, frame: usize, message: usize) -> anyhow::Result<()> {
@@ -769,6 +853,7 @@ mod tests {
             max_message_bytes: 1 << 20,
             access: Access::default(),
             limits: Default::default(),
+            compression: None,
         };
         assert_eq!(
             r.backend_path("/", "/apps/chat/1", Some("t=1")),

@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
-use fastwebsockets::{Frame, OpCode, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode};
 use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::close_code;
 use crate::utf8::Utf8Stream;
+use crate::writer::FrameWriter;
 
 /// A peer broke the protocol: the close code and a short reason for it.
 pub type Violation = (u16, &'static str);
@@ -95,14 +96,14 @@ pub enum WriteFailed {
 /// A WebSocket writer whose writes give up when the peer stops reading for `stall_limit`
 /// or the drain deadline passes: a stuck peer can hold a session, never the process.
 pub struct GuardedWriter<'a, W> {
-    ws: WebSocketWrite<W>,
+    ws: FrameWriter<W>,
     stall_limit: Option<Duration>,
     hard_stop: &'a CancellationToken,
 }
 
 impl<'a, W: AsyncWrite + Unpin> GuardedWriter<'a, W> {
     pub fn new(
-        ws: WebSocketWrite<W>,
+        ws: FrameWriter<W>,
         stall_limit: Option<Duration>,
         hard_stop: &'a CancellationToken,
     ) -> Self {
@@ -120,6 +121,11 @@ impl<'a, W: AsyncWrite + Unpin> GuardedWriter<'a, W> {
 
     /// Write and flush one frame.
     pub async fn send(&mut self, frame: Frame<'_>) -> Result<(), WriteFailed> {
+        self.send_marked(frame, false).await
+    }
+
+    /// Write and flush one frame; `rsv1` marks the first frame of a compressed message.
+    pub async fn send_marked(&mut self, frame: Frame<'_>, rsv1: bool) -> Result<(), WriteFailed> {
         // One future, built in place: every idle session's task is sized by this one.
         // Without a stall limit the timer is 30 years away and never armed in practice
         // (a timeout polls its future first; the timer is registered only if that blocks).
@@ -127,7 +133,7 @@ impl<'a, W: AsyncWrite + Unpin> GuardedWriter<'a, W> {
         tokio::select! {
             biased;
             () = self.hard_stop.cancelled() => Err(WriteFailed::Stopped),
-            r = tokio::time::timeout(limit, write_and_flush(&mut self.ws, frame)) => match r {
+            r = tokio::time::timeout(limit, write_and_flush(&mut self.ws, frame, rsv1)) => match r {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(WriteFailed::Io),
                 Err(_) => Err(WriteFailed::Stalled),
@@ -147,10 +153,11 @@ impl<'a, W: AsyncWrite + Unpin> GuardedWriter<'a, W> {
 }
 
 async fn write_and_flush<W: AsyncWrite + Unpin>(
-    ws: &mut WebSocketWrite<W>,
+    ws: &mut FrameWriter<W>,
     frame: Frame<'_>,
-) -> Result<(), fastwebsockets::WebSocketError> {
-    ws.write_frame(frame).await?;
+    rsv1: bool,
+) -> std::io::Result<()> {
+    ws.write_frame(frame, rsv1).await?;
     ws.flush().await
 }
 

@@ -59,6 +59,7 @@ pub mod shutdown;
 pub mod targets;
 pub mod tls;
 pub mod utf8;
+pub mod writer;
 
 pub use config::Config;
 pub use server::Gateway;

@@ -44,6 +44,10 @@ pub struct FrameReader<R> {
     inline: Box<[u8; INLINE]>,
     start: usize,
     end: usize,
+    /// permessage-deflate was negotiated: RSV1 may mark a message's first frame.
+    rsv1_allowed: bool,
+    /// The last frame read had RSV1 set (its message is compressed).
+    rsv1: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -56,7 +60,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inline: Box::new([0; INLINE]),
             start: 0,
             end: 0,
+            rsv1_allowed: false,
+            rsv1: false,
         }
+    }
+
+    /// permessage-deflate was negotiated on this hop: accept RSV1 on a data message's first frame.
+    pub fn allow_rsv1(&mut self) {
+        self.rsv1_allowed = true;
+    }
+
+    /// Whether the last frame read had RSV1 set: its message is compressed.
+    pub fn compressed(&self) -> bool {
+        self.rsv1
     }
 
     fn buffered(&self) -> &[u8] {
@@ -86,9 +102,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.fill(2).await?;
         let [b0, b1] = [self.buffered()[0], self.buffered()[1]];
         let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
+        if b0 & 0x30 != 0 || b0 & 0x40 != 0 && !self.rsv1_allowed {
             return Err(violation(close_code::PROTOCOL_ERROR, "reserved bits set"));
         }
+        self.rsv1 = b0 & 0x40 != 0;
         let opcode = match b0 & 0x0f {
             0x0 => OpCode::Continuation,
             0x1 => OpCode::Text,
@@ -128,6 +145,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             [m[0], m[1], m[2], m[3]]
         });
         let control = matches!(opcode, OpCode::Close | OpCode::Ping | OpCode::Pong);
+        // RFC 7692 §6.1: compression is per message, marked on its first frame only.
+        if self.rsv1 && control {
+            return Err(violation(
+                close_code::PROTOCOL_ERROR,
+                "RSV1 on a control frame",
+            ));
+        }
+        if self.rsv1 && opcode == OpCode::Continuation {
+            return Err(violation(
+                close_code::PROTOCOL_ERROR,
+                "RSV1 on a continuation frame",
+            ));
+        }
         if control && !fin {
             return Err(violation(
                 close_code::PROTOCOL_ERROR,
@@ -333,6 +363,27 @@ mod tests {
         for (bytes, role, want) in cases {
             let got = read_all(bytes.clone(), *role, 4096).await;
             assert_eq!(got, vec![Err(want.to_string())], "{want}");
+        }
+        // RSV1 without permessage-deflate, and where it never belongs even with it.
+        let bytes = frame(0xC1, b"x", true);
+        let mut r = FrameReader::new(&bytes[..], Role::Server, 1 << 20);
+        assert!(matches!(
+            r.read_frame().await,
+            Err(ReadError::Violation((1002, "reserved bits set")))
+        ));
+        for (b0, want) in [
+            (0xC9, "RSV1 on a control frame"),
+            (0xC8, "RSV1 on a control frame"),
+            (0xC0, "RSV1 on a continuation frame"),
+            (0xA2, "reserved bits set"),
+        ] {
+            let bytes = frame(b0, b"", true);
+            let mut r = FrameReader::new(&bytes[..], Role::Server, 1 << 20);
+            r.allow_rsv1();
+            match r.read_frame().await {
+                Err(ReadError::Violation((1002, reason))) => assert_eq!(reason, want),
+                other => panic!("{b0:#x}: {:?}", other.map(|f| f.opcode)),
+            }
         }
         let too_big = frame(0x82, &[0; 200], true);
         let mut r = FrameReader::new(&too_big[..], Role::Server, 199);

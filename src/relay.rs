@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload};
 use metrics::{Counter, Histogram};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -28,6 +28,7 @@ use crate::keepalive::{sleep_until_opt, Due, Keepalive};
 use crate::limits::Pacer;
 use crate::metrics::SessionMetrics;
 use crate::reader::{FrameReader, ReadError};
+use crate::writer::FrameWriter;
 
 /// Per-session settings from the route and the config snapshot.
 #[derive(Debug, Clone)]
@@ -108,8 +109,8 @@ fn record(first: &FirstEnd, code: u16, initiator: Initiator, reason: impl Into<C
 /// Relay frames between `client` and `backend` until both close handshakes are done.
 #[allow(clippy::too_many_arguments)]
 pub async fn run<CR, CW, BR, BW>(
-    client: (FrameReader<CR>, WebSocketWrite<CW>),
-    backend: (FrameReader<BR>, WebSocketWrite<BW>),
+    client: (FrameReader<CR>, FrameWriter<CW>),
+    backend: (FrameReader<BR>, FrameWriter<BW>),
     config: &RelayConfig,
     metrics: &SessionMetrics,
     shutdown: &CancellationToken,

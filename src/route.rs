@@ -64,6 +64,7 @@ mod tests {
             max_message_bytes: 1 << 20,
             access: Default::default(),
             limits: Default::default(),
+            compression: None,
         })
     }
 
