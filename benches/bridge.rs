@@ -122,6 +122,7 @@ fn default_settings() -> (BridgeConfig, usize) {
         pong_timeout: config.pong_timeout,
         close_grace: config.close_grace,
         bandwidth_bytes_per_sec: None,
+        deflate: None,
     };
     (bridge, route.max_frame_bytes)
 }

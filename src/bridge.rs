@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MessageType;
+use crate::deflate::{Deflater, HopDeflate, Inflater};
 use crate::error::close_code;
 use crate::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
 use crate::io::BackendSource;
@@ -49,6 +50,8 @@ pub struct BridgeConfig {
     pub close_grace: Duration,
     /// Pacing of each direction in bytes per second; `None`: unpaced.
     pub bandwidth_bytes_per_sec: Option<u64>,
+    /// permessage-deflate with the client, when negotiated.
+    pub deflate: Option<HopDeflate>,
 }
 
 /// Who started the end of a session (`initiator` label).
@@ -131,6 +134,7 @@ where
             messages: metrics.messages_to_backend.clone(),
             total: to_backend.clone(),
             pacer: Pacer::new(config.bandwidth_bytes_per_sec),
+            inflater: config.deflate.map(|d| d.inflater()),
         },
         reader_stop.clone(),
     ));
@@ -145,6 +149,7 @@ where
         ),
         keepalive,
         sent: 0,
+        deflater: config.deflate.map(|d| d.deflater()),
     };
     let (code, initiator, reason) = writer
         .backend_to_client(backend_read, rx, config, metrics, shutdown)
@@ -166,6 +171,8 @@ struct ClientCounters {
     messages: Counter,
     total: Arc<AtomicU64>,
     pacer: Pacer,
+    /// For the client's compressed messages (permessage-deflate negotiated).
+    inflater: Option<Inflater>,
 }
 
 /// Client frames → backend bytes. Ends at the client's Close, error or EOF, or when stopped.
@@ -206,6 +213,8 @@ where
 {
     let mut messages = MessageCheck::new(counters.max_message_bytes);
     let mut backend_alive = true;
+    // The message being read is compressed (RSV1 on its first frame).
+    let mut compressed = false;
     loop {
         counters.pacer.ready().await;
         let frame = match ws.read_frame().await {
@@ -232,6 +241,50 @@ where
             // The frame reader checked the code and the reason's UTF-8.
             OpCode::Close => return FromClient::Close(frame.payload[..].into()),
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {}
+        }
+        if matches!(frame.opcode, OpCode::Text | OpCode::Binary) {
+            compressed = ws.compressed();
+        }
+        if let (true, Some(inflater)) = (compressed, counters.inflater.as_mut()) {
+            let mut inflating = inflater.frame(&frame.payload, frame.fin);
+            // Sequencing first; then each inflated piece is checked and written before the
+            // next is made, so a message is never held whole however far it inflates.
+            let mut checked = messages.data_frame(frame.opcode, false, &[]);
+            while checked.is_ok() {
+                let chunk = match inflating.next_chunk() {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(v) => {
+                        checked = Err(v);
+                        break;
+                    }
+                };
+                checked = messages.data_frame(OpCode::Continuation, false, chunk);
+                if checked.is_err() || !backend_alive {
+                    continue;
+                }
+                let written = async {
+                    backend.write_all(chunk).await?;
+                    backend.flush().await
+                };
+                if written.await.is_err() {
+                    backend_alive = false;
+                    if tx.send(FromClient::BackendWriteFailed).await.is_err() {
+                        return FromClient::Gone;
+                    }
+                    continue;
+                }
+                counters.bytes.increment(chunk.len() as u64);
+                counters
+                    .total
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+            match checked.and_then(|_| messages.data_frame(OpCode::Continuation, frame.fin, &[])) {
+                Ok(true) => counters.messages.increment(1),
+                Ok(false) => {}
+                Err((code, reason)) => return FromClient::Violation(code, reason),
+            }
+            continue;
         }
         match messages.data_frame(frame.opcode, frame.fin, &frame.payload) {
             Ok(true) => counters.messages.increment(1),
@@ -281,6 +334,8 @@ struct Writer<'a, CW> {
     ws: GuardedWriter<'a, CW>,
     keepalive: Option<Keepalive>,
     sent: u64,
+    /// For backend bytes to the client (permessage-deflate negotiated).
+    deflater: Option<Deflater>,
 }
 
 type Ending = (u16, Initiator, Cow<'static, str>);
@@ -467,7 +522,11 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                                 MessageType::Binary => OpCode::Binary,
                                 MessageType::Text => OpCode::Text,
                             };
-                            send_or_end!(self.ws.send(Frame::new(true, opcode, None, Payload::Borrowed(&buf[..ready]))));
+                            let data = &buf[..ready];
+                            match self.deflater.as_mut().and_then(|d| d.compress_message(data)) {
+                                Some(c) => send_or_end!(self.ws.send_marked(Frame::new(true, opcode, None, Payload::Owned(c)), true)),
+                                None => send_or_end!(self.ws.send(Frame::new(true, opcode, None, Payload::Borrowed(data)))),
+                            }
                             self.sent += ready as u64;
                             metrics.bytes_to_client.increment(ready as u64);
                             metrics.messages_to_client.increment(1);

@@ -11,6 +11,7 @@
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use crate::error::close_code;
+use crate::extensions::{Agreement, DeflatePolicy};
 use crate::frames::Violation;
 
 /// The most inflated bytes handed out at once.
@@ -222,6 +223,107 @@ impl Deflater {
     fn end_message(&mut self) {
         if !self.keep_context {
             self.state = None;
+        }
+    }
+}
+
+/// Messages shorter than this go out uncompressed: deflate cannot save anything worth a
+/// compressor's time on them.
+pub const MIN_COMPRESS: usize = 32;
+
+impl Deflater {
+    /// One whole message, compressed only if that makes it smaller (RFC 7692 §6.1 lets a
+    /// sender choose per message); `None`: send it as it is.
+    pub fn compress_message(&mut self, payload: &[u8]) -> Option<Vec<u8>> {
+        if payload.len() < MIN_COMPRESS {
+            return None;
+        }
+        let mut out = Vec::new();
+        self.compress(payload, true, &mut out);
+        if out.len() < payload.len() {
+            return Some(out);
+        }
+        self.forget();
+        None
+    }
+}
+
+/// One hop's codec settings, from the gateway's side of that hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HopDeflate {
+    pub level: u8,
+    pub send_window_bits: u8,
+    pub send_keep_context: bool,
+    pub recv_window_bits: u8,
+    pub recv_keep_context: bool,
+}
+
+impl HopDeflate {
+    /// The client hop: the gateway answered the offer (it is the "server").
+    pub fn server(a: &Agreement, policy: &DeflatePolicy) -> Self {
+        Self {
+            level: policy.level,
+            send_window_bits: a.server_max_window_bits,
+            send_keep_context: !a.server_no_context_takeover && policy.server_context_takeover,
+            recv_window_bits: a.client_max_window_bits,
+            recv_keep_context: !a.client_no_context_takeover,
+        }
+    }
+
+    /// The backend hop: the gateway made the offer (it is the "client").
+    pub fn client(a: &Agreement, policy: &DeflatePolicy) -> Self {
+        Self {
+            level: policy.level,
+            send_window_bits: a.client_max_window_bits,
+            send_keep_context: !a.client_no_context_takeover && policy.server_context_takeover,
+            recv_window_bits: a.server_max_window_bits,
+            recv_keep_context: !a.server_no_context_takeover,
+        }
+    }
+
+    pub fn deflater(&self) -> Deflater {
+        Deflater::new(self.level, self.send_window_bits, self.send_keep_context)
+    }
+
+    pub fn inflater(&self) -> Inflater {
+        Inflater::new(self.recv_window_bits, self.recv_keep_context)
+    }
+}
+
+/// Compression on the two hops of a relay, and in which directions compressed frames may
+/// pass through unchanged: when the receiving peer can decode the sending peer's stream
+/// (its window no larger, and reset wherever the receiver expects a reset).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayDeflate {
+    pub client: Option<HopDeflate>,
+    pub backend: Option<HopDeflate>,
+    pub client_to_backend_as_is: bool,
+    pub backend_to_client_as_is: bool,
+}
+
+impl RelayDeflate {
+    pub fn new(
+        client: Option<Agreement>,
+        backend: Option<Agreement>,
+        policy: Option<DeflatePolicy>,
+    ) -> Self {
+        let Some(policy) = policy else {
+            return Self::default();
+        };
+        let (up, down) = match (&client, &backend) {
+            (Some(c), Some(b)) => (
+                c.client_max_window_bits <= b.client_max_window_bits
+                    && (c.client_no_context_takeover || !b.client_no_context_takeover),
+                b.server_max_window_bits <= c.server_max_window_bits
+                    && (b.server_no_context_takeover || !c.server_no_context_takeover),
+            ),
+            _ => (false, false),
+        };
+        Self {
+            client: client.map(|a| HopDeflate::server(&a, &policy)),
+            backend: backend.map(|a| HopDeflate::client(&a, &policy)),
+            client_to_backend_as_is: up,
+            backend_to_client_as_is: down,
         }
     }
 }

@@ -19,7 +19,9 @@ use crate::backend::{Backend, Handshake};
 use crate::bridge::{self, BridgeConfig};
 use crate::config::BackendAddr;
 use crate::config::Route;
+use crate::deflate::{HopDeflate, RelayDeflate};
 use crate::error::RejectError;
+use crate::extensions::{self, Agreement};
 use crate::io::{websocket_halves, ClientStream};
 use crate::metrics::{self, SessionMetrics};
 use crate::relay::{self, RelayConfig};
@@ -69,12 +71,19 @@ pub async fn handle(
         Err(e) => return Ok(reject(&req, Some(&route), e)),
     };
 
+    // permessage-deflate on the client hop: the first acceptable offer, or none.
+    let deflate = route.compression.as_ref().and_then(|policy| {
+        let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+        extensions::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), policy)
+    });
+
     // Only a live backend earns a 101.
     let dial_started = Instant::now();
     let handshake = match &target {
-        BackendAddr::WebSocket { path, .. } => {
-            backend_handshake(&req, &route, path, &conn, &offered)
-        }
+        BackendAddr::WebSocket { path, .. } => Handshake {
+            deflate,
+            ..backend_handshake(&req, &route, path, &conn, &offered)
+        },
         _ => Handshake::default(),
     };
     let backend = match shared
@@ -110,6 +119,11 @@ pub async fn handle(
             .headers_mut()
             .insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
+    if let Some(answer) = deflate.and_then(|a| HeaderValue::from_str(&a.response()).ok()) {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
+    }
 
     let session = {
         let shared = shared.clone();
@@ -123,42 +137,62 @@ pub async fn handle(
                     return;
                 }
             };
-            run_session(ws.into_inner().into_inner(), backend, &route, &shared).await;
+            let session = Session {
+                backend,
+                route: &route,
+                shared: &shared,
+                deflate,
+            };
+            run_session(ws.into_inner().into_inner(), session).await;
         }
     };
     shared.tracker.spawn(session.instrument(Span::current()));
     Ok(response)
 }
 
-async fn run_session(client: Upgraded, backend: Backend, route: &Route, shared: &Shared) {
+/// What a session starts with, besides the client's stream.
+struct Session<'a> {
+    backend: Backend,
+    route: &'a Route,
+    shared: &'a Shared,
+    /// permessage-deflate as agreed with the client.
+    deflate: Option<Agreement>,
+}
+
+async fn run_session(client: Upgraded, session: Session<'_>) {
     match ClientStream::new(client) {
-        ClientStream::Tcp(read, write) => bridge_session(read, write, backend, route, shared).await,
+        ClientStream::Tcp(read, write) => bridge_session(read, write, session).await,
         // Boxed: TLS sessions should not make every plain session's future larger.
-        ClientStream::Other(read, write) => {
-            Box::pin(bridge_session(read, write, backend, route, shared)).await
-        }
+        ClientStream::Other(read, write) => Box::pin(bridge_session(read, write, session)).await,
     }
 }
 
-async fn bridge_session<CR, CW>(
-    client_read: CR,
-    client_write: CW,
-    backend: Backend,
-    route: &Route,
-    shared: &Shared,
-) where
+async fn bridge_session<CR, CW>(client_read: CR, client_write: CW, session: Session<'_>)
+where
     CR: AsyncRead + Unpin + Send + 'static,
     CW: AsyncWrite + Unpin,
 {
+    let Session {
+        backend,
+        route,
+        shared,
+        deflate,
+    } = session;
     let started = Instant::now();
     let metrics = SessionMetrics::start(route.name.clone());
     let snapshot = &shared.snapshot;
-    let (client_read, client_write) = websocket_halves(
+    let client_deflate = deflate
+        .zip(route.compression)
+        .map(|(a, p)| HopDeflate::server(&a, &p));
+    let (mut client_read, client_write) = websocket_halves(
         client_read,
         client_write,
         Role::Server,
         route.max_frame_bytes,
     );
+    if client_deflate.is_some() {
+        client_read.allow_rsv1();
+    }
     let outcome = match backend {
         Backend::Tcp(stream) => {
             let config = BridgeConfig {
@@ -169,6 +203,7 @@ async fn bridge_session<CR, CW>(
                 pong_timeout: snapshot.pong_timeout,
                 close_grace: snapshot.close_grace,
                 bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
+                deflate: client_deflate,
             };
             let (backend_read, backend_write) = stream.into_split();
             bridge::run(
@@ -183,16 +218,24 @@ async fn bridge_session<CR, CW>(
             )
             .await
         }
-        Backend::WebSocket { io, .. } => {
+        Backend::WebSocket {
+            io,
+            deflate: backend_deflate,
+            ..
+        } => {
             let config = RelayConfig {
                 max_message_bytes: route.max_message_bytes,
                 ping_interval: snapshot.ping_interval,
                 pong_timeout: snapshot.pong_timeout,
                 close_grace: snapshot.close_grace,
                 bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
+                deflate: RelayDeflate::new(deflate, backend_deflate, route.compression),
             };
             let (read, write) = tokio::io::split(io);
-            let backend = websocket_halves(read, write, Role::Client, route.max_frame_bytes);
+            let mut backend = websocket_halves(read, write, Role::Client, route.max_frame_bytes);
+            if config.deflate.backend.is_some() {
+                backend.0.allow_rsv1();
+            }
             // Boxed so that sessions on TCP routes do not carry the relay's larger state.
             Box::pin(relay::run(
                 (client_read, client_write),
@@ -261,6 +304,7 @@ fn backend_handshake<B>(
         protocols: (!protocols.is_empty())
             .then(|| HeaderValue::from_str(&protocols).ok())
             .flatten(),
+        deflate: None,
     }
 }
 

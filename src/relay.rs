@@ -22,8 +22,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{Initiator, Outcome};
+use crate::deflate::{Deflater, Inflater, RelayDeflate, MIN_COMPRESS};
 use crate::error::close_code;
-use crate::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
+use crate::frames::{close_payload_code, GuardedWriter, MessageCheck, Violation, WriteFailed};
 use crate::keepalive::{sleep_until_opt, Due, Keepalive};
 use crate::limits::Pacer;
 use crate::metrics::SessionMetrics;
@@ -42,6 +43,8 @@ pub struct RelayConfig {
     pub close_grace: Duration,
     /// Pacing of each direction in bytes per second; `None`: unpaced.
     pub bandwidth_bytes_per_sec: Option<u64>,
+    /// permessage-deflate on each hop and what may pass through as it is.
+    pub deflate: RelayDeflate,
 }
 
 /// Which side of the gateway a hop faces.
@@ -82,11 +85,21 @@ enum Relayed {
         opcode: OpCode,
         fin: bool,
         payload: BytesMut,
+        wire: Wire,
     },
     /// The peer's Close, raw (code and reason), to pass on unchanged.
     Close(Bytes),
     /// The peer is gone or broke the protocol: close the other hop with this.
     Lost(u16, &'static str),
+}
+
+/// How a relayed frame's payload is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// Message bytes as they are (inflated if they came compressed).
+    Plain,
+    /// The sender's compressed bytes, passed through unchanged (RSV1 on the first frame).
+    Deflated,
 }
 
 /// From a hop's reader to its own writer.
@@ -142,6 +155,8 @@ where
             messages: metrics.messages_to_backend.clone(),
             total: up.clone(),
             pacer: Pacer::new(config.bandwidth_bytes_per_sec),
+            inflater: config.deflate.client.map(|d| d.inflater()),
+            as_is: config.deflate.client_to_backend_as_is,
         },
         first.clone(),
         stop_readers.clone(),
@@ -157,6 +172,8 @@ where
             messages: metrics.messages_to_client.clone(),
             total: down.clone(),
             pacer: Pacer::new(config.bandwidth_bytes_per_sec),
+            inflater: config.deflate.backend.map(|d| d.inflater()),
+            as_is: config.deflate.backend_to_client_as_is,
         },
         first.clone(),
         stop_readers.clone(),
@@ -179,6 +196,12 @@ where
         first: first.clone(),
         rtt: Some(metrics.ping_rtt.clone()),
         metrics,
+        // Frames passed through keep the backend's context: ours must not interleave with it.
+        deflater: (!config.deflate.backend_to_client_as_is)
+            .then_some(config.deflate.client)
+            .flatten()
+            .map(|d| d.deflater()),
+        compressing: false,
     };
     let backend_writer = HopWriter {
         hop: Hop::Backend,
@@ -191,6 +214,11 @@ where
         first: first.clone(),
         rtt: None,
         metrics,
+        deflater: (!config.deflate.client_to_backend_as_is)
+            .then_some(config.deflate.backend)
+            .flatten()
+            .map(|d| d.deflater()),
+        compressing: false,
     };
     tokio::join!(
         client_writer.run(client_own_rx, to_client_rx, to_backend_tx, config, shutdown),
@@ -225,6 +253,10 @@ struct Counts {
     messages: Counter,
     total: Arc<AtomicU64>,
     pacer: Pacer,
+    /// For this hop's compressed messages (permessage-deflate negotiated on it).
+    inflater: Option<Inflater>,
+    /// Compressed messages go to the other hop as they are (only checked here).
+    as_is: bool,
 }
 
 /// One hop's reader: frames from its peer, checked, to the other hop (data, Close)
@@ -254,6 +286,8 @@ async fn pump_hop<R: AsyncRead + Unpin>(
     first: &FirstEnd,
 ) {
     let mut messages = MessageCheck::new(counts.max_message_bytes);
+    // The message being read is compressed (RSV1 on its first frame).
+    let mut compressed = false;
     loop {
         counts.pacer.ready().await;
         let violation = match ws.read_frame().await {
@@ -276,6 +310,35 @@ async fn pump_hop<R: AsyncRead + Unpin>(
             }
             Ok(frame) => {
                 counts.pacer.spent(frame.payload.len());
+                if matches!(frame.opcode, OpCode::Text | OpCode::Binary) {
+                    compressed = ws.compressed();
+                }
+                let data = matches!(
+                    frame.opcode,
+                    OpCode::Text | OpCode::Binary | OpCode::Continuation
+                );
+                if let (true, true, Some(inflater)) = (compressed, data, counts.inflater.as_mut()) {
+                    let as_is = counts.as_is;
+                    match relay_compressed(frame, inflater, as_is, &mut messages, relay).await {
+                        Ok((ends_message, n)) => {
+                            counts.bytes.increment(n);
+                            counts.total.fetch_add(n, Ordering::Relaxed);
+                            if ends_message {
+                                counts.messages.increment(1);
+                            }
+                            continue;
+                        }
+                        Err(None) => return,
+                        Err(Some(v)) => {
+                            let (code, reason) = v;
+                            record(first, code, hop.initiator(), reason);
+                            let _ = own.send(Own::Violation(code, reason)).await;
+                            let (code, reason) = hop.violated();
+                            let _ = relay.send(Relayed::Lost(code, reason)).await;
+                            return;
+                        }
+                    }
+                }
                 let checked = messages.data_frame(frame.opcode, frame.fin, &frame.payload);
                 match (checked, frame.opcode) {
                     (Err(v), _) => v,
@@ -319,6 +382,7 @@ async fn pump_hop<R: AsyncRead + Unpin>(
                                 opcode,
                                 fin: frame.fin,
                                 payload,
+                                wire: Wire::Plain,
                             })
                             .await
                             .is_err()
@@ -344,6 +408,65 @@ async fn pump_hop<R: AsyncRead + Unpin>(
     }
 }
 
+/// One frame of a compressed message: inflated piece by piece, each piece checked (size,
+/// UTF-8) before the next is made. Passed on as it is (`as_is`), or as its inflated pieces
+/// for the other hop's writer to send plain or recompress. `Ok((ends message, inflated
+/// bytes))`; `Err(Some(_))` a violation, `Err(None)` the other hop is gone.
+async fn relay_compressed(
+    frame: Frame<'static>,
+    inflater: &mut Inflater,
+    as_is: bool,
+    messages: &mut MessageCheck,
+    relay: &mpsc::Sender<Relayed>,
+) -> Result<(bool, u64), Option<Violation>> {
+    let mut inflating = inflater.frame(&frame.payload, frame.fin);
+    let mut opcode = frame.opcode;
+    let mut n = 0u64;
+    messages.data_frame(opcode, false, &[]).map_err(Some)?;
+    while let Some(chunk) = inflating.next_chunk().map_err(Some)? {
+        messages
+            .data_frame(OpCode::Continuation, false, chunk)
+            .map_err(Some)?;
+        n += chunk.len() as u64;
+        if as_is {
+            continue;
+        }
+        let piece = Relayed::Frame {
+            opcode,
+            fin: false,
+            payload: BytesMut::from(chunk),
+            wire: Wire::Plain,
+        };
+        relay.send(piece).await.map_err(|_| None)?;
+        opcode = OpCode::Continuation;
+    }
+    drop(inflating);
+    let ends = messages
+        .data_frame(OpCode::Continuation, frame.fin, &[])
+        .map_err(Some)?;
+    let last = if as_is {
+        let payload = match frame.payload {
+            Payload::Bytes(b) => b,
+            other => BytesMut::from(&other[..]),
+        };
+        Some((frame.opcode, payload, Wire::Deflated))
+    } else {
+        // The message's end, or its opcode when nothing came out of this frame.
+        (frame.fin || opcode != OpCode::Continuation)
+            .then(|| (opcode, BytesMut::new(), Wire::Plain))
+    };
+    if let Some((opcode, payload, wire)) = last {
+        let frame = Relayed::Frame {
+            opcode,
+            fin: frame.fin,
+            payload,
+            wire,
+        };
+        relay.send(frame).await.map_err(|_| None)?;
+    }
+    Ok((ends, n))
+}
+
 /// One hop's writer and its half of the close handshake.
 struct HopWriter<'a, W> {
     hop: Hop,
@@ -353,9 +476,39 @@ struct HopWriter<'a, W> {
     /// Where this hop's ping round trips are recorded (the client hop only).
     rtt: Option<Histogram>,
     metrics: &'a SessionMetrics,
+    /// Compresses plain messages for this hop (negotiated, and not passing another's through).
+    deflater: Option<Deflater>,
+    /// The message being sent is compressed by `deflater`.
+    compressing: bool,
 }
 
 impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
+    /// A plain frame as this hop gets it: compressed when a message's first frame shows it
+    /// pays (a whole message that shrinks, or a first fragment worth compressing), plain
+    /// otherwise. The second value is RSV1.
+    fn encode(&mut self, opcode: OpCode, fin: bool, payload: BytesMut) -> (Payload<'static>, bool) {
+        let Some(d) = self.deflater.as_mut() else {
+            return (Payload::Bytes(payload), false);
+        };
+        let first = opcode != OpCode::Continuation;
+        if first && fin {
+            self.compressing = false;
+            return match d.compress_message(&payload) {
+                Some(c) => (Payload::Owned(c), true),
+                None => (Payload::Bytes(payload), false),
+            };
+        }
+        if first {
+            self.compressing = payload.len() >= MIN_COMPRESS;
+        }
+        if !self.compressing {
+            return (Payload::Bytes(payload), false);
+        }
+        let mut out = Vec::new();
+        d.compress(&payload, fin, &mut out);
+        (Payload::Owned(out), first)
+    }
+
     async fn run(
         mut self,
         mut own: mpsc::Receiver<Own>,
@@ -446,9 +599,13 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
                     deadline = Some(Instant::now() + config.close_grace);
                 }
                 msg = relayed.recv(), if relay_open => match msg {
-                    Some(Relayed::Frame { opcode, fin, payload }) => {
+                    Some(Relayed::Frame { opcode, fin, payload, wire }) => {
                         if !sent_close {
-                            send_or_return!(self.ws.send(Frame::new(fin, opcode, None, Payload::Bytes(payload))));
+                            let (payload, rsv1) = match wire {
+                                Wire::Deflated => (Payload::Bytes(payload), opcode != OpCode::Continuation),
+                                Wire::Plain => self.encode(opcode, fin, payload),
+                            };
+                            send_or_return!(self.ws.send_marked(Frame::new(fin, opcode, None, payload), rsv1));
                         }
                     }
                     Some(Relayed::Close(payload)) => {
