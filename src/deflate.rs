@@ -175,6 +175,16 @@ impl Deflater {
     /// ends on a byte boundary (sync flush). At the message's end (`fin`) the flush's
     /// 00 00 ff ff tail is removed, as RFC 7692 §7.2.1 asks.
     pub fn compress(&mut self, input: &[u8], fin: bool, out: &mut Vec<u8>) {
+        if input.is_empty() {
+            // zlib emits nothing for a flush with no new input, and the receiver's appended
+            // tail needs the header bits of an empty stored block before it: one 0x00 byte
+            // (§7.2.3.6). Our stream is byte-aligned after every piece, so it fits anywhere.
+            if fin {
+                out.push(0x00);
+                self.end_message();
+            }
+            return;
+        }
         let (level, bits) = (self.level, self.window_bits);
         let c = self.state.get_or_insert_with(|| {
             Box::new(Compress::new_with_window_bits(
@@ -344,6 +354,15 @@ mod tests {
         Ok(all)
     }
 
+    /// Pieces of one message, the last one ending it, concatenated.
+    fn def_pieces(def: &mut Deflater, pieces: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, p) in pieces.iter().enumerate() {
+            def.compress(p, i + 1 == pieces.len(), &mut out);
+        }
+        out
+    }
+
     fn text(n: usize) -> Vec<u8> {
         let words = [
             "alpha ",
@@ -400,7 +419,7 @@ mod tests {
                         );
                     }
                     assert_eq!(inflate_all(&mut inf, &[(&wire, true)]).unwrap(), msg);
-                    assert_eq!(def.is_allocated(), keep);
+                    assert_eq!(def.is_allocated(), keep && n > 0);
                     assert_eq!(inf.is_allocated(), keep);
                 }
             }
@@ -411,7 +430,15 @@ mod tests {
     fn fragments_compress_and_inflate_piecewise() {
         let msg = text(50_000);
         let mut def = Deflater::new(1, 15, true);
+        // Regression: an empty last piece after a flushed one was sent empty, so the
+        // receiver's appended 00 00 ff ff lacked its stored-block header ("invalid stored
+        // block lengths" in Python's zlib, behind a recompressing relay).
+        let wire = def_pieces(&mut def, &[&msg[..5000], b""]);
         let mut inf = Inflater::new(15, true);
+        assert_eq!(
+            inflate_all(&mut inf, &[(&wire, true)]).unwrap(),
+            &msg[..5000]
+        );
         let mut frames = Vec::new();
         let pieces: Vec<&[u8]> = msg.chunks(7_000).collect();
         for (i, p) in pieces.iter().enumerate() {

@@ -394,9 +394,15 @@ pub struct RawWs {
 
 /// Upgrade a fresh connection to `path` on `addr`; panics unless the answer is `101`.
 pub async fn raw_ws_client(addr: SocketAddr, path: &str) -> RawWs {
+    raw_ws_client_with(addr, path, "").await.0
+}
+
+/// Like [`raw_ws_client`], with `extra` header lines (`Name: value\r\n`) in the request;
+/// also returns the `101` answer's head.
+pub async fn raw_ws_client_with(addr: SocketAddr, path: &str, extra: &str) -> (RawWs, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(upgrade_request(path, "").as_bytes())
+        .write_all(upgrade_request(path, extra).as_bytes())
         .await
         .unwrap();
     let mut buf = Vec::new();
@@ -419,7 +425,7 @@ pub async fn raw_ws_client(addr: SocketAddr, path: &str) -> RawWs {
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     buf.drain(..end + 4);
-    RawWs { stream, buf }
+    (RawWs { stream, buf }, head)
 }
 
 impl RawWs {
