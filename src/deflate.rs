@@ -153,6 +153,10 @@ pub struct Deflater {
     window_bits: u8,
     keep_context: bool,
     state: Option<Box<Compress>>,
+    /// Whole messages still to send plain without trying, after attempts that saved nothing.
+    skip: u8,
+    /// The next skip: doubles (to 64) with each fruitless attempt, back to 0 on a saving one.
+    backoff: u8,
 }
 
 impl Deflater {
@@ -164,6 +168,8 @@ impl Deflater {
             window_bits: window_bits.clamp(9, 15),
             keep_context,
             state: None,
+            skip: 0,
+            backoff: 0,
         }
     }
 
@@ -243,17 +249,26 @@ pub const MIN_COMPRESS: usize = 32;
 
 impl Deflater {
     /// One whole message, compressed only if that makes it smaller (RFC 7692 §6.1 lets a
-    /// sender choose per message); `None`: send it as it is.
+    /// sender choose per message); `None`: send it as it is. A stream that does not
+    /// compress (video, TLS, already compressed data) is tried less and less often: a
+    /// fruitless attempt costs 6-10 s of CPU per GB (docs/compression.md).
     pub fn compress_message(&mut self, payload: &[u8]) -> Option<Vec<u8>> {
         if payload.len() < MIN_COMPRESS {
+            return None;
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
             return None;
         }
         let mut out = Vec::new();
         self.compress(payload, true, &mut out);
         if out.len() < payload.len() {
+            self.backoff = 0;
             return Some(out);
         }
         self.forget();
+        self.backoff = (self.backoff.saturating_mul(2)).clamp(1, 64);
+        self.skip = self.backoff;
         None
     }
 }
@@ -482,6 +497,66 @@ mod tests {
             seen <= limit + CHUNK,
             "stopped within one chunk of the limit"
         );
+    }
+
+    #[test]
+    fn pass_through_only_where_the_receiver_can_decode() {
+        use crate::extensions::{check_answer, negotiate};
+        let policy = DeflatePolicy::default();
+        let client = |offer: &str| negotiate([offer], &policy).unwrap();
+        let backend = |answer: &str, c| check_answer([answer], c).unwrap();
+        // Same defaults on both hops: both directions pass through.
+        let c = client("permessage-deflate; client_max_window_bits");
+        let r = RelayDeflate::new(Some(c), backend("permessage-deflate", &c), Some(policy));
+        assert!(r.client_to_backend_as_is && r.backend_to_client_as_is);
+        // Python websockets' defaults: 12-bit windows. Its compressor fits the client's
+        // decoder; the client's 15-bit compressor does not fit its decoder.
+        let b = backend(
+            "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12",
+            &c,
+        );
+        let r = RelayDeflate::new(Some(c), b, Some(policy));
+        assert!(!r.client_to_backend_as_is && r.backend_to_client_as_is);
+        // The backend wants the client to reset between messages, the client did not agree.
+        let b = backend("permessage-deflate; client_no_context_takeover", &c);
+        let r = RelayDeflate::new(Some(c), b, Some(policy));
+        assert!(!r.client_to_backend_as_is && r.backend_to_client_as_is);
+        // The client wants the server to reset: the offer says so, the backend must agree.
+        let c = client("permessage-deflate; server_no_context_takeover");
+        assert!(check_answer(["permessage-deflate"], &c).is_err());
+        let b = backend("permessage-deflate; server_no_context_takeover", &c);
+        let r = RelayDeflate::new(Some(c), b, Some(policy));
+        assert!(r.client_to_backend_as_is && r.backend_to_client_as_is);
+        // The backend declined: the gateway inflates and deflates.
+        let r = RelayDeflate::new(Some(c), None, Some(policy));
+        assert!(!r.client_to_backend_as_is && !r.backend_to_client_as_is);
+        assert!(r.client.is_some() && r.backend.is_none());
+    }
+
+    #[test]
+    fn incompressible_streams_are_tried_less_often() {
+        let mut def = Deflater::new(1, 15, true);
+        let mut x = 1u32;
+        let mut noise = || {
+            (0..4096)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (x >> 16) as u8
+                })
+                .collect::<Vec<u8>>()
+        };
+        let tried = |def: &Deflater| def.skip;
+        assert!(def.compress_message(&noise()).is_none());
+        assert_eq!(tried(&def), 1);
+        for _ in 0..200 {
+            assert!(def.compress_message(&noise()).is_none());
+        }
+        assert!(def.skip <= 64 && def.backoff == 64);
+        // Text again: compressed as soon as the next attempt comes.
+        let msg = text(4096);
+        let sent = (0..70).find_map(|_| def.compress_message(&msg));
+        assert!(sent.is_some());
+        assert_eq!(def.backoff, 0);
     }
 
     #[test]

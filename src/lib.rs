@@ -21,6 +21,9 @@
 //! keepalive.rs ping schedule and missed-pong state (pure)
 //! limits.rs    admission (session caps, handshake rate → 429/503) and the bandwidth pacer
 //! frames.rs    message rules shared by both bridges (sequencing, UTF-8, size) and guarded writes
+//! writer.rs    frame writer (fastwebsockets' layout plus RSV1 for compressed messages)
+//! extensions.rs permessage-deflate negotiation: offers → agreement → answer (pure)
+//! deflate.rs   permessage-deflate codec: chunked inflate, deflate per message, context rules
 //! utf8.rs      incremental UTF-8 checks for fragmented text
 //! metrics.rs   metric names, descriptions, recorder, per-session handles
 //! admin.rs     /metrics, /healthz, /readyz on the admin listener
