@@ -135,7 +135,7 @@ impl Inflating<'_> {
             if produced > 0 {
                 return Ok(Some(&self.out[..self.produced]));
             }
-            if consumed == 0 && !self.ended && !self.full {
+            if consumed == 0 && !src.is_empty() && !self.ended {
                 // No progress with input left: the data cannot be decoded.
                 return Err(bad_data());
             }
@@ -557,6 +557,27 @@ mod tests {
         let sent = (0..70).find_map(|_| def.compress_message(&msg));
         assert!(sent.is_some());
         assert_eq!(def.backoff, 0);
+    }
+
+    /// Regression (Autobahn 12.1.13, 12.1.16: 256- and 1024-byte fragments of a compressed
+    /// message): a non-final frame whose output exactly filled the buffer made one more call
+    /// with no input, which produced nothing and was taken for undecodable data (1007).
+    #[test]
+    fn output_that_exactly_fills_a_chunk_is_not_an_error() {
+        let mut x = 7u32;
+        let noise: Vec<u8> = (0..CHUNK)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8
+            })
+            .collect();
+        let mut def = Deflater::new(1, 15, true);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        def.compress(&noise, false, &mut a);
+        def.compress(b"", true, &mut b);
+        let mut inf = Inflater::new(15, true);
+        let got = inflate_all(&mut inf, &[(&a, false), (&b, true)]).unwrap();
+        assert_eq!(got, noise);
     }
 
     #[test]
