@@ -55,6 +55,8 @@ pub mod route;
 pub mod server;
 pub mod shutdown;
 // Until the layout commit (issue 8) lands: the registry already sits where it will live.
+#[path = "edge/console.rs"]
+pub mod console;
 #[path = "session/registry.rs"]
 pub mod registry;
 pub mod targets;
