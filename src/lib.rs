@@ -55,6 +55,8 @@ pub mod route;
 pub mod server;
 pub mod shutdown;
 // Until the layout commit (issue 8) lands: the registry already sits where it will live.
+#[path = "ops/api.rs"]
+pub mod api;
 #[path = "edge/console.rs"]
 pub mod console;
 #[path = "session/registry.rs"]
