@@ -149,10 +149,10 @@ fn open(config: &BridgeConfig, max_frame_bytes: usize) -> Session {
     let bridge = tokio::spawn(async move {
         // No metrics recorder is installed: every handle is a no-op, as with metrics off.
         let metrics = SessionMetrics::start("bench".into());
-        let shutdown = CancellationToken::new();
         let hard_stop = CancellationToken::new();
+        let control = SessionControl::new(&CancellationToken::new());
         bridge::run(
-            ws_read, ws_write, br, bw, &config, &metrics, &shutdown, &hard_stop,
+            ws_read, ws_write, br, bw, &config, &metrics, &control, &hard_stop,
         )
         .await
     });

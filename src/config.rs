@@ -53,6 +53,10 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Serve the browser console at `/` (plain GETs only; upgrades still go to the routes).
+    /// Default false; the embedded default turns it on.
+    #[serde(default)]
+    pub console: bool,
 }
 
 /// PEM files: a certificate chain (leaf first) and its private key (PKCS#8, PKCS#1 or SEC1).
@@ -75,6 +79,10 @@ pub struct TlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub address: SocketAddr,
+    /// SHA-256 (hex, `printf %s "$TOKEN" | sha256sum`) of the bearer token the status page
+    /// and `/api/` require. Default: none (the listener is open; keep it on loopback).
+    #[serde(default)]
+    pub bearer_sha256: Option<String>,
 }
 
 /// Every timeout, in seconds (fractions allowed).
@@ -96,6 +104,9 @@ pub struct Timeouts {
     pub close_grace_secs: f64,
     /// On SIGTERM/SIGINT: how long sessions get to close before the process exits. Default 10 s.
     pub shutdown_grace_secs: f64,
+    /// After `POST /api/routes/{name}/drain`: how long live sessions keep going before they
+    /// are closed with 1001 (the request's `?grace_secs=` overrides it). Default 30 s.
+    pub drain_grace_secs: f64,
 }
 
 impl Default for Timeouts {
@@ -108,6 +119,7 @@ impl Default for Timeouts {
             pong_timeout_secs: 20.0,
             close_grace_secs: 5.0,
             shutdown_grace_secs: 10.0,
+            drain_grace_secs: 30.0,
         }
     }
 }
@@ -439,6 +451,10 @@ pub struct Config {
     pub pong_timeout: Duration,
     pub close_grace: Duration,
     pub shutdown_grace: Duration,
+    /// Default grace of a route drain (admin API).
+    pub drain_grace: Duration,
+    /// `[admin] bearer_sha256`, checked to be 64 hex digits.
+    pub admin_bearer_sha256: Option<String>,
     /// Runtime worker threads; 0 = one per CPU.
     pub worker_threads: usize,
     pub max_connections: usize,
@@ -626,7 +642,9 @@ impl FileConfig {
         }
         Ok(Config {
             listeners: self.listeners,
-            admin: self.admin.map(|a| a.address),
+            admin: self.admin.as_ref().map(|a| a.address),
+            admin_bearer_sha256: admin_digest(self.admin.as_ref())?,
+            drain_grace: secs("drain_grace_secs", t.drain_grace_secs, true)?,
             routes,
             tls_handshake_timeout: secs("tls_handshake_secs", t.tls_handshake_secs, false)?,
             header_read_timeout: secs("header_read_secs", t.header_read_secs, false)?,
@@ -647,6 +665,16 @@ impl FileConfig {
             admission,
             max_header_bytes: l.max_header_bytes,
         })
+    }
+}
+
+fn admin_digest(admin: Option<&AdminConfig>) -> anyhow::Result<Option<String>> {
+    match admin.and_then(|a| a.bearer_sha256.as_deref()) {
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(Some(hex.to_owned()))
+        }
+        Some(_) => bail!("admin.bearer_sha256: expected 64 hex digits (sha256sum output)"),
+        None => Ok(None),
     }
 }
 

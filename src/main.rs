@@ -24,7 +24,7 @@ struct Cli {
     command: Option<Command>,
 
     /// Run from a TOML config file.
-    #[arg(long, short, value_name = "FILE", conflicts_with_all = ["listen", "routes", "tls_cert", "admin"])]
+    #[arg(long, short, value_name = "FILE", conflicts_with_all = ["listen", "routes", "tls_cert", "admin", "console"])]
     config: Option<PathBuf>,
 
     /// Quick mode: the public listener address [default: 127.0.0.1:8080].
@@ -48,9 +48,14 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 0)]
     worker_threads: usize,
 
-    /// Quick mode: the admin listener (/metrics, /healthz, /readyz); none if omitted.
+    /// Quick mode: the admin listener (/metrics, /healthz, /readyz, status page, session
+    /// API); none if omitted.
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
+
+    /// Quick mode: serve the browser console at / on the listener.
+    #[arg(long)]
+    console: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +145,7 @@ fn load_source(cli: &Cli) -> anyhow::Result<Config> {
         && cli.routes.is_empty()
         && cli.tls_cert.is_none()
         && cli.admin.is_none()
+        && !cli.console
     {
         return Ok(Config::embedded_default());
     }
@@ -172,8 +178,12 @@ fn load_source(cli: &Cli) -> anyhow::Result<Config> {
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             tls,
+            console: cli.console,
         }],
-        admin: cli.admin.map(|address| AdminConfig { address }),
+        admin: cli.admin.map(|address| AdminConfig {
+            address,
+            bearer_sha256: None,
+        }),
         timeouts: Default::default(),
         limits: Default::default(),
         routes,
@@ -208,15 +218,20 @@ fn route_name(path: &str, index: usize) -> String {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::bind(config.clone()).await?;
-    for (addr, scheme) in gateway.public_urls() {
+    for (l, (addr, scheme)) in config.listeners.iter().zip(gateway.public_urls()) {
         for route in &config.routes {
             println!(
                 "wsgate: {scheme}://{addr}{} -> {}",
                 route.path, route.backend
             );
         }
+        if l.console {
+            let http = if scheme == "wss" { "https" } else { "http" };
+            println!("wsgate: console {http}://{addr}/");
+        }
     }
     if let Some(admin) = gateway.admin_addr() {
+        println!("wsgate: status page http://{admin}/ (API under /api/)");
         println!("wsgate: admin http://{admin}/metrics /healthz /readyz");
     }
     let shutdown = CancellationToken::new();

@@ -19,10 +19,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::access::{self, ClientCert};
+use crate::api::{ApiSettings, OpsApi, RouteSummary};
 use crate::backend::{spawn_echo_service, Dialer};
 use crate::config::{BackendAddr, Config};
+use crate::console::Console;
 use crate::limits::Admission;
 use crate::metrics::{self, ConnectionGuard};
+use crate::registry::Registry;
 use crate::route::Router;
 use crate::{admin, tls};
 
@@ -49,6 +52,8 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     /// Connections and sessions; the drain waits on it.
     pub tracker: TaskTracker,
+    /// Live sessions, for the admin API (list, close, drain).
+    pub registry: Arc<Registry>,
     header_read_timeout: Duration,
     tls_handshake_timeout: Duration,
     max_header_bytes: usize,
@@ -57,6 +62,8 @@ pub struct Shared {
 struct PublicListener {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    /// The browser console, when this listener serves it.
+    console: Option<Arc<Console>>,
 }
 
 /// A gateway whose sockets are bound; [`Gateway::run`] serves them.
@@ -82,7 +89,14 @@ impl Gateway {
             let listener = TcpListener::bind(l.address)
                 .await
                 .with_context(|| format!("binding listener {}", l.address))?;
-            listeners.push(PublicListener { listener, tls });
+            let console = l
+                .console
+                .then(|| Arc::new(Console::new(config.routes.iter().map(|r| &*r.path))));
+            listeners.push(PublicListener {
+                listener,
+                tls,
+                console,
+            });
         }
         let admin = match config.admin {
             Some(addr) => Some(
@@ -152,11 +166,13 @@ impl Gateway {
         });
         // Keeps the handshake limiter's memory bounded; stops with the other helpers.
         aux.spawn(snapshot.admission.clone().run_upkeep(aux_stop.clone()));
+        let registry = Arc::new(Registry::default());
         let shared = Arc::new(Shared {
             snapshot,
             shutdown: shutdown.clone(),
             hard_stop: hard_stop.clone(),
             tracker: TaskTracker::new(),
+            registry: registry.clone(),
             header_read_timeout: config.header_read_timeout,
             tls_handshake_timeout: config.tls_handshake_timeout,
             max_header_bytes: config.max_header_bytes,
@@ -164,10 +180,18 @@ impl Gateway {
 
         let ready = Arc::new(AtomicBool::new(false));
         if let Some(listener) = self.admin {
+            let api = Arc::new(OpsApi::new(
+                registry,
+                api_settings(&config)?,
+                aux.clone(),
+                aux_stop.clone(),
+            ));
+            aux.spawn(api.clone().run_sampler());
             aux.spawn(admin::serve(
                 listener,
                 handle.clone(),
                 ready.clone(),
+                api,
                 aux_stop.clone(),
             ));
         }
@@ -220,6 +244,30 @@ impl Gateway {
     }
 }
 
+/// What the admin API needs from the config: the token digest, the routes, the running
+/// config with secrets redacted, the default drain grace.
+fn api_settings(config: &Config) -> anyhow::Result<ApiSettings> {
+    let token_sha256 = match &config.admin_bearer_sha256 {
+        Some(hex) => Some(
+            access::decode_sha256_hex(hex).context("admin.bearer_sha256: not a SHA-256 digest")?,
+        ),
+        None => None,
+    };
+    Ok(ApiSettings {
+        token_sha256,
+        routes: config
+            .routes
+            .iter()
+            .map(|r| RouteSummary {
+                name: r.name.clone(),
+                path: r.path.to_string(),
+            })
+            .collect(),
+        config_json: serde_json::json!({}),
+        drain_grace: config.drain_grace,
+    })
+}
+
 /// Accept until shutdown. A permit is taken before accepting, so at the limit new
 /// clients wait in the kernel's backlog instead of costing us memory.
 async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc<Shared>) {
@@ -244,6 +292,7 @@ async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc<Sha
         };
         let span = tracing::info_span!("conn", %peer, route = tracing::field::Empty, user = tracing::field::Empty, backend = tracing::field::Empty);
         let tls = l.tls.clone();
+        let console = l.console.clone();
         let conn = ConnInfo {
             peer,
             tls: tls.is_some(),
@@ -251,7 +300,7 @@ async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc<Sha
         };
         shared
             .tracker
-            .spawn(connection(stream, tls, conn, permit, shared.clone()).instrument(span));
+            .spawn(connection(stream, tls, console, conn, permit, shared.clone()).instrument(span));
     }
 }
 
@@ -285,6 +334,7 @@ pub struct ConnInfo {
 async fn connection(
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
+    console: Option<Arc<Console>>,
     conn: ConnInfo,
     permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
@@ -295,7 +345,7 @@ async fn connection(
         _gauge: ConnectionGuard::open(),
     });
     match tls {
-        None => serve_http(stream, conn, permit, shared).await,
+        None => serve_http(stream, console, conn, permit, shared).await,
         Some(acceptor) => {
             let handshake = tokio::select! {
                 r = tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(stream)) => r,
@@ -307,7 +357,7 @@ async fn connection(
                         client_cert: access::client_cert(stream.get_ref().1),
                         ..conn
                     };
-                    serve_http(stream, conn, permit, shared).await
+                    serve_http(stream, console, conn, permit, shared).await
                 }
                 Ok(Err(e)) => {
                     metrics::tls_handshake_failed();
@@ -322,14 +372,27 @@ async fn connection(
     }
 }
 
-async fn serve_http<IO>(io: IO, conn: ConnInfo, permit: Arc<ConnectionSlot>, shared: Arc<Shared>)
-where
+async fn serve_http<IO>(
+    io: IO,
+    console: Option<Arc<Console>>,
+    conn: ConnInfo,
+    permit: Arc<ConnectionSlot>,
+    shared: Arc<Shared>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = {
         let shared = shared.clone();
         service_fn(move |req| {
-            crate::http::handle(req, conn.clone(), shared.clone(), permit.clone())
+            // The console answers plain requests for its pages; upgrades go to the routes.
+            let page = console.as_ref().and_then(|c| c.answer(&req));
+            let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.clone());
+            async move {
+                match page {
+                    Some(page) => Ok(page),
+                    None => crate::http::handle(req, conn, shared, permit).await,
+                }
+            }
         })
     };
     let conn = http1::Builder::new()

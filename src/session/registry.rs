@@ -14,6 +14,8 @@ use fastwebsockets::CloseCode;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::metrics::ByteCounts;
+
 /// How many closed sessions the registry remembers for the status page.
 pub const RECENT_CLOSES: usize = 64;
 
@@ -66,13 +68,6 @@ impl SessionControl {
 /// 1007–1014, 3000–4999), so never 1005, 1006 or 1015.
 pub fn is_sendable_close_code(code: u16) -> bool {
     CloseCode::from(code).is_allowed() && code != 1005 && code != 1006 && code != 1015
-}
-
-/// Bytes a session moved so far, each way; shared with its metric counters.
-#[derive(Debug, Default)]
-pub struct ByteCounts {
-    pub to_backend: AtomicU64,
-    pub to_client: AtomicU64,
 }
 
 /// What the registry is told about a session when it starts.
