@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use base64::Engine;
 use fantoccini::wd::Capabilities;
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::{Client, ClientBuilder, Locator};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, PublicKeyData};
 use serde_json::json;
 use support::*;
 
@@ -36,7 +38,6 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--disable-quic",
     "--disable-dev-shm-usage",
     "--window-size=1200,900",
-    "--disable-features=LocalNetworkAccessChecks",
 ];
 
 /// `name` on `PATH`, or the file `env` names.
@@ -177,39 +178,241 @@ fn screenshot_dir() -> PathBuf {
         .join("browser-screenshots")
 }
 
-/// The harness itself: Chromium opens a WebSocket through the gateway to a TCP echo from a
-/// page script, the way any web app would.
+/// A server certificate for `127.0.0.1` and `localhost` from a CA made for the test, written
+/// to a temp dir, and the base64 SHA-256 of its public key (what Chromium is told to trust).
+struct TestPki {
+    _dir: tempfile::TempDir,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    spki_sha256: String,
+}
+
+fn test_pki() -> TestPki {
+    let ca = test_ca("wsgate browser-test CA");
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    params.is_ca = IsCa::ExplicitNoCa;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert_file = dir.path().join("server.pem");
+    let key_file = dir.path().join("server-key.pem");
+    // Leaf then CA: the chain a real deployment serves.
+    std::fs::write(&cert_file, format!("{}{}", cert.pem(), ca.pem())).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &key.subject_public_key_info());
+    TestPki {
+        _dir: dir,
+        cert_file,
+        key_file,
+        spki_sha256: base64::engine::general_purpose::STANDARD.encode(digest.as_ref()),
+    }
+}
+
+/// A gateway with a `wss` listener serving the console, an admin listener, and route `echo`
+/// at `/echo` to a TCP echo.
+async fn wss_console_gateway(pki: &TestPki) -> TestGateway {
+    let echo = tcp_echo_backend().await;
+    spawn_gateway(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nconsole = true\n\n[listener.tls]\n\
+         cert_file = {:?}\nkey_file = {:?}\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
+        pki.cert_file.display().to_string(),
+        pki.key_file.display().to_string(),
+        route("echo", "/echo", &format!("tcp://{echo}"))
+    ))
+    .await
+}
+
+impl Browser {
+    async fn by_id(&self, id: &str) -> fantoccini::elements::Element {
+        self.client()
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("#{id}: {e}"))
+    }
+
+    async fn click(&self, id: &str) {
+        self.by_id(id).await.click().await.expect("click");
+    }
+
+    async fn type_into(&self, id: &str, text: &str) {
+        let e = self.by_id(id).await;
+        e.clear().await.expect("clear");
+        e.send_keys(text).await.expect("type");
+    }
+
+    /// Open the console at `origin`, wait for its route list, pick `path` and connect.
+    async fn console_connect(&self, origin: &str, path: &str) {
+        self.client()
+            .goto(&format!("{origin}/"))
+            .await
+            .expect("console page");
+        self.eventually(
+            "route list loads",
+            "return Array.from(document.querySelectorAll('#route option')).some(o => o.value === arguments[0]);",
+            json!(path),
+        )
+        .await;
+        self.client()
+            .execute(
+                "const r = document.getElementById('route'); r.value = arguments[0]; \
+                 r.dispatchEvent(new Event('change'));",
+                vec![json!(path)],
+            )
+            .await
+            .expect("route chosen");
+        self.click("connect").await;
+        self.eventually(
+            "console connects",
+            "return document.getElementById('state').dataset.state === 'open';",
+            json!(null),
+        )
+        .await;
+    }
+
+    /// The console's close code once the socket closed, and the reason.
+    async fn console_close(&self) -> (u64, String) {
+        let v = self
+            .eventually(
+                "console shows the close",
+                "const s = document.getElementById('state'); \
+                 return s.dataset.state === 'closed' && [Number(s.dataset.closeCode), s.dataset.closeReason];",
+                json!(null),
+            )
+            .await;
+        (
+            v[0].as_u64().expect("numeric close code"),
+            v[1].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+}
+
+/// The console over `wss://` with a certificate from a test CA: its URL is the page's own
+/// origin, an echoed message shows in the log with its round trip, and the close code the
+/// console asked for comes back from the gateway and is shown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_reaches_a_tcp_echo_through_the_gateway() {
-    let Some(browser) =
-        Browser::start("chromium_reaches_a_tcp_echo_through_the_gateway", None).await
-    else {
+async fn console_over_wss_echoes_a_message_and_shows_the_close_code() {
+    let pki = test_pki();
+    let test = "console_over_wss_echoes_a_message_and_shows_the_close_code";
+    let Some(browser) = Browser::start(test, Some(&pki.spki_sha256)).await else {
         return;
     };
-    let echo = tcp_echo_backend().await;
-    let gw = gateway_to("echo", &format!("tcp://{echo}")).await;
-    browser
-        .client()
-        .goto("about:blank")
+    let gw = wss_console_gateway(&pki).await;
+    let origin = format!("https://127.0.0.1:{}", gw.addr.port());
+    browser.console_connect(&origin, "/echo").await;
+    let url: String = browser
+        .by_id("url")
         .await
-        .expect("blank page");
-    browser
-        .client()
-        .execute(
-            "window.got = null; const ws = new WebSocket(arguments[0]); \
-             ws.onopen = () => ws.send('hello from chromium'); \
-             ws.binaryType = 'arraybuffer'; \
-             ws.onmessage = (e) => { window.got = new TextDecoder().decode(e.data); }; \
-             ws.onclose = (e) => { window.got = window.got || ('closed ' + e.code); };",
-            vec![json!(gw.url("/"))],
+        .prop("value")
+        .await
+        .expect("url value")
+        .unwrap_or_default();
+    assert_eq!(url, format!("wss://127.0.0.1:{}/echo", gw.addr.port()));
+
+    browser.type_into("message", "hello from chromium").await;
+    browser.click("send").await;
+    let line = browser
+        .eventually(
+            "the echo shows in the log",
+            "const l = Array.from(document.querySelectorAll('#log li.in')).find(li => li.textContent.includes(arguments[0])); \
+             return l ? l.textContent : null;",
+            json!("hello from chromium"),
         )
-        .await
-        .expect("script runs");
-    let got = browser
-        .eventually("echo arrives", "return window.got;", json!(null))
         .await;
-    assert_eq!(got, json!("hello from chromium"));
-    browser.screenshot("harness").await;
+    let line = line.as_str().unwrap();
+    assert!(line.contains("19 B"), "{line}");
+    assert!(line.contains("rtt "), "round trip shown: {line}");
+    browser.screenshot("console-echo").await;
+
+    browser.type_into("close-code", "4321").await;
+    browser.click("disconnect").await;
+    let (code, reason) = browser.console_close().await;
+    assert_eq!(
+        code, 4321,
+        "the gateway answers the browser's Close with its code"
+    );
+    assert_eq!(reason, "closed from the console");
+    browser.screenshot("console-closed").await;
+    browser.quit().await;
+    gw.stop().await.unwrap();
+}
+
+/// The status page lists a browser's live session; an API `DELETE` with a code closes it:
+/// the browser sees that code and the page drops the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_shows_a_session_until_the_api_closes_it_with_the_code_asked_for() {
+    let pki = test_pki();
+    let test = "status_page_shows_a_session_until_the_api_closes_it_with_the_code_asked_for";
+    let Some(browser) = Browser::start(test, Some(&pki.spki_sha256)).await else {
+        return;
+    };
+    let gw = wss_console_gateway(&pki).await;
+    let admin = gw.admin.unwrap();
+    let console_tab = browser.client().window().await.expect("window");
+    browser
+        .console_connect(&format!("https://127.0.0.1:{}", gw.addr.port()), "/echo")
+        .await;
+    let id = live_sessions(admin).await[0]["id"].as_u64().expect("id");
+
+    let status_tab = browser.client().new_window(true).await.expect("new tab");
+    browser
+        .client()
+        .switch_to_window(status_tab.handle)
+        .await
+        .expect("status tab");
+    browser
+        .client()
+        .goto(&format!("http://{admin}/"))
+        .await
+        .expect("status page");
+    let row = browser
+        .eventually(
+            "the session shows on the status page",
+            "const r = document.querySelector(`#session-rows tr[data-session-id=\"${arguments[0]}\"]`); \
+             return r ? r.textContent : null;",
+            json!(id),
+        )
+        .await;
+    assert!(row.as_str().unwrap().contains("echo"), "{row}");
+    browser
+        .eventually(
+            "the route counts one session",
+            "return document.getElementById('sessions').textContent === '1';",
+            json!(null),
+        )
+        .await;
+    browser.screenshot("status-live-session").await;
+
+    let (status, answer) = admin_request(
+        admin,
+        "DELETE",
+        &format!("/api/sessions/{id}?code=4242"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    browser
+        .eventually(
+            "the row goes away",
+            "return !document.querySelector(`#session-rows tr[data-session-id=\"${arguments[0]}\"]`) \
+             && document.querySelector('#recent-closes') .textContent.includes('4242');",
+            json!(id),
+        )
+        .await;
+    browser.screenshot("status-after-delete").await;
+
+    browser
+        .client()
+        .switch_to_window(console_tab)
+        .await
+        .expect("console tab");
+    let (code, reason) = browser.console_close().await;
+    assert_eq!((code, reason.as_str()), (4242, "closed by the operator"));
+    browser.screenshot("console-closed-by-operator").await;
     browser.quit().await;
     gw.stop().await.unwrap();
 }
