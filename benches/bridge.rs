@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use wsgate::bridge::{self, BridgeConfig, Outcome};
 use wsgate::config::Config;
 use wsgate::metrics::SessionMetrics;
+use wsgate::registry::SessionControl;
 
 /// In-memory pipe capacity per direction (a loopback socket buffers more; this keeps both
 /// pumps and the echo taking turns on realistic chunk sizes).
