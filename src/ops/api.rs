@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::access::query_value;
-use crate::registry::{is_sendable_close_code, Registry, SessionEntry};
+use crate::policy::access::query_value;
+use crate::session::registry::{is_sendable_close_code, Registry, SessionEntry};
 
 type Body = Full<Bytes>;
 
@@ -505,8 +505,9 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
-/// Config keys whose values are secrets: replaced by `"<redacted>"` in `GET /api/config`.
-/// Paths to files that hold secrets are not secrets and stay.
+/// Config keys whose values are secrets, or digests of them (a weak token's SHA-256 can be
+/// guessed back): replaced by `"<redacted>"` in `GET /api/config`. Paths to files that hold
+/// secrets, and the names of where tokens are looked for, stay.
 pub fn redact(value: &mut Value) {
     match value {
         Value::Object(map) => {
@@ -516,7 +517,7 @@ pub fn redact(value: &mut Value) {
                     && !k.ends_with("_source")
                     && !k.ends_with("_sources")
                     && !k.ends_with("_param")
-                    && ["secret", "password", "token", "key", "private"]
+                    && ["secret", "password", "token", "key", "private", "sha256"]
                         .iter()
                         .any(|s| k.contains(s));
                 if secret && !v.is_null() {
@@ -538,13 +539,15 @@ mod tests {
     #[test]
     fn secrets_are_redacted_and_file_paths_kept() {
         let mut v = json!({
-            "admin": { "token_sha256": "ab", "address": "127.0.0.1:9090" },
+            "admin": { "bearer_sha256": "ab", "address": "127.0.0.1:9090" },
             "route": [{ "auth": { "jwt": { "secret": "s", "public_key_file": "/k.pem" },
+                                  "bearer_sha256": ["cd"],
                                   "token_sources": ["header"], "query_param": "token" } }],
             "listener": [{ "tls": { "key_file": "/x.key", "cert_file": "/x.pem" } }],
         });
         redact(&mut v);
-        assert_eq!(v["admin"]["token_sha256"], "<redacted>");
+        assert_eq!(v["admin"]["bearer_sha256"], "<redacted>");
+        assert_eq!(v["route"][0]["auth"]["bearer_sha256"], "<redacted>");
         assert_eq!(v["admin"]["address"], "127.0.0.1:9090");
         assert_eq!(v["route"][0]["auth"]["jwt"]["secret"], "<redacted>");
         assert_eq!(v["route"][0]["auth"]["jwt"]["public_key_file"], "/k.pem");
