@@ -138,22 +138,29 @@ async fn a_drained_route_refuses_new_sessions_and_closes_live_ones_with_1001() {
     let mut live = ws_client(&gw.url("/echo")).await;
     assert_echoes(&mut live, b"before").await;
 
+    // A long grace: new sessions are refused at once, the live one keeps working.
     let (status, answer) =
-        admin_request(admin, "POST", "/api/routes/echo/drain?grace_secs=0.3", &[]).await;
+        admin_request(admin, "POST", "/api/routes/echo/drain?grace_secs=3600", &[]).await;
     assert_eq!(status, 202, "{answer}");
     let (status, answer) = upgrade_with(gw.addr, "/echo", &[]).await;
     assert_eq!(status, 503, "{answer}");
-    // Still bridging during the grace.
-    assert_echoes(&mut live, b"during grace").await;
-    let (code, reason) = expect_close(&mut live).await;
-    assert_eq!((code, reason.as_str()), (1001, "route drained"));
+    assert!(answer_body(&answer).contains("draining"), "{answer}");
+    assert_echoes(&mut live, b"during the grace").await;
     let status_page = admin_json(admin, "/api/status").await;
     assert_eq!(status_page["routes"][0]["draining"], true);
 
+    // Reopened, then drained again with no grace: the live session gets 1001 now.
     let (status, _) = admin_request(admin, "DELETE", "/api/routes/echo/drain", &[]).await;
     assert_eq!(status, 200);
     let mut again = ws_client(&gw.url("/echo")).await;
     assert_echoes(&mut again, b"open again").await;
+    let (status, _) =
+        admin_request(admin, "POST", "/api/routes/echo/drain?grace_secs=0", &[]).await;
+    assert_eq!(status, 202);
+    for ws in [&mut live, &mut again] {
+        let (code, reason) = expect_close(ws).await;
+        assert_eq!((code, reason.as_str()), (1001, "route drained"));
+    }
     gw.stop().await.unwrap();
 }
 

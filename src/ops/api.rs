@@ -146,7 +146,8 @@ impl OpsApi {
     pub fn answer<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
         let path = req.uri().path();
         let ours = path == "/" || path.starts_with("/assets/") || path.starts_with("/api/");
-        if !ours {
+        // The admin listener routes no WebSockets: an upgrade gets the plain 404.
+        if !ours || req.headers().contains_key(header::UPGRADE) {
             return None;
         }
         let mut response = self.route(req, path);
@@ -334,7 +335,7 @@ impl OpsApi {
                 _ => return text(StatusCode::BAD_REQUEST, "grace_secs: 0 to 86400\n"),
             },
         };
-        let started = self.registry.start_drain(&route.name);
+        let drain = self.registry.start_drain(&route.name);
         let live = self
             .registry
             .per_route()
@@ -346,8 +347,9 @@ impl OpsApi {
         self.tasks.spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(grace) => {
-                    // Only if still draining: an undrain during the grace cancels the closes.
-                    if registry.is_draining(&name) {
+                    // Only if this drain still holds: an undrain during the grace calls the
+                    // closes off, and a later drain has its own grace.
+                    if registry.drain_is_current(&name, drain) {
                         let n = registry.close_route(&name, 1001, "route drained");
                         info!(route = %name, closed = n, "drain grace over: sessions closed with 1001");
                     }
@@ -360,7 +362,7 @@ impl OpsApi {
             &json!({
                 "route": &*route.name,
                 "draining": true,
-                "already_draining": !started,
+                "already_draining": !drain.fresh,
                 "live_sessions": live,
                 "grace_secs": grace.as_secs_f64(),
             }),

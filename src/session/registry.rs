@@ -4,7 +4,7 @@
 //! Everything here happens at session start and end or on an API call; the data path only adds
 //! to a session's byte counts (through its metric counters, see `metrics::SessionMetrics`).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -111,7 +111,9 @@ pub struct ClosedSession {
 pub struct Registry {
     next_id: AtomicU64,
     sessions: Mutex<BTreeMap<u64, Arc<SessionEntry>>>,
-    draining: Mutex<HashSet<Arc<str>>>,
+    /// Draining routes, each with the drain it is in (see [`Drain`]).
+    draining: Mutex<HashMap<Arc<str>, u64>>,
+    drains: AtomicU64,
     recent: Mutex<VecDeque<ClosedSession>>,
     /// Bytes of sessions that ended, so totals never go down as sessions leave.
     closed_to_backend: AtomicU64,
@@ -124,6 +126,7 @@ impl Default for Registry {
             next_id: AtomicU64::new(1),
             sessions: Mutex::default(),
             draining: Mutex::default(),
+            drains: AtomicU64::new(0),
             recent: Mutex::default(),
             closed_to_backend: AtomicU64::new(0),
             closed_to_client: AtomicU64::new(0),
@@ -216,19 +219,31 @@ impl Registry {
         lock(&self.recent).iter().rev().cloned().collect()
     }
 
-    /// Stop admitting sessions on `route` (they get 503); true if it was not draining yet.
-    pub fn start_drain(&self, route: &str) -> bool {
-        lock(&self.draining).insert(Arc::from(route))
+    /// Stop admitting sessions on `route` (they get 503). Draining a draining route joins
+    /// the drain already running.
+    pub fn start_drain(&self, route: &str) -> Drain {
+        let mut draining = lock(&self.draining);
+        let fresh = !draining.contains_key(route);
+        let id = *draining
+            .entry(Arc::from(route))
+            .or_insert_with(|| self.drains.fetch_add(1, Ordering::Relaxed));
+        Drain { id, fresh }
     }
 
     /// Admit sessions on `route` again; true if it was draining.
     pub fn end_drain(&self, route: &str) -> bool {
-        lock(&self.draining).remove(route)
+        lock(&self.draining).remove(route).is_some()
     }
 
     pub fn is_draining(&self, route: &str) -> bool {
         let draining = lock(&self.draining);
-        !draining.is_empty() && draining.contains(route)
+        !draining.is_empty() && draining.contains_key(route)
+    }
+
+    /// Whether `drain` is still the route's current drain: not ended, and not ended and
+    /// started again (whose grace is its own).
+    pub fn drain_is_current(&self, route: &str, drain: Drain) -> bool {
+        lock(&self.draining).get(route) == Some(&drain.id)
     }
 
     /// Ask every live session on `route` to close; returns how many were asked.
@@ -243,6 +258,14 @@ impl Registry {
             .filter(|e| e.control.close(code, reason))
             .count()
     }
+}
+
+/// One drain of a route, from `start_drain` to `end_drain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    id: u64,
+    /// The route was not draining before.
+    pub fresh: bool,
 }
 
 /// A session's place in the registry; dropping it removes the session and records its close.
@@ -371,14 +394,19 @@ mod tests {
         let stop = CancellationToken::new();
         let a = r.register(info("echo"), &stop);
         let b = r.register(info("vnc"), &stop);
-        assert!(r.start_drain("echo"));
-        assert!(!r.start_drain("echo"));
+        let first = r.start_drain("echo");
+        assert!(first.fresh);
+        assert!(!r.start_drain("echo").fresh);
         assert!(r.is_draining("echo") && !r.is_draining("vnc"));
         assert_eq!(r.close_route("echo", 1001, "route drained"), 1);
         assert!(a.entry().control.is_cancelled());
         assert!(!b.entry().control.is_cancelled());
         assert!(r.end_drain("echo"));
         assert!(!r.is_draining("echo"));
+        // A drain ended and started again is a new drain: the old one's timer must not act.
+        let second = r.start_drain("echo");
+        assert!(r.drain_is_current("echo", second));
+        assert!(!r.drain_is_current("echo", first));
     }
 
     #[test]
