@@ -93,6 +93,36 @@ async fn delete_closes_a_session_with_the_code_asked_for_or_1008() {
     gw.stop().await.unwrap();
 }
 
+/// Sessions to a WebSocket backend go through the relay, which takes the same close request.
+#[tokio::test]
+async fn delete_closes_a_relayed_session_too() {
+    let (backend, _seen) = ws_echo_backend().await;
+    let gw = spawn_gateway(&config_with(&route(
+        "relayed",
+        "/ws",
+        &format!("ws://{backend}/"),
+    )))
+    .await;
+    let admin = gw.admin.unwrap();
+    let mut ws = ws_client(&gw.url("/ws")).await;
+    assert_echoes(&mut ws, b"relayed").await;
+    let s = &live_sessions(admin).await[0];
+    assert_eq!(s["backend"], format!("ws://{backend}/"));
+    let (status, _) = admin_request(
+        admin,
+        "DELETE",
+        &format!("/api/sessions/{}?code=4002", s["id"]),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        expect_close(&mut ws).await,
+        (4002, "closed by the operator".to_owned())
+    );
+    gw.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn unknown_sessions_routes_and_bad_codes_are_refused() {
     let (gw, admin) = echo_gateway("").await;
@@ -107,7 +137,7 @@ async fn unknown_sessions_routes_and_bad_codes_are_refused() {
         let (status, answer) = admin_request(admin, method, path, &[]).await;
         assert_eq!(status, want, "{method} {path}: {answer}");
     }
-    let _ws = ws_client(&gw.url("/echo")).await;
+    let ws = ws_client(&gw.url("/echo")).await;
     let id = live_sessions(admin).await[0]["id"].clone();
     for bad in ["1006", "1005", "999", "5000", "x"] {
         let (status, _) = admin_request(
@@ -129,6 +159,7 @@ async fn unknown_sessions_routes_and_bad_codes_are_refused() {
     .await;
     assert_eq!(status, 403);
     assert_eq!(live_sessions(admin).await.len(), 1);
+    drop(ws);
     gw.stop().await.unwrap();
 }
 
@@ -160,6 +191,7 @@ async fn a_drained_route_refuses_new_sessions_and_closes_live_ones_with_1001() {
     for ws in [&mut live, &mut again] {
         let (code, reason) = expect_close(ws).await;
         assert_eq!((code, reason.as_str()), (1001, "route drained"));
+        finish_close(ws).await;
     }
     gw.stop().await.unwrap();
 }
