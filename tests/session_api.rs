@@ -123,6 +123,41 @@ async fn delete_closes_a_relayed_session_too() {
     gw.stop().await.unwrap();
 }
 
+/// The status page's backend column comes from handshakes: failing after a refused dial,
+/// ok again once one works.
+#[tokio::test]
+async fn backend_health_follows_the_handshakes() {
+    let dead = refused_addr().await;
+    let echo = tcp_echo_backend().await;
+    let gw = spawn_gateway(&config_with(&format!(
+        "{}\n{}",
+        route("dead", "/dead", &format!("tcp://{dead}")),
+        route("echo", "/echo", &format!("tcp://{echo}"))
+    )))
+    .await;
+    let admin = gw.admin.unwrap();
+    let backend =
+        |status: &serde_json::Value, route: usize| status["routes"][route]["backend"].clone();
+    assert_eq!(
+        backend(&admin_json(admin, "/api/status").await, 0)["state"],
+        "unknown"
+    );
+    for _ in 0..2 {
+        let (status, _) = upgrade_with(gw.addr, "/dead", &[]).await;
+        assert_eq!(status, 502);
+    }
+    let mut ws = ws_client(&gw.url("/echo")).await;
+    assert_echoes(&mut ws, b"up").await;
+    let status = admin_json(admin, "/api/status").await;
+    let dead_backend = backend(&status, 0);
+    assert_eq!(dead_backend["state"], "failing", "{status}");
+    assert_eq!(dead_backend["consecutive_failures"], 2);
+    assert_eq!(dead_backend["last_error"], "backend_refused");
+    assert_eq!(backend(&status, 1)["state"], "ok", "{status}");
+    drop(ws);
+    gw.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn unknown_sessions_routes_and_bad_codes_are_refused() {
     let (gw, admin) = echo_gateway("").await;

@@ -87,8 +87,18 @@ pub async fn handle(
         .await
     {
         Ok(b) => b,
-        Err(e) => return Ok(reject(&req, Some(&route), e)),
+        Err(e) => {
+            // 502/504: the backend's fault (a refused egress is the config's, not its health).
+            if matches!(
+                e.status(),
+                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+            ) {
+                shared.registry.backend_failed(&route.name, e.label());
+            }
+            return Ok(reject(&req, Some(&route), e));
+        }
     };
+    shared.registry.backend_reached(&route.name);
     metrics::backend_connected(&route.name, dial_started.elapsed());
 
     // A WebSocket backend chose from the client's offer; for a byte backend the route decides.

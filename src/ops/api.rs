@@ -389,11 +389,24 @@ impl OpsApi {
             .routes
             .iter()
             .map(|r| {
+                let h = self.registry.backend_health(&r.name);
+                let ago = |t: Instant| t.elapsed().as_secs_f64();
                 json!({
                     "name": &*r.name,
                     "path": r.path,
                     "sessions": per_route.get(&r.name).copied().unwrap_or(0),
                     "draining": self.registry.is_draining(&r.name),
+                    "backend": {
+                        "state": match (h.consecutive_failures, h.last_ok) {
+                            (0, None) => "unknown",
+                            (0, Some(_)) => "ok",
+                            _ => "failing",
+                        },
+                        "consecutive_failures": h.consecutive_failures,
+                        "last_ok_secs_ago": h.last_ok.map(ago),
+                        "last_error": h.last_failure.map(|f| f.1),
+                        "last_error_secs_ago": h.last_failure.map(|f| ago(f.0)),
+                    },
                 })
             })
             .collect();

@@ -115,6 +115,8 @@ pub struct Registry {
     draining: Mutex<HashMap<Arc<str>, u64>>,
     drains: AtomicU64,
     recent: Mutex<VecDeque<ClosedSession>>,
+    /// Each route's last backend dials, as seen by handshakes (no probing).
+    backends: Mutex<HashMap<Arc<str>, BackendHealth>>,
     /// Bytes of sessions that ended, so totals never go down as sessions leave.
     closed_to_backend: AtomicU64,
     closed_to_client: AtomicU64,
@@ -127,6 +129,7 @@ impl Default for Registry {
             sessions: Mutex::default(),
             draining: Mutex::default(),
             drains: AtomicU64::new(0),
+            backends: Mutex::default(),
             recent: Mutex::default(),
             closed_to_backend: AtomicU64::new(0),
             closed_to_client: AtomicU64::new(0),
@@ -246,6 +249,27 @@ impl Registry {
         lock(&self.draining).get(route) == Some(&drain.id)
     }
 
+    /// A handshake on `route` reached its backend.
+    pub fn backend_reached(&self, route: &str) {
+        let mut backends = lock(&self.backends);
+        let h = health_entry(&mut backends, route);
+        h.consecutive_failures = 0;
+        h.last_ok = Some(Instant::now());
+    }
+
+    /// A handshake on `route` could not reach its backend (`label`: the error's metric label).
+    pub fn backend_failed(&self, route: &str, label: &'static str) {
+        let mut backends = lock(&self.backends);
+        let h = health_entry(&mut backends, route);
+        h.consecutive_failures += 1;
+        h.last_failure = Some((Instant::now(), label));
+    }
+
+    /// What the last dials of `route` say; default (nothing seen) before the first handshake.
+    pub fn backend_health(&self, route: &str) -> BackendHealth {
+        lock(&self.backends).get(route).cloned().unwrap_or_default()
+    }
+
     /// Ask every live session on `route` to close; returns how many were asked.
     pub fn close_route(&self, route: &str, code: u16, reason: &'static str) -> usize {
         let entries: Vec<_> = lock(&self.sessions)
@@ -258,6 +282,27 @@ impl Registry {
             .filter(|e| e.control.close(code, reason))
             .count()
     }
+}
+
+/// A route's backend as its handshakes found it.
+#[derive(Debug, Clone, Default)]
+pub struct BackendHealth {
+    /// Failed dials since the last one that worked.
+    pub consecutive_failures: u64,
+    pub last_ok: Option<Instant>,
+    pub last_failure: Option<(Instant, &'static str)>,
+}
+
+fn health_entry<'a>(
+    backends: &'a mut HashMap<Arc<str>, BackendHealth>,
+    route: &str,
+) -> &'a mut BackendHealth {
+    if !backends.contains_key(route) {
+        backends.insert(Arc::from(route), BackendHealth::default());
+    }
+    backends
+        .get_mut(route)
+        .expect("inserted above when it was missing")
 }
 
 /// One drain of a route, from `start_drain` to `end_drain`.
@@ -407,6 +452,21 @@ mod tests {
         let second = r.start_drain("echo");
         assert!(r.drain_is_current("echo", second));
         assert!(!r.drain_is_current("echo", first));
+    }
+
+    #[test]
+    fn backend_health_counts_failures_since_the_last_success() {
+        let r = Registry::default();
+        assert_eq!(r.backend_health("echo").consecutive_failures, 0);
+        r.backend_failed("echo", "backend_connect");
+        r.backend_failed("echo", "backend_timeout");
+        let h = r.backend_health("echo");
+        assert_eq!(h.consecutive_failures, 2);
+        assert_eq!(h.last_failure.map(|f| f.1), Some("backend_timeout"));
+        r.backend_reached("echo");
+        let h = r.backend_health("echo");
+        assert_eq!(h.consecutive_failures, 0);
+        assert!(h.last_ok.is_some() && h.last_failure.is_some());
     }
 
     #[test]

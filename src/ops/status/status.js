@@ -78,6 +78,16 @@
     });
   }
 
+  // What handshakes found: wsgate does not probe backends, so "unknown" until a client tries.
+  function backendCell(b) {
+    if (b.state === 'unknown') return { text: 'no dial yet', className: 'muted' };
+    if (b.state === 'ok') return { text: `ok (${duration(b.last_ok_secs_ago)} ago)`, className: 'ok' };
+    return {
+      text: `failing: ${b.last_error} ×${b.consecutive_failures} (${duration(b.last_error_secs_ago)} ago)`,
+      className: 'draining',
+    };
+  }
+
   function render(s) {
     $('version').textContent = `v${s.version}`;
     $('uptime').textContent = `up ${duration(s.uptime_secs)}`;
@@ -88,6 +98,7 @@
     rows($('routes'), s.routes, (r) => [
       r.name, r.path, r.sessions,
       r.draining ? { text: 'draining', className: 'draining' } : 'open',
+      backendCell(r.backend),
     ]);
     rows($('session-rows'), s.session_list, (x) => [
       x.id, x.route, x.client, x.backend, x.subprotocol,
