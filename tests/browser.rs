@@ -215,16 +215,23 @@ fn test_pki() -> TestPki {
     }
 }
 
-/// A gateway with a `wss` listener serving the console, an admin listener, and route `echo`
-/// at `/echo` to a TCP echo.
+/// The token route `/secure` of [`wss_console_gateway`] accepts.
+const SECURE_TOKEN: &str = "browser-test-token";
+
+/// A gateway with a `wss` listener serving the console, an admin listener, route `echo` at
+/// `/echo` to a TCP echo, and route `secure` at `/secure` to the same echo behind a bearer
+/// token ([`SECURE_TOKEN`]).
 async fn wss_console_gateway(pki: &TestPki) -> TestGateway {
     let echo = tcp_echo_backend().await;
     spawn_gateway(&format!(
         "[[listener]]\naddress = \"127.0.0.1:0\"\nconsole = true\n\n[listener.tls]\n\
-         cert_file = {:?}\nkey_file = {:?}\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
+         cert_file = {:?}\nkey_file = {:?}\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{}\n{}\
+         [route.auth]\nbearer_sha256 = [\"{}\"]\n",
         pki.cert_file.display().to_string(),
         pki.key_file.display().to_string(),
-        route("echo", "/echo", &format!("tcp://{echo}"))
+        route("echo", "/echo", &format!("tcp://{echo}")),
+        route("secure", "/secure", &format!("tcp://{echo}")),
+        sha256_hex(SECURE_TOKEN),
     ))
     .await
 }
@@ -247,8 +254,9 @@ impl Browser {
         e.send_keys(text).await.expect("type");
     }
 
-    /// Open the console at `origin`, wait for its route list, pick `path` and connect.
-    async fn console_connect(&self, origin: &str, path: &str) {
+    /// Open the console at `origin`, wait for its route list, pick `path`, type `token` (sent
+    /// as a `bearer.` subprotocol, the console's default) and connect.
+    async fn console_connect(&self, origin: &str, path: &str, token: Option<&str>) {
         self.client()
             .goto(&format!("{origin}/"))
             .await
@@ -267,6 +275,9 @@ impl Browser {
             )
             .await
             .expect("route chosen");
+        if let Some(token) = token {
+            self.type_into("token", token).await;
+        }
         self.click("connect").await;
         self.eventually(
             "console connects",
@@ -305,7 +316,7 @@ async fn console_over_wss_echoes_a_message_and_shows_the_close_code() {
     };
     let gw = wss_console_gateway(&pki).await;
     let origin = format!("https://127.0.0.1:{}", gw.addr.port());
-    browser.console_connect(&origin, "/echo").await;
+    browser.console_connect(&origin, "/echo", None).await;
     let url: String = browser
         .by_id("url")
         .await
@@ -343,6 +354,39 @@ async fn console_over_wss_echoes_a_message_and_shows_the_close_code() {
     gw.stop().await.unwrap();
 }
 
+/// The console's token (as a `bearer.` subprotocol) opens a route that needs one, and binary
+/// messages typed as hex come back as the same bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sends_a_token_and_hex_binary() {
+    let pki = test_pki();
+    let test = "console_sends_a_token_and_hex_binary";
+    let Some(browser) = Browser::start(test, Some(&pki.spki_sha256)).await else {
+        return;
+    };
+    let gw = wss_console_gateway(&pki).await;
+    let origin = format!("https://127.0.0.1:{}", gw.addr.port());
+    browser
+        .console_connect(&origin, "/secure", Some(SECURE_TOKEN))
+        .await;
+    browser.click("format-hex").await;
+    browser.type_into("message", "00 ff 68 69").await;
+    browser.click("send").await;
+    let line = browser
+        .eventually(
+            "the binary echo shows in the log",
+            "const l = document.querySelector('#log li.in'); return l ? l.textContent : null;",
+            json!(null),
+        )
+        .await;
+    assert!(
+        line.as_str().unwrap().contains("← binary 4 B  00 ff 68 69"),
+        "{line}"
+    );
+    browser.screenshot("console-token-hex").await;
+    browser.quit().await;
+    gw.stop().await.unwrap();
+}
+
 /// The status page lists a browser's live session; an API `DELETE` with a code closes it:
 /// the browser sees that code and the page drops the row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,7 +400,11 @@ async fn status_page_shows_a_session_until_the_api_closes_it_with_the_code_asked
     let admin = gw.admin.unwrap();
     let console_tab = browser.client().window().await.expect("window");
     browser
-        .console_connect(&format!("https://127.0.0.1:{}", gw.addr.port()), "/echo")
+        .console_connect(
+            &format!("https://127.0.0.1:{}", gw.addr.port()),
+            "/echo",
+            None,
+        )
         .await;
     let id = live_sessions(admin).await[0]["id"].as_u64().expect("id");
 

@@ -84,7 +84,15 @@
 
   function protocols() {
     const list = ui.protocols.value.split(',').map((p) => p.trim()).filter(Boolean);
-    if (ui.token.value && ui.tokenMode.value === 'subprotocol') list.push('bearer.' + ui.token.value);
+    if (ui.token.value && ui.tokenMode.value === 'subprotocol') {
+      // The gateway never selects a bearer.* entry, and Chromium fails a handshake whose
+      // offer gets no subprotocol back: offer the routes' default one as well.
+      if (!list.length) {
+        list.push('binary');
+        log('info', 'also offering subprotocol "binary": bearer.<token> is never selected');
+      }
+      list.push('bearer.' + ui.token.value);
+    }
     return list;
   }
 
