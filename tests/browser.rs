@@ -356,6 +356,9 @@ async fn console_over_wss_echoes_a_message_and_shows_the_close_code() {
 
 /// The console's token (as a `bearer.` subprotocol) opens a route that needs one, and binary
 /// messages typed as hex come back as the same bytes.
+///
+/// Regression: offering only `bearer.<token>` made Chromium fail the handshake (1006), since
+/// the gateway never selects that entry and the browser rejects an offer answered with none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_sends_a_token_and_hex_binary() {
     let pki = test_pki();
