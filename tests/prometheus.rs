@@ -49,7 +49,10 @@ impl Prometheus {
         let log = dir.join("prometheus.log");
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -57,6 +60,23 @@ impl Prometheus {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
         Self { child, addr, log }
+    }
+
+    /// Until it accepts connections (30 s at most); panics with its log if it exits first.
+    async fn wait_ready(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("prometheus exited ({status}):\n{}", self.logs());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "prometheus did not listen on {} in 30 s:\n{}",
+                self.addr,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The `result` array of an instant query through the HTTP API.
@@ -71,7 +91,10 @@ impl Prometheus {
         let body: serde_json::Value = serde_json::from_str(answer_body(&answer))
             .unwrap_or_else(|e| panic!("query answer is not JSON ({e}): {answer}"));
         assert_eq!(body["status"], "success", "{body}");
-        body["data"]["result"].as_array().cloned().unwrap_or_default()
+        body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// What it logged (to stderr), for a failure message.
@@ -106,10 +129,8 @@ async fn prometheus_scrapes_sessions_by_route() {
     finish_close(&mut ws).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let prometheus = Prometheus::start(&binary, dir.path(), admin);
-    tokio::time::timeout(Duration::from_secs(30), wait_for_listener(prometheus.addr))
-        .await
-        .unwrap_or_else(|_| panic!("prometheus did not listen:\n{}", prometheus.logs()));
+    let mut prometheus = Prometheus::start(&binary, dir.path(), admin);
+    prometheus.wait_ready().await;
 
     // Startup, then a scrape every second: 60 s is generous for a loaded machine.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
