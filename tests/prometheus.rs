@@ -62,16 +62,23 @@ impl Prometheus {
         Self { child, addr, log }
     }
 
-    /// Until it accepts connections (30 s at most); panics with its log if it exits first.
+    /// Until `/-/ready` answers 200 (it answers 503 while its storage opens), 30 s at most;
+    /// panics with its log if it exits first.
     async fn wait_ready(&mut self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+        loop {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                let request = "GET /-/ready HTTP/1.0\r\nHost: localhost\r\n\r\n";
+                if raw_http(self.addr, request).await.0 == 200 {
+                    return;
+                }
+            }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("prometheus exited ({status}):\n{}", self.logs());
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "prometheus did not listen on {} in 30 s:\n{}",
+                "prometheus not ready on {} in 30 s:\n{}",
                 self.addr,
                 self.logs()
             );
