@@ -31,9 +31,10 @@ use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use wsgate::bridge::{self, BridgeConfig, Outcome};
 use wsgate::config::Config;
 use wsgate::metrics::SessionMetrics;
+use wsgate::session::bridge::{self, BridgeConfig, Outcome};
+use wsgate::session::registry::SessionControl;
 
 /// In-memory pipe capacity per direction (a loopback socket buffers more; this keeps both
 /// pumps and the echo taking turns on realistic chunk sizes).
@@ -116,7 +117,7 @@ fn default_settings() -> (BridgeConfig, usize) {
     let route = &config.routes[0];
     let bridge = BridgeConfig {
         buffer_bytes: config.buffer_bytes,
-        max_message_bytes: route.max_message_bytes,
+        max_message_bytes: config.max_message_bytes(route),
         message_type: route.message_type,
         ping_interval: config.ping_interval,
         pong_timeout: config.pong_timeout,
@@ -124,7 +125,7 @@ fn default_settings() -> (BridgeConfig, usize) {
         bandwidth_bytes_per_sec: None,
         deflate: None,
     };
-    (bridge, route.max_frame_bytes)
+    (bridge, config.max_frame_bytes(route))
 }
 
 /// Start a session; call inside the runtime.
@@ -141,7 +142,8 @@ fn open(config: &BridgeConfig, max_frame_bytes: usize) -> Session {
     });
 
     let (cr, cw) = tokio::io::split(gateway_client_side);
-    let (ws_read, ws_write) = wsgate::io::websocket_halves(cr, cw, Role::Server, max_frame_bytes);
+    let (ws_read, ws_write) =
+        wsgate::session::io::websocket_halves(cr, cw, Role::Server, max_frame_bytes);
     let (br, bw) = tokio::io::split(gateway_backend_side);
     // An in-memory backend is read through a buffer, as the gateway reads any backend
     // stream that is not a plain TCP socket.
@@ -150,10 +152,10 @@ fn open(config: &BridgeConfig, max_frame_bytes: usize) -> Session {
     let bridge = tokio::spawn(async move {
         // No metrics recorder is installed: every handle is a no-op, as with metrics off.
         let metrics = SessionMetrics::start("bench".into());
-        let shutdown = CancellationToken::new();
         let hard_stop = CancellationToken::new();
+        let control = SessionControl::new(&CancellationToken::new());
         bridge::run(
-            ws_read, ws_write, br, bw, &config, &metrics, &shutdown, &hard_stop,
+            ws_read, ws_write, br, bw, &config, &metrics, &control, &hard_stop,
         )
         .await
     });

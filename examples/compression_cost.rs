@@ -8,7 +8,7 @@
 
 use std::hint::black_box;
 
-use wsgate::deflate::{Deflater, Inflater};
+use wsgate::session::deflate::{Deflater, Inflater};
 
 /// Nanoseconds this thread has run.
 fn cpu_ns() -> u64 {

@@ -1,0 +1,496 @@
+//! One HTTP request: route, upgrade checks, access (origin, credentials, target), backend
+//! dial, `101`, then the session task.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fastwebsockets::Role;
+use http_body_util::Full;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::upgrade::Upgraded;
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tracing::{debug, info, warn, Instrument, Span};
+
+use super::shared::{ConnectionSlot, Shared};
+use crate::backend::{Backend, Handshake};
+use crate::config::BackendAddr;
+use crate::error::RejectError;
+use crate::metrics::{self, SessionMetrics};
+use crate::policy::{access, ConnInfo};
+use crate::session::bridge::{self, BridgeConfig};
+use crate::session::deflate::{HopDeflate, RelayDeflate};
+use crate::session::extensions::{self, Agreement};
+use crate::session::io::{websocket_halves, ClientStream};
+use crate::session::registry::{Registered, SessionEntry, SessionInfo};
+use crate::session::relay::{self, RelayConfig};
+use crate::snapshot::{select_subprotocol, Route};
+
+/// Every answer the gateway writes itself: a short, complete body.
+pub type Body = Full<Bytes>;
+
+/// Answer one request on a public listener. Never fails: errors become HTTP answers.
+pub async fn handle(
+    mut req: Request<hyper::body::Incoming>,
+    conn: ConnInfo,
+    shared: Arc<Shared>,
+    permit: Arc<ConnectionSlot>,
+) -> Result<Response<Body>, Infallible> {
+    let Some(route) = shared.snapshot.router.find(req.uri().path()).cloned() else {
+        return Ok(reject(&req, None, RejectError::NoRoute));
+    };
+    Span::current().record("route", &*route.name);
+    if let Err(e) = check_upgrade(&req) {
+        return Ok(reject(&req, Some(&route), e));
+    }
+    if shared.shutdown.is_cancelled() {
+        return Ok(reject(&req, Some(&route), RejectError::ShuttingDown));
+    }
+    if shared.registry.is_draining(&route.name) {
+        return Ok(reject(&req, Some(&route), RejectError::Draining));
+    }
+
+    // Access: origin (403), credentials (401/403), then this session's target (404 for an
+    // unknown token). The egress check (403) is part of the dial.
+    let granted = match route.access.check(&req, &conn) {
+        Ok(g) => g,
+        Err(e) => return Ok(reject(&req, Some(&route), e)),
+    };
+    if let Some(user) = &granted.principal {
+        Span::current().record("user", user.as_str());
+    }
+    let target = match route.backend.resolve(&req, &granted).await {
+        Ok(t) => t,
+        Err(e) => return Ok(reject(&req, Some(&route), e)),
+    };
+    Span::current().record("backend", tracing::field::display(&target));
+    // The offer without `bearer.` credentials: never chosen, echoed or forwarded.
+    let offered = route.access.offered_protocols(&req);
+    // Limits: a slot under every session cap, held until the session ends (429/503).
+    let slot = match shared.snapshot.admission.admit(&route.name, conn.peer.ip()) {
+        Ok(slot) => slot,
+        Err(e) => return Ok(reject(&req, Some(&route), e)),
+    };
+
+    // permessage-deflate on the client hop: the first acceptable offer, or none.
+    let deflate = route.compression.as_ref().and_then(|policy| {
+        let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+        extensions::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), policy)
+    });
+
+    // Only a live backend earns a 101.
+    let dial_started = Instant::now();
+    let handshake = match &target {
+        BackendAddr::WebSocket { path, .. } => Handshake {
+            deflate,
+            ..backend_handshake(&req, &route, path, &conn, &offered)
+        },
+        _ => Handshake::default(),
+    };
+    let backend = match shared
+        .snapshot
+        .dialer
+        .dial(route.backend_tls.as_ref(), &target, handshake)
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            // 502/504: the backend's fault (a refused egress is the config's, not its health).
+            if matches!(
+                e.status(),
+                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+            ) {
+                shared.registry.backend_failed(&route.name, e.label());
+            }
+            return Ok(reject(&req, Some(&route), e));
+        }
+    };
+    shared.registry.backend_reached(&route.name);
+    metrics::backend_connected(&route.name, dial_started.elapsed());
+
+    // A WebSocket backend chose from the client's offer; for a byte backend the route decides.
+    let protocol = match &backend {
+        Backend::WebSocket { protocol, .. } => protocol.clone(),
+        Backend::Tcp(_) => select_subprotocol(&route, offered.iter().copied())
+            .and_then(|p| HeaderValue::from_str(p).ok()),
+    };
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err(_) => {
+            return Ok(reject(
+                &req,
+                Some(&route),
+                RejectError::BadRequest("invalid upgrade request"),
+            ))
+        }
+    };
+    let mut response = response.map(|_| Body::default());
+    if let Some(p) = protocol {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    if let Some(answer) = deflate.and_then(|a| HeaderValue::from_str(&a.response()).ok()) {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
+    }
+
+    let info = SessionInfo {
+        route: route.name.clone(),
+        client: conn.peer,
+        backend: target.to_string(),
+        subprotocol: response
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|p| p.to_str().ok())
+            .map(str::to_owned),
+    };
+    let session = {
+        let shared = shared.clone();
+        async move {
+            let _permit = permit;
+            let _slot = slot;
+            let ws = match upgrade.await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    debug!(error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            let mut registered = shared.registry.register(info, &shared.shutdown);
+            let client = ws.into_inner().into_inner();
+            let code = run_session(client, backend, &route, &shared, &registered, deflate).await;
+            registered.set_close_code(code);
+        }
+    };
+    shared.tracker.spawn(session.instrument(Span::current()));
+    Ok(response)
+}
+
+/// Bridge or relay the session; returns the close code it ended with. `deflate`:
+/// permessage-deflate as agreed with the client.
+async fn run_session(
+    client: Upgraded,
+    backend: Backend,
+    route: &Route,
+    shared: &Shared,
+    registered: &Registered,
+    deflate: Option<Agreement>,
+) -> u16 {
+    let entry = registered.entry();
+    match ClientStream::new(client) {
+        ClientStream::Tcp(read, write) => {
+            bridge_session(read, write, backend, route, shared, entry, deflate).await
+        }
+        // Boxed: TLS sessions should not make every plain session's future larger.
+        ClientStream::Other(read, write) => {
+            Box::pin(bridge_session(
+                read, write, backend, route, shared, entry, deflate,
+            ))
+            .await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn bridge_session<CR, CW>(
+    client_read: CR,
+    client_write: CW,
+    backend: Backend,
+    route: &Route,
+    shared: &Shared,
+    entry: &SessionEntry,
+    deflate: Option<Agreement>,
+) -> u16
+where
+    CR: AsyncRead + Unpin + Send + 'static,
+    CW: AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let metrics = SessionMetrics::start_counted(route.name.clone(), &entry.bytes);
+    let snapshot = &shared.snapshot;
+    let client_deflate = deflate
+        .zip(route.compression)
+        .map(|(a, p)| HopDeflate::server(&a, &p));
+    let (mut client_read, client_write) = websocket_halves(
+        client_read,
+        client_write,
+        Role::Server,
+        route.max_frame_bytes,
+    );
+    if client_deflate.is_some() {
+        client_read.allow_rsv1();
+    }
+    let outcome = match backend {
+        Backend::Tcp(stream) => {
+            let config = BridgeConfig {
+                buffer_bytes: snapshot.buffer_bytes,
+                max_message_bytes: route.max_message_bytes,
+                message_type: route.message_type,
+                ping_interval: snapshot.ping_interval,
+                pong_timeout: snapshot.pong_timeout,
+                close_grace: snapshot.close_grace,
+                bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
+                deflate: client_deflate,
+            };
+            let (backend_read, backend_write) = stream.into_split();
+            bridge::run(
+                client_read,
+                client_write,
+                backend_read,
+                backend_write,
+                &config,
+                &metrics,
+                &entry.control,
+                &shared.hard_stop,
+            )
+            .await
+        }
+        Backend::WebSocket {
+            io,
+            deflate: backend_deflate,
+            ..
+        } => {
+            let config = RelayConfig {
+                max_message_bytes: route.max_message_bytes,
+                ping_interval: snapshot.ping_interval,
+                pong_timeout: snapshot.pong_timeout,
+                close_grace: snapshot.close_grace,
+                bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
+                deflate: RelayDeflate::new(deflate, backend_deflate, route.compression),
+            };
+            let (read, write) = tokio::io::split(io);
+            let mut backend = websocket_halves(read, write, Role::Client, route.max_frame_bytes);
+            if config.deflate.backend.is_some() {
+                backend.0.allow_rsv1();
+            }
+            // Boxed so that sessions on TCP routes do not carry the relay's larger state.
+            Box::pin(relay::run(
+                (client_read, client_write),
+                backend,
+                &config,
+                &metrics,
+                &entry.control,
+                &shared.hard_stop,
+            ))
+            .await
+        }
+    };
+    let duration = started.elapsed();
+    metrics.closed(outcome.code, outcome.initiator.label(), duration);
+    info!(
+        bytes_to_backend = outcome.bytes_to_backend,
+        bytes_to_client = outcome.bytes_to_client,
+        duration_ms = duration.as_millis() as u64,
+        code = outcome.code,
+        closed_by = outcome.initiator.label(),
+        reason = %outcome.reason,
+        session = entry.id,
+        "session closed"
+    );
+    outcome.code
+}
+
+/// The backend handshake for a WebSocket route: mapped path, forwarded headers,
+/// `X-Forwarded-*`, and the client's subprotocol offer (`offered`, credentials removed).
+fn backend_handshake<B>(
+    req: &Request<B>,
+    route: &Route,
+    backend_path: &str,
+    conn: &ConnInfo,
+    offered: &[&str],
+) -> Handshake {
+    let mut headers = HeaderMap::new();
+    for name in &route.forward_headers {
+        for value in req.headers().get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let client_ip = conn.peer.ip().to_string();
+    // Every earlier proxy's line, in order, then the address this connection came from.
+    let forwarded_for = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .chain(std::iter::once(client_ip.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    if let Some(host) = req.headers().get(header::HOST) {
+        headers.insert("x-forwarded-host", host.clone());
+    }
+    let protocols = offered.join(", ");
+    let query = route.access.forwarded_query(req.uri().query());
+    Handshake {
+        path: route.backend_path(backend_path, req.uri().path(), query.as_deref()),
+        headers,
+        protocols: (!protocols.is_empty())
+            .then(|| HeaderValue::from_str(&protocols).ok())
+            .flatten(),
+        deflate: None,
+    }
+}
+
+/// RFC 6455 §4.2.1: what makes a request a WebSocket upgrade.
+pub fn check_upgrade<B>(req: &Request<B>) -> Result<(), RejectError> {
+    if req.method() != Method::GET {
+        return Err(RejectError::BadRequest("a WebSocket upgrade must be a GET"));
+    }
+    if req.version() < Version::HTTP_11 {
+        return Err(RejectError::BadRequest(
+            "a WebSocket upgrade needs HTTP/1.1",
+        ));
+    }
+    if !header_has_token(req, header::UPGRADE, "websocket") {
+        return Err(RejectError::BadRequest("missing Upgrade: websocket"));
+    }
+    if !header_has_token(req, header::CONNECTION, "upgrade") {
+        return Err(RejectError::BadRequest("missing Connection: Upgrade"));
+    }
+    match req.headers().get(header::SEC_WEBSOCKET_KEY) {
+        None => return Err(RejectError::BadRequest("missing Sec-WebSocket-Key")),
+        Some(key) if !is_valid_key(key.as_bytes()) => {
+            return Err(RejectError::BadRequest(
+                "Sec-WebSocket-Key must be 16 bytes in base64",
+            ))
+        }
+        Some(_) => {}
+    }
+    match req.headers().get(header::SEC_WEBSOCKET_VERSION) {
+        Some(v) if v == "13" => Ok(()),
+        _ => Err(RejectError::UnsupportedVersion),
+    }
+}
+
+fn header_has_token<B>(req: &Request<B>, name: header::HeaderName, token: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// 16 bytes in canonical base64: 24 characters ending in `==`, no stray bits in the last one.
+fn is_valid_key(key: &[u8]) -> bool {
+    use base64::Engine;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|raw| raw.len() == 16)
+}
+
+/// Turn a rejection into its HTTP answer, a metric and a log line.
+fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Response<Body> {
+    let route_name = route.map_or("none", |r| &*r.name);
+    metrics::upgrade_rejected(route_name, e.label());
+    // Query values are redacted: a token in the URL never reaches the log.
+    let uri = access::log_uri(req.uri());
+    if e.is_routine() {
+        debug!(uri, error = %e, "upgrade rejected");
+    } else {
+        let source = match &e {
+            RejectError::BackendRejected(status) => Some(format!("backend answered {status}")),
+            _ => std::error::Error::source(&e).map(ToString::to_string),
+        };
+        warn!(uri, error = %e, source = source.as_deref(), "upgrade failed");
+    }
+    let mut response = Response::new(Body::from(format!("{e}\n")));
+    *response.status_mut() = e.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if e.status() == StatusCode::UPGRADE_REQUIRED {
+        headers.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    if e.status() == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(secs) = e.retry_after_secs() {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(edit: impl FnOnce(&mut hyper::http::request::Builder)) -> Request<()> {
+        let mut b = Request::get("/x")
+            .header("Upgrade", "websocket")
+            .header("Connection", "keep-alive, Upgrade")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("Sec-WebSocket-Version", "13");
+        edit(&mut b);
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn accepts_a_proper_upgrade() {
+        assert!(check_upgrade(&request(|_| {})).is_ok());
+    }
+
+    #[test]
+    fn rejects_each_missing_piece_with_its_status() {
+        let post = Request::post("/x").body(()).unwrap();
+        assert_eq!(
+            check_upgrade(&post).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
+        let no_upgrade = Request::get("/x")
+            .header("Connection", "Upgrade")
+            .body(())
+            .unwrap();
+        assert!(check_upgrade(&no_upgrade)
+            .unwrap_err()
+            .to_string()
+            .contains("Upgrade: websocket"));
+        let bad_key = request(|b| {
+            b.headers_mut()
+                .unwrap()
+                .insert("Sec-WebSocket-Key", HeaderValue::from_static("short"));
+        });
+        assert!(check_upgrade(&bad_key)
+            .unwrap_err()
+            .to_string()
+            .contains("Sec-WebSocket-Key"));
+        // Regression (found by tests/fuzz.rs): 22 alphabet characters and `==` passed even when
+        // the last character carried bits past the 16 bytes, which is not base64 of 16 bytes.
+        let stray_bits = request(|b| {
+            b.headers_mut().unwrap().insert(
+                "Sec-WebSocket-Key",
+                HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAB=="),
+            );
+        });
+        assert_eq!(
+            check_upgrade(&stray_bits).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
+        let v8 = request(|b| {
+            b.headers_mut()
+                .unwrap()
+                .insert("Sec-WebSocket-Version", HeaderValue::from_static("8"));
+        });
+        assert_eq!(
+            check_upgrade(&v8).unwrap_err().status(),
+            StatusCode::UPGRADE_REQUIRED
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! Stream plumbing: upgraded connections → split halves → frame reader and writer.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use fastwebsockets::Role;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::Interest;
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use super::reader::FrameReader;
+use super::writer::FrameWriter;
+
+/// A read half that first yields bytes already read past the HTTP request
+/// (a client may send its first frame together with the upgrade request).
+#[derive(Debug)]
+pub struct Rewind<R> {
+    prefix: Bytes,
+    inner: R,
+}
+
+impl<R> Rewind<R> {
+    pub fn new(prefix: Bytes, inner: R) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Rewind<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// A backend byte source the bridge can wait on without holding a buffer, so an idle
+/// session keeps no read buffer at all (it is taken when bytes are waiting).
+pub trait BackendSource: Unpin + Send {
+    /// Wait until a read has something to return (bytes or EOF). Cancel-safe.
+    fn ready(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+    /// Append what is waiting to `buf` (up to its spare capacity); `WouldBlock` if
+    /// nothing was after all, `Ok(0)` at EOF.
+    fn try_read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
+}
+
+impl BackendSource for OwnedReadHalf {
+    async fn ready(&mut self) -> io::Result<()> {
+        self.readable().await
+    }
+
+    fn try_read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        // A short read means the socket was drained: forget its readiness now, as tokio's
+        // own `poll_read` does, instead of paying a second recv() that only says EAGAIN.
+        // (Clearing is tied to the readiness event this read saw; a newer one is kept.)
+        let room = buf.capacity() - buf.len();
+        let mut got = None;
+        let outcome = self.as_ref().try_io(Interest::READABLE, || {
+            let n = self.try_read_buf(buf)?;
+            got = Some(n);
+            if n > 0 && n < room {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        match got {
+            Some(n) => Ok(n),
+            None => outcome,
+        }
+    }
+}
+
+/// Any other stream (TLS, in-memory): buffered, so readiness is "the buffer has bytes".
+impl<R: AsyncRead + Unpin + Send> BackendSource for tokio::io::BufReader<R> {
+    async fn ready(&mut self) -> io::Result<()> {
+        use tokio::io::AsyncBufReadExt;
+        self.fill_buf().await.map(|_| ())
+    }
+
+    fn try_read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        let waiting = self.buffer();
+        let n = waiting.len().min(buf.capacity() - buf.len());
+        buf.extend_from_slice(&waiting[..n]);
+        Pin::new(self).consume(n);
+        Ok(n)
+    }
+}
+
+/// An upgraded client connection, split for the two bridge directions.
+pub enum ClientStream {
+    /// Plain TCP: the socket itself, split without a lock.
+    Tcp(Rewind<OwnedReadHalf>, OwnedWriteHalf),
+    /// Anything else (TLS): hyper's type-erased stream behind `tokio::io::split`.
+    Other(
+        tokio::io::ReadHalf<TokioIo<Upgraded>>,
+        tokio::io::WriteHalf<TokioIo<Upgraded>>,
+    ),
+}
+
+impl ClientStream {
+    pub fn new(upgraded: Upgraded) -> Self {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let (read, write) = parts.io.into_inner().into_split();
+                // An empty leftover still pins hyper's whole read buffer: let it go.
+                let early = if parts.read_buf.is_empty() {
+                    Bytes::new()
+                } else {
+                    parts.read_buf
+                };
+                Self::Tcp(Rewind::new(early, read), write)
+            }
+            Err(upgraded) => {
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                Self::Other(read, write)
+            }
+        }
+    }
+}
+
+/// Wrap two halves in our frame reader and writer: frames over
+/// `max_frame_bytes` fail the read with 1009 (fragments stream through, never reassembled),
+/// and header and payload go out in one write.
+pub fn websocket_halves<R, W>(
+    read: R,
+    write: W,
+    role: Role,
+    max_frame_bytes: usize,
+) -> (FrameReader<R>, FrameWriter<W>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    (
+        FrameReader::new(read, role, max_frame_bytes),
+        FrameWriter::new(write, role),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn rewind_yields_the_prefix_first() {
+        let mut r = Rewind::new(Bytes::from_static(b"head"), &b"-tail"[..]);
+        let mut out = String::new();
+        r.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "head-tail");
+    }
+}

@@ -1,0 +1,20 @@
+//! Everything after the `101`: the frame reader and its per-frame rules, message rules (UTF-8,
+//! sizes), keepalive, pacing, stream plumbing, and the two pumps — the WebSocket ↔ bytes bridge
+//! for TCP backends and the WebSocket ↔ WebSocket relay.
+//!
+//! A session knows nothing of HTTP routing or access control: it gets two streams and its
+//! limits, and reports how it ended. The registry lists live sessions and carries each one's
+//! close request (admin API) to its pump.
+
+pub mod bridge;
+pub mod deflate;
+pub mod extensions;
+pub mod frames;
+pub mod io;
+pub mod keepalive;
+pub mod pacer;
+pub mod reader;
+pub mod registry;
+pub mod relay;
+pub mod utf8;
+pub mod writer;
