@@ -400,4 +400,38 @@ mod tests {
         let mut r = FrameReader::new(&bytes[..], Role::Server, 1 << 20);
         assert!(matches!(r.read_frame().await, Err(ReadError::Gone(None))));
     }
+
+    /// Our writer's frames, RSV1 included, read back by our reader in both roles.
+    #[tokio::test]
+    async fn frames_read_back_with_their_rsv1_bit() {
+        for (role, peer) in [(Role::Server, Role::Client), (Role::Client, Role::Server)] {
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let mut w = crate::session::writer::FrameWriter::new(a, role);
+            let big = vec![7u8; 70_000];
+            w.write_frame(Frame::text(fastwebsockets::Payload::Borrowed(b"hi")), true)
+                .await
+                .unwrap();
+            w.write_frame(
+                Frame::binary(fastwebsockets::Payload::Borrowed(&big)),
+                false,
+            )
+            .await
+            .unwrap();
+            w.write_frame(Frame::close(1000, b""), false).await.unwrap();
+            assert!(w
+                .write_frame(
+                    Frame::text(fastwebsockets::Payload::Borrowed(b"late")),
+                    false
+                )
+                .await
+                .is_err());
+            let mut r = FrameReader::new(b, peer, 1 << 20);
+            r.allow_rsv1();
+            let f = r.read_frame().await.unwrap();
+            assert_eq!((&f.payload[..], r.compressed()), (&b"hi"[..], true));
+            let f = r.read_frame().await.unwrap();
+            assert_eq!((f.payload.len(), r.compressed()), (70_000, false));
+            assert_eq!(r.read_frame().await.unwrap().opcode, OpCode::Close);
+        }
+    }
 }

@@ -66,37 +66,3 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.stream.flush().await
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::super::reader::FrameReader;
-    use super::*;
-    use fastwebsockets::Payload;
-
-    #[tokio::test]
-    async fn frames_read_back_with_their_rsv1_bit() {
-        for (role, peer) in [(Role::Server, Role::Client), (Role::Client, Role::Server)] {
-            let (a, b) = tokio::io::duplex(1 << 20);
-            let mut w = FrameWriter::new(a, role);
-            let big = vec![7u8; 70_000];
-            w.write_frame(Frame::text(Payload::Borrowed(b"hi")), true)
-                .await
-                .unwrap();
-            w.write_frame(Frame::binary(Payload::Borrowed(&big)), false)
-                .await
-                .unwrap();
-            w.write_frame(Frame::close(1000, b""), false).await.unwrap();
-            assert!(w
-                .write_frame(Frame::text(Payload::Borrowed(b"late")), false)
-                .await
-                .is_err());
-            let mut r = FrameReader::new(b, peer, 1 << 20);
-            r.allow_rsv1();
-            let f = r.read_frame().await.unwrap();
-            assert_eq!((&f.payload[..], r.compressed()), (&b"hi"[..], true));
-            let f = r.read_frame().await.unwrap();
-            assert_eq!((f.payload.len(), r.compressed()), (70_000, false));
-            assert_eq!(r.read_frame().await.unwrap().opcode, OpCode::Close);
-        }
-    }
-}
