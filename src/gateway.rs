@@ -35,6 +35,9 @@ impl Gateway {
     /// Build the snapshot (certificates, keys, token files, JWT keys) and bind every
     /// listener (port 0 picks a free port).
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        // Before the snapshot: pools register their gauges when built, and a handle taken
+        // before the recorder exists would be a no-op forever.
+        metrics::install();
         let echo = if Snapshot::needs_echo(&config) {
             Some(
                 bind_echo_service()

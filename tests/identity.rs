@@ -240,6 +240,7 @@ async fn forwarded_headers_are_believed_only_from_trusted_peers() {
         seen_by_backend(&mut ws).await,
         format!("198.51.100.9:0 {}", trusting.addr)
     );
+    drop(ws);
     let (mut ws, _) = ws_after(
         trusting.addr,
         b"",
@@ -280,7 +281,10 @@ async fn a_plain_listener_sends_the_client_socket_address_in_proxy_v2() {
     // A client's own PROXY header on a listener without proxy_protocol is just bad HTTP.
     let (status, _) = raw_http(
         gw.addr,
-        &format!("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n{}", upgrade_request("/", "")),
+        &format!(
+            "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n{}",
+            upgrade_request("/", "")
+        ),
     )
     .await;
     assert_eq!(status, 400);

@@ -389,10 +389,40 @@ pub fn serve_echo_service(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn backend_sockets_get_keepalive_and_user_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let options = SocketOptions {
+            keepalive: Some(Duration::from_secs(7)),
+            user_timeout: Some(Duration::from_secs(11)),
+        };
+        let stream = connect(listener.local_addr().unwrap(), &options)
+            .await
+            .unwrap();
+        let sock = socket2::SockRef::from(&stream);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(7)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 3);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(11))
+        );
+        let plain = connect(listener.local_addr().unwrap(), &SocketOptions::default())
+            .await
+            .unwrap();
+        assert!(!socket2::SockRef::from(&plain).keepalive().unwrap());
+    }
+
     #[test]
     fn accept_key_matches_rfc_example() {
         assert_eq!(
-            super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
