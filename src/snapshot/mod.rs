@@ -214,3 +214,34 @@ fn compile_route(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(backends: &str, balance: &str) -> Config {
+        Config::from_toml(&format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+             [[route]]\nname = \"p\"\npath = \"/p\"\nbackends = [{backends}]\nbalance = \"{balance}\"\n\
+             [[route]]\nname = \"q\"\npath = \"/q\"\nbackends = [\"tcp://127.0.0.1:9\"]\n"
+        ))
+        .unwrap()
+    }
+
+    /// A reload keeps the pool (ejections, session counts) of a route whose pool settings
+    /// did not change, and builds a new one for a route whose did.
+    #[test]
+    fn a_rebuild_keeps_unchanged_pools() {
+        let two = "\"tcp://127.0.0.1:1\", \"tcp://127.0.0.1:2\"";
+        let old = Snapshot::build(config(two, "round_robin"), None).unwrap();
+        let same = Snapshot::build_reusing(config(two, "round_robin"), None, Some(&old)).unwrap();
+        let pools = |s: &Snapshot| s.pools().cloned().collect::<Vec<_>>();
+        let (o, n) = (pools(&old), pools(&same));
+        assert!(Arc::ptr_eq(&o[0], &n[0]) && Arc::ptr_eq(&o[1], &n[1]));
+        let changed =
+            Snapshot::build_reusing(config(two, "least_sessions"), None, Some(&old)).unwrap();
+        let c = pools(&changed);
+        assert!(!Arc::ptr_eq(&o[0], &c[0]));
+        assert!(Arc::ptr_eq(&o[1], &c[1]));
+    }
+}
