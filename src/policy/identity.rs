@@ -128,14 +128,12 @@ pub fn forwarded_client(headers: &HeaderMap, trusted: &TrustedProxies) -> Option
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|element| {
-            element
-                .split(';')
-                .find_map(|pair| {
-                    let (k, v) = pair.split_once('=')?;
-                    k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
-                })
-                .unwrap_or("")
+        // An element without `for=` (only `proto=`, say) names no hop: skipped.
+        .filter_map(|element| {
+            element.split(';').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+            })
         })
         .collect();
     let hops: Vec<&str> = if !forwarded.is_empty() {
@@ -284,6 +282,7 @@ mod tests {
                     r#"for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711";by=10.0.0.1"#
                 ),
                 ("forwarded", "For=10.2.3.4"),
+                ("forwarded", "proto=https"),
             ]),
             Some("[2001:db8:cafe::17]:4711".into())
         );
