@@ -248,3 +248,50 @@ async fn a_plain_listener_sends_the_client_socket_address_in_proxy_v2() {
     drop(ws);
     gw.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_header_split_over_segments_is_waited_for_and_a_stalled_one_times_out() {
+    let gw = gateway_reporting_clients(
+        "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]",
+        "",
+    )
+    .await;
+    // The sender should write the header at once, but a split one still works.
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.113.7 ").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tcp.write_all(b"198.51.100.1 40001 443\r\n").await.unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/", gw.addr), MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+    assert_eq!(
+        seen_by_backend(&mut ws).await,
+        "203.0.113.7:40001 198.51.100.1:443"
+    );
+    drop(ws);
+    gw.stop().await.unwrap();
+
+    // A header that never completes costs its connection slot for header_read_secs only.
+    let backend = proxy_reading_backend().await;
+    let gw = spawn_gateway(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nproxy_protocol = true\n\
+         trusted_proxies = [\"127.0.0.1\"]\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
+         [timeouts]\nheader_read_secs = 0.3\n\n{}",
+        route("who", "/", &format!("tcp://{backend}"))
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.").await.unwrap();
+    let mut buf = [0u8; 16];
+    let end = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await;
+    assert!(matches!(end, Ok(Ok(0) | Err(_))), "{end:?}");
+    expect_metric(
+        gw.admin.unwrap(),
+        "wsgate_proxy_protocol_refused_total{reason=\"timeout\"}",
+        1.0,
+    )
+    .await;
+    gw.stop().await.unwrap();
+}
