@@ -279,7 +279,7 @@ async fn haproxy_spreads_sessions_passes_the_client_address_and_survives_a_rolli
         let task = tokio::spawn(stream(ws, stop.clone(), progress.clone()));
         sessions.push((task, progress));
     }
-    let mut spread = (0.0, 0.0);
+    let mut spread: (f64, f64);
     assert_eventually!(
         {
             spread = (a.sessions_active().await, b.sessions_active().await);
