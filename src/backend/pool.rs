@@ -109,6 +109,9 @@ impl Pool {
     /// then ejected ones, soonest back first, so nothing is left untried before a `502`.
     fn candidates(&self) -> Vec<usize> {
         let n = self.members.len();
+        if n == 0 {
+            return Vec::new();
+        }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let now = Instant::now();
         let mut healthy = Vec::with_capacity(n);
