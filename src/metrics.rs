@@ -21,6 +21,9 @@ pub const CLOSES_TOTAL: &str = "wsgate_closes_total";
 pub const KEEPALIVE_TIMEOUTS_TOTAL: &str = "wsgate_keepalive_timeouts_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "wsgate_tls_handshake_failures_total";
 pub const CONNECTIONS_ACTIVE: &str = "wsgate_connections_active";
+pub const BACKEND_UP: &str = "wsgate_backend_up";
+pub const BACKEND_SESSIONS_ACTIVE: &str = "wsgate_backend_sessions_active";
+pub const PROXY_HEADERS_REFUSED_TOTAL: &str = "wsgate_proxy_protocol_refused_total";
 
 /// `direction` label values.
 pub const CLIENT_TO_BACKEND: &str = "client_to_backend";
@@ -105,6 +108,34 @@ fn describe() {
         CONNECTIONS_ACTIVE,
         "Open client connections on public listeners"
     );
+    describe_gauge!(
+        BACKEND_UP,
+        "Pool backends: 1 in service, 0 while ejected after a failed dial or check"
+    );
+    describe_gauge!(
+        BACKEND_SESSIONS_ACTIVE,
+        "Pool backends: sessions now bridged to each"
+    );
+    describe_counter!(
+        PROXY_HEADERS_REFUSED_TOTAL,
+        "Connections closed before HTTP by the PROXY protocol rules, by reason"
+    );
+}
+
+/// `wsgate_backend_up{route,backend}` of one pool backend.
+pub fn backend_up(route: &str, backend: &str) -> Gauge {
+    gauge!(BACKEND_UP, "route" => route.to_owned(), "backend" => backend.to_owned())
+}
+
+/// `wsgate_backend_sessions_active{route,backend}` of one pool backend.
+pub fn backend_sessions(route: &str, backend: &str) -> Gauge {
+    gauge!(BACKEND_SESSIONS_ACTIVE, "route" => route.to_owned(), "backend" => backend.to_owned())
+}
+
+/// A connection closed by the PROXY protocol rules; `reason` is one of `untrusted_header`,
+/// `missing_header`, `bad_header`, `timeout`.
+pub fn proxy_header_refused(reason: &'static str) {
+    counter!(PROXY_HEADERS_REFUSED_TOTAL, "reason" => reason).increment(1);
 }
 
 pub fn upgrade_rejected(route: &str, reason: &'static str) {

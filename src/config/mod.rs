@@ -20,8 +20,8 @@ use anyhow::{bail, Context};
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
 pub use backend_addr::BackendAddr;
 pub use file::{
-    AdminConfig, CompressionMode, FileConfig, Limits, ListenerConfig, MessageType, RouteConfig,
-    RuntimeConfig, Timeouts, TlsConfig,
+    AdminConfig, Balance, CompressionMode, FileConfig, HealthConfig, Limits, ListenerConfig,
+    MessageType, ProxyProtocolVersion, RouteConfig, RuntimeConfig, Timeouts, TlsConfig,
 };
 pub use quick::{route_name, QuickMode};
 pub use target::{EgressConfig, TargetConfig};
@@ -46,6 +46,10 @@ pub struct Config {
     pub tls_handshake_timeout: Duration,
     pub header_read_timeout: Duration,
     pub backend_connect_timeout: Duration,
+    /// TCP keepalive idle time and probe interval on backend sockets; `None`: off.
+    pub backend_keepalive: Option<Duration>,
+    /// `TCP_USER_TIMEOUT` on backend sockets; `None`: the kernel's default.
+    pub backend_user_timeout: Option<Duration>,
     /// `None` when keepalive is disabled.
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
@@ -108,9 +112,14 @@ impl Config {
 }
 
 fn secs(name: &str, value: f64, allow_zero: bool) -> anyhow::Result<Duration> {
+    secs_at(&format!("timeouts.{name}"), value, allow_zero)
+}
+
+/// Seconds at key `key` (its full name) as a `Duration`: finite, at most a day.
+fn secs_at(key: &str, value: f64, allow_zero: bool) -> anyhow::Result<Duration> {
     if !value.is_finite() || value < 0.0 || (!allow_zero && value == 0.0) || value > 86_400.0 {
         bail!(
-            "timeouts.{name}: must be {} and at most 86400, got {value}",
+            "{key}: must be {} and at most 86400, got {value}",
             if allow_zero { ">= 0" } else { "> 0" }
         );
     }
@@ -136,6 +145,7 @@ impl FileConfig {
                     bail!("listener[{i}].tls.client_auth: needs client_ca_file");
                 }
             }
+            validate_client_identity(i, l)?;
         }
         if let Some(admin) = &self.admin {
             if admin.address.port() != 0 && addrs.contains(&admin.address) {
@@ -164,6 +174,12 @@ impl FileConfig {
         }
         let t = &self.timeouts;
         let ping = secs("ping_interval_secs", t.ping_interval_secs, true)?;
+        let keepalive = secs("backend_keepalive_secs", t.backend_keepalive_secs, true)?;
+        let user_timeout = secs(
+            "backend_user_timeout_secs",
+            t.backend_user_timeout_secs,
+            true,
+        )?;
         let l = &self.limits;
         Ok(Config {
             admin: self.admin.as_ref().map(|a| a.address),
@@ -172,6 +188,8 @@ impl FileConfig {
             tls_handshake_timeout: secs("tls_handshake_secs", t.tls_handshake_secs, false)?,
             header_read_timeout: secs("header_read_secs", t.header_read_secs, false)?,
             backend_connect_timeout: secs("backend_connect_secs", t.backend_connect_secs, false)?,
+            backend_keepalive: (!keepalive.is_zero()).then_some(keepalive),
+            backend_user_timeout: (!user_timeout.is_zero()).then_some(user_timeout),
             ping_interval: (!ping.is_zero()).then_some(ping),
             pong_timeout: secs("pong_timeout_secs", t.pong_timeout_secs, false)?,
             close_grace: secs("close_grace_secs", t.close_grace_secs, false)?,
@@ -234,17 +252,34 @@ impl FileConfig {
                 "{at}.auth: requires a client certificate, but no listener has tls.client_ca_file"
             );
         }
-        let backend = match (&r.backend, &r.target) {
-            (Some(url), None) => {
-                Some(BackendAddr::parse(url).with_context(|| format!("{at}.backend"))?)
+        let backends = match (&r.backend, &r.target, r.backends.is_empty()) {
+            (Some(url), None, true) => {
+                vec![BackendAddr::parse(url).with_context(|| format!("{at}.backend"))?]
             }
-            (Some(_), Some(_)) => bail!("{at}: backend and [route.target] exclude each other"),
-            (None, None) => bail!("{at}.backend: required (or a [route.target] table)"),
-            (None, Some(_)) => None,
+            (None, None, false) => validate_pool(&at, r)?,
+            (Some(_), Some(_), _) => bail!("{at}: backend and [route.target] exclude each other"),
+            (_, _, false) => bail!("{at}.backends: excludes backend and [route.target]"),
+            (None, None, true) => {
+                bail!("{at}.backend: required (or backends, or a [route.target] table)")
+            }
+            (None, Some(_), true) => Vec::new(),
         };
-        let is_wss = matches!(backend, Some(BackendAddr::WebSocket { tls: true, .. }));
+        let is_wss = backends
+            .iter()
+            .any(|b| matches!(b, BackendAddr::WebSocket { tls: true, .. }));
         if !is_wss && (r.tls_ca_file.is_some() || r.insecure_skip_verify) {
             bail!("{at}: tls_ca_file and insecure_skip_verify apply to wss:// backends only");
+        }
+        // Token-file and claim targets are always tcp://, so bytes.
+        if r.send_proxy_protocol.is_some()
+            && backends
+                .iter()
+                .any(|b| !b.is_bytes() || *b == BackendAddr::BuiltinEcho)
+        {
+            bail!(
+                "{at}.send_proxy_protocol: applies to tcp:// and unix: backends only \
+                 (WebSocket backends get X-Forwarded-For)"
+            );
         }
         for h in &r.forward_headers {
             hyper::header::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
@@ -293,6 +328,68 @@ impl FileConfig {
         }
         Ok(())
     }
+}
+
+/// A listener's PROXY protocol and forwarded-header keys.
+fn validate_client_identity(i: usize, l: &ListenerConfig) -> anyhow::Result<()> {
+    let at = format!("listener[{i}]");
+    for (n, cidr) in l.trusted_proxies.iter().enumerate() {
+        parse_cidr(cidr).with_context(|| format!("{at}.trusted_proxies[{n}]"))?;
+    }
+    let uses_them = l.proxy_protocol || l.forwarded_headers;
+    if uses_them && l.trusted_proxies.is_empty() {
+        bail!("{at}.trusted_proxies: proxy_protocol and forwarded_headers need the load balancers' addresses");
+    }
+    if !uses_them && !l.trusted_proxies.is_empty() {
+        bail!("{at}.trusted_proxies: set proxy_protocol or forwarded_headers too, or remove it");
+    }
+    Ok(())
+}
+
+/// `"10.0.0.0/8"` or a plain address (one host).
+pub fn parse_cidr(text: &str) -> anyhow::Result<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| anyhow::anyhow!("{text:?} is not an address or CIDR"))
+}
+
+/// A route's `backends` and `[route.health]`.
+fn validate_pool(at: &str, r: &RouteConfig) -> anyhow::Result<Vec<BackendAddr>> {
+    let mut out = Vec::with_capacity(r.backends.len());
+    for (n, url) in r.backends.iter().enumerate() {
+        let b = BackendAddr::parse(url).with_context(|| format!("{at}.backends[{n}]"))?;
+        if b == BackendAddr::BuiltinEcho {
+            bail!("{at}.backends[{n}]: builtin:echo cannot be pooled");
+        }
+        if out.contains(&b) {
+            bail!("{at}.backends[{n}]: {b} is listed twice");
+        }
+        if out
+            .first()
+            .is_some_and(|f: &BackendAddr| f.is_bytes() != b.is_bytes())
+        {
+            bail!("{at}.backends[{n}]: mixes WebSocket and byte (tcp://, unix:) backends");
+        }
+        out.push(b);
+    }
+    if out.len() > 1024 {
+        bail!("{at}.backends: at most 1024");
+    }
+    let h = &r.health;
+    let name = |k: &str| format!("{at}.health.{k}");
+    let eject = secs_at(&name("eject_secs"), h.eject_secs, false)?;
+    let max = secs_at(&name("max_eject_secs"), h.max_eject_secs, false)?;
+    if max < eject {
+        bail!("{at}.health.max_eject_secs: must be at least eject_secs");
+    }
+    let interval = secs_at(&name("check_interval_secs"), h.check_interval_secs, true)?;
+    if !interval.is_zero() && interval < Duration::from_millis(100) {
+        bail!("{at}.health.check_interval_secs: must be 0 (off) or at least 0.1");
+    }
+    secs_at(&name("check_timeout_secs"), h.check_timeout_secs, false)?;
+    Ok(out)
 }
 
 /// `[limits]` on its own, before any route inherits from it.

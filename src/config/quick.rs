@@ -63,11 +63,12 @@ impl QuickMode {
         };
         Ok(FileConfig {
             listeners: vec![ListenerConfig {
-                address: self
-                    .listen
-                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
                 tls,
                 console: self.console,
+                ..ListenerConfig::new(
+                    self.listen
+                        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+                )
             }],
             admin: self.admin.map(|address| AdminConfig {
                 address,

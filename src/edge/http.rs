@@ -15,11 +15,11 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
 use super::shared::{ConnectionSlot, Shared};
-use crate::backend::{Backend, Handshake};
+use crate::backend::{Backend, Handshake, ProxyAddrs};
 use crate::config::BackendAddr;
 use crate::error::RejectError;
 use crate::metrics::{self, SessionMetrics};
-use crate::policy::{access, ConnInfo};
+use crate::policy::{access, ClientSource, ConnInfo};
 use crate::session::bridge::{self, BridgeConfig};
 use crate::session::deflate::{HopDeflate, RelayDeflate};
 use crate::session::extensions::{self, Agreement};
@@ -42,6 +42,15 @@ pub async fn handle(
         return Ok(reject(&req, None, RejectError::NoRoute));
     };
     Span::current().record("route", &*route.name);
+    // Behind a trusted HTTP load balancer the client is who its headers name: from here on
+    // (access, limits, logs, PROXY headers to the backend) that address is the client's.
+    let conn = match conn.for_request(req.headers()) {
+        Some(c) => {
+            Span::current().record("client", tracing::field::display(c.peer));
+            c
+        }
+        None => conn,
+    };
     if let Err(e) = check_upgrade(&req) {
         return Ok(reject(&req, Some(&route), e));
     }
@@ -61,11 +70,17 @@ pub async fn handle(
     if let Some(user) = &granted.principal {
         Span::current().record("user", user.as_str());
     }
-    let target = match route.backend.resolve(&req, &granted).await {
-        Ok(t) => t,
-        Err(e) => return Ok(reject(&req, Some(&route), e)),
+    // A pool picks its backend at the dial; any other route's target is known now.
+    let target = match &route.pool {
+        Some(_) => None,
+        None => match route.backend.resolve(&req, &granted).await {
+            Ok(t) => {
+                Span::current().record("backend", tracing::field::display(&t));
+                Some(t)
+            }
+            Err(e) => return Ok(reject(&req, Some(&route), e)),
+        },
     };
-    Span::current().record("backend", tracing::field::display(&target));
     // The offer without `bearer.` credentials: never chosen, echoed or forwarded.
     let offered = route.access.offered_protocols(&req);
     // Limits: a slot under every session cap, held until the session ends (429/503).
@@ -80,22 +95,39 @@ pub async fn handle(
         extensions::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), policy)
     });
 
-    // Only a live backend earns a 101.
+    // Only a live backend earns a 101: the route's pool in its order (a failed dial tries
+    // the next backend), or this session's one target.
     let dial_started = Instant::now();
-    let handshake = match &target {
+    let proxy = route.send_proxy_protocol.then_some(ProxyAddrs {
+        source: conn.peer,
+        destination: conn.local,
+    });
+    let handshake = |target: &BackendAddr| match target {
         BackendAddr::WebSocket { path, .. } => Handshake {
             deflate,
             ..backend_handshake(&req, &route, path, &conn, &offered)
         },
         _ => Handshake::default(),
     };
-    let backend = match shared
-        .snapshot
-        .dialer
-        .dial(route.backend_tls.as_ref(), &target, handshake)
-        .await
-    {
-        Ok(b) => b,
+    let dialer = &shared.snapshot.dialer;
+    let dialed = match (&route.pool, &target) {
+        (Some(pool), _) => pool
+            .dial(dialer, route.backend_tls.as_ref(), handshake, proxy)
+            .await
+            .map(|(b, lease)| {
+                Span::current().record("backend", tracing::field::display(lease.backend()));
+                (b, Some(lease))
+            }),
+        (None, Some(target)) => dialer
+            .dial(route.backend_tls.as_ref(), target, handshake(target), proxy)
+            .await
+            .map(|b| (b, None)),
+        (None, None) => Err(RejectError::BackendUnreachable(std::io::Error::other(
+            "route has neither a pool nor a target",
+        ))),
+    };
+    let (backend, lease) = match dialed {
+        Ok(pair) => pair,
         Err(e) => {
             // 502/504: the backend's fault (a refused egress is the config's, not its health).
             if matches!(
@@ -113,7 +145,7 @@ pub async fn handle(
     // A WebSocket backend chose from the client's offer; for a byte backend the route decides.
     let protocol = match &backend {
         Backend::WebSocket { protocol, .. } => protocol.clone(),
-        Backend::Tcp(_) => select_subprotocol(&route, offered.iter().copied())
+        Backend::Tcp(_) | Backend::Unix(_) => select_subprotocol(&route, offered.iter().copied())
             .and_then(|p| HeaderValue::from_str(p).ok()),
     };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
@@ -141,7 +173,11 @@ pub async fn handle(
     let info = SessionInfo {
         route: route.name.clone(),
         client: conn.peer,
-        backend: target.to_string(),
+        backend: match (&lease, &target) {
+            (Some(lease), _) => lease.backend().to_string(),
+            (None, Some(target)) => target.to_string(),
+            (None, None) => String::new(),
+        },
         subprotocol: response
             .headers()
             .get(header::SEC_WEBSOCKET_PROTOCOL)
@@ -153,6 +189,7 @@ pub async fn handle(
         async move {
             let _permit = permit;
             let _slot = slot;
+            let _lease = lease;
             let ws = match upgrade.await {
                 Ok(ws) => ws,
                 Err(e) => {
@@ -224,18 +261,34 @@ where
     if client_deflate.is_some() {
         client_read.allow_rsv1();
     }
+    let bridge_config = || BridgeConfig {
+        buffer_bytes: snapshot.buffer_bytes,
+        max_message_bytes: route.max_message_bytes,
+        message_type: route.message_type,
+        ping_interval: snapshot.ping_interval,
+        pong_timeout: snapshot.pong_timeout,
+        close_grace: snapshot.close_grace,
+        bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
+        deflate: client_deflate,
+    };
     let outcome = match backend {
+        Backend::Unix(stream) => {
+            let (backend_read, backend_write) = stream.into_split();
+            // Boxed: sessions on TCP routes should not carry a second bridge's state.
+            Box::pin(bridge::run(
+                client_read,
+                client_write,
+                backend_read,
+                backend_write,
+                &bridge_config(),
+                &metrics,
+                &entry.control,
+                &shared.hard_stop,
+            ))
+            .await
+        }
         Backend::Tcp(stream) => {
-            let config = BridgeConfig {
-                buffer_bytes: snapshot.buffer_bytes,
-                max_message_bytes: route.max_message_bytes,
-                message_type: route.message_type,
-                ping_interval: snapshot.ping_interval,
-                pong_timeout: snapshot.pong_timeout,
-                close_grace: snapshot.close_grace,
-                bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
-                deflate: client_deflate,
-            };
+            let config = bridge_config();
             let (backend_read, backend_write) = stream.into_split();
             bridge::run(
                 client_read,
@@ -309,7 +362,12 @@ fn backend_handshake<B>(
             headers.append(name.clone(), value.clone());
         }
     }
-    let client_ip = conn.peer.ip().to_string();
+    // The hop before us: the balancer when its headers named the client, else the client.
+    let hop = match conn.source {
+        ClientSource::ForwardedHeaders => conn.tcp_peer,
+        _ => conn.peer,
+    };
+    let client_ip = hop.ip().to_string();
     // Every earlier proxy's line, in order, then the address this connection came from.
     let forwarded_for = req
         .headers()

@@ -5,6 +5,7 @@
 pub mod console;
 pub mod http;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod shared;
 
 pub use listener::{accept_loop, PublicListener};

@@ -610,11 +610,8 @@ mod tests {
     }
 
     fn conn() -> ConnInfo {
-        ConnInfo {
-            peer: "127.0.0.1:1".parse().unwrap(),
-            tls: false,
-            client_cert: None,
-        }
+        let a = "127.0.0.1:1".parse().unwrap();
+        ConnInfo::direct(a, a, false)
     }
 
     #[test]

@@ -12,5 +12,5 @@ pub mod targets;
 
 pub use access::Access;
 pub use admission::{client_key, Admission, SessionSlot};
-pub use identity::{ClientCert, ConnInfo};
+pub use identity::{ClientCert, ClientSource, ConnInfo, ListenerTrust, TrustedProxies};
 pub use targets::{Egress, Target};

@@ -34,6 +34,8 @@ pub enum Target {
     TokenFile(Arc<TokenFile>),
     /// A TCP target from this claim of the verified JWT.
     Claim(String),
+    /// The route's `backends` pool picks (`backend::pool`), not the policy.
+    Pool,
 }
 
 impl Target {
@@ -42,9 +44,11 @@ impl Target {
         at: &str,
         backend: Option<&str>,
         target: Option<&TargetConfig>,
+        pooled: bool,
         access: &Access,
     ) -> anyhow::Result<Self> {
         match (backend, target) {
+            (None, None) if pooled => Ok(Self::Pool),
             (Some(url), None) => Ok(Self::Fixed(
                 BackendAddr::parse(url).with_context(|| format!("{at}.backend"))?,
             )),
@@ -100,6 +104,10 @@ impl Target {
                 parse_target(value)
                     .map_err(|_| RejectError::Forbidden("token names no valid target"))
             }
+            // The edge dials the pool itself; reaching here is a wiring mistake, not a panic.
+            Self::Pool => Err(RejectError::BackendUnreachable(std::io::Error::other(
+                "a pool route has no single target",
+            ))),
         }
     }
 }
@@ -117,6 +125,7 @@ impl std::fmt::Display for Target {
             Self::Fixed(addr) => addr.fmt(f),
             Self::TokenFile(file) => write!(f, "token-file:{}", file.path.display()),
             Self::Claim(name) => write!(f, "jwt-claim:{name}"),
+            Self::Pool => f.write_str("pool"),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::backend::pool::Pool;
 use crate::config::MessageType;
 use crate::policy::{Access, Target};
 use crate::session::extensions::DeflatePolicy;
@@ -30,6 +31,10 @@ pub struct Route {
     pub strip_path_prefix: bool,
     /// TLS client settings for a `wss://` backend.
     pub backend_tls: Option<Arc<rustls::ClientConfig>>,
+    /// `backends`: the pool that picks each session's backend (`backend` is then `Pool`).
+    pub pool: Option<Arc<Pool>>,
+    /// Byte backends get a PROXY v2 header with the client's address first.
+    pub send_proxy_protocol: bool,
     pub max_frame_bytes: usize,
     pub max_message_bytes: usize,
     /// Origin allowlist and credentials.
@@ -94,6 +99,8 @@ mod tests {
             forward_headers: vec![],
             strip_path_prefix: true,
             backend_tls: None,
+            pool: None,
+            send_proxy_protocol: false,
             max_frame_bytes: 1 << 20,
             max_message_bytes: 1 << 20,
             access: Access::default(),

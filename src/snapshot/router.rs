@@ -61,6 +61,8 @@ mod tests {
             forward_headers: vec![],
             strip_path_prefix: true,
             backend_tls: None,
+            pool: None,
+            send_proxy_protocol: false,
             max_frame_bytes: 1 << 20,
             max_message_bytes: 1 << 20,
             access: Default::default(),
