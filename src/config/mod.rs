@@ -248,9 +248,7 @@ impl FileConfig {
                     format!("{at}.forward_headers: {h:?} is not a forwardable header")
                 })?;
         }
-        let frame = r.max_frame_bytes.unwrap_or(self.limits.max_frame_bytes);
-        let message = r.max_message_bytes.unwrap_or(self.limits.max_message_bytes);
-        check_sizes(&at, frame, message)?;
+        check_sizes(&at, r, &self.limits)?;
         cap(
             &format!("{at}.max_sessions"),
             r.max_sessions.unwrap_or(self.limits.max_sessions_per_route),
@@ -293,6 +291,15 @@ fn validate_limits(l: &Limits) -> anyhow::Result<()> {
         );
     }
     if l.max_frame_bytes > l.max_message_bytes {
+        // Name the key that was written: a lowered message size, or a raised frame size.
+        if l.max_frame_bytes == Limits::default().max_frame_bytes {
+            bail!(
+                "limits.max_message_bytes: {} is below limits.max_frame_bytes ({}): a message \
+                 is at least one frame; lower max_frame_bytes too",
+                l.max_message_bytes,
+                l.max_frame_bytes
+            );
+        }
         bail!(
             "limits.max_frame_bytes: {} is above limits.max_message_bytes ({}): a message is at \
              least one frame; raise max_message_bytes too",
@@ -344,12 +351,33 @@ fn bandwidth(name: &str, value: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_sizes(at: &str, frame: usize, message: usize) -> anyhow::Result<()> {
+/// A route's frame and message sizes, each its own key or inherited from `[limits]` (checked
+/// already). Errors name a key the route wrote, or say what it inherits.
+fn check_sizes(at: &str, r: &RouteConfig, limits: &Limits) -> anyhow::Result<()> {
+    let frame = r.max_frame_bytes.unwrap_or(limits.max_frame_bytes);
+    let message = r.max_message_bytes.unwrap_or(limits.max_message_bytes);
     if !(126..=1 << 30).contains(&frame) {
         bail!("{at}.max_frame_bytes: must be 126..=1073741824, got {frame}");
     }
-    if !(frame..=1 << 32).contains(&message) {
-        bail!("{at}.max_message_bytes: must be max_frame_bytes..=4294967296, got {message}");
+    if message > 1 << 32 {
+        bail!("{at}.max_message_bytes: must be at most 4294967296, got {message}");
+    }
+    if message < frame {
+        match (r.max_frame_bytes, r.max_message_bytes) {
+            (_, Some(_)) => bail!(
+                "{at}.max_message_bytes: {message} is below the route's max_frame_bytes \
+                 ({frame}{}): a message is at least one frame",
+                if r.max_frame_bytes.is_some() {
+                    ""
+                } else {
+                    ", from [limits]"
+                }
+            ),
+            _ => bail!(
+                "{at}.max_frame_bytes: {frame} is above the max_message_bytes it inherits from \
+                 [limits] ({message}): set {at}.max_message_bytes too"
+            ),
+        }
     }
     Ok(())
 }
