@@ -244,3 +244,74 @@ fn binary_check_rejects_invalid_fixtures_naming_the_key() {
         );
     }
 }
+
+/// A fresh self-signed certificate and its key, as PEM.
+fn self_signed() -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    (c.cert.pem(), c.signing_key.serialize_pem())
+}
+
+/// A config with one wss listener on `cert_file`/`key_file` (TOML values as written).
+fn wss_config(cert_file: &str, key_file: &str) -> String {
+    format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert_file = {cert_file:?}\n\
+         key_file = {key_file:?}\n\n[[route]]\nname = \"echo\"\npath = \"/echo\"\nbackend = \"builtin:echo\"\n"
+    )
+}
+
+/// Regression (issue 9 item 12): `wsgate check` said `ok` for a listener whose certificate
+/// or key file was missing or did not match, so `ExecStartPre=wsgate check` passed a config
+/// that then failed to start. `check` builds the snapshot: it reads and matches them, and the
+/// error names the listener's key.
+#[test]
+fn binary_check_reads_and_matches_the_listener_certificate_and_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = self_signed();
+    let (_, other_key) = self_signed();
+    let cert_file = dir.path().join("cert.pem");
+    let key_file = dir.path().join("key.pem");
+    let other_key_file = dir.path().join("other-key.pem");
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    std::fs::write(&other_key_file, other_key).unwrap();
+    let missing = dir.path().join("missing.pem");
+    let path = |p: &Path| p.display().to_string();
+    for (name, cert_file, key_file, needle) in [
+        (
+            "missing-cert.toml",
+            path(&missing),
+            path(&key_file),
+            "missing.pem",
+        ),
+        (
+            "missing-key.toml",
+            path(&cert_file),
+            path(&missing),
+            "missing.pem",
+        ),
+        (
+            "mismatch.toml",
+            path(&cert_file),
+            path(&other_key_file),
+            "does not match",
+        ),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, wss_config(&cert_file, &key_file)).unwrap();
+        let out = wsgate_check(&file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: check passed");
+        assert!(
+            stderr.contains("listener[0].tls") && stderr.contains(needle),
+            "{name}: {stderr}"
+        );
+    }
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, wss_config(&path(&cert_file), &path(&key_file))).unwrap();
+    let out = wsgate_check(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
