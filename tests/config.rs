@@ -315,3 +315,54 @@ fn binary_check_reads_and_matches_the_listener_certificate_and_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Regression (issue 9 item 14): relative paths in a config file were resolved against the
+/// working directory, so `check` passed in the config's folder and the service failed under
+/// systemd (cwd `/`). They resolve against the config file's folder.
+#[test]
+fn relative_paths_resolve_against_the_config_files_folder() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etc = dir.path().join("etc");
+    std::fs::create_dir_all(etc.join("tls")).unwrap();
+    let (cert, key) = self_signed();
+    std::fs::write(etc.join("tls/cert.pem"), &cert).unwrap();
+    std::fs::write(etc.join("tls/key.pem"), key).unwrap();
+    std::fs::write(etc.join("tls/ca.pem"), &cert).unwrap();
+    std::fs::write(etc.join("tokens.cfg"), "vnc: 127.0.0.1:5900\n").unwrap();
+    std::fs::write(
+        etc.join("jwt-secret"),
+        "a shared secret of at least 32 bytes, for tests",
+    )
+    .unwrap();
+    let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n[listener.tls]\n\
+        cert_file = \"tls/cert.pem\"\nkey_file = \"./tls/key.pem\"\nclient_ca_file = \"tls/ca.pem\"\n\
+        client_auth = \"optional\"\n\n\
+        [[route]]\nname = \"vnc\"\npath = \"/websockify\"\n[route.target]\ntoken_file = \"tokens.cfg\"\n\n\
+        [[route]]\nname = \"jwt\"\npath = \"/jwt\"\nbackend = \"wss://127.0.0.1:9443/\"\n\
+        tls_ca_file = \"tls/ca.pem\"\n[route.auth.jwt]\nalgorithm = \"HS256\"\nsecret_file = \"jwt-secret\"\n";
+    let file = etc.join("wsgate.toml");
+    std::fs::write(&file, text).unwrap();
+
+    // From another folder, as systemd runs it (`Command::current_dir` is the repository).
+    let out = wsgate_check(&file);
+    assert!(
+        out.status.success(),
+        "check from another cwd: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = Config::load(&file).expect("loads from another cwd");
+    let tls = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.cert_file, etc.join("tls/cert.pem"));
+    assert_eq!(tls.key_file, etc.join("tls/key.pem"));
+    Snapshot::build(c, None).expect("every file is found from the config's folder");
+
+    // Absolute paths stay as they are; a missing relative file names the resolved path.
+    std::fs::remove_file(etc.join("tokens.cfg")).unwrap();
+    let out = wsgate_check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&etc.join("tokens.cfg").display().to_string()),
+        "{stderr}"
+    );
+}

@@ -2,7 +2,7 @@
 //! rejected.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -218,6 +218,36 @@ pub struct RouteConfig {
     /// Overrides `limits.bandwidth_bytes_per_sec` for this route (0 = unpaced).
     #[serde(default)]
     pub bandwidth_bytes_per_sec: Option<u64>,
+}
+
+impl FileConfig {
+    /// Make every relative file path absolute against `base` (the config file's folder), so
+    /// that the files a config names do not depend on the working directory it is started
+    /// from (systemd starts services in `/`). Absolute paths are kept as they are.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for l in &mut self.listeners {
+            if let Some(tls) = &mut l.tls {
+                fix(&mut tls.cert_file);
+                fix(&mut tls.key_file);
+                tls.client_ca_file.iter_mut().for_each(fix);
+            }
+        }
+        for r in &mut self.routes {
+            r.tls_ca_file.iter_mut().for_each(fix);
+            if let Some(jwt) = r.auth.as_mut().and_then(|a| a.jwt.as_mut()) {
+                jwt.secret_file.iter_mut().for_each(fix);
+                jwt.public_key_file.iter_mut().for_each(fix);
+            }
+            if let Some(target) = &mut r.target {
+                target.token_file.iter_mut().for_each(fix);
+            }
+        }
+    }
 }
 
 fn default_true() -> bool {

@@ -66,11 +66,20 @@ impl Config {
         file.validate()
     }
 
-    /// Read, parse and validate a config file.
+    /// Read, parse and validate a config file. Relative file paths in it (certificates,
+    /// keys, CA bundles, JWT keys, token files) resolve against the file's own folder.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        Self::from_toml(&text).with_context(|| format!("invalid config {}", path.display()))
+        let base = std::path::absolute(path.parent().unwrap_or(Path::new("")))
+            .with_context(|| format!("locating the folder of config {}", path.display()))?;
+        toml::from_str::<FileConfig>(&text)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(|mut file| {
+                file.resolve_paths(&base);
+                file.validate()
+            })
+            .with_context(|| format!("invalid config {}", path.display()))
     }
 
     /// The embedded default configuration.
