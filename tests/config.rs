@@ -7,6 +7,10 @@ use std::process::Command;
 
 use wsgate::{Config, Snapshot};
 
+mod support;
+
+use support::free_port;
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -365,4 +369,64 @@ fn relative_paths_resolve_against_the_config_files_folder() {
         stderr.contains(&etc.join("tokens.cfg").display().to_string()),
         "{stderr}"
     );
+}
+
+/// Regression (issue 9 item 15): quick mode named routes from their paths, so
+/// `--route /ws=… --route /ws/=…` failed with a duplicate name the user never chose.
+#[test]
+fn quick_mode_route_names_are_unique() {
+    let quick = wsgate::config::QuickMode {
+        routes: [
+            "/ws=tcp://127.0.0.1:1",
+            "/ws/=tcp://127.0.0.1:2",
+            "/ws.=tcp://127.0.0.1:3",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    };
+    let c = quick
+        .to_file_config()
+        .and_then(|f| f.validate())
+        .expect("quick mode with /ws and /ws/ is valid");
+    let names: Vec<&str> = c.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names.len(), 3);
+    assert_eq!(names[0], "ws", "{names:?}");
+    let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
+    assert_eq!(unique.len(), 3, "{names:?}");
+
+    // The real binary, as a user runs it: it starts and serves both routes.
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--route",
+            "/ws=tcp://127.0.0.1:1",
+            "--route",
+            "/ws/=tcp://127.0.0.1:2",
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting wsgate");
+    let started = std::time::Instant::now();
+    let mut up = false;
+    while started.elapsed() < std::time::Duration::from_secs(10) {
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "wsgate exited {status}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "wsgate never listened on {port}");
 }
