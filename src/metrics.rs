@@ -106,6 +106,32 @@ fn describe() {
     );
 }
 
+/// The `code` label of `wsgate_closes_total`: registered codes (RFC 6455 §7.4.1 and the
+/// IANA registry) by number, 3000-3999 as `3xxx`, 4000-4999 as `4xxx`, anything else `other`.
+/// Peers choose codes, so the label set must not grow with what they send.
+pub fn close_code_label(code: u16) -> &'static str {
+    match code {
+        1000 => "1000",
+        1001 => "1001",
+        1002 => "1002",
+        1003 => "1003",
+        1005 => "1005",
+        1006 => "1006",
+        1007 => "1007",
+        1008 => "1008",
+        1009 => "1009",
+        1010 => "1010",
+        1011 => "1011",
+        1012 => "1012",
+        1013 => "1013",
+        1014 => "1014",
+        1015 => "1015",
+        3000..=3999 => "3xxx",
+        4000..=4999 => "4xxx",
+        _ => "other",
+    }
+}
+
 pub fn upgrade_rejected(route: &str, reason: &'static str) {
     counter!(UPGRADE_REJECTIONS_TOTAL, "route" => route.to_owned(), "reason" => reason)
         .increment(1);
@@ -209,7 +235,7 @@ impl SessionMetrics {
 
     /// Record how the session ended.
     pub fn closed(&self, code: u16, initiator: &'static str, duration: Duration) {
-        counter!(CLOSES_TOTAL, "route" => self.route.to_string(), "code" => code.to_string(), "initiator" => initiator)
+        counter!(CLOSES_TOTAL, "route" => self.route.to_string(), "code" => close_code_label(code), "initiator" => initiator)
             .increment(1);
         self.handles.duration.record(duration.as_secs_f64());
     }
@@ -222,5 +248,23 @@ impl SessionMetrics {
 impl Drop for SessionMetrics {
     fn drop(&mut self) {
         self.handles.active.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::close_code_label;
+
+    #[test]
+    fn close_code_labels_are_a_fixed_set() {
+        let labels: std::collections::HashSet<&str> =
+            (0..=u16::MAX).map(close_code_label).collect();
+        assert_eq!(labels.len(), 15 + 3, "{labels:?}");
+        assert_eq!(close_code_label(1000), "1000");
+        assert_eq!(close_code_label(1014), "1014");
+        assert_eq!(close_code_label(1004), "other");
+        assert_eq!(close_code_label(3001), "3xxx");
+        assert_eq!(close_code_label(4999), "4xxx");
+        assert_eq!(close_code_label(5000), "other");
     }
 }

@@ -737,6 +737,47 @@ async fn session_metrics_are_labelled_by_route_only() {
     gw.stop().await.unwrap();
 }
 
+/// Regression (issue 9 item 17): the `code` label of `wsgate_closes_total` took any code a
+/// client sent, so one unauthenticated client could create thousands of series. Registered
+/// codes keep their number; 3000-3999 and 4000-4999 fold into `3xxx` and `4xxx`.
+#[tokio::test]
+async fn close_code_labels_are_bounded() {
+    let echo = tcp_echo_backend().await;
+    let gw = gateway_to("m_close_codes", &format!("tcp://{echo}")).await;
+    let admin = gw.admin.unwrap();
+    let codes: Vec<u16> = (4000..4040).chain(3000..3010).chain([1000, 1001]).collect();
+    for &code in &codes {
+        let mut ws = ws_client(&gw.url("/")).await;
+        ws.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        })))
+        .await
+        .expect("send Close");
+        assert_eq!(expect_close(&mut ws).await.0, code, "the echo of {code}");
+    }
+    let series = |page: &str| -> Vec<String> {
+        page.lines()
+            .filter(|l| l.starts_with(r#"wsgate_closes_total{route="m_close_codes""#))
+            .map(str::to_owned)
+            .collect()
+    };
+    let client = |code: &str| {
+        format!(r#"wsgate_closes_total{{route="m_close_codes",code="{code}",initiator="client"}}"#)
+    };
+    assert_eventually!(
+        metric(&scrape(admin).await, &client("4xxx")) == Some(40.0),
+        "4xxx codes not folded: {:?}",
+        series(&scrape(admin).await)
+    );
+    let page = scrape(admin).await;
+    assert_eq!(metric(&page, &client("3xxx")), Some(10.0), "{page}");
+    assert_eq!(metric(&page, &client("1000")), Some(1.0), "{page}");
+    assert_eq!(metric(&page, &client("1001")), Some(1.0), "{page}");
+    assert_eq!(series(&page).len(), 4, "{:?}", series(&page));
+    gw.stop().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // IPv6 loopback end to end: listener, admin and a bracketed backend address.
 
