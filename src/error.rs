@@ -10,6 +10,10 @@ pub enum RejectError {
     NoRoute,
     #[error("{0}")]
     BadRequest(&'static str),
+    /// A path with dot-segments, empty segments or encoded slashes: refused before routing
+    /// so that no backend resolves it past the route it matched (`snapshot::check_path`).
+    #[error("{0}")]
+    BadPath(&'static str),
     #[error("unsupported Sec-WebSocket-Version (this gateway speaks 13)")]
     UnsupportedVersion,
     #[error("backend refused the connection")]
@@ -88,7 +92,7 @@ impl RejectError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::BadPath(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             Self::BackendRefused(_)
             | Self::BackendUnreachable(_)
@@ -108,6 +112,7 @@ impl RejectError {
         match self {
             Self::NoRoute => "no_route",
             Self::BadRequest(_) => "bad_request",
+            Self::BadPath(_) => "bad_path",
             Self::UnsupportedVersion => "bad_version",
             Self::BackendRefused(_) => "backend_refused",
             Self::BackendUnreachable(_) => "backend_unreachable",

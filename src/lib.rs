@@ -7,11 +7,12 @@
 //! main.rs      CLI → config → gateway, until a signal
 //! gateway.rs   build the snapshot, bind, serve edge and ops, drain on shutdown
 //! edge/        listener.rs: accept with permits, per-connection span, TLS, hyper
-//!              http.rs: one request → route (404) → upgrade checks (400/426) → access
-//!              → limits (429/503) → dial (502/504) → 101 → session task
+//!              http.rs: one request → path rules (400) → route (404) → upgrade checks
+//!              (400/426) → access → limits (429/503) → dial (502/504) → 101 → session task
 //! ops/         admin.rs: /metrics, /healthz, /readyz; shutdown.rs: signals → one token
 //! snapshot/    the immutable value the running gateway reads: routes with compiled policy,
-//!              router (path → route, subprotocol choice), listener TLS, admission, dialer
+//!              router (path rules, path → route, subprotocol choice), listener TLS,
+//!              admission, dialer
 //! backend/     dial TCP / WebSocket (ws, wss) backends under a timeout; the built-in echo
 //! policy/      access (origin, bearer, JWT, client certificates), identity (ConnInfo),
 //!              targets (token files, JWT claims, egress), admission (caps, handshake rate)
@@ -26,9 +27,9 @@
 //!
 //! # Data flow
 //! accept → TLS (client certificate verified when the listener asks) → HTTP (431, header
-//! timeout) → route (404) → upgrade checks (400/426) → origin (403) → credentials (401
-//! missing/invalid, 403 not allowed) → target (token file: 404 unknown token; claim: 403)
-//! → limits (429/503) → egress check after DNS (403) → dial backend (502/504) → `101`
+//! timeout) → path rules (400) → route (404) → upgrade checks (400/426) → origin (403)
+//! → credentials (401 missing/invalid, 403 not allowed) → target (token file: 404 unknown
+//! token; claim: 403) → limits (429/503) → egress check after DNS (403) → dial backend (502/504) → `101`
 //! → bridge or relay → close (1000 normal, 1001 shutdown/keepalive, 1002 protocol, 1007 bad
 //! UTF-8, 1009 too big, 1011 backend error, 1014 bad gateway), with metrics alongside every
 //! stage.

@@ -472,6 +472,80 @@ async fn maps_request_paths_onto_the_backend_url() {
     }
 }
 
+/// Regression (issue 9 item 1): request paths were routed and mapped raw, so
+/// `/public/../admin/secret` matched the open `/public/` route, got `101`, and the backend
+/// received `GET /public/../admin/secret`: any backend that resolves dot-segments let a client
+/// escape its route and its auth. Dot-segments (plain or percent-encoded, any case), empty
+/// segments and encoded slashes are refused with 400 before routing; the backend sees nothing.
+#[tokio::test]
+async fn dot_segments_empty_segments_and_encoded_slashes_are_refused_before_routing() {
+    let (backend, mut seen) = ws_echo_backend(pick_nothing).await;
+    let gw = spawn_gateway(&config_with(&format!(
+        "{}{}[route.auth]\nbearer_sha256 = [\"{}\"]\n",
+        route(
+            "wsb_norm_public",
+            "/public/",
+            &format!("ws://{backend}/public")
+        ),
+        route(
+            "wsb_norm_admin",
+            "/admin/",
+            &format!("ws://{backend}/admin")
+        ),
+        sha256_hex("tok-admin-only"),
+    )))
+    .await;
+    for path in [
+        "/public/../admin/secret",
+        "/public/%2e%2e/admin/secret",
+        "/public/%2E%2E/admin/secret",
+        "/public/.%2e/admin/secret",
+        "/public/%2e./admin/secret",
+        "/public/./x",
+        "/public/%2e/x",
+        "/public/..",
+        "/public/x/..",
+        "/public//admin/secret",
+        "//public/x",
+        "/public/..%2fadmin/secret",
+        "/public/a%2fb",
+        "/public/a%2Fb",
+        "/public/a%5cb",
+    ] {
+        let (status, answer) = raw_http(gw.addr, &upgrade_request(path, "")).await;
+        assert_eq!(status, 400, "{path}: {answer}");
+        assert!(
+            answer_body(&answer).contains("path"),
+            "{path}: the reason names the path: {answer}"
+        );
+    }
+    // Not dot-segments: dots inside a segment and an encoded dot inside a name pass.
+    for (path, expected) in [
+        ("/public/a..b/x.y", "/public/a..b/x.y"),
+        ("/public/file%2ejs", "/public/file%2ejs"),
+        ("/public/...", "/public/..."),
+    ] {
+        let (status, answer) = raw_http(gw.addr, &upgrade_request(path, "")).await;
+        assert_eq!(status, 101, "{path}: {answer}");
+        let req = accepted(&mut seen).await;
+        assert_eq!(req.uri().to_string(), expected, "for {path}");
+    }
+    assert!(
+        seen.try_recv().is_err(),
+        "the backend saw only the paths the router matched"
+    );
+    let page = scrape(gw.admin.unwrap()).await;
+    assert_eq!(
+        metric(
+            &page,
+            r#"wsgate_upgrade_rejections_total{route="none",reason="bad_path"}"#
+        ),
+        Some(15.0),
+        "{page}"
+    );
+    gw.stop().await.unwrap();
+}
+
 // ---- 3. Headers --------------------------------------------------------------------------------
 
 fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {

@@ -23,7 +23,7 @@ use crate::policy::{access, ConnInfo};
 use crate::session::bridge::{self, BridgeConfig};
 use crate::session::io::{websocket_halves, ClientStream};
 use crate::session::relay::{self, RelayConfig};
-use crate::snapshot::{select_subprotocol, Route};
+use crate::snapshot::{check_path, select_subprotocol, Route};
 
 /// Every answer the gateway writes itself: a short, complete body.
 pub type Body = Full<Bytes>;
@@ -35,6 +35,10 @@ pub async fn handle(
     shared: Arc<Shared>,
     permit: Arc<ConnectionSlot>,
 ) -> Result<Response<Body>, Infallible> {
+    // Path rules (400) before routing: the router matches the path a backend will get.
+    if let Err(e) = check_path(req.uri().path()) {
+        return Ok(reject(&req, None, e));
+    }
     let Some(route) = shared.snapshot.router.find(req.uri().path()).cloned() else {
         return Ok(reject(&req, None, RejectError::NoRoute));
     };

@@ -17,7 +17,7 @@ use crate::config::{is_hop_header, BackendAddr, Config};
 use crate::policy::{Access, Admission, Egress, Target};
 
 pub use route::{Route, RouteLimits};
-pub use router::{select_subprotocol, Router};
+pub use router::{check_path, select_subprotocol, Router};
 
 /// Everything a connection or a session needs from the configuration it started with.
 #[derive(Debug)]

@@ -38,7 +38,9 @@ pub struct Route {
 }
 
 impl Route {
-    /// The path and query to request from a WebSocket backend for this client request.
+    /// The path and query to request from a WebSocket backend for this client request, whose
+    /// path the router matched to this route (so it passed `check_path`). A path that does not
+    /// start with the route's contributes nothing: a backend only gets what the router matched.
     pub fn backend_path(
         &self,
         backend_path: &str,
@@ -47,7 +49,7 @@ impl Route {
     ) -> String {
         let rest = match request_path.strip_prefix(self.path.as_str()) {
             Some(rest) if self.strip_path_prefix && self.path.ends_with('/') => rest,
-            _ if self.path.ends_with('/') => request_path.trim_start_matches('/'),
+            Some(_) if self.path.ends_with('/') => request_path.trim_start_matches('/'),
             _ => "",
         };
         let (base, base_query) = match backend_path.split_once('?') {
@@ -106,6 +108,11 @@ mod tests {
         );
         r.strip_path_prefix = false;
         assert_eq!(r.backend_path("/", "/apps/chat", None), "/apps/chat");
+        assert_eq!(
+            r.backend_path("/", "/other/x", None),
+            "/",
+            "not the route's path"
+        );
         r.path = "/exact".into();
         assert_eq!(r.backend_path("/ws", "/exact", None), "/ws");
     }
