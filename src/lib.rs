@@ -22,6 +22,7 @@
 //! config/      the file format only: serde structs, defaults, validation, quick mode,
 //!              the embedded default (default.toml); imports nothing of ours
 //! error.rs     the boundary error: status and label before the upgrade, close codes after
+//! logsafe.rs   client-controlled text escaped for log lines
 //! metrics.rs   metric names, descriptions, recorder, per-route and per-session handles
 //! ```
 //!
@@ -39,6 +40,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod gateway;
+pub mod logsafe;
 pub mod metrics;
 pub mod ops;
 pub mod policy;

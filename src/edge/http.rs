@@ -18,6 +18,7 @@ use super::shared::{ConnectionSlot, Shared};
 use crate::backend::{Backend, Handshake};
 use crate::config::BackendAddr;
 use crate::error::RejectError;
+use crate::logsafe::Escaped;
 use crate::metrics::{self, SessionMetrics};
 use crate::policy::{access, ConnInfo};
 use crate::session::bridge::{self, BridgeConfig};
@@ -57,13 +58,16 @@ pub async fn handle(
         Err(e) => return Ok(reject(&req, Some(&route), e)),
     };
     if let Some(user) = &granted.principal {
-        Span::current().record("user", user.as_str());
+        Span::current().record("user", tracing::field::display(Escaped(user)));
     }
     let target = match route.backend.resolve(&req, &granted).await {
         Ok(t) => t,
         Err(e) => return Ok(reject(&req, Some(&route), e)),
     };
-    Span::current().record("backend", tracing::field::display(&target));
+    Span::current().record(
+        "backend",
+        tracing::field::display(Escaped(&target.to_string())),
+    );
     // The offer without `bearer.` credentials: never chosen, echoed or forwarded.
     let offered = route.access.offered_protocols(&req);
     // Limits: a slot under every session cap, held until the session ends (429/503).
@@ -216,7 +220,7 @@ async fn bridge_session<CR, CW>(
         duration_ms = duration.as_millis() as u64,
         code = outcome.code,
         closed_by = outcome.initiator.label(),
-        reason = %outcome.reason,
+        reason = %Escaped(&outcome.reason),
         "session closed"
     );
 }
@@ -322,14 +326,18 @@ fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Respons
     metrics::upgrade_rejected(route_name, e.label());
     // Query values are redacted: a token in the URL never reaches the log.
     let uri = access::log_uri(req.uri());
+    let uri = Escaped(&uri);
     if e.is_routine() {
-        debug!(uri, error = %e, "upgrade rejected");
+        debug!(uri = %uri, error = %e, "upgrade rejected");
     } else {
         let source = match &e {
             RejectError::BackendRejected(status) => Some(format!("backend answered {status}")),
             _ => std::error::Error::source(&e).map(ToString::to_string),
         };
-        warn!(uri, error = %e, source = source.as_deref(), "upgrade failed");
+        let source = source
+            .as_deref()
+            .map(|s| tracing::field::display(Escaped(s)));
+        warn!(uri = %uri, error = %e, source, "upgrade failed");
     }
     let mut response = Response::new(Body::from(format!("{e}\n")));
     *response.status_mut() = e.status();
