@@ -642,6 +642,75 @@ async fn every_incoming_x_forwarded_for_line_is_kept() {
     );
 }
 
+/// Regression (issue 9 item 3): the default `forward_headers` copied `Authorization` and
+/// `Cookie` to a WebSocket backend even when the gateway had consumed them as the route's
+/// credential (while `bearer.` subprotocol entries and query tokens were stripped). A
+/// credential the gateway checked is now kept from the backend unless the route sets
+/// `forward_credentials = true`; other cookies and headers still go through.
+#[tokio::test]
+async fn checked_credentials_stay_with_the_gateway_unless_the_route_forwards_them() {
+    const TOKEN: &str = "tok-fwd-0c2d9a7b";
+    let (backend, mut seen) = ws_echo_backend(pick_nothing).await;
+    let auth = |name: &str, path: &str, extra: &str| {
+        format!(
+            "{}{extra}[route.origin]\nallow = [\"https://app.example\"]\nallow_missing = true\n\
+             [route.auth]\nbearer_sha256 = [\"{}\"]\ntoken_sources = [\"header\", \"cookie\"]\n",
+            route(name, path, &format!("ws://{backend}/")),
+            sha256_hex(TOKEN)
+        )
+    };
+    let gw = spawn_gateway(&config_with(&format!(
+        "{}{}",
+        auth("wsb_cred_kept", "/kept", ""),
+        auth("wsb_cred_fwd", "/fwd", "forward_credentials = true\n"),
+    )))
+    .await;
+    let bearer = format!("Bearer {TOKEN}");
+    let cookie = format!("theme=dark; wsgate_token={TOKEN}; lang=en");
+
+    // The token in the header: no Authorization upstream; the cookies it did not use stay.
+    let (_ws1, _) = ws_client_with(
+        &gw.url("/kept"),
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Cookie", "theme=dark"),
+            ("User-Agent", "wsgate-test/1.0"),
+        ],
+    )
+    .await
+    .unwrap();
+    let req = accepted(&mut seen).await;
+    assert_eq!(header(&req, "authorization"), None, "{req:?}");
+    assert_eq!(header(&req, "cookie"), Some("theme=dark"));
+    assert_eq!(header(&req, "user-agent"), Some("wsgate-test/1.0"));
+
+    // The token in the auth cookie: that cookie is dropped, the others are kept.
+    let (_ws2, _) = ws_client_with(&gw.url("/kept"), &[("Cookie", cookie.as_str())])
+        .await
+        .unwrap();
+    let req = accepted(&mut seen).await;
+    assert_eq!(
+        header(&req, "cookie"),
+        Some("theme=dark; lang=en"),
+        "{req:?}"
+    );
+
+    // `forward_credentials = true`: both as the client sent them.
+    let (_ws3, _) = ws_client_with(
+        &gw.url("/fwd"),
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Cookie", cookie.as_str()),
+        ],
+    )
+    .await
+    .unwrap();
+    let req = accepted(&mut seen).await;
+    assert_eq!(header(&req, "authorization"), Some(bearer.as_str()));
+    assert_eq!(header(&req, "cookie"), Some(cookie.as_str()));
+    gw.stop().await.unwrap();
+}
+
 // ---- 4. Subprotocols ---------------------------------------------------------------------------
 
 #[tokio::test]

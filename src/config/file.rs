@@ -184,6 +184,12 @@ pub struct RouteConfig {
     /// Default `["cookie", "authorization", "user-agent"]`.
     #[serde(default = "default_forward_headers")]
     pub forward_headers: Vec<String>,
+    /// WebSocket backends: also forward the credential the gateway checked for this route
+    /// (a bearer `Authorization` header, the `cookie_name` cookie) when `forward_headers`
+    /// lists its header. Default false: the gateway consumes it, as it does `bearer.`
+    /// subprotocol entries and query tokens.
+    #[serde(default)]
+    pub forward_credentials: bool,
     /// WebSocket backends with a prefix route: drop the route's prefix from the request
     /// path before appending it to the backend URL's path. Default true.
     #[serde(default = "default_true")]
@@ -274,6 +280,7 @@ impl RouteConfig {
             subprotocols: default_subprotocols(),
             message_type: MessageType::default(),
             forward_headers: default_forward_headers(),
+            forward_credentials: false,
             strip_path_prefix: true,
             tls_ca_file: None,
             insecure_skip_verify: false,

@@ -240,6 +240,9 @@ fn backend_handshake<B>(
             headers.append(name.clone(), value.clone());
         }
     }
+    if !route.forward_credentials {
+        route.access.withhold_credentials(&mut headers);
+    }
     let client_ip = conn.peer.ip().to_string();
     // Every earlier proxy's line, in order, then the address this connection came from.
     let forwarded_for = req

@@ -136,6 +136,7 @@ fn compile_route(
         subprotocols: r.subprotocols.clone(),
         message_type: r.message_type,
         forward_headers,
+        forward_credentials: r.forward_credentials,
         strip_path_prefix: r.strip_path_prefix,
         backend_tls,
         max_frame_bytes: config.max_frame_bytes(r),

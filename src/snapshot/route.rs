@@ -26,6 +26,9 @@ pub struct Route {
     pub message_type: MessageType,
     /// Lower-case header names copied to a WebSocket backend's handshake.
     pub forward_headers: Vec<hyper::header::HeaderName>,
+    /// Forward the credential the gateway checked (bearer `Authorization`, the auth cookie)
+    /// with `forward_headers`; otherwise it is withheld.
+    pub forward_credentials: bool,
     pub strip_path_prefix: bool,
     /// TLS client settings for a `wss://` backend.
     pub backend_tls: Option<Arc<rustls::ClientConfig>>,
@@ -91,6 +94,7 @@ mod tests {
             subprotocols: vec![],
             message_type: MessageType::Binary,
             forward_headers: vec![],
+            forward_credentials: false,
             strip_path_prefix: true,
             backend_tls: None,
             max_frame_bytes: 1 << 20,

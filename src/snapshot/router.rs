@@ -115,6 +115,7 @@ mod tests {
             subprotocols: vec!["binary".into(), "mqtt".into()],
             message_type: MessageType::Binary,
             forward_headers: vec![],
+            forward_credentials: false,
             strip_path_prefix: true,
             backend_tls: None,
             max_frame_bytes: 1 << 20,
