@@ -67,13 +67,19 @@ pub enum Refusal {
     /// The client's address used its handshake budget: 429.
     #[error("too many handshakes from your address")]
     RateLimited,
+    /// The client's address used its budget of failed credentials: 429, before its
+    /// credential is looked at.
+    #[error("too many failed credentials from your address")]
+    AuthRateLimited,
 }
 
 impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
             Self::OverCapacity | Self::RouteFull => StatusCode::SERVICE_UNAVAILABLE,
-            Self::IpLimit | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::IpLimit | Self::RateLimited | Self::AuthRateLimited => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
         }
     }
 
@@ -84,6 +90,7 @@ impl Refusal {
             Self::RouteFull => "route_full",
             Self::IpLimit => "ip_limit",
             Self::RateLimited => "rate_limited",
+            Self::AuthRateLimited => "auth_rate_limited",
         }
     }
 }
@@ -137,6 +144,15 @@ impl RejectError {
             } => Some(*retry_after_secs),
             _ => None,
         }
+    }
+
+    /// A refused credential (wrong, missing or not allowed) or an unknown target token: what
+    /// the per-address budget of failed credentials counts (`policy::auth_failures`).
+    pub fn is_credential_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Unauthorized(_) | Self::Forbidden(_) | Self::UnknownToken
+        )
     }
 
     /// Logged at debug, not warn: client mistakes, and load shed on purpose.

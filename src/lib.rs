@@ -15,7 +15,8 @@
 //!              admission, dialer
 //! backend/     dial TCP / WebSocket (ws, wss) backends under a timeout; the built-in echo
 //! policy/      access (origin, bearer, JWT, client certificates), identity (ConnInfo),
-//!              targets (token files, JWT claims, egress), admission (caps, handshake rate)
+//!              targets (token files, JWT claims, egress), admission (caps, handshake rate),
+//!              auth_failures (budget of failed credentials per address)
 //! session/     after the 101: reader (RFC 6455 §5 per frame), frames (message rules,
 //!              guarded writes), utf8, keepalive, pacer, io, bridge (WS ↔ bytes), relay (WS ↔ WS)
 //! tls.rs       PEM → rustls server configs (mTLS) and backend client configs

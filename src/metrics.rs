@@ -20,6 +20,7 @@ pub const CLOSES_TOTAL: &str = "wsgate_closes_total";
 pub const KEEPALIVE_TIMEOUTS_TOTAL: &str = "wsgate_keepalive_timeouts_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "wsgate_tls_handshake_failures_total";
 pub const CONNECTIONS_ACTIVE: &str = "wsgate_connections_active";
+pub const AUTH_FAILURES_TOTAL: &str = "wsgate_auth_failures_total";
 
 /// `direction` label values.
 pub const CLIENT_TO_BACKEND: &str = "client_to_backend";
@@ -104,6 +105,10 @@ fn describe() {
         CONNECTIONS_ACTIVE,
         "Open client connections on public listeners"
     );
+    describe_counter!(
+        AUTH_FAILURES_TOTAL,
+        "Refused credentials and unknown target tokens, each spending its address's budget"
+    );
 }
 
 /// The `code` label of `wsgate_closes_total`: registered codes (RFC 6455 §7.4.1 and the
@@ -130,6 +135,11 @@ pub fn close_code_label(code: u16) -> &'static str {
         4000..=4999 => "4xxx",
         _ => "other",
     }
+}
+
+/// A credential on `route` failed (counted against the client's address too).
+pub fn auth_failed(route: &Arc<str>) {
+    route_handles(route).auth_failures.increment(1);
 }
 
 pub fn upgrade_rejected(route: &str, reason: &'static str) {
@@ -160,6 +170,7 @@ struct RouteHandles {
     backend_connect: Histogram,
     duration: Histogram,
     keepalive_timeouts: Counter,
+    auth_failures: Counter,
 }
 
 fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
@@ -183,6 +194,7 @@ fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
                 backend_connect: histogram!(BACKEND_CONNECT_SECONDS, "route" => r()),
                 duration: histogram!(SESSION_DURATION_SECONDS, "route" => r()),
                 keepalive_timeouts: counter!(KEEPALIVE_TIMEOUTS_TOTAL, "route" => r()),
+                auth_failures: counter!(AUTH_FAILURES_TOTAL, "route" => r()),
             })
         })
         .clone()

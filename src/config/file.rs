@@ -141,6 +141,13 @@ pub struct Limits {
     /// Pacing of each direction of each session, in bytes per second (a route's
     /// `bandwidth_bytes_per_sec` overrides it). 0 = unpaced. Default 0.
     pub bandwidth_bytes_per_sec: u64,
+    /// Failed credentials (401/403 from a route's auth) and unknown target tokens one client
+    /// address (IPv4, or IPv6 /64) may have per minute, refilled continuously; over it, 429
+    /// before the credential is even checked. 0 = no budget. Default 30.
+    pub auth_failures_per_ip_per_min: u32,
+    /// Failed credentials one client address may have at once before the rate applies.
+    /// Default 20.
+    pub auth_failure_burst_per_ip: u32,
 }
 
 impl Default for Limits {
@@ -158,6 +165,8 @@ impl Default for Limits {
             retry_after_secs: 5,
             max_header_bytes: 32 * 1024,
             bandwidth_bytes_per_sec: 0,
+            auth_failures_per_ip_per_min: 30,
+            auth_failure_burst_per_ip: 20,
         }
     }
 }

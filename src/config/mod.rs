@@ -338,6 +338,18 @@ fn validate_limits(l: &Limits) -> anyhow::Result<()> {
             l.max_header_bytes
         );
     }
+    if l.auth_failures_per_ip_per_min > 1_000_000 {
+        bail!(
+            "limits.auth_failures_per_ip_per_min: must be 0 (off) or 1..=1000000, got {}",
+            l.auth_failures_per_ip_per_min
+        );
+    }
+    if !(1..=1_000_000).contains(&l.auth_failure_burst_per_ip) {
+        bail!(
+            "limits.auth_failure_burst_per_ip: must be 1..=1000000, got {}",
+            l.auth_failure_burst_per_ip
+        );
+    }
     cap("limits.max_sessions", l.max_sessions)?;
     cap("limits.max_sessions_per_ip", l.max_sessions_per_ip)?;
     cap("limits.max_sessions_per_route", l.max_sessions_per_route)?;

@@ -1,5 +1,5 @@
-//! One HTTP request: route, upgrade checks, access (origin, credentials, target), backend
-//! dial, `101`, then the session task.
+//! One HTTP request: path rules, route, upgrade checks, access (failed-credential budget,
+//! origin, credentials, target), backend dial, `101`, then the session task.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -51,18 +51,33 @@ pub async fn handle(
         return Ok(reject(&req, Some(&route), RejectError::ShuttingDown));
     }
 
-    // Access: origin (403), credentials (401/403), then this session's target (404 for an
+    // Access: the address's budget of failed credentials (429, before its credential is
+    // tried), origin (403), credentials (401/403), then this session's target (404 for an
     // unknown token). The egress check (403) is part of the dial.
+    let auth_failures = &shared.snapshot.admission.auth_failures;
+    let checks_credentials = route.access.checks_credentials() || route.backend.takes_token();
+    if checks_credentials {
+        if let Err(e) = auth_failures.check(conn.peer.ip()) {
+            return Ok(reject(&req, Some(&route), e));
+        }
+    }
+    let failed = |e: RejectError| {
+        if checks_credentials && e.is_credential_failure() {
+            auth_failures.failed(conn.peer.ip());
+            metrics::auth_failed(&route.name);
+        }
+        reject(&req, Some(&route), e)
+    };
     let granted = match route.access.check(&req, &conn) {
         Ok(g) => g,
-        Err(e) => return Ok(reject(&req, Some(&route), e)),
+        Err(e) => return Ok(failed(e)),
     };
     if let Some(user) = &granted.principal {
         Span::current().record("user", tracing::field::display(Escaped(user)));
     }
     let target = match route.backend.resolve(&req, &granted).await {
         Ok(t) => t,
-        Err(e) => return Ok(reject(&req, Some(&route), e)),
+        Err(e) => return Ok(failed(e)),
     };
     Span::current().record(
         "backend",

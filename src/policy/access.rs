@@ -56,6 +56,12 @@ impl Access {
         Ok(Self { origin, auth })
     }
 
+    /// The route checks a credential (certificate or token), so failures spend the
+    /// client address's budget of failed credentials.
+    pub fn checks_credentials(&self) -> bool {
+        self.auth.is_some()
+    }
+
     /// The route wants a client certificate (so some listener must ask for one).
     pub fn needs_client_cert(&self) -> bool {
         self.auth.as_ref().is_some_and(|a| a.client_cert.is_some())

@@ -1,7 +1,7 @@
 //! Who the client is, as far as the gateway could verify: its address and the names of a
 //! client certificate the listener checked. `edge` fills it per connection; `policy` reads it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use x509_parser::extensions::GeneralName;
@@ -76,5 +76,18 @@ impl ClientCert {
     /// A name for the log: the first CN or SAN.
     pub fn label(&self) -> &str {
         self.names().next().unwrap_or("(unnamed certificate)")
+    }
+}
+
+/// The key a client address is counted under: IPv4 as is, IPv6 by its /64.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(
+                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
+            )),
+        },
     }
 }
