@@ -21,6 +21,7 @@ pub const KEEPALIVE_TIMEOUTS_TOTAL: &str = "wsgate_keepalive_timeouts_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "wsgate_tls_handshake_failures_total";
 pub const CONNECTIONS_ACTIVE: &str = "wsgate_connections_active";
 pub const AUTH_FAILURES_TOTAL: &str = "wsgate_auth_failures_total";
+pub const BUILD_INFO: &str = "wsgate_build_info";
 
 /// `direction` label values.
 pub const CLIENT_TO_BACKEND: &str = "client_to_backend";
@@ -109,6 +110,19 @@ fn describe() {
         AUTH_FAILURES_TOTAL,
         "Refused credentials and unknown target tokens, each spending its address's budget"
     );
+    describe_gauge!(BUILD_INFO, "Always 1; the labels say which wsgate this is");
+}
+
+/// Make the gateway's series visible from the start, at zero: the process-wide ones, every
+/// configured route's, and `wsgate_build_info`. An empty `/metrics` page cannot tell "no
+/// traffic" from "not scraping the right process", and alerts on `rate()` need a series.
+pub fn register<'a>(routes: impl IntoIterator<Item = &'a Arc<str>>) {
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(CONNECTIONS_ACTIVE).increment(0.0);
+    counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(0);
+    for route in routes {
+        route_handles(route);
+    }
 }
 
 /// The `code` label of `wsgate_closes_total`: registered codes (RFC 6455 §7.4.1 and the
@@ -183,7 +197,7 @@ fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
         .entry(route.clone())
         .or_insert_with(|| {
             let r = || route.to_string();
-            Arc::new(RouteHandles {
+            let handles = Arc::new(RouteHandles {
                 sessions_total: counter!(SESSIONS_TOTAL, "route" => r()),
                 active: gauge!(SESSIONS_ACTIVE, "route" => r()),
                 bytes_to_backend: counter!(BYTES_TOTAL, "route" => r(), "direction" => CLIENT_TO_BACKEND),
@@ -195,7 +209,21 @@ fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
                 duration: histogram!(SESSION_DURATION_SECONDS, "route" => r()),
                 keepalive_timeouts: counter!(KEEPALIVE_TIMEOUTS_TOTAL, "route" => r()),
                 auth_failures: counter!(AUTH_FAILURES_TOTAL, "route" => r()),
-            })
+            });
+            // Registering is not enough for every exporter to render a series: touch each.
+            handles.sessions_total.increment(0);
+            handles.active.increment(0.0);
+            for c in [
+                &handles.bytes_to_backend,
+                &handles.bytes_to_client,
+                &handles.messages_to_backend,
+                &handles.messages_to_client,
+                &handles.keepalive_timeouts,
+                &handles.auth_failures,
+            ] {
+                c.increment(0);
+            }
+            handles
         })
         .clone()
 }
