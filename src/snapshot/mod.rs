@@ -105,6 +105,10 @@ fn compile_route(
     r: &crate::config::RouteConfig,
 ) -> anyhow::Result<Route> {
     let at = format!("route[{i}]");
+    // A route path the path rules refuse could never match a request.
+    check_path(&r.path).map_err(|e| {
+        anyhow::anyhow!("{at}.path: {:?}: {e}, so no request could match it", r.path)
+    })?;
     let access = Access::from_config(&at, r.origin.as_ref(), r.auth.as_ref())?;
     let backend = Target::from_config(&at, r.backend.as_deref(), r.target.as_ref(), &access)?;
     if r.insecure_skip_verify {
