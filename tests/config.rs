@@ -372,6 +372,18 @@ fn relative_paths_resolve_against_the_config_files_folder() {
         "check from another cwd: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // And from its own folder, named without one (`wsgate check wsgate.toml`).
+    let out = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["check", "wsgate.toml"])
+        .current_dir(&etc)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("running wsgate check");
+    assert!(
+        out.status.success(),
+        "check wsgate.toml in its folder: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let c = Config::load(&file).expect("loads from another cwd");
     let tls = c.listeners[0].tls.as_ref().unwrap();
     assert_eq!(tls.cert_file, etc.join("tls/cert.pem"));

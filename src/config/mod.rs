@@ -75,8 +75,13 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        let base = std::path::absolute(path.parent().unwrap_or(Path::new("")))
-            .with_context(|| format!("locating the folder of config {}", path.display()))?;
+        // `wsgate.toml` alone has an empty parent: the working directory.
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let base = match folder {
+            Some(folder) => std::path::absolute(folder),
+            None => std::env::current_dir(),
+        }
+        .with_context(|| format!("locating the folder of config {}", path.display()))?;
         toml::from_str::<FileConfig>(&text)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .and_then(|mut file| {
