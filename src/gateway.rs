@@ -120,6 +120,7 @@ impl Gateway {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let handle = metrics::install();
         let snapshot = self.snapshot;
+        metrics::register(snapshot.routes.iter().map(|r| &r.name));
         let shutdown_grace = snapshot.config.shutdown_grace;
         let hard_stop = CancellationToken::new();
         // Helpers (admin, echo, metrics upkeep) outlive the drain and stop after it.

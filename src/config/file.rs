@@ -2,7 +2,7 @@
 //! rejected.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -193,6 +193,13 @@ pub struct Limits {
     /// Pacing of each direction of each session, in bytes per second (a route's
     /// `bandwidth_bytes_per_sec` overrides it). 0 = unpaced. Default 0.
     pub bandwidth_bytes_per_sec: u64,
+    /// Failed credentials (401/403 from a route's auth) and unknown target tokens one client
+    /// address (IPv4, or IPv6 /64) may have per minute, refilled continuously; over it, 429
+    /// before the credential is even checked. 0 = no budget. Default 30.
+    pub auth_failures_per_ip_per_min: u32,
+    /// Failed credentials one client address may have at once before the rate applies.
+    /// Default 20.
+    pub auth_failure_burst_per_ip: u32,
 }
 
 impl Default for Limits {
@@ -210,6 +217,8 @@ impl Default for Limits {
             retry_after_secs: 5,
             max_header_bytes: 32 * 1024,
             bandwidth_bytes_per_sec: 0,
+            auth_failures_per_ip_per_min: 30,
+            auth_failure_burst_per_ip: 20,
         }
     }
 }
@@ -252,6 +261,12 @@ pub struct RouteConfig {
     /// Default `["cookie", "authorization", "user-agent"]`.
     #[serde(default = "default_forward_headers")]
     pub forward_headers: Vec<String>,
+    /// WebSocket backends: also forward the credential the gateway checked for this route
+    /// (a bearer `Authorization` header, the `cookie_name` cookie) when `forward_headers`
+    /// lists its header. Default false: the gateway consumes it, as it does `bearer.`
+    /// subprotocol entries and query tokens.
+    #[serde(default)]
+    pub forward_credentials: bool,
     /// WebSocket backends with a prefix route: drop the route's prefix from the request
     /// path before appending it to the backend URL's path. Default true.
     #[serde(default = "default_true")]
@@ -327,6 +342,36 @@ fn default_compression_level() -> u8 {
     1
 }
 
+impl FileConfig {
+    /// Make every relative file path absolute against `base` (the config file's folder), so
+    /// that the files a config names do not depend on the working directory it is started
+    /// from (systemd starts services in `/`). Absolute paths are kept as they are.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for l in &mut self.listeners {
+            if let Some(tls) = &mut l.tls {
+                fix(&mut tls.cert_file);
+                fix(&mut tls.key_file);
+                tls.client_ca_file.iter_mut().for_each(fix);
+            }
+        }
+        for r in &mut self.routes {
+            r.tls_ca_file.iter_mut().for_each(fix);
+            if let Some(jwt) = r.auth.as_mut().and_then(|a| a.jwt.as_mut()) {
+                jwt.secret_file.iter_mut().for_each(fix);
+                jwt.public_key_file.iter_mut().for_each(fix);
+            }
+            if let Some(target) = &mut r.target {
+                target.token_file.iter_mut().for_each(fix);
+            }
+        }
+    }
+}
+
 fn default_true() -> bool {
     true
 }
@@ -355,6 +400,7 @@ impl RouteConfig {
             subprotocols: default_subprotocols(),
             message_type: MessageType::default(),
             forward_headers: default_forward_headers(),
+            forward_credentials: false,
             strip_path_prefix: true,
             tls_ca_file: None,
             insecure_skip_verify: false,

@@ -74,11 +74,25 @@ impl Config {
         file.validate()
     }
 
-    /// Read, parse and validate a config file.
+    /// Read, parse and validate a config file. Relative file paths in it (certificates,
+    /// keys, CA bundles, JWT keys, token files) resolve against the file's own folder.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        Self::from_toml(&text).with_context(|| format!("invalid config {}", path.display()))
+        // `wsgate.toml` alone has an empty parent: the working directory.
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let base = match folder {
+            Some(folder) => std::path::absolute(folder),
+            None => std::env::current_dir(),
+        }
+        .with_context(|| format!("locating the folder of config {}", path.display()))?;
+        toml::from_str::<FileConfig>(&text)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(|mut file| {
+                file.resolve_paths(&base);
+                file.validate()
+            })
+            .with_context(|| format!("invalid config {}", path.display()))
     }
 
     /// The embedded default configuration.
@@ -289,9 +303,7 @@ impl FileConfig {
                     format!("{at}.forward_headers: {h:?} is not a forwardable header")
                 })?;
         }
-        let frame = r.max_frame_bytes.unwrap_or(self.limits.max_frame_bytes);
-        let message = r.max_message_bytes.unwrap_or(self.limits.max_message_bytes);
-        check_sizes(&at, frame, message)?;
+        check_sizes(&at, r, &self.limits)?;
         cap(
             &format!("{at}.max_sessions"),
             r.max_sessions.unwrap_or(self.limits.max_sessions_per_route),
@@ -426,6 +438,15 @@ fn validate_limits(l: &Limits) -> anyhow::Result<()> {
         );
     }
     if l.max_frame_bytes > l.max_message_bytes {
+        // Name the key that was written: a lowered message size, or a raised frame size.
+        if l.max_frame_bytes == Limits::default().max_frame_bytes {
+            bail!(
+                "limits.max_message_bytes: {} is below limits.max_frame_bytes ({}): a message \
+                 is at least one frame; lower max_frame_bytes too",
+                l.max_message_bytes,
+                l.max_frame_bytes
+            );
+        }
         bail!(
             "limits.max_frame_bytes: {} is above limits.max_message_bytes ({}): a message is at \
              least one frame; raise max_message_bytes too",
@@ -455,6 +476,18 @@ fn validate_limits(l: &Limits) -> anyhow::Result<()> {
             l.max_header_bytes
         );
     }
+    if l.auth_failures_per_ip_per_min > 1_000_000 {
+        bail!(
+            "limits.auth_failures_per_ip_per_min: must be 0 (off) or 1..=1000000, got {}",
+            l.auth_failures_per_ip_per_min
+        );
+    }
+    if !(1..=1_000_000).contains(&l.auth_failure_burst_per_ip) {
+        bail!(
+            "limits.auth_failure_burst_per_ip: must be 1..=1000000, got {}",
+            l.auth_failure_burst_per_ip
+        );
+    }
     cap("limits.max_sessions", l.max_sessions)?;
     cap("limits.max_sessions_per_ip", l.max_sessions_per_ip)?;
     cap("limits.max_sessions_per_route", l.max_sessions_per_route)?;
@@ -477,12 +510,33 @@ fn bandwidth(name: &str, value: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_sizes(at: &str, frame: usize, message: usize) -> anyhow::Result<()> {
+/// A route's frame and message sizes, each its own key or inherited from `[limits]` (checked
+/// already). Errors name a key the route wrote, or say what it inherits.
+fn check_sizes(at: &str, r: &RouteConfig, limits: &Limits) -> anyhow::Result<()> {
+    let frame = r.max_frame_bytes.unwrap_or(limits.max_frame_bytes);
+    let message = r.max_message_bytes.unwrap_or(limits.max_message_bytes);
     if !(126..=1 << 30).contains(&frame) {
         bail!("{at}.max_frame_bytes: must be 126..=1073741824, got {frame}");
     }
-    if !(frame..=1 << 32).contains(&message) {
-        bail!("{at}.max_message_bytes: must be max_frame_bytes..=4294967296, got {message}");
+    if message > 1 << 32 {
+        bail!("{at}.max_message_bytes: must be at most 4294967296, got {message}");
+    }
+    if message < frame {
+        match (r.max_frame_bytes, r.max_message_bytes) {
+            (_, Some(_)) => bail!(
+                "{at}.max_message_bytes: {message} is below the route's max_frame_bytes \
+                 ({frame}{}): a message is at least one frame",
+                if r.max_frame_bytes.is_some() {
+                    ""
+                } else {
+                    ", from [limits]"
+                }
+            ),
+            _ => bail!(
+                "{at}.max_frame_bytes: {frame} is above the max_message_bytes it inherits from \
+                 [limits] ({message}): set {at}.max_message_bytes too"
+            ),
+        }
     }
     Ok(())
 }

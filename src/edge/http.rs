@@ -1,5 +1,5 @@
-//! One HTTP request: route, upgrade checks, access (origin, credentials, target), backend
-//! dial, `101`, then the session task.
+//! One HTTP request: path rules, route, upgrade checks, access (failed-credential budget,
+//! origin, credentials, target), backend dial, `101`, then the session task.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use super::shared::{ConnectionSlot, Shared};
 use crate::backend::{Backend, Handshake, ProxyAddrs};
 use crate::config::BackendAddr;
 use crate::error::RejectError;
+use crate::logsafe::Escaped;
 use crate::metrics::{self, SessionMetrics};
 use crate::policy::{access, ClientSource, ConnInfo};
 use crate::session::bridge::{self, BridgeConfig};
@@ -26,7 +27,7 @@ use crate::session::extensions::{self, Agreement};
 use crate::session::io::{websocket_halves, ClientStream};
 use crate::session::registry::{Registered, SessionEntry, SessionInfo};
 use crate::session::relay::{self, RelayConfig};
-use crate::snapshot::{select_subprotocol, Route};
+use crate::snapshot::{check_path, select_subprotocol, Route};
 
 /// Every answer the gateway writes itself: a short, complete body.
 pub type Body = Full<Bytes>;
@@ -38,6 +39,10 @@ pub async fn handle(
     shared: Arc<Shared>,
     permit: Arc<ConnectionSlot>,
 ) -> Result<Response<Body>, Infallible> {
+    // Path rules (400) before routing: the router matches the path a backend will get.
+    if let Err(e) = check_path(req.uri().path()) {
+        return Ok(reject(&req, None, e));
+    }
     let Some(route) = shared.snapshot.router.find(req.uri().path()).cloned() else {
         return Ok(reject(&req, None, RejectError::NoRoute));
     };
@@ -61,24 +66,39 @@ pub async fn handle(
         return Ok(reject(&req, Some(&route), RejectError::Draining));
     }
 
-    // Access: origin (403), credentials (401/403), then this session's target (404 for an
+    // Access: the address's budget of failed credentials (429, before its credential is
+    // tried), origin (403), credentials (401/403), then this session's target (404 for an
     // unknown token). The egress check (403) is part of the dial.
+    let auth_failures = &shared.snapshot.admission.auth_failures;
+    let checks_credentials = route.access.checks_credentials() || route.backend.takes_token();
+    if checks_credentials {
+        if let Err(e) = auth_failures.check(conn.peer.ip()) {
+            return Ok(reject(&req, Some(&route), e));
+        }
+    }
+    let failed = |e: RejectError| {
+        if checks_credentials && e.is_credential_failure() {
+            auth_failures.failed(conn.peer.ip());
+            metrics::auth_failed(&route.name);
+        }
+        reject(&req, Some(&route), e)
+    };
     let granted = match route.access.check(&req, &conn) {
         Ok(g) => g,
-        Err(e) => return Ok(reject(&req, Some(&route), e)),
+        Err(e) => return Ok(failed(e)),
     };
     if let Some(user) = &granted.principal {
-        Span::current().record("user", user.as_str());
+        Span::current().record("user", tracing::field::display(Escaped(user)));
     }
     // A pool picks its backend at the dial; any other route's target is known now.
     let target = match &route.pool {
         Some(_) => None,
         None => match route.backend.resolve(&req, &granted).await {
             Ok(t) => {
-                Span::current().record("backend", tracing::field::display(&t));
+                Span::current().record("backend", tracing::field::display(Escaped(&t.to_string())));
                 Some(t)
             }
-            Err(e) => return Ok(reject(&req, Some(&route), e)),
+            Err(e) => return Ok(failed(e)),
         },
     };
     // The offer without `bearer.` credentials: never chosen, echoed or forwarded.
@@ -340,7 +360,7 @@ where
         duration_ms = duration.as_millis() as u64,
         code = outcome.code,
         closed_by = outcome.initiator.label(),
-        reason = %outcome.reason,
+        reason = %Escaped(&outcome.reason),
         session = entry.id,
         "session closed"
     );
@@ -361,6 +381,9 @@ fn backend_handshake<B>(
         for value in req.headers().get_all(name) {
             headers.append(name.clone(), value.clone());
         }
+    }
+    if !route.forward_credentials {
+        route.access.withhold_credentials(&mut headers);
     }
     // The hop before us: the balancer when its headers named the client, else the client.
     let hop = match conn.source {
@@ -454,14 +477,18 @@ fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Respons
     metrics::upgrade_rejected(route_name, e.label());
     // Query values are redacted: a token in the URL never reaches the log.
     let uri = access::log_uri(req.uri());
+    let uri = Escaped(&uri);
     if e.is_routine() {
-        debug!(uri, error = %e, "upgrade rejected");
+        debug!(uri = %uri, error = %e, "upgrade rejected");
     } else {
         let source = match &e {
             RejectError::BackendRejected(status) => Some(format!("backend answered {status}")),
             _ => std::error::Error::source(&e).map(ToString::to_string),
         };
-        warn!(uri, error = %e, source = source.as_deref(), "upgrade failed");
+        let source = source
+            .as_deref()
+            .map(|s| tracing::field::display(Escaped(s)));
+        warn!(uri = %uri, error = %e, source, "upgrade failed");
     }
     let mut response = Response::new(Body::from(format!("{e}\n")));
     *response.status_mut() = e.status();

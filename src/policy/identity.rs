@@ -2,7 +2,7 @@
 //! a trusted load balancer said in a PROXY header or forwarded headers) and the names of a
 //! client certificate the listener checked. `edge` fills it per connection; `policy` reads it.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -228,6 +228,19 @@ impl ClientCert {
     /// A name for the log: the first CN or SAN.
     pub fn label(&self) -> &str {
         self.names().next().unwrap_or("(unnamed certificate)")
+    }
+}
+
+/// The key a client address is counted under: IPv4 as is, IPv6 by its /64.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(
+                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
+            )),
+        },
     }
 }
 

@@ -39,6 +39,11 @@ pub enum Target {
 }
 
 impl Target {
+    /// The target comes from a client's token (a token file), so a wrong one is a failed
+    /// credential.
+    pub fn takes_token(&self) -> bool {
+        matches!(self, Self::TokenFile(_))
+    }
     /// Resolve a route's `backend` or `[route.target]` (exactly one); errors name `at`.
     pub fn from_config(
         at: &str,

@@ -19,7 +19,7 @@ use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
 use crate::session::extensions::DeflatePolicy;
 
 pub use route::{Route, RouteLimits};
-pub use router::{select_subprotocol, Router};
+pub use router::{check_path, select_subprotocol, Router};
 
 /// Everything a connection or a session needs from the configuration it started with.
 #[derive(Debug)]
@@ -137,6 +137,10 @@ fn compile_route(
     previous: Option<&Snapshot>,
 ) -> anyhow::Result<Route> {
     let at = format!("route[{i}]");
+    // A route path the path rules refuse could never match a request.
+    check_path(&r.path).map_err(|e| {
+        anyhow::anyhow!("{at}.path: {:?}: {e}, so no request could match it", r.path)
+    })?;
     let access = Access::from_config(&at, r.origin.as_ref(), r.auth.as_ref())?;
     let pool = if r.backends.is_empty() {
         None
@@ -202,6 +206,7 @@ fn compile_route(
         subprotocols: r.subprotocols.clone(),
         message_type: r.message_type,
         forward_headers,
+        forward_credentials: r.forward_credentials,
         strip_path_prefix: r.strip_path_prefix,
         backend_tls,
         pool,

@@ -28,6 +28,9 @@ pub struct Route {
     pub message_type: MessageType,
     /// Lower-case header names copied to a WebSocket backend's handshake.
     pub forward_headers: Vec<hyper::header::HeaderName>,
+    /// Forward the credential the gateway checked (bearer `Authorization`, the auth cookie)
+    /// with `forward_headers`; otherwise it is withheld.
+    pub forward_credentials: bool,
     pub strip_path_prefix: bool,
     /// TLS client settings for a `wss://` backend.
     pub backend_tls: Option<Arc<rustls::ClientConfig>>,
@@ -46,7 +49,9 @@ pub struct Route {
 }
 
 impl Route {
-    /// The path and query to request from a WebSocket backend for this client request.
+    /// The path and query to request from a WebSocket backend for this client request, whose
+    /// path the router matched to this route (so it passed `check_path`). A path that does not
+    /// start with the route's contributes nothing: a backend only gets what the router matched.
     pub fn backend_path(
         &self,
         backend_path: &str,
@@ -55,7 +60,7 @@ impl Route {
     ) -> String {
         let rest = match request_path.strip_prefix(self.path.as_str()) {
             Some(rest) if self.strip_path_prefix && self.path.ends_with('/') => rest,
-            _ if self.path.ends_with('/') => request_path.trim_start_matches('/'),
+            Some(_) if self.path.ends_with('/') => request_path.trim_start_matches('/'),
             _ => "",
         };
         let (base, base_query) = match backend_path.split_once('?') {
@@ -97,6 +102,7 @@ mod tests {
             subprotocols: vec![],
             message_type: MessageType::Binary,
             forward_headers: vec![],
+            forward_credentials: false,
             strip_path_prefix: true,
             backend_tls: None,
             pool: None,
@@ -117,6 +123,11 @@ mod tests {
         );
         r.strip_path_prefix = false;
         assert_eq!(r.backend_path("/", "/apps/chat", None), "/apps/chat");
+        assert_eq!(
+            r.backend_path("/", "/other/x", None),
+            "/",
+            "not the route's path"
+        );
         r.path = "/exact".into();
         assert_eq!(r.backend_path("/ws", "/exact", None), "/ws");
     }
