@@ -1,20 +1,22 @@
 //! The `wsgate` binary: parse the CLI, set up logging, load the config, run until a signal.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use wsgate::config::QuickMode;
+use wsgate::config::{LogConfig, LogFormat, QuickMode};
 use wsgate::{Config, Gateway, Snapshot};
 
 /// WebSocket-to-TCP reverse proxy gateway.
 ///
 /// With no arguments, serves the embedded default: ws://127.0.0.1:8080/echo to a built-in
-/// echo service, metrics on http://127.0.0.1:9090/metrics.
+/// echo service, metrics on http://127.0.0.1:9089/metrics.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -49,6 +51,21 @@ struct Cli {
     /// Quick mode: the admin listener (/metrics, /healthz, /readyz); none if omitted.
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
+
+    /// Log format (overrides [log] format) [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT", global = true)]
+    log_format: Option<LogFormatArg>,
+
+    /// Log level or filter, e.g. `debug` or `info,wsgate::edge=debug` (overrides RUST_LOG,
+    /// which overrides [log] level) [default: info].
+    #[arg(long, value_name = "FILTER", global = true)]
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,16 +75,63 @@ enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Ask a running gateway to reload its config: `POST /reload` on its admin listener.
+    /// Exit 0 when the new config runs, 1 when it was refused (the old one still runs).
+    Reload {
+        /// The admin listener [default: the [admin] address of --config, else the embedded
+        /// default's 127.0.0.1:9089].
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        /// The gateway's config file, to find its admin address.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Logging to stderr: `--log-format`/`--log-level` first, then `RUST_LOG` (level only), then
+/// `[log]`. Colour only when stderr is a terminal and `NO_COLOR` is unset or empty
+/// (journald, `docker logs` and Kubernetes get plain text).
+fn init_logging(cli: &Cli, file: &LogConfig) {
+    let filter = match &cli.log_level {
+        Some(level) => EnvFilter::try_new(level),
+        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&file.level)),
+    }
+    .unwrap_or_else(|e| {
+        eprintln!("warning: bad log level ({e}); using info");
+        EnvFilter::new("info")
+    });
+    let format = match cli.log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        None => file.format,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init()
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    match &cli.command {
+        Some(Command::Reload { admin, config }) => {
+            return reload_command(*admin, config.as_deref());
+        }
+        Some(Command::Check { .. }) => init_logging(&cli, &LogConfig::default()),
+        None => {}
+    }
     if let Some(Command::Check { file }) = &cli.command {
         // The same build as a start, minus the sockets: certificates, keys, token files
         // and JWT keys are read and checked.
@@ -94,6 +158,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(&cli, &config.log);
     let runtime = match config.worker_threads {
         // One thread: no work stealing, no cross-thread wake-ups.
         1 => tokio::runtime::Builder::new_current_thread()
@@ -114,7 +179,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, cli.config.clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -153,8 +218,17 @@ fn load_source(cli: &Cli) -> anyhow::Result<Config> {
         .context("quick mode")
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let gateway = Gateway::bind(config).await?;
+async fn serve(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
+    let gateway = match &file {
+        // Read again (the same bytes, unless they just changed): a reload reads this file.
+        Some(path) => Gateway::bind_file(path).await?,
+        None => Gateway::bind(config).await?,
+    };
+    let shutdown = CancellationToken::new();
+    // From here on SIGHUP reloads instead of killing the process.
+    let sighup = wsgate::ops::reload::reload_on_sighup(gateway.reload_handle(), shutdown.clone())
+        .context("listening for SIGHUP")?;
+    let sighup = tokio::spawn(sighup);
     for (addr, scheme) in gateway.public_urls() {
         for route in &gateway.snapshot().routes {
             println!(
@@ -166,10 +240,85 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(admin) = gateway.admin_addr() {
         println!("wsgate: admin http://{admin}/metrics /healthz /readyz");
     }
-    let shutdown = CancellationToken::new();
     let signals = tokio::spawn(wsgate::ops::shutdown::cancel_on_signal(shutdown.clone()));
     let result = gateway.run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = signals.await;
+    let _ = sighup.await;
     result
+}
+
+/// `wsgate reload`: POST /reload to the admin listener and print its answer.
+fn reload_command(admin: Option<SocketAddr>, config: Option<&std::path::Path>) -> ExitCode {
+    let addr = match (admin, config) {
+        (Some(a), _) => Some(a),
+        (None, Some(path)) => match Config::load(path) {
+            Ok(c) => c.admin,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => Config::embedded_default().admin,
+    };
+    let Some(mut addr) = addr else {
+        eprintln!("error: the config has no [admin] listener to send the reload to; use SIGHUP");
+        return ExitCode::from(2);
+    };
+    // A wildcard bind is reached on loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(post_reload(addr)) {
+        Ok((status, body)) => {
+            print!("{body}");
+            if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: reload via http://{addr}/reload: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How long `wsgate reload` waits for the gateway's answer.
+const RELOAD_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn post_reload(addr: SocketAddr) -> anyhow::Result<(hyper::StatusCode, String)> {
+    use http_body_util::{BodyExt, Empty};
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .context("connecting")?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let request = hyper::Request::post("/reload")
+            .header(hyper::header::HOST, addr.to_string())
+            .body(Empty::<bytes::Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(RELOAD_REQUEST_TIMEOUT, exchange)
+        .await
+        .context("no answer in 30 s")?
 }

@@ -20,6 +20,9 @@ pub const CLOSES_TOTAL: &str = "wsgate_closes_total";
 pub const KEEPALIVE_TIMEOUTS_TOTAL: &str = "wsgate_keepalive_timeouts_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "wsgate_tls_handshake_failures_total";
 pub const CONNECTIONS_ACTIVE: &str = "wsgate_connections_active";
+pub const CONFIG_RELOADS_TOTAL: &str = "wsgate_config_reloads_total";
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "wsgate_config_last_reload_success_timestamp_seconds";
+pub const CONFIG_INFO: &str = "wsgate_config_info";
 
 /// `direction` label values.
 pub const CLIENT_TO_BACKEND: &str = "client_to_backend";
@@ -104,6 +107,43 @@ fn describe() {
         CONNECTIONS_ACTIVE,
         "Open client connections on public listeners"
     );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Config reloads, by result (success, or error: the running config stayed)"
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the last config load that took effect (the start counts)"
+    );
+    describe_gauge!(
+        CONFIG_INFO,
+        "1 for the running config's hash (SHA-256 of the file, first 16 hex digits), 0 for earlier ones"
+    );
+}
+
+/// Both reload counters at zero, so a fresh gateway shows them.
+pub fn config_reloaded_registered() {
+    for result in ["success", "error"] {
+        counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(0);
+    }
+}
+
+/// A reload ended: `result` is `success` or `error`.
+pub fn config_reloaded(result: &'static str) {
+    counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+/// The config with `hash` runs from now on (`previous`, if any, no longer does).
+pub fn config_running(hash: &str, previous: Option<&str>) {
+    if let Some(p) = previous.filter(|p| *p != hash) {
+        gauge!(CONFIG_INFO, "hash" => p.to_owned()).set(0.0);
+    }
+    gauge!(CONFIG_INFO, "hash" => hash.to_owned()).set(1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(now);
 }
 
 pub fn upgrade_rejected(route: &str, reason: &'static str) {

@@ -20,13 +20,13 @@ use anyhow::{bail, Context};
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
 pub use backend_addr::BackendAddr;
 pub use file::{
-    AdminConfig, FileConfig, Limits, ListenerConfig, MessageType, RouteConfig, RuntimeConfig,
-    Timeouts, TlsConfig,
+    AdminConfig, FileConfig, Limits, ListenerConfig, LogConfig, LogFormat, MessageType,
+    ReloadConfig, RouteConfig, RuntimeConfig, Timeouts, TlsConfig,
 };
 pub use quick::{route_name, QuickMode};
 pub use target::{EgressConfig, TargetConfig};
 
-/// The embedded default: `ws://127.0.0.1:8080/echo` to a built-in echo service, admin on 9090.
+/// The embedded default: `ws://127.0.0.1:8080/echo` to a built-in echo service, admin on 9089.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
 /// Largest session cap accepted (a semaphore holds at most `usize::MAX >> 3`).
@@ -57,6 +57,10 @@ pub struct Config {
     pub buffer_bytes: usize,
     /// Largest HTTP request head; larger ones get 431.
     pub max_header_bytes: usize,
+    /// `[reload]` as written (and checked).
+    pub reload: ReloadConfig,
+    /// `[log]` as written (and checked).
+    pub log: LogConfig,
 }
 
 impl Config {
@@ -76,6 +80,25 @@ impl Config {
     /// The embedded default configuration.
     pub fn embedded_default() -> Self {
         Self::from_toml(DEFAULT_CONFIG).expect("the embedded default config is valid (tested)")
+    }
+
+    /// The files a change of which should reload the config, besides the config file itself:
+    /// each listener's certificate, key and client CA file.
+    pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| {
+                [
+                    Some(&t.cert_file),
+                    Some(&t.key_file),
+                    t.client_ca_file.as_ref(),
+                ]
+                .into_iter()
+                .flatten()
+                .cloned()
+            })
+            .collect()
     }
 
     /// Route `r`'s largest frame: its own key, else `[limits]`.
@@ -151,6 +174,18 @@ impl FileConfig {
         for (i, r) in self.routes.iter().enumerate() {
             self.validate_route(i, r, &mut names, &mut paths)?;
         }
+        if self.reload.watch_debounce_ms > 60_000 {
+            bail!(
+                "reload.watch_debounce_ms: must be 0..=60000, got {}",
+                self.reload.watch_debounce_ms
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            bail!(
+                "log.level: {:?} is not a level or filter: {e}",
+                self.log.level
+            );
+        }
         if let Some(egress) = &self.egress {
             if egress.allow.is_empty() {
                 bail!(
@@ -178,6 +213,8 @@ impl FileConfig {
             routes: self.routes,
             egress: self.egress,
             limits: self.limits,
+            reload: self.reload,
+            log: self.log,
         })
     }
 

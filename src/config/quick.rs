@@ -70,6 +70,8 @@ impl QuickMode {
             limits: Default::default(),
             routes,
             egress: None,
+            reload: Default::default(),
+            log: Default::default(),
             runtime: RuntimeConfig {
                 worker_threads: self.worker_threads,
             },

@@ -2,6 +2,8 @@
 //! dial, `101`, then the session task.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,7 +25,7 @@ use crate::policy::{access, ConnInfo};
 use crate::session::bridge::{self, BridgeConfig};
 use crate::session::io::{websocket_halves, ClientStream};
 use crate::session::relay::{self, RelayConfig};
-use crate::snapshot::{select_subprotocol, Route};
+use crate::snapshot::{select_subprotocol, Route, Snapshot};
 
 /// Every answer the gateway writes itself: a short, complete body.
 pub type Body = Full<Bytes>;
@@ -35,7 +37,9 @@ pub async fn handle(
     shared: Arc<Shared>,
     permit: Arc<ConnectionSlot>,
 ) -> Result<Response<Body>, Infallible> {
-    let Some(route) = shared.snapshot.router.find(req.uri().path()).cloned() else {
+    // This request's config: a reload after this point does not change its session.
+    let snapshot = shared.snapshot.load_full();
+    let Some(route) = snapshot.router.find(req.uri().path()).cloned() else {
         return Ok(reject(&req, None, RejectError::NoRoute));
     };
     Span::current().record("route", &*route.name);
@@ -63,7 +67,7 @@ pub async fn handle(
     // The offer without `bearer.` credentials: never chosen, echoed or forwarded.
     let offered = route.access.offered_protocols(&req);
     // Limits: a slot under every session cap, held until the session ends (429/503).
-    let slot = match shared.snapshot.admission.admit(&route.name, conn.peer.ip()) {
+    let slot = match snapshot.admission.admit(&route.name, conn.peer.ip()) {
         Ok(slot) => slot,
         Err(e) => return Ok(reject(&req, Some(&route), e)),
     };
@@ -76,8 +80,7 @@ pub async fn handle(
         }
         _ => Handshake::default(),
     };
-    let backend = match shared
-        .snapshot
+    let backend = match snapshot
         .dialer
         .dial(route.backend_tls.as_ref(), &target, handshake)
         .await
@@ -104,6 +107,16 @@ pub async fn handle(
         }
     };
     let mut response = response.map(|_| Body::default());
+    let info = SessionInfo {
+        id: SESSION_IDS.fetch_add(1, Ordering::Relaxed),
+        client: conn.peer,
+        backend: target.to_string(),
+        subprotocol: protocol
+            .as_ref()
+            .and_then(|p| p.to_str().ok())
+            .map(str::to_owned),
+    };
+    Span::current().record("session", info.id);
     if let Some(p) = protocol {
         response
             .headers_mut()
@@ -122,21 +135,45 @@ pub async fn handle(
                     return;
                 }
             };
-            run_session(ws.into_inner().into_inner(), backend, &route, &shared).await;
+            let client = ws.into_inner().into_inner();
+            run_session(client, backend, &route, &info, &snapshot, &shared).await;
         }
     };
     shared.tracker.spawn(session.instrument(Span::current()));
     Ok(response)
 }
 
-async fn run_session(client: Upgraded, backend: Backend, route: &Route, shared: &Shared) {
+async fn run_session(
+    client: Upgraded,
+    backend: Backend,
+    route: &Route,
+    info: &SessionInfo,
+    snapshot: &Snapshot,
+    shared: &Shared,
+) {
     match ClientStream::new(client) {
-        ClientStream::Tcp(read, write) => bridge_session(read, write, backend, route, shared).await,
+        ClientStream::Tcp(read, write) => {
+            bridge_session(read, write, backend, route, info, snapshot, shared).await
+        }
         // Boxed: TLS sessions should not make every plain session's future larger.
         ClientStream::Other(read, write) => {
-            Box::pin(bridge_session(read, write, backend, route, shared)).await
+            Box::pin(bridge_session(
+                read, write, backend, route, info, snapshot, shared,
+            ))
+            .await
         }
     }
+}
+
+/// Session ids for the log: unique in this process, in start order.
+static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// What a session's access-log line says besides its outcome.
+struct SessionInfo {
+    id: u64,
+    client: SocketAddr,
+    backend: String,
+    subprotocol: Option<String>,
 }
 
 async fn bridge_session<CR, CW>(
@@ -144,6 +181,8 @@ async fn bridge_session<CR, CW>(
     client_write: CW,
     backend: Backend,
     route: &Route,
+    info: &SessionInfo,
+    snapshot: &Snapshot,
     shared: &Shared,
 ) where
     CR: AsyncRead + Unpin + Send + 'static,
@@ -151,7 +190,6 @@ async fn bridge_session<CR, CW>(
 {
     let started = Instant::now();
     let metrics = SessionMetrics::start(route.name.clone());
-    let snapshot = &shared.snapshot;
     let (client_read, client_write) = websocket_halves(
         client_read,
         client_write,
@@ -206,7 +244,14 @@ async fn bridge_session<CR, CW>(
     };
     let duration = started.elapsed();
     metrics.closed(outcome.code, outcome.initiator.label(), duration);
+    // The access log: one line per session, every field named (one JSON object with
+    // `--log-format json`).
     info!(
+        session_id = info.id,
+        client = %info.client,
+        route = &*route.name,
+        backend = info.backend.as_str(),
+        subprotocol = info.subprotocol.as_deref(),
         bytes_to_backend = outcome.bytes_to_backend,
         bytes_to_client = outcome.bytes_to_client,
         duration_ms = duration.as_millis() as u64,

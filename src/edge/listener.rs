@@ -12,29 +12,37 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, Instrument};
 
 use super::shared::{ConnectionSlot, Shared};
 use crate::metrics;
 use crate::policy::{ClientCert, ConnInfo};
+use crate::snapshot::{ListenerKey, Snapshot};
 
-/// A bound public listener and, for `wss`, its TLS acceptor.
+/// A bound public listener: its socket, the key its TLS config is found under in each
+/// snapshot, and its own stop (a reload that drops it from the config cancels it).
 pub struct PublicListener {
     pub listener: TcpListener,
-    pub tls: Option<TlsAcceptor>,
+    pub key: ListenerKey,
+    /// Stop accepting; connections already accepted carry on.
+    pub stop: CancellationToken,
 }
 
-/// Accept until shutdown. A permit is taken before accepting, so at the limit new
-/// clients wait in the kernel's backlog instead of costing us memory.
+/// Accept until shutdown or `l.stop`. A permit is taken before accepting, so at the limit new
+/// clients wait in the kernel's backlog instead of costing us memory. Each connection takes
+/// the snapshot current when it is accepted: a new TLS client meets the latest certificate.
 pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc<Shared>) {
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             () = shared.shutdown.cancelled() => break,
+            () = l.stop.cancelled() => break,
         };
         let accepted = tokio::select! {
             r = l.listener.accept() => r,
             () = shared.shutdown.cancelled() => break,
+            () = l.stop.cancelled() => break,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -46,16 +54,21 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
                 continue;
             }
         };
-        let span = tracing::info_span!("conn", %peer, route = tracing::field::Empty, user = tracing::field::Empty, backend = tracing::field::Empty);
-        let tls = l.tls.clone();
+        let snapshot = shared.snapshot.load_full();
+        // Between a reload's swap and its stopping this listener, the new snapshot lacks it.
+        let Some(tls) = snapshot.listener_tls(l.key) else {
+            break;
+        };
+        let tls = tls.map(TlsAcceptor::from);
+        let span = tracing::info_span!("conn", %peer, session = tracing::field::Empty, route = tracing::field::Empty, user = tracing::field::Empty, backend = tracing::field::Empty);
         let conn = ConnInfo {
             peer,
             tls: tls.is_some(),
             client_cert: None,
         };
-        shared
-            .tracker
-            .spawn(connection(stream, tls, conn, permit, shared.clone()).instrument(span));
+        shared.tracker.spawn(
+            connection(stream, tls, conn, permit, snapshot, shared.clone()).instrument(span),
+        );
     }
 }
 
@@ -73,15 +86,16 @@ async fn connection(
     tls: Option<TlsAcceptor>,
     conn: ConnInfo,
     permit: OwnedSemaphorePermit,
+    snapshot: Arc<Snapshot>,
     shared: Arc<Shared>,
 ) {
     let _ = stream.set_nodelay(true);
     let permit = Arc::new(ConnectionSlot::open(permit));
     match tls {
-        None => serve_http(stream, conn, permit, shared).await,
+        None => serve_http(stream, conn, permit, &snapshot, shared).await,
         Some(acceptor) => {
             let handshake = tokio::select! {
-                r = tokio::time::timeout(shared.snapshot.tls_handshake_timeout, acceptor.accept(stream)) => r,
+                r = tokio::time::timeout(snapshot.tls_handshake_timeout, acceptor.accept(stream)) => r,
                 () = shared.shutdown.cancelled() => return,
             };
             match handshake {
@@ -90,7 +104,7 @@ async fn connection(
                         client_cert: ClientCert::of_connection(stream.get_ref().1),
                         ..conn
                     };
-                    serve_http(stream, conn, permit, shared).await
+                    serve_http(stream, conn, permit, &snapshot, shared).await
                 }
                 Ok(Err(e)) => {
                     metrics::tls_handshake_failed();
@@ -105,8 +119,15 @@ async fn connection(
     }
 }
 
-async fn serve_http<IO>(io: IO, conn: ConnInfo, permit: Arc<ConnectionSlot>, shared: Arc<Shared>)
-where
+/// HTTP on one connection. Its timeouts and header limit come from the snapshot it was
+/// accepted under; each request takes the current snapshot for its route and checks.
+async fn serve_http<IO>(
+    io: IO,
+    conn: ConnInfo,
+    permit: Arc<ConnectionSlot>,
+    snapshot: &Snapshot,
+    shared: Arc<Shared>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = {
@@ -117,9 +138,9 @@ where
     };
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.snapshot.header_read_timeout)
+        .header_read_timeout(snapshot.header_read_timeout)
         // Over it hyper answers 431 and closes (its default is ~400 KiB and 100 headers).
-        .max_header_size(shared.snapshot.max_header_bytes)
+        .max_header_size(snapshot.max_header_bytes)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);

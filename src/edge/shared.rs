@@ -1,8 +1,7 @@
 //! What the connection and request tasks of one gateway share, and what one connection holds
 //! for as long as it or the session it upgraded to lives.
 
-use std::sync::Arc;
-
+use arc_swap::ArcSwap;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -12,7 +11,9 @@ use crate::snapshot::Snapshot;
 
 /// What every connection task shares.
 pub struct Shared {
-    pub snapshot: Arc<Snapshot>,
+    /// The running config. Each connection and each request takes the one current when it
+    /// starts and keeps it; a reload stores a new one without touching live sessions.
+    pub snapshot: ArcSwap<Snapshot>,
     /// Cancelled on SIGTERM/SIGINT: stop accepting, close sessions with 1001.
     pub shutdown: CancellationToken,
     /// Cancelled when the drain deadline passes: drop whatever is left.

@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` for Prometheus, `/healthz` and `/readyz` for orchestrators.
+//! The admin listener: `/metrics` for Prometheus, `/healthz` and `/readyz` for orchestrators,
+//! `POST /reload` for `wsgate reload` and deploy hooks.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,11 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use super::reload::{ReloadHandle, Trigger};
+
 /// Serve admin requests until `stop`; each connection ends with `stop` too.
 pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     ready: Arc<AtomicBool>,
+    reload: ReloadHandle,
     stop: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
@@ -31,10 +35,18 @@ pub async fn serve(
         };
         let Ok((stream, _)) = accepted else { continue };
         let (handle, ready, stop) = (handle.clone(), ready.clone(), stop.clone());
+        let reload = reload.clone();
         tracker.spawn(async move {
-            let service = service_fn(move |req| {
-                let response = answer(&req, &handle, &ready);
-                async move { Ok::<_, Infallible>(response) }
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let immediate =
+                    (req.uri().path() != "/reload").then(|| answer(&req, &handle, &ready));
+                let reload = reload.clone();
+                async move {
+                    Ok::<_, Infallible>(match immediate {
+                        Some(response) => response,
+                        None => reload_answer(req.method(), &reload).await,
+                    })
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -48,6 +60,33 @@ pub async fn serve(
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// `POST /reload`: 200 with what changed, or 422 with why the new config was refused (the
+/// running config stays).
+async fn reload_answer(method: &Method, reload: &ReloadHandle) -> Response<Full<Bytes>> {
+    let (status, body) = if method != Method::POST {
+        (StatusCode::METHOD_NOT_ALLOWED, "POST only\n".to_owned())
+    } else {
+        match reload.reload(Trigger::Admin).await {
+            Ok(summary) => (StatusCode::OK, format!("reloaded: {summary}\n")),
+            Err(why) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("reload refused, the running config stays: {why}\n"),
+            ),
+        }
+    };
+    text(status, "text/plain; charset=utf-8", body)
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 fn answer<B>(
@@ -78,14 +117,8 @@ fn answer<B>(
         _ => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "GET only\n".to_owned(),
+            "GET only (POST for /reload)\n".to_owned(),
         ),
     };
-    let mut response = Response::new(Full::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    response
+    text(status, content_type, body)
 }

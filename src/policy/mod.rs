@@ -11,6 +11,6 @@ pub mod jwt;
 pub mod targets;
 
 pub use access::Access;
-pub use admission::{client_key, Admission, SessionSlot};
+pub use admission::{client_key, Admission, SessionSlot, UPKEEP_INTERVAL};
 pub use identity::{ClientCert, ConnInfo};
 pub use targets::{Egress, Target};

@@ -26,8 +26,9 @@ pub struct Snapshot {
     pub config: Config,
     pub routes: Vec<Arc<Route>>,
     pub router: Router,
-    /// Each public listener's rustls config, in `config.listeners` order (`None`: plain `ws`).
-    pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Each public listener's key and rustls config (`None`: plain `ws`), in
+    /// `config.listeners` order.
+    pub listeners: Vec<(ListenerKey, Option<Arc<rustls::ServerConfig>>)>,
     pub dialer: Dialer,
     pub buffer_bytes: usize,
     pub ping_interval: Option<Duration>,
@@ -40,21 +41,65 @@ pub struct Snapshot {
     pub admission: Arc<Admission>,
 }
 
+/// A public listener's identity across reloads: its configured address and, for addresses
+/// written more than once (port 0), which occurrence. A reload keeps the socket of every key
+/// the new config still has, binds the new ones and closes the ones it no longer has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub address: SocketAddr,
+    pub nth: usize,
+}
+
+impl std::fmt::Display for ListenerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.nth {
+            0 => write!(f, "{}", self.address),
+            n => write!(f, "{} (#{})", self.address, n + 1),
+        }
+    }
+}
+
 impl Snapshot {
     /// Compile `config`: read certificates, keys, token files and JWT keys, parse origins
     /// and egress rules. Errors name the key. `echo_addr` is where the built-in echo
     /// service listens (`None` when no route uses it, or when only checking).
     pub fn build(config: Config, echo_addr: Option<SocketAddr>) -> anyhow::Result<Self> {
+        Self::compile(config, echo_addr, None)
+    }
+
+    /// [`Snapshot::build`] for a reload: the admission counts of `previous` carry over, so
+    /// sessions it admitted keep counting against the new caps until they end.
+    pub fn succeed(
+        config: Config,
+        echo_addr: Option<SocketAddr>,
+        previous: &Snapshot,
+    ) -> anyhow::Result<Self> {
+        Self::compile(config, echo_addr, Some(previous))
+    }
+
+    fn compile(
+        config: Config,
+        echo_addr: Option<SocketAddr>,
+        previous: Option<&Snapshot>,
+    ) -> anyhow::Result<Self> {
         crate::tls::install_crypto_provider();
-        let mut listener_tls = Vec::with_capacity(config.listeners.len());
+        let mut listeners: Vec<(ListenerKey, _)> = Vec::with_capacity(config.listeners.len());
         for (i, l) in config.listeners.iter().enumerate() {
-            listener_tls.push(match &l.tls {
+            let key = ListenerKey {
+                address: l.address,
+                nth: listeners
+                    .iter()
+                    .filter(|(k, _)| k.address == l.address)
+                    .count(),
+            };
+            let tls = match &l.tls {
                 Some(t) => Some(
                     crate::tls::server_config(t)
                         .with_context(|| format!("listener[{i}].tls ({})", l.address))?,
                 ),
                 None => None,
-            });
+            };
+            listeners.push((key, tls));
         }
         let routes = config
             .routes
@@ -71,7 +116,7 @@ impl Snapshot {
         Ok(Self {
             router: Router::new(&routes),
             routes,
-            listener_tls,
+            listeners,
             dialer: Dialer {
                 connect_timeout: config.backend_connect_timeout,
                 echo_addr,
@@ -84,9 +129,21 @@ impl Snapshot {
             header_read_timeout: config.header_read_timeout,
             tls_handshake_timeout: config.tls_handshake_timeout,
             max_header_bytes: config.max_header_bytes,
-            admission: Arc::new(Admission::new(&config)),
+            admission: Arc::new(match previous {
+                Some(p) => Admission::succeed(&config, &p.admission),
+                None => Admission::new(&config),
+            }),
             config,
         })
+    }
+
+    /// The TLS config of the listener `key` (`Some(None)`: plain `ws`), or `None` when this
+    /// snapshot has no such listener.
+    pub fn listener_tls(&self, key: ListenerKey) -> Option<Option<Arc<rustls::ServerConfig>>> {
+        self.listeners
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, tls)| tls.clone())
     }
 
     /// Whether a route uses the built-in echo service (so the gateway must start it).
