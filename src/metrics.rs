@@ -1,11 +1,12 @@
 //! Every metric in one place: names, descriptions, the recorder, and per-session handles.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
-use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics::{Counter, CounterFn, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const SESSIONS_ACTIVE: &str = "wsgate_sessions_active";
@@ -219,11 +220,37 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// A route's counter that also keeps this session's own count, for the access log: the
+/// session code increments one `Counter` as before and both move.
+struct Tally {
+    route: Counter,
+    session: AtomicU64,
+}
+
+impl CounterFn for Tally {
+    fn increment(&self, value: u64) {
+        self.route.increment(value);
+        self.session.fetch_add(value, Ordering::Relaxed);
+    }
+
+    fn absolute(&self, value: u64) {
+        self.route.absolute(value);
+    }
+}
+
+fn tally(route: &Counter) -> Arc<Tally> {
+    Arc::new(Tally {
+        route: route.clone(),
+        session: AtomicU64::new(0),
+    })
+}
+
 /// One session's metric handles (clones of its route's), so the data path never touches
 /// the registry. Holds `wsgate_sessions_active` up while alive.
 pub struct SessionMetrics {
     route: Arc<str>,
     handles: Arc<RouteHandles>,
+    messages: [Arc<Tally>; 2],
     pub bytes_to_backend: Counter,
     pub bytes_to_client: Counter,
     pub messages_to_backend: Counter,
@@ -236,15 +263,30 @@ impl SessionMetrics {
         let handles = route_handles(&route);
         handles.sessions_total.increment(1);
         handles.active.increment(1.0);
+        let messages = [
+            tally(&handles.messages_to_backend),
+            tally(&handles.messages_to_client),
+        ];
         Self {
             bytes_to_backend: handles.bytes_to_backend.clone(),
             bytes_to_client: handles.bytes_to_client.clone(),
-            messages_to_backend: handles.messages_to_backend.clone(),
-            messages_to_client: handles.messages_to_client.clone(),
+            messages_to_backend: Counter::from_arc(messages[0].clone()),
+            messages_to_client: Counter::from_arc(messages[1].clone()),
+            messages,
             ping_rtt: handles.ping_rtt.clone(),
             handles,
             route,
         }
+    }
+
+    /// This session's messages so far: (client to backend, backend to client), counted as
+    /// `wsgate_messages_total` counts them.
+    pub fn messages(&self) -> (u64, u64) {
+        let [up, down] = &self.messages;
+        (
+            up.session.load(Ordering::Relaxed),
+            down.session.load(Ordering::Relaxed),
+        )
     }
 
     /// Record how the session ended.

@@ -431,6 +431,8 @@ async fn sighup_reloads_the_binary_and_json_logs_tell_the_story() {
         "backend",
         "bytes_to_backend",
         "bytes_to_client",
+        "messages_to_backend",
+        "messages_to_client",
         "duration_ms",
         "code",
         "closed_by",
@@ -439,6 +441,7 @@ async fn sighup_reloads_the_binary_and_json_logs_tell_the_story() {
         assert!(!access[key].is_null(), "access line lacks {key}: {access}");
     }
     assert_eq!(access["bytes_to_backend"], 23, "{access}");
+    assert_eq!(access["messages_to_backend"], 2, "{access}");
     assert_eq!(access["code"], 1005, "a Close without a code: {access}");
     assert_eq!(s(&access, "closed_by"), "client");
     assert!(s(&access, "client").starts_with("127.0.0.1:"), "{access}");

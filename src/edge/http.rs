@@ -244,6 +244,7 @@ async fn bridge_session<CR, CW>(
     };
     let duration = started.elapsed();
     metrics.closed(outcome.code, outcome.initiator.label(), duration);
+    let (messages_to_backend, messages_to_client) = metrics.messages();
     // The access log: one line per session, every field named (one JSON object with
     // `--log-format json`).
     info!(
@@ -254,6 +255,8 @@ async fn bridge_session<CR, CW>(
         subprotocol = info.subprotocol.as_deref(),
         bytes_to_backend = outcome.bytes_to_backend,
         bytes_to_client = outcome.bytes_to_client,
+        messages_to_backend,
+        messages_to_client,
         duration_ms = duration.as_millis() as u64,
         code = outcome.code,
         closed_by = outcome.initiator.label(),
