@@ -5,13 +5,16 @@
 //! `tests/layout.rs`, which also prints the graph: `cargo test --test layout -- --nocapture`).
 //! ```text
 //! main.rs      CLI → config → gateway, until a signal
-//! gateway.rs   build the snapshot, bind, serve edge and ops, drain on shutdown
+//! gateway.rs   build the snapshot, bind, serve edge and ops, apply reloads (swap the
+//!              snapshot, bind/close listeners), drain on shutdown
 //! edge/        listener.rs: accept with permits, per-connection span, TLS, hyper
 //!              http.rs: one request → route (404) → upgrade checks (400/426) → access
 //!              → limits (429/503) → dial (502/504) → 101 → session task
-//! ops/         admin.rs: /metrics, /healthz, /readyz; shutdown.rs: signals → one token
+//! ops/         admin.rs: /metrics, /healthz, /readyz, POST /reload; shutdown.rs: signals →
+//!              one token; reload.rs: SIGHUP, file watch, admin → one reload at a time
 //! snapshot/    the immutable value the running gateway reads: routes with compiled policy,
-//!              router (path → route, subprotocol choice), listener TLS, admission, dialer
+//!              router (path → route, subprotocol choice), listener TLS, admission, dialer;
+//!              held in an ArcSwap: connections and requests take the current one
 //! backend/     dial TCP / WebSocket (ws, wss) backends under a timeout; the built-in echo
 //! policy/      access (origin, bearer, JWT, client certificates), identity (ConnInfo),
 //!              targets (token files, JWT claims, egress), admission (caps, handshake rate)

@@ -31,6 +31,18 @@ async fn post_reload(admin: SocketAddr) -> (u16, String) {
     (status, answer_body(&answer).to_owned())
 }
 
+/// `wsgate reload --admin ADDR` with the real binary: (exit 0, what it printed).
+async fn wsgate_reload(admin: SocketAddr) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["reload", "--admin", &admin.to_string()])
+        .output()
+        .await
+        .expect("wsgate reload runs");
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), said)
+}
+
 /// The hash `wsgate_config_info` shows for a file holding `text`.
 fn hash_of(text: &str) -> String {
     sha256_hex(text)[..16].to_owned()
@@ -87,9 +99,12 @@ async fn reload_keeps_a_streaming_session_and_switches_routes() {
         route("e", "/e", "builtin:echo")
     ));
     write(&file, &after);
-    let (status, body) = post_reload(admin).await;
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains("2 route(s)"), "{body}");
+    let (ok, said) = wsgate_reload(admin).await;
+    assert!(ok, "{said}");
+    assert!(
+        said.starts_with("reloaded: ") && said.contains("2 route(s)"),
+        "{said}"
+    );
     assert_eq!(read_bytes(&mut ws, 4096).await, pattern(offset, 4096));
     offset += 4096;
 
@@ -157,12 +172,15 @@ async fn a_broken_file_is_refused_and_the_old_config_serves() {
     assert!(body.contains("limits.max_frame_bytes"), "{body}");
     assert!(body.contains("running config stays"), "{body}");
 
-    // Through the library handle as well: the same refusal.
+    // Through the library handle and `wsgate reload` as well: the same refusal.
     let why = gw.reload.reload(Trigger::Api).await.unwrap_err();
     assert!(why.contains("limits.max_frame_bytes"), "{why}");
-    assert_eq!(errors(&scrape(admin).await), Some(errors_before + 2.0));
+    let (ok, said) = wsgate_reload(admin).await;
+    assert!(!ok && said.contains("limits.max_frame_bytes"), "{said}");
+    assert_eq!(errors(&scrape(admin).await), Some(errors_before + 3.0));
 
     assert_echoes(&mut live, b"after").await;
+    drop(live);
     assert_echoes(
         &mut ws_client(&gw.url("/a")).await,
         b"new client, old config",
@@ -262,6 +280,8 @@ async fn renewed_certificate_files_are_served_to_new_clients_old_sessions_contin
     );
     let mut offset = 0;
     stream_through(&mut old_session, &mut offset, 4).await;
+    // Gone without a Close: the drain need not wait for them.
+    drop((old_session, new_session));
     gw.stop().await.unwrap();
 }
 
@@ -311,6 +331,8 @@ async fn listeners_added_and_removed_by_reload() {
     assert_echoes(&mut second, b"session on the removed listener").await;
     assert_echoes(&mut first, b"session on the kept listener").await;
     assert_echoes(&mut ws_client(&gw.url("/")).await, b"kept listener").await;
+    // Gone without a Close: the drain need not wait for them.
+    drop((first, second));
     gw.stop().await.unwrap();
 }
 
