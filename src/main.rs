@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use wsgate::config::{LogConfig, LogFormat, QuickMode};
+use wsgate::ops::reload::Sighup;
 use wsgate::{Config, Gateway, Snapshot};
 
 /// WebSocket-to-TCP reverse proxy gateway.
@@ -219,16 +220,16 @@ fn load_source(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 async fn serve(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
+    // From here on SIGHUP reloads instead of killing the process; one that arrives before
+    // the gateway runs is served once it does.
+    let sighup = Sighup::register().context("listening for SIGHUP")?;
     let gateway = match &file {
         // Read again (the same bytes, unless they just changed): a reload reads this file.
         Some(path) => Gateway::bind_file(path).await?,
         None => Gateway::bind(config).await?,
     };
     let shutdown = CancellationToken::new();
-    // From here on SIGHUP reloads instead of killing the process.
-    let sighup = wsgate::ops::reload::reload_on_sighup(gateway.reload_handle(), shutdown.clone())
-        .context("listening for SIGHUP")?;
-    let sighup = tokio::spawn(sighup);
+    let sighup = tokio::spawn(sighup.forward(gateway.reload_handle(), shutdown.clone()));
     for (addr, scheme) in gateway.public_urls() {
         for route in &gateway.snapshot().routes {
             println!(

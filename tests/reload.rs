@@ -497,3 +497,46 @@ async fn text_logs_have_no_colour_off_a_terminal() {
         "colour codes in piped logs: {log:?}"
     );
 }
+
+/// Reload defect guarded: admission built from scratch on a reload would forget the sessions
+/// already running, so a full gateway admitted a whole new quota after every reload. The
+/// counts carry over: the old session still holds its place under the same cap, a raised cap
+/// admits exactly the difference, and a slot freed by the old session is seen by the new caps.
+#[tokio::test]
+async fn session_caps_count_sessions_from_before_a_reload() {
+    let echo = format!("tcp://{}", tcp_echo_backend().await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wsgate.toml");
+    let with_cap = |n: usize| {
+        config_with(&format!(
+            "[reload]\nwatch = false\n[limits]\nmax_sessions = {n}\n{}",
+            route("capped", "/", &echo)
+        ))
+    };
+    write(&file, &with_cap(1));
+    let gw = spawn_gateway_from_file(&file).await;
+    let mut old = ws_client(&gw.url("/")).await;
+    assert_echoes(&mut old, b"holds the only slot").await;
+    assert_eq!(upgrade_with(gw.addr, "/", &[]).await.0, 503);
+
+    gw.reload.reload(Trigger::Api).await.expect("same file");
+    assert_eq!(upgrade_with(gw.addr, "/", &[]).await.0, 503, "still full");
+
+    write(&file, &with_cap(2));
+    gw.reload.reload(Trigger::Api).await.expect("raised cap");
+    let mut second = ws_client(&gw.url("/")).await;
+    assert_echoes(&mut second, b"the one new slot").await;
+    assert_eq!(upgrade_with(gw.addr, "/", &[]).await.0, 503, "2 of 2");
+
+    drop(old);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upgrade_with(gw.addr, "/", &[]).await.0 != 101 {
+        assert!(
+            Instant::now() < deadline,
+            "the old session's slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(second);
+    gw.stop().await.unwrap();
+}

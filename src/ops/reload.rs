@@ -193,24 +193,35 @@ async fn sleep_until(due: Option<Instant>) {
     }
 }
 
-/// Register for SIGHUP now (from then on it no longer kills the process) and return the task
-/// that turns each one into a reload request until `stop`.
-pub fn reload_on_sighup(
-    handle: ReloadHandle,
-    stop: CancellationToken,
-) -> std::io::Result<impl Future<Output = ()> + Send> {
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    Ok(async move {
+/// SIGHUP, registered: from the moment this exists SIGHUP no longer kills the process.
+pub struct Sighup(#[cfg(unix)] tokio::signal::unix::Signal);
+
+impl Sighup {
+    /// Register now, before the config is read, so no SIGHUP is lost or fatal during start.
+    pub fn register() -> std::io::Result<Self> {
         #[cfg(unix)]
-        loop {
-            tokio::select! {
-                r = hup.recv() => {
-                    if r.is_none() { break }
-                    info!(event = "reload", "SIGHUP received: reloading the config");
-                    handle.request(Trigger::Signal);
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self(signal(SignalKind::hangup())?))
+        }
+        #[cfg(not(unix))]
+        Ok(Self())
+    }
+
+    /// Turn each SIGHUP into a reload request until `stop`.
+    pub async fn forward(self, handle: ReloadHandle, stop: CancellationToken) {
+        #[cfg(unix)]
+        {
+            let mut hup = self.0;
+            loop {
+                tokio::select! {
+                    r = hup.recv() => {
+                        if r.is_none() { break }
+                        info!(event = "reload", "SIGHUP received: reloading the config");
+                        handle.request(Trigger::Signal);
+                    }
+                    () = stop.cancelled() => break,
                 }
-                () = stop.cancelled() => break,
             }
         }
         #[cfg(not(unix))]
@@ -218,7 +229,7 @@ pub fn reload_on_sighup(
             let _ = handle;
             stop.cancelled().await;
         }
-    })
+    }
 }
 
 /// The watched files. Their folders are watched, not the files: editors, certbot and
