@@ -41,6 +41,7 @@ pub struct Gateway {
 }
 
 /// Where a reload reads the config from.
+#[derive(Clone)]
 enum Source {
     /// A file, read again on every reload.
     File(PathBuf),
@@ -356,7 +357,10 @@ impl Apply for Reconfigure {
     /// happens before the swap; after it nothing fails. Live sessions keep the snapshot they
     /// started with; listeners the new config still has keep their sockets.
     async fn apply(&mut self) -> anyhow::Result<Applied> {
-        let (config, hash) = self.source.load()?;
+        // File reads and certificate parsing run off the async workers: with one worker
+        // thread they would otherwise stall every session for the length of the reload.
+        let source = self.source.clone();
+        let (config, hash) = blocking(move || source.load()).await?;
         let old = self.shared.snapshot.load_full();
         let echo = match self.echo_addr {
             None if Snapshot::needs_echo(&config) => Some(
@@ -369,7 +373,8 @@ impl Apply for Reconfigure {
         let echo_addr = self
             .echo_addr
             .or_else(|| echo.as_ref().and_then(|l| l.local_addr().ok()));
-        let snapshot = Snapshot::succeed(config, echo_addr, &old)?;
+        let previous = old.clone();
+        let snapshot = blocking(move || Snapshot::succeed(config, echo_addr, &previous)).await?;
         let mut added = Vec::new();
         for (key, _) in &snapshot.listeners {
             if !self.running.contains_key(key) {
@@ -423,6 +428,14 @@ impl Apply for Reconfigure {
             ),
         })
     }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("reload task panicked")?
 }
 
 /// Settings a reload reads but cannot apply to a running process.

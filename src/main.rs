@@ -86,6 +86,9 @@ enum Command {
         /// The gateway's config file, to find its admin address.
         #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// How long to wait for the gateway's answer, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        timeout_secs: u64,
     },
 }
 
@@ -127,8 +130,13 @@ fn init_logging(cli: &Cli, file: &LogConfig) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Some(Command::Reload { admin, config }) => {
-            return reload_command(*admin, config.as_deref());
+        Some(Command::Reload {
+            admin,
+            config,
+            timeout_secs,
+        }) => {
+            let wait = Duration::from_secs(*timeout_secs);
+            return reload_command(*admin, config.as_deref(), wait);
         }
         Some(Command::Check { .. }) => init_logging(&cli, &LogConfig::default()),
         None => {}
@@ -250,7 +258,11 @@ async fn serve(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 /// `wsgate reload`: POST /reload to the admin listener and print its answer.
-fn reload_command(admin: Option<SocketAddr>, config: Option<&std::path::Path>) -> ExitCode {
+fn reload_command(
+    admin: Option<SocketAddr>,
+    config: Option<&std::path::Path>,
+    wait: Duration,
+) -> ExitCode {
     let addr = match (admin, config) {
         (Some(a), _) => Some(a),
         (None, Some(path)) => match Config::load(path) {
@@ -283,7 +295,7 @@ fn reload_command(admin: Option<SocketAddr>, config: Option<&std::path::Path>) -
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(post_reload(addr)) {
+    match runtime.block_on(post_reload(addr, wait)) {
         Ok((status, body)) => {
             print!("{body}");
             if status.is_success() {
@@ -299,10 +311,10 @@ fn reload_command(admin: Option<SocketAddr>, config: Option<&std::path::Path>) -
     }
 }
 
-/// How long `wsgate reload` waits for the gateway's answer.
-const RELOAD_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn post_reload(addr: SocketAddr) -> anyhow::Result<(hyper::StatusCode, String)> {
+async fn post_reload(
+    addr: SocketAddr,
+    wait: Duration,
+) -> anyhow::Result<(hyper::StatusCode, String)> {
     use http_body_util::{BodyExt, Empty};
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr)
@@ -319,7 +331,7 @@ async fn post_reload(addr: SocketAddr) -> anyhow::Result<(hyper::StatusCode, Str
         let body = response.into_body().collect().await?.to_bytes();
         anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
-    tokio::time::timeout(RELOAD_REQUEST_TIMEOUT, exchange)
+    tokio::time::timeout(wait, exchange)
         .await
-        .context("no answer in 30 s")?
+        .with_context(|| format!("no answer in {} s", wait.as_secs()))?
 }
