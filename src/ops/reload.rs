@@ -304,27 +304,59 @@ impl FileWatch {
         let wake = self.sender.clone();
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
-            // Reading the files (our own reload among others) is not a change.
-            if matches!(event.kind, EventKind::Access(_)) {
-                return;
-            }
             let files = files.lock().unwrap_or_else(|e| e.into_inner());
-            let relevant = event.paths.iter().any(|p| {
-                files.contains(p)
-                    || p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(".."))
-            });
-            if relevant {
+            if is_change_of(&event, &files) {
                 let _ = wake.try_send(());
             }
         })
     }
 }
 
+/// Whether `event` in a watched folder changes one of `files` (or swaps a Kubernetes
+/// `..data` link, behind which every file of a ConfigMap or Secret volume lives).
+fn is_change_of(event: &notify::Event, files: &HashSet<PathBuf>) -> bool {
+    // Reading the files (our own reload among others) is not a change: counting it would
+    // make every reload trigger the next.
+    if matches!(event.kind, EventKind::Access(_)) {
+        return false;
+    }
+    event.paths.iter().any(|p| {
+        files.contains(p)
+            || p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(".."))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reload reads the files it watches: the read must not count as a change, or each
+    /// reload would trigger the next one forever.
+    #[test]
+    fn reads_are_not_changes_and_only_watched_files_count() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+        let files = HashSet::from([PathBuf::from("/etc/wsgate/wsgate.toml")]);
+        let event = |kind, path: &str| notify::Event::new(kind).add_path(PathBuf::from(path));
+        let read = EventKind::Access(AccessKind::Close(AccessMode::Read));
+        assert!(!is_change_of(
+            &event(read, "/etc/wsgate/wsgate.toml"),
+            &files
+        ));
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert!(is_change_of(
+            &event(renamed, "/etc/wsgate/wsgate.toml"),
+            &files
+        ));
+        let written = EventKind::Modify(ModifyKind::Any);
+        assert!(!is_change_of(
+            &event(written, "/etc/wsgate/other.toml"),
+            &files
+        ));
+        let swapped = EventKind::Create(CreateKind::Any);
+        assert!(is_change_of(&event(swapped, "/etc/wsgate/..data"), &files));
+    }
 
     #[test]
     fn hash_is_sha256_prefix() {
