@@ -540,3 +540,39 @@ async fn session_caps_count_sessions_from_before_a_reload() {
     drop(second);
     gw.stop().await.unwrap();
 }
+
+/// Access rules and tokens are part of the reload: a rotated bearer token works from the
+/// reload on and the retired one is refused, while a session admitted with the retired
+/// token carries on.
+#[tokio::test]
+async fn rotated_tokens_apply_to_new_requests_only() {
+    let echo = format!("tcp://{}", tcp_echo_backend().await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wsgate.toml");
+    let with_token = |token: &str| {
+        config_with(&format!(
+            "[reload]\nwatch = false\n{}[route.auth]\nbearer_sha256 = [\"{}\"]\n",
+            route("auth", "/", &echo),
+            sha256_hex(token)
+        ))
+    };
+    let bearer = |token: &str| format!("Bearer {token}");
+    write(&file, &with_token("old-token-3f9a"));
+    let gw = spawn_gateway_from_file(&file).await;
+    let old = bearer("old-token-3f9a");
+    let new = bearer("new-token-81c2");
+    let (mut live, _) = ws_client_with(&gw.url("/"), &[("Authorization", old.as_str())])
+        .await
+        .expect("the old token is accepted");
+    assert_echoes(&mut live, b"admitted with the old token").await;
+
+    write(&file, &with_token("new-token-81c2"));
+    gw.reload.reload(Trigger::Api).await.expect("reload");
+    let retired = upgrade_with(gw.addr, "/", &[("Authorization", old.as_str())]).await;
+    assert_eq!(retired.0, 401, "the retired token");
+    let current = upgrade_with(gw.addr, "/", &[("Authorization", new.as_str())]).await;
+    assert_eq!(current.0, 101, "the new token");
+    assert_echoes(&mut live, b"still bridged").await;
+    drop(live);
+    gw.stop().await.unwrap();
+}
