@@ -22,8 +22,11 @@ use crate::config::Config;
 use crate::edge::{accept_loop, PublicListener, Shared};
 use crate::metrics;
 use crate::ops::admin;
+use crate::ops::api::{redact, ApiSettings, OpsApi, RouteSummary};
 use crate::ops::reload::{self, config_hash, Applied, Apply, ReloadHandle, ReloadRequests};
+use crate::policy::access::decode_sha256_hex;
 use crate::policy::UPKEEP_INTERVAL;
+use crate::session::registry::Registry;
 use crate::snapshot::{ListenerKey, Snapshot};
 
 /// A gateway whose sockets are bound; [`Gateway::run`] serves them.
@@ -38,6 +41,8 @@ pub struct Gateway {
     reload: ReloadHandle,
     requests: ReloadRequests,
     bound: BoundListeners,
+    /// The admin API's view of the config (checked at bind: a bad digest fails here).
+    api_settings: ApiSettings,
 }
 
 /// Where a reload reads the config from.
@@ -155,6 +160,7 @@ impl Gateway {
         };
         let (reload, requests) = ReloadHandle::channel();
         Ok(Self {
+            api_settings: api_settings(&snapshot)?,
             snapshot: Arc::new(snapshot),
             source,
             hash,
@@ -219,22 +225,34 @@ impl Gateway {
             version = env!("CARGO_PKG_VERSION"),
             "gateway starting"
         );
+        let registry = Arc::new(Registry::default());
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::new(snapshot),
             shutdown: shutdown.clone(),
             hard_stop: hard_stop.clone(),
             tracker: TaskTracker::new(),
+            registry: registry.clone(),
         });
 
         let ready = Arc::new(AtomicBool::new(false));
+        let mut api = None;
         if let Some(listener) = self.admin {
+            let ops_api = Arc::new(OpsApi::new(
+                registry,
+                self.api_settings,
+                aux.clone(),
+                aux_stop.clone(),
+            ));
+            aux.spawn(ops_api.clone().run_sampler());
             aux.spawn(admin::serve(
                 listener,
                 handle.clone(),
                 ready.clone(),
+                ops_api.clone(),
                 self.reload.clone(),
                 aux_stop.clone(),
             ));
+            api = Some(ops_api);
         }
         aux.spawn({
             let stop = aux_stop.clone();
@@ -268,6 +286,7 @@ impl Gateway {
                 bound: self.bound,
                 permits,
                 echo_addr,
+                api,
                 aux: aux.clone(),
                 aux_stop: aux_stop.clone(),
             },
@@ -348,6 +367,8 @@ struct Reconfigure {
     bound: BoundListeners,
     permits: Arc<Semaphore>,
     echo_addr: Option<SocketAddr>,
+    /// The admin API, which shows the running config's routes and settings.
+    api: Option<Arc<OpsApi>>,
     aux: TaskTracker,
     aux_stop: CancellationToken,
 }
@@ -375,6 +396,7 @@ impl Apply for Reconfigure {
             .or_else(|| echo.as_ref().and_then(|l| l.local_addr().ok()));
         let previous = old.clone();
         let snapshot = blocking(move || Snapshot::succeed(config, echo_addr, &previous)).await?;
+        let api_settings = api_settings(&snapshot)?;
         let mut added = Vec::new();
         for (key, _) in &snapshot.listeners {
             if !self.running.contains_key(key) {
@@ -389,6 +411,9 @@ impl Apply for Reconfigure {
         }
         let snapshot = Arc::new(snapshot);
         self.shared.snapshot.store(snapshot.clone());
+        if let Some(api) = &self.api {
+            api.update(api_settings);
+        }
         let (n_added, mut removed) = (added.len(), 0);
         let mut addrs: HashMap<ListenerKey, SocketAddr> = self
             .bound
@@ -459,4 +484,53 @@ fn warn_needs_restart(old: &Config, new: &Config) {
             key, "changed, but applies only after a restart; the running value stays"
         );
     }
+}
+
+/// What the admin API needs from the snapshot: the token digest, the routes, the running
+/// config with secrets redacted, the default drain grace.
+fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
+    let config = &snapshot.config;
+    let token_sha256 = match &config.admin_bearer_sha256 {
+        Some(hex) => {
+            Some(decode_sha256_hex(hex).context("admin.bearer_sha256: not a SHA-256 digest")?)
+        }
+        None => None,
+    };
+    let mut config_json = serde_json::json!({
+        "listener": config.listeners,
+        "admin": config.admin.map(|address| serde_json::json!({
+            "address": address,
+            "bearer_sha256": config.admin_bearer_sha256,
+        })),
+        "timeouts": {
+            "tls_handshake_secs": config.tls_handshake_timeout.as_secs_f64(),
+            "header_read_secs": config.header_read_timeout.as_secs_f64(),
+            "backend_connect_secs": config.backend_connect_timeout.as_secs_f64(),
+            "ping_interval_secs": config.ping_interval.map_or(0.0, |d| d.as_secs_f64()),
+            "pong_timeout_secs": config.pong_timeout.as_secs_f64(),
+            "close_grace_secs": config.close_grace.as_secs_f64(),
+            "shutdown_grace_secs": config.shutdown_grace.as_secs_f64(),
+            "drain_grace_secs": config.drain_grace.as_secs_f64(),
+        },
+        "limits": config.limits,
+        "route": config.routes,
+        "egress": config.egress,
+        "runtime": { "worker_threads": config.worker_threads },
+        "reload": config.reload,
+        "log": config.log,
+    });
+    redact(&mut config_json);
+    Ok(ApiSettings {
+        token_sha256,
+        routes: snapshot
+            .routes
+            .iter()
+            .map(|r| RouteSummary {
+                name: r.name.clone(),
+                path: r.path.to_string(),
+            })
+            .collect(),
+        config_json,
+        drain_grace: config.drain_grace,
+    })
 }

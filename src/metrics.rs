@@ -220,29 +220,41 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// A route's counter that also keeps this session's own count, for the access log: the
-/// session code increments one `Counter` as before and both move.
-struct Tally {
-    route: Counter,
-    session: AtomicU64,
+/// What one session moved so far, each way: bytes (the admin API) or messages (the access
+/// log).
+#[derive(Debug, Default)]
+pub struct ByteCounts {
+    pub to_backend: AtomicU64,
+    pub to_client: AtomicU64,
 }
 
-impl CounterFn for Tally {
+/// A route's counter that also counts into one session's [`ByteCounts`].
+struct Tee {
+    route: Counter,
+    counts: Arc<ByteCounts>,
+    to_backend: bool,
+}
+
+impl Tee {
+    fn count(&self) -> &AtomicU64 {
+        if self.to_backend {
+            &self.counts.to_backend
+        } else {
+            &self.counts.to_client
+        }
+    }
+}
+
+impl CounterFn for Tee {
     fn increment(&self, value: u64) {
         self.route.increment(value);
-        self.session.fetch_add(value, Ordering::Relaxed);
+        self.count().fetch_add(value, Ordering::Relaxed);
     }
 
     fn absolute(&self, value: u64) {
         self.route.absolute(value);
+        self.count().fetch_max(value, Ordering::Relaxed);
     }
-}
-
-fn tally(route: &Counter) -> Arc<Tally> {
-    Arc::new(Tally {
-        route: route.clone(),
-        session: AtomicU64::new(0),
-    })
 }
 
 /// One session's metric handles (clones of its route's), so the data path never touches
@@ -250,12 +262,13 @@ fn tally(route: &Counter) -> Arc<Tally> {
 pub struct SessionMetrics {
     route: Arc<str>,
     handles: Arc<RouteHandles>,
-    messages: [Arc<Tally>; 2],
     pub bytes_to_backend: Counter,
     pub bytes_to_client: Counter,
     pub messages_to_backend: Counter,
     pub messages_to_client: Counter,
     pub ping_rtt: Histogram,
+    /// This session's messages each way, for its access-log line.
+    messages: Arc<ByteCounts>,
 }
 
 impl SessionMetrics {
@@ -263,15 +276,19 @@ impl SessionMetrics {
         let handles = route_handles(&route);
         handles.sessions_total.increment(1);
         handles.active.increment(1.0);
-        let messages = [
-            tally(&handles.messages_to_backend),
-            tally(&handles.messages_to_client),
-        ];
+        let messages = Arc::<ByteCounts>::default();
+        let tee = |route: &Counter, to_backend| {
+            Counter::from_arc(Arc::new(Tee {
+                route: route.clone(),
+                counts: messages.clone(),
+                to_backend,
+            }))
+        };
         Self {
             bytes_to_backend: handles.bytes_to_backend.clone(),
             bytes_to_client: handles.bytes_to_client.clone(),
-            messages_to_backend: Counter::from_arc(messages[0].clone()),
-            messages_to_client: Counter::from_arc(messages[1].clone()),
+            messages_to_backend: tee(&handles.messages_to_backend, true),
+            messages_to_client: tee(&handles.messages_to_client, false),
             messages,
             ping_rtt: handles.ping_rtt.clone(),
             handles,
@@ -282,10 +299,9 @@ impl SessionMetrics {
     /// This session's messages so far: (client to backend, backend to client), counted as
     /// `wsgate_messages_total` counts them.
     pub fn messages(&self) -> (u64, u64) {
-        let [up, down] = &self.messages;
         (
-            up.session.load(Ordering::Relaxed),
-            down.session.load(Ordering::Relaxed),
+            self.messages.to_backend.load(Ordering::Relaxed),
+            self.messages.to_client.load(Ordering::Relaxed),
         )
     }
 
@@ -294,6 +310,23 @@ impl SessionMetrics {
         counter!(CLOSES_TOTAL, "route" => self.route.to_string(), "code" => code.to_string(), "initiator" => initiator)
             .increment(1);
         self.handles.duration.record(duration.as_secs_f64());
+    }
+
+    /// Like [`start`](Self::start), and the session's byte counters also add to `counts`
+    /// (what the admin API shows per session): one more relaxed add per write, no lookups.
+    pub fn start_counted(route: Arc<str>, counts: &Arc<ByteCounts>) -> Self {
+        let mut m = Self::start(route);
+        m.bytes_to_backend = Counter::from_arc(Arc::new(Tee {
+            route: m.bytes_to_backend.clone(),
+            counts: counts.clone(),
+            to_backend: true,
+        }));
+        m.bytes_to_client = Counter::from_arc(Arc::new(Tee {
+            route: m.bytes_to_client.clone(),
+            counts: counts.clone(),
+            to_backend: false,
+        }));
+        m
     }
 
     pub fn keepalive_timed_out(&self) {

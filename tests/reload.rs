@@ -23,11 +23,7 @@ const RELOADS: &str = "wsgate_config_reloads_total";
 
 /// `POST /reload` on the admin listener: (status, body).
 async fn post_reload(admin: SocketAddr) -> (u16, String) {
-    let (status, answer) = raw_http(
-        admin,
-        "POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let (status, answer) = admin_request(admin, "POST", "/reload", &[]).await;
     (status, answer_body(&answer).to_owned())
 }
 
@@ -113,6 +109,13 @@ async fn reload_keeps_a_streaming_session_and_switches_routes() {
         404,
         "route a is gone"
     );
+    let names: Vec<_> = admin_json(admin, "/api/config").await["route"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(names, ["b", "e"], "the admin API shows the running config");
     assert_echoes(&mut ws_client(&gw.url("/b")).await, b"new route").await;
     assert_echoes(&mut ws_client(&gw.url("/e")).await, b"built-in echo").await;
     let page = scrape(admin).await;

@@ -2,8 +2,6 @@
 //! dial, `101`, then the session task.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,6 +22,7 @@ use crate::metrics::{self, SessionMetrics};
 use crate::policy::{access, ConnInfo};
 use crate::session::bridge::{self, BridgeConfig};
 use crate::session::io::{websocket_halves, ClientStream};
+use crate::session::registry::{Registered, SessionEntry, SessionInfo};
 use crate::session::relay::{self, RelayConfig};
 use crate::snapshot::{select_subprotocol, Route, Snapshot};
 
@@ -48,6 +47,9 @@ pub async fn handle(
     }
     if shared.shutdown.is_cancelled() {
         return Ok(reject(&req, Some(&route), RejectError::ShuttingDown));
+    }
+    if shared.registry.is_draining(&route.name) {
+        return Ok(reject(&req, Some(&route), RejectError::Draining));
     }
 
     // Access: origin (403), credentials (401/403), then this session's target (404 for an
@@ -86,8 +88,18 @@ pub async fn handle(
         .await
     {
         Ok(b) => b,
-        Err(e) => return Ok(reject(&req, Some(&route), e)),
+        Err(e) => {
+            // 502/504: the backend's fault (a refused egress is the config's, not its health).
+            if matches!(
+                e.status(),
+                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+            ) {
+                shared.registry.backend_failed(&route.name, e.label());
+            }
+            return Ok(reject(&req, Some(&route), e));
+        }
     };
+    shared.registry.backend_reached(&route.name);
     metrics::backend_connected(&route.name, dial_started.elapsed());
 
     // A WebSocket backend chose from the client's offer; for a byte backend the route decides.
@@ -107,22 +119,22 @@ pub async fn handle(
         }
     };
     let mut response = response.map(|_| Body::default());
-    let info = SessionInfo {
-        id: SESSION_IDS.fetch_add(1, Ordering::Relaxed),
-        client: conn.peer,
-        backend: target.to_string(),
-        subprotocol: protocol
-            .as_ref()
-            .and_then(|p| p.to_str().ok())
-            .map(str::to_owned),
-    };
-    Span::current().record("session", info.id);
     if let Some(p) = protocol {
         response
             .headers_mut()
             .insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
 
+    let info = SessionInfo {
+        route: route.name.clone(),
+        client: conn.peer,
+        backend: target.to_string(),
+        subprotocol: response
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|p| p.to_str().ok())
+            .map(str::to_owned),
+    };
     let session = {
         let shared = shared.clone();
         async move {
@@ -135,45 +147,39 @@ pub async fn handle(
                     return;
                 }
             };
+            let mut registered = shared.registry.register(info, &shared.shutdown);
+            Span::current().record("session", registered.entry().id);
             let client = ws.into_inner().into_inner();
-            run_session(client, backend, &route, &info, &snapshot, &shared).await;
+            let code = run_session(client, backend, &route, &snapshot, &shared, &registered).await;
+            registered.set_close_code(code);
         }
     };
     shared.tracker.spawn(session.instrument(Span::current()));
     Ok(response)
 }
 
+/// Bridge or relay the session; returns the close code it ended with.
 async fn run_session(
     client: Upgraded,
     backend: Backend,
     route: &Route,
-    info: &SessionInfo,
     snapshot: &Snapshot,
     shared: &Shared,
-) {
+    registered: &Registered,
+) -> u16 {
+    let entry = registered.entry();
     match ClientStream::new(client) {
         ClientStream::Tcp(read, write) => {
-            bridge_session(read, write, backend, route, info, snapshot, shared).await
+            bridge_session(read, write, backend, route, snapshot, shared, entry).await
         }
         // Boxed: TLS sessions should not make every plain session's future larger.
         ClientStream::Other(read, write) => {
             Box::pin(bridge_session(
-                read, write, backend, route, info, snapshot, shared,
+                read, write, backend, route, snapshot, shared, entry,
             ))
             .await
         }
     }
-}
-
-/// Session ids for the log: unique in this process, in start order.
-static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
-
-/// What a session's access-log line says besides its outcome.
-struct SessionInfo {
-    id: u64,
-    client: SocketAddr,
-    backend: String,
-    subprotocol: Option<String>,
 }
 
 async fn bridge_session<CR, CW>(
@@ -181,15 +187,16 @@ async fn bridge_session<CR, CW>(
     client_write: CW,
     backend: Backend,
     route: &Route,
-    info: &SessionInfo,
     snapshot: &Snapshot,
     shared: &Shared,
-) where
+    entry: &SessionEntry,
+) -> u16
+where
     CR: AsyncRead + Unpin + Send + 'static,
     CW: AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let metrics = SessionMetrics::start(route.name.clone());
+    let metrics = SessionMetrics::start_counted(route.name.clone(), &entry.bytes);
     let (client_read, client_write) = websocket_halves(
         client_read,
         client_write,
@@ -215,7 +222,7 @@ async fn bridge_session<CR, CW>(
                 backend_write,
                 &config,
                 &metrics,
-                &shared.shutdown,
+                &entry.control,
                 &shared.hard_stop,
             )
             .await
@@ -236,7 +243,7 @@ async fn bridge_session<CR, CW>(
                 backend,
                 &config,
                 &metrics,
-                &shared.shutdown,
+                &entry.control,
                 &shared.hard_stop,
             ))
             .await
@@ -248,11 +255,11 @@ async fn bridge_session<CR, CW>(
     // The access log: one line per session, every field named (one JSON object with
     // `--log-format json`).
     info!(
-        session_id = info.id,
-        client = %info.client,
+        session_id = entry.id,
+        client = %entry.info.client,
         route = &*route.name,
-        backend = info.backend.as_str(),
-        subprotocol = info.subprotocol.as_deref(),
+        backend = entry.info.backend.as_str(),
+        subprotocol = entry.info.subprotocol.as_deref(),
         bytes_to_backend = outcome.bytes_to_backend,
         bytes_to_client = outcome.bytes_to_client,
         messages_to_backend,
@@ -263,6 +270,7 @@ async fn bridge_session<CR, CW>(
         reason = %outcome.reason,
         "session closed"
     );
+    outcome.code
 }
 
 /// The backend handshake for a WebSocket route: mapped path, forwarded headers,

@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, Instrument};
 
+use super::console::Console;
 use super::shared::{ConnectionSlot, Shared};
 use crate::metrics;
 use crate::policy::{ClientCert, ConnInfo};
@@ -33,6 +34,8 @@ pub struct PublicListener {
 /// clients wait in the kernel's backlog instead of costing us memory. Each connection takes
 /// the snapshot current when it is accepted: a new TLS client meets the latest certificate.
 pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc<Shared>) {
+    // The console of the snapshot it was built from, rebuilt when a reload swaps it.
+    let mut console: Option<(Arc<Snapshot>, Option<Arc<Console>>)> = None;
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -60,6 +63,14 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
             break;
         };
         let tls = tls.map(TlsAcceptor::from);
+        let page = match &console {
+            Some((built_from, page)) if Arc::ptr_eq(built_from, &snapshot) => page.clone(),
+            _ => {
+                let page = console_of(&snapshot, l.key);
+                console = Some((snapshot.clone(), page.clone()));
+                page
+            }
+        };
         let span = tracing::info_span!("conn", %peer, session = tracing::field::Empty, route = tracing::field::Empty, user = tracing::field::Empty, backend = tracing::field::Empty);
         let conn = ConnInfo {
             peer,
@@ -67,9 +78,19 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
             client_cert: None,
         };
         shared.tracker.spawn(
-            connection(stream, tls, conn, permit, snapshot, shared.clone()).instrument(span),
+            connection(stream, tls, page, conn, permit, snapshot, shared.clone()).instrument(span),
         );
     }
+}
+
+/// The browser console of listener `key` in `snapshot`, when that listener serves it.
+fn console_of(snapshot: &Snapshot, key: ListenerKey) -> Option<Arc<Console>> {
+    let l = snapshot.listener_config(key)?;
+    l.console.then(|| {
+        Arc::new(Console::new(
+            snapshot.config.routes.iter().map(|r| r.path.as_str()),
+        ))
+    })
 }
 
 fn is_per_connection(e: &io::Error) -> bool {
@@ -84,6 +105,7 @@ fn is_per_connection(e: &io::Error) -> bool {
 async fn connection(
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
+    console: Option<Arc<Console>>,
     conn: ConnInfo,
     permit: OwnedSemaphorePermit,
     snapshot: Arc<Snapshot>,
@@ -92,7 +114,7 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let permit = Arc::new(ConnectionSlot::open(permit));
     match tls {
-        None => serve_http(stream, conn, permit, &snapshot, shared).await,
+        None => serve_http(stream, console, conn, permit, &snapshot, shared).await,
         Some(acceptor) => {
             let handshake = tokio::select! {
                 r = tokio::time::timeout(snapshot.tls_handshake_timeout, acceptor.accept(stream)) => r,
@@ -104,7 +126,7 @@ async fn connection(
                         client_cert: ClientCert::of_connection(stream.get_ref().1),
                         ..conn
                     };
-                    serve_http(stream, conn, permit, &snapshot, shared).await
+                    serve_http(stream, console, conn, permit, &snapshot, shared).await
                 }
                 Ok(Err(e)) => {
                     metrics::tls_handshake_failed();
@@ -123,6 +145,7 @@ async fn connection(
 /// accepted under; each request takes the current snapshot for its route and checks.
 async fn serve_http<IO>(
     io: IO,
+    console: Option<Arc<Console>>,
     conn: ConnInfo,
     permit: Arc<ConnectionSlot>,
     snapshot: &Snapshot,
@@ -133,7 +156,15 @@ async fn serve_http<IO>(
     let service = {
         let shared = shared.clone();
         service_fn(move |req| {
-            super::http::handle(req, conn.clone(), shared.clone(), permit.clone())
+            // The console answers plain requests for its pages; upgrades go to the routes.
+            let page = console.as_ref().and_then(|c| c.answer(&req));
+            let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.clone());
+            async move {
+                match page {
+                    Some(page) => Ok(page),
+                    None => super::http::handle(req, conn, shared, permit).await,
+                }
+            }
         })
     };
     let conn = http1::Builder::new()

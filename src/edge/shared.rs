@@ -1,12 +1,15 @@
 //! What the connection and request tasks of one gateway share, and what one connection holds
 //! for as long as it or the session it upgraded to lives.
 
+use std::sync::Arc;
+
 use arc_swap::ArcSwap;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::ConnectionGuard;
+use crate::session::registry::Registry;
 use crate::snapshot::Snapshot;
 
 /// What every connection task shares.
@@ -20,6 +23,8 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     /// Connections and sessions; the drain waits on it.
     pub tracker: TaskTracker,
+    /// Live sessions, for the admin API (list, close, drain).
+    pub registry: Arc<Registry>,
 }
 
 /// A client connection's place under `max_connections`, and its count in

@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` for Prometheus, `/healthz` and `/readyz` for orchestrators,
-//! `POST /reload` for `wsgate reload` and deploy hooks.
+//! `POST /reload` for `wsgate reload` and deploy hooks; the status page and session API
+//! (src/ops/api.rs) take `/`, `/assets/` and `/api/`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use super::api::OpsApi;
 use super::reload::{ReloadHandle, Trigger};
 
 /// Serve admin requests until `stop`; each connection ends with `stop` too.
@@ -24,6 +26,7 @@ pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     ready: Arc<AtomicBool>,
+    api: Arc<OpsApi>,
     reload: ReloadHandle,
     stop: CancellationToken,
 ) {
@@ -34,12 +37,15 @@ pub async fn serve(
             () = stop.cancelled() => break,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let (handle, ready, stop) = (handle.clone(), ready.clone(), stop.clone());
+        let (handle, ready, api, stop) = (handle.clone(), ready.clone(), api.clone(), stop.clone());
         let reload = reload.clone();
         tracker.spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let immediate =
-                    (req.uri().path() != "/reload").then(|| answer(&req, &handle, &ready));
+                // A reload is the one answer that waits; the rest are immediate.
+                let immediate = (req.uri().path() != "/reload").then(|| {
+                    api.answer(&req)
+                        .unwrap_or_else(|| answer(&req, &handle, &ready))
+                });
                 let reload = reload.clone();
                 async move {
                     Ok::<_, Infallible>(match immediate {
@@ -63,7 +69,7 @@ pub async fn serve(
 }
 
 /// `POST /reload`: 200 with what changed, or 422 with why the new config was refused (the
-/// running config stays).
+/// running config stays). Open like `/metrics`: it only reads the files on disk again.
 async fn reload_answer(method: &Method, reload: &ReloadHandle) -> Response<Full<Bytes>> {
     let (status, body) = if method != Method::POST {
         (StatusCode::METHOD_NOT_ALLOWED, "POST only\n".to_owned())

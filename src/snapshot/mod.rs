@@ -146,6 +146,12 @@ impl Snapshot {
             .map(|(_, tls)| tls.clone())
     }
 
+    /// The config of listener `key`, when this snapshot has it.
+    pub fn listener_config(&self, key: ListenerKey) -> Option<&crate::config::ListenerConfig> {
+        let i = self.listeners.iter().position(|(k, _)| *k == key)?;
+        self.config.listeners.get(i)
+    }
+
     /// Whether a route uses the built-in echo service (so the gateway must start it).
     pub fn needs_echo(config: &Config) -> bool {
         config
