@@ -19,6 +19,8 @@ use crate::frames::Violation;
 /// Header bytes and small frames arrive here: one read usually brings a whole small frame.
 const INLINE: usize = 512;
 
+const NON_MINIMAL: &str = "non-minimal frame length";
+
 /// Why a read ended without a frame.
 #[derive(Debug)]
 pub enum ReadError {
@@ -123,6 +125,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 header[9],
             ]),
         };
+        // §5.2: "the minimal number of bytes MUST be used to encode the length", and the
+        // most significant bit of a 64-bit length MUST be 0. Both are protocol errors, checked
+        // before the size limit so a bad header is never reported as a big frame.
+        match extended {
+            2 if length < 126 => return Err(violation(close_code::PROTOCOL_ERROR, NON_MINIMAL)),
+            8 if length >> 63 != 0 => {
+                return Err(violation(
+                    close_code::PROTOCOL_ERROR,
+                    "frame length with the top bit set",
+                ))
+            }
+            8 if length <= 0xffff => {
+                return Err(violation(close_code::PROTOCOL_ERROR, NON_MINIMAL))
+            }
+            _ => {}
+        }
         let mask = masked.then(|| {
             let m = &header[2 + extended..2 + extended + 4];
             [m[0], m[1], m[2], m[3]]
@@ -340,6 +358,57 @@ mod tests {
             r.read_frame().await,
             Err(ReadError::Violation((1009, _)))
         ));
+    }
+
+    /// Regression (issue 9 item 6): lengths in a longer encoding than needed were accepted,
+    /// and a 64-bit length with the top bit set was answered 1009; RFC 6455 §5.2 makes both
+    /// a protocol error (1002).
+    #[tokio::test]
+    async fn non_minimal_or_top_bit_lengths_close_1002() {
+        let mask = [1, 2, 3, 4];
+        let with_length = |len7: u8, extended: &[u8]| {
+            let mut f = vec![0x82, 0x80 | len7];
+            f.extend_from_slice(extended);
+            f.extend_from_slice(&mask);
+            f
+        };
+        let cases = [
+            ("5 in 16 bits", with_length(126, &5u16.to_be_bytes()), 5),
+            (
+                "125 in 16 bits",
+                with_length(126, &125u16.to_be_bytes()),
+                125,
+            ),
+            ("0 in 64 bits", with_length(127, &0u64.to_be_bytes()), 0),
+            (
+                "65535 in 64 bits",
+                with_length(127, &65535u64.to_be_bytes()),
+                65535,
+            ),
+        ];
+        for (what, mut bytes, len) in cases {
+            bytes.extend(std::iter::repeat_n(0, len));
+            let got = read_all(bytes, Role::Server, 4096).await;
+            assert_eq!(
+                got,
+                vec![Err("1002 non-minimal frame length".to_owned())],
+                "{what}"
+            );
+        }
+        let top_bit = with_length(127, &(1u64 << 63 | 10).to_be_bytes());
+        let mut r = FrameReader::new(&top_bit[..], Role::Server, 1 << 20);
+        assert!(matches!(
+            r.read_frame().await,
+            Err(ReadError::Violation((
+                1002,
+                "frame length with the top bit set"
+            )))
+        ));
+        // The shortest encodings still pass at every boundary.
+        for len in [125usize, 126, 65535, 65536] {
+            let got = read_all(frame(0x82, &vec![9; len], true), Role::Server, 4096).await;
+            assert_eq!(got, vec![Ok((OpCode::Binary, true, vec![9; len]))], "{len}");
+        }
     }
 
     #[tokio::test]

@@ -457,6 +457,44 @@ async fn unmasked_client_frames_close_1002() {
     gw.stop().await.unwrap();
 }
 
+/// Regression (issue 9 item 6): a length in a longer encoding than needed was accepted, and a
+/// 64-bit length with its top bit set was answered 1009 "too big"; both are protocol errors.
+#[tokio::test]
+async fn non_minimal_or_top_bit_lengths_close_1002() {
+    let _shared = PROCESS.read().await;
+    let gw = echo_gateway("hostile_length_encoding", "").await;
+    let header = |len7: u8, extended: &[u8]| {
+        let mut f = vec![FIN | BINARY, 0x80 | len7];
+        f.extend_from_slice(extended);
+        f.extend_from_slice(&[1, 2, 3, 4]);
+        f
+    };
+    let cases = [
+        (
+            "3 bytes in a 16-bit length",
+            header(126, &3u16.to_be_bytes()),
+            3,
+        ),
+        (
+            "100 bytes in a 64-bit length",
+            header(127, &100u64.to_be_bytes()),
+            100,
+        ),
+        (
+            "the top bit set",
+            header(127, &(1u64 << 63 | 3).to_be_bytes()),
+            3,
+        ),
+    ];
+    for (what, mut bytes, len) in cases {
+        bytes.extend(std::iter::repeat_n(0, len));
+        let (code, reason) = close_for(&gw, &bytes).await;
+        assert_eq!(code, 1002, "{what}: {reason}");
+        assert_still_serves(&gw).await;
+    }
+    gw.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn invalid_close_codes_and_a_one_byte_close_close_1002() {
     let _shared = PROCESS.read().await;
