@@ -10,7 +10,7 @@
 use std::io;
 
 use bytes::BytesMut;
-use fastwebsockets::{CloseCode, Frame, OpCode, Payload, Role};
+use fastwebsockets::{Frame, OpCode, Payload, Role};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::close_code;
@@ -196,6 +196,16 @@ fn violation(code: u16, reason: &'static str) -> ReadError {
     ReadError::Violation((code, reason))
 }
 
+/// Whether a peer may put `code` in a Close frame (RFC 6455 §7.4 and the IANA "WebSocket
+/// Close Code Number Registry"): 1000-1003 and 1007-1014 are registered for the wire (1012
+/// Service Restart, 1013 Try Again Later, 1014 Bad Gateway included: gateways send them);
+/// 1004 is reserved, 1005, 1006 and 1015 are for reporting only and never sent; 1016-2999
+/// are reserved for the protocol; 3000-3999 are registered for libraries and frameworks,
+/// 4000-4999 are private use. (fastwebsockets' `CloseCode::is_allowed` refuses 1014.)
+pub fn is_valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// A Close payload is empty, or a code that may be sent plus a UTF-8 reason (§5.5.1, §7.4).
 fn check_close(payload: &[u8]) -> Result<(), ReadError> {
     match payload {
@@ -205,7 +215,7 @@ fn check_close(payload: &[u8]) -> Result<(), ReadError> {
             "malformed close frame",
         )),
         [a, b, reason @ ..] => {
-            if !CloseCode::from(u16::from_be_bytes([*a, *b])).is_allowed() {
+            if !is_valid_close_code(u16::from_be_bytes([*a, *b])) {
                 return Err(violation(close_code::PROTOCOL_ERROR, "invalid close code"));
             }
             if std::str::from_utf8(reason).is_err() {
@@ -408,6 +418,29 @@ mod tests {
         for len in [125usize, 126, 65535, 65536] {
             let got = read_all(frame(0x82, &vec![9; len], true), Role::Server, 4096).await;
             assert_eq!(got, vec![Ok((OpCode::Binary, true, vec![9; len]))], "{len}");
+        }
+    }
+
+    /// Regression (issue 9 item 10): Close 1014 (Bad Gateway, registered, and sent by this
+    /// gateway itself) was refused with 1002. Every code is checked against the IANA
+    /// registry: 1000-1003 and 1007-1014 may be sent, 1004-1006 and 1015 may not, 1016-2999
+    /// are reserved, 3000-4999 are for libraries, applications and private use.
+    #[test]
+    fn close_codes_follow_the_iana_registry() {
+        for code in 0..=u16::MAX {
+            let want = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            assert_eq!(is_valid_close_code(code), want, "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn close_1012_to_1014_are_accepted_from_either_side() {
+        for code in [1012u16, 1013, 1014] {
+            for (role, masked) in [(Role::Server, true), (Role::Client, false)] {
+                let payload = code.to_be_bytes();
+                let got = read_all(frame(0x88, &payload, masked), role, 4096).await;
+                assert_eq!(got, vec![Ok((OpCode::Close, true, payload.to_vec()))]);
+            }
         }
     }
 

@@ -495,11 +495,15 @@ async fn non_minimal_or_top_bit_lengths_close_1002() {
     gw.stop().await.unwrap();
 }
 
+/// Regression (issue 9 item 10): a client's Close 1014 (registered, and sent by gateways) was
+/// answered 1002. The valid codes follow the IANA registry; 1015 may never be sent.
 #[tokio::test]
 async fn invalid_close_codes_and_a_one_byte_close_close_1002() {
     let _shared = PROCESS.read().await;
     let gw = echo_gateway("hostile_close_code", "").await;
-    for bad in [0u16, 999, 1004, 1005, 1006, 1016, 2000, 2999, 5000, 65535] {
+    for bad in [
+        0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
+    ] {
         let (code, reason) =
             close_for(&gw, &client_frame(FIN | CLOSE, &close_payload(bad, ""))).await;
         assert_eq!(code, 1002, "close code {bad}: {reason}");
@@ -509,7 +513,7 @@ async fn invalid_close_codes_and_a_one_byte_close_close_1002() {
     assert_eq!(code, 1002, "one-byte close payload: {reason}");
     assert_still_serves(&gw).await;
     // Valid codes are echoed, and so is an empty Close.
-    for good in [1000u16, 1001, 1003, 1011, 3000, 4999] {
+    for good in [1000u16, 1001, 1003, 1011, 1012, 1013, 1014, 3000, 4999] {
         let answer = close_for(&gw, &client_frame(FIN | CLOSE, &close_payload(good, "bye"))).await;
         assert_eq!(answer, (good, "bye".to_owned()));
     }

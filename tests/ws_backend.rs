@@ -854,6 +854,41 @@ async fn a_backend_close_code_reaches_the_client_and_its_reply_the_backend() {
     gw.stop().await.unwrap();
 }
 
+/// Regression (issue 9 item 10): a backend's Close 1014 (what a gateway in front of it sends
+/// when its own backend fails) was taken for a protocol violation, so chained gateways broke.
+#[tokio::test]
+async fn a_backend_close_1014_is_relayed_to_the_client() {
+    let (backend, mut backends) = ws_backend(pick_nothing).await;
+    let gw = gateway_with("wsb_close_1014", &format!("ws://{backend}/"), LONG_GRACE).await;
+    // A raw client: tungstenite itself takes 1014 for a protocol violation.
+    let mut client = raw_ws_client(gw.addr, "/").await;
+    let (_, mut b) = accepted(&mut backends).await;
+
+    b.send(close_msg(1014, "upstream failed")).await.unwrap();
+    assert_eq!(
+        client.expect_close().await,
+        (1014, "upstream failed".into())
+    );
+    client
+        .send(&client_frame(
+            FIN | CLOSE,
+            &close_payload(1014, "upstream failed"),
+        ))
+        .await;
+    client.expect_end().await;
+    assert_eq!(
+        close_of(next_msg(&mut b).await),
+        (1014, "upstream failed".into())
+    );
+    expect_metric(
+        gw.admin.unwrap(),
+        &closes("wsb_close_1014", 1014, "backend"),
+        1.0,
+    )
+    .await;
+    gw.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_backend_that_closes_and_leaves_at_once_still_delivers_its_code() {
     let (backend, mut backends) = ws_backend(pick_nothing).await;
