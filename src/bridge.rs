@@ -331,8 +331,13 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                 }
             };
         }
+        // One Close per direction: once ours is out, later failures change nothing, and the
+        // first code stays the one recorded.
         macro_rules! close_with {
             ($code:expr, $initiator:expr, $reason:expr) => {{
+                if matches!(phase, Phase::GatewayClosed { .. }) {
+                    continue;
+                }
                 let reason: Cow<'static, str> = $reason.into();
                 send_or_end!(self.ws.send_close($code, &reason));
                 phase = Phase::GatewayClosed {
@@ -411,6 +416,9 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         Phase::GatewayClosed { code, initiator, reason, .. } => return (code, initiator, reason),
                     }},
                     Some(FromClient::Violation(code, reason)) => {
+                        if let Phase::GatewayClosed { code, initiator, reason, .. } = phase {
+                            return (code, initiator, reason);
+                        }
                         self.ws.try_close(code, reason).await;
                         return (code, Initiator::Client, reason.into());
                     }

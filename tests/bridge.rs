@@ -77,6 +77,33 @@ async fn backend_fin_after_bulk_is_lossless_then_close_1000() {
     gw.stop().await.unwrap();
 }
 
+/// Regression (issue 9 item 9): after the gateway had sent its Close 1000 (the backend's FIN),
+/// a protocol violation from the client made it send a second Close (1002) and record that
+/// code instead of the first. One Close per direction; the first code is the one recorded.
+#[tokio::test]
+async fn one_close_per_direction_and_the_first_code_is_recorded() {
+    let (backend, mut accepted) = tcp_backend().await;
+    let gw = gateway_to("one_close", &format!("tcp://{backend}")).await;
+    let mut ws = raw_ws_client(gw.addr, "/").await;
+    let mut b = accepted.recv().await.unwrap();
+    b.shutdown().await.unwrap();
+    assert_eq!(
+        ws.expect_close().await,
+        (1000, "backend closed the connection".into())
+    );
+    // Instead of its Close, the client breaks the protocol (a reserved bit).
+    ws.send(&client_frame(FIN | RSV1 | BINARY, b"x")).await;
+    ws.expect_end().await;
+    let admin = gw.admin.unwrap();
+    expect_metric(admin, &closes("one_close", 1000, "backend"), 1.0).await;
+    assert_eq!(
+        metric(&scrape(admin).await, &closes("one_close", 1002, "client")),
+        None,
+        "the session is recorded once, with the first code"
+    );
+    gw.stop().await.unwrap();
+}
+
 // ---- Client Close: half-close, then the backend's last bytes ---------------------------------
 
 #[tokio::test]
