@@ -140,7 +140,13 @@ fn open(config: &BridgeConfig, max_frame_bytes: usize) -> Session {
     });
 
     let (cr, cw) = tokio::io::split(gateway_client_side);
-    let (ws_read, ws_write) = wsgate::io::websocket_halves(cr, cw, Role::Server, max_frame_bytes);
+    let (ws_read, ws_write) = wsgate::io::websocket_halves(
+        cr,
+        cw,
+        Role::Server,
+        max_frame_bytes,
+        &wsgate::reader::FrameBudget::unlimited(),
+    );
     let (br, bw) = tokio::io::split(gateway_backend_side);
     // An in-memory backend is read through a buffer, as the gateway reads any backend
     // stream that is not a plain TCP socket.

@@ -95,6 +95,8 @@ enum FromClient {
     BackendWriteFailed,
     /// The client's stream ended or failed without a Close.
     Gone,
+    /// The frame budget could not cover the client's frame: close with 1013.
+    OverBudget,
 }
 
 /// Bridge one upgraded WebSocket and one backend until the session ends.
@@ -213,6 +215,7 @@ where
                 return FromClient::Violation(code, reason)
             }
             Err(ReadError::Gone(_)) => return FromClient::Gone,
+            Err(ReadError::OverBudget) => return FromClient::OverBudget,
         };
         counters.pacer.spent(frame.payload.len());
         match frame.opcode {
@@ -422,6 +425,13 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         self.ws.try_close(code, reason).await;
                         return (code, Initiator::Client, reason.into());
                     }
+                    Some(FromClient::OverBudget) => {
+                        if let Phase::GatewayClosed { code, initiator, reason, .. } = phase {
+                            return (code, initiator, reason);
+                        }
+                        self.ws.try_close(close_code::TRY_AGAIN_LATER, OVER_BUDGET).await;
+                        return (close_code::TRY_AGAIN_LATER, Initiator::Gateway, OVER_BUDGET.into());
+                    }
                     Some(FromClient::BackendWriteFailed) => {
                         backend_open = false;
                         answer_client_close!();
@@ -502,6 +512,9 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         }
     }
 }
+
+/// The reason sent with 1013 when the frame budget is exhausted.
+pub(crate) const OVER_BUDGET: &str = "gateway busy: frame memory budget exhausted";
 
 /// Backend read sizes follow the traffic: they double while reads fill the buffer (bulk
 /// transfer) up to `buffer_bytes`, and halve when reads come back small (interactive).

@@ -126,6 +126,10 @@ pub struct Limits {
     /// Largest message (all fragments together) accepted from a peer; larger ones
     /// close with 1009. Messages are streamed, never reassembled. Default 64 MiB.
     pub max_message_bytes: usize,
+    /// Frame payload bytes all sessions together may hold at once (frames being received,
+    /// from clients and WebSocket backends). A frame that would go over it closes its session
+    /// with 1013 (Try Again Later). At least every route's `max_frame_bytes`. Default 256 MiB.
+    pub frame_budget_bytes: usize,
     // ---- Admission, header size and pacing: checked and used in src/limits.rs ----
     /// Concurrent sessions across all routes; over it, 503. 0 = no cap. Default 0.
     pub max_sessions: usize,
@@ -156,6 +160,7 @@ impl Default for Limits {
             buffer_bytes: 64 * 1024,
             max_frame_bytes: 16 * 1024 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
+            frame_budget_bytes: 256 * 1024 * 1024,
             max_sessions: 0,
             max_sessions_per_route: 0,
             max_sessions_per_ip: 0,
@@ -449,6 +454,8 @@ pub struct Config {
     pub admission: crate::limits::AdmissionConfig,
     /// Largest HTTP request head; larger ones get 431.
     pub max_header_bytes: usize,
+    /// Frame payload bytes all sessions may hold at once; over it, 1013.
+    pub frame_budget_bytes: usize,
 }
 
 impl Config {
@@ -624,6 +631,24 @@ impl FileConfig {
                 l.max_frame_bytes
             );
         }
+        if !(l.max_frame_bytes..=1 << 40).contains(&l.frame_budget_bytes) {
+            bail!(
+                "limits.frame_budget_bytes: must be max_frame_bytes ({})..=1099511627776, got {}",
+                l.max_frame_bytes,
+                l.frame_budget_bytes
+            );
+        }
+        if let Some((i, r)) = routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.max_frame_bytes > l.frame_budget_bytes)
+        {
+            bail!(
+                "route[{i}].max_frame_bytes: must be at most limits.frame_budget_bytes ({}), got {}",
+                l.frame_budget_bytes,
+                r.max_frame_bytes
+            );
+        }
         Ok(Config {
             listeners: self.listeners,
             admin: self.admin.map(|a| a.address),
@@ -646,6 +671,7 @@ impl FileConfig {
                 .map(Arc::new),
             admission,
             max_header_bytes: l.max_header_bytes,
+            frame_budget_bytes: l.frame_budget_bytes,
         })
     }
 }

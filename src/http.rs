@@ -158,6 +158,7 @@ async fn bridge_session<CR, CW>(
         client_write,
         Role::Server,
         route.max_frame_bytes,
+        &snapshot.frame_budget,
     );
     let outcome = match backend {
         Backend::Tcp(stream) => {
@@ -192,7 +193,13 @@ async fn bridge_session<CR, CW>(
                 bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
             };
             let (read, write) = tokio::io::split(io);
-            let backend = websocket_halves(read, write, Role::Client, route.max_frame_bytes);
+            let backend = websocket_halves(
+                read,
+                write,
+                Role::Client,
+                route.max_frame_bytes,
+                &snapshot.frame_budget,
+            );
             // Boxed so that sessions on TCP routes do not carry the relay's larger state.
             Box::pin(relay::run(
                 (client_read, client_write),

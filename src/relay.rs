@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{Initiator, Outcome};
+use crate::bridge::{Initiator, Outcome, OVER_BUDGET};
 use crate::error::close_code;
 use crate::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
 use crate::keepalive::{sleep_until_opt, Due, Keepalive};
@@ -257,6 +257,13 @@ async fn pump_hop<R: AsyncRead + Unpin>(
         counts.pacer.ready().await;
         let violation = match ws.read_frame().await {
             Err(ReadError::Violation(v)) => v,
+            Err(ReadError::OverBudget) => {
+                let (code, reason) = (close_code::TRY_AGAIN_LATER, OVER_BUDGET);
+                record(first, code, Initiator::Gateway, reason);
+                let _ = own.send(Own::Violation(code, reason)).await;
+                let _ = relay.send(Relayed::Lost(code, reason)).await;
+                return;
+            }
             Err(ReadError::Gone(_)) => {
                 let side = if hop == Hop::Client {
                     "client"

@@ -23,6 +23,7 @@ use crate::backend::{spawn_echo_service, Dialer};
 use crate::config::{BackendAddr, Config};
 use crate::limits::Admission;
 use crate::metrics::{self, ConnectionGuard};
+use crate::reader::FrameBudget;
 use crate::route::Router;
 use crate::{admin, tls};
 
@@ -38,6 +39,8 @@ pub struct Snapshot {
     pub close_grace: Duration,
     /// Session caps and handshake rate, shared by every request (src/limits.rs).
     pub admission: Arc<Admission>,
+    /// Frame payload bytes all sessions' readers may hold at once (src/reader.rs).
+    pub frame_budget: Arc<FrameBudget>,
 }
 
 /// What every connection task shares.
@@ -149,6 +152,7 @@ impl Gateway {
             pong_timeout: config.pong_timeout,
             close_grace: config.close_grace,
             admission: Arc::new(Admission::new(&config.admission, &config.routes)),
+            frame_budget: FrameBudget::new(config.frame_budget_bytes),
         });
         // Keeps the handshake limiter's memory bounded; stops with the other helpers.
         aux.spawn(snapshot.admission.clone().run_upkeep(aux_stop.clone()));
