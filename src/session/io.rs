@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::reader::{FrameBudget, FrameReader};
+use super::reader::{FrameBudget, FrameReader};
 
 /// A read half that first yields bytes already read past the HTTP request
 /// (a client may send its first frame together with the upgrade request).
