@@ -121,6 +121,7 @@ fn default_settings() -> (BridgeConfig, usize) {
         ping_interval: config.ping_interval,
         pong_timeout: config.pong_timeout,
         close_grace: config.close_grace,
+        backend_stall: config.backend_stall,
         bandwidth_bytes_per_sec: None,
     };
     (bridge, config.max_frame_bytes(route))

@@ -88,6 +88,10 @@ pub struct Timeouts {
     /// After the client's Close: how long backend bytes may still flow before the
     /// reply; after our Close: how long we wait for the client's. Default 5 s.
     pub close_grace_secs: f64,
+    /// How long a write to the backend may make no progress (the backend stopped reading)
+    /// before the session is closed with 1011. While a write waits, the client is held back
+    /// (not read) and its keepalive is not held against it. Default 60 s.
+    pub backend_stall_secs: f64,
     /// On SIGTERM/SIGINT: how long sessions get to close before the process exits. Default 10 s.
     pub shutdown_grace_secs: f64,
 }
@@ -101,6 +105,7 @@ impl Default for Timeouts {
             ping_interval_secs: 20.0,
             pong_timeout_secs: 20.0,
             close_grace_secs: 5.0,
+            backend_stall_secs: 60.0,
             shutdown_grace_secs: 10.0,
         }
     }

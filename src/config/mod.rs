@@ -50,6 +50,8 @@ pub struct Config {
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
     pub close_grace: Duration,
+    /// A backend write without progress for this long closes the session (1011).
+    pub backend_stall: Duration,
     pub shutdown_grace: Duration,
     /// Runtime worker threads; 0 = one per CPU.
     pub worker_threads: usize,
@@ -169,6 +171,7 @@ impl FileConfig {
             ping_interval: (!ping.is_zero()).then_some(ping),
             pong_timeout: secs("pong_timeout_secs", t.pong_timeout_secs, false)?,
             close_grace: secs("close_grace_secs", t.close_grace_secs, false)?,
+            backend_stall: secs("backend_stall_secs", t.backend_stall_secs, false)?,
             shutdown_grace: secs("shutdown_grace_secs", t.shutdown_grace_secs, false)?,
             worker_threads: self.runtime.worker_threads,
             max_connections: l.max_connections,

@@ -168,6 +168,7 @@ async fn bridge_session<CR, CW>(
                 ping_interval: snapshot.ping_interval,
                 pong_timeout: snapshot.pong_timeout,
                 close_grace: snapshot.close_grace,
+                backend_stall: snapshot.backend_stall,
                 bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
             };
             let (backend_read, backend_write) = stream.into_split();
@@ -189,6 +190,7 @@ async fn bridge_session<CR, CW>(
                 ping_interval: snapshot.ping_interval,
                 pong_timeout: snapshot.pong_timeout,
                 close_grace: snapshot.close_grace,
+                backend_stall: snapshot.backend_stall,
                 bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
             };
             let (read, write) = tokio::io::split(io);

@@ -39,6 +39,9 @@ pub struct RelayConfig {
     pub pong_timeout: Duration,
     /// How long a hop waits for the Close that answers its own.
     pub close_grace: Duration,
+    /// The backend hop's write stall limit: no progress for this long closes the session
+    /// (the client gets 1011).
+    pub backend_stall: Duration,
     /// Pacing of each direction in bytes per second; `None`: unpaced.
     pub bandwidth_bytes_per_sec: Option<u64>,
 }

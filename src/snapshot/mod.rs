@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
     pub close_grace: Duration,
+    /// A backend write without progress for this long closes the session (1011).
+    pub backend_stall: Duration,
     pub header_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub max_header_bytes: usize,
@@ -84,6 +86,7 @@ impl Snapshot {
             ping_interval: config.ping_interval,
             pong_timeout: config.pong_timeout,
             close_grace: config.close_grace,
+            backend_stall: config.backend_stall,
             header_read_timeout: config.header_read_timeout,
             tls_handshake_timeout: config.tls_handshake_timeout,
             max_header_bytes: config.max_header_bytes,
