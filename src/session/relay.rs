@@ -26,6 +26,7 @@ use super::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed
 use super::keepalive::{sleep_until_opt, Due, Held, Keepalive};
 use super::pacer::Pacer;
 use super::reader::{FrameReader, ReadError};
+use super::registry::SessionControl;
 use crate::error::close_code;
 use crate::metrics::SessionMetrics;
 
@@ -148,7 +149,7 @@ pub async fn run<CR, CW, BR, BW>(
     backend: (FrameReader<BR>, WebSocketWrite<BW>),
     config: &RelayConfig,
     metrics: &SessionMetrics,
-    shutdown: &CancellationToken,
+    control: &SessionControl,
     hard_stop: &CancellationToken,
 ) -> Outcome
 where
@@ -242,14 +243,14 @@ where
             to_client_rx,
             (&client_lost, &backend_lost),
             config,
-            shutdown
+            control
         ),
         backend_writer.run(
             backend_own_rx,
             to_backend_rx,
             (&backend_lost, &client_lost),
             config,
-            shutdown
+            control
         ),
     );
     stop_readers.cancel();
@@ -435,7 +436,7 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
         // (this hop's, raised when it gives up; the other hop's, watched)
         (lost, other_lost): (&HopLost, &HopLost),
         config: &RelayConfig,
-        shutdown: &CancellationToken,
+        control: &SessionControl,
     ) {
         let hard_stop = self.ws.hard_stop();
         let mut sent_close = false;
@@ -529,9 +530,10 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
                     // The reader ended without a Close: the peer is gone.
                     None => return,
                 },
-                () = shutdown.cancelled(), if !sent_close => {
-                    record(&self.first, close_code::GOING_AWAY, Initiator::Gateway, "gateway shutting down");
-                    send_or_return!(self.ws.send_close(close_code::GOING_AWAY, "gateway shutting down"));
+                () = control.cancelled(), if !sent_close => {
+                    let (code, reason) = control.reason();
+                    record(&self.first, code, Initiator::Gateway, reason);
+                    send_or_return!(self.ws.send_close(code, reason));
                     sent_close = true;
                     if peer_closed.is_some() {
                         return;
