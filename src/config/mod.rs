@@ -54,6 +54,8 @@ pub struct Config {
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
     pub close_grace: Duration,
+    /// A backend write without progress for this long closes the session (1011).
+    pub backend_stall: Duration,
     pub shutdown_grace: Duration,
     /// Default grace of a route drain (admin API).
     pub drain_grace: Duration,
@@ -207,6 +209,7 @@ impl FileConfig {
             ping_interval: (!ping.is_zero()).then_some(ping),
             pong_timeout: secs("pong_timeout_secs", t.pong_timeout_secs, false)?,
             close_grace: secs("close_grace_secs", t.close_grace_secs, false)?,
+            backend_stall: secs("backend_stall_secs", t.backend_stall_secs, false)?,
             shutdown_grace: secs("shutdown_grace_secs", t.shutdown_grace_secs, false)?,
             worker_threads: self.runtime.worker_threads,
             max_connections: l.max_connections,
@@ -304,6 +307,13 @@ impl FileConfig {
                 })?;
         }
         check_sizes(&at, r, &self.limits)?;
+        let frame = r.max_frame_bytes.unwrap_or(self.limits.max_frame_bytes);
+        if frame > self.limits.frame_budget_bytes {
+            bail!(
+                "{at}.max_frame_bytes: must be at most limits.frame_budget_bytes ({}), got {frame}",
+                self.limits.frame_budget_bytes
+            );
+        }
         cap(
             &format!("{at}.max_sessions"),
             r.max_sessions.unwrap_or(self.limits.max_sessions_per_route),
@@ -432,6 +442,13 @@ fn validate_limits(l: &Limits) -> anyhow::Result<()> {
              least one frame; raise max_message_bytes too",
             l.max_frame_bytes,
             l.max_message_bytes
+        );
+    }
+    if !(l.max_frame_bytes..=1 << 40).contains(&l.frame_budget_bytes) {
+        bail!(
+            "limits.frame_budget_bytes: must be max_frame_bytes ({})..=1099511627776, got {}",
+            l.max_frame_bytes,
+            l.frame_budget_bytes
         );
     }
     let rate = l.handshakes_per_ip_per_sec;

@@ -253,6 +253,7 @@ where
         client_write,
         Role::Server,
         route.max_frame_bytes,
+        &snapshot.frame_budget,
     );
     let bridge_config = || BridgeConfig {
         buffer_bytes: snapshot.buffer_bytes,
@@ -261,6 +262,7 @@ where
         ping_interval: snapshot.ping_interval,
         pong_timeout: snapshot.pong_timeout,
         close_grace: snapshot.close_grace,
+        backend_stall: snapshot.backend_stall,
         bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
     };
     let outcome = match backend {
@@ -300,10 +302,17 @@ where
                 ping_interval: snapshot.ping_interval,
                 pong_timeout: snapshot.pong_timeout,
                 close_grace: snapshot.close_grace,
+                backend_stall: snapshot.backend_stall,
                 bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
             };
             let (read, write) = tokio::io::split(io);
-            let backend = websocket_halves(read, write, Role::Client, route.max_frame_bytes);
+            let backend = websocket_halves(
+                read,
+                write,
+                Role::Client,
+                route.max_frame_bytes,
+                &snapshot.frame_budget,
+            );
             // Boxed so that sessions on TCP routes do not carry the relay's larger state.
             Box::pin(relay::run(
                 (client_read, client_write),
