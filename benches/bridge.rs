@@ -31,9 +31,9 @@ use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use wsgate::bridge::{self, BridgeConfig, Outcome};
 use wsgate::config::Config;
 use wsgate::metrics::SessionMetrics;
+use wsgate::session::bridge::{self, BridgeConfig, Outcome};
 
 /// In-memory pipe capacity per direction (a loopback socket buffers more; this keeps both
 /// pumps and the echo taking turns on realistic chunk sizes).
@@ -116,14 +116,14 @@ fn default_settings() -> (BridgeConfig, usize) {
     let route = &config.routes[0];
     let bridge = BridgeConfig {
         buffer_bytes: config.buffer_bytes,
-        max_message_bytes: route.max_message_bytes,
+        max_message_bytes: config.max_message_bytes(route),
         message_type: route.message_type,
         ping_interval: config.ping_interval,
         pong_timeout: config.pong_timeout,
         close_grace: config.close_grace,
         bandwidth_bytes_per_sec: None,
     };
-    (bridge, route.max_frame_bytes)
+    (bridge, config.max_frame_bytes(route))
 }
 
 /// Start a session; call inside the runtime.
@@ -140,7 +140,8 @@ fn open(config: &BridgeConfig, max_frame_bytes: usize) -> Session {
     });
 
     let (cr, cw) = tokio::io::split(gateway_client_side);
-    let (ws_read, ws_write) = wsgate::io::websocket_halves(cr, cw, Role::Server, max_frame_bytes);
+    let (ws_read, ws_write) =
+        wsgate::session::io::websocket_halves(cr, cw, Role::Server, max_frame_bytes);
     let (br, bw) = tokio::io::split(gateway_backend_side);
     // An in-memory backend is read through a buffer, as the gateway reads any backend
     // stream that is not a plain TCP socket.

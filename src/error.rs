@@ -24,7 +24,7 @@ pub enum RejectError {
     BackendHandshake(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("gateway is shutting down")]
     ShuttingDown,
-    // Access control (src/access.rs, src/targets.rs).
+    // Access control (`policy::access`, `policy::targets`).
     #[error("origin not allowed")]
     Origin,
     /// Missing or invalid credentials: `401` with `WWW-Authenticate: Bearer`.
@@ -40,12 +40,48 @@ pub enum RejectError {
     /// Every address the target resolved to is outside `[egress] allow`.
     #[error("backend address not allowed")]
     EgressDenied(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// Refused by a session cap or the handshake rate (src/limits.rs): 429 or 503.
+    /// Refused by a session cap or the handshake rate (`policy::admission`): 429 or 503.
     #[error("{reason}")]
     Limited {
-        reason: crate::limits::Refusal,
+        reason: Refusal,
         retry_after_secs: u64,
     },
+}
+
+/// Why admission refused a request: each has its status and metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// `limits.max_sessions` reached: 503.
+    #[error("the gateway is at capacity")]
+    OverCapacity,
+    /// The route's session cap reached: 503.
+    #[error("this route is at capacity")]
+    RouteFull,
+    /// `limits.max_sessions_per_ip` reached for the client's address: 429.
+    #[error("too many sessions from your address")]
+    IpLimit,
+    /// The client's address used its handshake budget: 429.
+    #[error("too many handshakes from your address")]
+    RateLimited,
+}
+
+impl Refusal {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::OverCapacity | Self::RouteFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::IpLimit | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// The `reason` label of `wsgate_upgrade_rejections_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::OverCapacity => "over_capacity",
+            Self::RouteFull => "route_full",
+            Self::IpLimit => "ip_limit",
+            Self::RateLimited => "rate_limited",
+        }
+    }
 }
 
 impl RejectError {

@@ -1,31 +1,27 @@
 //! wsgate: a WebSocket-to-TCP reverse proxy gateway.
 //!
 //! # Layout
+//! One folder per stage of the pipeline; dependencies point down this list only (checked by
+//! `tests/layout.rs`, which also prints the graph: `cargo test --test layout -- --nocapture`).
 //! ```text
-//! main.rs      CLI, tracing, load config, run until SIGINT/SIGTERM
-//! config.rs    serde/toml, defaults, validate -> resolved Config (default.toml embedded)
-//! server.rs    bind, accept loop with permits, per-connection span, TLS + hyper, drain
-//! tls.rs       PEM -> rustls ServerConfig, client-certificate verifier (mTLS)
-//! http.rs      one request: route (404), upgrade checks (400/426), access, limits (429/503),
-//!              dial (502/504), 101, spawn session
-//! access.rs    [route.origin], [route.auth]: Origin allowlist, client certificate and bearer
-//!              token checks; tokens kept out of backend handshakes and logs
-//! jwt.rs       [route.auth.jwt]: keys, claim checks; ring as jsonwebtoken's crypto
-//! targets.rs   [route.target], [egress]: token files, JWT-claim targets, egress allowlist
-//! io.rs        upgraded streams: plain TCP split without a lock, bytes read early kept, frame halves
-//! route.rs     path -> route, subprotocol choice (pure)
-//! backend.rs   dial TCP / WebSocket (ws, wss) backends under a timeout; the built-in echo service
-//! bridge.rs    the two-direction pump, control frames, close handshake, counts
-//! reader.rs    frame reader: every per-frame rule of RFC 6455 §5, no buffer held between frames
-//! relay.rs     WebSocket ↔ WebSocket frame relay: two hops, close codes end to end
-//! keepalive.rs ping schedule and missed-pong state (pure)
-//! limits.rs    admission (session caps, handshake rate → 429/503) and the bandwidth pacer
-//! frames.rs    message rules shared by both bridges (sequencing, UTF-8, size) and guarded writes
-//! utf8.rs      incremental UTF-8 checks for fragmented text
-//! metrics.rs   metric names, descriptions, recorder, per-session handles
-//! admin.rs     /metrics, /healthz, /readyz on the admin listener
-//! error.rs     the pre-upgrade error (status, label) and close codes
-//! shutdown.rs  signals -> cancellation token
+//! main.rs      CLI → config → gateway, until a signal
+//! gateway.rs   build the snapshot, bind, serve edge and ops, drain on shutdown
+//! edge/        listener.rs: accept with permits, per-connection span, TLS, hyper
+//!              http.rs: one request → route (404) → upgrade checks (400/426) → access
+//!              → limits (429/503) → dial (502/504) → 101 → session task
+//! ops/         admin.rs: /metrics, /healthz, /readyz; shutdown.rs: signals → one token
+//! snapshot/    the immutable value the running gateway reads: routes with compiled policy,
+//!              router (path → route, subprotocol choice), listener TLS, admission, dialer
+//! backend/     dial TCP / WebSocket (ws, wss) backends under a timeout; the built-in echo
+//! policy/      access (origin, bearer, JWT, client certificates), identity (ConnInfo),
+//!              targets (token files, JWT claims, egress), admission (caps, handshake rate)
+//! session/     after the 101: reader (RFC 6455 §5 per frame), frames (message rules,
+//!              guarded writes), utf8, keepalive, pacer, io, bridge (WS ↔ bytes), relay (WS ↔ WS)
+//! tls.rs       PEM → rustls server configs (mTLS) and backend client configs
+//! config/      the file format only: serde structs, defaults, validation, quick mode,
+//!              the embedded default (default.toml); imports nothing of ours
+//! error.rs     the boundary error: status and label before the upgrade, close codes after
+//! metrics.rs   metric names, descriptions, recorder, per-route and per-session handles
 //! ```
 //!
 //! # Data flow
@@ -33,30 +29,22 @@
 //! timeout) → route (404) → upgrade checks (400/426) → origin (403) → credentials (401
 //! missing/invalid, 403 not allowed) → target (token file: 404 unknown token; claim: 403)
 //! → limits (429/503) → egress check after DNS (403) → dial backend (502/504) → `101`
-//! → bridge → close (1000 normal, 1001 shutdown/keepalive, 1002 protocol, 1007 bad UTF-8,
-//! 1009 too big, 1011 backend error, 1014 bad gateway), with metrics alongside every stage.
+//! → bridge or relay → close (1000 normal, 1001 shutdown/keepalive, 1002 protocol, 1007 bad
+//! UTF-8, 1009 too big, 1011 backend error, 1014 bad gateway), with metrics alongside every
+//! stage.
 
-pub mod access;
-pub mod admin;
 pub mod backend;
-pub mod bridge;
 pub mod config;
+pub mod edge;
 pub mod error;
-pub mod frames;
-pub mod http;
-pub mod io;
-pub mod jwt;
-pub mod keepalive;
-pub mod limits;
+pub mod gateway;
 pub mod metrics;
-pub mod reader;
-pub mod relay;
-pub mod route;
-pub mod server;
-pub mod shutdown;
-pub mod targets;
+pub mod ops;
+pub mod policy;
+pub mod session;
+pub mod snapshot;
 pub mod tls;
-pub mod utf8;
 
 pub use config::Config;
-pub use server::Gateway;
+pub use gateway::Gateway;
+pub use snapshot::Snapshot;

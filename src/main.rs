@@ -4,14 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use wsgate::config::{
-    AdminConfig, FileConfig, ListenerConfig, RouteConfig, RuntimeConfig, TlsConfig,
-};
-use wsgate::{Config, Gateway};
+use wsgate::config::QuickMode;
+use wsgate::{Config, Gateway, Snapshot};
 
 /// WebSocket-to-TCP reverse proxy gateway.
 ///
@@ -71,8 +69,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     if let Some(Command::Check { file }) = &cli.command {
-        return match Config::load(file) {
-            Ok(c) => {
+        // The same build as a start, minus the sockets: certificates, keys, token files
+        // and JWT keys are read and checked.
+        return match Config::load(file).and_then(|c| Snapshot::build(c, None)) {
+            Ok(Snapshot { config: c, .. }) => {
                 println!(
                     "{}: ok ({} listener(s), {} route(s))",
                     file.display(),
@@ -136,80 +136,27 @@ fn load_source(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(path) = &cli.config {
         return Config::load(path);
     }
-    if cli.listen.is_none()
-        && cli.routes.is_empty()
-        && cli.tls_cert.is_none()
-        && cli.admin.is_none()
-    {
+    let quick = QuickMode {
+        listen: cli.listen,
+        routes: cli.routes.clone(),
+        tls_cert: cli.tls_cert.clone(),
+        tls_key: cli.tls_key.clone(),
+        admin: cli.admin,
+        worker_threads: cli.worker_threads,
+    };
+    if quick.is_empty() {
         return Ok(Config::embedded_default());
     }
-    if cli.routes.is_empty() {
-        bail!("quick mode needs at least one --route PATH=tcp://HOST:PORT");
-    }
-    let mut routes = Vec::with_capacity(cli.routes.len());
-    for spec in &cli.routes {
-        let (path, backend) = spec
-            .split_once('=')
-            .with_context(|| format!("--route {spec:?}: expected PATH=URL"))?;
-        routes.push(RouteConfig::new(
-            route_name(path, routes.len()),
-            path,
-            backend,
-        ));
-    }
-    let tls = match (&cli.tls_cert, &cli.tls_key) {
-        (Some(cert_file), Some(key_file)) => Some(TlsConfig {
-            cert_file: cert_file.clone(),
-            key_file: key_file.clone(),
-            client_ca_file: None,
-            client_auth: None,
-        }),
-        _ => None,
-    };
-    FileConfig {
-        listeners: vec![ListenerConfig {
-            address: cli
-                .listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            tls,
-        }],
-        admin: cli.admin.map(|address| AdminConfig { address }),
-        timeouts: Default::default(),
-        limits: Default::default(),
-        routes,
-        egress: None,
-        runtime: RuntimeConfig {
-            worker_threads: cli.worker_threads,
-        },
-    }
-    .validate()
-    .context("quick mode")
-}
-
-/// A metrics-safe name for a quick-mode route: `/vnc/` → `vnc`, `/` → `root`.
-fn route_name(path: &str, index: usize) -> String {
-    let name: String = path
-        .trim_matches('/')
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    match name.as_str() {
-        "" if index == 0 => "root".to_owned(),
-        "" => format!("root{index}"),
-        _ => name,
-    }
+    quick
+        .to_file_config()
+        .and_then(|file| file.validate())
+        .context("quick mode")
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let gateway = Gateway::bind(config.clone()).await?;
+    let gateway = Gateway::bind(config).await?;
     for (addr, scheme) in gateway.public_urls() {
-        for route in &config.routes {
+        for route in &gateway.snapshot().routes {
             println!(
                 "wsgate: {scheme}://{addr}{} -> {}",
                 route.path, route.backend
@@ -220,7 +167,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("wsgate: admin http://{admin}/metrics /healthz /readyz");
     }
     let shutdown = CancellationToken::new();
-    let signals = tokio::spawn(wsgate::shutdown::cancel_on_signal(shutdown.clone()));
+    let signals = tokio::spawn(wsgate::ops::shutdown::cancel_on_signal(shutdown.clone()));
     let result = gateway.run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = signals.await;

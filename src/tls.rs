@@ -1,4 +1,5 @@
-//! TLS for `wss://` listeners: PEM files → rustls config, and the handshake under a timeout.
+//! Certificates and keys: PEM files → rustls configs for `wss://` listeners (with client
+//! certificate verification) and for `wss://` backends.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,8 +12,7 @@ use rustls::pki_types::{ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
-use crate::access::ClientAuth;
-use crate::config::TlsConfig;
+use crate::config::{ClientAuth, TlsConfig};
 
 /// Make `ring` the process's crypto provider. Call once at start: with more than one
 /// provider compiled in, rustls cannot pick a default and `builder()` would panic.

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use wsgate::Config;
+use wsgate::{Config, Snapshot};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -167,7 +167,8 @@ fn embedded_default_loads() {
 fn invalid_fixtures_are_rejected_naming_the_key() {
     for file in toml_files("tests/fixtures/invalid") {
         let expect = expectation(&file);
-        match Config::load(&repo().join(&file)) {
+        // As `wsgate check` and a start do: validate the file, then compile it.
+        match Config::load(&repo().join(&file)).and_then(|c| Snapshot::build(c, None)) {
             Ok(_) => panic!("{}: loaded, but it should fail", file.display()),
             Err(e) => {
                 let message = without_path(&format!("{e:#}"), &file);
@@ -191,10 +192,28 @@ fn wsgate_check(file: &Path) -> std::process::Output {
         .expect("running wsgate check")
 }
 
+/// The production example with its `/etc/wsgate/tls/` files replaced by a certificate and
+/// key made for the test: `check` reads and matches them, as a start would.
 #[test]
 fn binary_check_accepts_the_production_example() {
-    let file = Path::new("deploy/wsgate.toml");
-    let out = wsgate_check(file);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).expect("writing cert");
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).expect("writing key");
+    let text = std::fs::read_to_string(repo().join("deploy/wsgate.toml"))
+        .expect("deploy/wsgate.toml")
+        .replace(
+            "/etc/wsgate/tls/fullchain.pem",
+            &cert_file.display().to_string(),
+        )
+        .replace(
+            "/etc/wsgate/tls/privkey.pem",
+            &key_file.display().to_string(),
+        );
+    let file = dir.path().join("wsgate.toml");
+    std::fs::write(&file, text).expect("writing config");
+    let out = wsgate_check(&file);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -9,7 +9,7 @@
 //! Failures are saved under `tests/fuzz.proptest-regressions` and replayed first next time.
 //!
 //! Not covered yet: the access-control parsers (token files, origins, JWT keys), which have
-//! unit tests of their own (src/access.rs, src/targets.rs, src/jwt.rs).
+//! unit tests of their own (src/policy/access.rs, src/policy/targets.rs, src/policy/jwt.rs).
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -24,10 +24,10 @@ use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use tokio::io::{AsyncRead, ReadBuf};
 use wsgate::config::BackendAddr;
-use wsgate::frames::MessageCheck;
-use wsgate::http::check_upgrade;
-use wsgate::reader::{FrameReader, ReadError};
-use wsgate::utf8::{complete_prefix, Utf8Stream};
+use wsgate::edge::http::check_upgrade;
+use wsgate::session::frames::MessageCheck;
+use wsgate::session::reader::{FrameReader, ReadError};
+use wsgate::session::utf8::{complete_prefix, Utf8Stream};
 use wsgate::Config;
 
 /// The run for a target `weight` times faster per case than the slowest one.
@@ -292,11 +292,11 @@ proptest! {
         if let Ok(c) = Config::from_toml(&text) {
             prop_assert!(!c.listeners.is_empty() && !c.routes.is_empty());
             for r in &c.routes {
-                prop_assert!(r.max_frame_bytes <= r.max_message_bytes);
-                prop_assert!(r.limits.bandwidth_bytes_per_sec.is_none_or(|b| b >= 1024));
+                prop_assert!(c.max_frame_bytes(r) <= c.max_message_bytes(r));
+                prop_assert!(c.bandwidth_bytes_per_sec(r).is_none_or(|b| b >= 1024));
             }
             prop_assert!((1024..=1 << 20).contains(&c.max_header_bytes));
-            let _ = wsgate::limits::Admission::new(&c.admission, &c.routes);
+            let _ = wsgate::policy::Admission::new(&c);
         }
     }
 }
@@ -721,8 +721,8 @@ proptest! {
 
     #[test]
     fn client_keys_are_stable_and_coarse(ip in any::<IpAddr>()) {
-        let key = wsgate::limits::client_key(ip);
-        prop_assert_eq!(wsgate::limits::client_key(key), key, "idempotent");
+        let key = wsgate::policy::client_key(ip);
+        prop_assert_eq!(wsgate::policy::client_key(key), key, "idempotent");
         if let (IpAddr::V6(v6), IpAddr::V6(k)) = (ip, key) {
             prop_assert_eq!(u128::from(k) & ((1u128 << 64) - 1), 0);
             prop_assert_eq!(u128::from(k) >> 64, u128::from(v6) >> 64);

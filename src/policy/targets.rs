@@ -3,7 +3,7 @@
 //! passes the `[egress]` allowlist after DNS: the gateway connects to exactly the addresses
 //! it checked, so a name that later resolves elsewhere (DNS rebinding) cannot redirect it.
 //!
-//! The `[route.target]` and `[egress]` tables are declared here, next to their logic.
+//! Compiled from `[route.target]` and `[egress]` (`config::target`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,38 +15,15 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context};
 use hyper::Request;
 use ipnet::IpNet;
-use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::{error, info};
 
-use crate::access::{query_value, Access, Granted};
-use crate::config::BackendAddr;
+use super::access::{query_value, Access, Granted};
+use crate::config::{BackendAddr, EgressConfig, TargetConfig};
 use crate::error::RejectError;
 
 /// How often, at most, a token file's mtime is checked (on lookups; no background task).
 pub const TOKEN_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
-
-/// `[route.target]`: a per-session target instead of a fixed `backend`. Exactly one of
-/// `token_file` and `jwt_claim`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetConfig {
-    /// A websockify token file: `token: host:port` lines, `#` comments. The token comes from
-    /// the `token_param` query parameter (noVNC: `path=websockify?token=…`). Re-read when
-    /// its mtime changes (checked at most every 2 s); a broken edit keeps the last good table.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// The query parameter holding the token-file token. Default `token`.
-    #[serde(default = "default_token_param")]
-    pub token_param: String,
-    /// A claim of the route's verified JWT naming `host:port`. Needs `[route.auth.jwt]`.
-    #[serde(default)]
-    pub jwt_claim: Option<String>,
-}
-
-fn default_token_param() -> String {
-    "token".to_owned()
-}
 
 /// Where a route's sessions go.
 #[derive(Debug, Clone)]
@@ -312,18 +289,6 @@ fn parse_token_file(text: &str) -> anyhow::Result<TokenTable> {
 
 // ---------------------------------------------------------------------------------------------
 // Egress.
-
-/// `[egress]`: where the gateway may connect. Once present, every backend dial (fixed
-/// `tcp://`, `ws://`, `wss://` backends included; the built-in echo service excepted)
-/// must land on an allowed address and port; everything else is refused with 403.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EgressConfig {
-    /// `CIDR` or `IP`, optionally with `:PORT` or `:LOW-HIGH` (IPv6 in brackets when a
-    /// port follows): `"127.0.0.0/8"`, `"10.1.2.0/24:5900-5999"`, `"[::1]:22"`, `"fd00::/8"`.
-    /// Required, non-empty.
-    pub allow: Vec<String>,
-}
 
 /// The resolved egress allowlist.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 //! `jsonwebtoken` is built without a crypto feature; [`RING_PROVIDER`] plugs `ring` into it,
 //! so the process has one crypto library (the one rustls uses) and no RSA stack of its own.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Once;
 
 use anyhow::{bail, Context};
@@ -14,12 +14,12 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind, Enc
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::SubjectPublicKeyInfoDer;
-use serde::Deserialize;
 use tracing::debug;
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
+use crate::config::{JwtAlgorithm, JwtConfig};
 use crate::error::RejectError;
 
 /// A verified token's claims, as JSON.
@@ -27,45 +27,6 @@ pub type Claims = serde_json::Map<String, serde_json::Value>;
 
 /// The shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key as long as the hash.
 pub const MIN_SECRET_BYTES: usize = 32;
-
-/// The signature algorithms a route can require. One per route: the token's `alg` header
-/// must name it, so a token cannot pick its own algorithm (no `none`, no HS/RS confusion).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum JwtAlgorithm {
-    HS256,
-    RS256,
-    ES256,
-}
-
-/// `[route.auth.jwt]` as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwtConfig {
-    /// `HS256`, `RS256` or `ES256`. Required.
-    pub algorithm: JwtAlgorithm,
-    /// HS256: a file holding the shared secret (at least 32 bytes; a trailing newline is
-    /// ignored). Required for HS256, refused for the others.
-    #[serde(default)]
-    pub secret_file: Option<PathBuf>,
-    /// RS256 / ES256: the issuer's public key, a `PUBLIC KEY` PEM block (as
-    /// `openssl pkey -pubout` writes it; RSA at least 2048 bits, EC on P-256).
-    #[serde(default)]
-    pub public_key_file: Option<PathBuf>,
-    /// When set, the token must carry this `iss`. Default: not checked.
-    #[serde(default)]
-    pub issuer: Option<String>,
-    /// When set, the token must carry this `aud`. Default: tokens that carry an `aud`
-    /// at all are refused (RFC 7519 §4.1.3), tokens without one pass.
-    #[serde(default)]
-    pub audience: Option<String>,
-    /// Clock skew allowed on `exp` and `nbf`, in seconds. Default 30.
-    #[serde(default = "default_leeway_secs")]
-    pub leeway_secs: u64,
-}
-
-fn default_leeway_secs() -> u64 {
-    30
-}
 
 /// A route's resolved JWT check.
 #[derive(Debug, Clone)]

@@ -14,19 +14,18 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
-use crate::access;
+use super::shared::{ConnectionSlot, Shared};
 use crate::backend::{Backend, Handshake};
-use crate::bridge::{self, BridgeConfig};
 use crate::config::BackendAddr;
-use crate::config::Route;
 use crate::error::RejectError;
-use crate::io::{websocket_halves, ClientStream};
 use crate::metrics::{self, SessionMetrics};
-use crate::relay::{self, RelayConfig};
-use crate::route::select_subprotocol;
-use crate::server::Shared;
-use crate::server::{ConnInfo, ConnectionSlot};
+use crate::policy::{access, ConnInfo};
+use crate::session::bridge::{self, BridgeConfig};
+use crate::session::io::{websocket_halves, ClientStream};
+use crate::session::relay::{self, RelayConfig};
+use crate::snapshot::{select_subprotocol, Route};
 
+/// Every answer the gateway writes itself: a short, complete body.
 pub type Body = Full<Bytes>;
 
 /// Answer one request on a public listener. Never fails: errors become HTTP answers.
@@ -64,7 +63,7 @@ pub async fn handle(
     // The offer without `bearer.` credentials: never chosen, echoed or forwarded.
     let offered = route.access.offered_protocols(&req);
     // Limits: a slot under every session cap, held until the session ends (429/503).
-    let slot = match shared.snapshot.admission.admit(&route, conn.peer.ip()) {
+    let slot = match shared.snapshot.admission.admit(&route.name, conn.peer.ip()) {
         Ok(slot) => slot,
         Err(e) => return Ok(reject(&req, Some(&route), e)),
     };
@@ -80,7 +79,7 @@ pub async fn handle(
     let backend = match shared
         .snapshot
         .dialer
-        .dial(&route, &target, handshake)
+        .dial(route.backend_tls.as_ref(), &target, handshake)
         .await
     {
         Ok(b) => b,

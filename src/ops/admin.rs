@@ -4,6 +4,8 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{header, Method, Request, Response, StatusCode};
@@ -13,8 +15,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
-
-use crate::http::Body;
 
 /// Serve admin requests until `stop`; each connection ends with `stop` too.
 pub async fn serve(
@@ -50,7 +50,11 @@ pub async fn serve(
     tracker.wait().await;
 }
 
-fn answer<B>(req: &Request<B>, handle: &PrometheusHandle, ready: &AtomicBool) -> Response<Body> {
+fn answer<B>(
+    req: &Request<B>,
+    handle: &PrometheusHandle,
+    ready: &AtomicBool,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
@@ -77,7 +81,7 @@ fn answer<B>(req: &Request<B>, handle: &PrometheusHandle, ready: &AtomicBool) ->
             "GET only\n".to_owned(),
         ),
     };
-    let mut response = Response::new(Body::from(body));
+    let mut response = Response::new(Full::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

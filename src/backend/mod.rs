@@ -20,9 +20,9 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{BackendAddr, Route};
+use crate::config::BackendAddr;
 use crate::error::RejectError;
-use crate::targets::{self, Egress};
+use crate::policy::targets::{self, Egress};
 
 /// A connected backend. An enum, not a TCP stream, so more kinds can join it.
 #[derive(Debug)]
@@ -63,7 +63,7 @@ impl Dialer {
     /// denied → 403, refused → 502, timeout → 504.
     pub async fn dial(
         &self,
-        route: &Route,
+        backend_tls: Option<&Arc<rustls::ClientConfig>>,
         target: &BackendAddr,
         handshake: Handshake,
     ) -> Result<Backend, RejectError> {
@@ -90,7 +90,7 @@ impl Dialer {
                     } else {
                         format!("{}:{port}", bracket(host))
                     };
-                    let (io, protocol) = match (tls, &route.backend_tls) {
+                    let (io, protocol) = match (tls, backend_tls) {
                         (true, Some(config)) => {
                             let name = ServerName::try_from(host.clone())
                                 .map_err(|e| handshake_error(e.to_string()))?;
@@ -252,14 +252,19 @@ pub fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
 }
 
-/// The built-in TCP echo service behind `builtin:echo`, on a loopback port.
+/// The built-in TCP echo service behind `builtin:echo`: its listener, on a loopback port.
 /// It ends with `shutdown`; each connection ends with its client or with `shutdown`.
-pub async fn spawn_echo_service(
+pub async fn bind_echo_service() -> io::Result<TcpListener> {
+    TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await
+}
+
+/// Serve the echo service bound by [`bind_echo_service`] until `shutdown`; its
+/// connections go on `tracker`.
+pub fn serve_echo_service(
+    listener: TcpListener,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
-) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
-    let addr = listener.local_addr()?;
+) {
     let conns = tracker.clone();
     tracker.spawn(async move {
         loop {
@@ -281,7 +286,6 @@ pub async fn spawn_echo_service(
             });
         }
     });
-    Ok(addr)
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use bytes::BytesMut;
 use fastwebsockets::{CloseCode, Frame, OpCode, Payload, Role};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::frames::Violation;
 use crate::error::close_code;
-use crate::frames::Violation;
 
 /// Header bytes and small frames arrive here: one read usually brings a whole small frame.
 const INLINE: usize = 512;

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::reader::FrameReader;
+use super::reader::FrameReader;
 
 /// A read half that first yields bytes already read past the HTTP request
 /// (a client may send its first frame together with the upgrade request).

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::config::Route;
+use super::route::Route;
 
 /// The routing table of one config snapshot, sorted once at load.
 #[derive(Debug, Clone)]
@@ -49,12 +49,13 @@ pub fn select_subprotocol<'a, 'o>(
 mod tests {
     use super::*;
     use crate::config::{BackendAddr, MessageType};
+    use crate::policy::Target;
 
     fn route(name: &str, path: &str) -> Arc<Route> {
         Arc::new(Route {
             name: name.into(),
             path: path.into(),
-            backend: crate::targets::Target::Fixed(BackendAddr::BuiltinEcho),
+            backend: Target::Fixed(BackendAddr::BuiltinEcho),
             subprotocols: vec!["binary".into(), "mqtt".into()],
             message_type: MessageType::Binary,
             forward_headers: vec![],

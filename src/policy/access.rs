@@ -3,22 +3,19 @@
 //! Also what the rest of the request must not leak: `bearer.` subprotocol entries and query
 //! tokens stay out of the backend handshake and the logs.
 //!
-//! The `[route.origin]` and `[route.auth]` tables are declared here, next to their checks.
+//! Compiled from `[route.origin]` and `[route.auth]` (`config::access`).
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use hyper::header;
 use hyper::{Request, Uri};
-use serde::Deserialize;
 use subtle::ConstantTimeEq;
-use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::identity::ConnInfo;
+use super::jwt::{Claims, JwtPolicy};
+use crate::config::{AuthConfig, OriginConfig, TokenSource};
 use crate::error::RejectError;
-use crate::jwt::{Claims, JwtConfig, JwtPolicy};
-use crate::server::ConnInfo;
 
 /// The subprotocol prefix that carries a bearer token (`bearer.<token>`): browsers cannot
 /// set headers on `new WebSocket(url, protocols)`, but they can offer protocols.
@@ -26,81 +23,6 @@ pub const SUBPROTOCOL_PREFIX: &str = "bearer.";
 
 /// What query values are replaced with in logs.
 pub const REDACTED: &str = "<redacted>";
-
-/// `[route.origin]`: which web pages may open sessions (cross-site WebSocket hijacking guard).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OriginConfig {
-    /// Allowed `Origin` values, scheme included: exact (`https://app.example.com`,
-    /// `http://localhost:3000`) or with `*.` before the host (`https://*.example.com`:
-    /// any subdomain, not `example.com` itself). Required, non-empty.
-    pub allow: Vec<String>,
-    /// Let requests without an `Origin` header through (non-browser clients; browsers always
-    /// send one). Default false.
-    #[serde(default)]
-    pub allow_missing: bool,
-}
-
-/// Where a bearer token may come from, tried in the order listed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenSource {
-    /// `Authorization: Bearer <token>` (non-browser clients).
-    Header,
-    /// A `Sec-WebSocket-Protocol` entry `bearer.<token>` (browsers).
-    Subprotocol,
-    /// A cookie (`cookie_name`); needs `[route.origin]`, since browsers send cookies cross-site.
-    Cookie,
-    /// A query parameter (`query_param`): the least safe, as URLs end up in browser
-    /// history and other proxies' logs. wsgate's own logs redact query values.
-    Query,
-}
-
-fn default_token_sources() -> Vec<TokenSource> {
-    vec![TokenSource::Header, TokenSource::Subprotocol]
-}
-
-fn default_cookie_name() -> String {
-    "wsgate_token".to_owned()
-}
-
-fn default_query_param() -> String {
-    // RFC 6750 §2.3's name.
-    "access_token".to_owned()
-}
-
-/// `[route.auth]`: what a client must present. Every configured kind is required: a
-/// client certificate (when `client_cert_required` or `client_cert_names`) and a token
-/// (when `bearer_sha256` or `[route.auth.jwt]`), where a token passes if a static digest
-/// or the JWT check accepts it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Static bearer tokens, as SHA-256 digests in hex (`printf %s "$TOKEN" | sha256sum`).
-    /// Default: none.
-    #[serde(default)]
-    pub bearer_sha256: Vec<String>,
-    /// JWT bearer tokens. Default: none.
-    #[serde(default)]
-    pub jwt: Option<JwtConfig>,
-    /// Where to look for the token, in order. Default `["header", "subprotocol"]`.
-    #[serde(default = "default_token_sources")]
-    pub token_sources: Vec<TokenSource>,
-    /// The cookie for the `cookie` source. Default `wsgate_token`.
-    #[serde(default = "default_cookie_name")]
-    pub cookie_name: String,
-    /// The query parameter for the `query` source. Default `access_token`.
-    #[serde(default = "default_query_param")]
-    pub query_param: String,
-    /// Require a client certificate verified against the listener's `client_ca_file`.
-    /// Default false.
-    #[serde(default)]
-    pub client_cert_required: bool,
-    /// Require a client certificate with one of these names as its subject CN, a DNS SAN
-    /// or an email SAN (ASCII case-insensitive). Implies `client_cert_required`. Default: none.
-    #[serde(default)]
-    pub client_cert_names: Vec<String>,
-}
 
 /// A route's resolved access rules. The default lets everyone in (no `[route.origin]`,
 /// no `[route.auth]`).
@@ -565,86 +487,12 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Client certificates.
-
-/// `[listener.tls] client_auth`: whether a listener with `client_ca_file` insists on a
-/// client certificate in the handshake.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientAuth {
-    /// No valid certificate, no connection (the default with `client_ca_file`).
-    #[default]
-    Required,
-    /// A certificate is verified when sent; routes decide whether they need one.
-    Optional,
-}
-
-/// The names of a client certificate that the listener's verifier accepted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientCert {
-    pub common_names: Vec<String>,
-    pub dns_names: Vec<String>,
-    pub emails: Vec<String>,
-}
-
-impl ClientCert {
-    /// Read the subject CN and the DNS and email SANs of a DER certificate.
-    pub fn from_der(der: &[u8]) -> Option<Self> {
-        let (_, cert) = X509Certificate::from_der(der).ok()?;
-        let common_names = cert
-            .subject()
-            .iter_common_name()
-            .filter_map(|cn| cn.as_str().ok())
-            .map(str::to_owned)
-            .collect();
-        let mut dns_names = Vec::new();
-        let mut emails = Vec::new();
-        if let Ok(Some(san)) = cert.subject_alternative_name() {
-            for name in &san.value.general_names {
-                match name {
-                    GeneralName::DNSName(d) => dns_names.push((*d).to_owned()),
-                    GeneralName::RFC822Name(e) => emails.push((*e).to_owned()),
-                    _ => {}
-                }
-            }
-        }
-        Some(Self {
-            common_names,
-            dns_names,
-            emails,
-        })
-    }
-
-    /// Every name, CN first.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.common_names
-            .iter()
-            .chain(&self.dns_names)
-            .chain(&self.emails)
-            .map(String::as_str)
-    }
-
-    fn matches_any(&self, allowed: &[String]) -> bool {
-        self.names()
-            .any(|n| allowed.iter().any(|a| a.trim().eq_ignore_ascii_case(n)))
-    }
-
-    /// A name for the log: the first CN or SAN.
-    pub fn label(&self) -> &str {
-        self.names().next().unwrap_or("(unnamed certificate)")
-    }
-}
-
-/// The verified peer certificate of a TLS connection, if it sent one.
-pub fn client_cert(conn: &rustls::ServerConnection) -> Option<Arc<ClientCert>> {
-    let der = conn.peer_certificates()?.first()?;
-    ClientCert::from_der(der.as_ref()).map(Arc::new)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::policy::identity::ClientCert;
 
     fn origin_policy(allow: &[&str], allow_missing: bool) -> OriginPolicy {
         OriginPolicy::from_config(

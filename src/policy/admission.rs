@@ -1,5 +1,5 @@
-//! Admission and pacing: session caps (global, per route, per client address), the per-address
-//! handshake rate, and the per-session bandwidth pacer.
+//! Admission: session caps (global, per route, per client address) and the per-address
+//! handshake rate, compiled from `[limits]` and the routes' own caps.
 //!
 //! Admission runs once per upgrade request, after the upgrade checks and before the backend
 //! dial, and never waits: a request is admitted with a [`SessionSlot`] (held until the session
@@ -18,154 +18,27 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::bail;
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use hyper::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Limits, Route, RouteConfig};
-use crate::error::RejectError;
-
-/// Largest session cap accepted in the config (a semaphore holds at most `usize::MAX >> 3`).
-const MAX_CAP: usize = 100_000_000;
+use crate::config::Config;
+use crate::error::{Refusal, RejectError};
 
 /// How often the handshake limiter forgets addresses whose bucket is full again.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The resolved admission settings (`[limits]`).
-#[derive(Debug, Clone)]
-pub struct AdmissionConfig {
-    /// Sessions across all routes; `None`: no cap beyond `max_connections`.
-    pub max_sessions: Option<usize>,
-    /// Sessions from one client address; `None`: no cap.
-    pub max_sessions_per_ip: Option<usize>,
-    /// Handshakes from one client address; `None`: no rate limit.
-    pub handshake_rate: Option<Quota>,
-    /// `Retry-After` on a refusal by a session cap, in seconds.
-    pub retry_after_secs: u32,
-}
-
-/// The resolved per-route limits.
-#[derive(Debug, Clone, Default)]
-pub struct RouteLimits {
-    /// Sessions on this route; `None`: no cap.
-    pub max_sessions: Option<usize>,
-    /// Pacing of each direction of each session, in bytes per second; `None`: unpaced.
-    pub bandwidth_bytes_per_sec: Option<u64>,
-}
-
-/// `0` means "off"; anything else must be at most [`MAX_CAP`].
-fn cap(name: &str, value: usize) -> anyhow::Result<Option<usize>> {
-    if value > MAX_CAP {
-        bail!("{name}: must be 0 (no cap) or at most {MAX_CAP}, got {value}");
-    }
-    Ok((value > 0).then_some(value))
-}
-
-fn bandwidth(name: &str, value: u64) -> anyhow::Result<Option<u64>> {
-    if value != 0 && !(1024..=1 << 40).contains(&value) {
-        bail!("{name}: must be 0 (off) or 1024..=1099511627776 bytes per second, got {value}");
-    }
-    Ok((value > 0).then_some(value))
-}
-
-/// Check the `[limits]` admission keys once and resolve them.
-pub fn resolve(l: &Limits) -> anyhow::Result<AdmissionConfig> {
+/// The handshake quota of `[limits]`: `None` when the rate limit is off.
+fn handshake_quota(config: &Config) -> Option<Quota> {
+    let l = &config.limits;
     let rate = l.handshakes_per_ip_per_sec;
-    if !rate.is_finite() || rate < 0.0 || (rate > 0.0 && !(0.001..=1_000_000.0).contains(&rate)) {
-        bail!("limits.handshakes_per_ip_per_sec: must be 0 (off) or 0.001..=1000000, got {rate}");
+    if rate <= 0.0 {
+        return None;
     }
-    let Some(burst) = NonZeroU32::new(l.handshake_burst_per_ip).filter(|b| b.get() <= 1_000_000)
-    else {
-        bail!(
-            "limits.handshake_burst_per_ip: must be 1..=1000000, got {}",
-            l.handshake_burst_per_ip
-        );
-    };
-    let handshake_rate = if rate > 0.0 {
-        let quota =
-            Quota::with_period(Duration::from_secs_f64(1.0 / rate)).map(|q| q.allow_burst(burst));
-        let Some(quota) = quota else {
-            bail!("limits.handshakes_per_ip_per_sec: {rate} is too high");
-        };
-        Some(quota)
-    } else {
-        None
-    };
-    if !(1..=86_400).contains(&l.retry_after_secs) {
-        bail!(
-            "limits.retry_after_secs: must be 1..=86400, got {}",
-            l.retry_after_secs
-        );
-    }
-    if !(1024..=1 << 20).contains(&l.max_header_bytes) {
-        bail!(
-            "limits.max_header_bytes: must be 1024..=1048576, got {}",
-            l.max_header_bytes
-        );
-    }
-    cap("limits.max_sessions_per_route", l.max_sessions_per_route)?;
-    bandwidth("limits.bandwidth_bytes_per_sec", l.bandwidth_bytes_per_sec)?;
-    Ok(AdmissionConfig {
-        max_sessions: cap("limits.max_sessions", l.max_sessions)?,
-        max_sessions_per_ip: cap("limits.max_sessions_per_ip", l.max_sessions_per_ip)?,
-        handshake_rate,
-        retry_after_secs: l.retry_after_secs,
-    })
-}
-
-/// Resolve route `at`'s limits: its own keys, else the `[limits]` defaults.
-pub fn resolve_route(at: &str, r: &RouteConfig, l: &Limits) -> anyhow::Result<RouteLimits> {
-    Ok(RouteLimits {
-        max_sessions: cap(
-            &format!("{at}.max_sessions"),
-            r.max_sessions.unwrap_or(l.max_sessions_per_route),
-        )?,
-        bandwidth_bytes_per_sec: bandwidth(
-            &format!("{at}.bandwidth_bytes_per_sec"),
-            r.bandwidth_bytes_per_sec
-                .unwrap_or(l.bandwidth_bytes_per_sec),
-        )?,
-    })
-}
-
-/// Why admission refused a request: each has its status and metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// `limits.max_sessions` reached: 503.
-    #[error("the gateway is at capacity")]
-    OverCapacity,
-    /// The route's session cap reached: 503.
-    #[error("this route is at capacity")]
-    RouteFull,
-    /// `limits.max_sessions_per_ip` reached for the client's address: 429.
-    #[error("too many sessions from your address")]
-    IpLimit,
-    /// The client's address used its handshake budget: 429.
-    #[error("too many handshakes from your address")]
-    RateLimited,
-}
-
-impl Refusal {
-    pub fn status(self) -> StatusCode {
-        match self {
-            Self::OverCapacity | Self::RouteFull => StatusCode::SERVICE_UNAVAILABLE,
-            Self::IpLimit | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        }
-    }
-
-    /// The `reason` label of `wsgate_upgrade_rejections_total`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::OverCapacity => "over_capacity",
-            Self::RouteFull => "route_full",
-            Self::IpLimit => "ip_limit",
-            Self::RateLimited => "rate_limited",
-        }
-    }
+    // Validated: 0.001..=1e6 per second and a burst of 1..=1e6, so both conversions hold.
+    let burst = NonZeroU32::new(l.handshake_burst_per_ip).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(Duration::from_secs_f64(1.0 / rate)).map(|q| q.allow_burst(burst))
 }
 
 /// The key a client address is counted under: IPv4 as is, IPv6 by its /64.
@@ -196,24 +69,30 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(config: &AdmissionConfig, routes: &[Arc<Route>]) -> Self {
+    /// The caps and rate of a validated config, with every count at zero.
+    pub fn new(config: &Config) -> Self {
+        let l = &config.limits;
+        let cap = |n: usize| (n > 0).then(|| Arc::new(Semaphore::new(n)));
         Self {
-            global: config.max_sessions.map(|n| Arc::new(Semaphore::new(n))),
-            routes: routes
+            global: cap(l.max_sessions),
+            routes: config
+                .routes
                 .iter()
                 .filter_map(|r| {
-                    let n = r.limits.max_sessions?;
-                    Some((r.name.clone(), Arc::new(Semaphore::new(n))))
+                    let n = config.max_sessions(r)?;
+                    Some((Arc::from(r.name.as_str()), Arc::new(Semaphore::new(n))))
                 })
                 .collect(),
-            per_ip: config.max_sessions_per_ip.map(|n| (n, IpTable::default())),
-            handshakes: config.handshake_rate.map(RateLimiter::keyed),
-            retry_after_secs: config.retry_after_secs,
+            per_ip: (l.max_sessions_per_ip > 0)
+                .then(|| (l.max_sessions_per_ip, IpTable::default())),
+            handshakes: handshake_quota(config).map(RateLimiter::keyed),
+            retry_after_secs: l.retry_after_secs,
         }
     }
 
-    /// Admit one session on `route` for a client at `peer`, or refuse it without waiting.
-    pub fn admit(&self, route: &Route, peer: IpAddr) -> Result<SessionSlot, RejectError> {
+    /// Admit one session on the route named `route` for a client at `peer`, or refuse it
+    /// without waiting.
+    pub fn admit(&self, route: &str, peer: IpAddr) -> Result<SessionSlot, RejectError> {
         let key = client_key(peer);
         let refuse = |reason: Refusal, retry_after_secs: u64| RejectError::Limited {
             reason,
@@ -244,7 +123,7 @@ impl Admission {
             }
             None => None,
         };
-        let route_permit = match self.routes.get(&route.name) {
+        let route_permit = match self.routes.get(route) {
             Some(sem) => match sem.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => return Err(refuse(Refusal::RouteFull, retry)),
@@ -321,79 +200,6 @@ impl Drop for IpSlot {
     }
 }
 
-/// Paces one direction of a session to a rate in bytes per second by delaying reads: a token
-/// bucket that one read may take into debt, which the reader sleeps off before its next read.
-/// Nothing is buffered: while the reader sleeps, the sender's bytes wait in the socket, and TCP
-/// flow control slows the sender down. An unlimited pacer never sleeps.
-#[derive(Debug)]
-pub struct Pacer(Option<Bucket>);
-
-#[derive(Debug)]
-struct Bucket {
-    /// Bytes per second.
-    rate: f64,
-    /// Most bytes that may go at once: 100 ms of traffic, at least 1 KiB.
-    burst: f64,
-    /// Bytes that may go now; negative while in debt.
-    tokens: f64,
-    last: Instant,
-}
-
-impl Pacer {
-    /// A pacer at `bytes_per_sec`; `None` never waits.
-    pub fn new(bytes_per_sec: Option<u64>) -> Self {
-        Self(bytes_per_sec.filter(|r| *r > 0).map(|rate| {
-            let rate = rate as f64;
-            let burst = (rate / 10.0).max(1024.0);
-            Bucket {
-                rate,
-                burst,
-                tokens: burst,
-                last: Instant::now(),
-            }
-        }))
-    }
-
-    /// The largest read worth making, given the caller's own `limit`.
-    pub fn max_read(&self, limit: usize) -> usize {
-        match &self.0 {
-            Some(b) => limit.min(b.burst as usize).max(1),
-            None => limit,
-        }
-    }
-
-    /// When the next read may start; `None`: now.
-    pub fn ready_at(&mut self, now: Instant) -> Option<Instant> {
-        let b = self.0.as_mut()?;
-        b.refill(now);
-        // Less than a byte of debt left: go (float rounding must not cost an extra wakeup).
-        (b.tokens <= -1.0).then(|| now + Duration::from_secs_f64(-b.tokens / b.rate))
-    }
-
-    /// Sleep until the next read may start.
-    pub async fn ready(&mut self) {
-        if let Some(at) = self.ready_at(Instant::now()) {
-            tokio::time::sleep_until(at).await;
-        }
-    }
-
-    /// Account for `n` bytes just read.
-    pub fn spent(&mut self, n: usize) {
-        if let Some(b) = self.0.as_mut() {
-            b.refill(Instant::now());
-            b.tokens -= n as f64;
-        }
-    }
-}
-
-impl Bucket {
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.last = now;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,8 +245,8 @@ mod tests {
             "max_sessions = 3\nmax_sessions_per_ip = 2\nretry_after_secs = 7",
             "max_sessions = 2",
         );
-        let adm = Admission::new(&c.admission, &c.routes);
-        let (a, b) = (&c.routes[0], &c.routes[1]);
+        let adm = Admission::new(&c);
+        let (a, b) = ("a", "b");
         let s1 = adm.admit(a, ip("10.0.0.1")).unwrap();
         let s2 = adm.admit(a, ip("10.0.0.1")).unwrap();
         assert_eq!(
@@ -473,11 +279,11 @@ mod tests {
     #[test]
     fn a_refused_request_holds_nothing() {
         let c = config("max_sessions = 1\nmax_sessions_per_ip = 5", "");
-        let adm = Admission::new(&c.admission, &c.routes);
-        let _held = adm.admit(&c.routes[0], ip("10.0.0.1")).unwrap();
+        let adm = Admission::new(&c);
+        let _held = adm.admit("a", ip("10.0.0.1")).unwrap();
         for _ in 0..10 {
             assert_eq!(
-                refusal(adm.admit(&c.routes[1], ip("10.0.0.2"))).0,
+                refusal(adm.admit("b", ip("10.0.0.2"))).0,
                 Refusal::OverCapacity
             );
         }
@@ -491,8 +297,8 @@ mod tests {
             "handshakes_per_ip_per_sec = 0.01\nhandshake_burst_per_ip = 2",
             "",
         );
-        let adm = Admission::new(&c.admission, &c.routes);
-        let r = &c.routes[0];
+        let adm = Admission::new(&c);
+        let r = "a";
         drop(adm.admit(r, ip("10.0.0.1")).unwrap());
         drop(adm.admit(r, ip("10.0.0.1")).unwrap());
         let (reason, retry) = refusal(adm.admit(r, ip("10.0.0.1")));
@@ -521,12 +327,9 @@ mod tests {
             "handshakes_per_ip_per_sec = 1000\nhandshake_burst_per_ip = 1",
             "",
         );
-        let adm = Admission::new(&c.admission, &c.routes);
+        let adm = Admission::new(&c);
         for i in 0..100u8 {
-            drop(
-                adm.admit(&c.routes[0], IpAddr::from([10, 0, 0, i]))
-                    .unwrap(),
-            );
+            drop(adm.admit("a", IpAddr::from([10, 0, 0, i])).unwrap());
         }
         assert_eq!(adm.tracked_addresses(), 100);
         std::thread::sleep(Duration::from_millis(20));
@@ -585,47 +388,9 @@ mod tests {
             "max_sessions_per_route = 10\nbandwidth_bytes_per_sec = 4096",
             "max_sessions = 0\nbandwidth_bytes_per_sec = 0",
         );
-        assert_eq!(c.routes[0].limits.max_sessions, None);
-        assert_eq!(c.routes[0].limits.bandwidth_bytes_per_sec, None);
-        assert_eq!(c.routes[1].limits.max_sessions, Some(10));
-        assert_eq!(c.routes[1].limits.bandwidth_bytes_per_sec, Some(4096));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn pacer_holds_the_average_rate_and_allows_one_burst() {
-        let mut p = Pacer::new(Some(10_000));
-        assert_eq!(
-            p.max_read(64 * 1024),
-            1024,
-            "bursts of 100 ms, at least 1 KiB"
-        );
-        let start = Instant::now();
-        let mut sent = 0;
-        while sent < 100_000 {
-            p.ready().await;
-            let n = p.max_read(64 * 1024);
-            p.spent(n);
-            sent += n;
-        }
-        let took = start.elapsed().as_secs_f64();
-        // 100 kB at 10 kB/s, less the first burst.
-        assert!((9.7..=10.1).contains(&took), "took {took} s");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn pacer_debt_from_one_big_read_is_slept_off() {
-        let mut p = Pacer::new(Some(1024));
-        p.spent(10 * 1024);
-        let start = Instant::now();
-        p.ready().await;
-        let took = start.elapsed().as_secs_f64();
-        assert!(
-            (8.9..=9.1).contains(&took),
-            "9 KiB of debt at 1 KiB/s: {took} s"
-        );
-        let mut off = Pacer::new(None);
-        off.spent(1 << 30);
-        assert_eq!(off.ready_at(Instant::now()), None);
-        assert_eq!(off.max_read(4096), 4096);
+        assert_eq!(c.max_sessions(&c.routes[0]), None);
+        assert_eq!(c.bandwidth_bytes_per_sec(&c.routes[0]), None);
+        assert_eq!(c.max_sessions(&c.routes[1]), Some(10));
+        assert_eq!(c.bandwidth_bytes_per_sec(&c.routes[1]), Some(4096));
     }
 }

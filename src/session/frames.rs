@@ -6,8 +6,8 @@ use fastwebsockets::{Frame, OpCode, WebSocketWrite};
 use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
+use super::utf8::Utf8Stream;
 use crate::error::close_code;
-use crate::utf8::Utf8Stream;
 
 /// A peer broke the protocol: the close code and a short reason for it.
 pub type Violation = (u16, &'static str);

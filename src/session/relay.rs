@@ -6,7 +6,7 @@
 //! reader and writer hold one frame, so a slow hop slows the other instead of growing a queue.
 //! Close codes travel end to end; a hop that dies closes the other with 1001 (client lost) or
 //! 1011 (backend lost), 1014 when the backend broke the protocol. An optional bandwidth cap paces
-//! each reader (src/limits.rs `Pacer`): a capped hop's sender is slowed down, never buffered.
+//! each reader (`session::pacer`): a capped hop's sender is slowed down, never buffered.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,13 +21,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{Initiator, Outcome};
+use super::bridge::{Initiator, Outcome};
+use super::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
+use super::keepalive::{sleep_until_opt, Due, Keepalive};
+use super::pacer::Pacer;
+use super::reader::{FrameReader, ReadError};
 use crate::error::close_code;
-use crate::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
-use crate::keepalive::{sleep_until_opt, Due, Keepalive};
-use crate::limits::Pacer;
 use crate::metrics::SessionMetrics;
-use crate::reader::{FrameReader, ReadError};
 
 /// Per-session settings from the route and the config snapshot.
 #[derive(Debug, Clone)]

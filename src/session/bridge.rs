@@ -9,7 +9,7 @@
 //!
 //! Backpressure is end to end: each task holds at most one buffer and does not read its source
 //! until the last write to its sink finished. An optional bandwidth cap paces each task's reads
-//! (src/limits.rs `Pacer`), so a capped session slows its sender down instead of buffering.
+//! (`session::pacer`), so a capped session slows its sender down instead of buffering.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,15 +23,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
+use super::io::BackendSource;
+use super::keepalive::{sleep_until_opt, Due, Keepalive};
+use super::pacer::Pacer;
+use super::reader::{FrameReader, ReadError};
+use super::utf8::complete_prefix;
 use crate::config::MessageType;
 use crate::error::close_code;
-use crate::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
-use crate::io::BackendSource;
-use crate::keepalive::{sleep_until_opt, Due, Keepalive};
-use crate::limits::Pacer;
 use crate::metrics::SessionMetrics;
-use crate::reader::{FrameReader, ReadError};
-use crate::utf8::complete_prefix;
 
 /// Per-session settings, taken from the config snapshot the session started with.
 #[derive(Debug, Clone)]

@@ -1,0 +1,91 @@
+//! Backend URLs (`tcp://`, `ws://`, `wss://`, `builtin:echo`) parsed into a plain address.
+
+use anyhow::{bail, Context};
+
+/// Where a route's bytes go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendAddr {
+    /// A raw TCP service, dialed by name on every session (DNS is re-resolved).
+    Tcp { host: String, port: u16 },
+    /// A WebSocket service; `path` holds the URL's path and query (at least `/`).
+    WebSocket {
+        tls: bool,
+        host: String,
+        port: u16,
+        path: String,
+    },
+    /// The built-in echo service, started by the gateway on a loopback port.
+    BuiltinEcho,
+}
+
+impl BackendAddr {
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        if url == "builtin:echo" {
+            return Ok(Self::BuiltinEcho);
+        }
+        let (scheme, rest) = url.split_once("://").with_context(|| {
+            format!("backend {url:?}: expected tcp://, ws://, wss:// or builtin:echo")
+        })?;
+        let (authority, path) = match (scheme, rest.find(['/', '?'])) {
+            ("tcp", _) => (rest.trim_end_matches('/'), ""),
+            ("ws" | "wss", Some(i)) => (&rest[..i], &rest[i..]),
+            ("ws" | "wss", None) => (rest, ""),
+            _ => bail!("backend {url:?}: unknown scheme {scheme:?} (tcp, ws, wss)"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !authority.starts_with('[') || h.ends_with(']') => (h, p),
+            _ if scheme == "ws" => (authority, "80"),
+            _ if scheme == "wss" => (authority, "443"),
+            _ => bail!("backend {url:?}: missing :PORT"),
+        };
+        if host.contains(['/', '@', ' ']) {
+            bail!("backend {url:?}: bad host {host:?}");
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            bail!("backend {url:?}: missing host");
+        }
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .with_context(|| format!("backend {url:?}: port must be 1-65535"))?;
+        let host = host.to_owned();
+        Ok(match scheme {
+            "tcp" => Self::Tcp { host, port },
+            _ => Self::WebSocket {
+                tls: scheme == "wss",
+                host,
+                port,
+                path: if path.starts_with('/') {
+                    path.to_owned()
+                } else {
+                    format!("/{path}")
+                },
+            },
+        })
+    }
+}
+
+impl std::fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp { host, port } if host.contains(':') => write!(f, "tcp://[{host}]:{port}"),
+            Self::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Self::WebSocket {
+                tls,
+                host,
+                port,
+                path,
+            } => {
+                let scheme = if *tls { "wss" } else { "ws" };
+                if host.contains(':') {
+                    write!(f, "{scheme}://[{host}]:{port}{path}")
+                } else {
+                    write!(f, "{scheme}://{host}:{port}{path}")
+                }
+            }
+            Self::BuiltinEcho => f.write_str("builtin:echo"),
+        }
+    }
+}

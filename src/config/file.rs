@@ -1,0 +1,272 @@
+//! The TOML file's tables as serde structs: every key, its unit and its default, unknown keys
+//! rejected.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::access::{AuthConfig, ClientAuth, OriginConfig};
+use super::target::{EgressConfig, TargetConfig};
+
+/// The file as written: every field optional where a default exists, unknown keys rejected.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// Where backends may be dialed (`policy::targets`). Default: anywhere.
+    #[serde(default)]
+    pub egress: Option<EgressConfig>,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+/// The async runtime.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 = one per CPU (the default). 1 runs everything on one thread
+    /// (tokio's current-thread runtime): on a small box that the backend shares it moved
+    /// more bytes per CPU second in our benchmarks (docs/benchmarks.md).
+    pub worker_threads: usize,
+}
+
+/// A public listener: where clients connect, with optional TLS (`wss://`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// PEM files: a certificate chain (leaf first) and its private key (PKCS#8, PKCS#1 or SEC1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// PEM CA bundle that client certificates must chain to (mTLS). Default: none, and no
+    /// client certificate is asked for.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: `required` (default) or `optional`.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// The admin listener: `/metrics`, `/healthz`, `/readyz`. Keep it off public interfaces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+/// Every timeout, in seconds (fractions allowed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TLS handshake on a `wss` listener. Default 10 s.
+    pub tls_handshake_secs: f64,
+    /// Reading a request's headers (slowloris guard). Default 10 s.
+    pub header_read_secs: f64,
+    /// Dialing the backend, before the client gets its `101`. Default 5 s.
+    pub backend_connect_secs: f64,
+    /// Interval between pings to the client; 0 disables keepalive. Default 20 s.
+    pub ping_interval_secs: f64,
+    /// How long a ping may go unanswered before the session is closed. Default 20 s.
+    pub pong_timeout_secs: f64,
+    /// After the client's Close: how long backend bytes may still flow before the
+    /// reply; after our Close: how long we wait for the client's. Default 5 s.
+    pub close_grace_secs: f64,
+    /// On SIGTERM/SIGINT: how long sessions get to close before the process exits. Default 10 s.
+    pub shutdown_grace_secs: f64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tls_handshake_secs: 10.0,
+            header_read_secs: 10.0,
+            backend_connect_secs: 5.0,
+            ping_interval_secs: 20.0,
+            pong_timeout_secs: 20.0,
+            close_grace_secs: 5.0,
+            shutdown_grace_secs: 10.0,
+        }
+    }
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent connections across public listeners (TLS, HTTP and sessions). Default 10,000.
+    pub max_connections: usize,
+    /// Per-session buffer for each direction: the most bytes read from one side
+    /// before they are written to the other. Default 64 KiB.
+    pub buffer_bytes: usize,
+    /// Largest frame accepted from a peer; larger ones close with 1009. Default 16 MiB.
+    pub max_frame_bytes: usize,
+    /// Largest message (all fragments together) accepted from a peer; larger ones
+    /// close with 1009. Messages are streamed, never reassembled. Default 64 MiB.
+    pub max_message_bytes: usize,
+    // ---- Admission, header size and pacing: used by `policy::admission` and the pacer ----
+    /// Concurrent sessions across all routes; over it, 503. 0 = no cap. Default 0.
+    pub max_sessions: usize,
+    /// Concurrent sessions on each route (a route's `max_sessions` overrides it); over it,
+    /// 503. 0 = no cap. Default 0.
+    pub max_sessions_per_route: usize,
+    /// Concurrent sessions from one client address (IPv4, or IPv6 /64); over it, 429.
+    /// 0 = no cap. Default 0.
+    pub max_sessions_per_ip: usize,
+    /// Upgrade handshakes per second from one client address, refilled continuously;
+    /// over it, 429. 0 = no rate limit. Default 0.
+    pub handshakes_per_ip_per_sec: f64,
+    /// Handshakes one client address may make at once before the rate applies. Default 10.
+    pub handshake_burst_per_ip: u32,
+    /// `Retry-After` seconds sent with a 503 or 429 from a session cap. Default 5.
+    pub retry_after_secs: u32,
+    /// Largest HTTP request head (request line and headers); larger ones get 431. Default 32 KiB.
+    pub max_header_bytes: usize,
+    /// Pacing of each direction of each session, in bytes per second (a route's
+    /// `bandwidth_bytes_per_sec` overrides it). 0 = unpaced. Default 0.
+    pub bandwidth_bytes_per_sec: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            buffer_bytes: 64 * 1024,
+            max_frame_bytes: 16 * 1024 * 1024,
+            max_message_bytes: 64 * 1024 * 1024,
+            max_sessions: 0,
+            max_sessions_per_route: 0,
+            max_sessions_per_ip: 0,
+            handshakes_per_ip_per_sec: 0.0,
+            handshake_burst_per_ip: 10,
+            retry_after_secs: 5,
+            max_header_bytes: 32 * 1024,
+            bandwidth_bytes_per_sec: 0,
+        }
+    }
+}
+
+/// A route: a request path mapped to a backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Used in metrics labels and logs. Unique.
+    pub name: String,
+    /// Exact path (`/vnc`), or a prefix when it ends in `/` (`/apps/`, `/`). Query is ignored.
+    pub path: String,
+    /// `tcp://host:port`, `ws://host:port/path`, `wss://host:port/path`, or
+    /// `builtin:echo` for the built-in echo service. Required unless `[route.target]` is set.
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// Subprotocols this route accepts, in the client's order of preference. Default `["binary"]`.
+    #[serde(default = "default_subprotocols")]
+    pub subprotocols: Vec<String>,
+    /// Frame type for backend bytes: `binary` (default) or `text` (UTF-8 never split across frames).
+    #[serde(default)]
+    pub message_type: MessageType,
+    /// WebSocket backends: request headers copied to the backend handshake.
+    /// Default `["cookie", "authorization", "user-agent"]`.
+    #[serde(default = "default_forward_headers")]
+    pub forward_headers: Vec<String>,
+    /// WebSocket backends with a prefix route: drop the route's prefix from the request
+    /// path before appending it to the backend URL's path. Default true.
+    #[serde(default = "default_true")]
+    pub strip_path_prefix: bool,
+    /// `wss://` backends: a PEM CA bundle to verify against instead of the built-in
+    /// Mozilla roots. Default: none (built-in roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// `wss://` backends: skip certificate verification. Development only; logged at start.
+    /// Default false.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Overrides `limits.max_frame_bytes` for this route.
+    #[serde(default)]
+    pub max_frame_bytes: Option<usize>,
+    /// Overrides `limits.max_message_bytes` for this route.
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
+    // Access control (`policy::access`, `policy::targets`): each table optional, absent = open.
+    /// `[route.origin]`: the Origin allowlist.
+    #[serde(default)]
+    pub origin: Option<OriginConfig>,
+    /// `[route.auth]`: credentials the client must present.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// `[route.target]`: a per-session target (token file, JWT claim) instead of `backend`.
+    #[serde(default)]
+    pub target: Option<TargetConfig>,
+    /// Overrides `limits.max_sessions_per_route` for this route (0 = no cap).
+    #[serde(default)]
+    pub max_sessions: Option<usize>,
+    /// Overrides `limits.bandwidth_bytes_per_sec` for this route (0 = unpaced).
+    #[serde(default)]
+    pub bandwidth_bytes_per_sec: Option<u64>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_forward_headers() -> Vec<String> {
+    ["cookie", "authorization", "user-agent"]
+        .map(String::from)
+        .to_vec()
+}
+
+impl RouteConfig {
+    /// A route with every optional field at its default.
+    pub fn new(
+        name: impl Into<String>,
+        path: impl Into<String>,
+        backend: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            path: path.into(),
+            backend: Some(backend.into()),
+            subprotocols: default_subprotocols(),
+            message_type: MessageType::default(),
+            forward_headers: default_forward_headers(),
+            strip_path_prefix: true,
+            tls_ca_file: None,
+            insecure_skip_verify: false,
+            max_frame_bytes: None,
+            max_message_bytes: None,
+            origin: None,
+            auth: None,
+            target: None,
+            max_sessions: None,
+            bandwidth_bytes_per_sec: None,
+        }
+    }
+}
+
+fn default_subprotocols() -> Vec<String> {
+    vec!["binary".to_owned()]
+}
+
+/// How backend bytes are framed towards the client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageType {
+    #[default]
+    Binary,
+    Text,
+}

@@ -1,0 +1,460 @@
+//! The configuration file format, and nothing else: serde structs for the whole TOML, their
+//! documented defaults, validation once at load, quick-mode flags, the embedded default.
+//!
+//! This is plain data. It imports no other module of ours: `policy` compiles access rules,
+//! targets and limits from it, and `snapshot` builds the running gateway's one immutable value.
+
+mod access;
+mod backend_addr;
+mod file;
+mod quick;
+mod target;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
+pub use backend_addr::BackendAddr;
+pub use file::{
+    AdminConfig, FileConfig, Limits, ListenerConfig, MessageType, RouteConfig, RuntimeConfig,
+    Timeouts, TlsConfig,
+};
+pub use quick::{route_name, QuickMode};
+pub use target::{EgressConfig, TargetConfig};
+
+/// The embedded default: `ws://127.0.0.1:8080/echo` to a built-in echo service, admin on 9090.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// Largest session cap accepted (a semaphore holds at most `usize::MAX >> 3`).
+pub const MAX_CAP: usize = 100_000_000;
+
+/// A validated configuration: every value checked, durations as `Duration`, no `Option` that
+/// "must be set". Routes keep their file form; `snapshot` compiles them.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<ListenerConfig>,
+    pub admin: Option<SocketAddr>,
+    pub routes: Vec<RouteConfig>,
+    /// `[limits]` as written (and checked); routes inherit from it.
+    pub limits: Limits,
+    /// `None`: backends may be dialed anywhere.
+    pub egress: Option<EgressConfig>,
+    pub tls_handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub backend_connect_timeout: Duration,
+    /// `None` when keepalive is disabled.
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Duration,
+    pub close_grace: Duration,
+    pub shutdown_grace: Duration,
+    /// Runtime worker threads; 0 = one per CPU.
+    pub worker_threads: usize,
+    pub max_connections: usize,
+    pub buffer_bytes: usize,
+    /// Largest HTTP request head; larger ones get 431.
+    pub max_header_bytes: usize,
+}
+
+impl Config {
+    /// Parse and validate TOML text; errors name the bad key.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        file.validate()
+    }
+
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Self {
+        Self::from_toml(DEFAULT_CONFIG).expect("the embedded default config is valid (tested)")
+    }
+
+    /// Route `r`'s largest frame: its own key, else `[limits]`.
+    pub fn max_frame_bytes(&self, r: &RouteConfig) -> usize {
+        r.max_frame_bytes.unwrap_or(self.limits.max_frame_bytes)
+    }
+
+    /// Route `r`'s largest message: its own key, else `[limits]`.
+    pub fn max_message_bytes(&self, r: &RouteConfig) -> usize {
+        r.max_message_bytes.unwrap_or(self.limits.max_message_bytes)
+    }
+
+    /// Route `r`'s session cap (`None`: no cap): its own key, else `[limits]`.
+    pub fn max_sessions(&self, r: &RouteConfig) -> Option<usize> {
+        let n = r.max_sessions.unwrap_or(self.limits.max_sessions_per_route);
+        (n > 0).then_some(n)
+    }
+
+    /// Route `r`'s pacing in bytes per second (`None`: unpaced): its own key, else `[limits]`.
+    pub fn bandwidth_bytes_per_sec(&self, r: &RouteConfig) -> Option<u64> {
+        let n = r
+            .bandwidth_bytes_per_sec
+            .unwrap_or(self.limits.bandwidth_bytes_per_sec);
+        (n > 0).then_some(n)
+    }
+}
+
+fn secs(name: &str, value: f64, allow_zero: bool) -> anyhow::Result<Duration> {
+    if !value.is_finite() || value < 0.0 || (!allow_zero && value == 0.0) || value > 86_400.0 {
+        bail!(
+            "timeouts.{name}: must be {} and at most 86400, got {value}",
+            if allow_zero { ">= 0" } else { "> 0" }
+        );
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+impl FileConfig {
+    /// Check everything once and resolve it into a [`Config`].
+    pub fn validate(self) -> anyhow::Result<Config> {
+        if self.listeners.is_empty() {
+            bail!("listener: at least one [[listener]] is required");
+        }
+        if self.routes.is_empty() {
+            bail!("route: at least one [[route]] is required");
+        }
+        let mut addrs = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.address.port() != 0 && !addrs.insert(l.address) {
+                bail!("listener[{i}].address: {} is used twice", l.address);
+            }
+            if let Some(tls) = &l.tls {
+                if tls.client_ca_file.is_none() && tls.client_auth.is_some() {
+                    bail!("listener[{i}].tls.client_auth: needs client_ca_file");
+                }
+            }
+        }
+        if let Some(admin) = &self.admin {
+            if admin.address.port() != 0 && addrs.contains(&admin.address) {
+                bail!("admin.address: {} is also a public listener", admin.address);
+            }
+        }
+        // Before the routes, which inherit its values: a bad default is named as such.
+        validate_limits(&self.limits)?;
+        if self.runtime.worker_threads > 1024 {
+            bail!(
+                "runtime.worker_threads: must be 0..=1024, got {}",
+                self.runtime.worker_threads
+            );
+        }
+        let mut names = HashSet::new();
+        let mut paths = HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            self.validate_route(i, r, &mut names, &mut paths)?;
+        }
+        if let Some(egress) = &self.egress {
+            if egress.allow.is_empty() {
+                bail!(
+                    "egress.allow: an empty list would refuse every dial; remove [egress] to allow all"
+                );
+            }
+        }
+        let t = &self.timeouts;
+        let ping = secs("ping_interval_secs", t.ping_interval_secs, true)?;
+        let l = &self.limits;
+        Ok(Config {
+            admin: self.admin.map(|a| a.address),
+            tls_handshake_timeout: secs("tls_handshake_secs", t.tls_handshake_secs, false)?,
+            header_read_timeout: secs("header_read_secs", t.header_read_secs, false)?,
+            backend_connect_timeout: secs("backend_connect_secs", t.backend_connect_secs, false)?,
+            ping_interval: (!ping.is_zero()).then_some(ping),
+            pong_timeout: secs("pong_timeout_secs", t.pong_timeout_secs, false)?,
+            close_grace: secs("close_grace_secs", t.close_grace_secs, false)?,
+            shutdown_grace: secs("shutdown_grace_secs", t.shutdown_grace_secs, false)?,
+            worker_threads: self.runtime.worker_threads,
+            max_connections: l.max_connections,
+            buffer_bytes: l.buffer_bytes,
+            max_header_bytes: l.max_header_bytes,
+            listeners: self.listeners,
+            routes: self.routes,
+            egress: self.egress,
+            limits: self.limits,
+        })
+    }
+
+    /// The checks of route `i` that need nothing but the file; `policy` checks the rest
+    /// (origins, digests, key files, token files) when it compiles the route.
+    fn validate_route(
+        &self,
+        i: usize,
+        r: &RouteConfig,
+        names: &mut HashSet<String>,
+        paths: &mut HashSet<String>,
+    ) -> anyhow::Result<()> {
+        if r.name.is_empty()
+            || !r
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            bail!(
+                "route[{i}].name: {:?} must be non-empty [A-Za-z0-9_.-]",
+                r.name
+            );
+        }
+        if !names.insert(r.name.clone()) {
+            bail!("route[{i}].name: {:?} is used twice", r.name);
+        }
+        if !r.path.starts_with('/') || r.path.contains(['?', '#', ' ']) {
+            bail!(
+                "route[{i}].path: {:?} must start with / and hold no query",
+                r.path
+            );
+        }
+        if !paths.insert(r.path.clone()) {
+            bail!("route[{i}].path: {:?} is used twice", r.path);
+        }
+        let at = format!("route[{i}]");
+        let needs_client_cert = r
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.client_cert_required || !a.client_cert_names.is_empty());
+        if needs_client_cert
+            && !self
+                .listeners
+                .iter()
+                .any(|l| l.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()))
+        {
+            bail!(
+                "{at}.auth: requires a client certificate, but no listener has tls.client_ca_file"
+            );
+        }
+        let backend = match (&r.backend, &r.target) {
+            (Some(url), None) => {
+                Some(BackendAddr::parse(url).with_context(|| format!("{at}.backend"))?)
+            }
+            (Some(_), Some(_)) => bail!("{at}: backend and [route.target] exclude each other"),
+            (None, None) => bail!("{at}.backend: required (or a [route.target] table)"),
+            (None, Some(_)) => None,
+        };
+        let is_wss = matches!(backend, Some(BackendAddr::WebSocket { tls: true, .. }));
+        if !is_wss && (r.tls_ca_file.is_some() || r.insecure_skip_verify) {
+            bail!("{at}: tls_ca_file and insecure_skip_verify apply to wss:// backends only");
+        }
+        for h in &r.forward_headers {
+            hyper::header::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                .ok()
+                .filter(|n| !is_hop_header(n))
+                .with_context(|| {
+                    format!("{at}.forward_headers: {h:?} is not a forwardable header")
+                })?;
+        }
+        let frame = r.max_frame_bytes.unwrap_or(self.limits.max_frame_bytes);
+        let message = r.max_message_bytes.unwrap_or(self.limits.max_message_bytes);
+        check_sizes(&at, frame, message)?;
+        cap(
+            &format!("{at}.max_sessions"),
+            r.max_sessions.unwrap_or(self.limits.max_sessions_per_route),
+        )?;
+        bandwidth(
+            &format!("{at}.bandwidth_bytes_per_sec"),
+            r.bandwidth_bytes_per_sec
+                .unwrap_or(self.limits.bandwidth_bytes_per_sec),
+        )?;
+        for p in &r.subprotocols {
+            if p.is_empty() || !p.bytes().all(is_token_byte) {
+                bail!("{at}.subprotocols: {p:?} is not an HTTP token");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[limits]` on its own, before any route inherits from it.
+fn validate_limits(l: &Limits) -> anyhow::Result<()> {
+    if l.max_connections == 0 {
+        bail!("limits.max_connections: must be > 0");
+    }
+    if !(1024..=16 * 1024 * 1024).contains(&l.buffer_bytes) {
+        bail!(
+            "limits.buffer_bytes: must be 1024..=16777216, got {}",
+            l.buffer_bytes
+        );
+    }
+    if !(126..=1 << 30).contains(&l.max_frame_bytes) {
+        bail!(
+            "limits.max_frame_bytes: must be 126..=1073741824, got {}",
+            l.max_frame_bytes
+        );
+    }
+    if l.max_message_bytes > 1 << 32 {
+        bail!(
+            "limits.max_message_bytes: must be at most 4294967296, got {}",
+            l.max_message_bytes
+        );
+    }
+    if l.max_frame_bytes > l.max_message_bytes {
+        bail!(
+            "limits.max_frame_bytes: {} is above limits.max_message_bytes ({}): a message is at \
+             least one frame; raise max_message_bytes too",
+            l.max_frame_bytes,
+            l.max_message_bytes
+        );
+    }
+    let rate = l.handshakes_per_ip_per_sec;
+    if !rate.is_finite() || rate < 0.0 || (rate > 0.0 && !(0.001..=1_000_000.0).contains(&rate)) {
+        bail!("limits.handshakes_per_ip_per_sec: must be 0 (off) or 0.001..=1000000, got {rate}");
+    }
+    if !(1..=1_000_000).contains(&l.handshake_burst_per_ip) {
+        bail!(
+            "limits.handshake_burst_per_ip: must be 1..=1000000, got {}",
+            l.handshake_burst_per_ip
+        );
+    }
+    if !(1..=86_400).contains(&l.retry_after_secs) {
+        bail!(
+            "limits.retry_after_secs: must be 1..=86400, got {}",
+            l.retry_after_secs
+        );
+    }
+    if !(1024..=1 << 20).contains(&l.max_header_bytes) {
+        bail!(
+            "limits.max_header_bytes: must be 1024..=1048576, got {}",
+            l.max_header_bytes
+        );
+    }
+    cap("limits.max_sessions", l.max_sessions)?;
+    cap("limits.max_sessions_per_ip", l.max_sessions_per_ip)?;
+    cap("limits.max_sessions_per_route", l.max_sessions_per_route)?;
+    bandwidth("limits.bandwidth_bytes_per_sec", l.bandwidth_bytes_per_sec)?;
+    Ok(())
+}
+
+/// `0` means "off"; anything else must be at most [`MAX_CAP`].
+fn cap(name: &str, value: usize) -> anyhow::Result<()> {
+    if value > MAX_CAP {
+        bail!("{name}: must be 0 (no cap) or at most {MAX_CAP}, got {value}");
+    }
+    Ok(())
+}
+
+fn bandwidth(name: &str, value: u64) -> anyhow::Result<()> {
+    if value != 0 && !(1024..=1 << 40).contains(&value) {
+        bail!("{name}: must be 0 (off) or 1024..=1099511627776 bytes per second, got {value}");
+    }
+    Ok(())
+}
+
+fn check_sizes(at: &str, frame: usize, message: usize) -> anyhow::Result<()> {
+    if !(126..=1 << 30).contains(&frame) {
+        bail!("{at}.max_frame_bytes: must be 126..=1073741824, got {frame}");
+    }
+    if !(frame..=1 << 32).contains(&message) {
+        bail!("{at}.max_message_bytes: must be max_frame_bytes..=4294967296, got {message}");
+    }
+    Ok(())
+}
+
+/// Headers that belong to one hop or to the handshake itself; never forwarded.
+pub fn is_hop_header(name: &hyper::header::HeaderName) -> bool {
+    use hyper::header::*;
+    [
+        CONNECTION,
+        UPGRADE,
+        HOST,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        CONTENT_LENGTH,
+        PROXY_AUTHORIZATION,
+        SEC_WEBSOCKET_KEY,
+        SEC_WEBSOCKET_VERSION,
+        SEC_WEBSOCKET_EXTENSIONS,
+        SEC_WEBSOCKET_PROTOCOL,
+        SEC_WEBSOCKET_ACCEPT,
+    ]
+    .contains(name)
+        || name.as_str() == "keep-alive"
+        || name.as_str().starts_with("x-forwarded-")
+}
+
+/// RFC 7230 `tchar`: what a subprotocol name may hold.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default();
+        assert_eq!(c.routes[0].path, "/echo");
+        assert_eq!(c.routes[0].backend.as_deref(), Some("builtin:echo"));
+        assert_eq!(c.ping_interval, Some(Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\nbogus = 1\n[[route]]\nname=\"a\"\npath=\"/\"\nbackend=\"tcp://h:1\"\n",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("bogus"), "{err:#}");
+    }
+
+    #[test]
+    fn backend_urls() {
+        assert_eq!(
+            BackendAddr::parse("tcp://[::1]:5900").unwrap(),
+            BackendAddr::Tcp {
+                host: "::1".into(),
+                port: 5900
+            }
+        );
+        assert!(BackendAddr::parse("tcp://host").is_err());
+        assert!(BackendAddr::parse("tcp://host:0").is_err());
+        assert!(BackendAddr::parse("http://host:80").is_err());
+        assert_eq!(
+            BackendAddr::parse("wss://example.com/chat?x=1").unwrap(),
+            BackendAddr::WebSocket {
+                tls: true,
+                host: "example.com".into(),
+                port: 443,
+                path: "/chat?x=1".into()
+            }
+        );
+        assert_eq!(
+            BackendAddr::parse("ws://[::1]:9000").unwrap().to_string(),
+            "ws://[::1]:9000/"
+        );
+        assert_eq!(
+            BackendAddr::parse("tcp://[::1]:5900").unwrap().to_string(),
+            "tcp://[::1]:5900"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nname=\"a\"\npath=\"/\"\nbackend=\"tcp://h:1\"\n";
+        for (extra, needle) in [
+            ("[timeouts]\npong_timeout_secs = 0\n", "pong_timeout_secs"),
+            ("[limits]\nbuffer_bytes = 10\n", "buffer_bytes"),
+            (
+                "[[route]]\nname=\"a\"\npath=\"/x\"\nbackend=\"tcp://h:1\"\n",
+                "used twice",
+            ),
+            (
+                "[[route]]\nname=\"b\"\npath=\"x\"\nbackend=\"tcp://h:1\"\n",
+                "route[1].path",
+            ),
+            (
+                "[[route]]\nname=\"c\"\npath=\"/c\"\nbackend=\"udp://h:1\"\n",
+                "route[1].backend",
+            ),
+        ] {
+            let err = Config::from_toml(&format!("{base}{extra}")).unwrap_err();
+            assert!(format!("{err:#}").contains(needle), "{extra}: {err:#}");
+        }
+    }
+}

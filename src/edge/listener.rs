@@ -1,0 +1,140 @@
+//! Public listeners: accept with a permit, per-connection span, TLS handshake under a timeout,
+//! then hyper's HTTP/1.1 with upgrades; each request goes to [`super::http::handle`].
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, error, Instrument};
+
+use super::shared::{ConnectionSlot, Shared};
+use crate::metrics;
+use crate::policy::{ClientCert, ConnInfo};
+
+/// A bound public listener and, for `wss`, its TLS acceptor.
+pub struct PublicListener {
+    pub listener: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Accept until shutdown. A permit is taken before accepting, so at the limit new
+/// clients wait in the kernel's backlog instead of costing us memory.
+pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc<Shared>) {
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = shared.shutdown.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            r = l.listener.accept() => r,
+            () = shared.shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) if is_per_connection(&e) => continue,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; the listener stays up.
+                error!(error = %e, "accept failed; retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let span = tracing::info_span!("conn", %peer, route = tracing::field::Empty, user = tracing::field::Empty, backend = tracing::field::Empty);
+        let tls = l.tls.clone();
+        let conn = ConnInfo {
+            peer,
+            tls: tls.is_some(),
+            client_cert: None,
+        };
+        shared
+            .tracker
+            .spawn(connection(stream, tls, conn, permit, shared.clone()).instrument(span));
+    }
+}
+
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+async fn connection(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    conn: ConnInfo,
+    permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+) {
+    let _ = stream.set_nodelay(true);
+    let permit = Arc::new(ConnectionSlot::open(permit));
+    match tls {
+        None => serve_http(stream, conn, permit, shared).await,
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(shared.snapshot.tls_handshake_timeout, acceptor.accept(stream)) => r,
+                () = shared.shutdown.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(stream)) => {
+                    let conn = ConnInfo {
+                        client_cert: ClientCert::of_connection(stream.get_ref().1),
+                        ..conn
+                    };
+                    serve_http(stream, conn, permit, shared).await
+                }
+                Ok(Err(e)) => {
+                    metrics::tls_handshake_failed();
+                    debug!(error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    metrics::tls_handshake_failed();
+                    debug!("TLS handshake timed out");
+                }
+            }
+        }
+    }
+}
+
+async fn serve_http<IO>(io: IO, conn: ConnInfo, permit: Arc<ConnectionSlot>, shared: Arc<Shared>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let shared = shared.clone();
+        service_fn(move |req| {
+            super::http::handle(req, conn.clone(), shared.clone(), permit.clone())
+        })
+    };
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.snapshot.header_read_timeout)
+        // Over it hyper answers 431 and closes (its default is ~400 KiB and 100 headers).
+        .max_header_size(shared.snapshot.max_header_bytes)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shared.shutdown.cancelled() => {
+            // Finish the request in flight (its upgrade included), then close.
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = shared.hard_stop.cancelled() => return,
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "connection ended with an error");
+    }
+}

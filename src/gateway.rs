@@ -1,0 +1,172 @@
+//! The gateway's lifecycle: build the snapshot, bind every listener, serve the public
+//! listeners (`edge`) and the admin listener (`ops`), and on shutdown drain with a deadline.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::backend::{bind_echo_service, serve_echo_service};
+use crate::config::Config;
+use crate::edge::{accept_loop, PublicListener, Shared};
+use crate::metrics;
+use crate::ops::admin;
+use crate::snapshot::Snapshot;
+
+/// A gateway whose sockets are bound; [`Gateway::run`] serves them.
+pub struct Gateway {
+    snapshot: Arc<Snapshot>,
+    listeners: Vec<PublicListener>,
+    admin: Option<TcpListener>,
+    /// The built-in echo service's listener, when a route uses it.
+    echo: Option<TcpListener>,
+}
+
+impl Gateway {
+    /// Build the snapshot (certificates, keys, token files, JWT keys) and bind every
+    /// listener (port 0 picks a free port).
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let echo = if Snapshot::needs_echo(&config) {
+            Some(
+                bind_echo_service()
+                    .await
+                    .context("starting the echo service")?,
+            )
+        } else {
+            None
+        };
+        let echo_addr = echo.as_ref().and_then(|l| l.local_addr().ok());
+        let snapshot = Snapshot::build(config, echo_addr)?;
+        let mut listeners = Vec::with_capacity(snapshot.config.listeners.len());
+        for (l, tls) in snapshot.config.listeners.iter().zip(&snapshot.listener_tls) {
+            let listener = TcpListener::bind(l.address)
+                .await
+                .with_context(|| format!("binding listener {}", l.address))?;
+            listeners.push(PublicListener {
+                listener,
+                tls: tls.clone().map(TlsAcceptor::from),
+            });
+        }
+        let admin = match snapshot.config.admin {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding admin listener {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            snapshot: Arc::new(snapshot),
+            listeners,
+            admin,
+            echo,
+        })
+    }
+
+    /// The snapshot the gateway serves.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    /// Public listeners' addresses, in config order, with `wss` for TLS ones.
+    pub fn public_urls(&self) -> Vec<(SocketAddr, &'static str)> {
+        self.listeners
+            .iter()
+            .filter_map(|l| {
+                let scheme = if l.tls.is_some() { "wss" } else { "ws" };
+                l.listener.local_addr().ok().map(|a| (a, scheme))
+            })
+            .collect()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serve until `shutdown` is cancelled, then close every session with 1001 and
+    /// drain for up to `shutdown_grace` before returning.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let handle = metrics::install();
+        let snapshot = self.snapshot;
+        let shutdown_grace = snapshot.config.shutdown_grace;
+        let hard_stop = CancellationToken::new();
+        // Helpers (admin, echo, metrics upkeep) outlive the drain and stop after it.
+        let aux_stop = CancellationToken::new();
+        let aux = TaskTracker::new();
+        if let Some(echo) = self.echo {
+            serve_echo_service(echo, &aux, aux_stop.clone());
+        }
+        // Keeps the handshake limiter's memory bounded; stops with the other helpers.
+        aux.spawn(snapshot.admission.clone().run_upkeep(aux_stop.clone()));
+        let permits = Arc::new(Semaphore::new(snapshot.config.max_connections));
+        let shared = Arc::new(Shared {
+            snapshot,
+            shutdown: shutdown.clone(),
+            hard_stop: hard_stop.clone(),
+            tracker: TaskTracker::new(),
+        });
+
+        let ready = Arc::new(AtomicBool::new(false));
+        if let Some(listener) = self.admin {
+            aux.spawn(admin::serve(
+                listener,
+                handle.clone(),
+                ready.clone(),
+                aux_stop.clone(),
+            ));
+        }
+        aux.spawn({
+            let stop = aux_stop.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => handle.run_upkeep(),
+                        () = stop.cancelled() => break,
+                    }
+                }
+            }
+        });
+
+        for l in self.listeners {
+            shared
+                .tracker
+                .spawn(accept_loop(l, permits.clone(), shared.clone()));
+        }
+        ready.store(true, Ordering::Relaxed);
+
+        shutdown.cancelled().await;
+        ready.store(false, Ordering::Relaxed);
+        let active = shared.tracker.len();
+        info!(
+            tasks = active,
+            grace_secs = shutdown_grace.as_secs_f64(),
+            "shutting down: closing sessions with 1001"
+        );
+        shared.tracker.close();
+        if tokio::time::timeout(shutdown_grace, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                left = shared.tracker.len(),
+                "drain deadline passed: dropping what is left"
+            );
+            hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), shared.tracker.wait()).await;
+        }
+        aux_stop.cancel();
+        aux.close();
+        aux.wait().await;
+        info!("shutdown complete");
+        Ok(())
+    }
+}

@@ -1,0 +1,15 @@
+//! Everything after the `101`: the frame reader and its per-frame rules, message rules (UTF-8,
+//! sizes), keepalive, pacing, stream plumbing, and the two pumps — the WebSocket ↔ bytes bridge
+//! for TCP backends and the WebSocket ↔ WebSocket relay.
+//!
+//! A session knows nothing of HTTP routing or access control: it gets two streams and its
+//! limits, and reports how it ended.
+
+pub mod bridge;
+pub mod frames;
+pub mod io;
+pub mod keepalive;
+pub mod pacer;
+pub mod reader;
+pub mod relay;
+pub mod utf8;

@@ -1,0 +1,112 @@
+//! A route as the running gateway uses it: its compiled access rules and target, backend TLS,
+//! size limits, and how a client's path maps onto a WebSocket backend's.
+
+use std::sync::Arc;
+
+use crate::config::MessageType;
+use crate::policy::{Access, Target};
+
+/// A route's resolved caps: its own keys, else the `[limits]` defaults.
+#[derive(Debug, Clone, Default)]
+pub struct RouteLimits {
+    /// Sessions on this route; `None`: no cap.
+    pub max_sessions: Option<usize>,
+    /// Pacing of each direction of each session, in bytes per second; `None`: unpaced.
+    pub bandwidth_bytes_per_sec: Option<u64>,
+}
+
+/// A validated route, shared by every session that uses it.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub path: String,
+    /// The fixed backend, or where each session's target comes from.
+    pub backend: Target,
+    pub subprotocols: Vec<String>,
+    pub message_type: MessageType,
+    /// Lower-case header names copied to a WebSocket backend's handshake.
+    pub forward_headers: Vec<hyper::header::HeaderName>,
+    pub strip_path_prefix: bool,
+    /// TLS client settings for a `wss://` backend.
+    pub backend_tls: Option<Arc<rustls::ClientConfig>>,
+    pub max_frame_bytes: usize,
+    pub max_message_bytes: usize,
+    /// Origin allowlist and credentials.
+    pub access: Access,
+    /// Session cap and bandwidth.
+    pub limits: RouteLimits,
+}
+
+impl Route {
+    /// The path and query to request from a WebSocket backend for this client request.
+    pub fn backend_path(
+        &self,
+        backend_path: &str,
+        request_path: &str,
+        query: Option<&str>,
+    ) -> String {
+        let rest = match request_path.strip_prefix(self.path.as_str()) {
+            Some(rest) if self.strip_path_prefix && self.path.ends_with('/') => rest,
+            _ if self.path.ends_with('/') => request_path.trim_start_matches('/'),
+            _ => "",
+        };
+        let (base, base_query) = match backend_path.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (backend_path, None),
+        };
+        let mut out = String::with_capacity(base.len() + rest.len() + 16);
+        out.push_str(base);
+        if !rest.is_empty() {
+            if !out.ends_with('/') {
+                out.push('/');
+            }
+            out.push_str(rest);
+        }
+        let queries: Vec<&str> = [base_query, query]
+            .into_iter()
+            .flatten()
+            .filter(|q| !q.is_empty())
+            .collect();
+        if !queries.is_empty() {
+            out.push('?');
+            out.push_str(&queries.join("&"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackendAddr;
+
+    #[test]
+    fn backend_path_mapping() {
+        let mut r = Route {
+            name: "a".into(),
+            path: "/apps/".into(),
+            backend: Target::Fixed(BackendAddr::BuiltinEcho),
+            subprotocols: vec![],
+            message_type: MessageType::Binary,
+            forward_headers: vec![],
+            strip_path_prefix: true,
+            backend_tls: None,
+            max_frame_bytes: 1 << 20,
+            max_message_bytes: 1 << 20,
+            access: Access::default(),
+            limits: Default::default(),
+        };
+        assert_eq!(
+            r.backend_path("/", "/apps/chat/1", Some("t=1")),
+            "/chat/1?t=1"
+        );
+        assert_eq!(
+            r.backend_path("/base?k=v", "/apps/x", Some("t=1")),
+            "/base/x?k=v&t=1"
+        );
+        r.strip_path_prefix = false;
+        assert_eq!(r.backend_path("/", "/apps/chat", None), "/apps/chat");
+        r.path = "/exact".into();
+        assert_eq!(r.backend_path("/ws", "/exact", None), "/ws");
+    }
+}

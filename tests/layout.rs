@@ -1,0 +1,399 @@
+//! The architecture, checked: modules form layers, dependencies point down only, no file
+//! imports in a cycle, and `config` imports nothing of ours (issue 8).
+//!
+//! It reads every `src/**/*.rs`, collects the `crate::…` and `super::…` paths each file
+//! names, and resolves them to files. `cargo test --test layout -- --nocapture` prints the
+//! module graph.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Top-level modules from the bottom up. A module may depend only on modules of a lower
+/// layer (or on itself). Keep this table and the map in `src/lib.rs` in step.
+const LAYERS: &[&[&str]] = &[
+    // Leaves: the file format, the boundary error, metric names and handles.
+    &["config", "error", "metrics"],
+    // Certificates and keys, from config into rustls.
+    &["tls"],
+    // Compiled per-route rules; the session machinery after the 101.
+    &["policy", "session"],
+    // Dialling backends (egress policy applies).
+    &["backend"],
+    // One immutable value built from a validated config.
+    &["snapshot"],
+    // Listeners and requests; admin, signals and later reload.
+    &["edge", "ops"],
+    // Wires edge and ops together: bind, run, drain.
+    &["gateway"],
+];
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// Every `.rs` file under `src/` except the binary's `main.rs` and `lib.rs`, as module
+/// paths (`session::bridge`, `config` for `config/mod.rs`).
+fn modules() -> BTreeMap<String, PathBuf> {
+    fn walk(dir: &Path, prefix: &[String], out: &mut BTreeMap<String, PathBuf>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+            .map(|e| e.expect("directory entry").path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .expect("UTF-8 file name")
+                .to_owned();
+            if path.is_dir() {
+                let mut p = prefix.to_vec();
+                p.push(name);
+                walk(&path, &p, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let mut p = prefix.to_vec();
+                if name != "mod" {
+                    p.push(name);
+                }
+                if p == ["main"] || p == ["lib"] || p.is_empty() {
+                    continue;
+                }
+                out.insert(p.join("::"), path);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(&src(), &[], &mut out);
+    out
+}
+
+/// Source without comments (line comments, doc comments and block comments) and string
+/// literals, so that prose mentioning `crate::x` is not an import.
+fn code_only(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i..].starts_with(b"//") {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if b[i..].starts_with(b"/*") {
+            let mut depth = 0;
+            while i < b.len() {
+                if b[i..].starts_with(b"/*") {
+                    depth += 1;
+                    i += 2;
+                } else if b[i..].starts_with(b"*/") {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if b[i] == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else if b[i] == b'\'' && i + 2 < b.len() && (b[i + 2] == b'\'' || b[i + 1] == b'\\') {
+            // A char literal ('"', '\'', '{'); lifetimes ('a) pass through below.
+            let end = b[i + 1..]
+                .iter()
+                .position(|&c| c == b'\'')
+                .map_or(b.len(), |p| i + 1 + p + 1);
+            i = end.max(i + 3).min(b.len());
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The module paths a file refers to: `crate::a::b::{c, d::e}` gives `a::b::c`, `a::b::d::e`;
+/// `super::x` is resolved against `module`.
+fn referenced_paths(module: &str, code: &str) -> Vec<Vec<String>> {
+    let parent: Vec<String> = {
+        let mut p: Vec<String> = module.split("::").map(String::from).collect();
+        p.pop();
+        p
+    };
+    let mut found = Vec::new();
+    for (root, base) in [("crate::", Vec::new()), ("super::", parent)] {
+        let mut rest = code;
+        while let Some(at) = rest.find(root) {
+            let before = rest[..at].chars().next_back();
+            rest = &rest[at + root.len()..];
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            expand(&base, rest, &mut found);
+        }
+    }
+    found
+}
+
+/// Expand one path tail (`a::b::{c, d}` …) into full paths.
+fn expand(base: &[String], tail: &str, out: &mut Vec<Vec<String>>) {
+    let tail = tail.trim_start();
+    if let Some(group) = tail.strip_prefix('{') {
+        let mut depth = 1;
+        let mut end = 0;
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let inner = &group[..end];
+        let mut depth = 0;
+        let mut start = 0;
+        for (i, c) in inner.char_indices().chain([(inner.len(), ',')]) {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    let item = inner[start..i.min(inner.len())].trim();
+                    if !item.is_empty() && item != "self" {
+                        expand(base, item, out);
+                    } else if item == "self" {
+                        out.push(base.to_vec());
+                    }
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        return;
+    }
+    let ident: String = tail
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    if ident.is_empty() {
+        return;
+    }
+    let mut path = base.to_vec();
+    path.push(ident.clone());
+    let after = &tail[ident.len()..];
+    match after.strip_prefix("::") {
+        Some(more) => expand(&path, more, out),
+        None => out.push(path),
+    }
+}
+
+/// The longest known module that `path` starts with.
+fn resolve(path: &[String], modules: &BTreeMap<String, PathBuf>) -> Option<String> {
+    (1..=path.len())
+        .rev()
+        .map(|n| path[..n].join("::"))
+        .find(|m| modules.contains_key(m))
+}
+
+/// File-level edges: module → modules it refers to (itself excluded).
+fn file_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let modules = modules();
+    let mut graph = BTreeMap::new();
+    for (module, path) in &modules {
+        let text = std::fs::read_to_string(path).expect("reading source");
+        let code = code_only(&text);
+        let mut deps = BTreeSet::new();
+        for p in referenced_paths(module, &code) {
+            if let Some(target) = resolve(&p, &modules) {
+                // A file's own submodules and its parent folder's `mod.rs` are not edges
+                // of interest: `mod.rs` re-exports, children use their parent's items.
+                if target != *module {
+                    deps.insert(target);
+                }
+            }
+        }
+        graph.insert(module.clone(), deps);
+    }
+    graph
+}
+
+fn top(module: &str) -> &str {
+    module.split("::").next().expect("non-empty")
+}
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|l| l.contains(&top(module)))
+}
+
+/// A cycle in `graph`, if any, as the modules along it.
+fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<String, u8>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        state.insert(node.to_owned(), 1);
+        stack.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            match state.get(next.as_str()).copied().unwrap_or(0) {
+                1 => {
+                    let at = stack.iter().position(|n| n == next).expect("on stack");
+                    let mut cycle = stack[at..].to_vec();
+                    cycle.push(next.clone());
+                    return Some(cycle);
+                }
+                0 => {
+                    if let Some(c) = visit(next, graph, state, stack) {
+                        return Some(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        stack.pop();
+        state.insert(node.to_owned(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for node in graph.keys() {
+        if state.get(node.as_str()).copied().unwrap_or(0) == 0 {
+            if let Some(c) = visit(node, graph, &mut state, &mut Vec::new()) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+fn module_graph(files: &BTreeMap<String, BTreeSet<String>>) -> BTreeMap<String, BTreeSet<String>> {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (from, deps) in files {
+        let entry = graph.entry(top(from).to_owned()).or_default();
+        for to in deps {
+            if top(to) != top(from) {
+                entry.insert(top(to).to_owned());
+            }
+        }
+    }
+    graph
+}
+
+#[test]
+fn print_module_graph() {
+    let files = file_graph();
+    println!("module graph (top-level module -> what it imports):");
+    for (from, deps) in module_graph(&files) {
+        let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
+        println!("  {from:<10} -> {}", deps.join(", "));
+    }
+    println!("\nfile graph:");
+    for (from, deps) in &files {
+        let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
+        println!("  {from:<24} -> {}", deps.join(", "));
+    }
+}
+
+#[test]
+fn every_top_level_module_has_a_layer() {
+    let modules = modules();
+    let missing: BTreeSet<&str> = modules
+        .keys()
+        .map(|m| top(m))
+        .filter(|m| layer_of(m).is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "add these modules to LAYERS in tests/layout.rs (and the map in src/lib.rs): {missing:?}"
+    );
+}
+
+#[test]
+fn dependencies_point_down_only() {
+    let mut wrong = Vec::new();
+    for (from, deps) in file_graph() {
+        for to in deps {
+            let (Some(a), Some(b)) = (layer_of(&from), layer_of(&to)) else {
+                continue;
+            };
+            if top(&from) != top(&to) && b >= a {
+                wrong.push(format!("{from} -> {to}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "imports that point up or sideways between layers:\n  {}",
+        wrong.join("\n  ")
+    );
+}
+
+#[test]
+fn config_imports_nothing_of_ours() {
+    let outside: Vec<String> = file_graph()
+        .into_iter()
+        .filter(|(from, _)| top(from) == "config")
+        .flat_map(|(from, deps)| {
+            deps.into_iter()
+                .filter(|to| top(to) != "config")
+                .map(move |to| format!("{from} -> {to}"))
+        })
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "config is plain data and imports no runtime module:\n  {}",
+        outside.join("\n  ")
+    );
+}
+
+#[test]
+fn no_import_cycle_between_files() {
+    if let Some(cycle) = find_cycle(&file_graph()) {
+        panic!("import cycle between files: {}", cycle.join(" -> "));
+    }
+}
+
+#[test]
+fn no_import_cycle_between_modules() {
+    if let Some(cycle) = find_cycle(&module_graph(&file_graph())) {
+        panic!("import cycle between modules: {}", cycle.join(" -> "));
+    }
+}
+
+/// The checker itself: it must see grouped, nested, `self` and `super` imports, and ignore
+/// comments and strings, or every assertion above could pass on nothing.
+#[test]
+fn the_checker_reads_imports_as_rustc_does() {
+    let code = code_only(
+        "use crate::a::{b, c::{d, self}};\n// use crate::zzz;\nlet s = \"crate::yyy\";\n\
+         fn f() { super::sib::g(); crate::e::h() }\n",
+    );
+    let mut got: Vec<String> = referenced_paths("m::n", &code)
+        .into_iter()
+        .map(|p| p.join("::"))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        ["a::b", "a::c", "a::c::d", "e::h", "m::sib::g"],
+        "{code}"
+    );
+    let graph: BTreeMap<String, BTreeSet<String>> =
+        [("a", vec!["b"]), ("b", vec!["c"]), ("c", vec!["a"])]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into_iter().map(String::from).collect()))
+            .collect();
+    assert_eq!(
+        find_cycle(&graph).map(|c| c.len()),
+        Some(4),
+        "a -> b -> c -> a"
+    );
+}
