@@ -35,6 +35,14 @@ pub async fn handle(
     shared: Arc<Shared>,
     permit: Arc<ConnectionSlot>,
 ) -> Result<Response<Body>, Infallible> {
+    // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the routes.
+    if let Some(root) = &shared.snapshot.config.web_root {
+        if matches!(*req.method(), Method::GET | Method::HEAD)
+            && !header_has_token(&req, header::UPGRADE, "websocket")
+        {
+            return Ok(super::web::serve(root, req).await);
+        }
+    }
     let Some(route) = shared.snapshot.router.find(req.uri().path()).cloned() else {
         return Ok(reject(&req, None, RejectError::NoRoute));
     };

@@ -4,6 +4,8 @@
 pub mod http;
 pub mod listener;
 pub mod shared;
+pub mod urls;
+pub mod web;
 
 pub use listener::{accept_loop, PublicListener};
 pub use shared::{ConnectionSlot, Shared};
