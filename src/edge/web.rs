@@ -3,12 +3,14 @@
 
 use std::path::Path;
 
+use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{header, Request, Response, StatusCode};
 use tower_http::services::ServeDir;
 use tracing::{debug, warn};
 
-use super::http::Body;
+/// The same complete-body type as `edge::http`'s answers.
+type Body = Full<Bytes>;
 
 /// Largest file served. Answers are buffered whole (the gateway's answers are complete
 /// bodies); noVNC's largest file is well under 1 MiB.
