@@ -337,19 +337,24 @@ fn load_source(args: &RunArgs) -> anyhow::Result<Config> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::bind(config).await?;
+    // Start-up lines go to whoever reads stdout; once that reader is gone (`| head -1`, a
+    // supervisor that stopped reading) they are dropped, never a reason to stop serving.
+    let mut out = std::io::stdout().lock();
     let interfaces = machine_addresses();
     for (addr, scheme) in gateway.public_urls() {
         for host in reachable_hosts(addr, &interfaces) {
             let port = addr.port();
             for route in &gateway.snapshot().routes {
-                println!(
+                let _ = writeln!(
+                    out,
                     "wsgate: {scheme}://{host}:{port}{} -> {}",
                     route.path, route.backend
                 );
             }
             if let Some(root) = &gateway.snapshot().config.web_root {
                 let web = if scheme == "wss" { "https" } else { "http" };
-                println!(
+                let _ = writeln!(
+                    out,
                     "wsgate: {web}://{host}:{port}/ -> files in {}",
                     root.display()
                 );
@@ -358,11 +363,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     if let Some(admin) = gateway.admin_addr() {
         let host = reachable_hosts(admin, &[]).remove(0);
-        println!(
+        let _ = writeln!(
+            out,
             "wsgate: admin http://{host}:{}/metrics /healthz /readyz",
             admin.port()
         );
     }
+    let _ = out.flush();
+    drop(out);
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(wsgate::ops::shutdown::cancel_on_signal(shutdown.clone()));
     let result = gateway.run(shutdown.clone()).await;
