@@ -12,13 +12,15 @@ use wsgate::config::QuickMode;
 use wsgate::edge::urls::{machine_addresses, reachable_hosts};
 use wsgate::{Config, Gateway, Snapshot};
 
-/// `wsgate --version`: the crate version and the git revision it was built from.
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (git ",
-    env!("WSGATE_GIT_REVISION"),
-    ")"
-);
+/// `wsgate --version`: the crate version and the git revision it was built from (build.rs;
+/// "unknown" when built without it, as in a copy of `src/` alone).
+fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        let revision = option_env!("WSGATE_GIT_REVISION").unwrap_or("unknown");
+        format!("{} (git {revision})", env!("CARGO_PKG_VERSION"))
+    })
+}
 
 const AFTER_HELP: &str = "\
 Backend URLs (TARGET, --route PATH=URL):
@@ -48,7 +50,7 @@ Docs: README.md and docs/ in the source; `wsgate man` prints the manual page.";
 /// metrics on http://127.0.0.1:9090/metrics. With websockify's arguments
 /// ([LISTEN_HOST:]LISTEN_PORT TARGET_HOST:TARGET_PORT), works as websockify does.
 #[derive(Debug, Parser)]
-#[command(name = "wsgate", version = VERSION, about, after_help = AFTER_HELP)]
+#[command(name = "wsgate", version = version(), about, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
