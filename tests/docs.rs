@@ -245,6 +245,35 @@ fn every_relative_link_and_anchor_resolves() {
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
 
+/// README's table of contents lists every page in docs/, and every page links back to it.
+#[test]
+fn every_page_is_in_the_table_of_contents_and_links_back() {
+    let readme = parse(&read(&root().join("README.md")));
+    let mut problems = Vec::new();
+    for page in pages()
+        .into_iter()
+        .filter(|p| p.starts_with(root().join("docs")))
+    {
+        let name = rel(&page);
+        if !readme
+            .links
+            .iter()
+            .any(|l| l.split('#').next() == Some(name.as_str()))
+        {
+            problems.push(format!(
+                "{name}: not linked from README.md (add a row to its table of contents)"
+            ));
+        }
+        let links = parse(&read(&page)).links;
+        if !links.iter().any(|l| l == "../README.md#documentation") {
+            problems.push(format!(
+                "{name}: no link back to the table of contents, [← wsgate README: table of contents](../README.md#documentation)"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 /// Every key path the config structs accept (`route.auth.jwt.issuer`) and every table
 /// (`[route.auth.jwt]`), read from the serde derives themselves, so a new field shows up
 /// here without anyone listing it.
