@@ -66,6 +66,7 @@ struct RunArgs {
     #[arg(long, short, value_name = "FILE", conflicts_with_all = [
         "listen_pos", "target", "listen", "routes", "tls_cert", "tls_key", "ssl_only",
         "token_plugin", "token_source", "target_config", "web", "admin", "heartbeat",
+        "verify_client", "cafile",
     ])]
     config: Option<PathBuf>,
 
@@ -97,6 +98,14 @@ struct RunArgs {
     /// Refuse plain ws:// (websockify's flag; with a certificate wsgate never serves plain).
     #[arg(long)]
     ssl_only: bool,
+
+    /// Require a client certificate chaining to --cafile (mutual TLS).
+    #[arg(long, requires = "cafile")]
+    verify_client: bool,
+
+    /// The PEM CA bundle client certificates must chain to (with --verify-client).
+    #[arg(long, value_name = "FILE", requires = "verify_client")]
+    cafile: Option<PathBuf>,
 
     /// Pick each session's target from a token: TokenFile (websockify's token file).
     #[arg(long, value_name = "PLUGIN")]
@@ -151,6 +160,8 @@ impl RunArgs {
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
             ssl_only: self.ssl_only,
+            verify_client: self.verify_client,
+            cafile: self.cafile.clone(),
             token_plugin,
             token_source,
             web: self.web.clone(),

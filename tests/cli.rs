@@ -258,7 +258,8 @@ async fn web_serves_files_with_their_types_and_nothing_outside_the_folder() {
 
 /// A certificate signed by a test CA, written as websockify users keep it: one PEM file
 /// with the chain and the key, and the same as two files.
-fn server_pki(dir: &Path) -> (CertificateDer<'static>, String, String, String) {
+/// Returns the CA (and the path of its PEM), the certificate, the key and the combined file.
+fn server_pki(dir: &Path) -> (CertificateDer<'static>, String, String, String, String) {
     let ca = test_ca("wsgate cli test CA");
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
@@ -276,25 +277,38 @@ fn server_pki(dir: &Path) -> (CertificateDer<'static>, String, String, String) {
     std::fs::write(&cert_file, cert.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
     std::fs::write(&combined, format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
     let s = |p: std::path::PathBuf| p.display().to_string();
-    (ca.der().clone(), s(cert_file), s(key_file), s(combined))
+    (
+        ca.der().clone(),
+        s(ca_file),
+        s(cert_file),
+        s(key_file),
+        s(combined),
+    )
 }
 
-async fn wss_echo(url: &str, ca: &CertificateDer<'static>) {
+/// A rustls client trusting only `ca`, without a client certificate.
+fn client_config(ca: &CertificateDer<'static>) -> Arc<ClientConfig> {
     wsgate::tls::install_crypto_provider();
     let mut roots = RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
-    let config =
+    Arc::new(
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_no_client_auth(),
+    )
+}
+
+async fn wss_echo(url: &str, ca: &CertificateDer<'static>) {
     let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(
         url,
         None,
         false,
-        Some(Connector::Rustls(Arc::new(config))),
+        Some(Connector::Rustls(client_config(ca))),
     )
     .await
     .expect("wss upgrade");
@@ -302,10 +316,10 @@ async fn wss_echo(url: &str, ca: &CertificateDer<'static>) {
 }
 
 #[tokio::test]
-async fn websockify_tls_flags_cert_key_and_ssl_only() {
+async fn websockify_tls_flags_cert_key_ssl_only_and_verify_client() {
     let echo = tcp_echo_backend().await;
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key, combined) = server_pki(dir.path());
+    let (ca, ca_file, cert, key, combined) = server_pki(dir.path());
     let echo = echo.to_string();
     for args in [
         vec![
@@ -327,6 +341,30 @@ async fn websockify_tls_flags_cert_key_and_ssl_only() {
         assert_ne!(status, 101);
         stop(gw).await;
     }
+    // --verify-client: a client without a certificate fails the TLS handshake.
+    let args = [
+        "--cert",
+        &combined,
+        "--verify-client",
+        "--cafile",
+        &ca_file,
+        "127.0.0.1:0",
+        &echo,
+    ];
+    let gw = wsgate(&args, "wss://").await;
+    let refused = tokio_tungstenite::connect_async_tls_with_config(
+        gw.url("wss"),
+        None,
+        false,
+        Some(Connector::Rustls(client_config(&ca))),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate was let in"
+    );
+    stop(gw).await;
+
     let (code, _, err) = wsgate_output(&["--ssl-only", "127.0.0.1:0", &echo]).await;
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--ssl-only needs --cert"), "{err}");

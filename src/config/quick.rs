@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
+use super::access::ClientAuth;
 use super::file::{
     AdminConfig, FileConfig, ListenerConfig, RouteConfig, RuntimeConfig, TlsConfig, WebConfig,
 };
@@ -35,6 +36,10 @@ pub struct QuickMode {
     /// websockify's `--ssl-only`: wsgate never mixes TLS and plain on one port, so this only
     /// insists that a certificate is given.
     pub ssl_only: bool,
+    /// websockify's `--verify-client`: require a client certificate chaining to `cafile`.
+    pub verify_client: bool,
+    /// websockify's `--cafile`: the CA bundle client certificates must chain to.
+    pub cafile: Option<PathBuf>,
     /// `--token-plugin`: only the token-file plugin exists here.
     pub token_plugin: Option<String>,
     /// `--token-source`: the token file.
@@ -58,6 +63,8 @@ impl QuickMode {
             && self.tls_cert.is_none()
             && self.tls_key.is_none()
             && !self.ssl_only
+            && !self.verify_client
+            && self.cafile.is_none()
             && self.token_plugin.is_none()
             && self.token_source.is_none()
             && self.web.is_none()
@@ -126,13 +133,24 @@ impl QuickMode {
             );
         }
 
+        let client_ca_file = match (self.verify_client, &self.cafile) {
+            (true, Some(ca)) => Some(ca.clone()),
+            (true, None) => bail!(
+                "--verify-client needs --cafile FILE: wsgate trusts no CA for clients by default"
+            ),
+            (false, Some(_)) => bail!("--cafile is for --verify-client"),
+            (false, None) => None,
+        };
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), key) => Some(TlsConfig {
                 cert_file: cert.clone(),
                 key_file: key.clone().unwrap_or_else(|| cert.clone()),
-                client_ca_file: None,
-                client_auth: None,
+                client_auth: client_ca_file.as_ref().map(|_| ClientAuth::Required),
+                client_ca_file,
             }),
+            (None, _) if client_ca_file.is_some() => {
+                bail!("--verify-client needs --cert FILE: client certificates need TLS")
+            }
             (None, Some(_)) => bail!("--tls-key (--key) needs --tls-cert (--cert)"),
             (None, None) if self.ssl_only => {
                 bail!("--ssl-only needs --cert FILE: wsgate has no default certificate")
@@ -197,6 +215,14 @@ impl QuickMode {
                     quote_path(&tls.cert_file),
                     quote_path(&tls.key_file)
                 );
+                if let Some(ca) = &tls.client_ca_file {
+                    let _ = writeln!(
+                        w,
+                        "# Clients must present a certificate chaining to this CA bundle.\n\
+                         client_ca_file = {}\nclient_auth = \"required\"",
+                        quote_path(ca)
+                    );
+                }
             }
         }
         if let Some(admin) = &file.admin {
@@ -398,6 +424,23 @@ mod tests {
     }
 
     #[test]
+    fn verify_client_maps_to_a_required_client_ca() {
+        let mut q = quick(&["6080", "h:1"]);
+        q.tls_cert = Some("cert.pem".into());
+        q.verify_client = true;
+        assert!(q.to_file_config().is_err(), "no --cafile");
+        q.cafile = Some("clients.pem".into());
+        let tls = q.to_file_config().unwrap().listeners[0]
+            .tls
+            .clone()
+            .unwrap();
+        assert_eq!(tls.client_ca_file, Some(PathBuf::from("clients.pem")));
+        assert!(matches!(tls.client_auth, Some(ClientAuth::Required)));
+        q.tls_cert = None;
+        assert!(q.to_file_config().is_err(), "no --cert");
+    }
+
+    #[test]
     fn token_plugin_rules() {
         let mut q = quick(&["6080"]);
         q.token_plugin = Some("TokenFile".into());
@@ -425,6 +468,8 @@ mod tests {
         let mut q = quick(&["127.0.0.1:6080", "localhost:5900"]);
         q.tls_cert = Some("/etc/wsgate/tls/fullchain.pem".into());
         q.tls_key = Some("/etc/wsgate/tls/privkey.pem".into());
+        q.verify_client = true;
+        q.cafile = Some("/etc/wsgate/tls/clients.pem".into());
         q.admin = Some("9090".into());
         q.web = Some(dir.clone());
         q.heartbeat_secs = Some(15.0);
