@@ -66,7 +66,7 @@ struct RunArgs {
     #[arg(long, short, value_name = "FILE", conflicts_with_all = [
         "listen_pos", "target", "listen", "routes", "tls_cert", "tls_key", "ssl_only",
         "token_plugin", "token_source", "target_config", "web", "admin", "heartbeat",
-        "verify_client", "cafile",
+        "verify_client", "cafile", "console",
     ])]
     config: Option<PathBuf>,
 
@@ -137,6 +137,10 @@ struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     worker_threads: usize,
 
+    /// Serve the browser console at / on the listener.
+    #[arg(long)]
+    console: bool,
+
     /// Log each connection's decisions (sets RUST_LOG=wsgate=debug unless RUST_LOG is set).
     #[arg(long, short)]
     verbose: bool,
@@ -168,6 +172,7 @@ impl RunArgs {
             admin: self.admin.clone(),
             heartbeat_secs: self.heartbeat,
             worker_threads: self.worker_threads,
+            console: self.console,
         }
     }
 }
@@ -354,21 +359,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // supervisor that stopped reading) they are dropped, never a reason to stop serving.
     let mut out = std::io::stdout().lock();
     let interfaces = machine_addresses();
-    for (addr, scheme) in gateway.public_urls() {
+    let snapshot = gateway.snapshot().clone();
+    let listeners = &snapshot.config.listeners;
+    for (l, (addr, scheme)) in listeners.iter().zip(gateway.public_urls()) {
+        let http = if scheme == "wss" { "https" } else { "http" };
+        let port = addr.port();
         for host in reachable_hosts(addr, &interfaces) {
-            let port = addr.port();
-            for route in &gateway.snapshot().routes {
+            for route in &snapshot.routes {
                 let _ = writeln!(
                     out,
                     "wsgate: {scheme}://{host}:{port}{} -> {}",
                     route.path, route.backend
                 );
             }
-            if let Some(root) = &gateway.snapshot().config.web_root {
-                let web = if scheme == "wss" { "https" } else { "http" };
+            if l.console {
+                let _ = writeln!(out, "wsgate: console {http}://{host}:{port}/");
+            }
+            if let Some(root) = &snapshot.config.web_root {
                 let _ = writeln!(
                     out,
-                    "wsgate: {web}://{host}:{port}/ -> files in {}",
+                    "wsgate: {http}://{host}:{port}/ -> files in {}",
                     root.display()
                 );
             }
@@ -376,10 +386,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     if let Some(admin) = gateway.admin_addr() {
         let host = reachable_hosts(admin, &[]).remove(0);
+        let port = admin.port();
         let _ = writeln!(
             out,
-            "wsgate: admin http://{host}:{}/metrics /healthz /readyz",
-            admin.port()
+            "wsgate: status page http://{host}:{port}/ (API under /api/)"
+        );
+        let _ = writeln!(
+            out,
+            "wsgate: admin http://{host}:{port}/metrics /healthz /readyz"
         );
     }
     let _ = out.flush();

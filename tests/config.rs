@@ -137,6 +137,14 @@ fn kubernetes_configmap_loads_and_fits_the_grace_period() {
         grace > drain,
         "terminationGracePeriodSeconds={grace} must exceed preStop + drain ({drain} s)"
     );
+
+    // The autoscaler adds pods before one reaches its connection limit.
+    let sessions_per_pod = number_after(&yaml, "averageValue:");
+    let limit = c.limits.max_connections as f64;
+    assert!(
+        sessions_per_pod < limit,
+        "HorizontalPodAutoscaler target {sessions_per_pod} sessions per pod >= max_connections {limit}"
+    );
 }
 
 #[test]
@@ -154,6 +162,11 @@ fn container_config_fits_docker_stop() {
     // `docker stop` sends SIGKILL 10 s after SIGTERM unless told otherwise.
     let drain = c.shutdown_grace.as_secs_f64() + HARD_STOP_SECS;
     assert!(drain < 10.0, "drain {drain} s >= docker stop's 10 s");
+
+    // The image's HEALTHCHECK asks this admin listener for /readyz.
+    let dockerfile = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
+    let healthcheck_port = number_after(&dockerfile, "/dev/tcp/127.0.0.1/");
+    assert_eq!(c.admin.map(|a| f64::from(a.port())), Some(healthcheck_port));
 }
 
 #[test]
@@ -161,6 +174,11 @@ fn embedded_default_loads() {
     let c = Config::from_toml(wsgate::config::DEFAULT_CONFIG).expect("embedded default");
     assert!(!c.listeners.is_empty());
     assert!(!c.routes.is_empty());
+    // `cargo run` then http://127.0.0.1:8080/ shows the console against the built-in echo.
+    assert!(
+        c.listeners[0].console,
+        "the embedded default serves the console"
+    );
 }
 
 #[test]

@@ -52,6 +52,8 @@ pub struct QuickMode {
     pub heartbeat_secs: Option<f64>,
     /// `[runtime] worker_threads`.
     pub worker_threads: usize,
+    /// Serve the browser console on the listener.
+    pub console: bool,
 }
 
 impl QuickMode {
@@ -70,6 +72,7 @@ impl QuickMode {
             && self.web.is_none()
             && self.admin.is_none()
             && self.heartbeat_secs.is_none()
+            && !self.console
     }
 
     /// The file these arguments stand for.
@@ -161,6 +164,7 @@ impl QuickMode {
             Some(spec) => Some(AdminConfig {
                 address: listen_addr(spec, Ipv4Addr::LOCALHOST.into())
                     .with_context(|| format!("admin address {spec:?}"))?,
+                bearer_sha256: None,
             }),
             None => None,
         };
@@ -169,7 +173,11 @@ impl QuickMode {
             timeouts.ping_interval_secs = secs;
         }
         Ok(FileConfig {
-            listeners: vec![ListenerConfig { address, tls }],
+            listeners: vec![ListenerConfig {
+                address,
+                tls,
+                console: self.console,
+            }],
             admin,
             timeouts,
             limits: Default::default(),

@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, Instrument};
 
+use super::console::Console;
 use super::shared::{ConnectionSlot, Shared};
 use crate::metrics;
 use crate::policy::{ClientCert, ConnInfo};
@@ -22,6 +23,8 @@ use crate::policy::{ClientCert, ConnInfo};
 pub struct PublicListener {
     pub listener: TcpListener,
     pub tls: Option<TlsAcceptor>,
+    /// The browser console, when this listener serves it.
+    pub console: Option<Arc<Console>>,
 }
 
 /// Accept until shutdown. A permit is taken before accepting, so at the limit new
@@ -48,6 +51,7 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
         };
         let span = tracing::info_span!("conn", %peer, route = tracing::field::Empty, user = tracing::field::Empty, backend = tracing::field::Empty);
         let tls = l.tls.clone();
+        let console = l.console.clone();
         let conn = ConnInfo {
             peer,
             tls: tls.is_some(),
@@ -55,7 +59,7 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
         };
         shared
             .tracker
-            .spawn(connection(stream, tls, conn, permit, shared.clone()).instrument(span));
+            .spawn(connection(stream, tls, console, conn, permit, shared.clone()).instrument(span));
     }
 }
 
@@ -71,6 +75,7 @@ fn is_per_connection(e: &io::Error) -> bool {
 async fn connection(
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
+    console: Option<Arc<Console>>,
     conn: ConnInfo,
     permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
@@ -78,7 +83,7 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let permit = Arc::new(ConnectionSlot::open(permit));
     match tls {
-        None => serve_http(stream, conn, permit, shared).await,
+        None => serve_http(stream, console, conn, permit, shared).await,
         Some(acceptor) => {
             let handshake = tokio::select! {
                 r = tokio::time::timeout(shared.snapshot.tls_handshake_timeout, acceptor.accept(stream)) => r,
@@ -90,7 +95,7 @@ async fn connection(
                         client_cert: ClientCert::of_connection(stream.get_ref().1),
                         ..conn
                     };
-                    serve_http(stream, conn, permit, shared).await
+                    serve_http(stream, console, conn, permit, shared).await
                 }
                 Ok(Err(e)) => {
                     metrics::tls_handshake_failed();
@@ -105,14 +110,27 @@ async fn connection(
     }
 }
 
-async fn serve_http<IO>(io: IO, conn: ConnInfo, permit: Arc<ConnectionSlot>, shared: Arc<Shared>)
-where
+async fn serve_http<IO>(
+    io: IO,
+    console: Option<Arc<Console>>,
+    conn: ConnInfo,
+    permit: Arc<ConnectionSlot>,
+    shared: Arc<Shared>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = {
         let shared = shared.clone();
         service_fn(move |req| {
-            super::http::handle(req, conn.clone(), shared.clone(), permit.clone())
+            // The console answers plain requests for its pages; upgrades go to the routes.
+            let page = console.as_ref().and_then(|c| c.answer(&req));
+            let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.clone());
+            async move {
+                match page {
+                    Some(page) => Ok(page),
+                    None => super::http::handle(req, conn, shared, permit).await,
+                }
+            }
         })
     };
     let conn = http1::Builder::new()
