@@ -31,7 +31,7 @@ Backend URLs (TARGET, --route PATH=URL):
 
 Examples:
   wsgate                                   the demo: ws://127.0.0.1:8080/echo -> builtin:echo,
-                                           metrics on http://127.0.0.1:9090/metrics
+                                           console http://127.0.0.1:8080/, metrics on :9090
   wsgate 6080 localhost:5900               websockify's form: every path on port 6080 -> VNC
   wsgate --web /usr/share/novnc 6080 localhost:5900
                                            noVNC's page at http://HOST:6080/vnc.html too
@@ -47,7 +47,7 @@ Docs: README.md and docs/ in the source; `wsgate man` prints the manual page.";
 /// WebSocket backends, with TLS, routes, access control, limits and metrics.
 ///
 /// With no arguments, serves a demo: ws://127.0.0.1:8080/echo to a built-in echo service,
-/// metrics on http://127.0.0.1:9090/metrics. With websockify's arguments
+/// a browser console at http://127.0.0.1:8080/, metrics on http://127.0.0.1:9090/metrics. With websockify's arguments
 /// ([LISTEN_HOST:]LISTEN_PORT TARGET_HOST:TARGET_PORT), works as websockify does.
 #[derive(Debug, Parser)]
 #[command(name = "wsgate", version = version(), about, after_help = AFTER_HELP)]
