@@ -256,6 +256,50 @@ async fn web_serves_files_with_their_types_and_nothing_outside_the_folder() {
     stop(gw).await;
 }
 
+/// Debian's noVNC package, served as websockify users serve it: the page, its ES modules
+/// with a JavaScript type (browsers refuse modules served otherwise), its styles.
+#[tokio::test]
+async fn web_serves_debians_novnc_as_websockify_does() {
+    let dir = std::env::var("WSGATE_NOVNC").unwrap_or_else(|_| "/usr/share/novnc".to_owned());
+    if !Path::new(&dir).join("vnc.html").is_file() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: noVNC's files are missing from {dir} (.ci/run installs Debian's novnc)"
+        );
+        eprintln!("skipped: no noVNC in {dir} (apt-get install novnc, or set WSGATE_NOVNC)");
+        return;
+    }
+    let echo = tcp_echo_backend().await;
+    let gw = wsgate(
+        &["--web", &dir, "127.0.0.1:0", &echo.to_string()],
+        "http://",
+    )
+    .await;
+    let addr = gw.addr("ws");
+    for (path, kind) in [
+        ("/vnc.html", "text/html"),
+        ("/app/ui.js", "javascript"),
+        ("/core/rfb.js", "javascript"),
+        ("/app/styles/base.css", "text/css"),
+    ] {
+        let (status, answer) = raw_http(
+            addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 200, "{path}: {}", &answer[..answer.len().min(300)]);
+        let content_type = answer_header(&answer, "content-type").unwrap_or_default();
+        assert!(
+            content_type.contains(kind),
+            "{path}: content-type {content_type:?}"
+        );
+    }
+    // noVNC's own WebSocket path reaches the target.
+    let mut ws = ws_client(&format!("{}websockify", gw.url("ws"))).await;
+    assert_echoes(&mut ws, b"RFB 003.008\n").await;
+    stop(gw).await;
+}
+
 /// A certificate signed by a test CA, written as websockify users keep it: one PEM file
 /// with the chain and the key, and the same as two files.
 /// Returns the CA (and the path of its PEM), the certificate, the key and the combined file.
