@@ -28,6 +28,19 @@ pub struct FileConfig {
     pub egress: Option<EgressConfig>,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Static files on the public listeners (websockify's `--web`). Default: none.
+    #[serde(default)]
+    pub web: Option<WebConfig>,
+}
+
+/// `[web]`: a folder served to plain (non-upgrade) GET and HEAD requests on every public
+/// listener, e.g. noVNC's HTML and JavaScript beside its WebSocket route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// The folder; must exist. URL paths cannot leave it (`..` is refused); a folder's
+    /// `index.html` answers for the folder. A listener's console keeps `/` for itself.
+    pub root: PathBuf,
 }
 
 /// The async runtime.

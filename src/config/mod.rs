@@ -12,7 +12,7 @@ mod target;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -21,7 +21,7 @@ pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, 
 pub use backend_addr::BackendAddr;
 pub use file::{
     AdminConfig, Balance, FileConfig, HealthConfig, Limits, ListenerConfig, MessageType,
-    ProxyProtocolVersion, RouteConfig, RuntimeConfig, Timeouts, TlsConfig,
+    ProxyProtocolVersion, RouteConfig, RuntimeConfig, Timeouts, TlsConfig, WebConfig,
 };
 pub use quick::{route_name, QuickMode};
 pub use target::{EgressConfig, TargetConfig};
@@ -67,6 +67,8 @@ pub struct Config {
     pub buffer_bytes: usize,
     /// Largest HTTP request head; larger ones get 431.
     pub max_header_bytes: usize,
+    /// `[web] root`: static files for non-upgrade GETs; `None`: such requests get 400.
+    pub web_root: Option<PathBuf>,
 }
 
 impl Config {
@@ -188,6 +190,11 @@ impl FileConfig {
                 );
             }
         }
+        if let Some(web) = &self.web {
+            if !web.root.is_dir() {
+                bail!("web.root: {} is not a directory", web.root.display());
+            }
+        }
         let t = &self.timeouts;
         let ping = secs("ping_interval_secs", t.ping_interval_secs, true)?;
         let keepalive = secs("backend_keepalive_secs", t.backend_keepalive_secs, true)?;
@@ -219,6 +226,7 @@ impl FileConfig {
             routes: self.routes,
             egress: self.egress,
             limits: self.limits,
+            web_root: self.web.map(|w| w.root),
         })
     }
 

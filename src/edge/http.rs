@@ -37,6 +37,14 @@ pub async fn handle(
     shared: Arc<Shared>,
     permit: Arc<ConnectionSlot>,
 ) -> Result<Response<Body>, Infallible> {
+    // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the routes.
+    if let Some(root) = &shared.snapshot.config.web_root {
+        if matches!(*req.method(), Method::GET | Method::HEAD)
+            && !header_has_token(&req, header::UPGRADE, "websocket")
+        {
+            return Ok(super::web::serve(root, req).await);
+        }
+    }
     // Path rules (400) before routing: the router matches the path a backend will get.
     if let Err(e) = check_path(req.uri().path()) {
         return Ok(reject(&req, None, e));
