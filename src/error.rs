@@ -10,6 +10,10 @@ pub enum RejectError {
     NoRoute,
     #[error("{0}")]
     BadRequest(&'static str),
+    /// A path with dot-segments, empty segments or encoded slashes: refused before routing
+    /// so that no backend resolves it past the route it matched (`snapshot::check_path`).
+    #[error("{0}")]
+    BadPath(&'static str),
     #[error("unsupported Sec-WebSocket-Version (this gateway speaks 13)")]
     UnsupportedVersion,
     #[error("backend refused the connection")]
@@ -66,13 +70,19 @@ pub enum Refusal {
     /// The client's address used its handshake budget: 429.
     #[error("too many handshakes from your address")]
     RateLimited,
+    /// The client's address used its budget of failed credentials: 429, before its
+    /// credential is looked at.
+    #[error("too many failed credentials from your address")]
+    AuthRateLimited,
 }
 
 impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
             Self::OverCapacity | Self::RouteFull => StatusCode::SERVICE_UNAVAILABLE,
-            Self::IpLimit | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::IpLimit | Self::RateLimited | Self::AuthRateLimited => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
         }
     }
 
@@ -83,6 +93,7 @@ impl Refusal {
             Self::RouteFull => "route_full",
             Self::IpLimit => "ip_limit",
             Self::RateLimited => "rate_limited",
+            Self::AuthRateLimited => "auth_rate_limited",
         }
     }
 }
@@ -91,7 +102,7 @@ impl RejectError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::BadPath(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             Self::BackendRefused(_)
             | Self::BackendUnreachable(_)
@@ -111,6 +122,7 @@ impl RejectError {
         match self {
             Self::NoRoute => "no_route",
             Self::BadRequest(_) => "bad_request",
+            Self::BadPath(_) => "bad_path",
             Self::UnsupportedVersion => "bad_version",
             Self::BackendRefused(_) => "backend_refused",
             Self::BackendUnreachable(_) => "backend_unreachable",
@@ -138,6 +150,15 @@ impl RejectError {
         }
     }
 
+    /// A refused credential (wrong, missing or not allowed) or an unknown target token: what
+    /// the per-address budget of failed credentials counts (`policy::auth_failures`).
+    pub fn is_credential_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Unauthorized(_) | Self::Forbidden(_) | Self::UnknownToken
+        )
+    }
+
     /// Logged at debug, not warn: client mistakes, and load shed on purpose.
     pub fn is_routine(&self) -> bool {
         self.is_client_error() || matches!(self, Self::Limited { .. } | Self::Draining)
@@ -159,6 +180,8 @@ pub mod close_code {
     pub const ABNORMAL: u16 = 1006;
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
+    /// The gateway is short of a shared resource (the frame memory budget): a retry may work.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const INTERNAL_ERROR: u16 = 1011;
     /// A WebSocket backend broke the protocol (the gateway got a bad answer upstream).
     pub const BAD_GATEWAY: u16 = 1014;

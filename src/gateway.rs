@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::backend::pool::Pool;
 use crate::backend::{bind_echo_service, serve_echo_service};
 use crate::config::Config;
 use crate::edge::{accept_loop, PublicListener, Shared};
@@ -130,6 +131,9 @@ impl Gateway {
     }
 
     async fn bind_source(source: Source, config: Config, hash: String) -> anyhow::Result<Self> {
+        // Before the snapshot: pools register their gauges when built, and a handle taken
+        // before the recorder exists would be a no-op forever.
+        metrics::install();
         let echo = if Snapshot::needs_echo(&config) {
             Some(
                 bind_echo_service()
@@ -202,6 +206,7 @@ impl Gateway {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let handle = metrics::install();
         let snapshot = self.snapshot;
+        metrics::register(snapshot.routes.iter().map(|r| &r.name));
         let hard_stop = CancellationToken::new();
         // Helpers (admin, echo, metrics upkeep) outlive the drain and stop after it.
         let aux_stop = CancellationToken::new();
@@ -210,6 +215,9 @@ impl Gateway {
         if let Some(echo) = self.echo {
             serve_echo_service(echo, &aux, aux_stop.clone());
         }
+        // Active health checks, one task per pool that has them; each also ends when a
+        // reload drops its pool.
+        spawn_checks(&snapshot, None, &aux, &aux_stop);
         let permits = Arc::new(Semaphore::new(snapshot.config.max_connections));
         let initial = Applied {
             hash: self.hash,
@@ -351,6 +359,22 @@ fn start_listener(
     stop
 }
 
+/// Spawn [`Pool::run_checks`] for every pool of `snapshot` with active checks that
+/// `previous` does not already run them for.
+fn spawn_checks(
+    snapshot: &Snapshot,
+    previous: Option<&Snapshot>,
+    aux: &TaskTracker,
+    stop: &CancellationToken,
+) {
+    for pool in snapshot.pools() {
+        let running = previous.is_some_and(|p| p.pools().any(|q| Arc::ptr_eq(q, pool)));
+        if pool.check_interval().is_some() && !running {
+            aux.spawn(Pool::run_checks(Arc::downgrade(pool), stop.clone()));
+        }
+    }
+}
+
 /// Watch files only when running from a file (or from flags naming certificates).
 fn watch_setting(config: &Config, source: &Source) -> Option<Duration> {
     let has_files = matches!(source, Source::File(_)) || !config.watched_files().is_empty();
@@ -411,6 +435,9 @@ impl Apply for Reconfigure {
         }
         let snapshot = Arc::new(snapshot);
         self.shared.snapshot.store(snapshot.clone());
+        metrics::register(snapshot.routes.iter().map(|r| &r.name));
+        // Kept pools keep their check task; a dropped pool's task ends with its last Arc.
+        spawn_checks(&snapshot, Some(&old), &self.aux, &self.aux_stop);
         if let Some(api) = &self.api {
             api.update(api_settings);
         }

@@ -1,5 +1,6 @@
-//! Public listeners: accept with a permit, per-connection span, TLS handshake under a timeout,
-//! then hyper's HTTP/1.1 with upgrades; each request goes to [`super::http::handle`].
+//! Public listeners: accept with a permit, per-connection span, the PROXY header (behind an
+//! L4 load balancer), TLS handshake under a timeout, then hyper's HTTP/1.1 with upgrades;
+//! each request goes to [`super::http::handle`].
 
 use std::io;
 use std::sync::Arc;
@@ -13,12 +14,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, Instrument};
+use tracing::{debug, error, warn, Instrument, Span};
 
 use super::console::Console;
+use super::proxy_protocol::{self, Proxied};
 use super::shared::{ConnectionSlot, Shared};
 use crate::metrics;
-use crate::policy::{ClientCert, ConnInfo};
+use crate::policy::{ClientCert, ClientSource, ConnInfo};
 use crate::snapshot::{ListenerKey, Snapshot};
 
 /// A bound public listener: its socket, the key its TLS config is found under in each
@@ -71,14 +73,32 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
                 page
             }
         };
-        let span = tracing::info_span!("conn", %peer, session = tracing::field::Empty, route = tracing::field::Empty, user = tracing::field::Empty, backend = tracing::field::Empty);
-        let conn = ConnInfo {
-            peer,
-            tls: tls.is_some(),
-            client_cert: None,
+        // `peer` is the socket's; `client` is recorded when a trusted balancer names another.
+        let span = tracing::info_span!("conn", %peer, client = tracing::field::Empty, session = tracing::field::Empty, route = tracing::field::Empty, user = tracing::field::Empty, backend = tracing::field::Empty);
+        // This listener's trust rules as the current snapshot has them.
+        let Some(trust) = snapshot.listener_trust(l.key) else {
+            break;
         };
+        let local = stream.local_addr().unwrap_or(peer);
+        let conn = ConnInfo {
+            trust_forwarded: trust.forwarded_headers.clone(),
+            ..ConnInfo::direct(peer, local, tls.is_some())
+        };
+        let proxy = trust.proxy_protocol.as_ref().map(|t| t.contains(peer.ip()));
         shared.tracker.spawn(
-            connection(stream, tls, page, conn, permit, snapshot, shared.clone()).instrument(span),
+            connection(
+                stream,
+                Front {
+                    proxy,
+                    tls,
+                    console: page,
+                },
+                conn,
+                permit,
+                snapshot,
+                shared.clone(),
+            )
+            .instrument(span),
         );
     }
 }
@@ -102,17 +122,65 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
-async fn connection(
-    stream: TcpStream,
+/// What a connection meets before HTTP, as its listener is configured in the snapshot
+/// current when it was accepted.
+struct Front {
+    /// `None` on a listener without `proxy_protocol`, else whether the peer is trusted.
+    proxy: Option<bool>,
     tls: Option<TlsAcceptor>,
     console: Option<Arc<Console>>,
-    conn: ConnInfo,
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    Front {
+        proxy,
+        tls,
+        console,
+    }: Front,
+    mut conn: ConnInfo,
     permit: OwnedSemaphorePermit,
     snapshot: Arc<Snapshot>,
     shared: Arc<Shared>,
 ) {
     let _ = stream.set_nodelay(true);
     let permit = Arc::new(ConnectionSlot::open(permit));
+    if let Some(trusted) = proxy {
+        // Before TLS, under the header timeout: a silent peer costs a slot for that long only.
+        let read = tokio::select! {
+            r = tokio::time::timeout(snapshot.header_read_timeout, proxy_protocol::read(&mut stream, trusted)) => r,
+            () = shared.shutdown.cancelled() => return,
+        };
+        match read {
+            Ok(Ok(Proxied::Client {
+                source,
+                destination,
+            })) => {
+                conn.peer = source;
+                conn.local = destination;
+                conn.source = ClientSource::ProxyProtocol;
+                Span::current().record("client", tracing::field::display(source));
+            }
+            Ok(Ok(Proxied::Local | Proxied::Direct)) => {}
+            Ok(Err(e)) => {
+                metrics::proxy_header_refused(e.label());
+                if matches!(
+                    e,
+                    proxy_protocol::Refused::Closed | proxy_protocol::Refused::Io(_)
+                ) {
+                    debug!(error = %e, "connection closed");
+                } else {
+                    warn!(error = %e, "connection refused");
+                }
+                return;
+            }
+            Err(_) => {
+                metrics::proxy_header_refused("timeout");
+                debug!("PROXY header timed out");
+                return;
+            }
+        }
+    }
     match tls {
         None => serve_http(stream, console, conn, permit, &snapshot, shared).await,
         Some(acceptor) => {

@@ -13,7 +13,7 @@
 //! shares the proxy's address.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,10 +22,13 @@ use std::time::Duration;
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use super::auth_failures::AuthFailures;
+use super::identity::client_key;
 use crate::config::Config;
 use crate::error::{Refusal, RejectError};
 
-/// How often the handshake limiter forgets addresses whose bucket is full again.
+/// How often the handshake limiter and the failed-credential budget forget addresses whose
+/// bucket is full again.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The handshake quota of `[limits]`: `None` when the rate limit is off.
@@ -38,19 +41,6 @@ fn handshake_quota(config: &Config) -> Option<Quota> {
     // Validated: 0.001..=1e6 per second and a burst of 1..=1e6, so both conversions hold.
     let burst = NonZeroU32::new(l.handshake_burst_per_ip).unwrap_or(NonZeroU32::MIN);
     Quota::with_period(Duration::from_secs_f64(1.0 / rate)).map(|q| q.allow_burst(burst))
-}
-
-/// The key a client address is counted under: IPv4 as is, IPv6 by its /64.
-pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(
-                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
-            )),
-        },
-    }
 }
 
 /// Live sessions per client key. An entry lives only while its count is above zero, so the
@@ -84,12 +74,16 @@ pub struct Admission {
     max_sessions_per_ip: usize,
     handshakes: Option<(Quota, Arc<DefaultKeyedRateLimiter<IpAddr>>)>,
     retry_after_secs: u32,
+    /// Failed credentials per address, checked before a route's credentials.
+    pub auth_failures: Arc<AuthFailures>,
+    /// The budget's (rate per minute, burst), to tell whether a reload changed it.
+    auth_quota: (u32, u32),
 }
 
 impl Admission {
     /// The caps and rate of a validated config, with every count at zero.
     pub fn new(config: &Config) -> Self {
-        Self::build(config, Arc::default(), None)
+        Self::build(config, Arc::default(), None, None)
     }
 
     /// The caps and rate of `config` over `previous`'s live counts: sessions admitted by
@@ -97,15 +91,24 @@ impl Admission {
     /// (and what it remembers) carries over when its quota is unchanged.
     pub fn succeed(config: &Config, previous: &Admission) -> Self {
         let limiter = previous.handshakes.clone();
-        Self::build(config, previous.counts.clone(), limiter)
+        // A reload must not hand a guesser a fresh budget: the spent addresses carry over
+        // while the budget's rate and burst are unchanged.
+        let failures = Some((previous.auth_quota, previous.auth_failures.clone()));
+        Self::build(config, previous.counts.clone(), limiter, failures)
     }
 
     fn build(
         config: &Config,
         counts: Arc<Counts>,
         limiter: Option<(Quota, Arc<DefaultKeyedRateLimiter<IpAddr>>)>,
+        failures: Option<((u32, u32), Arc<AuthFailures>)>,
     ) -> Self {
         let l = &config.limits;
+        let auth_quota = (l.auth_failures_per_ip_per_min, l.auth_failure_burst_per_ip);
+        let auth_failures = match failures {
+            Some((q, f)) if q == auth_quota => f,
+            _ => Arc::new(AuthFailures::new(l)),
+        };
         let routes = {
             let mut live = counts.routes.lock().unwrap_or_else(|e| e.into_inner());
             // Routes gone from the config are forgotten once their last session ends.
@@ -133,6 +136,8 @@ impl Admission {
             max_sessions_per_ip: l.max_sessions_per_ip,
             handshakes,
             retry_after_secs: l.retry_after_secs,
+            auth_failures,
+            auth_quota,
         }
     }
 
@@ -201,6 +206,7 @@ impl Admission {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
+        self.auth_failures.upkeep();
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -13,7 +14,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use super::reader::FrameReader;
+use super::reader::{FrameBudget, FrameReader};
 
 /// A read half that first yields bytes already read past the HTTP request
 /// (a client may send its first frame together with the upgrade request).
@@ -55,32 +56,40 @@ pub trait BackendSource: Unpin + Send {
     fn try_read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
 }
 
-impl BackendSource for OwnedReadHalf {
-    async fn ready(&mut self) -> io::Result<()> {
-        self.readable().await
-    }
-
-    fn try_read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        // A short read means the socket was drained: forget its readiness now, as tokio's
-        // own `poll_read` does, instead of paying a second recv() that only says EAGAIN.
-        // (Clearing is tied to the readiness event this read saw; a newer one is kept.)
-        let room = buf.capacity() - buf.len();
-        let mut got = None;
-        let outcome = self.as_ref().try_io(Interest::READABLE, || {
-            let n = self.try_read_buf(buf)?;
-            got = Some(n);
-            if n > 0 && n < room {
-                Err(io::ErrorKind::WouldBlock.into())
-            } else {
-                Ok(n)
+/// A socket's read half: readiness from the reactor, reads straight into the session's buffer.
+macro_rules! socket_source {
+    ($half:ty) => {
+        impl BackendSource for $half {
+            async fn ready(&mut self) -> io::Result<()> {
+                self.readable().await
             }
-        });
-        match got {
-            Some(n) => Ok(n),
-            None => outcome,
+
+            fn try_read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+                // A short read means the socket was drained: forget its readiness now, as tokio's
+                // own `poll_read` does, instead of paying a second recv() that only says EAGAIN.
+                // (Clearing is tied to the readiness event this read saw; a newer one is kept.)
+                let room = buf.capacity() - buf.len();
+                let mut got = None;
+                let outcome = self.as_ref().try_io(Interest::READABLE, || {
+                    let n = self.try_read_buf(buf)?;
+                    got = Some(n);
+                    if n > 0 && n < room {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(n)
+                    }
+                });
+                match got {
+                    Some(n) => Ok(n),
+                    None => outcome,
+                }
+            }
         }
-    }
+    };
 }
+
+socket_source!(OwnedReadHalf);
+socket_source!(tokio::net::unix::OwnedReadHalf);
 
 /// Any other stream (TLS, in-memory): buffered, so readiness is "the buffer has bytes".
 impl<R: AsyncRead + Unpin + Send> BackendSource for tokio::io::BufReader<R> {
@@ -138,6 +147,7 @@ pub fn websocket_halves<R, W>(
     write: W,
     role: Role,
     max_frame_bytes: usize,
+    budget: &Arc<FrameBudget>,
 ) -> (FrameReader<R>, WebSocketWrite<W>)
 where
     R: AsyncRead + Unpin,
@@ -146,7 +156,10 @@ where
     // fastwebsockets builds a writer only together with a reader; ours replaces that reader.
     let (_, mut write) = after_handshake_split(tokio::io::empty(), write, role);
     write.set_writev(true);
-    (FrameReader::new(read, role, max_frame_bytes), write)
+    (
+        FrameReader::new(read, role, max_frame_bytes, budget.clone()),
+        write,
+    )
 }
 
 #[cfg(test)]

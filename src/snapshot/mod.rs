@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::backend::Dialer;
+use crate::backend::pool::Pool;
+use crate::backend::{Dialer, SocketOptions};
 use crate::config::{is_hop_header, BackendAddr, Config};
-use crate::policy::{Access, Admission, Egress, Target};
+use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
+use crate::session::reader::FrameBudget;
 
 pub use route::{Route, RouteLimits};
-pub use router::{select_subprotocol, Router};
+pub use router::{check_path, select_subprotocol, Router};
 
 /// Everything a connection or a session needs from the configuration it started with.
 #[derive(Debug)]
@@ -29,16 +31,22 @@ pub struct Snapshot {
     /// Each public listener's key and rustls config (`None`: plain `ws`), in
     /// `config.listeners` order.
     pub listeners: Vec<(ListenerKey, Option<Arc<rustls::ServerConfig>>)>,
+    /// Each public listener's PROXY protocol and forwarded-header rules, in the same order.
+    pub listener_trust: Vec<ListenerTrust>,
     pub dialer: Dialer,
     pub buffer_bytes: usize,
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
     pub close_grace: Duration,
+    /// A backend write without progress for this long closes the session (1011).
+    pub backend_stall: Duration,
     pub header_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub max_header_bytes: usize,
     /// Session caps and handshake rate, shared by every request.
     pub admission: Arc<Admission>,
+    /// Frame payload bytes all sessions' readers may hold at once (`session::reader`).
+    pub frame_budget: Arc<FrameBudget>,
 }
 
 /// A public listener's identity across reloads: its configured address and, for addresses
@@ -64,20 +72,24 @@ impl Snapshot {
     /// and egress rules. Errors name the key. `echo_addr` is where the built-in echo
     /// service listens (`None` when no route uses it, or when only checking).
     pub fn build(config: Config, echo_addr: Option<SocketAddr>) -> anyhow::Result<Self> {
-        Self::compile(config, echo_addr, None)
+        Self::build_reusing(config, echo_addr, None)
     }
 
     /// [`Snapshot::build`] for a reload: the admission counts of `previous` carry over, so
-    /// sessions it admitted keep counting against the new caps until they end.
+    /// sessions it admitted keep counting against the new caps until they end; `previous`'s
+    /// pool of every route whose name and pool settings are unchanged is kept (ejections,
+    /// session counts and check tasks carry over). New pools with active checks need
+    /// [`Pool::run_checks`] spawned by the caller.
     pub fn succeed(
         config: Config,
         echo_addr: Option<SocketAddr>,
         previous: &Snapshot,
     ) -> anyhow::Result<Self> {
-        Self::compile(config, echo_addr, Some(previous))
+        Self::build_reusing(config, echo_addr, Some(previous))
     }
 
-    fn compile(
+    /// [`Self::build`] over `previous` when there is one (see [`Self::succeed`]).
+    pub fn build_reusing(
         config: Config,
         echo_addr: Option<SocketAddr>,
         previous: Option<&Snapshot>,
@@ -101,11 +113,17 @@ impl Snapshot {
             };
             listeners.push((key, tls));
         }
+        let listener_trust = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| ListenerTrust::from_config(i, l))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let routes = config
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| compile_route(&config, i, r).map(Arc::new))
+            .map(|(i, r)| compile_route(&config, i, r, previous).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let egress = config
             .egress
@@ -117,8 +135,13 @@ impl Snapshot {
             router: Router::new(&routes),
             routes,
             listeners,
+            listener_trust,
             dialer: Dialer {
                 connect_timeout: config.backend_connect_timeout,
+                socket: SocketOptions {
+                    keepalive: config.backend_keepalive,
+                    user_timeout: config.backend_user_timeout,
+                },
                 echo_addr,
                 egress,
             },
@@ -126,6 +149,7 @@ impl Snapshot {
             ping_interval: config.ping_interval,
             pong_timeout: config.pong_timeout,
             close_grace: config.close_grace,
+            backend_stall: config.backend_stall,
             header_read_timeout: config.header_read_timeout,
             tls_handshake_timeout: config.tls_handshake_timeout,
             max_header_bytes: config.max_header_bytes,
@@ -133,6 +157,14 @@ impl Snapshot {
                 Some(p) => Admission::succeed(&config, &p.admission),
                 None => Admission::new(&config),
             }),
+            // Sessions of the previous snapshot hold bytes of its budget: keep sharing it
+            // unless the limit changed, so a reload does not double what readers may hold.
+            frame_budget: match previous {
+                Some(p) if p.frame_budget.limit() == config.limits.frame_budget_bytes => {
+                    p.frame_budget.clone()
+                }
+                _ => FrameBudget::new(config.limits.frame_budget_bytes),
+            },
             config,
         })
     }
@@ -152,6 +184,18 @@ impl Snapshot {
         self.config.listeners.get(i)
     }
 
+    /// The PROXY protocol and forwarded-header rules of listener `key`, when this snapshot
+    /// has it.
+    pub fn listener_trust(&self, key: ListenerKey) -> Option<&ListenerTrust> {
+        let i = self.listeners.iter().position(|(k, _)| *k == key)?;
+        self.listener_trust.get(i)
+    }
+
+    /// Every route's backend pool.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.routes.iter().filter_map(|r| r.pool.as_ref())
+    }
+
     /// Whether a route uses the built-in echo service (so the gateway must start it).
     pub fn needs_echo(config: &Config) -> bool {
         config
@@ -166,22 +210,61 @@ fn compile_route(
     config: &Config,
     i: usize,
     r: &crate::config::RouteConfig,
+    previous: Option<&Snapshot>,
 ) -> anyhow::Result<Route> {
     let at = format!("route[{i}]");
+    // A route path the path rules refuse could never match a request.
+    check_path(&r.path).map_err(|e| {
+        anyhow::anyhow!("{at}.path: {:?}: {e}, so no request could match it", r.path)
+    })?;
     let access = Access::from_config(&at, r.origin.as_ref(), r.auth.as_ref())?;
-    let backend = Target::from_config(&at, r.backend.as_deref(), r.target.as_ref(), &access)?;
+    let pool = if r.backends.is_empty() {
+        None
+    } else {
+        let backends = r
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(n, url)| BackendAddr::parse(url).with_context(|| format!("{at}.backends[{n}]")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let kept = previous
+            .into_iter()
+            .flat_map(|p| p.pools())
+            .find(|p| p.same_config(&r.name, &backends, r.balance, &r.health));
+        Some(match kept {
+            Some(p) => p.clone(),
+            None => Arc::new(Pool::new(
+                r.name.as_str().into(),
+                backends,
+                r.balance,
+                r.health.clone(),
+            )),
+        })
+    };
+    let backend = Target::from_config(
+        &at,
+        r.backend.as_deref(),
+        r.target.as_ref(),
+        pool.is_some(),
+        &access,
+    )?;
     if r.insecure_skip_verify {
         tracing::warn!(
             route = %r.name,
             "insecure_skip_verify is set: this route's backend certificates are NOT verified (development only)"
         );
     }
-    let backend_tls = match &backend {
-        Target::Fixed(BackendAddr::WebSocket { tls: true, .. }) => Some(
+    let wss = matches!(
+        &backend,
+        Target::Fixed(BackendAddr::WebSocket { tls: true, .. })
+    ) || pool.as_ref().is_some_and(|p| p.has_wss());
+    let backend_tls = if wss {
+        Some(
             crate::tls::client_config(r.tls_ca_file.as_deref(), r.insecure_skip_verify)
                 .with_context(|| format!("{at}.tls_ca_file"))?,
-        ),
-        _ => None,
+        )
+    } else {
+        None
     };
     // Validated by config: every name parses and none is a hop-by-hop header.
     let forward_headers = r
@@ -199,8 +282,11 @@ fn compile_route(
         subprotocols: r.subprotocols.clone(),
         message_type: r.message_type,
         forward_headers,
+        forward_credentials: r.forward_credentials,
         strip_path_prefix: r.strip_path_prefix,
         backend_tls,
+        pool,
+        send_proxy_protocol: r.send_proxy_protocol.is_some(),
         max_frame_bytes: config.max_frame_bytes(r),
         max_message_bytes: config.max_message_bytes(r),
         access,
@@ -209,4 +295,35 @@ fn compile_route(
             bandwidth_bytes_per_sec: config.bandwidth_bytes_per_sec(r),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(backends: &str, balance: &str) -> Config {
+        Config::from_toml(&format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+             [[route]]\nname = \"p\"\npath = \"/p\"\nbackends = [{backends}]\nbalance = \"{balance}\"\n\
+             [[route]]\nname = \"q\"\npath = \"/q\"\nbackends = [\"tcp://127.0.0.1:9\"]\n"
+        ))
+        .unwrap()
+    }
+
+    /// A reload keeps the pool (ejections, session counts) of a route whose pool settings
+    /// did not change, and builds a new one for a route whose did.
+    #[test]
+    fn a_rebuild_keeps_unchanged_pools() {
+        let two = "\"tcp://127.0.0.1:1\", \"tcp://127.0.0.1:2\"";
+        let old = Snapshot::build(config(two, "round_robin"), None).unwrap();
+        let same = Snapshot::build_reusing(config(two, "round_robin"), None, Some(&old)).unwrap();
+        let pools = |s: &Snapshot| s.pools().cloned().collect::<Vec<_>>();
+        let (o, n) = (pools(&old), pools(&same));
+        assert!(Arc::ptr_eq(&o[0], &n[0]) && Arc::ptr_eq(&o[1], &n[1]));
+        let changed =
+            Snapshot::build_reusing(config(two, "least_sessions"), None, Some(&old)).unwrap();
+        let c = pools(&changed);
+        assert!(!Arc::ptr_eq(&o[0], &c[0]));
+        assert!(Arc::ptr_eq(&o[1], &c[1]));
+    }
 }
