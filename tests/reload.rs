@@ -579,3 +579,40 @@ async fn rotated_tokens_apply_to_new_requests_only() {
     drop(live);
     gw.stop().await.unwrap();
 }
+
+/// A listener's trust in forwarded headers follows a reload, as its certificate does (the
+/// merge of reloads with per-listener trust could have frozen the trust of the start).
+#[tokio::test]
+async fn listener_trust_follows_a_reload() {
+    let backend = proxy_reading_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wsgate.toml");
+    let with_trust = |keys: &str| {
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n{keys}\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
+             [reload]\nwatch = false\n\n{}send_proxy_protocol = \"v2\"\n",
+            route("who", "/", &format!("tcp://{backend}"))
+        )
+    };
+    write(&file, &with_trust(""));
+    let gw = spawn_gateway_from_file(&file).await;
+    let forwarded = [("X-Forwarded-For", "198.51.100.9")];
+    let (mut ws, _) = ws_client_with(&gw.url("/"), &forwarded).await.unwrap();
+    let seen = String::from_utf8(next_data(&mut ws).await.expect("the backend's report")).unwrap();
+    assert!(seen.starts_with("127.0.0.1:"), "not trusted yet: {seen}");
+    drop(ws);
+
+    write(
+        &file,
+        &with_trust("forwarded_headers = true\ntrusted_proxies = [\"127.0.0.1\"]"),
+    );
+    gw.reload.reload(Trigger::Api).await.expect("reload");
+    let (mut ws, _) = ws_client_with(&gw.url("/"), &forwarded).await.unwrap();
+    let seen = String::from_utf8(next_data(&mut ws).await.expect("the backend's report")).unwrap();
+    assert!(
+        seen.starts_with("198.51.100.9:"),
+        "trusted after the reload: {seen}"
+    );
+    drop(ws);
+    gw.stop().await.unwrap();
+}
