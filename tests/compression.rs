@@ -13,6 +13,7 @@ use std::time::Duration;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use wsgate::ops::reload::Trigger;
 
 const OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
 const FIN: u8 = 0x80;
@@ -238,6 +239,89 @@ async fn compressed_echo_over_a_tcp_route() {
     ))
     .await;
     assert_eq!(ws.expect_close().await.0, 1000);
+    gw.stop().await.unwrap();
+}
+
+/// Reload: compression is part of the route each new session takes from the running
+/// snapshot (the merge of hot reload could have left it fixed at start, or switched live
+/// sessions mid-stream). Turned on by a reload, new sessions negotiate it while a session
+/// that started without it carries on uncompressed; turned off again, new sessions are
+/// declined while the compressed session keeps its agreement and its context to the end.
+#[tokio::test]
+async fn compression_follows_a_reload_for_new_sessions_only() {
+    let echo = format!("tcp://{}", tcp_echo_backend().await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wsgate.toml");
+    let write_mode = |mode: &str| {
+        let toml = config_with(&format!(
+            "[reload]\nwatch = false\n{}compression = \"{mode}\"\nmessage_type = \"text\"\n",
+            route("z", "/z", &echo)
+        ));
+        std::fs::write(&file, toml).expect("config written");
+    };
+    write_mode("off");
+    let gw = spawn_gateway_from_file(&file).await;
+    let (mut plain, head) = raw_ws_client_with(gw.addr, "/z", OFFER).await;
+    assert_eq!(answer_header(&head, "sec-websocket-extensions"), None);
+
+    write_mode("on");
+    gw.reload.reload(Trigger::Api).await.expect("reload to on");
+    let (mut deflated, head) = raw_ws_client_with(gw.addr, "/z", OFFER).await;
+    assert_eq!(
+        answer_header(&head, "sec-websocket-extensions"),
+        Some("permessage-deflate"),
+        "a new session negotiates after the reload"
+    );
+    let (mut def, mut inf) = (ClientDeflate::new(), ClientInflate::new());
+    let msg = text(20_000);
+    deflated
+        .send(&client_frame(
+            FIN | RSV1 | frame_bits::TEXT,
+            &def.piece(&msg, true),
+        ))
+        .await;
+    let (back, compressed) = read_echo(&mut deflated, &mut inf, msg.len()).await;
+    assert_eq!(back, msg);
+    assert!(
+        compressed > 0,
+        "the new session's echo comes back compressed"
+    );
+    plain
+        .send(&client_frame(FIN | frame_bits::TEXT, &msg))
+        .await;
+    let (back, compressed) = read_echo(&mut plain, &mut ClientInflate::new(), msg.len()).await;
+    assert_eq!(
+        (back == msg, compressed),
+        (true, 0),
+        "the older session stays plain"
+    );
+
+    write_mode("off");
+    gw.reload.reload(Trigger::Api).await.expect("reload to off");
+    let (mut later, head) = raw_ws_client_with(gw.addr, "/z", OFFER).await;
+    assert_eq!(
+        answer_header(&head, "sec-websocket-extensions"),
+        None,
+        "declined again after the second reload"
+    );
+    deflated
+        .send(&client_frame(
+            FIN | RSV1 | frame_bits::TEXT,
+            &def.piece(&msg, true),
+        ))
+        .await;
+    let (back, compressed) = read_echo(&mut deflated, &mut inf, msg.len()).await;
+    assert_eq!(back, msg);
+    assert!(compressed > 0, "the compressed session keeps its agreement");
+
+    for ws in [&mut plain, &mut deflated, &mut later] {
+        ws.send(&client_frame(
+            FIN | frame_bits::CLOSE,
+            &close_payload(1000, ""),
+        ))
+        .await;
+        assert_eq!(ws.expect_close().await.0, 1000);
+    }
     gw.stop().await.unwrap();
 }
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use tempfile::TempDir;
@@ -39,20 +38,13 @@ struct Pki {
 fn pki() -> Pki {
     let ca = test_ca("wsgate test CA");
 
-    let leaf_key = KeyPair::generate().unwrap();
-    let mut leaf =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    leaf.is_ca = IsCa::ExplicitNoCa;
-    leaf.distinguished_name
-        .push(DnType::CommonName, "localhost");
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf = leaf.signed_by(&leaf_key, &ca).unwrap();
+    let (leaf_pem, key_pem) = leaf_signed_by(&ca);
 
     let dir = tempfile::tempdir().unwrap();
     let cert_file = dir.path().join("leaf.pem");
     let key_file = dir.path().join("leaf-key.pem");
-    std::fs::write(&cert_file, leaf.pem()).unwrap();
-    std::fs::write(&key_file, leaf_key.serialize_pem()).unwrap();
+    std::fs::write(&cert_file, leaf_pem).unwrap();
+    std::fs::write(&key_file, key_pem).unwrap();
     Pki {
         dir,
         cert_file,

@@ -28,6 +28,75 @@ pub struct FileConfig {
     pub egress: Option<EgressConfig>,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub reload: ReloadConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Static files on the public listeners (websockify's `--web`). Default: none.
+    #[serde(default)]
+    pub web: Option<WebConfig>,
+}
+
+/// `[web]`: a folder served to plain (non-upgrade) GET and HEAD requests on every public
+/// listener, e.g. noVNC's HTML and JavaScript beside its WebSocket route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// The folder; must exist. URL paths cannot leave it (`..` is refused); a folder's
+    /// `index.html` answers for the folder. A listener's console keeps `/` for itself.
+    pub root: PathBuf,
+}
+
+/// Reload on a change of the config file or of a listener's certificate, key or client CA
+/// file (SIGHUP and `POST /reload` always work).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Watch the files. Default true (only when running from a config file).
+    pub watch: bool,
+    /// Quiet time after the last change before reloading, in milliseconds: a certificate and
+    /// its key written one after the other are read together. 0..=60000, default 500.
+    pub watch_debounce_ms: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            watch_debounce_ms: 500,
+        }
+    }
+}
+
+/// Logging; read at start (a reload that changes it logs that a restart is needed).
+/// `--log-format` and `--log-level` (or `RUST_LOG`) override it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json` (one JSON object per line).
+    pub format: LogFormat,
+    /// A level (`info`, the default) or a filter (`info,wsgate::edge=debug`).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (colour only on a terminal, never with `NO_COLOR`).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 /// The async runtime.
@@ -126,6 +195,10 @@ pub struct Timeouts {
     /// After the client's Close: how long backend bytes may still flow before the
     /// reply; after our Close: how long we wait for the client's. Default 5 s.
     pub close_grace_secs: f64,
+    /// How long a write to the backend may make no progress (the backend stopped reading)
+    /// before the session is closed with 1011. While a write waits, the client is held back
+    /// (not read) and its keepalive is not held against it. Default 60 s.
+    pub backend_stall_secs: f64,
     /// On SIGTERM/SIGINT: how long sessions get to close before the process exits. Default 10 s.
     pub shutdown_grace_secs: f64,
     /// After `POST /api/routes/{name}/drain`: how long live sessions keep going before they
@@ -150,6 +223,7 @@ impl Default for Timeouts {
             ping_interval_secs: 20.0,
             pong_timeout_secs: 20.0,
             close_grace_secs: 5.0,
+            backend_stall_secs: 60.0,
             shutdown_grace_secs: 10.0,
             drain_grace_secs: 30.0,
             backend_keepalive_secs: 30.0,
@@ -172,6 +246,10 @@ pub struct Limits {
     /// Largest message (all fragments together) accepted from a peer; larger ones
     /// close with 1009. Messages are streamed, never reassembled. Default 64 MiB.
     pub max_message_bytes: usize,
+    /// Frame payload bytes all sessions together may hold at once (frames being received,
+    /// from clients and WebSocket backends). A frame that would go over it closes its session
+    /// with 1013 (Try Again Later). At least every route's `max_frame_bytes`. Default 256 MiB.
+    pub frame_budget_bytes: usize,
     // ---- Admission, header size and pacing: used by `policy::admission` and the pacer ----
     /// Concurrent sessions across all routes; over it, 503. 0 = no cap. Default 0.
     pub max_sessions: usize,
@@ -209,6 +287,7 @@ impl Default for Limits {
             buffer_bytes: 64 * 1024,
             max_frame_bytes: 16 * 1024 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
+            frame_budget_bytes: 256 * 1024 * 1024,
             max_sessions: 0,
             max_sessions_per_route: 0,
             max_sessions_per_ip: 0,

@@ -12,7 +12,7 @@ mod target;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -21,12 +21,13 @@ pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, 
 pub use backend_addr::BackendAddr;
 pub use file::{
     AdminConfig, Balance, CompressionMode, FileConfig, HealthConfig, Limits, ListenerConfig,
-    MessageType, ProxyProtocolVersion, RouteConfig, RuntimeConfig, Timeouts, TlsConfig,
+    LogConfig, LogFormat, MessageType, ProxyProtocolVersion, ReloadConfig, RouteConfig,
+    RuntimeConfig, Timeouts, TlsConfig, WebConfig,
 };
 pub use quick::{route_name, QuickMode};
 pub use target::{EgressConfig, TargetConfig};
 
-/// The embedded default: `ws://127.0.0.1:8080/echo` to a built-in echo service, admin on 9090.
+/// The embedded default: `ws://127.0.0.1:8080/echo` to a built-in echo service, admin on 9089.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
 /// Largest session cap accepted (a semaphore holds at most `usize::MAX >> 3`).
@@ -54,6 +55,8 @@ pub struct Config {
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
     pub close_grace: Duration,
+    /// A backend write without progress for this long closes the session (1011).
+    pub backend_stall: Duration,
     pub shutdown_grace: Duration,
     /// Default grace of a route drain (admin API).
     pub drain_grace: Duration,
@@ -65,6 +68,12 @@ pub struct Config {
     pub buffer_bytes: usize,
     /// Largest HTTP request head; larger ones get 431.
     pub max_header_bytes: usize,
+    /// `[reload]` as written (and checked).
+    pub reload: ReloadConfig,
+    /// `[log]` as written (and checked).
+    pub log: LogConfig,
+    /// `[web] root`: static files for non-upgrade GETs; `None`: such requests get 400.
+    pub web_root: Option<PathBuf>,
 }
 
 impl Config {
@@ -98,6 +107,25 @@ impl Config {
     /// The embedded default configuration.
     pub fn embedded_default() -> Self {
         Self::from_toml(DEFAULT_CONFIG).expect("the embedded default config is valid (tested)")
+    }
+
+    /// The files a change of which should reload the config, besides the config file itself:
+    /// each listener's certificate, key and client CA file.
+    pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| {
+                [
+                    Some(&t.cert_file),
+                    Some(&t.key_file),
+                    t.client_ca_file.as_ref(),
+                ]
+                .into_iter()
+                .flatten()
+                .cloned()
+            })
+            .collect()
     }
 
     /// Route `r`'s largest frame: its own key, else `[limits]`.
@@ -179,11 +207,28 @@ impl FileConfig {
         for (i, r) in self.routes.iter().enumerate() {
             self.validate_route(i, r, &mut names, &mut paths)?;
         }
+        if self.reload.watch_debounce_ms > 60_000 {
+            bail!(
+                "reload.watch_debounce_ms: must be 0..=60000, got {}",
+                self.reload.watch_debounce_ms
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            bail!(
+                "log.level: {:?} is not a level or filter: {e}",
+                self.log.level
+            );
+        }
         if let Some(egress) = &self.egress {
             if egress.allow.is_empty() {
                 bail!(
                     "egress.allow: an empty list would refuse every dial; remove [egress] to allow all"
                 );
+            }
+        }
+        if let Some(web) = &self.web {
+            if !web.root.is_dir() {
+                bail!("web.root: {} is not a directory", web.root.display());
             }
         }
         let t = &self.timeouts;
@@ -207,6 +252,7 @@ impl FileConfig {
             ping_interval: (!ping.is_zero()).then_some(ping),
             pong_timeout: secs("pong_timeout_secs", t.pong_timeout_secs, false)?,
             close_grace: secs("close_grace_secs", t.close_grace_secs, false)?,
+            backend_stall: secs("backend_stall_secs", t.backend_stall_secs, false)?,
             shutdown_grace: secs("shutdown_grace_secs", t.shutdown_grace_secs, false)?,
             worker_threads: self.runtime.worker_threads,
             max_connections: l.max_connections,
@@ -216,6 +262,9 @@ impl FileConfig {
             routes: self.routes,
             egress: self.egress,
             limits: self.limits,
+            reload: self.reload,
+            log: self.log,
+            web_root: self.web.map(|w| w.root),
         })
     }
 
@@ -304,6 +353,13 @@ impl FileConfig {
                 })?;
         }
         check_sizes(&at, r, &self.limits)?;
+        let frame = r.max_frame_bytes.unwrap_or(self.limits.max_frame_bytes);
+        if frame > self.limits.frame_budget_bytes {
+            bail!(
+                "{at}.max_frame_bytes: must be at most limits.frame_budget_bytes ({}), got {frame}",
+                self.limits.frame_budget_bytes
+            );
+        }
         cap(
             &format!("{at}.max_sessions"),
             r.max_sessions.unwrap_or(self.limits.max_sessions_per_route),
@@ -452,6 +508,13 @@ fn validate_limits(l: &Limits) -> anyhow::Result<()> {
              least one frame; raise max_message_bytes too",
             l.max_frame_bytes,
             l.max_message_bytes
+        );
+    }
+    if !(l.max_frame_bytes..=1 << 40).contains(&l.frame_budget_bytes) {
+        bail!(
+            "limits.frame_budget_bytes: must be max_frame_bytes ({})..=1099511627776, got {}",
+            l.max_frame_bytes,
+            l.frame_budget_bytes
         );
     }
     let rate = l.handshakes_per_ip_per_sec;

@@ -27,7 +27,7 @@ use crate::session::extensions::{self, Agreement};
 use crate::session::io::{websocket_halves, ClientStream};
 use crate::session::registry::{Registered, SessionEntry, SessionInfo};
 use crate::session::relay::{self, RelayConfig};
-use crate::snapshot::{check_path, select_subprotocol, Route};
+use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
 
 /// Every answer the gateway writes itself: a short, complete body.
 pub type Body = Full<Bytes>;
@@ -39,11 +39,21 @@ pub async fn handle(
     shared: Arc<Shared>,
     permit: Arc<ConnectionSlot>,
 ) -> Result<Response<Body>, Infallible> {
+    // This request's config: a reload after this point does not change its session.
+    let snapshot = shared.snapshot.load_full();
+    // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the routes.
+    if let Some(root) = &snapshot.config.web_root {
+        if matches!(*req.method(), Method::GET | Method::HEAD)
+            && !header_has_token(&req, header::UPGRADE, "websocket")
+        {
+            return Ok(super::web::serve(root, req).await);
+        }
+    }
     // Path rules (400) before routing: the router matches the path a backend will get.
     if let Err(e) = check_path(req.uri().path()) {
         return Ok(reject(&req, None, e));
     }
-    let Some(route) = shared.snapshot.router.find(req.uri().path()).cloned() else {
+    let Some(route) = snapshot.router.find(req.uri().path()).cloned() else {
         return Ok(reject(&req, None, RejectError::NoRoute));
     };
     Span::current().record("route", &*route.name);
@@ -69,7 +79,7 @@ pub async fn handle(
     // Access: the address's budget of failed credentials (429, before its credential is
     // tried), origin (403), credentials (401/403), then this session's target (404 for an
     // unknown token). The egress check (403) is part of the dial.
-    let auth_failures = &shared.snapshot.admission.auth_failures;
+    let auth_failures = &snapshot.admission.auth_failures;
     let checks_credentials = route.access.checks_credentials() || route.backend.takes_token();
     if checks_credentials {
         if let Err(e) = auth_failures.check(conn.peer.ip()) {
@@ -104,7 +114,7 @@ pub async fn handle(
     // The offer without `bearer.` credentials: never chosen, echoed or forwarded.
     let offered = route.access.offered_protocols(&req);
     // Limits: a slot under every session cap, held until the session ends (429/503).
-    let slot = match shared.snapshot.admission.admit(&route.name, conn.peer.ip()) {
+    let slot = match snapshot.admission.admit(&route.name, conn.peer.ip()) {
         Ok(slot) => slot,
         Err(e) => return Ok(reject(&req, Some(&route), e)),
     };
@@ -129,7 +139,7 @@ pub async fn handle(
         },
         _ => Handshake::default(),
     };
-    let dialer = &shared.snapshot.dialer;
+    let dialer = &snapshot.dialer;
     let dialed = match (&route.pool, &target) {
         (Some(pool), _) => pool
             .dial(dialer, route.backend_tls.as_ref(), handshake, proxy)
@@ -218,8 +228,18 @@ pub async fn handle(
                 }
             };
             let mut registered = shared.registry.register(info, &shared.shutdown);
+            Span::current().record("session", registered.entry().id);
             let client = ws.into_inner().into_inner();
-            let code = run_session(client, backend, &route, &shared, &registered, deflate).await;
+            let code = run_session(
+                client,
+                backend,
+                &route,
+                &snapshot,
+                &shared,
+                &registered,
+                deflate,
+            )
+            .await;
             registered.set_close_code(code);
         }
     };
@@ -233,6 +253,7 @@ async fn run_session(
     client: Upgraded,
     backend: Backend,
     route: &Route,
+    snapshot: &Snapshot,
     shared: &Shared,
     registered: &Registered,
     deflate: Option<Agreement>,
@@ -240,12 +261,15 @@ async fn run_session(
     let entry = registered.entry();
     match ClientStream::new(client) {
         ClientStream::Tcp(read, write) => {
-            bridge_session(read, write, backend, route, shared, entry, deflate).await
+            bridge_session(
+                read, write, backend, route, snapshot, shared, entry, deflate,
+            )
+            .await
         }
         // Boxed: TLS sessions should not make every plain session's future larger.
         ClientStream::Other(read, write) => {
             Box::pin(bridge_session(
-                read, write, backend, route, shared, entry, deflate,
+                read, write, backend, route, snapshot, shared, entry, deflate,
             ))
             .await
         }
@@ -258,6 +282,7 @@ async fn bridge_session<CR, CW>(
     client_write: CW,
     backend: Backend,
     route: &Route,
+    snapshot: &Snapshot,
     shared: &Shared,
     entry: &SessionEntry,
     deflate: Option<Agreement>,
@@ -268,7 +293,6 @@ where
 {
     let started = Instant::now();
     let metrics = SessionMetrics::start_counted(route.name.clone(), &entry.bytes);
-    let snapshot = &shared.snapshot;
     let client_deflate = deflate
         .zip(route.compression)
         .map(|(a, p)| HopDeflate::server(&a, &p));
@@ -277,6 +301,7 @@ where
         client_write,
         Role::Server,
         route.max_frame_bytes,
+        &snapshot.frame_budget,
     );
     if client_deflate.is_some() {
         client_read.allow_rsv1();
@@ -288,6 +313,7 @@ where
         ping_interval: snapshot.ping_interval,
         pong_timeout: snapshot.pong_timeout,
         close_grace: snapshot.close_grace,
+        backend_stall: snapshot.backend_stall,
         bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
         deflate: client_deflate,
     };
@@ -332,11 +358,18 @@ where
                 ping_interval: snapshot.ping_interval,
                 pong_timeout: snapshot.pong_timeout,
                 close_grace: snapshot.close_grace,
+                backend_stall: snapshot.backend_stall,
                 bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
                 deflate: RelayDeflate::new(deflate, backend_deflate, route.compression),
             };
             let (read, write) = tokio::io::split(io);
-            let mut backend = websocket_halves(read, write, Role::Client, route.max_frame_bytes);
+            let mut backend = websocket_halves(
+                read,
+                write,
+                Role::Client,
+                route.max_frame_bytes,
+                &snapshot.frame_budget,
+            );
             if config.deflate.backend.is_some() {
                 backend.0.allow_rsv1();
             }
@@ -354,14 +387,23 @@ where
     };
     let duration = started.elapsed();
     metrics.closed(outcome.code, outcome.initiator.label(), duration);
+    let (messages_to_backend, messages_to_client) = metrics.messages();
+    // The access log: one line per session, every field named (one JSON object with
+    // `--log-format json`).
     info!(
+        session_id = entry.id,
+        client = %entry.info.client,
+        route = &*route.name,
+        backend = entry.info.backend.as_str(),
+        subprotocol = entry.info.subprotocol.as_deref(),
         bytes_to_backend = outcome.bytes_to_backend,
         bytes_to_client = outcome.bytes_to_client,
+        messages_to_backend,
+        messages_to_client,
         duration_ms = duration.as_millis() as u64,
         code = outcome.code,
         closed_by = outcome.initiator.label(),
         reason = %Escaped(&outcome.reason),
-        session = entry.id,
         "session closed"
     );
     outcome.code

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -13,7 +14,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use super::reader::FrameReader;
+use super::reader::{FrameBudget, FrameReader};
 use super::writer::FrameWriter;
 
 /// A read half that first yields bytes already read past the HTTP request
@@ -147,13 +148,14 @@ pub fn websocket_halves<R, W>(
     write: W,
     role: Role,
     max_frame_bytes: usize,
+    budget: &Arc<FrameBudget>,
 ) -> (FrameReader<R>, FrameWriter<W>)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     (
-        FrameReader::new(read, role, max_frame_bytes),
+        FrameReader::new(read, role, max_frame_bytes, budget.clone()),
         FrameWriter::new(write, role),
     )
 }
