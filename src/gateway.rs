@@ -53,6 +53,7 @@ impl Gateway {
             listeners.push(PublicListener {
                 listener,
                 tls: tls.clone().map(TlsAcceptor::from),
+                h2c: l.h2c,
             });
         }
         let admin = match snapshot.config.admin {

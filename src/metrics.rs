@@ -21,6 +21,25 @@ pub const KEEPALIVE_TIMEOUTS_TOTAL: &str = "wsgate_keepalive_timeouts_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "wsgate_tls_handshake_failures_total";
 pub const CONNECTIONS_ACTIVE: &str = "wsgate_connections_active";
 
+/// Which HTTP carried a session's handshake: the `protocol` label of
+/// `wsgate_sessions_total` and `wsgate_sessions_active`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `GET` with `Upgrade: websocket` (RFC 6455).
+    Http1,
+    /// Extended CONNECT with `:protocol = websocket` on one stream (RFC 8441).
+    H2,
+}
+
+impl Protocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2 => "h2",
+        }
+    }
+}
+
 /// `direction` label values.
 pub const CLIENT_TO_BACKEND: &str = "client_to_backend";
 pub const BACKEND_TO_CLIENT: &str = "backend_to_client";
@@ -124,8 +143,9 @@ pub fn backend_connected(route: &Arc<str>, took: Duration) {
 /// A route's fixed-label handles, registered once per route instead of once per session:
 /// a handshake then costs no registry lookup and no label allocation for them.
 struct RouteHandles {
-    sessions_total: Counter,
-    active: Gauge,
+    /// Indexed by `Protocol as usize`.
+    sessions_total: [Counter; 2],
+    active: [Gauge; 2],
     bytes_to_backend: Counter,
     bytes_to_client: Counter,
     messages_to_backend: Counter,
@@ -147,8 +167,10 @@ fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
         .or_insert_with(|| {
             let r = || route.to_string();
             Arc::new(RouteHandles {
-                sessions_total: counter!(SESSIONS_TOTAL, "route" => r()),
-                active: gauge!(SESSIONS_ACTIVE, "route" => r()),
+                sessions_total: [Protocol::Http1, Protocol::H2]
+                    .map(|p| counter!(SESSIONS_TOTAL, "route" => r(), "protocol" => p.label())),
+                active: [Protocol::Http1, Protocol::H2]
+                    .map(|p| gauge!(SESSIONS_ACTIVE, "route" => r(), "protocol" => p.label())),
                 bytes_to_backend: counter!(BYTES_TOTAL, "route" => r(), "direction" => CLIENT_TO_BACKEND),
                 bytes_to_client: counter!(BYTES_TOTAL, "route" => r(), "direction" => BACKEND_TO_CLIENT),
                 messages_to_backend: counter!(MESSAGES_TOTAL, "route" => r(), "direction" => CLIENT_TO_BACKEND),
@@ -183,6 +205,7 @@ impl Drop for ConnectionGuard {
 /// the registry. Holds `wsgate_sessions_active` up while alive.
 pub struct SessionMetrics {
     route: Arc<str>,
+    protocol: Protocol,
     handles: Arc<RouteHandles>,
     pub bytes_to_backend: Counter,
     pub bytes_to_client: Counter,
@@ -192,11 +215,12 @@ pub struct SessionMetrics {
 }
 
 impl SessionMetrics {
-    pub fn start(route: Arc<str>) -> Self {
+    pub fn start(route: Arc<str>, protocol: Protocol) -> Self {
         let handles = route_handles(&route);
-        handles.sessions_total.increment(1);
-        handles.active.increment(1.0);
+        handles.sessions_total[protocol as usize].increment(1);
+        handles.active[protocol as usize].increment(1.0);
         Self {
+            protocol,
             bytes_to_backend: handles.bytes_to_backend.clone(),
             bytes_to_client: handles.bytes_to_client.clone(),
             messages_to_backend: handles.messages_to_backend.clone(),
@@ -221,6 +245,6 @@ impl SessionMetrics {
 
 impl Drop for SessionMetrics {
     fn drop(&mut self) {
-        self.handles.active.decrement(1.0);
+        self.handles.active[self.protocol as usize].decrement(1.0);
     }
 }

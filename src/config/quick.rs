@@ -64,12 +64,15 @@ impl QuickMode {
                     .listen
                     .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
                 tls,
+                http2: true,
+                h2c: false,
             }],
             admin: self.admin.map(|address| AdminConfig { address }),
             timeouts: Default::default(),
             limits: Default::default(),
             routes,
             egress: None,
+            http2: Default::default(),
             runtime: RuntimeConfig {
                 worker_threads: self.worker_threads,
             },

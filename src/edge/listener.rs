@@ -1,5 +1,6 @@
 //! Public listeners: accept with a permit, per-connection span, TLS handshake under a timeout,
-//! then hyper's HTTP/1.1 with upgrades; each request goes to [`super::http::handle`].
+//! then hyper's HTTP/1.1 with upgrades or HTTP/2 (`super::h2`, chosen by ALPN or, with
+//! `h2c`, by the preface); each request goes to [`super::http::handle`].
 
 use std::io;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use crate::policy::{ClientCert, ConnInfo};
 pub struct PublicListener {
     pub listener: TcpListener,
     pub tls: Option<TlsAcceptor>,
+    /// Plain listeners: accept HTTP/2 with prior knowledge too.
+    pub h2c: bool,
 }
 
 /// Accept until shutdown. A permit is taken before accepting, so at the limit new
@@ -48,6 +51,7 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
         };
         let span = tracing::info_span!("conn", %peer, route = tracing::field::Empty, user = tracing::field::Empty, backend = tracing::field::Empty);
         let tls = l.tls.clone();
+        let h2c = l.h2c;
         let conn = ConnInfo {
             peer,
             tls: tls.is_some(),
@@ -55,7 +59,7 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
         };
         shared
             .tracker
-            .spawn(connection(stream, tls, conn, permit, shared.clone()).instrument(span));
+            .spawn(connection(stream, tls, h2c, conn, permit, shared.clone()).instrument(span));
     }
 }
 
@@ -71,6 +75,7 @@ fn is_per_connection(e: &io::Error) -> bool {
 async fn connection(
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
+    h2c: bool,
     conn: ConnInfo,
     permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
@@ -78,6 +83,12 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let permit = Arc::new(ConnectionSlot::open(permit));
     match tls {
+        None if h2c
+            && super::h2::opens_with_preface(&stream, shared.snapshot.header_read_timeout)
+                .await =>
+        {
+            super::h2::serve(stream, conn, permit, shared).await
+        }
         None => serve_http(stream, conn, permit, shared).await,
         Some(acceptor) => {
             let handshake = tokio::select! {
@@ -90,7 +101,11 @@ async fn connection(
                         client_cert: ClientCert::of_connection(stream.get_ref().1),
                         ..conn
                     };
-                    serve_http(stream, conn, permit, shared).await
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        super::h2::serve(stream, conn, permit, shared).await
+                    } else {
+                        serve_http(stream, conn, permit, shared).await
+                    }
                 }
                 Ok(Err(e)) => {
                     metrics::tls_handshake_failed();

@@ -50,7 +50,7 @@ impl Snapshot {
         for (i, l) in config.listeners.iter().enumerate() {
             listener_tls.push(match &l.tls {
                 Some(t) => Some(
-                    crate::tls::server_config(t)
+                    crate::tls::server_config(t, l.http2)
                         .with_context(|| format!("listener[{i}].tls ({})", l.address))?,
                 ),
                 None => None,
