@@ -7,8 +7,10 @@
 //! main.rs      CLI → config → gateway, until a signal
 //! gateway.rs   build the snapshot, bind, serve edge and ops, drain on shutdown
 //! edge/        listener.rs: accept with permits, per-connection span, TLS, hyper
+//!              h2.rs: HTTP/2 connections (ALPN h2, h2c) with extended CONNECT enabled
 //!              http.rs: one request → route (404) → upgrade checks (400/426) → access
-//!              → limits (429/503) → dial (502/504) → 101 → session task
+//!              → limits (429/503) → dial (502/504) → 101 (h2: 200) → session task
+//!              extended_connect.rs: the RFC 8441 checks (426/501) and the 200
 //! ops/         admin.rs: /metrics, /healthz, /readyz; shutdown.rs: signals → one token
 //! snapshot/    the immutable value the running gateway reads: routes with compiled policy,
 //!              router (path → route, subprotocol choice), listener TLS, admission, dialer

@@ -269,25 +269,33 @@ async fn h2_websocket_to_a_tcp_echo_beside_http1_wss_on_the_same_listener() {
     gw.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_listener_with_http2_off_negotiates_http1() {
-    let pki = pki();
-    let gw = spawn_gateway(
-        &tls_config(
-            &pki.cert_file,
-            &pki.key_file,
-            &route("h2_off", "/", "builtin:echo"),
-        )
-        .replace("[listener.tls]", "http2 = false\n\n[listener.tls]"),
-    )
-    .await;
-    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+/// The protocol a client offering `h2, http/1.1` gets from a listener.
+async fn negotiated(addr: SocketAddr, pki: &Pki) -> Option<Vec<u8>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
     let tls = TlsConnector::from(client_config(&pki.ca, &[b"h2", b"http/1.1"]))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    gw.stop().await.unwrap();
+    tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+}
+
+#[tokio::test]
+async fn h2_is_preferred_by_default_and_off_with_http2_false() {
+    let pki = pki();
+    let echo_route = route("h2_pref", "/", "builtin:echo");
+    let on = spawn_gateway(&tls_config(&pki.cert_file, &pki.key_file, &echo_route)).await;
+    assert_eq!(negotiated(on.addr, &pki).await.as_deref(), Some(&b"h2"[..]));
+    let off = spawn_gateway(
+        &tls_config(&pki.cert_file, &pki.key_file, &echo_route)
+            .replace("[listener.tls]", "http2 = false\n\n[listener.tls]"),
+    )
+    .await;
+    assert_eq!(
+        negotiated(off.addr, &pki).await.as_deref(),
+        Some(&b"http/1.1"[..])
+    );
+    on.stop().await.unwrap();
+    off.stop().await.unwrap();
 }
 
 #[tokio::test]

@@ -1,23 +1,18 @@
-//! WebSockets over HTTP/2 (RFC 8441): serve an h2 connection with extended CONNECT enabled,
-//! check the CONNECT request, and answer `200`; every other check is `http::handle`'s.
+//! HTTP/2 connections (RFC 8441): serve h2 with extended CONNECT enabled and the `[http2]`
+//! limits; each stream is a request to `http::handle`, whose RFC 8441 checks are in
+//! `extended_connect`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::ext::Protocol;
-use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper::upgrade::OnUpgrade;
-use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::http::Body;
 use super::shared::{ConnectionSlot, Shared};
-use crate::error::RejectError;
 use crate::policy::ConnInfo;
 
 /// Serve one HTTP/2 connection: each stream is a request to `http::handle`, and an extended
@@ -95,87 +90,4 @@ pub async fn opens_with_preface(stream: &TcpStream, timeout: Duration) -> bool {
         }
     };
     tokio::time::timeout(timeout, peek).await.unwrap_or(false)
-}
-
-/// RFC 8441 §4–5: what makes an HTTP/2 request a WebSocket handshake. Neither
-/// `Sec-WebSocket-Key` nor `Sec-WebSocket-Accept` is used; the version must still be 13.
-pub fn check_extended_connect<B>(req: &Request<B>) -> Result<(), RejectError> {
-    if req.method() != Method::CONNECT {
-        return Err(RejectError::BadRequest(
-            "a WebSocket over HTTP/2 is an extended CONNECT",
-        ));
-    }
-    match req.extensions().get::<Protocol>() {
-        None => {
-            return Err(RejectError::BadRequest(
-                "a CONNECT without :protocol is not a WebSocket",
-            ))
-        }
-        Some(p) if !p.as_str().eq_ignore_ascii_case("websocket") => {
-            return Err(RejectError::UnsupportedProtocol)
-        }
-        Some(_) => {}
-    }
-    match req.headers().get(header::SEC_WEBSOCKET_VERSION) {
-        Some(v) if v == "13" => Ok(()),
-        _ => Err(RejectError::UnsupportedVersion),
-    }
-}
-
-/// The `200` that opens the stream as a WebSocket, and the stream to come once hyper has
-/// sent it.
-pub fn accept(req: &mut Request<hyper::body::Incoming>) -> (Response<Body>, OnUpgrade) {
-    let upgrade = hyper::upgrade::on(req);
-    let mut response = Response::new(Body::default());
-    *response.status_mut() = StatusCode::OK;
-    (response, upgrade)
-}
-
-/// Headers that name the connection, which HTTP/2 forbids (RFC 9113 §8.2.2): a response
-/// carrying one would be reset instead of sent.
-pub fn strip_connection_headers(headers: &mut hyper::HeaderMap<HeaderValue>) {
-    headers.remove(header::UPGRADE);
-    headers.remove(header::CONNECTION);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn connect(protocol: Option<&'static str>, version: Option<&str>) -> Request<()> {
-        let mut b = Request::connect("https://example.com/x");
-        if let Some(v) = version {
-            b = b.header("sec-websocket-version", v);
-        }
-        let mut req = b.body(()).unwrap();
-        if let Some(p) = protocol {
-            req.extensions_mut().insert(Protocol::from_static(p));
-        }
-        req
-    }
-
-    #[test]
-    fn accepts_an_extended_connect_for_websocket_without_a_key() {
-        assert!(check_extended_connect(&connect(Some("websocket"), Some("13"))).is_ok());
-    }
-
-    #[test]
-    fn rejects_each_missing_piece_with_the_rfc_status() {
-        let get = Request::get("https://example.com/x").body(()).unwrap();
-        let status = |r: &Request<()>| check_extended_connect(r).unwrap_err().status();
-        assert_eq!(status(&get), StatusCode::BAD_REQUEST);
-        assert_eq!(status(&connect(None, Some("13"))), StatusCode::BAD_REQUEST);
-        assert_eq!(
-            status(&connect(Some("webtransport"), Some("13"))),
-            StatusCode::NOT_IMPLEMENTED
-        );
-        assert_eq!(
-            status(&connect(Some("websocket"), None)),
-            StatusCode::UPGRADE_REQUIRED
-        );
-        assert_eq!(
-            status(&connect(Some("websocket"), Some("8"))),
-            StatusCode::UPGRADE_REQUIRED
-        );
-    }
 }

@@ -137,7 +137,7 @@ impl PendingUpgrade {
         req: &mut Request<hyper::body::Incoming>,
     ) -> Result<(Response<Body>, Self), RejectError> {
         if req.version() == Version::HTTP_2 {
-            let (response, upgrade) = super::h2::accept(req);
+            let (response, upgrade) = super::extended_connect::accept(req);
             return Ok((response, Self::H2(upgrade)));
         }
         let (response, upgrade) = fastwebsockets::upgrade::upgrade(req)
@@ -314,7 +314,7 @@ fn backend_handshake<B>(
 /// RFC 6455 §4.2.1: what makes a request a WebSocket upgrade.
 pub fn check_upgrade<B>(req: &Request<B>) -> Result<(), RejectError> {
     if req.version() == Version::HTTP_2 {
-        return super::h2::check_extended_connect(req);
+        return super::extended_connect::check_extended_connect(req);
     }
     if req.method() != Method::GET {
         return Err(RejectError::BadRequest("a WebSocket upgrade must be a GET"));
@@ -399,7 +399,7 @@ fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Respons
         headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if req.version() == Version::HTTP_2 {
-        super::h2::strip_connection_headers(headers);
+        super::extended_connect::strip_connection_headers(headers);
     }
     response
 }
