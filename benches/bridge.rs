@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use wsgate::config::Config;
 use wsgate::metrics::{Protocol, SessionMetrics};
 use wsgate::session::bridge::{self, BridgeConfig, Outcome};
+use wsgate::session::registry::SessionControl;
 
 /// In-memory pipe capacity per direction (a loopback socket buffers more; this keeps both
 /// pumps and the echo taking turns on realistic chunk sizes).
@@ -150,10 +151,10 @@ fn open(config: &BridgeConfig, max_frame_bytes: usize) -> Session {
     let bridge = tokio::spawn(async move {
         // No metrics recorder is installed: every handle is a no-op, as with metrics off.
         let metrics = SessionMetrics::start("bench".into(), Protocol::Http1);
-        let shutdown = CancellationToken::new();
         let hard_stop = CancellationToken::new();
+        let control = SessionControl::new(&CancellationToken::new());
         bridge::run(
-            ws_read, ws_write, br, bw, &config, &metrics, &shutdown, &hard_stop,
+            ws_read, ws_write, br, bw, &config, &metrics, &control, &hard_stop,
         )
         .await
     });

@@ -28,6 +28,9 @@ pub enum RejectError {
     BackendHandshake(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("gateway is shutting down")]
     ShuttingDown,
+    /// An operator drained the route (admin API): no new sessions until it is reopened.
+    #[error("route is draining")]
+    Draining,
     // Access control (`policy::access`, `policy::targets`).
     #[error("origin not allowed")]
     Origin,
@@ -100,7 +103,7 @@ impl RejectError {
             | Self::BackendRejected(_)
             | Self::BackendHandshake(_) => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Origin | Self::Forbidden(_) | Self::EgressDenied(_) => StatusCode::FORBIDDEN,
             Self::UnknownToken => StatusCode::NOT_FOUND,
@@ -121,6 +124,7 @@ impl RejectError {
             Self::BackendRejected(_) => "backend_rejected",
             Self::BackendHandshake(_) => "backend_handshake",
             Self::ShuttingDown => "shutting_down",
+            Self::Draining => "draining",
             Self::Origin => "origin",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
@@ -142,7 +146,7 @@ impl RejectError {
 
     /// Logged at debug, not warn: client mistakes, and load shed on purpose.
     pub fn is_routine(&self) -> bool {
-        self.is_client_error() || matches!(self, Self::Limited { .. })
+        self.is_client_error() || matches!(self, Self::Limited { .. } | Self::Draining)
     }
 
     /// Whose fault it is, for the log level: client mistakes are routine. A denied egress

@@ -16,9 +16,13 @@ use tracing::{info, warn};
 
 use crate::backend::{bind_echo_service, serve_echo_service};
 use crate::config::Config;
+use crate::edge::console::Console;
 use crate::edge::{accept_loop, PublicListener, Shared};
 use crate::metrics;
 use crate::ops::admin;
+use crate::ops::api::{redact, ApiSettings, OpsApi, RouteSummary};
+use crate::policy::access::decode_sha256_hex;
+use crate::session::registry::Registry;
 use crate::snapshot::Snapshot;
 
 /// A gateway whose sockets are bound; [`Gateway::run`] serves them.
@@ -28,6 +32,8 @@ pub struct Gateway {
     admin: Option<TcpListener>,
     /// The built-in echo service's listener, when a route uses it.
     echo: Option<TcpListener>,
+    /// The admin API's view of the config (checked at bind: a bad digest fails here).
+    api_settings: ApiSettings,
 }
 
 impl Gateway {
@@ -50,10 +56,16 @@ impl Gateway {
             let listener = TcpListener::bind(l.address)
                 .await
                 .with_context(|| format!("binding listener {}", l.address))?;
+            let console = l.console.then(|| {
+                Arc::new(Console::new(
+                    snapshot.config.routes.iter().map(|r| r.path.as_str()),
+                ))
+            });
             listeners.push(PublicListener {
                 listener,
                 tls: tls.clone().map(TlsAcceptor::from),
                 h2c: l.h2c,
+                console,
             });
         }
         let admin = match snapshot.config.admin {
@@ -65,6 +77,7 @@ impl Gateway {
             None => None,
         };
         Ok(Self {
+            api_settings: api_settings(&snapshot)?,
             snapshot: Arc::new(snapshot),
             listeners,
             admin,
@@ -108,19 +121,29 @@ impl Gateway {
         // Keeps the handshake limiter's memory bounded; stops with the other helpers.
         aux.spawn(snapshot.admission.clone().run_upkeep(aux_stop.clone()));
         let permits = Arc::new(Semaphore::new(snapshot.config.max_connections));
+        let registry = Arc::new(Registry::default());
         let shared = Arc::new(Shared {
             snapshot,
             shutdown: shutdown.clone(),
             hard_stop: hard_stop.clone(),
             tracker: TaskTracker::new(),
+            registry: registry.clone(),
         });
 
         let ready = Arc::new(AtomicBool::new(false));
         if let Some(listener) = self.admin {
+            let api = Arc::new(OpsApi::new(
+                registry,
+                self.api_settings,
+                aux.clone(),
+                aux_stop.clone(),
+            ));
+            aux.spawn(api.clone().run_sampler());
             aux.spawn(admin::serve(
                 listener,
                 handle.clone(),
                 ready.clone(),
+                api,
                 aux_stop.clone(),
             ));
         }
@@ -170,4 +193,51 @@ impl Gateway {
         info!("shutdown complete");
         Ok(())
     }
+}
+
+/// What the admin API needs from the snapshot: the token digest, the routes, the running
+/// config with secrets redacted, the default drain grace.
+fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
+    let config = &snapshot.config;
+    let token_sha256 = match &config.admin_bearer_sha256 {
+        Some(hex) => {
+            Some(decode_sha256_hex(hex).context("admin.bearer_sha256: not a SHA-256 digest")?)
+        }
+        None => None,
+    };
+    let mut config_json = serde_json::json!({
+        "listener": config.listeners,
+        "admin": config.admin.map(|address| serde_json::json!({
+            "address": address,
+            "bearer_sha256": config.admin_bearer_sha256,
+        })),
+        "timeouts": {
+            "tls_handshake_secs": config.tls_handshake_timeout.as_secs_f64(),
+            "header_read_secs": config.header_read_timeout.as_secs_f64(),
+            "backend_connect_secs": config.backend_connect_timeout.as_secs_f64(),
+            "ping_interval_secs": config.ping_interval.map_or(0.0, |d| d.as_secs_f64()),
+            "pong_timeout_secs": config.pong_timeout.as_secs_f64(),
+            "close_grace_secs": config.close_grace.as_secs_f64(),
+            "shutdown_grace_secs": config.shutdown_grace.as_secs_f64(),
+            "drain_grace_secs": config.drain_grace.as_secs_f64(),
+        },
+        "limits": config.limits,
+        "route": config.routes,
+        "egress": config.egress,
+        "runtime": { "worker_threads": config.worker_threads },
+    });
+    redact(&mut config_json);
+    Ok(ApiSettings {
+        token_sha256,
+        routes: snapshot
+            .routes
+            .iter()
+            .map(|r| RouteSummary {
+                name: r.name.clone(),
+                path: r.path.to_string(),
+            })
+            .collect(),
+        config_json,
+        drain_grace: config.drain_grace,
+    })
 }

@@ -11,14 +11,17 @@
 //!              http.rs: one request → route (404) → upgrade checks (400/426) → access
 //!              → limits (429/503) → dial (502/504) → 101 (h2: 200) → session task
 //!              extended_connect.rs: the RFC 8441 checks (426/501) and the 200
-//! ops/         admin.rs: /metrics, /healthz, /readyz; shutdown.rs: signals → one token
+//!              console.rs: the browser console (plain GETs on listeners that serve it)
+//! ops/         admin.rs: /metrics, /healthz, /readyz; api.rs: status page and session API
+//!              (list, close, drain, config); shutdown.rs: signals → one token
 //! snapshot/    the immutable value the running gateway reads: routes with compiled policy,
 //!              router (path → route, subprotocol choice), listener TLS, admission, dialer
 //! backend/     dial TCP / WebSocket (ws, wss) backends under a timeout; the built-in echo
 //! policy/      access (origin, bearer, JWT, client certificates), identity (ConnInfo),
 //!              targets (token files, JWT claims, egress), admission (caps, handshake rate)
 //! session/     after the 101: reader (RFC 6455 §5 per frame), frames (message rules,
-//!              guarded writes), utf8, keepalive, pacer, io, bridge (WS ↔ bytes), relay (WS ↔ WS)
+//!              guarded writes), utf8, keepalive, pacer, io, bridge (WS ↔ bytes), relay (WS ↔ WS),
+//!              registry (live sessions, each one's close request, route drains)
 //! tls.rs       PEM → rustls server configs (mTLS) and backend client configs
 //! config/      the file format only: serde structs, defaults, validation, quick mode,
 //!              the embedded default (default.toml); imports nothing of ours

@@ -22,7 +22,7 @@ struct Cli {
     command: Option<Command>,
 
     /// Run from a TOML config file.
-    #[arg(long, short, value_name = "FILE", conflicts_with_all = ["listen", "routes", "tls_cert", "admin"])]
+    #[arg(long, short, value_name = "FILE", conflicts_with_all = ["listen", "routes", "tls_cert", "admin", "console"])]
     config: Option<PathBuf>,
 
     /// Quick mode: the public listener address [default: 127.0.0.1:8080].
@@ -46,9 +46,14 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 0)]
     worker_threads: usize,
 
-    /// Quick mode: the admin listener (/metrics, /healthz, /readyz); none if omitted.
+    /// Quick mode: the admin listener (/metrics, /healthz, /readyz, status page, session
+    /// API); none if omitted.
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
+
+    /// Quick mode: serve the browser console at / on the listener.
+    #[arg(long)]
+    console: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +148,7 @@ fn load_source(cli: &Cli) -> anyhow::Result<Config> {
         tls_key: cli.tls_key.clone(),
         admin: cli.admin,
         worker_threads: cli.worker_threads,
+        console: cli.console,
     };
     if quick.is_empty() {
         return Ok(Config::embedded_default());
@@ -155,15 +161,22 @@ fn load_source(cli: &Cli) -> anyhow::Result<Config> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::bind(config).await?;
-    for (addr, scheme) in gateway.public_urls() {
-        for route in &gateway.snapshot().routes {
+    let snapshot = gateway.snapshot().clone();
+    let listeners = &snapshot.config.listeners;
+    for (l, (addr, scheme)) in listeners.iter().zip(gateway.public_urls()) {
+        for route in &snapshot.routes {
             println!(
                 "wsgate: {scheme}://{addr}{} -> {}",
                 route.path, route.backend
             );
         }
+        if l.console {
+            let http = if scheme == "wss" { "https" } else { "http" };
+            println!("wsgate: console {http}://{addr}/");
+        }
     }
     if let Some(admin) = gateway.admin_addr() {
+        println!("wsgate: status page http://{admin}/ (API under /api/)");
         println!("wsgate: admin http://{admin}/metrics /healthz /readyz");
     }
     let shutdown = CancellationToken::new();

@@ -1,11 +1,12 @@
 //! Every metric in one place: names, descriptions, the recorder, and per-session handles.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
-use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics::{Counter, CounterFn, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const SESSIONS_ACTIVE: &str = "wsgate_sessions_active";
@@ -201,6 +202,42 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Bytes one session moved so far, each way.
+#[derive(Debug, Default)]
+pub struct ByteCounts {
+    pub to_backend: AtomicU64,
+    pub to_client: AtomicU64,
+}
+
+/// A route's byte counter that also counts into one session's [`ByteCounts`].
+struct Tee {
+    route: Counter,
+    counts: Arc<ByteCounts>,
+    to_backend: bool,
+}
+
+impl Tee {
+    fn count(&self) -> &AtomicU64 {
+        if self.to_backend {
+            &self.counts.to_backend
+        } else {
+            &self.counts.to_client
+        }
+    }
+}
+
+impl CounterFn for Tee {
+    fn increment(&self, value: u64) {
+        self.route.increment(value);
+        self.count().fetch_add(value, Ordering::Relaxed);
+    }
+
+    fn absolute(&self, value: u64) {
+        self.route.absolute(value);
+        self.count().fetch_max(value, Ordering::Relaxed);
+    }
+}
+
 /// One session's metric handles (clones of its route's), so the data path never touches
 /// the registry. Holds `wsgate_sessions_active` up while alive.
 pub struct SessionMetrics {
@@ -236,6 +273,23 @@ impl SessionMetrics {
         counter!(CLOSES_TOTAL, "route" => self.route.to_string(), "code" => code.to_string(), "initiator" => initiator)
             .increment(1);
         self.handles.duration.record(duration.as_secs_f64());
+    }
+
+    /// Like [`start`](Self::start), and the session's byte counters also add to `counts`
+    /// (what the admin API shows per session): one more relaxed add per write, no lookups.
+    pub fn start_counted(route: Arc<str>, protocol: Protocol, counts: &Arc<ByteCounts>) -> Self {
+        let mut m = Self::start(route, protocol);
+        m.bytes_to_backend = Counter::from_arc(Arc::new(Tee {
+            route: m.bytes_to_backend.clone(),
+            counts: counts.clone(),
+            to_backend: true,
+        }));
+        m.bytes_to_client = Counter::from_arc(Arc::new(Tee {
+            route: m.bytes_to_client.clone(),
+            counts: counts.clone(),
+            to_backend: false,
+        }));
+        m
     }
 
     pub fn keepalive_timed_out(&self) {

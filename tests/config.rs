@@ -174,6 +174,11 @@ fn embedded_default_loads() {
     let c = Config::from_toml(wsgate::config::DEFAULT_CONFIG).expect("embedded default");
     assert!(!c.listeners.is_empty());
     assert!(!c.routes.is_empty());
+    // `cargo run` then http://127.0.0.1:8080/ shows the console against the built-in echo.
+    assert!(
+        c.listeners[0].console,
+        "the embedded default serves the console"
+    );
 }
 
 #[test]

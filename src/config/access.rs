@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[route.origin]`: which web pages may open sessions (cross-site WebSocket hijacking guard).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OriginConfig {
     /// Allowed `Origin` values, scheme included: exact (`https://app.example.com`,
@@ -20,7 +20,7 @@ pub struct OriginConfig {
 }
 
 /// Where a bearer token may come from, tried in the order listed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenSource {
     /// `Authorization: Bearer <token>` (non-browser clients).
@@ -51,7 +51,7 @@ fn default_query_param() -> String {
 /// client certificate (when `client_cert_required` or `client_cert_names`) and a token
 /// (when `bearer_sha256` or `[route.auth.jwt]`), where a token passes if a static digest
 /// or the JWT check accepts it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Static bearer tokens, as SHA-256 digests in hex (`printf %s "$TOKEN" | sha256sum`).
@@ -82,7 +82,7 @@ pub struct AuthConfig {
 
 /// The signature algorithms a route can require. One per route: the token's `alg` header
 /// must name it, so a token cannot pick its own algorithm (no `none`, no HS/RS confusion).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum JwtAlgorithm {
     HS256,
     RS256,
@@ -90,7 +90,7 @@ pub enum JwtAlgorithm {
 }
 
 /// `[route.auth.jwt]` as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     /// `HS256`, `RS256` or `ES256`. Required.
@@ -121,7 +121,7 @@ fn default_leeway_secs() -> u64 {
 
 /// `[listener.tls] client_auth`: whether a listener with `client_ca_file` insists on a
 /// client certificate in the handshake.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuth {
     /// No valid certificate, no connection (the default with `client_ca_file`).

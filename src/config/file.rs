@@ -4,14 +4,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::access::{AuthConfig, ClientAuth, OriginConfig};
 use super::http2::Http2Config;
 use super::target::{EgressConfig, TargetConfig};
 
 /// The file as written: every field optional where a default exists, unknown keys rejected.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default, rename = "listener")]
@@ -35,7 +35,7 @@ pub struct FileConfig {
 }
 
 /// The async runtime.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Worker threads; 0 = one per CPU (the default). 1 runs everything on one thread
@@ -45,7 +45,7 @@ pub struct RuntimeConfig {
 }
 
 /// A public listener: where clients connect, with optional TLS (`wss://`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub address: SocketAddr,
@@ -59,10 +59,14 @@ pub struct ListenerConfig {
     /// that speaks it; HTTP/1.1 keeps working. Default false.
     #[serde(default)]
     pub h2c: bool,
+    /// Serve the browser console at `/` (plain GETs only; upgrades still go to the routes).
+    /// Default false; the embedded default turns it on.
+    #[serde(default)]
+    pub console: bool,
 }
 
 /// PEM files: a certificate chain (leaf first) and its private key (PKCS#8, PKCS#1 or SEC1).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert_file: PathBuf,
@@ -76,15 +80,20 @@ pub struct TlsConfig {
     pub client_auth: Option<ClientAuth>,
 }
 
-/// The admin listener: `/metrics`, `/healthz`, `/readyz`. Keep it off public interfaces.
-#[derive(Debug, Clone, Deserialize)]
+/// The admin listener: `/metrics`, `/healthz`, `/readyz`, the status page and the session
+/// API. Keep it off public interfaces.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub address: SocketAddr,
+    /// SHA-256 (hex, `printf %s "$TOKEN" | sha256sum`) of the bearer token the status page
+    /// and `/api/` require. Default: none (the listener is open; keep it on loopback).
+    #[serde(default)]
+    pub bearer_sha256: Option<String>,
 }
 
 /// Every timeout, in seconds (fractions allowed).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// TLS handshake on a `wss` listener. Default 10 s.
@@ -102,6 +111,9 @@ pub struct Timeouts {
     pub close_grace_secs: f64,
     /// On SIGTERM/SIGINT: how long sessions get to close before the process exits. Default 10 s.
     pub shutdown_grace_secs: f64,
+    /// After `POST /api/routes/{name}/drain`: how long live sessions keep going before they
+    /// are closed with 1001 (the request's `?grace_secs=` overrides it). Default 30 s.
+    pub drain_grace_secs: f64,
 }
 
 impl Default for Timeouts {
@@ -114,12 +126,13 @@ impl Default for Timeouts {
             pong_timeout_secs: 20.0,
             close_grace_secs: 5.0,
             shutdown_grace_secs: 10.0,
+            drain_grace_secs: 30.0,
         }
     }
 }
 
 /// Resource limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Concurrent connections across public listeners (TLS, HTTP and sessions). Default 10,000.
@@ -175,7 +188,7 @@ impl Default for Limits {
 }
 
 /// A route: a request path mapped to a backend.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Used in metrics labels and logs. Unique.
@@ -275,7 +288,7 @@ fn default_subprotocols() -> Vec<String> {
 }
 
 /// How backend bytes are framed towards the client.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageType {
     #[default]

@@ -2,13 +2,13 @@
 //! knowledge) applies to each connection, so a client can only exhaust its own connection.
 
 use anyhow::bail;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The largest flow-control window HTTP/2 allows (RFC 9113 §6.9.1).
 const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 /// Per-connection HTTP/2 settings. Each stream is one WebSocket session.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http2Config {
     /// Concurrent streams (sessions and requests) one connection may open

@@ -53,6 +53,10 @@ pub struct Config {
     pub pong_timeout: Duration,
     pub close_grace: Duration,
     pub shutdown_grace: Duration,
+    /// Default grace of a route drain (admin API).
+    pub drain_grace: Duration,
+    /// `[admin] bearer_sha256`, checked to be 64 hex digits.
+    pub admin_bearer_sha256: Option<String>,
     /// Runtime worker threads; 0 = one per CPU.
     pub worker_threads: usize,
     pub max_connections: usize,
@@ -170,7 +174,9 @@ impl FileConfig {
         let ping = secs("ping_interval_secs", t.ping_interval_secs, true)?;
         let l = &self.limits;
         Ok(Config {
-            admin: self.admin.map(|a| a.address),
+            admin: self.admin.as_ref().map(|a| a.address),
+            admin_bearer_sha256: admin_digest(self.admin.as_ref())?,
+            drain_grace: secs("drain_grace_secs", t.drain_grace_secs, true)?,
             tls_handshake_timeout: secs("tls_handshake_secs", t.tls_handshake_secs, false)?,
             header_read_timeout: secs("header_read_secs", t.header_read_secs, false)?,
             backend_connect_timeout: secs("backend_connect_secs", t.backend_connect_secs, false)?,
@@ -279,6 +285,16 @@ impl FileConfig {
 }
 
 /// `[limits]` on its own, before any route inherits from it.
+fn admin_digest(admin: Option<&AdminConfig>) -> anyhow::Result<Option<String>> {
+    match admin.and_then(|a| a.bearer_sha256.as_deref()) {
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(Some(hex.to_owned()))
+        }
+        Some(_) => bail!("admin.bearer_sha256: expected 64 hex digits (sha256sum output)"),
+        None => Ok(None),
+    }
+}
+
 fn validate_limits(l: &Limits) -> anyhow::Result<()> {
     if l.max_connections == 0 {
         bail!("limits.max_connections: must be > 0");

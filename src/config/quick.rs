@@ -22,6 +22,8 @@ pub struct QuickMode {
     pub admin: Option<SocketAddr>,
     /// `[runtime] worker_threads`.
     pub worker_threads: usize,
+    /// Serve the browser console on the listener.
+    pub console: bool,
 }
 
 impl QuickMode {
@@ -31,6 +33,7 @@ impl QuickMode {
             && self.routes.is_empty()
             && self.tls_cert.is_none()
             && self.admin.is_none()
+            && !self.console
     }
 
     /// The file these flags stand for.
@@ -66,8 +69,12 @@ impl QuickMode {
                 tls,
                 http2: true,
                 h2c: false,
+                console: self.console,
             }],
-            admin: self.admin.map(|address| AdminConfig { address }),
+            admin: self.admin.map(|address| AdminConfig {
+                address,
+                bearer_sha256: None,
+            }),
             timeouts: Default::default(),
             limits: Default::default(),
             routes,

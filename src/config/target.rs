@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[route.target]`: a per-session target instead of a fixed `backend`. Exactly one of
 /// `token_file` and `jwt_claim`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     /// A websockify token file: `token: host:port` lines, `#` comments. The token comes from
@@ -29,7 +29,7 @@ fn default_token_param() -> String {
 /// `[egress]`: where the gateway may connect. Once present, every backend dial (fixed
 /// `tcp://`, `ws://`, `wss://` backends included; the built-in echo service excepted)
 /// must land on an allowed address and port; everything else is refused with 403.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressConfig {
     /// `CIDR` or `IP`, optionally with `:PORT` or `:LOW-HIGH` (IPv6 in brackets when a

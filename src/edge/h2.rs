@@ -12,20 +12,35 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use super::console::Console;
 use super::shared::{ConnectionSlot, Shared};
 use crate::policy::ConnInfo;
 
 /// Serve one HTTP/2 connection: each stream is a request to `http::handle`, and an extended
 /// CONNECT that passes its checks becomes a session on that stream. On shutdown: GOAWAY,
 /// then the connection lives on while its sessions close with 1001.
-pub async fn serve<IO>(io: IO, conn: ConnInfo, permit: Arc<ConnectionSlot>, shared: Arc<Shared>)
-where
+pub async fn serve<IO>(
+    io: IO,
+    console: Option<Arc<Console>>,
+    conn: ConnInfo,
+    permit: Arc<ConnectionSlot>,
+    shared: Arc<Shared>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = {
         let shared = shared.clone();
         service_fn(move |req| {
-            super::http::handle(req, conn.clone(), shared.clone(), permit.clone())
+            // As over HTTP/1.1: the console answers plain requests for its pages (so a
+            // browser's page and its WebSockets share this connection); the rest are routes.
+            let page = console.as_ref().and_then(|c| c.answer(&req));
+            let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.clone());
+            async move {
+                match page {
+                    Some(page) => Ok(page),
+                    None => super::http::handle(req, conn, shared, permit).await,
+                }
+            }
         })
     };
     let limits = &shared.snapshot.config.http2;

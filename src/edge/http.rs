@@ -22,6 +22,7 @@ use crate::metrics::{self, Protocol, SessionMetrics};
 use crate::policy::{access, ConnInfo};
 use crate::session::bridge::{self, BridgeConfig};
 use crate::session::io::{websocket_halves, ClientStream};
+use crate::session::registry::{Registered, SessionEntry, SessionInfo};
 use crate::session::relay::{self, RelayConfig};
 use crate::snapshot::{select_subprotocol, Route};
 
@@ -44,6 +45,9 @@ pub async fn handle(
     }
     if shared.shutdown.is_cancelled() {
         return Ok(reject(&req, Some(&route), RejectError::ShuttingDown));
+    }
+    if shared.registry.is_draining(&route.name) {
+        return Ok(reject(&req, Some(&route), RejectError::Draining));
     }
 
     // Access: origin (403), credentials (401/403), then this session's target (404 for an
@@ -83,8 +87,18 @@ pub async fn handle(
         .await
     {
         Ok(b) => b,
-        Err(e) => return Ok(reject(&req, Some(&route), e)),
+        Err(e) => {
+            // 502/504: the backend's fault (a refused egress is the config's, not its health).
+            if matches!(
+                e.status(),
+                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+            ) {
+                shared.registry.backend_failed(&route.name, e.label());
+            }
+            return Ok(reject(&req, Some(&route), e));
+        }
     };
+    shared.registry.backend_reached(&route.name);
     metrics::backend_connected(&route.name, dial_started.elapsed());
 
     // A WebSocket backend chose from the client's offer; for a byte backend the route decides.
@@ -103,6 +117,16 @@ pub async fn handle(
             .insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
 
+    let info = SessionInfo {
+        route: route.name.clone(),
+        client: conn.peer,
+        backend: target.to_string(),
+        subprotocol: response
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|p| p.to_str().ok())
+            .map(str::to_owned),
+    };
     let session = {
         let shared = shared.clone();
         async move {
@@ -116,7 +140,9 @@ pub async fn handle(
                     return;
                 }
             };
-            run_session(client, backend, &route, &shared, protocol).await;
+            let mut registered = shared.registry.register(info, &shared.shutdown);
+            let code = run_session(client, backend, &route, &shared, &registered, protocol).await;
+            registered.set_close_code(code);
         }
     };
     shared.tracker.spawn(session.instrument(Span::current()));
@@ -160,21 +186,24 @@ impl PendingUpgrade {
     }
 }
 
+/// Bridge or relay the session; returns the close code it ended with.
 async fn run_session(
     client: Upgraded,
     backend: Backend,
     route: &Route,
     shared: &Shared,
+    registered: &Registered,
     protocol: Protocol,
-) {
+) -> u16 {
+    let entry = registered.entry();
     match ClientStream::new(client) {
         ClientStream::Tcp(read, write) => {
-            bridge_session(read, write, backend, route, shared, protocol).await
+            bridge_session(read, write, backend, route, shared, entry, protocol).await
         }
         // Boxed: TLS and h2 sessions should not make every plain session's future larger.
         ClientStream::Other(read, write) => {
             Box::pin(bridge_session(
-                read, write, backend, route, shared, protocol,
+                read, write, backend, route, shared, entry, protocol,
             ))
             .await
         }
@@ -187,13 +216,15 @@ async fn bridge_session<CR, CW>(
     backend: Backend,
     route: &Route,
     shared: &Shared,
+    entry: &SessionEntry,
     protocol: Protocol,
-) where
+) -> u16
+where
     CR: AsyncRead + Unpin + Send + 'static,
     CW: AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let metrics = SessionMetrics::start(route.name.clone(), protocol);
+    let metrics = SessionMetrics::start_counted(route.name.clone(), protocol, &entry.bytes);
     let snapshot = &shared.snapshot;
     let (client_read, client_write) = websocket_halves(
         client_read,
@@ -220,7 +251,7 @@ async fn bridge_session<CR, CW>(
                 backend_write,
                 &config,
                 &metrics,
-                &shared.shutdown,
+                &entry.control,
                 &shared.hard_stop,
             )
             .await
@@ -241,7 +272,7 @@ async fn bridge_session<CR, CW>(
                 backend,
                 &config,
                 &metrics,
-                &shared.shutdown,
+                &entry.control,
                 &shared.hard_stop,
             ))
             .await
@@ -256,8 +287,10 @@ async fn bridge_session<CR, CW>(
         code = outcome.code,
         closed_by = outcome.initiator.label(),
         reason = %outcome.reason,
+        session = entry.id,
         "session closed"
     );
+    outcome.code
 }
 
 /// The backend handshake for a WebSocket route: mapped path, forwarded headers,

@@ -15,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, Instrument};
 
+use super::console::Console;
 use super::shared::{ConnectionSlot, Shared};
 use crate::metrics;
 use crate::policy::{ClientCert, ConnInfo};
@@ -25,6 +26,8 @@ pub struct PublicListener {
     pub tls: Option<TlsAcceptor>,
     /// Plain listeners: accept HTTP/2 with prior knowledge too.
     pub h2c: bool,
+    /// The browser console, when this listener serves it.
+    pub console: Option<Arc<Console>>,
 }
 
 /// Accept until shutdown. A permit is taken before accepting, so at the limit new
@@ -52,14 +55,15 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
         let span = tracing::info_span!("conn", %peer, route = tracing::field::Empty, user = tracing::field::Empty, backend = tracing::field::Empty);
         let tls = l.tls.clone();
         let h2c = l.h2c;
+        let console = l.console.clone();
         let conn = ConnInfo {
             peer,
             tls: tls.is_some(),
             client_cert: None,
         };
-        shared
-            .tracker
-            .spawn(connection(stream, tls, h2c, conn, permit, shared.clone()).instrument(span));
+        shared.tracker.spawn(
+            connection(stream, tls, h2c, console, conn, permit, shared.clone()).instrument(span),
+        );
     }
 }
 
@@ -76,6 +80,7 @@ async fn connection(
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
     h2c: bool,
+    console: Option<Arc<Console>>,
     conn: ConnInfo,
     permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
@@ -87,9 +92,9 @@ async fn connection(
             && super::h2::opens_with_preface(&stream, shared.snapshot.header_read_timeout)
                 .await =>
         {
-            super::h2::serve(stream, conn, permit, shared).await
+            super::h2::serve(stream, console, conn, permit, shared).await
         }
-        None => serve_http(stream, conn, permit, shared).await,
+        None => serve_http(stream, console, conn, permit, shared).await,
         Some(acceptor) => {
             let handshake = tokio::select! {
                 r = tokio::time::timeout(shared.snapshot.tls_handshake_timeout, acceptor.accept(stream)) => r,
@@ -102,9 +107,9 @@ async fn connection(
                         ..conn
                     };
                     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        super::h2::serve(stream, conn, permit, shared).await
+                        super::h2::serve(stream, console, conn, permit, shared).await
                     } else {
-                        serve_http(stream, conn, permit, shared).await
+                        serve_http(stream, console, conn, permit, shared).await
                     }
                 }
                 Ok(Err(e)) => {
@@ -120,14 +125,27 @@ async fn connection(
     }
 }
 
-async fn serve_http<IO>(io: IO, conn: ConnInfo, permit: Arc<ConnectionSlot>, shared: Arc<Shared>)
-where
+async fn serve_http<IO>(
+    io: IO,
+    console: Option<Arc<Console>>,
+    conn: ConnInfo,
+    permit: Arc<ConnectionSlot>,
+    shared: Arc<Shared>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = {
         let shared = shared.clone();
         service_fn(move |req| {
-            super::http::handle(req, conn.clone(), shared.clone(), permit.clone())
+            // The console answers plain requests for its pages; upgrades go to the routes.
+            let page = console.as_ref().and_then(|c| c.answer(&req));
+            let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.clone());
+            async move {
+                match page {
+                    Some(page) => Ok(page),
+                    None => super::http::handle(req, conn, shared, permit).await,
+                }
+            }
         })
     };
     let conn = http1::Builder::new()

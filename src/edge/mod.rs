@@ -1,6 +1,8 @@
 //! The public side: listeners, accept with permits, TLS, and the HTTP request → checks →
-//! dial → `101` path that hands a session its two streams.
+//! dial → `101` path that hands a session its two streams; the browser console on listeners
+//! that serve it.
 
+pub mod console;
 pub mod extended_connect;
 pub mod h2;
 pub mod http;

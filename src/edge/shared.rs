@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::ConnectionGuard;
+use crate::session::registry::Registry;
 use crate::snapshot::Snapshot;
 
 /// What every connection task shares.
@@ -19,6 +20,8 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     /// Connections and sessions; the drain waits on it.
     pub tracker: TaskTracker,
+    /// Live sessions, for the admin API (list, close, drain).
+    pub registry: Arc<Registry>,
 }
 
 /// A client connection's place under `max_connections`, and its count in

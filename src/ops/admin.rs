@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` for Prometheus, `/healthz` and `/readyz` for orchestrators.
+//! The admin listener: `/metrics` for Prometheus, `/healthz` and `/readyz` for orchestrators;
+//! the status page and session API (src/ops/api.rs) take `/`, `/assets/` and `/api/`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,11 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use super::api::OpsApi;
 /// Serve admin requests until `stop`; each connection ends with `stop` too.
 pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     ready: Arc<AtomicBool>,
+    api: Arc<OpsApi>,
     stop: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
@@ -30,10 +33,12 @@ pub async fn serve(
             () = stop.cancelled() => break,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let (handle, ready, stop) = (handle.clone(), ready.clone(), stop.clone());
+        let (handle, ready, api, stop) = (handle.clone(), ready.clone(), api.clone(), stop.clone());
         tracker.spawn(async move {
             let service = service_fn(move |req| {
-                let response = answer(&req, &handle, &ready);
+                let response = api
+                    .answer(&req)
+                    .unwrap_or_else(|| answer(&req, &handle, &ready));
                 async move { Ok::<_, Infallible>(response) }
             });
             let conn = http1::Builder::new()

@@ -1,5 +1,6 @@
-//! Operating the gateway: the admin listener (`/metrics`, health), process signals; room for
-//! reload, the session API and the console.
+//! Operating the gateway: the admin listener (`/metrics`, health), the status page and session
+//! API, process signals; room for reload.
 
 pub mod admin;
+pub mod api;
 pub mod shutdown;

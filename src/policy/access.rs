@@ -466,7 +466,7 @@ pub fn log_uri(uri: &Uri) -> String {
     out
 }
 
-fn decode_sha256_hex(hex: &str) -> Option<[u8; 32]> {
+pub fn decode_sha256_hex(hex: &str) -> Option<[u8; 32]> {
     let hex = hex.trim();
     if hex.len() != 64 {
         return None;

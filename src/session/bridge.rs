@@ -28,6 +28,7 @@ use super::io::BackendSource;
 use super::keepalive::{sleep_until_opt, Due, Keepalive};
 use super::pacer::Pacer;
 use super::reader::{FrameReader, ReadError};
+use super::registry::SessionControl;
 use super::utf8::complete_prefix;
 use crate::config::MessageType;
 use crate::error::close_code;
@@ -106,7 +107,7 @@ pub async fn run<CR, CW, BR, BW>(
     backend_write: BW,
     config: &BridgeConfig,
     metrics: &SessionMetrics,
-    shutdown: &CancellationToken,
+    control: &SessionControl,
     hard_stop: &CancellationToken,
 ) -> Outcome
 where
@@ -146,7 +147,7 @@ where
         sent: 0,
     };
     let (code, initiator, reason) = writer
-        .backend_to_client(backend_read, rx, config, metrics, shutdown)
+        .backend_to_client(backend_read, rx, config, metrics, control)
         .await;
     reader_stop.cancel();
     let _ = reader.await;
@@ -292,7 +293,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         mut rx: mpsc::Receiver<FromClient>,
         config: &BridgeConfig,
         metrics: &SessionMetrics,
-        shutdown: &CancellationToken,
+        control: &SessionControl,
     ) -> Ending {
         let hard_stop = self.ws.hard_stop();
         // Allocated on the first backend bytes, sized to the traffic: an idle session holds little.
@@ -426,9 +427,10 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         };
                     }
                 },
-                () = shutdown.cancelled(), if accepting_shutdown => {
+                () = control.cancelled(), if accepting_shutdown => {
                     answer_client_close!();
-                    close_with!(close_code::GOING_AWAY, Initiator::Gateway, "gateway shutting down");
+                    let (code, reason) = control.reason();
+                    close_with!(code, Initiator::Gateway, reason);
                 }
                 () = sleep_until_opt(paced_until), if paced_until.is_some() => {}
                 ready = backend.ready(), if read_backend => match ready.and_then(|()| {

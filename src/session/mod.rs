@@ -3,7 +3,8 @@
 //! for TCP backends and the WebSocket ↔ WebSocket relay.
 //!
 //! A session knows nothing of HTTP routing or access control: it gets two streams and its
-//! limits, and reports how it ended.
+//! limits, and reports how it ended. The registry lists live sessions and carries each one's
+//! close request (admin API) to its pump.
 
 pub mod bridge;
 pub mod frames;
@@ -11,5 +12,6 @@ pub mod io;
 pub mod keepalive;
 pub mod pacer;
 pub mod reader;
+pub mod registry;
 pub mod relay;
 pub mod utf8;

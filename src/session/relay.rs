@@ -26,6 +26,7 @@ use super::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed
 use super::keepalive::{sleep_until_opt, Due, Keepalive};
 use super::pacer::Pacer;
 use super::reader::{FrameReader, ReadError};
+use super::registry::SessionControl;
 use crate::error::close_code;
 use crate::metrics::SessionMetrics;
 
@@ -112,7 +113,7 @@ pub async fn run<CR, CW, BR, BW>(
     backend: (FrameReader<BR>, WebSocketWrite<BW>),
     config: &RelayConfig,
     metrics: &SessionMetrics,
-    shutdown: &CancellationToken,
+    control: &SessionControl,
     hard_stop: &CancellationToken,
 ) -> Outcome
 where
@@ -192,14 +193,8 @@ where
         metrics,
     };
     tokio::join!(
-        client_writer.run(client_own_rx, to_client_rx, to_backend_tx, config, shutdown),
-        backend_writer.run(
-            backend_own_rx,
-            to_backend_rx,
-            to_client_tx,
-            config,
-            shutdown
-        ),
+        client_writer.run(client_own_rx, to_client_rx, to_backend_tx, config, control),
+        backend_writer.run(backend_own_rx, to_backend_rx, to_client_tx, config, control),
     );
     stop_readers.cancel();
     let _ = tokio::join!(client_reader, backend_reader);
@@ -361,7 +356,7 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
         mut relayed: mpsc::Receiver<Relayed>,
         to_other: mpsc::Sender<Relayed>,
         config: &RelayConfig,
-        shutdown: &CancellationToken,
+        control: &SessionControl,
     ) {
         let hard_stop = self.ws.hard_stop();
         let mut sent_close = false;
@@ -435,9 +430,10 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
                     // The reader ended without a Close: the peer is gone.
                     None => return,
                 },
-                () = shutdown.cancelled(), if !sent_close => {
-                    record(&self.first, close_code::GOING_AWAY, Initiator::Gateway, "gateway shutting down");
-                    send_or_return!(self.ws.send_close(close_code::GOING_AWAY, "gateway shutting down"));
+                () = control.cancelled(), if !sent_close => {
+                    let (code, reason) = control.reason();
+                    record(&self.first, code, Initiator::Gateway, reason);
+                    send_or_return!(self.ws.send_close(code, reason));
                     sent_close = true;
                     if peer_closed.is_some() {
                         return;

@@ -1,0 +1,587 @@
+//! The admin listener's session API and live status page: list, inspect and close sessions,
+//! drain routes, show the running config; optionally behind a bearer token.
+//!
+//! `/metrics`, `/healthz` and `/readyz` stay open (scrapers and orchestrators); `/`, `/assets/`
+//! and `/api/` need the token when `[admin] token_sha256` is set.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::policy::access::query_value;
+use crate::session::registry::{is_sendable_close_code, Registry, SessionEntry};
+
+type Body = Full<Bytes>;
+
+const INDEX_HTML: &str = include_str!("status/index.html");
+const STATUS_JS: &str = include_str!("status/status.js");
+const STATUS_CSS: &str = include_str!("status/status.css");
+
+/// Same-origin scripts, styles and fetches only; no inline code; never framed.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; base-uri 'none'; form-action 'none'; \
+                   frame-ancestors 'none'";
+
+/// The cookie a browser gets after opening `/?token=…`, so the page's own requests carry it.
+const AUTH_COOKIE: &str = "wsgate_admin";
+
+/// `GET /api/sessions` pages: this many by default, never more than the maximum.
+pub const SESSIONS_PAGE: usize = 100;
+pub const SESSIONS_PAGE_MAX: usize = 1000;
+
+/// The status page's history: one sample every [`SAMPLE_EVERY`], [`SAMPLES`] kept (5 minutes).
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+pub const SAMPLES: usize = 150;
+
+/// Close code for `DELETE /api/sessions/{id}` without `?code=`: policy violation.
+pub const DEFAULT_CLOSE_CODE: u16 = 1008;
+
+/// What the API says about a route.
+#[derive(Debug, Clone)]
+pub struct RouteSummary {
+    pub name: Arc<str>,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    sessions: usize,
+    to_backend: u64,
+    to_client: u64,
+}
+
+/// Everything the API answers from; one per gateway.
+#[derive(Debug)]
+pub struct OpsApi {
+    registry: Arc<Registry>,
+    /// SHA-256 of the admin bearer token; `None`: no token needed.
+    token_sha256: Option<[u8; 32]>,
+    routes: Vec<RouteSummary>,
+    /// The running config as JSON, secrets already redacted.
+    config_json: Bytes,
+    started: Instant,
+    drain_grace: Duration,
+    history: Mutex<VecDeque<Sample>>,
+    /// Drain timers run here and end with `stop`.
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// Settings of the API taken from the config.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub token_sha256: Option<[u8; 32]>,
+    pub routes: Vec<RouteSummary>,
+    pub config_json: Value,
+    /// How long a drained route's live sessions get before their 1001, unless the request
+    /// says `?grace_secs=`.
+    pub drain_grace: Duration,
+}
+
+impl OpsApi {
+    pub fn new(
+        registry: Arc<Registry>,
+        settings: ApiSettings,
+        tasks: TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            registry,
+            token_sha256: settings.token_sha256,
+            routes: settings.routes,
+            config_json: Bytes::from(settings.config_json.to_string()),
+            started: Instant::now(),
+            drain_grace: settings.drain_grace,
+            history: Mutex::default(),
+            tasks,
+            stop,
+        }
+    }
+
+    /// Sample the totals for the chart every [`SAMPLE_EVERY`] until `stop`.
+    pub async fn run_sampler(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.sample(),
+                () = self.stop.cancelled() => break,
+            }
+        }
+    }
+
+    fn sample(&self) {
+        let t = self.registry.totals();
+        let mut h = self.history();
+        if h.len() == SAMPLES {
+            h.pop_front();
+        }
+        h.push_back(Sample {
+            at: Instant::now(),
+            sessions: t.sessions,
+            to_backend: t.bytes_to_backend,
+            to_client: t.bytes_to_client,
+        });
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, VecDeque<Sample>> {
+        self.history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The answer for a request this module serves, or `None` (the caller's 404 and the
+    /// `/metrics` family).
+    pub fn answer<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+        let path = req.uri().path();
+        let ours = path == "/" || path.starts_with("/assets/") || path.starts_with("/api/");
+        // The admin listener routes no WebSockets: an upgrade gets the plain 404.
+        if !ours || req.headers().contains_key(header::UPGRADE) {
+            return None;
+        }
+        let mut response = self.route(req, path);
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+        h.entry(header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-store"));
+        Some(response)
+    }
+
+    fn route<B>(&self, req: &Request<B>, path: &str) -> Response<Body> {
+        let method = req.method();
+        // A page opened as `/?token=…` trades the token for a cookie, then drops it from the URL.
+        if method == Method::GET && path == "/" {
+            if let Some(token) = query_value(req.uri().query(), "token") {
+                return self.login(&token);
+            }
+        }
+        if !self.authorized(req) {
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "admin token required: Authorization: Bearer <token>, or open /?token=<token>\n",
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        if method != Method::GET && !same_origin(req) {
+            return text(StatusCode::FORBIDDEN, "cross-origin request refused\n");
+        }
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let query = req.uri().query();
+        match (method, segments.as_slice()) {
+            (&Method::GET, [""]) => asset(INDEX_HTML, "text/html; charset=utf-8"),
+            (&Method::GET, ["assets", "status.js"]) => {
+                asset(STATUS_JS, "text/javascript; charset=utf-8")
+            }
+            (&Method::GET, ["assets", "status.css"]) => {
+                asset(STATUS_CSS, "text/css; charset=utf-8")
+            }
+            (&Method::GET, ["api", "status"]) => json_response(StatusCode::OK, &self.status()),
+            (&Method::GET, ["api", "config"]) => {
+                let mut r = Response::new(Body::new(self.config_json.clone()));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            (&Method::GET, ["api", "sessions"]) => self.list(query),
+            (&Method::GET, ["api", "sessions", id]) => match self.find(id) {
+                Some(e) => json_response(StatusCode::OK, &session_json(&e)),
+                None => not_found("no such session"),
+            },
+            (&Method::DELETE, ["api", "sessions", id]) => self.close(id, query),
+            (&Method::POST, ["api", "routes", name, "drain"]) => self.drain(name, query),
+            (&Method::DELETE, ["api", "routes", name, "drain"]) => self.undrain(name),
+            (
+                _,
+                [""] | ["assets", ..] | ["api", "status" | "config" | "sessions" | "routes", ..],
+            ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here\n"),
+            _ => not_found("not found"),
+        }
+    }
+
+    fn login(&self, token: &str) -> Response<Body> {
+        if !self.token_matches(token) {
+            return text(StatusCode::UNAUTHORIZED, "wrong admin token\n");
+        }
+        let mut r = text(StatusCode::SEE_OTHER, "see /\n");
+        r.headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static("/"));
+        // The token itself, scoped to this listener's pages: HttpOnly (no script reads it) and
+        // SameSite=Strict (no other site's request carries it).
+        if let Ok(cookie) = HeaderValue::from_str(&format!(
+            "{AUTH_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+        )) {
+            r.headers_mut().insert(header::SET_COOKIE, cookie);
+        }
+        r
+    }
+
+    fn authorized<B>(&self, req: &Request<B>) -> bool {
+        if self.token_sha256.is_none() {
+            return true;
+        }
+        let bearer = req
+            .headers()
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        let cookies = req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().strip_prefix(AUTH_COOKIE)?.strip_prefix('='));
+        bearer.chain(cookies).any(|t| self.token_matches(t))
+    }
+
+    fn token_matches(&self, token: &str) -> bool {
+        let Some(want) = &self.token_sha256 else {
+            return true;
+        };
+        let got = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        got.as_ref().ct_eq(want).into()
+    }
+
+    fn find(&self, id: &str) -> Option<Arc<SessionEntry>> {
+        id.parse().ok().and_then(|id| self.registry.get(id))
+    }
+
+    fn list(&self, query: Option<&str>) -> Response<Body> {
+        let after = query_value(query, "after").and_then(|v| v.parse().ok());
+        let limit = query_value(query, "limit").and_then(|v| v.parse().ok());
+        let limit = limit.unwrap_or(SESSIONS_PAGE).clamp(1, SESSIONS_PAGE_MAX);
+        // One more than asked, to know whether another page follows.
+        let mut page = self.registry.list(after.unwrap_or(0), limit + 1);
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = more.then(|| page.last().map(|e| e.id)).flatten();
+        json_response(
+            StatusCode::OK,
+            &json!({
+                "sessions": page.iter().map(|e| session_json(e)).collect::<Vec<_>>(),
+                "next_after": next,
+            }),
+        )
+    }
+
+    fn close(&self, id: &str, query: Option<&str>) -> Response<Body> {
+        let Some(entry) = self.find(id) else {
+            return not_found("no such session");
+        };
+        let code = match query_value(query, "code") {
+            None => DEFAULT_CLOSE_CODE,
+            Some(v) => match v.parse::<u16>() {
+                Ok(c) if is_sendable_close_code(c) => c,
+                _ => return text(
+                    StatusCode::BAD_REQUEST,
+                    "code: a close code an endpoint may send (1000-1003, 1007-1014, 3000-4999)\n",
+                ),
+            },
+        };
+        let asked = entry.control.close(code, "closed by the operator");
+        info!(
+            session = entry.id,
+            route = %entry.info.route,
+            code,
+            "session close requested through the admin API"
+        );
+        json_response(
+            StatusCode::ACCEPTED,
+            &json!({ "id": entry.id, "code": entry.control.reason().0, "already_closing": !asked }),
+        )
+    }
+
+    fn drain(&self, name: &str, query: Option<&str>) -> Response<Body> {
+        let Some(route) = self.routes.iter().find(|r| &*r.name == name) else {
+            return not_found("no such route");
+        };
+        let grace = match query_value(query, "grace_secs") {
+            None => self.drain_grace,
+            Some(v) => match v.parse::<f64>() {
+                Ok(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => {
+                    Duration::from_secs_f64(s)
+                }
+                _ => return text(StatusCode::BAD_REQUEST, "grace_secs: 0 to 86400\n"),
+            },
+        };
+        let drain = self.registry.start_drain(&route.name);
+        let live = self
+            .registry
+            .per_route()
+            .get(&route.name)
+            .copied()
+            .unwrap_or(0);
+        info!(route = %route.name, grace_secs = grace.as_secs_f64(), live, "route draining");
+        let (registry, name, stop) = (self.registry.clone(), route.name.clone(), self.stop.clone());
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {
+                    // Only if this drain still holds: an undrain during the grace calls the
+                    // closes off, and a later drain has its own grace.
+                    if registry.drain_is_current(&name, drain) {
+                        let n = registry.close_route(&name, 1001, "route drained");
+                        info!(route = %name, closed = n, "drain grace over: sessions closed with 1001");
+                    }
+                }
+                () = stop.cancelled() => {}
+            }
+        });
+        json_response(
+            StatusCode::ACCEPTED,
+            &json!({
+                "route": &*route.name,
+                "draining": true,
+                "already_draining": !drain.fresh,
+                "live_sessions": live,
+                "grace_secs": grace.as_secs_f64(),
+            }),
+        )
+    }
+
+    fn undrain(&self, name: &str) -> Response<Body> {
+        let Some(route) = self.routes.iter().find(|r| &*r.name == name) else {
+            return not_found("no such route");
+        };
+        let was = self.registry.end_drain(&route.name);
+        info!(route = %route.name, "route open again");
+        json_response(
+            StatusCode::OK,
+            &json!({ "route": &*route.name, "draining": false, "was_draining": was }),
+        )
+    }
+
+    /// Everything the status page draws, in one answer.
+    fn status(&self) -> Value {
+        let totals = self.registry.totals();
+        let per_route = self.registry.per_route();
+        let routes: Vec<Value> = self
+            .routes
+            .iter()
+            .map(|r| {
+                let h = self.registry.backend_health(&r.name);
+                let ago = |t: Instant| t.elapsed().as_secs_f64();
+                json!({
+                    "name": &*r.name,
+                    "path": r.path,
+                    "sessions": per_route.get(&r.name).copied().unwrap_or(0),
+                    "draining": self.registry.is_draining(&r.name),
+                    "backend": {
+                        "state": match (h.consecutive_failures, h.last_ok) {
+                            (0, None) => "unknown",
+                            (0, Some(_)) => "ok",
+                            _ => "failing",
+                        },
+                        "consecutive_failures": h.consecutive_failures,
+                        "last_ok_secs_ago": h.last_ok.map(ago),
+                        "last_error": h.last_failure.map(|f| f.1),
+                        "last_error_secs_ago": h.last_failure.map(|f| ago(f.0)),
+                    },
+                })
+            })
+            .collect();
+        let recent = self.registry.recent_closes();
+        let mut by_code = BTreeMap::new();
+        for c in &recent {
+            *by_code.entry(c.code.to_string()).or_insert(0u64) += 1;
+        }
+        let history = self.history();
+        let first = history.front().map(|s| s.at);
+        let mut points = Vec::with_capacity(history.len());
+        let mut rate = (0.0, 0.0);
+        for (prev, s) in history.iter().zip(history.iter().skip(1)) {
+            let dt = (s.at - prev.at).as_secs_f64().max(1e-3);
+            rate = (
+                s.to_backend.saturating_sub(prev.to_backend) as f64 / dt,
+                s.to_client.saturating_sub(prev.to_client) as f64 / dt,
+            );
+            points.push(json!({
+                "t": first.map_or(0.0, |f| (s.at - f).as_secs_f64()),
+                "sessions": s.sessions,
+                "bytes_per_sec": (rate.0 + rate.1).round(),
+            }));
+        }
+        drop(history);
+        let list: Vec<Value> = self
+            .registry
+            .list(0, SESSIONS_PAGE)
+            .iter()
+            .map(|e| session_json(e))
+            .collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "sessions": totals.sessions,
+            "bytes": { "to_backend": totals.bytes_to_backend, "to_client": totals.bytes_to_client },
+            "bytes_per_sec": { "to_backend": rate.0.round(), "to_client": rate.1.round() },
+            "routes": routes,
+            "session_list": list,
+            "closes_by_code": by_code,
+            "recent_closes": recent.iter().map(|c| json!({
+                "id": c.id, "route": &*c.route, "code": c.code, "at_unix_ms": c.at_unix_ms,
+            })).collect::<Vec<_>>(),
+            "history": points,
+        })
+    }
+}
+
+fn session_json(e: &SessionEntry) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    json!({
+        "id": e.id,
+        "route": &*e.info.route,
+        "client": e.info.client.to_string(),
+        "backend": e.info.backend,
+        "subprotocol": e.info.subprotocol,
+        "bytes_to_backend": e.bytes.to_backend.load(Relaxed),
+        "bytes_to_client": e.bytes.to_client.load(Relaxed),
+        "age_secs": e.age().as_secs_f64(),
+        "closing": e.control.is_cancelled(),
+    })
+}
+
+/// A state-changing request from a page must come from this listener's own pages: browsers
+/// send `Origin` on cross-origin requests, and we refuse one naming another host.
+fn same_origin<B>(req: &Request<B>) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return true;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest);
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn not_found(what: &'static str) -> Response<Body> {
+    json_response(StatusCode::NOT_FOUND, &json!({ "error": what }))
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Config keys whose values are secrets, or digests of them (a weak token's SHA-256 can be
+/// guessed back): replaced by `"<redacted>"` in `GET /api/config`. Paths to files that hold
+/// secrets, and the names of where tokens are looked for, stay.
+pub fn redact(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                let secret = !k.ends_with("_file")
+                    && !k.ends_with("_source")
+                    && !k.ends_with("_sources")
+                    && !k.ends_with("_param")
+                    && ["secret", "password", "token", "key", "private", "sha256"]
+                        .iter()
+                        .any(|s| k.contains(s));
+                if secret && !v.is_null() {
+                    *v = Value::String("<redacted>".to_owned());
+                } else {
+                    redact(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_and_file_paths_kept() {
+        let mut v = json!({
+            "admin": { "bearer_sha256": "ab", "address": "127.0.0.1:9090" },
+            "route": [{ "auth": { "jwt": { "secret": "s", "public_key_file": "/k.pem" },
+                                  "bearer_sha256": ["cd"],
+                                  "token_sources": ["header"], "query_param": "token" } }],
+            "listener": [{ "tls": { "key_file": "/x.key", "cert_file": "/x.pem" } }],
+        });
+        redact(&mut v);
+        assert_eq!(v["admin"]["bearer_sha256"], "<redacted>");
+        assert_eq!(v["route"][0]["auth"]["bearer_sha256"], "<redacted>");
+        assert_eq!(v["admin"]["address"], "127.0.0.1:9090");
+        assert_eq!(v["route"][0]["auth"]["jwt"]["secret"], "<redacted>");
+        assert_eq!(v["route"][0]["auth"]["jwt"]["public_key_file"], "/k.pem");
+        assert_eq!(v["route"][0]["auth"]["token_sources"][0], "header");
+        assert_eq!(v["listener"][0]["tls"]["key_file"], "/x.key");
+    }
+
+    #[test]
+    fn state_changes_from_another_origin_are_refused() {
+        let req = |origin: Option<&str>| {
+            let mut b = Request::post("/api/routes/x/drain").header("Host", "127.0.0.1:9090");
+            if let Some(o) = origin {
+                b = b.header("Origin", o);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(same_origin(&req(None)));
+        assert!(same_origin(&req(Some("http://127.0.0.1:9090"))));
+        assert!(!same_origin(&req(Some("https://evil.example"))));
+        assert!(!same_origin(&req(Some("null"))));
+    }
+}

@@ -1,0 +1,537 @@
+//! End-to-end tests in a real browser: Debian's Chromium, headless, driven through WebDriver
+//! (Debian's chromedriver) against a gateway on loopback. Screenshots land in
+//! `<target>/browser-screenshots/` for CI to keep.
+//!
+//! Chromium and chromedriver are found on `PATH` (or named by `WSGATE_CHROMIUM` and
+//! `WSGATE_CHROMEDRIVER`). Without them a test prints why and passes, except under `CI`, where it
+//! fails: `.ci/run` installs both.
+
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use fantoccini::wd::Capabilities;
+use fantoccini::{Client, ClientBuilder, Locator};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, PublicKeyData};
+use serde_json::json;
+use support::*;
+
+/// A headless Chromium session, its chromedriver and its throw-away profile; all end on drop.
+struct Browser {
+    client: Option<Client>,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+/// Chromium flags: no GPU, no sandbox (containers), nothing that phones home or updates itself.
+const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    "--window-size=1200,900",
+];
+
+/// `name` on `PATH`, or the file `env` names.
+fn find_tool(env: &str, name: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Some(PathBuf::from(p));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+impl Browser {
+    /// Start chromedriver and a fresh Chromium. `trusted_spki` is the base64 SHA-256 of a
+    /// server key Chromium should accept without a trusted root (the test CA's leaf). `None`
+    /// when the tools are missing outside CI (the caller skips).
+    async fn start(test: &str, trusted_spki: Option<&str>) -> Option<Browser> {
+        let chromium = find_tool("WSGATE_CHROMIUM", "chromium");
+        let driver = find_tool("WSGATE_CHROMEDRIVER", "chromedriver");
+        let (Some(chromium), Some(driver)) = (chromium, driver) else {
+            let msg = "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)";
+            if std::env::var_os("CI").is_some() {
+                panic!("{test}: {msg}; CI must run the browser tests");
+            }
+            // Straight to stderr: libtest hides what a passing test prints with `eprintln!`.
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {msg}");
+            return None;
+        };
+        let port = free_port();
+        let driver = Command::new(&driver)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", driver.display()));
+        let profile = tempfile::tempdir().expect("profile dir");
+        let mut browser = Browser {
+            client: None,
+            driver,
+            _profile: profile,
+        };
+        wait_for_listener(([127, 0, 0, 1], port).into()).await;
+
+        let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
+        args.push(format!(
+            "--user-data-dir={}",
+            browser._profile.path().display()
+        ));
+        if let Some(spki) = trusted_spki {
+            args.push(format!("--ignore-certificate-errors-spki-list={spki}"));
+        }
+        let mut caps = Capabilities::new();
+        caps.insert(
+            "goog:chromeOptions".to_owned(),
+            json!({ "binary": chromium, "args": args }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = tokio::time::timeout(
+            Duration::from_secs(60),
+            ClientBuilder::new(connector)
+                .capabilities(caps)
+                .connect(&format!("http://127.0.0.1:{port}")),
+        )
+        .await
+        .expect("chromium starts within 60 s")
+        .expect("WebDriver session");
+        browser.client = Some(client);
+        Some(browser)
+    }
+
+    fn client(&self) -> &Client {
+        self.client.as_ref().expect("session open")
+    }
+
+    /// Save a PNG of the page as `<target>/browser-screenshots/<name>.png`.
+    async fn screenshot(&self, name: &str) {
+        let png = self.client().screenshot().await.expect("screenshot");
+        let dir = screenshot_dir();
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        std::fs::write(dir.join(format!("{name}.png")), png).expect("screenshot written");
+    }
+
+    /// Evaluate `script` (a function body; `arguments[0]` is `arg`) until it returns a truthy
+    /// value, for up to 15 s; returns that value.
+    async fn eventually(
+        &self,
+        what: &str,
+        script: &str,
+        arg: serde_json::Value,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let value = self
+                .client()
+                .execute(script, vec![arg.clone()])
+                .await
+                .expect("script runs");
+            let truthy = !matches!(
+                &value,
+                serde_json::Value::Null | serde_json::Value::Bool(false)
+            ) && value != json!("")
+                && value != json!(0);
+            if truthy {
+                return value;
+            }
+            if tokio::time::Instant::now() > deadline {
+                self.screenshot(&format!("timeout-{}", what.replace(' ', "-")))
+                    .await;
+                panic!("browser: {what} did not happen within 15 s (last value {value})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// End the WebDriver session (closes Chromium), then chromedriver.
+    async fn quit(mut self) {
+        if let Some(client) = self.client.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), client.close()).await;
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// `<target>/browser-screenshots`, found from the test binary (`<target>/debug/deps/…`), so
+/// `CARGO_TARGET_DIR` is honoured.
+fn screenshot_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target"))
+        .join("browser-screenshots")
+}
+
+/// A server certificate for `127.0.0.1` and `localhost` from a CA made for the test, written
+/// to a temp dir, and the base64 SHA-256 of its public key (what Chromium is told to trust).
+struct TestPki {
+    _dir: tempfile::TempDir,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    spki_sha256: String,
+}
+
+fn test_pki() -> TestPki {
+    let ca = test_ca("wsgate browser-test CA");
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    params.is_ca = IsCa::ExplicitNoCa;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert_file = dir.path().join("server.pem");
+    let key_file = dir.path().join("server-key.pem");
+    // Leaf then CA: the chain a real deployment serves.
+    std::fs::write(&cert_file, format!("{}{}", cert.pem(), ca.pem())).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &key.subject_public_key_info());
+    TestPki {
+        _dir: dir,
+        cert_file,
+        key_file,
+        spki_sha256: base64::engine::general_purpose::STANDARD.encode(digest.as_ref()),
+    }
+}
+
+/// The token route `/secure` of [`wss_console_gateway`] accepts.
+const SECURE_TOKEN: &str = "browser-test-token";
+
+/// A gateway with a `wss` listener serving the console, an admin listener, route `echo` at
+/// `/echo` to a TCP echo, and route `secure` at `/secure` to the same echo behind a bearer
+/// token ([`SECURE_TOKEN`]).
+async fn wss_console_gateway(pki: &TestPki) -> TestGateway {
+    let echo = tcp_echo_backend().await;
+    spawn_gateway(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nconsole = true\n\n[listener.tls]\n\
+         cert_file = {:?}\nkey_file = {:?}\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{}\n{}\
+         [route.auth]\nbearer_sha256 = [\"{}\"]\n",
+        pki.cert_file.display().to_string(),
+        pki.key_file.display().to_string(),
+        route("echo", "/echo", &format!("tcp://{echo}")),
+        route("secure", "/secure", &format!("tcp://{echo}")),
+        sha256_hex(SECURE_TOKEN),
+    ))
+    .await
+}
+
+impl Browser {
+    async fn by_id(&self, id: &str) -> fantoccini::elements::Element {
+        self.client()
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("#{id}: {e}"))
+    }
+
+    async fn click(&self, id: &str) {
+        self.by_id(id).await.click().await.expect("click");
+    }
+
+    async fn type_into(&self, id: &str, text: &str) {
+        let e = self.by_id(id).await;
+        e.clear().await.expect("clear");
+        e.send_keys(text).await.expect("type");
+    }
+
+    /// Open the console at `origin`, wait for its route list, pick `path`, type `token` (sent
+    /// as a `bearer.` subprotocol, the console's default) and connect.
+    async fn console_connect(&self, origin: &str, path: &str, token: Option<&str>) {
+        self.client()
+            .goto(&format!("{origin}/"))
+            .await
+            .expect("console page");
+        self.eventually(
+            "route list loads",
+            "return Array.from(document.querySelectorAll('#route option')).some(o => o.value === arguments[0]);",
+            json!(path),
+        )
+        .await;
+        self.client()
+            .execute(
+                "const r = document.getElementById('route'); r.value = arguments[0]; \
+                 r.dispatchEvent(new Event('change'));",
+                vec![json!(path)],
+            )
+            .await
+            .expect("route chosen");
+        if let Some(token) = token {
+            self.type_into("token", token).await;
+        }
+        self.click("connect").await;
+        self.eventually(
+            "console connects",
+            "return document.getElementById('state').dataset.state === 'open';",
+            json!(null),
+        )
+        .await;
+    }
+
+    /// The console's close code once the socket closed, and the reason.
+    async fn console_close(&self) -> (u64, String) {
+        let v = self
+            .eventually(
+                "console shows the close",
+                "const s = document.getElementById('state'); \
+                 return s.dataset.state === 'closed' && [Number(s.dataset.closeCode), s.dataset.closeReason];",
+                json!(null),
+            )
+            .await;
+        (
+            v[0].as_u64().expect("numeric close code"),
+            v[1].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+}
+
+/// The console over `wss://` with a certificate from a test CA: its URL is the page's own
+/// origin, an echoed message shows in the log with its round trip, and the close code the
+/// console asked for comes back from the gateway and is shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_over_wss_echoes_a_message_and_shows_the_close_code() {
+    let pki = test_pki();
+    let test = "console_over_wss_echoes_a_message_and_shows_the_close_code";
+    let Some(browser) = Browser::start(test, Some(&pki.spki_sha256)).await else {
+        return;
+    };
+    let gw = wss_console_gateway(&pki).await;
+    let origin = format!("https://127.0.0.1:{}", gw.addr.port());
+    browser.console_connect(&origin, "/echo", None).await;
+    let url: String = browser
+        .by_id("url")
+        .await
+        .prop("value")
+        .await
+        .expect("url value")
+        .unwrap_or_default();
+    assert_eq!(url, format!("wss://127.0.0.1:{}/echo", gw.addr.port()));
+
+    browser.type_into("message", "hello from chromium").await;
+    browser.click("send").await;
+    let line = browser
+        .eventually(
+            "the echo shows in the log",
+            "const l = Array.from(document.querySelectorAll('#log li.in')).find(li => li.textContent.includes(arguments[0])); \
+             return l ? l.textContent : null;",
+            json!("hello from chromium"),
+        )
+        .await;
+    let line = line.as_str().unwrap();
+    assert!(line.contains("19 B"), "{line}");
+    assert!(line.contains("rtt "), "round trip shown: {line}");
+    browser.screenshot("console-echo").await;
+
+    browser.type_into("close-code", "4321").await;
+    browser.click("disconnect").await;
+    let (code, reason) = browser.console_close().await;
+    assert_eq!(
+        code, 4321,
+        "the gateway answers the browser's Close with its code"
+    );
+    assert_eq!(reason, "closed from the console");
+    browser.screenshot("console-closed").await;
+    browser.quit().await;
+    gw.stop().await.unwrap();
+}
+
+/// The console's token (as a `bearer.` subprotocol) opens a route that needs one, and binary
+/// messages typed as hex come back as the same bytes.
+///
+/// Regression: offering only `bearer.<token>` made Chromium fail the handshake (1006), since
+/// the gateway never selects that entry and the browser rejects an offer answered with none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sends_a_token_and_hex_binary() {
+    let pki = test_pki();
+    let test = "console_sends_a_token_and_hex_binary";
+    let Some(browser) = Browser::start(test, Some(&pki.spki_sha256)).await else {
+        return;
+    };
+    let gw = wss_console_gateway(&pki).await;
+    let origin = format!("https://127.0.0.1:{}", gw.addr.port());
+    browser
+        .console_connect(&origin, "/secure", Some(SECURE_TOKEN))
+        .await;
+    browser.click("format-hex").await;
+    browser.type_into("message", "00 ff 68 69").await;
+    browser.click("send").await;
+    let line = browser
+        .eventually(
+            "the binary echo shows in the log",
+            "const l = document.querySelector('#log li.in'); return l ? l.textContent : null;",
+            json!(null),
+        )
+        .await;
+    assert!(
+        line.as_str().unwrap().contains("← binary 4 B  00 ff 68 69"),
+        "{line}"
+    );
+    browser.screenshot("console-token-hex").await;
+    browser.quit().await;
+    gw.stop().await.unwrap();
+}
+
+/// The status page lists a browser's live session; an API `DELETE` with a code closes it:
+/// the browser sees that code and the page drops the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_shows_a_session_until_the_api_closes_it_with_the_code_asked_for() {
+    let pki = test_pki();
+    let test = "status_page_shows_a_session_until_the_api_closes_it_with_the_code_asked_for";
+    let Some(browser) = Browser::start(test, Some(&pki.spki_sha256)).await else {
+        return;
+    };
+    let gw = wss_console_gateway(&pki).await;
+    let admin = gw.admin.unwrap();
+    let console_tab = browser.client().window().await.expect("window");
+    browser
+        .console_connect(
+            &format!("https://127.0.0.1:{}", gw.addr.port()),
+            "/echo",
+            None,
+        )
+        .await;
+    let id = live_sessions(admin).await[0]["id"].as_u64().expect("id");
+
+    let status_tab = browser.client().new_window(true).await.expect("new tab");
+    browser
+        .client()
+        .switch_to_window(status_tab.handle)
+        .await
+        .expect("status tab");
+    browser
+        .client()
+        .goto(&format!("http://{admin}/"))
+        .await
+        .expect("status page");
+    let row = browser
+        .eventually(
+            "the session shows on the status page",
+            "const r = document.querySelector(`#session-rows tr[data-session-id=\"${arguments[0]}\"]`); \
+             return r ? r.textContent : null;",
+            json!(id),
+        )
+        .await;
+    assert!(row.as_str().unwrap().contains("echo"), "{row}");
+    browser
+        .eventually(
+            "the route counts one session",
+            "return document.getElementById('sessions').textContent === '1';",
+            json!(null),
+        )
+        .await;
+    browser.screenshot("status-live-session").await;
+
+    let (status, answer) = admin_request(
+        admin,
+        "DELETE",
+        &format!("/api/sessions/{id}?code=4242"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    browser
+        .eventually(
+            "the row goes away",
+            "return !document.querySelector(`#session-rows tr[data-session-id=\"${arguments[0]}\"]`) \
+             && document.querySelector('#recent-closes') .textContent.includes('4242');",
+            json!(id),
+        )
+        .await;
+    browser.screenshot("status-after-delete").await;
+
+    browser
+        .client()
+        .switch_to_window(console_tab)
+        .await
+        .expect("console tab");
+    let (code, reason) = browser.console_close().await;
+    assert_eq!((code, reason.as_str()), (4242, "closed by the operator"));
+    browser.screenshot("console-closed-by-operator").await;
+    browser.quit().await;
+    gw.stop().await.unwrap();
+}
+
+/// Chromium loads the console over HTTP/2 (ALPN `h2`, the listener's default) and, since the
+/// gateway advertises SETTINGS_ENABLE_CONNECT_PROTOCOL, opens the page's WebSocket as an
+/// extended CONNECT on that same connection (RFC 8441): the gateway counts it under
+/// `protocol="h2"`, and the echo comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_websocket_rides_the_pages_http2_connection() {
+    let pki = test_pki();
+    let test = "console_websocket_rides_the_pages_http2_connection";
+    let Some(browser) = Browser::start(test, Some(&pki.spki_sha256)).await else {
+        return;
+    };
+    let echo = tcp_echo_backend().await;
+    let gw = spawn_gateway(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nconsole = true\n\n[listener.tls]\n\
+         cert_file = {:?}\nkey_file = {:?}\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
+        pki.cert_file.display().to_string(),
+        pki.key_file.display().to_string(),
+        route("browser_h2", "/h2echo", &format!("tcp://{echo}")),
+    ))
+    .await;
+    let admin = gw.admin.unwrap();
+    let origin = format!("https://127.0.0.1:{}", gw.addr.port());
+    browser.console_connect(&origin, "/h2echo", None).await;
+    let page_protocol = browser
+        .client()
+        .execute(
+            "return performance.getEntriesByType('navigation')[0].nextHopProtocol;",
+            vec![],
+        )
+        .await
+        .expect("navigation timing");
+    assert_eq!(page_protocol, json!("h2"), "the page came over HTTP/2");
+
+    browser.type_into("message", "hello over h2").await;
+    browser.click("send").await;
+    browser
+        .eventually(
+            "the echo shows in the log",
+            "return Array.from(document.querySelectorAll('#log li.in')).some(li => li.textContent.includes(arguments[0]));",
+            json!("hello over h2"),
+        )
+        .await;
+    let page = scrape(admin).await;
+    assert_eq!(
+        metric(
+            &page,
+            r#"wsgate_sessions_total{route="browser_h2",protocol="h2"}"#
+        ),
+        Some(1.0),
+        "the WebSocket rode HTTP/2: {page}"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            r#"wsgate_sessions_total{route="browser_h2",protocol="http1"}"#
+        ),
+        Some(0.0)
+    );
+    browser.screenshot("console-h2-echo").await;
+    browser.type_into("close-code", "4000").await;
+    browser.click("disconnect").await;
+    assert_eq!(browser.console_close().await.0, 4000);
+    browser.quit().await;
+    gw.stop().await.unwrap();
+}
