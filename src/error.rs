@@ -10,6 +10,10 @@ pub enum RejectError {
     NoRoute,
     #[error("{0}")]
     BadRequest(&'static str),
+    /// A path with dot-segments, empty segments or encoded slashes: refused before routing
+    /// so that no backend resolves it past the route it matched (`snapshot::check_path`).
+    #[error("{0}")]
+    BadPath(&'static str),
     #[error("unsupported Sec-WebSocket-Version (this gateway speaks 13)")]
     UnsupportedVersion,
     /// An HTTP/2 extended CONNECT for a `:protocol` other than `websocket`: 501
@@ -70,13 +74,19 @@ pub enum Refusal {
     /// The client's address used its handshake budget: 429.
     #[error("too many handshakes from your address")]
     RateLimited,
+    /// The client's address used its budget of failed credentials: 429, before its
+    /// credential is looked at.
+    #[error("too many failed credentials from your address")]
+    AuthRateLimited,
 }
 
 impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
             Self::OverCapacity | Self::RouteFull => StatusCode::SERVICE_UNAVAILABLE,
-            Self::IpLimit | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::IpLimit | Self::RateLimited | Self::AuthRateLimited => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
         }
     }
 
@@ -87,6 +97,7 @@ impl Refusal {
             Self::RouteFull => "route_full",
             Self::IpLimit => "ip_limit",
             Self::RateLimited => "rate_limited",
+            Self::AuthRateLimited => "auth_rate_limited",
         }
     }
 }
@@ -95,7 +106,7 @@ impl RejectError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::BadPath(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             Self::UnsupportedProtocol => StatusCode::NOT_IMPLEMENTED,
             Self::BackendRefused(_)
@@ -116,6 +127,7 @@ impl RejectError {
         match self {
             Self::NoRoute => "no_route",
             Self::BadRequest(_) => "bad_request",
+            Self::BadPath(_) => "bad_path",
             Self::UnsupportedVersion => "bad_version",
             Self::UnsupportedProtocol => "bad_protocol",
             Self::BackendRefused(_) => "backend_refused",
@@ -142,6 +154,15 @@ impl RejectError {
             } => Some(*retry_after_secs),
             _ => None,
         }
+    }
+
+    /// A refused credential (wrong, missing or not allowed) or an unknown target token: what
+    /// the per-address budget of failed credentials counts (`policy::auth_failures`).
+    pub fn is_credential_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Unauthorized(_) | Self::Forbidden(_) | Self::UnknownToken
+        )
     }
 
     /// Logged at debug, not warn: client mistakes, and load shed on purpose.

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::backend::pool::Pool;
 use crate::backend::{bind_echo_service, serve_echo_service};
 use crate::config::Config;
 use crate::edge::console::Console;
@@ -40,6 +41,9 @@ impl Gateway {
     /// Build the snapshot (certificates, keys, token files, JWT keys) and bind every
     /// listener (port 0 picks a free port).
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        // Before the snapshot: pools register their gauges when built, and a handle taken
+        // before the recorder exists would be a no-op forever.
+        metrics::install();
         let echo = if Snapshot::needs_echo(&config) {
             Some(
                 bind_echo_service()
@@ -52,7 +56,13 @@ impl Gateway {
         let echo_addr = echo.as_ref().and_then(|l| l.local_addr().ok());
         let snapshot = Snapshot::build(config, echo_addr)?;
         let mut listeners = Vec::with_capacity(snapshot.config.listeners.len());
-        for (l, tls) in snapshot.config.listeners.iter().zip(&snapshot.listener_tls) {
+        for ((l, tls), trust) in snapshot
+            .config
+            .listeners
+            .iter()
+            .zip(&snapshot.listener_tls)
+            .zip(&snapshot.listener_trust)
+        {
             let listener = TcpListener::bind(l.address)
                 .await
                 .with_context(|| format!("binding listener {}", l.address))?;
@@ -66,6 +76,7 @@ impl Gateway {
                 tls: tls.clone().map(TlsAcceptor::from),
                 h2c: l.h2c,
                 console,
+                trust: trust.clone(),
             });
         }
         let admin = match snapshot.config.admin {
@@ -110,6 +121,7 @@ impl Gateway {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let handle = metrics::install();
         let snapshot = self.snapshot;
+        metrics::register(snapshot.routes.iter().map(|r| &r.name));
         let shutdown_grace = snapshot.config.shutdown_grace;
         let hard_stop = CancellationToken::new();
         // Helpers (admin, echo, metrics upkeep) outlive the drain and stop after it.
@@ -120,6 +132,13 @@ impl Gateway {
         }
         // Keeps the handshake limiter's memory bounded; stops with the other helpers.
         aux.spawn(snapshot.admission.clone().run_upkeep(aux_stop.clone()));
+        // Active health checks, one task per pool that has them; each also ends when a
+        // reload drops its pool.
+        for pool in snapshot.pools() {
+            if pool.check_interval().is_some() {
+                aux.spawn(Pool::run_checks(Arc::downgrade(pool), aux_stop.clone()));
+            }
+        }
         let permits = Arc::new(Semaphore::new(snapshot.config.max_connections));
         let registry = Arc::new(Registry::default());
         let shared = Arc::new(Shared {

@@ -6,19 +6,24 @@
 //! ```text
 //! main.rs      CLI → config → gateway, until a signal
 //! gateway.rs   build the snapshot, bind, serve edge and ops, drain on shutdown
-//! edge/        listener.rs: accept with permits, per-connection span, TLS, hyper
+//! edge/        listener.rs: accept with permits, per-connection span, PROXY header, TLS, hyper
+//!              proxy_protocol.rs: PROXY v1/v2 from trusted load balancers only
 //!              h2.rs: HTTP/2 connections (ALPN h2, h2c) with extended CONNECT enabled
-//!              http.rs: one request → route (404) → upgrade checks (400/426) → access
-//!              → limits (429/503) → dial (502/504) → 101 (h2: 200) → session task
+//!              http.rs: one request → path rules (400) → forwarded client → route (404) → upgrade checks
+//!              (400/426) → access → limits (429/503) → dial (502/504) → 101 (h2: 200) → session task
 //!              extended_connect.rs: the RFC 8441 checks (426/501) and the 200
 //!              console.rs: the browser console (plain GETs on listeners that serve it)
 //! ops/         admin.rs: /metrics, /healthz, /readyz; api.rs: status page and session API
 //!              (list, close, drain, config); shutdown.rs: signals → one token
 //! snapshot/    the immutable value the running gateway reads: routes with compiled policy,
-//!              router (path → route, subprotocol choice), listener TLS, admission, dialer
-//! backend/     dial TCP / WebSocket (ws, wss) backends under a timeout; the built-in echo
-//! policy/      access (origin, bearer, JWT, client certificates), identity (ConnInfo),
-//!              targets (token files, JWT claims, egress), admission (caps, handshake rate)
+//!              router (path rules, path → route, subprotocol choice), listener TLS,
+//!              admission, dialer
+//! backend/     dial TCP / unix / WebSocket (ws, wss) backends under a timeout, socket
+//!              options, PROXY v2 to backends; pool.rs: pools, ejection, active checks;
+//!              the built-in echo
+//! policy/      access (origin, bearer, JWT, client certificates), identity (ConnInfo,
+//!              targets (token files, JWT claims, egress), admission (caps, handshake rate),
+//!              auth_failures (budget of failed credentials per address)
 //! session/     after the 101: reader (RFC 6455 §5 per frame), frames (message rules,
 //!              guarded writes), utf8, keepalive, pacer, io, bridge (WS ↔ bytes), relay (WS ↔ WS),
 //!              registry (live sessions, each one's close request, route drains)
@@ -26,23 +31,26 @@
 //! config/      the file format only: serde structs, defaults, validation, quick mode,
 //!              the embedded default (default.toml); imports nothing of ours
 //! error.rs     the boundary error: status and label before the upgrade, close codes after
+//! logsafe.rs   client-controlled text escaped for log lines
 //! metrics.rs   metric names, descriptions, recorder, per-route and per-session handles
 //! ```
 //!
 //! # Data flow
-//! accept → TLS (client certificate verified when the listener asks) → HTTP (431, header
-//! timeout) → route (404) → upgrade checks (400/426) → origin (403) → credentials (401
-//! missing/invalid, 403 not allowed) → target (token file: 404 unknown token; claim: 403)
-//! → limits (429/503) → egress check after DNS (403) → dial backend (502/504) → `101`
-//! → bridge or relay → close (1000 normal, 1001 shutdown/keepalive, 1002 protocol, 1007 bad
-//! UTF-8, 1009 too big, 1011 backend error, 1014 bad gateway), with metrics alongside every
-//! stage.
+//! accept → PROXY header (trusted balancers; else closed) → TLS (client certificate verified
+//! when the listener asks) → HTTP (431, header timeout) → path rules (400) → client from
+//! forwarded headers (trusted balancers) → route (404) → upgrade checks (400/426) → origin
+//! (403) → credentials (401 missing/invalid, 403 not allowed; a spent failure budget 429) →
+//! target (token file: 404 unknown token; claim: 403) → limits (429/503) → egress check after
+//! DNS (403) → dial backend, the next pool member on failure (502/504) → `101` → bridge or
+//! relay → close (1000 normal, 1001 shutdown/keepalive, 1002 protocol, 1007 bad UTF-8, 1009
+//! too big, 1011 backend error, 1014 bad gateway), with metrics alongside every stage.
 
 pub mod backend;
 pub mod config;
 pub mod edge;
 pub mod error;
 pub mod gateway;
+pub mod logsafe;
 pub mod metrics;
 pub mod ops;
 pub mod policy;

@@ -21,6 +21,11 @@ pub const CLOSES_TOTAL: &str = "wsgate_closes_total";
 pub const KEEPALIVE_TIMEOUTS_TOTAL: &str = "wsgate_keepalive_timeouts_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "wsgate_tls_handshake_failures_total";
 pub const CONNECTIONS_ACTIVE: &str = "wsgate_connections_active";
+pub const BACKEND_UP: &str = "wsgate_backend_up";
+pub const BACKEND_SESSIONS_ACTIVE: &str = "wsgate_backend_sessions_active";
+pub const PROXY_HEADERS_REFUSED_TOTAL: &str = "wsgate_proxy_protocol_refused_total";
+pub const AUTH_FAILURES_TOTAL: &str = "wsgate_auth_failures_total";
+pub const BUILD_INFO: &str = "wsgate_build_info";
 
 /// Which HTTP carried a session's handshake: the `protocol` label of
 /// `wsgate_sessions_total` and `wsgate_sessions_active`.
@@ -124,6 +129,82 @@ fn describe() {
         CONNECTIONS_ACTIVE,
         "Open client connections on public listeners"
     );
+    describe_gauge!(
+        BACKEND_UP,
+        "Pool backends: 1 in service, 0 while ejected after a failed dial or check"
+    );
+    describe_gauge!(
+        BACKEND_SESSIONS_ACTIVE,
+        "Pool backends: sessions now bridged to each"
+    );
+    describe_counter!(
+        PROXY_HEADERS_REFUSED_TOTAL,
+        "Connections closed before HTTP by the PROXY protocol rules, by reason"
+    );
+    describe_counter!(
+        AUTH_FAILURES_TOTAL,
+        "Refused credentials and unknown target tokens, each spending its address's budget"
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the labels say which wsgate this is");
+}
+
+/// `wsgate_backend_up{route,backend}` of one pool backend.
+pub fn backend_up(route: &str, backend: &str) -> Gauge {
+    gauge!(BACKEND_UP, "route" => route.to_owned(), "backend" => backend.to_owned())
+}
+
+/// `wsgate_backend_sessions_active{route,backend}` of one pool backend.
+pub fn backend_sessions(route: &str, backend: &str) -> Gauge {
+    gauge!(BACKEND_SESSIONS_ACTIVE, "route" => route.to_owned(), "backend" => backend.to_owned())
+}
+
+/// A connection closed by the PROXY protocol rules; `reason` is one of `untrusted_header`,
+/// `missing_header`, `bad_header`, `timeout`.
+pub fn proxy_header_refused(reason: &'static str) {
+    counter!(PROXY_HEADERS_REFUSED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Make the gateway's series visible from the start, at zero: the process-wide ones, every
+/// configured route's, and `wsgate_build_info`. An empty `/metrics` page cannot tell "no
+/// traffic" from "not scraping the right process", and alerts on `rate()` need a series.
+pub fn register<'a>(routes: impl IntoIterator<Item = &'a Arc<str>>) {
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(CONNECTIONS_ACTIVE).increment(0.0);
+    counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(0);
+    for route in routes {
+        route_handles(route);
+    }
+}
+
+/// The `code` label of `wsgate_closes_total`: registered codes (RFC 6455 §7.4.1 and the
+/// IANA registry) by number, 3000-3999 as `3xxx`, 4000-4999 as `4xxx`, anything else `other`.
+/// Peers choose codes, so the label set must not grow with what they send.
+pub fn close_code_label(code: u16) -> &'static str {
+    match code {
+        1000 => "1000",
+        1001 => "1001",
+        1002 => "1002",
+        1003 => "1003",
+        1005 => "1005",
+        1006 => "1006",
+        1007 => "1007",
+        1008 => "1008",
+        1009 => "1009",
+        1010 => "1010",
+        1011 => "1011",
+        1012 => "1012",
+        1013 => "1013",
+        1014 => "1014",
+        1015 => "1015",
+        3000..=3999 => "3xxx",
+        4000..=4999 => "4xxx",
+        _ => "other",
+    }
+}
+
+/// A credential on `route` failed (counted against the client's address too).
+pub fn auth_failed(route: &Arc<str>) {
+    route_handles(route).auth_failures.increment(1);
 }
 
 pub fn upgrade_rejected(route: &str, reason: &'static str) {
@@ -155,6 +236,7 @@ struct RouteHandles {
     backend_connect: Histogram,
     duration: Histogram,
     keepalive_timeouts: Counter,
+    auth_failures: Counter,
 }
 
 fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
@@ -167,7 +249,7 @@ fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
         .entry(route.clone())
         .or_insert_with(|| {
             let r = || route.to_string();
-            Arc::new(RouteHandles {
+            let handles = Arc::new(RouteHandles {
                 sessions_total: [Protocol::Http1, Protocol::H2]
                     .map(|p| counter!(SESSIONS_TOTAL, "route" => r(), "protocol" => p.label())),
                 active: [Protocol::Http1, Protocol::H2]
@@ -180,7 +262,24 @@ fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
                 backend_connect: histogram!(BACKEND_CONNECT_SECONDS, "route" => r()),
                 duration: histogram!(SESSION_DURATION_SECONDS, "route" => r()),
                 keepalive_timeouts: counter!(KEEPALIVE_TIMEOUTS_TOTAL, "route" => r()),
-            })
+                auth_failures: counter!(AUTH_FAILURES_TOTAL, "route" => r()),
+            });
+            // Registering is not enough for every exporter to render a series: touch each.
+            for (total, active) in handles.sessions_total.iter().zip(&handles.active) {
+                total.increment(0);
+                active.increment(0.0);
+            }
+            for c in [
+                &handles.bytes_to_backend,
+                &handles.bytes_to_client,
+                &handles.messages_to_backend,
+                &handles.messages_to_client,
+                &handles.keepalive_timeouts,
+                &handles.auth_failures,
+            ] {
+                c.increment(0);
+            }
+            handles
         })
         .clone()
 }
@@ -270,7 +369,7 @@ impl SessionMetrics {
 
     /// Record how the session ended.
     pub fn closed(&self, code: u16, initiator: &'static str, duration: Duration) {
-        counter!(CLOSES_TOTAL, "route" => self.route.to_string(), "code" => code.to_string(), "initiator" => initiator)
+        counter!(CLOSES_TOTAL, "route" => self.route.to_string(), "code" => close_code_label(code), "initiator" => initiator)
             .increment(1);
         self.handles.duration.record(duration.as_secs_f64());
     }
@@ -300,5 +399,23 @@ impl SessionMetrics {
 impl Drop for SessionMetrics {
     fn drop(&mut self) {
         self.handles.active[self.protocol as usize].decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::close_code_label;
+
+    #[test]
+    fn close_code_labels_are_a_fixed_set() {
+        let labels: std::collections::HashSet<&str> =
+            (0..=u16::MAX).map(close_code_label).collect();
+        assert_eq!(labels.len(), 15 + 3, "{labels:?}");
+        assert_eq!(close_code_label(1000), "1000");
+        assert_eq!(close_code_label(1014), "1014");
+        assert_eq!(close_code_label(1004), "other");
+        assert_eq!(close_code_label(3001), "3xxx");
+        assert_eq!(close_code_label(4999), "4xxx");
+        assert_eq!(close_code_label(5000), "other");
     }
 }

@@ -663,3 +663,113 @@ async fn egress_allowlist_applies_to_every_dial_after_resolution() {
     }
     gw.stop().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Credential guessing.
+
+/// Regression (issue 9 item 2): the per-address handshake rate applied after the access and
+/// target checks, so static bearer tokens and token-file tokens could be tried at line rate.
+/// Failed credentials and unknown tokens now spend a per-address budget
+/// (`[limits] auth_failures_per_ip_per_min`, `auth_failure_burst_per_ip`), checked before the
+/// credential: an exhausted address gets 429 with `Retry-After`, even with the right token,
+/// and the failures are counted in `wsgate_auth_failures_total{route}`.
+#[tokio::test]
+async fn failed_credentials_spend_a_per_address_budget_checked_before_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = tcp_echo_backend().await;
+    let tokens = write(&dir, "tokens.cfg", format!("vnc-a: {echo}\n"));
+    let gw = spawn_gateway(&config_with(&format!(
+        "[limits]\nauth_failures_per_ip_per_min = 1\nauth_failure_burst_per_ip = 3\n\n\
+         {}[route.auth]\nbearer_sha256 = [\"{}\"]\n\n\
+         [[route]]\nname = \"guess_tokens\"\npath = \"/websockify\"\n[route.target]\ntoken_file = {}\n\n{}",
+        route("guess_bearer", "/b", &format!("tcp://{echo}")),
+        sha256_hex(TOKEN),
+        toml_path(&tokens),
+        route("guess_open", "/open", &format!("tcp://{echo}")),
+    )))
+    .await;
+    let good = bearer(TOKEN);
+    // A good token spends nothing.
+    for _ in 0..5 {
+        let (status, answer) =
+            upgrade_with(gw.addr, "/b", &[("Authorization", good.as_str())]).await;
+        assert_eq!(status, 101, "{answer}");
+    }
+    // Three failures across both kinds of credential: a wrong bearer, unknown tokens.
+    let wrong = bearer("tok-guess-1");
+    let (status, _) = upgrade_with(gw.addr, "/b", &[("Authorization", wrong.as_str())]).await;
+    assert_eq!(status, 401);
+    for guess in ["/websockify?token=guess-1", "/websockify?token=guess-2"] {
+        let (status, _) = upgrade_with(gw.addr, guess, &[]).await;
+        assert_eq!(status, 404, "{guess}");
+    }
+    // The budget is spent: 429 with Retry-After, whatever the credential, on both routes.
+    for (path, headers) in [
+        ("/b", vec![("Authorization", wrong.as_str())]),
+        ("/b", vec![("Authorization", good.as_str())]),
+        ("/websockify?token=vnc-a", vec![]),
+    ] {
+        let (status, answer) = upgrade_with(gw.addr, path, &headers).await;
+        assert_eq!(status, 429, "{path} {headers:?}: {answer}");
+        let retry: u64 = answer_header(&answer, "retry-after")
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+    }
+    // A route without credentials is not affected.
+    let (status, answer) = upgrade_with(gw.addr, "/open", &[]).await;
+    assert_eq!(status, 101, "{answer}");
+
+    let admin = gw.admin.unwrap();
+    expect_metric(
+        admin,
+        r#"wsgate_auth_failures_total{route="guess_bearer"}"#,
+        1.0,
+    )
+    .await;
+    expect_metric(
+        admin,
+        r#"wsgate_auth_failures_total{route="guess_tokens"}"#,
+        2.0,
+    )
+    .await;
+    expect_metric(admin, &rejections("guess_bearer", "auth_rate_limited"), 2.0).await;
+    expect_metric(admin, &rejections("guess_tokens", "auth_rate_limited"), 1.0).await;
+    gw.stop().await.unwrap();
+}
+
+/// Regression (issue 9 item 2): the budget is on by default; `0` turns it off.
+#[tokio::test]
+async fn the_auth_failure_budget_is_on_by_default_and_zero_disables_it() {
+    let echo = format!("tcp://{}", tcp_echo_backend().await);
+    let protected = |name: &str| {
+        format!(
+            "{}[route.auth]\nbearer_sha256 = [\"{}\"]\n",
+            route(name, "/", &echo),
+            sha256_hex(TOKEN)
+        )
+    };
+    let wrong = bearer("tok-wrong");
+    let by_default = spawn_gateway(&config_with(&protected("guess_default"))).await;
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let (status, _) =
+            upgrade_with(by_default.addr, "/", &[("Authorization", wrong.as_str())]).await;
+        statuses.push(status);
+    }
+    assert_eq!(statuses[0], 401);
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    by_default.stop().await.unwrap();
+
+    let off = spawn_gateway(&config_with(&format!(
+        "[limits]\nauth_failures_per_ip_per_min = 0\n{}",
+        protected("guess_off")
+    )))
+    .await;
+    for _ in 0..30 {
+        let (status, _) = upgrade_with(off.addr, "/", &[("Authorization", wrong.as_str())]).await;
+        assert_eq!(status, 401);
+    }
+    off.stop().await.unwrap();
+}

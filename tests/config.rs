@@ -7,6 +7,10 @@ use std::process::Command;
 
 use wsgate::{Config, Snapshot};
 
+mod support;
+
+use support::free_port;
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -261,4 +265,198 @@ fn binary_check_rejects_invalid_fixtures_naming_the_key() {
             file.display()
         );
     }
+}
+
+/// A fresh self-signed certificate and its key, as PEM.
+fn self_signed() -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    (c.cert.pem(), c.signing_key.serialize_pem())
+}
+
+/// A config with one wss listener on `cert_file`/`key_file` (TOML values as written).
+fn wss_config(cert_file: &str, key_file: &str) -> String {
+    format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert_file = {cert_file:?}\n\
+         key_file = {key_file:?}\n\n[[route]]\nname = \"echo\"\npath = \"/echo\"\nbackend = \"builtin:echo\"\n"
+    )
+}
+
+/// Regression (issue 9 item 12): `wsgate check` said `ok` for a listener whose certificate
+/// or key file was missing or did not match, so `ExecStartPre=wsgate check` passed a config
+/// that then failed to start. `check` builds the snapshot: it reads and matches them, and the
+/// error names the listener's key.
+#[test]
+fn binary_check_reads_and_matches_the_listener_certificate_and_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = self_signed();
+    let (_, other_key) = self_signed();
+    let cert_file = dir.path().join("cert.pem");
+    let key_file = dir.path().join("key.pem");
+    let other_key_file = dir.path().join("other-key.pem");
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    std::fs::write(&other_key_file, other_key).unwrap();
+    let missing = dir.path().join("missing.pem");
+    let path = |p: &Path| p.display().to_string();
+    for (name, cert_file, key_file, needle) in [
+        (
+            "missing-cert.toml",
+            path(&missing),
+            path(&key_file),
+            "missing.pem",
+        ),
+        (
+            "missing-key.toml",
+            path(&cert_file),
+            path(&missing),
+            "missing.pem",
+        ),
+        (
+            "mismatch.toml",
+            path(&cert_file),
+            path(&other_key_file),
+            "does not match",
+        ),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, wss_config(&cert_file, &key_file)).unwrap();
+        let out = wsgate_check(&file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: check passed");
+        assert!(
+            stderr.contains("listener[0].tls") && stderr.contains(needle),
+            "{name}: {stderr}"
+        );
+    }
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, wss_config(&path(&cert_file), &path(&key_file))).unwrap();
+    let out = wsgate_check(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Regression (issue 9 item 14): relative paths in a config file were resolved against the
+/// working directory, so `check` passed in the config's folder and the service failed under
+/// systemd (cwd `/`). They resolve against the config file's folder.
+#[test]
+fn relative_paths_resolve_against_the_config_files_folder() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etc = dir.path().join("etc");
+    std::fs::create_dir_all(etc.join("tls")).unwrap();
+    let (cert, key) = self_signed();
+    std::fs::write(etc.join("tls/cert.pem"), &cert).unwrap();
+    std::fs::write(etc.join("tls/key.pem"), key).unwrap();
+    std::fs::write(etc.join("tls/ca.pem"), &cert).unwrap();
+    std::fs::write(etc.join("tokens.cfg"), "vnc: 127.0.0.1:5900\n").unwrap();
+    std::fs::write(
+        etc.join("jwt-secret"),
+        "a shared secret of at least 32 bytes, for tests",
+    )
+    .unwrap();
+    let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n[listener.tls]\n\
+        cert_file = \"tls/cert.pem\"\nkey_file = \"./tls/key.pem\"\nclient_ca_file = \"tls/ca.pem\"\n\
+        client_auth = \"optional\"\n\n\
+        [[route]]\nname = \"vnc\"\npath = \"/websockify\"\n[route.target]\ntoken_file = \"tokens.cfg\"\n\n\
+        [[route]]\nname = \"jwt\"\npath = \"/jwt\"\nbackend = \"wss://127.0.0.1:9443/\"\n\
+        tls_ca_file = \"tls/ca.pem\"\n[route.auth.jwt]\nalgorithm = \"HS256\"\nsecret_file = \"jwt-secret\"\n";
+    let file = etc.join("wsgate.toml");
+    std::fs::write(&file, text).unwrap();
+
+    // From another folder, as systemd runs it (`Command::current_dir` is the repository).
+    let out = wsgate_check(&file);
+    assert!(
+        out.status.success(),
+        "check from another cwd: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And from its own folder, named without one (`wsgate check wsgate.toml`).
+    let out = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["check", "wsgate.toml"])
+        .current_dir(&etc)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("running wsgate check");
+    assert!(
+        out.status.success(),
+        "check wsgate.toml in its folder: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = Config::load(&file).expect("loads from another cwd");
+    let tls = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.cert_file, etc.join("tls/cert.pem"));
+    assert_eq!(tls.key_file, etc.join("tls/key.pem"));
+    Snapshot::build(c, None).expect("every file is found from the config's folder");
+
+    // Absolute paths stay as they are; a missing relative file names the resolved path.
+    std::fs::remove_file(etc.join("tokens.cfg")).unwrap();
+    let out = wsgate_check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&etc.join("tokens.cfg").display().to_string()),
+        "{stderr}"
+    );
+}
+
+/// Regression (issue 9 item 15): quick mode named routes from their paths, so
+/// `--route /ws=… --route /ws/=…` failed with a duplicate name the user never chose.
+#[test]
+fn quick_mode_route_names_are_unique() {
+    let quick = wsgate::config::QuickMode {
+        routes: [
+            "/ws=tcp://127.0.0.1:1",
+            "/ws/=tcp://127.0.0.1:2",
+            "/ws.=tcp://127.0.0.1:3",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    };
+    let c = quick
+        .to_file_config()
+        .and_then(|f| f.validate())
+        .expect("quick mode with /ws and /ws/ is valid");
+    let names: Vec<&str> = c.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names.len(), 3);
+    assert_eq!(names[0], "ws", "{names:?}");
+    let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
+    assert_eq!(unique.len(), 3, "{names:?}");
+
+    // The real binary, as a user runs it: it starts and serves both routes.
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--route",
+            "/ws=tcp://127.0.0.1:1",
+            "--route",
+            "/ws/=tcp://127.0.0.1:2",
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting wsgate");
+    let started = std::time::Instant::now();
+    let mut up = false;
+    while started.elapsed() < std::time::Duration::from_secs(10) {
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "wsgate exited {status}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "wsgate never listened on {port}");
 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 /// Top-level modules from the bottom up. A module may depend only on modules of a lower
 /// layer (or on itself). Keep this table and the map in `src/lib.rs` in step.
 const LAYERS: &[&[&str]] = &[
-    // Leaves: the file format, the boundary error, metric names and handles.
-    &["config", "error", "metrics"],
+    // Leaves: the file format, the boundary error, metric names and handles, log escaping.
+    &["config", "error", "metrics", "logsafe"],
     // Certificates and keys, from config into rustls.
     &["tls"],
     // Compiled per-route rules; the session machinery after the 101.

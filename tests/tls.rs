@@ -125,6 +125,44 @@ async fn wss_echo_round_trip_with_a_test_ca() {
     gw.stop().await.unwrap();
 }
 
+/// Behind an L4 balancer the PROXY header comes first, in clear; the TLS handshake then
+/// runs on the same socket, and the backend hears of the client the header named.
+#[tokio::test]
+async fn a_proxy_header_precedes_the_tls_handshake() {
+    let pki = pki();
+    let backend = proxy_reading_backend().await;
+    let toml = tls_config(
+        &pki.cert_file,
+        &pki.key_file,
+        &format!(
+            "{}send_proxy_protocol = \"v2\"\n",
+            route("tls_proxied", "/", &format!("tcp://{backend}"))
+        ),
+    )
+    .replacen(
+        "address = \"127.0.0.1:0\"\n",
+        "address = \"127.0.0.1:0\"\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\n",
+        1,
+    );
+    let gw = spawn_gateway(&toml).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.113.9 198.51.100.1 40009 443\r\n")
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async_tls_with_config(
+        format!("wss://localhost:{}/", gw.addr.port()),
+        tcp,
+        None,
+        Some(Connector::Rustls(client_config(&pki.ca, &[b"http/1.1"]))),
+    )
+    .await
+    .expect("wss upgrade after a PROXY header");
+    let seen = next_data(&mut ws).await.expect("the backend's report");
+    assert_eq!(seen, b"203.0.113.9:40009 198.51.100.1:443");
+    echo_and_close(&mut ws, b"over wss, proxied").await;
+    gw.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn alpn_settles_on_http11_and_tls12_still_works() {
     let pki = pki();

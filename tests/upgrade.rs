@@ -497,7 +497,7 @@ async fn refused_backend_is_502_without_upgrade() {
     );
     assert_eq!(
         metric(&page, r#"wsgate_sessions_total{route="dial_refused"}"#),
-        None,
+        Some(0.0),
         "no session started: {page}"
     );
     gw.stop().await.unwrap();
@@ -734,6 +734,92 @@ async fn session_metrics_are_labelled_by_route_only() {
             "a port in a label: {line}"
         );
     }
+    gw.stop().await.unwrap();
+}
+
+/// Regression (issue 9 item 17): the `code` label of `wsgate_closes_total` took any code a
+/// client sent, so one unauthenticated client could create thousands of series. Registered
+/// codes keep their number; 3000-3999 and 4000-4999 fold into `3xxx` and `4xxx`.
+#[tokio::test]
+async fn close_code_labels_are_bounded() {
+    let echo = tcp_echo_backend().await;
+    let gw = gateway_to("m_close_codes", &format!("tcp://{echo}")).await;
+    let admin = gw.admin.unwrap();
+    let codes: Vec<u16> = (4000..4040).chain(3000..3010).chain([1000, 1001]).collect();
+    for &code in &codes {
+        let mut ws = ws_client(&gw.url("/")).await;
+        ws.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        })))
+        .await
+        .expect("send Close");
+        assert_eq!(expect_close(&mut ws).await.0, code, "the echo of {code}");
+    }
+    let series = |page: &str| -> Vec<String> {
+        page.lines()
+            .filter(|l| l.starts_with(r#"wsgate_closes_total{route="m_close_codes""#))
+            .map(str::to_owned)
+            .collect()
+    };
+    let client = |code: &str| {
+        format!(r#"wsgate_closes_total{{route="m_close_codes",code="{code}",initiator="client"}}"#)
+    };
+    assert_eventually!(
+        metric(&scrape(admin).await, &client("4xxx")) == Some(40.0),
+        "4xxx codes not folded: {:?}",
+        series(&scrape(admin).await)
+    );
+    let page = scrape(admin).await;
+    assert_eq!(metric(&page, &client("3xxx")), Some(10.0), "{page}");
+    assert_eq!(metric(&page, &client("1000")), Some(1.0), "{page}");
+    assert_eq!(metric(&page, &client("1001")), Some(1.0), "{page}");
+    assert_eq!(series(&page).len(), 4, "{:?}", series(&page));
+    gw.stop().await.unwrap();
+}
+
+/// Regression (issue 9 item 18): `/metrics` was empty on a fresh gateway: a configured route's
+/// series appeared only after its first event. They are registered at start, at zero, with
+/// `wsgate_build_info{version}` = 1.
+#[tokio::test]
+async fn a_fresh_gateway_exports_every_route_at_zero_and_its_build_info() {
+    let echo = tcp_echo_backend().await;
+    let gw = spawn_gateway(&config_with(&format!(
+        "{}{}",
+        route("m_fresh_a", "/a", &format!("tcp://{echo}")),
+        route("m_fresh_b", "/b", &format!("tcp://{echo}")),
+    )))
+    .await;
+    let page = scrape(gw.admin.unwrap()).await;
+    for route in ["m_fresh_a", "m_fresh_b"] {
+        for series in [
+            format!(r#"wsgate_sessions_active{{route="{route}"}}"#),
+            format!(r#"wsgate_sessions_total{{route="{route}"}}"#),
+            format!(r#"wsgate_bytes_total{{route="{route}",direction="client_to_backend"}}"#),
+            format!(r#"wsgate_bytes_total{{route="{route}",direction="backend_to_client"}}"#),
+            format!(r#"wsgate_messages_total{{route="{route}",direction="client_to_backend"}}"#),
+            format!(r#"wsgate_keepalive_timeouts_total{{route="{route}"}}"#),
+            format!(r#"wsgate_auth_failures_total{{route="{route}"}}"#),
+            format!(r#"wsgate_backend_connect_seconds_count{{route="{route}"}}"#),
+            format!(r#"wsgate_session_duration_seconds_count{{route="{route}"}}"#),
+        ] {
+            assert_eq!(metric(&page, &series), Some(0.0), "{series}: {page}");
+        }
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        metric(
+            &page,
+            &format!(r#"wsgate_build_info{{version="{version}"}}"#)
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert!(page.contains("wsgate_connections_active"), "{page}");
+    assert!(
+        page.contains("wsgate_tls_handshake_failures_total"),
+        "{page}"
+    );
     gw.stop().await.unwrap();
 }
 

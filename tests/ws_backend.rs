@@ -240,7 +240,8 @@ async fn expect_ended<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStrea
     }
 }
 
-fn closes(route: &str, code: u16, initiator: &str) -> String {
+/// `code` as labelled: registered codes by number, 3000-4999 folded into `3xxx`/`4xxx`.
+fn closes(route: &str, code: &str, initiator: &str) -> String {
     format!("wsgate_closes_total{{route=\"{route}\",code=\"{code}\",initiator=\"{initiator}\"}}")
 }
 
@@ -471,6 +472,80 @@ async fn maps_request_paths_onto_the_backend_url() {
     }
 }
 
+/// Regression (issue 9 item 1): request paths were routed and mapped raw, so
+/// `/public/../admin/secret` matched the open `/public/` route, got `101`, and the backend
+/// received `GET /public/../admin/secret`: any backend that resolves dot-segments let a client
+/// escape its route and its auth. Dot-segments (plain or percent-encoded, any case), empty
+/// segments and encoded slashes are refused with 400 before routing; the backend sees nothing.
+#[tokio::test]
+async fn dot_segments_empty_segments_and_encoded_slashes_are_refused_before_routing() {
+    let (backend, mut seen) = ws_echo_backend(pick_nothing).await;
+    let gw = spawn_gateway(&config_with(&format!(
+        "{}{}[route.auth]\nbearer_sha256 = [\"{}\"]\n",
+        route(
+            "wsb_norm_public",
+            "/public/",
+            &format!("ws://{backend}/public")
+        ),
+        route(
+            "wsb_norm_admin",
+            "/admin/",
+            &format!("ws://{backend}/admin")
+        ),
+        sha256_hex("tok-admin-only"),
+    )))
+    .await;
+    for path in [
+        "/public/../admin/secret",
+        "/public/%2e%2e/admin/secret",
+        "/public/%2E%2E/admin/secret",
+        "/public/.%2e/admin/secret",
+        "/public/%2e./admin/secret",
+        "/public/./x",
+        "/public/%2e/x",
+        "/public/..",
+        "/public/x/..",
+        "/public//admin/secret",
+        "//public/x",
+        "/public/..%2fadmin/secret",
+        "/public/a%2fb",
+        "/public/a%2Fb",
+        "/public/a%5cb",
+    ] {
+        let (status, answer) = raw_http(gw.addr, &upgrade_request(path, "")).await;
+        assert_eq!(status, 400, "{path}: {answer}");
+        assert!(
+            answer_body(&answer).contains("path"),
+            "{path}: the reason names the path: {answer}"
+        );
+    }
+    // Not dot-segments: dots inside a segment and an encoded dot inside a name pass.
+    for (path, expected) in [
+        ("/public/a..b/x.y", "/public/a..b/x.y"),
+        ("/public/file%2ejs", "/public/file%2ejs"),
+        ("/public/...", "/public/..."),
+    ] {
+        let (status, answer) = raw_http(gw.addr, &upgrade_request(path, "")).await;
+        assert_eq!(status, 101, "{path}: {answer}");
+        let req = accepted(&mut seen).await;
+        assert_eq!(req.uri().to_string(), expected, "for {path}");
+    }
+    assert!(
+        seen.try_recv().is_err(),
+        "the backend saw only the paths the router matched"
+    );
+    let page = scrape(gw.admin.unwrap()).await;
+    assert_eq!(
+        metric(
+            &page,
+            r#"wsgate_upgrade_rejections_total{route="none",reason="bad_path"}"#
+        ),
+        Some(15.0),
+        "{page}"
+    );
+    gw.stop().await.unwrap();
+}
+
 // ---- 3. Headers --------------------------------------------------------------------------------
 
 fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
@@ -567,6 +642,75 @@ async fn every_incoming_x_forwarded_for_line_is_kept() {
     );
 }
 
+/// Regression (issue 9 item 3): the default `forward_headers` copied `Authorization` and
+/// `Cookie` to a WebSocket backend even when the gateway had consumed them as the route's
+/// credential (while `bearer.` subprotocol entries and query tokens were stripped). A
+/// credential the gateway checked is now kept from the backend unless the route sets
+/// `forward_credentials = true`; other cookies and headers still go through.
+#[tokio::test]
+async fn checked_credentials_stay_with_the_gateway_unless_the_route_forwards_them() {
+    const TOKEN: &str = "tok-fwd-0c2d9a7b";
+    let (backend, mut seen) = ws_echo_backend(pick_nothing).await;
+    let auth = |name: &str, path: &str, extra: &str| {
+        format!(
+            "{}{extra}[route.origin]\nallow = [\"https://app.example\"]\nallow_missing = true\n\
+             [route.auth]\nbearer_sha256 = [\"{}\"]\ntoken_sources = [\"header\", \"cookie\"]\n",
+            route(name, path, &format!("ws://{backend}/")),
+            sha256_hex(TOKEN)
+        )
+    };
+    let gw = spawn_gateway(&config_with(&format!(
+        "{}{}",
+        auth("wsb_cred_kept", "/kept", ""),
+        auth("wsb_cred_fwd", "/fwd", "forward_credentials = true\n"),
+    )))
+    .await;
+    let bearer = format!("Bearer {TOKEN}");
+    let cookie = format!("theme=dark; wsgate_token={TOKEN}; lang=en");
+
+    // The token in the header: no Authorization upstream; the cookies it did not use stay.
+    let (_ws1, _) = ws_client_with(
+        &gw.url("/kept"),
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Cookie", "theme=dark"),
+            ("User-Agent", "wsgate-test/1.0"),
+        ],
+    )
+    .await
+    .unwrap();
+    let req = accepted(&mut seen).await;
+    assert_eq!(header(&req, "authorization"), None, "{req:?}");
+    assert_eq!(header(&req, "cookie"), Some("theme=dark"));
+    assert_eq!(header(&req, "user-agent"), Some("wsgate-test/1.0"));
+
+    // The token in the auth cookie: that cookie is dropped, the others are kept.
+    let (_ws2, _) = ws_client_with(&gw.url("/kept"), &[("Cookie", cookie.as_str())])
+        .await
+        .unwrap();
+    let req = accepted(&mut seen).await;
+    assert_eq!(
+        header(&req, "cookie"),
+        Some("theme=dark; lang=en"),
+        "{req:?}"
+    );
+
+    // `forward_credentials = true`: both as the client sent them.
+    let (_ws3, _) = ws_client_with(
+        &gw.url("/fwd"),
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Cookie", cookie.as_str()),
+        ],
+    )
+    .await
+    .unwrap();
+    let req = accepted(&mut seen).await;
+    assert_eq!(header(&req, "authorization"), Some(bearer.as_str()));
+    assert_eq!(header(&req, "cookie"), Some(cookie.as_str()));
+    gw.stop().await.unwrap();
+}
+
 // ---- 4. Subprotocols ---------------------------------------------------------------------------
 
 #[tokio::test]
@@ -653,7 +797,8 @@ async fn a_backend_refusing_the_upgrade_is_a_502() {
     let page = scrape(admin).await;
     assert_eq!(
         metric(&page, "wsgate_sessions_total{route=\"wsb_hs_403\"}"),
-        None
+        Some(0.0),
+        "registered at start, never counted"
     );
 }
 
@@ -784,7 +929,7 @@ async fn a_client_close_code_reaches_the_backend_and_its_reply_the_client() {
     assert_eq!(backend_side.await.unwrap(), (4001, "bye".into()));
     expect_metric(
         gw.admin.unwrap(),
-        &closes("wsb_close_client", 4001, "client"),
+        &closes("wsb_close_client", "4xxx", "client"),
         1.0,
     )
     .await;
@@ -847,7 +992,7 @@ async fn a_backend_close_code_reaches_the_client_and_its_reply_the_backend() {
     client_done.await.unwrap();
     expect_metric(
         gw.admin.unwrap(),
-        &closes("wsb_close_backend", 4002, "backend"),
+        &closes("wsb_close_backend", "4xxx", "backend"),
         1.0,
     )
     .await;
@@ -867,7 +1012,7 @@ async fn a_backend_that_closes_and_leaves_at_once_still_delivers_its_code() {
     finish_close(&mut client).await;
     expect_metric(
         gw.admin.unwrap(),
-        &closes("wsb_close_and_leave", 4003, "backend"),
+        &closes("wsb_close_and_leave", "4xxx", "backend"),
         1.0,
     )
     .await;
@@ -914,7 +1059,7 @@ async fn a_backend_that_vanishes_closes_the_client_with_1011() {
     expect_ended(&mut client).await;
     expect_metric(
         gw.admin.unwrap(),
-        &closes("wsb_close_backend_lost", 1006, "backend"),
+        &closes("wsb_close_backend_lost", "1006", "backend"),
         1.0,
     )
     .await;
@@ -936,7 +1081,7 @@ async fn a_client_that_vanishes_closes_the_backend_with_1001() {
     expect_ended(&mut b).await;
     expect_metric(
         gw.admin.unwrap(),
-        &closes("wsb_close_client_lost", 1006, "client"),
+        &closes("wsb_close_client_lost", "1006", "client"),
         1.0,
     )
     .await;
@@ -1038,7 +1183,7 @@ async fn a_backend_that_stops_reading_is_closed_and_the_client_gets_1011() {
         1.0,
     )
     .await;
-    expect_metric(admin, &closes("wsb_keepalive_dead", 1001, "gateway"), 1.0).await;
+    expect_metric(admin, &closes("wsb_keepalive_dead", "1001", "gateway"), 1.0).await;
     gw.stop().await.unwrap();
 }
 
@@ -1139,7 +1284,7 @@ async fn relays_to_a_python_websockets_backend() {
     assert_eq!(next_line(&mut out).await, "closed 4000 done");
     expect_metric(
         gw.admin.unwrap(),
-        &closes("wsb_python", 4000, "client"),
+        &closes("wsb_python", "4xxx", "client"),
         1.0,
     )
     .await;

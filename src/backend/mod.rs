@@ -1,4 +1,7 @@
-//! Dialing backends under a timeout (TCP, WebSocket over TCP or TLS), and the built-in echo service.
+//! Dialing backends under a timeout (TCP, Unix sockets, WebSocket over TCP or TLS), with
+//! socket options and an optional PROXY header; pools with health; the built-in echo service.
+
+pub mod pool;
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,6 +32,8 @@ use crate::policy::targets::{self, Egress};
 pub enum Backend {
     /// Raw bytes: the bridge frames them.
     Tcp(TcpStream),
+    /// Raw bytes over a Unix domain socket.
+    Unix(UnixStream),
     /// A WebSocket whose handshake completed; `protocol` is the backend's choice.
     WebSocket {
         io: TokioIo<Upgraded>,
@@ -47,10 +52,73 @@ pub struct Handshake {
     pub protocols: Option<HeaderValue>,
 }
 
+/// The two ends of the client's connection, as a PROXY header tells them to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyAddrs {
+    /// The client (after PROXY / forwarded headers).
+    pub source: SocketAddr,
+    /// The address the client connected to.
+    pub destination: SocketAddr,
+}
+
+impl ProxyAddrs {
+    /// The PROXY protocol v2 header (`PROXY` command, TCP over the client's family).
+    pub fn v2_header(&self) -> io::Result<Vec<u8>> {
+        use ppp::v2::{Builder, Command, Protocol, Version};
+        // A v4 client on a v6 listener (or the reverse): both ends in one family.
+        let (source, destination) = match (self.source, self.destination) {
+            (s @ SocketAddr::V4(_), d @ SocketAddr::V4(_))
+            | (s @ SocketAddr::V6(_), d @ SocketAddr::V6(_)) => (s, d),
+            (s, d) => (to_v6(s), to_v6(d)),
+        };
+        Builder::with_addresses(
+            Version::Two | Command::Proxy,
+            Protocol::Stream,
+            (source, destination),
+        )
+        .build()
+    }
+}
+
+fn to_v6(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        v6 => v6,
+    }
+}
+
+/// Options set on every backend TCP socket, so a half-open backend is found.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SocketOptions {
+    /// Keepalive idle time and probe interval (3 probes); `None`: off.
+    pub keepalive: Option<Duration>,
+    /// `TCP_USER_TIMEOUT`; `None`: the kernel's default.
+    pub user_timeout: Option<Duration>,
+}
+
+impl SocketOptions {
+    fn apply(&self, stream: &TcpStream) -> io::Result<()> {
+        let sock = socket2::SockRef::from(stream);
+        if let Some(idle) = self.keepalive {
+            let ka = socket2::TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(idle)
+                .with_retries(3);
+            sock.set_tcp_keepalive(&ka)?;
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(t) = self.user_timeout {
+            sock.set_tcp_user_timeout(Some(t))?;
+        }
+        Ok(())
+    }
+}
+
 /// Turns a route's backend address into a connection.
 #[derive(Debug, Clone)]
 pub struct Dialer {
     pub connect_timeout: Duration,
+    pub socket: SocketOptions,
     /// Where the built-in echo service listens, when a route uses it.
     pub echo_addr: Option<SocketAddr>,
     /// `[egress] allow`, checked on every dial but the echo service's.
@@ -59,32 +127,42 @@ pub struct Dialer {
 
 impl Dialer {
     /// Dial `target` (the route's backend, or this session's); for a WebSocket backend its
-    /// handshake is part of the dial. Everything runs under the connect timeout: egress
-    /// denied → 403, refused → 502, timeout → 504.
+    /// handshake is part of the dial, and so is the PROXY header (`proxy`) of a byte
+    /// backend. Everything runs under the connect timeout: egress denied → 403, refused
+    /// → 502, timeout → 504.
     pub async fn dial(
         &self,
         backend_tls: Option<&Arc<rustls::ClientConfig>>,
         target: &BackendAddr,
         handshake: Handshake,
+        proxy: Option<ProxyAddrs>,
     ) -> Result<Backend, RejectError> {
         let egress = self.egress.as_deref();
+        let socket = &self.socket;
         let dial = async {
-            match target {
+            let mut backend = match target {
                 BackendAddr::Tcp { host, port } => {
-                    Ok(Backend::Tcp(connect_checked(host, *port, egress).await?))
+                    Backend::Tcp(connect_checked(host, *port, egress, socket).await?)
                 }
+                BackendAddr::Unix { path } => Backend::Unix(
+                    UnixStream::connect(path)
+                        .await
+                        .map_err(unreachable_or_refused)?,
+                ),
                 BackendAddr::BuiltinEcho => match self.echo_addr {
-                    Some(a) => Ok(Backend::Tcp(connect(a).await?)),
-                    None => Err(RejectError::BackendUnreachable(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        "echo service not started",
-                    ))),
+                    Some(a) => Backend::Tcp(connect(a, &SocketOptions::default()).await?),
+                    None => {
+                        return Err(RejectError::BackendUnreachable(io::Error::new(
+                            io::ErrorKind::NotFound,
+                            "echo service not started",
+                        )))
+                    }
                 },
                 BackendAddr::WebSocket {
                     tls, host, port, ..
                 } => {
                     // SNI and Host keep the name; the socket goes to a checked address.
-                    let tcp = connect_checked(host, *port, egress).await?;
+                    let tcp = connect_checked(host, *port, egress, socket).await?;
                     let authority = if *port == if *tls { 443 } else { 80 } {
                         bracket(host)
                     } else {
@@ -102,9 +180,20 @@ impl Dialer {
                         }
                         _ => websocket_handshake(tcp, &authority, handshake).await?,
                     };
-                    Ok(Backend::WebSocket { io, protocol })
+                    Backend::WebSocket { io, protocol }
                 }
+            };
+            if let Some(addrs) = proxy {
+                // The header goes first, before any client byte (the bridge has not started).
+                let header = addrs.v2_header().map_err(RejectError::BackendUnreachable)?;
+                let written = match &mut backend {
+                    Backend::Tcp(s) => s.write_all(&header).await,
+                    Backend::Unix(s) => s.write_all(&header).await,
+                    Backend::WebSocket { .. } => Ok(()),
+                };
+                written.map_err(RejectError::BackendUnreachable)?;
             }
+            Ok(backend)
         };
         tokio::time::timeout(self.connect_timeout, dial)
             .await
@@ -117,10 +206,11 @@ async fn connect_checked(
     host: &str,
     port: u16,
     egress: Option<&Egress>,
+    socket: &SocketOptions,
 ) -> Result<TcpStream, RejectError> {
     let mut last = None;
     for addr in targets::resolve_allowed(host, port, egress).await? {
-        match connect(addr).await {
+        match connect(addr, socket).await {
             Ok(stream) => return Ok(stream),
             Err(e) => last = Some(e),
         }
@@ -133,16 +223,25 @@ async fn connect_checked(
     }))
 }
 
-async fn connect(addr: impl tokio::net::ToSocketAddrs) -> Result<TcpStream, RejectError> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
-        io::ErrorKind::ConnectionRefused => RejectError::BackendRefused(e),
-        _ => RejectError::BackendUnreachable(e),
-    })?;
+async fn connect(addr: SocketAddr, socket: &SocketOptions) -> Result<TcpStream, RejectError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(unreachable_or_refused)?;
     // Small messages (keystrokes, pongs, RPCs) must not wait for Nagle.
     stream
         .set_nodelay(true)
         .map_err(RejectError::BackendUnreachable)?;
+    socket
+        .apply(&stream)
+        .map_err(RejectError::BackendUnreachable)?;
     Ok(stream)
+}
+
+fn unreachable_or_refused(e: io::Error) -> RejectError {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => RejectError::BackendRefused(e),
+        _ => RejectError::BackendUnreachable(e),
+    }
 }
 
 fn bracket(host: &str) -> String {
@@ -290,10 +389,40 @@ pub fn serve_echo_service(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn backend_sockets_get_keepalive_and_user_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let options = SocketOptions {
+            keepalive: Some(Duration::from_secs(7)),
+            user_timeout: Some(Duration::from_secs(11)),
+        };
+        let stream = connect(listener.local_addr().unwrap(), &options)
+            .await
+            .unwrap();
+        let sock = socket2::SockRef::from(&stream);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(7)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 3);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(11))
+        );
+        let plain = connect(listener.local_addr().unwrap(), &SocketOptions::default())
+            .await
+            .unwrap();
+        assert!(!socket2::SockRef::from(&plain).keepalive().unwrap());
+    }
+
     #[test]
     fn accept_key_matches_rfc_example() {
         assert_eq!(
-            super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }

@@ -1,4 +1,6 @@
-//! Backend URLs (`tcp://`, `ws://`, `wss://`, `builtin:echo`) parsed into a plain address.
+//! Backend URLs (`tcp://`, `unix:`, `ws://`, `wss://`, `builtin:echo`) parsed into a plain address.
+
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
@@ -14,6 +16,9 @@ pub enum BackendAddr {
         port: u16,
         path: String,
     },
+    /// A raw byte service on a Unix domain socket (`unix:/run/app.sock`). Only from the
+    /// config file, never from a token file or a claim.
+    Unix { path: PathBuf },
     /// The built-in echo service, started by the gateway on a loopback port.
     BuiltinEcho,
 }
@@ -23,8 +28,20 @@ impl BackendAddr {
         if url == "builtin:echo" {
             return Ok(Self::BuiltinEcho);
         }
+        if let Some(path) = url.strip_prefix("unix:") {
+            // `unix:/p` and `unix:///p` both name /p; a relative path would depend on the cwd.
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if !path.starts_with('/') || path.len() < 2 || path.contains('\0') {
+                bail!("backend {url:?}: expected unix:/absolute/path");
+            }
+            // sun_path holds 108 bytes with the terminating NUL.
+            if path.len() > 107 {
+                bail!("backend {url:?}: a socket path is at most 107 bytes");
+            }
+            return Ok(Self::Unix { path: path.into() });
+        }
         let (scheme, rest) = url.split_once("://").with_context(|| {
-            format!("backend {url:?}: expected tcp://, ws://, wss:// or builtin:echo")
+            format!("backend {url:?}: expected tcp://, unix:, ws://, wss:// or builtin:echo")
         })?;
         let (authority, path) = match (scheme, rest.find(['/', '?'])) {
             ("tcp", _) => (rest.trim_end_matches('/'), ""),
@@ -65,6 +82,11 @@ impl BackendAddr {
             },
         })
     }
+
+    /// Raw bytes (`tcp://`, `unix:`, the echo service), as opposed to a WebSocket backend.
+    pub fn is_bytes(&self) -> bool {
+        !matches!(self, Self::WebSocket { .. })
+    }
 }
 
 impl std::fmt::Display for BackendAddr {
@@ -85,6 +107,7 @@ impl std::fmt::Display for BackendAddr {
                     write!(f, "{scheme}://{host}:{port}{path}")
                 }
             }
+            Self::Unix { path } => write!(f, "unix:{}", path.display()),
             Self::BuiltinEcho => f.write_str("builtin:echo"),
         }
     }

@@ -2,7 +2,7 @@
 //! rejected.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +63,37 @@ pub struct ListenerConfig {
     /// Default false; the embedded default turns it on.
     #[serde(default)]
     pub console: bool,
+    /// Behind an L4 load balancer: connections from `trusted_proxies` must open with a
+    /// PROXY protocol v1 or v2 header (read before TLS, under `timeouts.header_read_secs`),
+    /// whose source address becomes the client's. A header from any other source is
+    /// refused; other sources without one are served as direct clients. Default false.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Behind an HTTP load balancer: on requests from `trusted_proxies`, the client is the
+    /// right-most address of `Forwarded` (`for=`), else of `X-Forwarded-For`, that is not
+    /// itself a trusted proxy. Default false.
+    #[serde(default)]
+    pub forwarded_headers: bool,
+    /// The load balancers' addresses, as CIDRs or plain IPs (`"10.0.0.0/8"`, `"::1"`).
+    /// Required (non-empty) with `proxy_protocol` or `forwarded_headers`. Default none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl ListenerConfig {
+    /// A plain listener on `address` with every optional key at its default.
+    pub fn new(address: SocketAddr) -> Self {
+        Self {
+            address,
+            tls: None,
+            http2: true,
+            h2c: false,
+            console: false,
+            proxy_protocol: false,
+            forwarded_headers: false,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 /// PEM files: a certificate chain (leaf first) and its private key (PKCS#8, PKCS#1 or SEC1).
@@ -114,6 +145,14 @@ pub struct Timeouts {
     /// After `POST /api/routes/{name}/drain`: how long live sessions keep going before they
     /// are closed with 1001 (the request's `?grace_secs=` overrides it). Default 30 s.
     pub drain_grace_secs: f64,
+    /// TCP keepalive on backend sockets: idle time before the first probe, and the time
+    /// between probes (3 unanswered probes drop the connection); 0 disables. Finds a
+    /// backend host that vanished while the session was idle. Default 30 s.
+    pub backend_keepalive_secs: f64,
+    /// `TCP_USER_TIMEOUT` on backend sockets (Linux): how long sent data may stay
+    /// unacknowledged before the connection is dropped; 0 leaves the kernel default
+    /// (about 15 minutes of retransmissions). Default 60 s.
+    pub backend_user_timeout_secs: f64,
 }
 
 impl Default for Timeouts {
@@ -127,6 +166,8 @@ impl Default for Timeouts {
             close_grace_secs: 5.0,
             shutdown_grace_secs: 10.0,
             drain_grace_secs: 30.0,
+            backend_keepalive_secs: 30.0,
+            backend_user_timeout_secs: 60.0,
         }
     }
 }
@@ -166,6 +207,13 @@ pub struct Limits {
     /// Pacing of each direction of each session, in bytes per second (a route's
     /// `bandwidth_bytes_per_sec` overrides it). 0 = unpaced. Default 0.
     pub bandwidth_bytes_per_sec: u64,
+    /// Failed credentials (401/403 from a route's auth) and unknown target tokens one client
+    /// address (IPv4, or IPv6 /64) may have per minute, refilled continuously; over it, 429
+    /// before the credential is even checked. 0 = no budget. Default 30.
+    pub auth_failures_per_ip_per_min: u32,
+    /// Failed credentials one client address may have at once before the rate applies.
+    /// Default 20.
+    pub auth_failure_burst_per_ip: u32,
 }
 
 impl Default for Limits {
@@ -183,6 +231,8 @@ impl Default for Limits {
             retry_after_secs: 5,
             max_header_bytes: 32 * 1024,
             bandwidth_bytes_per_sec: 0,
+            auth_failures_per_ip_per_min: 30,
+            auth_failure_burst_per_ip: 20,
         }
     }
 }
@@ -199,6 +249,22 @@ pub struct RouteConfig {
     /// `builtin:echo` for the built-in echo service. Required unless `[route.target]` is set.
     #[serde(default)]
     pub backend: Option<String>,
+    /// A pool instead of one `backend`: several URLs of one kind (all `tcp://`/`unix:`, or
+    /// all `ws://`/`wss://`). A failed dial tries the next one before the client's `101`.
+    /// Default none.
+    #[serde(default)]
+    pub backends: Vec<String>,
+    /// With `backends`: `round_robin` (default) or `least_sessions`.
+    #[serde(default)]
+    pub balance: Balance,
+    /// `[route.health]`: with `backends`, ejection of failing backends and active checks.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Byte backends (`tcp://`, `unix:`, token-file and claim targets): send a PROXY
+    /// protocol header carrying the client's address before any data. Only `"v2"`.
+    /// Default: none.
+    #[serde(default)]
+    pub send_proxy_protocol: Option<ProxyProtocolVersion>,
     /// Subprotocols this route accepts, in the client's order of preference. Default `["binary"]`.
     #[serde(default = "default_subprotocols")]
     pub subprotocols: Vec<String>,
@@ -209,6 +275,12 @@ pub struct RouteConfig {
     /// Default `["cookie", "authorization", "user-agent"]`.
     #[serde(default = "default_forward_headers")]
     pub forward_headers: Vec<String>,
+    /// WebSocket backends: also forward the credential the gateway checked for this route
+    /// (a bearer `Authorization` header, the `cookie_name` cookie) when `forward_headers`
+    /// lists its header. Default false: the gateway consumes it, as it does `bearer.`
+    /// subprotocol entries and query tokens.
+    #[serde(default)]
+    pub forward_credentials: bool,
     /// WebSocket backends with a prefix route: drop the route's prefix from the request
     /// path before appending it to the backend URL's path. Default true.
     #[serde(default = "default_true")]
@@ -245,6 +317,36 @@ pub struct RouteConfig {
     pub bandwidth_bytes_per_sec: Option<u64>,
 }
 
+impl FileConfig {
+    /// Make every relative file path absolute against `base` (the config file's folder), so
+    /// that the files a config names do not depend on the working directory it is started
+    /// from (systemd starts services in `/`). Absolute paths are kept as they are.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for l in &mut self.listeners {
+            if let Some(tls) = &mut l.tls {
+                fix(&mut tls.cert_file);
+                fix(&mut tls.key_file);
+                tls.client_ca_file.iter_mut().for_each(fix);
+            }
+        }
+        for r in &mut self.routes {
+            r.tls_ca_file.iter_mut().for_each(fix);
+            if let Some(jwt) = r.auth.as_mut().and_then(|a| a.jwt.as_mut()) {
+                jwt.secret_file.iter_mut().for_each(fix);
+                jwt.public_key_file.iter_mut().for_each(fix);
+            }
+            if let Some(target) = &mut r.target {
+                target.token_file.iter_mut().for_each(fix);
+            }
+        }
+    }
+}
+
 fn default_true() -> bool {
     true
 }
@@ -266,9 +368,14 @@ impl RouteConfig {
             name: name.into(),
             path: path.into(),
             backend: Some(backend.into()),
+            backends: Vec::new(),
+            balance: Balance::default(),
+            health: HealthConfig::default(),
+            send_proxy_protocol: None,
             subprotocols: default_subprotocols(),
             message_type: MessageType::default(),
             forward_headers: default_forward_headers(),
+            forward_credentials: false,
             strip_path_prefix: true,
             tls_ca_file: None,
             insecure_skip_verify: false,
@@ -294,4 +401,49 @@ pub enum MessageType {
     #[default]
     Binary,
     Text,
+}
+
+/// How a pool picks a backend for a new session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each new session goes to the next backend in turn.
+    #[default]
+    RoundRobin,
+    /// Each new session goes to the backend with the fewest live sessions (ties in turn).
+    LeastSessions,
+}
+
+/// The PROXY protocol versions the gateway can send to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolVersion {
+    V2,
+}
+
+/// `[route.health]`: passive and active health of a pool's backends, in seconds.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// A backend whose dial failed is skipped for this long; each further failure in a row
+    /// doubles it. Default 5 s.
+    pub eject_secs: f64,
+    /// The longest ejection. Default 300 s.
+    pub max_eject_secs: f64,
+    /// Active checks: a TCP (or Unix socket) connect to every backend this often; a failure
+    /// ejects, a success ends an ejection. 0 disables. Default 0.
+    pub check_interval_secs: f64,
+    /// How long an active check's connect may take. Default 2 s.
+    pub check_timeout_secs: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            eject_secs: 5.0,
+            max_eject_secs: 300.0,
+            check_interval_secs: 0.0,
+            check_timeout_secs: 2.0,
+        }
+    }
 }

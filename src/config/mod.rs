@@ -21,8 +21,8 @@ use anyhow::{bail, Context};
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
 pub use backend_addr::BackendAddr;
 pub use file::{
-    AdminConfig, FileConfig, Limits, ListenerConfig, MessageType, RouteConfig, RuntimeConfig,
-    Timeouts, TlsConfig,
+    AdminConfig, Balance, FileConfig, HealthConfig, Limits, ListenerConfig, MessageType,
+    ProxyProtocolVersion, RouteConfig, RuntimeConfig, Timeouts, TlsConfig,
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
@@ -48,6 +48,10 @@ pub struct Config {
     pub tls_handshake_timeout: Duration,
     pub header_read_timeout: Duration,
     pub backend_connect_timeout: Duration,
+    /// TCP keepalive idle time and probe interval on backend sockets; `None`: off.
+    pub backend_keepalive: Option<Duration>,
+    /// `TCP_USER_TIMEOUT` on backend sockets; `None`: the kernel's default.
+    pub backend_user_timeout: Option<Duration>,
     /// `None` when keepalive is disabled.
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
@@ -74,11 +78,25 @@ impl Config {
         file.validate()
     }
 
-    /// Read, parse and validate a config file.
+    /// Read, parse and validate a config file. Relative file paths in it (certificates,
+    /// keys, CA bundles, JWT keys, token files) resolve against the file's own folder.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        Self::from_toml(&text).with_context(|| format!("invalid config {}", path.display()))
+        // `wsgate.toml` alone has an empty parent: the working directory.
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let base = match folder {
+            Some(folder) => std::path::absolute(folder),
+            None => std::env::current_dir(),
+        }
+        .with_context(|| format!("locating the folder of config {}", path.display()))?;
+        toml::from_str::<FileConfig>(&text)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(|mut file| {
+                file.resolve_paths(&base);
+                file.validate()
+            })
+            .with_context(|| format!("invalid config {}", path.display()))
     }
 
     /// The embedded default configuration.
@@ -112,9 +130,14 @@ impl Config {
 }
 
 fn secs(name: &str, value: f64, allow_zero: bool) -> anyhow::Result<Duration> {
+    secs_at(&format!("timeouts.{name}"), value, allow_zero)
+}
+
+/// Seconds at key `key` (its full name) as a `Duration`: finite, at most a day.
+fn secs_at(key: &str, value: f64, allow_zero: bool) -> anyhow::Result<Duration> {
     if !value.is_finite() || value < 0.0 || (!allow_zero && value == 0.0) || value > 86_400.0 {
         bail!(
-            "timeouts.{name}: must be {} and at most 86400, got {value}",
+            "{key}: must be {} and at most 86400, got {value}",
             if allow_zero { ">= 0" } else { "> 0" }
         );
     }
@@ -143,6 +166,7 @@ impl FileConfig {
                     bail!("listener[{i}].tls.client_auth: needs client_ca_file");
                 }
             }
+            validate_client_identity(i, l)?;
         }
         if let Some(admin) = &self.admin {
             if admin.address.port() != 0 && addrs.contains(&admin.address) {
@@ -172,6 +196,12 @@ impl FileConfig {
         }
         let t = &self.timeouts;
         let ping = secs("ping_interval_secs", t.ping_interval_secs, true)?;
+        let keepalive = secs("backend_keepalive_secs", t.backend_keepalive_secs, true)?;
+        let user_timeout = secs(
+            "backend_user_timeout_secs",
+            t.backend_user_timeout_secs,
+            true,
+        )?;
         let l = &self.limits;
         Ok(Config {
             admin: self.admin.as_ref().map(|a| a.address),
@@ -180,6 +210,8 @@ impl FileConfig {
             tls_handshake_timeout: secs("tls_handshake_secs", t.tls_handshake_secs, false)?,
             header_read_timeout: secs("header_read_secs", t.header_read_secs, false)?,
             backend_connect_timeout: secs("backend_connect_secs", t.backend_connect_secs, false)?,
+            backend_keepalive: (!keepalive.is_zero()).then_some(keepalive),
+            backend_user_timeout: (!user_timeout.is_zero()).then_some(user_timeout),
             ping_interval: (!ping.is_zero()).then_some(ping),
             pong_timeout: secs("pong_timeout_secs", t.pong_timeout_secs, false)?,
             close_grace: secs("close_grace_secs", t.close_grace_secs, false)?,
@@ -243,17 +275,34 @@ impl FileConfig {
                 "{at}.auth: requires a client certificate, but no listener has tls.client_ca_file"
             );
         }
-        let backend = match (&r.backend, &r.target) {
-            (Some(url), None) => {
-                Some(BackendAddr::parse(url).with_context(|| format!("{at}.backend"))?)
+        let backends = match (&r.backend, &r.target, r.backends.is_empty()) {
+            (Some(url), None, true) => {
+                vec![BackendAddr::parse(url).with_context(|| format!("{at}.backend"))?]
             }
-            (Some(_), Some(_)) => bail!("{at}: backend and [route.target] exclude each other"),
-            (None, None) => bail!("{at}.backend: required (or a [route.target] table)"),
-            (None, Some(_)) => None,
+            (None, None, false) => validate_pool(&at, r)?,
+            (Some(_), Some(_), _) => bail!("{at}: backend and [route.target] exclude each other"),
+            (_, _, false) => bail!("{at}.backends: excludes backend and [route.target]"),
+            (None, None, true) => {
+                bail!("{at}.backend: required (or backends, or a [route.target] table)")
+            }
+            (None, Some(_), true) => Vec::new(),
         };
-        let is_wss = matches!(backend, Some(BackendAddr::WebSocket { tls: true, .. }));
+        let is_wss = backends
+            .iter()
+            .any(|b| matches!(b, BackendAddr::WebSocket { tls: true, .. }));
         if !is_wss && (r.tls_ca_file.is_some() || r.insecure_skip_verify) {
             bail!("{at}: tls_ca_file and insecure_skip_verify apply to wss:// backends only");
+        }
+        // Token-file and claim targets are always tcp://, so bytes.
+        if r.send_proxy_protocol.is_some()
+            && backends
+                .iter()
+                .any(|b| !b.is_bytes() || *b == BackendAddr::BuiltinEcho)
+        {
+            bail!(
+                "{at}.send_proxy_protocol: applies to tcp:// and unix: backends only \
+                 (WebSocket backends get X-Forwarded-For)"
+            );
         }
         for h in &r.forward_headers {
             hyper::header::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
@@ -263,9 +312,7 @@ impl FileConfig {
                     format!("{at}.forward_headers: {h:?} is not a forwardable header")
                 })?;
         }
-        let frame = r.max_frame_bytes.unwrap_or(self.limits.max_frame_bytes);
-        let message = r.max_message_bytes.unwrap_or(self.limits.max_message_bytes);
-        check_sizes(&at, frame, message)?;
+        check_sizes(&at, r, &self.limits)?;
         cap(
             &format!("{at}.max_sessions"),
             r.max_sessions.unwrap_or(self.limits.max_sessions_per_route),
@@ -282,6 +329,68 @@ impl FileConfig {
         }
         Ok(())
     }
+}
+
+/// A listener's PROXY protocol and forwarded-header keys.
+fn validate_client_identity(i: usize, l: &ListenerConfig) -> anyhow::Result<()> {
+    let at = format!("listener[{i}]");
+    for (n, cidr) in l.trusted_proxies.iter().enumerate() {
+        parse_cidr(cidr).with_context(|| format!("{at}.trusted_proxies[{n}]"))?;
+    }
+    let uses_them = l.proxy_protocol || l.forwarded_headers;
+    if uses_them && l.trusted_proxies.is_empty() {
+        bail!("{at}.trusted_proxies: proxy_protocol and forwarded_headers need the load balancers' addresses");
+    }
+    if !uses_them && !l.trusted_proxies.is_empty() {
+        bail!("{at}.trusted_proxies: set proxy_protocol or forwarded_headers too, or remove it");
+    }
+    Ok(())
+}
+
+/// `"10.0.0.0/8"` or a plain address (one host).
+pub fn parse_cidr(text: &str) -> anyhow::Result<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| anyhow::anyhow!("{text:?} is not an address or CIDR"))
+}
+
+/// A route's `backends` and `[route.health]`.
+fn validate_pool(at: &str, r: &RouteConfig) -> anyhow::Result<Vec<BackendAddr>> {
+    let mut out = Vec::with_capacity(r.backends.len());
+    for (n, url) in r.backends.iter().enumerate() {
+        let b = BackendAddr::parse(url).with_context(|| format!("{at}.backends[{n}]"))?;
+        if b == BackendAddr::BuiltinEcho {
+            bail!("{at}.backends[{n}]: builtin:echo cannot be pooled");
+        }
+        if out.contains(&b) {
+            bail!("{at}.backends[{n}]: {b} is listed twice");
+        }
+        if out
+            .first()
+            .is_some_and(|f: &BackendAddr| f.is_bytes() != b.is_bytes())
+        {
+            bail!("{at}.backends[{n}]: mixes WebSocket and byte (tcp://, unix:) backends");
+        }
+        out.push(b);
+    }
+    if out.len() > 1024 {
+        bail!("{at}.backends: at most 1024");
+    }
+    let h = &r.health;
+    let name = |k: &str| format!("{at}.health.{k}");
+    let eject = secs_at(&name("eject_secs"), h.eject_secs, false)?;
+    let max = secs_at(&name("max_eject_secs"), h.max_eject_secs, false)?;
+    if max < eject {
+        bail!("{at}.health.max_eject_secs: must be at least eject_secs");
+    }
+    let interval = secs_at(&name("check_interval_secs"), h.check_interval_secs, true)?;
+    if !interval.is_zero() && interval < Duration::from_millis(100) {
+        bail!("{at}.health.check_interval_secs: must be 0 (off) or at least 0.1");
+    }
+    secs_at(&name("check_timeout_secs"), h.check_timeout_secs, false)?;
+    Ok(out)
 }
 
 /// `[limits]` on its own, before any route inherits from it.
@@ -318,6 +427,15 @@ fn validate_limits(l: &Limits) -> anyhow::Result<()> {
         );
     }
     if l.max_frame_bytes > l.max_message_bytes {
+        // Name the key that was written: a lowered message size, or a raised frame size.
+        if l.max_frame_bytes == Limits::default().max_frame_bytes {
+            bail!(
+                "limits.max_message_bytes: {} is below limits.max_frame_bytes ({}): a message \
+                 is at least one frame; lower max_frame_bytes too",
+                l.max_message_bytes,
+                l.max_frame_bytes
+            );
+        }
         bail!(
             "limits.max_frame_bytes: {} is above limits.max_message_bytes ({}): a message is at \
              least one frame; raise max_message_bytes too",
@@ -347,6 +465,18 @@ fn validate_limits(l: &Limits) -> anyhow::Result<()> {
             l.max_header_bytes
         );
     }
+    if l.auth_failures_per_ip_per_min > 1_000_000 {
+        bail!(
+            "limits.auth_failures_per_ip_per_min: must be 0 (off) or 1..=1000000, got {}",
+            l.auth_failures_per_ip_per_min
+        );
+    }
+    if !(1..=1_000_000).contains(&l.auth_failure_burst_per_ip) {
+        bail!(
+            "limits.auth_failure_burst_per_ip: must be 1..=1000000, got {}",
+            l.auth_failure_burst_per_ip
+        );
+    }
     cap("limits.max_sessions", l.max_sessions)?;
     cap("limits.max_sessions_per_ip", l.max_sessions_per_ip)?;
     cap("limits.max_sessions_per_route", l.max_sessions_per_route)?;
@@ -369,12 +499,33 @@ fn bandwidth(name: &str, value: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_sizes(at: &str, frame: usize, message: usize) -> anyhow::Result<()> {
+/// A route's frame and message sizes, each its own key or inherited from `[limits]` (checked
+/// already). Errors name a key the route wrote, or say what it inherits.
+fn check_sizes(at: &str, r: &RouteConfig, limits: &Limits) -> anyhow::Result<()> {
+    let frame = r.max_frame_bytes.unwrap_or(limits.max_frame_bytes);
+    let message = r.max_message_bytes.unwrap_or(limits.max_message_bytes);
     if !(126..=1 << 30).contains(&frame) {
         bail!("{at}.max_frame_bytes: must be 126..=1073741824, got {frame}");
     }
-    if !(frame..=1 << 32).contains(&message) {
-        bail!("{at}.max_message_bytes: must be max_frame_bytes..=4294967296, got {message}");
+    if message > 1 << 32 {
+        bail!("{at}.max_message_bytes: must be at most 4294967296, got {message}");
+    }
+    if message < frame {
+        match (r.max_frame_bytes, r.max_message_bytes) {
+            (_, Some(_)) => bail!(
+                "{at}.max_message_bytes: {message} is below the route's max_frame_bytes \
+                 ({frame}{}): a message is at least one frame",
+                if r.max_frame_bytes.is_some() {
+                    ""
+                } else {
+                    ", from [limits]"
+                }
+            ),
+            _ => bail!(
+                "{at}.max_frame_bytes: {frame} is above the max_message_bytes it inherits from \
+                 [limits] ({message}): set {at}.max_message_bytes too"
+            ),
+        }
     }
     Ok(())
 }

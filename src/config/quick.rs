@@ -1,6 +1,7 @@
 //! Quick mode: command-line flags (`--listen`, `--route`, `--tls-cert` …) turned into the same
 //! [`FileConfig`] a file would give, so both paths share one validation.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -42,15 +43,22 @@ impl QuickMode {
             bail!("quick mode needs at least one --route PATH=tcp://HOST:PORT");
         }
         let mut routes = Vec::with_capacity(self.routes.len());
+        let mut names = HashSet::new();
         for spec in &self.routes {
             let (path, backend) = spec
                 .split_once('=')
                 .with_context(|| format!("--route {spec:?}: expected PATH=URL"))?;
-            routes.push(RouteConfig::new(
-                route_name(path, routes.len()),
-                path,
-                backend,
-            ));
+            // Two paths can give one name (`/ws` and `/ws/`, `/a.b` and `/a_b`): the later
+            // route gets its position appended, so no flag the user wrote collides.
+            let mut name = route_name(path, routes.len());
+            if names.contains(&name) {
+                name = (routes.len() + 1..)
+                    .map(|n| format!("{name}-{n}"))
+                    .find(|candidate| !names.contains(candidate))
+                    .unwrap_or(name);
+            }
+            names.insert(name.clone());
+            routes.push(RouteConfig::new(name, path, backend));
         }
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert_file), Some(key_file)) => Some(TlsConfig {
@@ -63,13 +71,12 @@ impl QuickMode {
         };
         Ok(FileConfig {
             listeners: vec![ListenerConfig {
-                address: self
-                    .listen
-                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
                 tls,
-                http2: true,
-                h2c: false,
                 console: self.console,
+                ..ListenerConfig::new(
+                    self.listen
+                        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+                )
             }],
             admin: self.admin.map(|address| AdminConfig {
                 address,

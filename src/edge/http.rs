@@ -1,5 +1,6 @@
-//! One HTTP request: route, upgrade checks, access (origin, credentials, target), backend
-//! dial, `101` (or `200` for an HTTP/2 extended CONNECT, `edge::h2`), then the session task.
+//! One HTTP request: path rules, route, upgrade checks, access (failed-credential budget,
+//! origin, credentials, target), backend dial, `101` (or `200` for an HTTP/2 extended
+//! CONNECT, `edge::extended_connect`), then the session task.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,16 +16,17 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
 use super::shared::{ConnectionSlot, Shared};
-use crate::backend::{Backend, Handshake};
+use crate::backend::{Backend, Handshake, ProxyAddrs};
 use crate::config::BackendAddr;
 use crate::error::RejectError;
+use crate::logsafe::Escaped;
 use crate::metrics::{self, Protocol, SessionMetrics};
-use crate::policy::{access, ConnInfo};
+use crate::policy::{access, ClientSource, ConnInfo};
 use crate::session::bridge::{self, BridgeConfig};
 use crate::session::io::{websocket_halves, ClientStream};
 use crate::session::registry::{Registered, SessionEntry, SessionInfo};
 use crate::session::relay::{self, RelayConfig};
-use crate::snapshot::{select_subprotocol, Route};
+use crate::snapshot::{check_path, select_subprotocol, Route};
 
 /// Every answer the gateway writes itself: a short, complete body.
 pub type Body = Full<Bytes>;
@@ -36,10 +38,23 @@ pub async fn handle(
     shared: Arc<Shared>,
     permit: Arc<ConnectionSlot>,
 ) -> Result<Response<Body>, Infallible> {
+    // Path rules (400) before routing: the router matches the path a backend will get.
+    if let Err(e) = check_path(req.uri().path()) {
+        return Ok(reject(&req, None, e));
+    }
     let Some(route) = shared.snapshot.router.find(req.uri().path()).cloned() else {
         return Ok(reject(&req, None, RejectError::NoRoute));
     };
     Span::current().record("route", &*route.name);
+    // Behind a trusted HTTP load balancer the client is who its headers name: from here on
+    // (access, limits, logs, PROXY headers to the backend) that address is the client's.
+    let conn = match conn.for_request(req.headers()) {
+        Some(c) => {
+            Span::current().record("client", tracing::field::display(c.peer));
+            c
+        }
+        None => conn,
+    };
     if let Err(e) = check_upgrade(&req) {
         return Ok(reject(&req, Some(&route), e));
     }
@@ -50,20 +65,41 @@ pub async fn handle(
         return Ok(reject(&req, Some(&route), RejectError::Draining));
     }
 
-    // Access: origin (403), credentials (401/403), then this session's target (404 for an
+    // Access: the address's budget of failed credentials (429, before its credential is
+    // tried), origin (403), credentials (401/403), then this session's target (404 for an
     // unknown token). The egress check (403) is part of the dial.
+    let auth_failures = &shared.snapshot.admission.auth_failures;
+    let checks_credentials = route.access.checks_credentials() || route.backend.takes_token();
+    if checks_credentials {
+        if let Err(e) = auth_failures.check(conn.peer.ip()) {
+            return Ok(reject(&req, Some(&route), e));
+        }
+    }
+    let failed = |e: RejectError| {
+        if checks_credentials && e.is_credential_failure() {
+            auth_failures.failed(conn.peer.ip());
+            metrics::auth_failed(&route.name);
+        }
+        reject(&req, Some(&route), e)
+    };
     let granted = match route.access.check(&req, &conn) {
         Ok(g) => g,
-        Err(e) => return Ok(reject(&req, Some(&route), e)),
+        Err(e) => return Ok(failed(e)),
     };
     if let Some(user) = &granted.principal {
-        Span::current().record("user", user.as_str());
+        Span::current().record("user", tracing::field::display(Escaped(user)));
     }
-    let target = match route.backend.resolve(&req, &granted).await {
-        Ok(t) => t,
-        Err(e) => return Ok(reject(&req, Some(&route), e)),
+    // A pool picks its backend at the dial; any other route's target is known now.
+    let target = match &route.pool {
+        Some(_) => None,
+        None => match route.backend.resolve(&req, &granted).await {
+            Ok(t) => {
+                Span::current().record("backend", tracing::field::display(Escaped(&t.to_string())));
+                Some(t)
+            }
+            Err(e) => return Ok(failed(e)),
+        },
     };
-    Span::current().record("backend", tracing::field::display(&target));
     // The offer without `bearer.` credentials: never chosen, echoed or forwarded.
     let offered = route.access.offered_protocols(&req);
     // Limits: a slot under every session cap, held until the session ends (429/503).
@@ -72,21 +108,38 @@ pub async fn handle(
         Err(e) => return Ok(reject(&req, Some(&route), e)),
     };
 
-    // Only a live backend earns a 101.
+    // Only a live backend earns a 101: the route's pool in its order (a failed dial tries
+    // the next backend), or this session's one target.
     let dial_started = Instant::now();
-    let handshake = match &target {
+    let proxy = route.send_proxy_protocol.then_some(ProxyAddrs {
+        source: conn.peer,
+        destination: conn.local,
+    });
+    let handshake = |target: &BackendAddr| match target {
         BackendAddr::WebSocket { path, .. } => {
             backend_handshake(&req, &route, path, &conn, &offered)
         }
         _ => Handshake::default(),
     };
-    let backend = match shared
-        .snapshot
-        .dialer
-        .dial(route.backend_tls.as_ref(), &target, handshake)
-        .await
-    {
-        Ok(b) => b,
+    let dialer = &shared.snapshot.dialer;
+    let dialed = match (&route.pool, &target) {
+        (Some(pool), _) => pool
+            .dial(dialer, route.backend_tls.as_ref(), handshake, proxy)
+            .await
+            .map(|(b, lease)| {
+                Span::current().record("backend", tracing::field::display(lease.backend()));
+                (b, Some(lease))
+            }),
+        (None, Some(target)) => dialer
+            .dial(route.backend_tls.as_ref(), target, handshake(target), proxy)
+            .await
+            .map(|b| (b, None)),
+        (None, None) => Err(RejectError::BackendUnreachable(std::io::Error::other(
+            "route has neither a pool nor a target",
+        ))),
+    };
+    let (backend, lease) = match dialed {
+        Ok(pair) => pair,
         Err(e) => {
             // 502/504: the backend's fault (a refused egress is the config's, not its health).
             if matches!(
@@ -104,7 +157,7 @@ pub async fn handle(
     // A WebSocket backend chose from the client's offer; for a byte backend the route decides.
     let protocol = match &backend {
         Backend::WebSocket { protocol, .. } => protocol.clone(),
-        Backend::Tcp(_) => select_subprotocol(&route, offered.iter().copied())
+        Backend::Tcp(_) | Backend::Unix(_) => select_subprotocol(&route, offered.iter().copied())
             .and_then(|p| HeaderValue::from_str(p).ok()),
     };
     let (mut response, upgrade) = match PendingUpgrade::accept(&mut req) {
@@ -120,7 +173,11 @@ pub async fn handle(
     let info = SessionInfo {
         route: route.name.clone(),
         client: conn.peer,
-        backend: target.to_string(),
+        backend: match (&lease, &target) {
+            (Some(lease), _) => lease.backend().to_string(),
+            (None, Some(target)) => target.to_string(),
+            (None, None) => String::new(),
+        },
         subprotocol: response
             .headers()
             .get(header::SEC_WEBSOCKET_PROTOCOL)
@@ -132,6 +189,7 @@ pub async fn handle(
         async move {
             let _permit = permit;
             let _slot = slot;
+            let _lease = lease;
             let protocol = upgrade.protocol();
             let client = match upgrade.wait().await {
                 Ok(client) => client,
@@ -232,17 +290,33 @@ where
         Role::Server,
         route.max_frame_bytes,
     );
+    let bridge_config = || BridgeConfig {
+        buffer_bytes: snapshot.buffer_bytes,
+        max_message_bytes: route.max_message_bytes,
+        message_type: route.message_type,
+        ping_interval: snapshot.ping_interval,
+        pong_timeout: snapshot.pong_timeout,
+        close_grace: snapshot.close_grace,
+        bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
+    };
     let outcome = match backend {
+        Backend::Unix(stream) => {
+            let (backend_read, backend_write) = stream.into_split();
+            // Boxed: sessions on TCP routes should not carry a second bridge's state.
+            Box::pin(bridge::run(
+                client_read,
+                client_write,
+                backend_read,
+                backend_write,
+                &bridge_config(),
+                &metrics,
+                &entry.control,
+                &shared.hard_stop,
+            ))
+            .await
+        }
         Backend::Tcp(stream) => {
-            let config = BridgeConfig {
-                buffer_bytes: snapshot.buffer_bytes,
-                max_message_bytes: route.max_message_bytes,
-                message_type: route.message_type,
-                ping_interval: snapshot.ping_interval,
-                pong_timeout: snapshot.pong_timeout,
-                close_grace: snapshot.close_grace,
-                bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
-            };
+            let config = bridge_config();
             let (backend_read, backend_write) = stream.into_split();
             bridge::run(
                 client_read,
@@ -286,7 +360,7 @@ where
         duration_ms = duration.as_millis() as u64,
         code = outcome.code,
         closed_by = outcome.initiator.label(),
-        reason = %outcome.reason,
+        reason = %Escaped(&outcome.reason),
         session = entry.id,
         "session closed"
     );
@@ -308,7 +382,15 @@ fn backend_handshake<B>(
             headers.append(name.clone(), value.clone());
         }
     }
-    let client_ip = conn.peer.ip().to_string();
+    if !route.forward_credentials {
+        route.access.withhold_credentials(&mut headers);
+    }
+    // The hop before us: the balancer when its headers named the client, else the client.
+    let hop = match conn.source {
+        ClientSource::ForwardedHeaders => conn.tcp_peer,
+        _ => conn.peer,
+    };
+    let client_ip = hop.ip().to_string();
     // Every earlier proxy's line, in order, then the address this connection came from.
     let forwarded_for = req
         .headers()
@@ -402,14 +484,18 @@ fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Respons
     metrics::upgrade_rejected(route_name, e.label());
     // Query values are redacted: a token in the URL never reaches the log.
     let uri = access::log_uri(req.uri());
+    let uri = Escaped(&uri);
     if e.is_routine() {
-        debug!(uri, error = %e, "upgrade rejected");
+        debug!(uri = %uri, error = %e, "upgrade rejected");
     } else {
         let source = match &e {
             RejectError::BackendRejected(status) => Some(format!("backend answered {status}")),
             _ => std::error::Error::source(&e).map(ToString::to_string),
         };
-        warn!(uri, error = %e, source = source.as_deref(), "upgrade failed");
+        let source = source
+            .as_deref()
+            .map(|s| tracing::field::display(Escaped(s)));
+        warn!(uri = %uri, error = %e, source, "upgrade failed");
     }
     let mut response = Response::new(Body::from(format!("{e}\n")));
     *response.status_mut() = e.status();

@@ -1,6 +1,7 @@
-//! Public listeners: accept with a permit, per-connection span, TLS handshake under a timeout,
-//! then hyper's HTTP/1.1 with upgrades or HTTP/2 (`super::h2`, chosen by ALPN or, with
-//! `h2c`, by the preface); each request goes to [`super::http::handle`].
+//! Public listeners: accept with a permit, per-connection span, the PROXY header (behind an
+//! L4 load balancer), TLS handshake under a timeout, then hyper's HTTP/1.1 with upgrades or
+//! HTTP/2 (`super::h2`, chosen by ALPN or, with `h2c`, by the preface); each request goes to
+//! [`super::http::handle`].
 
 use std::io;
 use std::sync::Arc;
@@ -13,12 +14,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, error, Instrument};
+use tracing::{debug, error, warn, Instrument, Span};
 
 use super::console::Console;
+use super::proxy_protocol::{self, Proxied};
 use super::shared::{ConnectionSlot, Shared};
 use crate::metrics;
-use crate::policy::{ClientCert, ConnInfo};
+use crate::policy::{ClientCert, ClientSource, ConnInfo, ListenerTrust};
 
 /// A bound public listener and, for `wss`, its TLS acceptor.
 pub struct PublicListener {
@@ -28,6 +30,8 @@ pub struct PublicListener {
     pub h2c: bool,
     /// The browser console, when this listener serves it.
     pub console: Option<Arc<Console>>,
+    /// Which load balancers' word about the client it takes.
+    pub trust: ListenerTrust,
 }
 
 /// Accept until shutdown. A permit is taken before accepting, so at the limit new
@@ -52,17 +56,33 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
                 continue;
             }
         };
-        let span = tracing::info_span!("conn", %peer, route = tracing::field::Empty, user = tracing::field::Empty, backend = tracing::field::Empty);
+        // `peer` is the socket's; `client` is recorded when a trusted balancer names another.
+        let span = tracing::info_span!("conn", %peer, client = tracing::field::Empty, route = tracing::field::Empty, user = tracing::field::Empty, backend = tracing::field::Empty);
         let tls = l.tls.clone();
         let h2c = l.h2c;
         let console = l.console.clone();
+        let local = stream.local_addr().unwrap_or(peer);
         let conn = ConnInfo {
-            peer,
-            tls: tls.is_some(),
-            client_cert: None,
+            trust_forwarded: l.trust.forwarded_headers.clone(),
+            ..ConnInfo::direct(peer, local, tls.is_some())
         };
+        let proxy = l
+            .trust
+            .proxy_protocol
+            .as_ref()
+            .map(|t| t.contains(peer.ip()));
         shared.tracker.spawn(
-            connection(stream, tls, h2c, console, conn, permit, shared.clone()).instrument(span),
+            connection(
+                stream,
+                tls,
+                h2c,
+                console,
+                proxy,
+                conn,
+                permit,
+                shared.clone(),
+            )
+            .instrument(span),
         );
     }
 }
@@ -76,17 +96,57 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
+/// `proxy`: `None` on a listener without `proxy_protocol`, else whether the peer is trusted.
+// One connection's whole setting, passed down once from the accept loop.
+#[allow(clippy::too_many_arguments)]
 async fn connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     tls: Option<TlsAcceptor>,
     h2c: bool,
     console: Option<Arc<Console>>,
-    conn: ConnInfo,
+    proxy: Option<bool>,
+    mut conn: ConnInfo,
     permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
 ) {
     let _ = stream.set_nodelay(true);
     let permit = Arc::new(ConnectionSlot::open(permit));
+    if let Some(trusted) = proxy {
+        // Before TLS, under the header timeout: a silent peer costs a slot for that long only.
+        let read = tokio::select! {
+            r = tokio::time::timeout(shared.snapshot.header_read_timeout, proxy_protocol::read(&mut stream, trusted)) => r,
+            () = shared.shutdown.cancelled() => return,
+        };
+        match read {
+            Ok(Ok(Proxied::Client {
+                source,
+                destination,
+            })) => {
+                conn.peer = source;
+                conn.local = destination;
+                conn.source = ClientSource::ProxyProtocol;
+                Span::current().record("client", tracing::field::display(source));
+            }
+            Ok(Ok(Proxied::Local | Proxied::Direct)) => {}
+            Ok(Err(e)) => {
+                metrics::proxy_header_refused(e.label());
+                if matches!(
+                    e,
+                    proxy_protocol::Refused::Closed | proxy_protocol::Refused::Io(_)
+                ) {
+                    debug!(error = %e, "connection closed");
+                } else {
+                    warn!(error = %e, "connection refused");
+                }
+                return;
+            }
+            Err(_) => {
+                metrics::proxy_header_refused("timeout");
+                debug!("PROXY header timed out");
+                return;
+            }
+        }
+    }
     match tls {
         None if h2c
             && super::h2::opens_with_preface(&stream, shared.snapshot.header_read_timeout)

@@ -7,6 +7,7 @@ pub mod extended_connect;
 pub mod h2;
 pub mod http;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod shared;
 
 pub use listener::{accept_loop, PublicListener};

@@ -1,14 +1,15 @@
 //! Who may open a session on a route: the `Origin` allowlist, then credentials (a verified
 //! client certificate, a bearer token: static or JWT) taken from where browsers can put them.
-//! Also what the rest of the request must not leak: `bearer.` subprotocol entries and query
-//! tokens stay out of the backend handshake and the logs.
+//! Also what the rest of the request must not leak: `bearer.` subprotocol entries, query
+//! tokens and the checked `Authorization` header or auth cookie stay out of the backend
+//! handshake (unless the route sets `forward_credentials`), query values out of the logs.
 //!
 //! Compiled from `[route.origin]` and `[route.auth]` (`config::access`).
 
 use std::borrow::Cow;
 
 use anyhow::{bail, Context};
-use hyper::header;
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Uri};
 use subtle::ConstantTimeEq;
 
@@ -55,6 +56,12 @@ impl Access {
         Ok(Self { origin, auth })
     }
 
+    /// The route checks a credential (certificate or token), so failures spend the
+    /// client address's budget of failed credentials.
+    pub fn checks_credentials(&self) -> bool {
+        self.auth.is_some()
+    }
+
     /// The route wants a client certificate (so some listener must ask for one).
     pub fn needs_client_cert(&self) -> bool {
         self.auth.as_ref().is_some_and(|a| a.client_cert.is_some())
@@ -86,6 +93,50 @@ impl Access {
         protocol_entries(req)
             .filter(|p| !(strip && p.starts_with(SUBPROTOCOL_PREFIX)))
             .collect()
+    }
+
+    /// Remove from headers bound for a WebSocket backend the credential carriers this route
+    /// checks: bearer `Authorization` values (header source) and the auth cookie (cookie
+    /// source; other cookies stay). Like `bearer.` entries and query tokens, a credential the
+    /// gateway consumed is not passed on unless the route sets `forward_credentials`.
+    pub fn withhold_credentials(&self, headers: &mut HeaderMap) {
+        let Some(auth) = self.auth.as_ref().filter(|a| a.takes_tokens()) else {
+            return;
+        };
+        if auth.sources.contains(&TokenSource::Header) {
+            let kept: Vec<HeaderValue> = headers
+                .get_all(header::AUTHORIZATION)
+                .iter()
+                .filter(|v| v.to_str().map_or(true, |v| bearer_token(v).is_none()))
+                .cloned()
+                .collect();
+            replace_all(headers, header::AUTHORIZATION, kept);
+        }
+        if auth.sources.contains(&TokenSource::Cookie) {
+            let kept: Vec<HeaderValue> = headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| {
+                    let Ok(text) = v.to_str() else {
+                        return Some(v.clone());
+                    };
+                    let pairs: Vec<&str> = text
+                        .split(';')
+                        .map(str::trim)
+                        .filter(|pair| {
+                            !pair.is_empty()
+                                && pair
+                                    .split_once('=')
+                                    .is_none_or(|(k, _)| k.trim() != auth.cookie_name)
+                        })
+                        .collect();
+                    (!pairs.is_empty())
+                        .then(|| HeaderValue::from_str(&pairs.join("; ")).ok())
+                        .flatten()
+                })
+                .collect();
+            replace_all(headers, header::COOKIE, kept);
+        }
     }
 
     /// The client's query as forwarded to a WebSocket backend: without the token
@@ -394,11 +445,22 @@ fn bearer_header<B>(req: &Request<B>) -> Option<&str> {
         .get_all(header::AUTHORIZATION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            let token = token.trim();
-            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-        })
+        .find_map(bearer_token)
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Put `values` in place of every `name` header.
+fn replace_all(headers: &mut HeaderMap, name: header::HeaderName, values: Vec<HeaderValue>) {
+    headers.remove(&name);
+    for v in values {
+        headers.append(name.clone(), v);
+    }
 }
 
 fn cookie<'r, B>(req: &'r Request<B>, name: &str) -> Option<&'r str> {
@@ -610,11 +672,8 @@ mod tests {
     }
 
     fn conn() -> ConnInfo {
-        ConnInfo {
-            peer: "127.0.0.1:1".parse().unwrap(),
-            tls: false,
-            client_cert: None,
-        }
+        let a = "127.0.0.1:1".parse().unwrap();
+        ConnInfo::direct(a, a, false)
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! shares the proxy's address.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,10 +23,13 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::auth_failures::AuthFailures;
+use super::identity::client_key;
 use crate::config::Config;
 use crate::error::{Refusal, RejectError};
 
-/// How often the handshake limiter forgets addresses whose bucket is full again.
+/// How often the handshake limiter and the failed-credential budget forget addresses whose
+/// bucket is full again.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The handshake quota of `[limits]`: `None` when the rate limit is off.
@@ -41,19 +44,6 @@ fn handshake_quota(config: &Config) -> Option<Quota> {
     Quota::with_period(Duration::from_secs_f64(1.0 / rate)).map(|q| q.allow_burst(burst))
 }
 
-/// The key a client address is counted under: IPv4 as is, IPv6 by its /64.
-pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(
-                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
-            )),
-        },
-    }
-}
-
 /// Live sessions per client key. An entry lives only while its count is above zero, so the
 /// table holds at most one entry per live session.
 type IpTable = Arc<Mutex<HashMap<IpAddr, usize>>>;
@@ -66,6 +56,8 @@ pub struct Admission {
     per_ip: Option<(usize, IpTable)>,
     handshakes: Option<DefaultKeyedRateLimiter<IpAddr>>,
     retry_after_secs: u32,
+    /// Failed credentials per address, checked before a route's credentials.
+    pub auth_failures: AuthFailures,
 }
 
 impl Admission {
@@ -87,6 +79,7 @@ impl Admission {
                 .then(|| (l.max_sessions_per_ip, IpTable::default())),
             handshakes: handshake_quota(config).map(RateLimiter::keyed),
             retry_after_secs: l.retry_after_secs,
+            auth_failures: AuthFailures::new(l),
         }
     }
 
@@ -156,11 +149,12 @@ impl Admission {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
+        self.auth_failures.upkeep();
     }
 
     /// Run [`Admission::upkeep`] every [`UPKEEP_INTERVAL`] until `stop` is cancelled.
     pub async fn run_upkeep(self: Arc<Self>, stop: CancellationToken) {
-        if self.handshakes.is_none() {
+        if self.handshakes.is_none() && !self.auth_failures.is_on() {
             return;
         }
         let mut tick = tokio::time::interval(UPKEEP_INTERVAL);

@@ -21,6 +21,7 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::config::{JwtAlgorithm, JwtConfig};
 use crate::error::RejectError;
+use crate::logsafe::Escaped;
 
 /// A verified token's claims, as JSON.
 pub type Claims = serde_json::Map<String, serde_json::Value>;
@@ -92,7 +93,8 @@ impl JwtPolicy {
         match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
             Ok(data) => Ok(data.claims),
             Err(e) => {
-                debug!(error = %e, "JWT refused");
+                // The error can quote the token's claims: client text.
+                debug!(error = %Escaped(&e.to_string()), "JWT refused");
                 Err(match e.kind() {
                     ErrorKind::ExpiredSignature => RejectError::Unauthorized("token expired"),
                     ErrorKind::ImmatureSignature => {

@@ -34,17 +34,26 @@ pub enum Target {
     TokenFile(Arc<TokenFile>),
     /// A TCP target from this claim of the verified JWT.
     Claim(String),
+    /// The route's `backends` pool picks (`backend::pool`), not the policy.
+    Pool,
 }
 
 impl Target {
+    /// The target comes from a client's token (a token file), so a wrong one is a failed
+    /// credential.
+    pub fn takes_token(&self) -> bool {
+        matches!(self, Self::TokenFile(_))
+    }
     /// Resolve a route's `backend` or `[route.target]` (exactly one); errors name `at`.
     pub fn from_config(
         at: &str,
         backend: Option<&str>,
         target: Option<&TargetConfig>,
+        pooled: bool,
         access: &Access,
     ) -> anyhow::Result<Self> {
         match (backend, target) {
+            (None, None) if pooled => Ok(Self::Pool),
             (Some(url), None) => Ok(Self::Fixed(
                 BackendAddr::parse(url).with_context(|| format!("{at}.backend"))?,
             )),
@@ -100,6 +109,10 @@ impl Target {
                 parse_target(value)
                     .map_err(|_| RejectError::Forbidden("token names no valid target"))
             }
+            // The edge dials the pool itself; reaching here is a wiring mistake, not a panic.
+            Self::Pool => Err(RejectError::BackendUnreachable(std::io::Error::other(
+                "a pool route has no single target",
+            ))),
         }
     }
 }
@@ -117,6 +130,7 @@ impl std::fmt::Display for Target {
             Self::Fixed(addr) => addr.fmt(f),
             Self::TokenFile(file) => write!(f, "token-file:{}", file.path.display()),
             Self::Claim(name) => write!(f, "jwt-claim:{name}"),
+            Self::Pool => f.write_str("pool"),
         }
     }
 }

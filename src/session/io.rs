@@ -55,32 +55,40 @@ pub trait BackendSource: Unpin + Send {
     fn try_read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
 }
 
-impl BackendSource for OwnedReadHalf {
-    async fn ready(&mut self) -> io::Result<()> {
-        self.readable().await
-    }
-
-    fn try_read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        // A short read means the socket was drained: forget its readiness now, as tokio's
-        // own `poll_read` does, instead of paying a second recv() that only says EAGAIN.
-        // (Clearing is tied to the readiness event this read saw; a newer one is kept.)
-        let room = buf.capacity() - buf.len();
-        let mut got = None;
-        let outcome = self.as_ref().try_io(Interest::READABLE, || {
-            let n = self.try_read_buf(buf)?;
-            got = Some(n);
-            if n > 0 && n < room {
-                Err(io::ErrorKind::WouldBlock.into())
-            } else {
-                Ok(n)
+/// A socket's read half: readiness from the reactor, reads straight into the session's buffer.
+macro_rules! socket_source {
+    ($half:ty) => {
+        impl BackendSource for $half {
+            async fn ready(&mut self) -> io::Result<()> {
+                self.readable().await
             }
-        });
-        match got {
-            Some(n) => Ok(n),
-            None => outcome,
+
+            fn try_read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+                // A short read means the socket was drained: forget its readiness now, as tokio's
+                // own `poll_read` does, instead of paying a second recv() that only says EAGAIN.
+                // (Clearing is tied to the readiness event this read saw; a newer one is kept.)
+                let room = buf.capacity() - buf.len();
+                let mut got = None;
+                let outcome = self.as_ref().try_io(Interest::READABLE, || {
+                    let n = self.try_read_buf(buf)?;
+                    got = Some(n);
+                    if n > 0 && n < room {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(n)
+                    }
+                });
+                match got {
+                    Some(n) => Ok(n),
+                    None => outcome,
+                }
+            }
         }
-    }
+    };
 }
+
+socket_source!(OwnedReadHalf);
+socket_source!(tokio::net::unix::OwnedReadHalf);
 
 /// Any other stream (TLS, in-memory): buffered, so readiness is "the buffer has bytes".
 impl<R: AsyncRead + Unpin + Send> BackendSource for tokio::io::BufReader<R> {

@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::backend::Dialer;
+use crate::backend::pool::Pool;
+use crate::backend::{Dialer, SocketOptions};
 use crate::config::{is_hop_header, BackendAddr, Config};
-use crate::policy::{Access, Admission, Egress, Target};
+use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
 
 pub use route::{Route, RouteLimits};
-pub use router::{select_subprotocol, Router};
+pub use router::{check_path, select_subprotocol, Router};
 
 /// Everything a connection or a session needs from the configuration it started with.
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub struct Snapshot {
     pub router: Router,
     /// Each public listener's rustls config, in `config.listeners` order (`None`: plain `ws`).
     pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Each public listener's PROXY protocol and forwarded-header rules, in the same order.
+    pub listener_trust: Vec<ListenerTrust>,
     pub dialer: Dialer,
     pub buffer_bytes: usize,
     pub ping_interval: Option<Duration>,
@@ -45,6 +48,17 @@ impl Snapshot {
     /// and egress rules. Errors name the key. `echo_addr` is where the built-in echo
     /// service listens (`None` when no route uses it, or when only checking).
     pub fn build(config: Config, echo_addr: Option<SocketAddr>) -> anyhow::Result<Self> {
+        Self::build_reusing(config, echo_addr, None)
+    }
+
+    /// [`Self::build`], keeping `previous`'s pool of every route whose name and pool
+    /// settings are unchanged (ejections, session counts and check tasks carry over). New
+    /// pools with active checks need [`Pool::run_checks`] spawned by the caller.
+    pub fn build_reusing(
+        config: Config,
+        echo_addr: Option<SocketAddr>,
+        previous: Option<&Snapshot>,
+    ) -> anyhow::Result<Self> {
         crate::tls::install_crypto_provider();
         let mut listener_tls = Vec::with_capacity(config.listeners.len());
         for (i, l) in config.listeners.iter().enumerate() {
@@ -56,11 +70,17 @@ impl Snapshot {
                 None => None,
             });
         }
+        let listener_trust = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| ListenerTrust::from_config(i, l))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let routes = config
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| compile_route(&config, i, r).map(Arc::new))
+            .map(|(i, r)| compile_route(&config, i, r, previous).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let egress = config
             .egress
@@ -72,8 +92,13 @@ impl Snapshot {
             router: Router::new(&routes),
             routes,
             listener_tls,
+            listener_trust,
             dialer: Dialer {
                 connect_timeout: config.backend_connect_timeout,
+                socket: SocketOptions {
+                    keepalive: config.backend_keepalive,
+                    user_timeout: config.backend_user_timeout,
+                },
                 echo_addr,
                 egress,
             },
@@ -87,6 +112,11 @@ impl Snapshot {
             admission: Arc::new(Admission::new(&config)),
             config,
         })
+    }
+
+    /// Every route's backend pool.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.routes.iter().filter_map(|r| r.pool.as_ref())
     }
 
     /// Whether a route uses the built-in echo service (so the gateway must start it).
@@ -103,22 +133,61 @@ fn compile_route(
     config: &Config,
     i: usize,
     r: &crate::config::RouteConfig,
+    previous: Option<&Snapshot>,
 ) -> anyhow::Result<Route> {
     let at = format!("route[{i}]");
+    // A route path the path rules refuse could never match a request.
+    check_path(&r.path).map_err(|e| {
+        anyhow::anyhow!("{at}.path: {:?}: {e}, so no request could match it", r.path)
+    })?;
     let access = Access::from_config(&at, r.origin.as_ref(), r.auth.as_ref())?;
-    let backend = Target::from_config(&at, r.backend.as_deref(), r.target.as_ref(), &access)?;
+    let pool = if r.backends.is_empty() {
+        None
+    } else {
+        let backends = r
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(n, url)| BackendAddr::parse(url).with_context(|| format!("{at}.backends[{n}]")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let kept = previous
+            .into_iter()
+            .flat_map(|p| p.pools())
+            .find(|p| p.same_config(&r.name, &backends, r.balance, &r.health));
+        Some(match kept {
+            Some(p) => p.clone(),
+            None => Arc::new(Pool::new(
+                r.name.as_str().into(),
+                backends,
+                r.balance,
+                r.health.clone(),
+            )),
+        })
+    };
+    let backend = Target::from_config(
+        &at,
+        r.backend.as_deref(),
+        r.target.as_ref(),
+        pool.is_some(),
+        &access,
+    )?;
     if r.insecure_skip_verify {
         tracing::warn!(
             route = %r.name,
             "insecure_skip_verify is set: this route's backend certificates are NOT verified (development only)"
         );
     }
-    let backend_tls = match &backend {
-        Target::Fixed(BackendAddr::WebSocket { tls: true, .. }) => Some(
+    let wss = matches!(
+        &backend,
+        Target::Fixed(BackendAddr::WebSocket { tls: true, .. })
+    ) || pool.as_ref().is_some_and(|p| p.has_wss());
+    let backend_tls = if wss {
+        Some(
             crate::tls::client_config(r.tls_ca_file.as_deref(), r.insecure_skip_verify)
                 .with_context(|| format!("{at}.tls_ca_file"))?,
-        ),
-        _ => None,
+        )
+    } else {
+        None
     };
     // Validated by config: every name parses and none is a hop-by-hop header.
     let forward_headers = r
@@ -136,8 +205,11 @@ fn compile_route(
         subprotocols: r.subprotocols.clone(),
         message_type: r.message_type,
         forward_headers,
+        forward_credentials: r.forward_credentials,
         strip_path_prefix: r.strip_path_prefix,
         backend_tls,
+        pool,
+        send_proxy_protocol: r.send_proxy_protocol.is_some(),
         max_frame_bytes: config.max_frame_bytes(r),
         max_message_bytes: config.max_message_bytes(r),
         access,
@@ -146,4 +218,35 @@ fn compile_route(
             bandwidth_bytes_per_sec: config.bandwidth_bytes_per_sec(r),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(backends: &str, balance: &str) -> Config {
+        Config::from_toml(&format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+             [[route]]\nname = \"p\"\npath = \"/p\"\nbackends = [{backends}]\nbalance = \"{balance}\"\n\
+             [[route]]\nname = \"q\"\npath = \"/q\"\nbackends = [\"tcp://127.0.0.1:9\"]\n"
+        ))
+        .unwrap()
+    }
+
+    /// A reload keeps the pool (ejections, session counts) of a route whose pool settings
+    /// did not change, and builds a new one for a route whose did.
+    #[test]
+    fn a_rebuild_keeps_unchanged_pools() {
+        let two = "\"tcp://127.0.0.1:1\", \"tcp://127.0.0.1:2\"";
+        let old = Snapshot::build(config(two, "round_robin"), None).unwrap();
+        let same = Snapshot::build_reusing(config(two, "round_robin"), None, Some(&old)).unwrap();
+        let pools = |s: &Snapshot| s.pools().cloned().collect::<Vec<_>>();
+        let (o, n) = (pools(&old), pools(&same));
+        assert!(Arc::ptr_eq(&o[0], &n[0]) && Arc::ptr_eq(&o[1], &n[1]));
+        let changed =
+            Snapshot::build_reusing(config(two, "least_sessions"), None, Some(&old)).unwrap();
+        let c = pools(&changed);
+        assert!(!Arc::ptr_eq(&o[0], &c[0]));
+        assert!(Arc::ptr_eq(&o[1], &c[1]));
+    }
 }

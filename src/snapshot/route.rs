@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::backend::pool::Pool;
 use crate::config::MessageType;
 use crate::policy::{Access, Target};
 
@@ -26,9 +27,16 @@ pub struct Route {
     pub message_type: MessageType,
     /// Lower-case header names copied to a WebSocket backend's handshake.
     pub forward_headers: Vec<hyper::header::HeaderName>,
+    /// Forward the credential the gateway checked (bearer `Authorization`, the auth cookie)
+    /// with `forward_headers`; otherwise it is withheld.
+    pub forward_credentials: bool,
     pub strip_path_prefix: bool,
     /// TLS client settings for a `wss://` backend.
     pub backend_tls: Option<Arc<rustls::ClientConfig>>,
+    /// `backends`: the pool that picks each session's backend (`backend` is then `Pool`).
+    pub pool: Option<Arc<Pool>>,
+    /// Byte backends get a PROXY v2 header with the client's address first.
+    pub send_proxy_protocol: bool,
     pub max_frame_bytes: usize,
     pub max_message_bytes: usize,
     /// Origin allowlist and credentials.
@@ -38,7 +46,9 @@ pub struct Route {
 }
 
 impl Route {
-    /// The path and query to request from a WebSocket backend for this client request.
+    /// The path and query to request from a WebSocket backend for this client request, whose
+    /// path the router matched to this route (so it passed `check_path`). A path that does not
+    /// start with the route's contributes nothing: a backend only gets what the router matched.
     pub fn backend_path(
         &self,
         backend_path: &str,
@@ -47,7 +57,7 @@ impl Route {
     ) -> String {
         let rest = match request_path.strip_prefix(self.path.as_str()) {
             Some(rest) if self.strip_path_prefix && self.path.ends_with('/') => rest,
-            _ if self.path.ends_with('/') => request_path.trim_start_matches('/'),
+            Some(_) if self.path.ends_with('/') => request_path.trim_start_matches('/'),
             _ => "",
         };
         let (base, base_query) = match backend_path.split_once('?') {
@@ -89,8 +99,11 @@ mod tests {
             subprotocols: vec![],
             message_type: MessageType::Binary,
             forward_headers: vec![],
+            forward_credentials: false,
             strip_path_prefix: true,
             backend_tls: None,
+            pool: None,
+            send_proxy_protocol: false,
             max_frame_bytes: 1 << 20,
             max_message_bytes: 1 << 20,
             access: Access::default(),
@@ -106,6 +119,11 @@ mod tests {
         );
         r.strip_path_prefix = false;
         assert_eq!(r.backend_path("/", "/apps/chat", None), "/apps/chat");
+        assert_eq!(
+            r.backend_path("/", "/other/x", None),
+            "/",
+            "not the route's path"
+        );
         r.path = "/exact".into();
         assert_eq!(r.backend_path("/ws", "/exact", None), "/ws");
     }

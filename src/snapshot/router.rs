@@ -1,8 +1,64 @@
-//! Request path → route: exact paths first, then the longest `/`-terminated prefix.
+//! Request path → route: path rules first (400), then exact paths, then the longest
+//! `/`-terminated prefix.
 
 use std::sync::Arc;
 
 use super::route::Route;
+use crate::error::RejectError;
+
+/// The path rules, checked before routing: a path the router matches is the path a backend
+/// gets, with nothing for a backend to resolve differently. Refused with 400 (not rewritten):
+/// dot-segments (`.` and `..`, with any of their dots written `%2e` or `%2E`), empty segments
+/// (`//`, a trailing `/` excepted) and encoded slashes or backslashes (`%2f`, `%5c`, any case)
+/// anywhere in a segment. Browsers and URL libraries resolve dot-segments before they send,
+/// so only crafted requests hold them.
+pub fn check_path(path: &str) -> Result<(), RejectError> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(RejectError::BadPath("the path must start with /"));
+    };
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if segment.is_empty() && segments.peek().is_some() {
+            return Err(RejectError::BadPath("the path holds an empty segment (//)"));
+        }
+        if has_escape(segment, "2f") || has_escape(segment, "5c") {
+            return Err(RejectError::BadPath(
+                "the path holds an encoded slash or backslash (%2F, %5C)",
+            ));
+        }
+        if is_dot_segment(segment) {
+            return Err(RejectError::BadPath(
+                "the path holds a dot-segment (. or .., plain or percent-encoded)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `%` followed by `hex` (two lower-case hex digits), in any case.
+fn has_escape(segment: &str, hex: &str) -> bool {
+    segment
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1..].eq_ignore_ascii_case(hex.as_bytes()))
+}
+
+/// `.` or `..`, each dot plain or as `%2e` in any case.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[0] == b'%' && rest[1..3].eq_ignore_ascii_case(b"2e") {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    matches!(dots, 1 | 2)
+}
 
 /// The routing table of one config snapshot, sorted once at load.
 #[derive(Debug, Clone)]
@@ -20,7 +76,7 @@ impl Router {
         Self { exact, prefixes }
     }
 
-    /// The route for a request path (query already stripped).
+    /// The route for a request path (query already stripped) that passed [`check_path`].
     pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
         self.exact.iter().find(|r| r.path == path).or_else(|| {
             self.prefixes
@@ -59,8 +115,11 @@ mod tests {
             subprotocols: vec!["binary".into(), "mqtt".into()],
             message_type: MessageType::Binary,
             forward_headers: vec![],
+            forward_credentials: false,
             strip_path_prefix: true,
             backend_tls: None,
+            pool: None,
+            send_proxy_protocol: false,
             max_frame_bytes: 1 << 20,
             max_message_bytes: 1 << 20,
             access: Default::default(),
@@ -95,5 +154,41 @@ mod tests {
         assert_eq!(select_subprotocol(&r, [" binary"]), Some("binary"));
         assert_eq!(select_subprotocol(&r, ["base64"]), None);
         assert_eq!(select_subprotocol(&r, []), None);
+    }
+
+    #[test]
+    fn path_rules_refuse_what_a_backend_could_resolve_elsewhere() {
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/a/..",
+            "/a/%2e%2e/b",
+            "/a/%2E%2e/b",
+            "/a/.%2E/b",
+            "/a/%2e/b",
+            "//a",
+            "/a//b",
+            "/a/b%2fc",
+            "/a/b%2Fc",
+            "/a/b%5Cc",
+            "*",
+            "",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/",
+            "/a/",
+            "/a/b",
+            "/a/.../b",
+            "/a/..b/c.",
+            "/a/file%2ejs",
+            "/a/%2e%2e%2e",
+            "/a/%25",
+            "/a/%2",
+        ] {
+            assert!(check_path(good).is_ok(), "{good}");
+        }
     }
 }

@@ -898,3 +898,54 @@ pub async fn live_sessions(admin: SocketAddr) -> Vec<serde_json::Value> {
         .expect("sessions array")
         .clone()
 }
+
+// Client identity helpers.
+
+/// A byte backend that reads the PROXY v2 header the gateway sends, then greets with
+/// `source destination` as it parsed them (or `no header`), then echoes.
+pub async fn proxy_reading_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 16];
+                if s.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let len = u16::from_be_bytes([head[14], head[15]]) as usize;
+                let mut header = head.to_vec();
+                header.resize(16 + len, 0);
+                if s.read_exact(&mut header[16..]).await.is_err() {
+                    return;
+                }
+                let seen = match ppp::v2::Header::try_from(&header[..]) {
+                    Ok(h) => match h.addresses {
+                        ppp::v2::Addresses::IPv4(a) => format!(
+                            "{}:{} {}:{}",
+                            a.source_address,
+                            a.source_port,
+                            a.destination_address,
+                            a.destination_port
+                        ),
+                        ppp::v2::Addresses::IPv6(a) => format!(
+                            "[{}]:{} [{}]:{}",
+                            a.source_address,
+                            a.source_port,
+                            a.destination_address,
+                            a.destination_port
+                        ),
+                        other => format!("{other:?}"),
+                    },
+                    Err(e) => format!("no header: {e}"),
+                };
+                if s.write_all(seen.as_bytes()).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
