@@ -122,6 +122,7 @@ fn default_settings() -> (BridgeConfig, usize) {
         ping_interval: config.ping_interval,
         pong_timeout: config.pong_timeout,
         close_grace: config.close_grace,
+        backend_stall: config.backend_stall,
         bandwidth_bytes_per_sec: None,
     };
     (bridge, config.max_frame_bytes(route))
@@ -141,8 +142,13 @@ fn open(config: &BridgeConfig, max_frame_bytes: usize) -> Session {
     });
 
     let (cr, cw) = tokio::io::split(gateway_client_side);
-    let (ws_read, ws_write) =
-        wsgate::session::io::websocket_halves(cr, cw, Role::Server, max_frame_bytes);
+    let (ws_read, ws_write) = wsgate::session::io::websocket_halves(
+        cr,
+        cw,
+        Role::Server,
+        max_frame_bytes,
+        &wsgate::session::reader::FrameBudget::unlimited(),
+    );
     let (br, bw) = tokio::io::split(gateway_backend_side);
     // An in-memory backend is read through a buffer, as the gateway reads any backend
     // stream that is not a plain TCP socket.

@@ -187,6 +187,8 @@ pub mod close_code {
     pub const ABNORMAL: u16 = 1006;
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
+    /// The gateway is short of a shared resource (the frame memory budget): a retry may work.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const INTERNAL_ERROR: u16 = 1011;
     /// A WebSocket backend broke the protocol (the gateway got a bad answer upstream).
     pub const BAD_GATEWAY: u16 = 1014;

@@ -1,59 +1,180 @@
 //! The `wsgate` binary: parse the CLI, set up logging, load the config, run until a signal.
 
-use std::net::SocketAddr;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use wsgate::config::QuickMode;
+use wsgate::edge::urls::{machine_addresses, reachable_hosts};
 use wsgate::{Config, Gateway, Snapshot};
 
-/// WebSocket-to-TCP reverse proxy gateway.
+/// `wsgate --version`: the crate version and the git revision it was built from (build.rs;
+/// "unknown" when built without it, as in a copy of `src/` alone).
+fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        let revision = option_env!("WSGATE_GIT_REVISION").unwrap_or("unknown");
+        format!("{} (git {revision})", env!("CARGO_PKG_VERSION"))
+    })
+}
+
+const AFTER_HELP: &str = "\
+Backend URLs (TARGET, --route PATH=URL):
+  HOST:PORT, tcp://HOST:PORT          raw TCP (VNC, MQTT, SSH, ...); HOST is a name, IPv4 or [IPv6]
+  ws://HOST[:PORT][/PATH][?QUERY]     a WebSocket backend, frames relayed end to end
+  wss://HOST[:PORT][/PATH][?QUERY]    the same over TLS, verified against the Mozilla roots
+  builtin:echo                        a TCP echo service inside wsgate
+
+Examples:
+  wsgate                                   the demo: ws://127.0.0.1:8080/echo -> builtin:echo,
+                                           console http://127.0.0.1:8080/, metrics on :9090
+  wsgate 6080 localhost:5900               websockify's form: every path on port 6080 -> VNC
+  wsgate --web /usr/share/novnc 6080 localhost:5900
+                                           noVNC's page at http://HOST:6080/vnc.html too
+  wsgate --cert full.pem --key key.pem --ssl-only 443 localhost:5900
+  wsgate --token-plugin TokenFile --token-source tokens.cfg 6080
+  wsgate --listen 127.0.0.1:8080 --route /ssh=tcp://10.0.0.5:22 --route /mqtt=tcp://127.0.0.1:1883
+  wsgate --config /etc/wsgate/wsgate.toml  everything else (access control, limits): a file
+  wsgate config --from-flags 6080 localhost:5900 > wsgate.toml
+
+Docs: README.md and docs/ in the source; `wsgate man` prints the manual page.";
+
+/// WebSocket-to-TCP reverse proxy gateway: browsers and WebSocket clients to TCP or
+/// WebSocket backends, with TLS, routes, access control, limits and metrics.
 ///
-/// With no arguments, serves the embedded default: ws://127.0.0.1:8080/echo to a built-in
-/// echo service, metrics on http://127.0.0.1:9090/metrics.
+/// With no arguments, serves a demo: ws://127.0.0.1:8080/echo to a built-in echo service,
+/// a browser console at http://127.0.0.1:8080/, metrics on http://127.0.0.1:9090/metrics. With websockify's arguments
+/// ([LISTEN_HOST:]LISTEN_PORT TARGET_HOST:TARGET_PORT), works as websockify does.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "wsgate", version = version(), about, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 
-    /// Run from a TOML config file.
-    #[arg(long, short, value_name = "FILE", conflicts_with_all = ["listen", "routes", "tls_cert", "admin", "console"])]
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// How to run: a config file, or quick mode (websockify's positional form and flags).
+#[derive(Debug, Clone, clap::Args)]
+struct RunArgs {
+    /// Run from a TOML config file (no quick-mode arguments then).
+    #[arg(long, short, value_name = "FILE", conflicts_with_all = [
+        "listen_pos", "target", "listen", "routes", "tls_cert", "tls_key", "ssl_only",
+        "token_plugin", "token_source", "target_config", "web", "admin", "heartbeat",
+        "verify_client", "cafile", "console",
+    ])]
     config: Option<PathBuf>,
 
-    /// Quick mode: the public listener address [default: 127.0.0.1:8080].
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
+    /// websockify's form: where to listen. PORT alone = every interface.
+    #[arg(value_name = "[LISTEN_HOST:]LISTEN_PORT")]
+    listen_pos: Option<String>,
 
-    /// Quick mode: a route, PATH=tcp://HOST:PORT (repeatable). A PATH ending in / is a prefix.
+    /// websockify's form: the backend, HOST:PORT (TCP) or a backend URL; serves every path.
+    #[arg(value_name = "TARGET_HOST:TARGET_PORT")]
+    target: Option<String>,
+
+    /// The public listener: PORT (every interface), HOST:PORT, [IPv6]:PORT or NAME:PORT
+    /// [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+
+    /// A route, PATH=URL (repeatable). A PATH ending in / is a prefix.
     #[arg(long = "route", value_name = "PATH=URL")]
     routes: Vec<String>,
 
-    /// Quick mode: serve wss:// with this PEM certificate chain.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    /// Serve wss:// with this PEM certificate chain (websockify: --cert).
+    #[arg(long, visible_alias = "cert", value_name = "FILE")]
     tls_cert: Option<PathBuf>,
 
-    /// Quick mode: the PEM private key for --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    /// The PEM private key [default: the certificate file] (websockify: --key).
+    #[arg(long, visible_alias = "key", value_name = "FILE")]
     tls_key: Option<PathBuf>,
+
+    /// Refuse plain ws:// (websockify's flag; with a certificate wsgate never serves plain).
+    #[arg(long)]
+    ssl_only: bool,
+
+    /// Require a client certificate chaining to --cafile (mutual TLS).
+    #[arg(long, requires = "cafile")]
+    verify_client: bool,
+
+    /// The PEM CA bundle client certificates must chain to (with --verify-client).
+    #[arg(long, value_name = "FILE", requires = "verify_client")]
+    cafile: Option<PathBuf>,
+
+    /// Pick each session's target from a token: TokenFile (websockify's token file).
+    #[arg(long, value_name = "PLUGIN")]
+    token_plugin: Option<String>,
+
+    /// The token file for --token-plugin TokenFile: `token: host:port` lines.
+    #[arg(long, value_name = "FILE")]
+    token_source: Option<PathBuf>,
+
+    /// websockify's older spelling of --token-plugin TokenFile --token-source FILE.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["token_plugin", "token_source"])]
+    target_config: Option<PathBuf>,
+
+    /// Serve the files in DIR to plain GET requests (noVNC's page beside its WebSocket).
+    #[arg(long, value_name = "DIR")]
+    web: Option<PathBuf>,
+
+    /// The admin listener (/metrics, /healthz, /readyz): PORT (on loopback) or HOST:PORT;
+    /// none if omitted.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+
+    /// Seconds between keepalive pings (websockify: --heartbeat) [default: 20].
+    #[arg(long, value_name = "SECS")]
+    heartbeat: Option<f64>,
 
     /// Runtime worker threads (overrides [runtime] worker_threads); 0 = one per CPU,
     /// 1 = a single-threaded runtime.
     #[arg(long, value_name = "N", default_value_t = 0)]
     worker_threads: usize,
 
-    /// Quick mode: the admin listener (/metrics, /healthz, /readyz, status page, session
-    /// API); none if omitted.
-    #[arg(long, value_name = "ADDR")]
-    admin: Option<SocketAddr>,
-
-    /// Quick mode: serve the browser console at / on the listener.
+    /// Serve the browser console at / on the listener.
     #[arg(long)]
     console: bool,
+
+    /// Log each connection's decisions (sets RUST_LOG=wsgate=debug unless RUST_LOG is set).
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+impl RunArgs {
+    fn quick_mode(&self) -> QuickMode {
+        let (token_plugin, token_source) = match &self.target_config {
+            Some(file) => (Some("TokenFile".to_owned()), Some(file.clone())),
+            None => (self.token_plugin.clone(), self.token_source.clone()),
+        };
+        QuickMode {
+            listen: self.listen.clone(),
+            positional: self
+                .listen_pos
+                .iter()
+                .chain(&self.target)
+                .cloned()
+                .collect(),
+            routes: self.routes.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            ssl_only: self.ssl_only,
+            verify_client: self.verify_client,
+            cafile: self.cafile.clone(),
+            token_plugin,
+            token_source,
+            web: self.web.clone(),
+            admin: self.admin.clone(),
+            heartbeat_secs: self.heartbeat,
+            worker_threads: self.worker_threads,
+            console: self.console,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,36 +184,62 @@ enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Print the config file a quick-mode command line stands for, commented.
+    Config {
+        /// The quick-mode arguments follow, e.g. `--from-flags 6080 localhost:5900`.
+        #[arg(long, required = true)]
+        from_flags: bool,
+        /// The quick-mode command line, without the program name.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `wsgate man > /usr/local/share/man/man1/wsgate.1`.
+    Man,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(f) => f,
+        Err(_) if cli.run.verbose => EnvFilter::new("info,wsgate=debug"),
+        Err(_) => EnvFilter::new("info"),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    if let Some(Command::Check { file }) = &cli.command {
-        // The same build as a start, minus the sockets: certificates, keys, token files
-        // and JWT keys are read and checked.
-        return match Config::load(file).and_then(|c| Snapshot::build(c, None)) {
-            Ok(Snapshot { config: c, .. }) => {
-                println!(
-                    "{}: ok ({} listener(s), {} route(s))",
-                    file.display(),
-                    c.listeners.len(),
-                    c.routes.len()
-                );
-                ExitCode::SUCCESS
+    match &cli.command {
+        Some(Command::Check { file }) => return check(file),
+        Some(Command::Config { args, .. }) => return config_from_flags(args),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "wsgate",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man) => {
+            let mut out = Vec::new();
+            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                eprintln!("error: rendering the manual page: {e}");
+                return ExitCode::FAILURE;
             }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+            return print(&out);
+        }
+        None => {}
     }
-    let config = match load(&cli) {
+    let config = match load(&cli.run) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -128,28 +275,75 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(cli: &Cli) -> anyhow::Result<Config> {
-    let mut config = load_source(cli)?;
+/// `wsgate check FILE`: the same build as a start, minus the sockets (certificates, keys,
+/// token files and JWT keys are read and checked).
+fn check(file: &std::path::Path) -> ExitCode {
+    match Config::load(file).and_then(|c| Snapshot::build(c, None)) {
+        Ok(Snapshot { config: c, .. }) => {
+            println!(
+                "{}: ok ({} listener(s), {} route(s))",
+                file.display(),
+                c.listeners.len(),
+                c.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `wsgate config --from-flags ARGS…`: parse ARGS as a run would, print the file.
+fn config_from_flags(args: &[String]) -> ExitCode {
+    let inner =
+        match Cli::try_parse_from(std::iter::once("wsgate".to_owned()).chain(args.iter().cloned()))
+        {
+            Ok(c) => c,
+            Err(e) => e.exit(),
+        };
+    if inner.command.is_some() || inner.run.config.is_some() {
+        eprintln!("error: --from-flags takes quick-mode arguments, not a subcommand or --config");
+        return ExitCode::from(2);
+    }
+    let quick = inner.run.quick_mode();
+    let command = std::iter::once("wsgate")
+        .chain(args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ");
+    match quick.to_toml(&command) {
+        Ok(text) => print(text.as_bytes()),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print(bytes: &[u8]) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`wsgate man | head`) is not worth a message.
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+fn load(args: &RunArgs) -> anyhow::Result<Config> {
+    let mut config = load_source(args)?;
     // The flag wins over a file's [runtime] and applies to the embedded default too.
-    if cli.worker_threads != 0 {
-        config.worker_threads = cli.worker_threads;
+    if args.worker_threads != 0 {
+        config.worker_threads = args.worker_threads;
     }
     Ok(config)
 }
 
-fn load_source(cli: &Cli) -> anyhow::Result<Config> {
-    if let Some(path) = &cli.config {
+fn load_source(args: &RunArgs) -> anyhow::Result<Config> {
+    if let Some(path) = &args.config {
         return Config::load(path);
     }
-    let quick = QuickMode {
-        listen: cli.listen,
-        routes: cli.routes.clone(),
-        tls_cert: cli.tls_cert.clone(),
-        tls_key: cli.tls_key.clone(),
-        admin: cli.admin,
-        worker_threads: cli.worker_threads,
-        console: cli.console,
-    };
+    let quick = args.quick_mode();
     if quick.is_empty() {
         return Ok(Config::embedded_default());
     }
@@ -161,24 +355,49 @@ fn load_source(cli: &Cli) -> anyhow::Result<Config> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::bind(config).await?;
+    // Start-up lines go to whoever reads stdout; once that reader is gone (`| head -1`, a
+    // supervisor that stopped reading) they are dropped, never a reason to stop serving.
+    let mut out = std::io::stdout().lock();
+    let interfaces = machine_addresses();
     let snapshot = gateway.snapshot().clone();
     let listeners = &snapshot.config.listeners;
     for (l, (addr, scheme)) in listeners.iter().zip(gateway.public_urls()) {
-        for route in &snapshot.routes {
-            println!(
-                "wsgate: {scheme}://{addr}{} -> {}",
-                route.path, route.backend
-            );
-        }
-        if l.console {
-            let http = if scheme == "wss" { "https" } else { "http" };
-            println!("wsgate: console {http}://{addr}/");
+        let http = if scheme == "wss" { "https" } else { "http" };
+        let port = addr.port();
+        for host in reachable_hosts(addr, &interfaces) {
+            for route in &snapshot.routes {
+                let _ = writeln!(
+                    out,
+                    "wsgate: {scheme}://{host}:{port}{} -> {}",
+                    route.path, route.backend
+                );
+            }
+            if l.console {
+                let _ = writeln!(out, "wsgate: console {http}://{host}:{port}/");
+            }
+            if let Some(root) = &snapshot.config.web_root {
+                let _ = writeln!(
+                    out,
+                    "wsgate: {http}://{host}:{port}/ -> files in {}",
+                    root.display()
+                );
+            }
         }
     }
     if let Some(admin) = gateway.admin_addr() {
-        println!("wsgate: status page http://{admin}/ (API under /api/)");
-        println!("wsgate: admin http://{admin}/metrics /healthz /readyz");
+        let host = reachable_hosts(admin, &[]).remove(0);
+        let port = admin.port();
+        let _ = writeln!(
+            out,
+            "wsgate: status page http://{host}:{port}/ (API under /api/)"
+        );
+        let _ = writeln!(
+            out,
+            "wsgate: admin http://{host}:{port}/metrics /healthz /readyz"
+        );
     }
+    let _ = out.flush();
+    drop(out);
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(wsgate::ops::shutdown::cancel_on_signal(shutdown.clone()));
     let result = gateway.run(shutdown.clone()).await;

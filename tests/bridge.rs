@@ -77,6 +77,33 @@ async fn backend_fin_after_bulk_is_lossless_then_close_1000() {
     gw.stop().await.unwrap();
 }
 
+/// Regression (issue 9 item 9): after the gateway had sent its Close 1000 (the backend's FIN),
+/// a protocol violation from the client made it send a second Close (1002) and record that
+/// code instead of the first. One Close per direction; the first code is the one recorded.
+#[tokio::test]
+async fn one_close_per_direction_and_the_first_code_is_recorded() {
+    let (backend, mut accepted) = tcp_backend().await;
+    let gw = gateway_to("one_close", &format!("tcp://{backend}")).await;
+    let mut ws = raw_ws_client(gw.addr, "/").await;
+    let mut b = accepted.recv().await.unwrap();
+    b.shutdown().await.unwrap();
+    assert_eq!(
+        ws.expect_close().await,
+        (1000, "backend closed the connection".into())
+    );
+    // Instead of its Close, the client breaks the protocol (a reserved bit).
+    ws.send(&client_frame(FIN | RSV1 | BINARY, b"x")).await;
+    ws.expect_end().await;
+    let admin = gw.admin.unwrap();
+    expect_metric(admin, &closes("one_close", 1000, "backend"), 1.0).await;
+    assert_eq!(
+        metric(&scrape(admin).await, &closes("one_close", 1002, "client")),
+        None,
+        "the session is recorded once, with the first code"
+    );
+    gw.stop().await.unwrap();
+}
+
 // ---- Client Close: half-close, then the backend's last bytes ---------------------------------
 
 #[tokio::test]
@@ -673,6 +700,126 @@ async fn keepalive_ends_a_session_whose_client_stops_reading_under_load() {
 }
 
 // ---- Backpressure ----------------------------------------------------------------------------
+
+/// Regression (issue 9 item 7): while the client→backend direction waited on a backend that
+/// was slow to read, the client's pongs sat unread behind its data, and after ping + pong
+/// timeout the live client was closed 1001 "keepalive timeout" with bytes it had sent lost.
+/// Backpressure now holds the client back without blaming it: the backend pauses reading for
+/// 5 s against ping 1 s / pong 2 s, and the session survives and delivers every byte.
+#[tokio::test]
+async fn a_slow_backend_holds_the_client_back_without_killing_it() {
+    const N: usize = 16 << 20;
+    const CHUNK: usize = 64 * 1024;
+    let listener = small_window_listener().await;
+    let backend = listener.local_addr().unwrap();
+    let gw = gateway_with(
+        "slow_backend",
+        &format!("tcp://{backend}"),
+        "[timeouts]\nping_interval_secs = 1\npong_timeout_secs = 2\nbackend_stall_secs = 30\n",
+    )
+    .await;
+    let (mut sink, mut stream) = ws_client(&gw.url("/")).await.split();
+    let (mut b, _) = listener.accept().await.unwrap();
+    let backend_side = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut got = Vec::with_capacity(N);
+        // Until the gateway's FIN, which follows the client's Close.
+        b.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    // The client reads all along, so tungstenite answers every ping as soon as it can write.
+    let reader = tokio::spawn(async move {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                other => panic!("the client's session ended early: {other:?}"),
+            }
+        }
+    });
+    for offset in (0..N).step_by(CHUNK) {
+        futures_util::SinkExt::send(&mut sink, Message::binary(pattern(offset as u64, CHUNK)))
+            .await
+            .expect("the gateway keeps the client's session open");
+    }
+    futures_util::SinkExt::send(
+        &mut sink,
+        Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "done".into(),
+        })),
+    )
+    .await
+    .unwrap();
+    let got = timeout(Duration::from_secs(60), backend_side)
+        .await
+        .expect("the backend got everything in time")
+        .unwrap();
+    assert_eq!(got.len(), N, "every byte reached the backend");
+    assert!(got == pattern(0, N), "intact and in order");
+    let close = timeout(Duration::from_secs(10), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(close, Some(1000), "the client's own Close, echoed");
+    let admin = gw.admin.unwrap();
+    expect_metric(admin, &closes("slow_backend", 1000, "client"), 1.0).await;
+    assert_eq!(
+        metric(
+            &scrape(admin).await,
+            "wsgate_keepalive_timeouts_total{route=\"slow_backend\"}"
+        )
+        .unwrap_or(0.0),
+        0.0
+    );
+    gw.stop().await.unwrap();
+}
+
+/// Issue 9 item 7: a backend that stops reading altogether no longer hides behind the
+/// client's keepalive: after `backend_stall_secs` without progress the session closes with
+/// 1011 "backend stopped reading" (keepalive off here, so nothing else could end it).
+#[tokio::test]
+async fn a_stalled_backend_closes_the_session_1011_after_backend_stall_secs() {
+    let listener = small_window_listener().await;
+    let backend = listener.local_addr().unwrap();
+    let gw = gateway_with(
+        "stalled_backend",
+        &format!("tcp://{backend}"),
+        "[timeouts]\nping_interval_secs = 0\nbackend_stall_secs = 1\n",
+    )
+    .await;
+    let (mut sink, mut stream) = ws_client(&gw.url("/")).await.split();
+    let (_never_read, _) = listener.accept().await.unwrap();
+    let writer = tokio::spawn(async move {
+        let chunk = pattern(0, 64 * 1024);
+        while futures_util::SinkExt::send(&mut sink, Message::binary(chunk.clone()))
+            .await
+            .is_ok()
+        {}
+    });
+    let close = timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(f))) => {
+                    break f.map(|f| (u16::from(f.code), f.reason.to_string()))
+                }
+                Some(Ok(_)) => {}
+                other => panic!("no Close: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the gateway gives up on the stalled backend");
+    assert_eq!(close, Some((1011, "backend stopped reading".to_owned())));
+    writer.abort();
+    expect_metric(
+        gw.admin.unwrap(),
+        &closes("stalled_backend", 1011, "backend"),
+        1.0,
+    )
+    .await;
+    gw.stop().await.unwrap();
+}
 
 #[tokio::test]
 async fn slow_reader_bounds_buffering_and_loses_nothing() {

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use wsgate::config::BackendAddr;
 use wsgate::edge::http::check_upgrade;
 use wsgate::session::frames::MessageCheck;
-use wsgate::session::reader::{FrameReader, ReadError};
+use wsgate::session::reader::{FrameBudget, FrameReader, ReadError};
 use wsgate::session::utf8::{complete_prefix, Utf8Stream};
 use wsgate::Config;
 
@@ -698,13 +698,14 @@ proptest! {
         let role = if server_side { Role::Server } else { Role::Client };
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (lengths, end) = runtime.block_on(async {
-            let mut reader = FrameReader::new(Chunks(pieces.iter().cloned().collect()), role, 1 << 20);
+            let mut reader = FrameReader::new(Chunks(pieces.iter().cloned().collect()), role, 1 << 20, FrameBudget::unlimited());
             let mut lengths = Vec::new();
             loop {
                 match reader.read_frame().await {
                     Ok(frame) => lengths.push(frame.payload.len()),
                     Err(ReadError::Violation((code, _))) => break (lengths, Some(code)),
                     Err(ReadError::Gone(_)) => break (lengths, None),
+                    Err(ReadError::OverBudget) => unreachable!("no budget here"),
                 }
             }
         });

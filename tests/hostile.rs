@@ -457,11 +457,53 @@ async fn unmasked_client_frames_close_1002() {
     gw.stop().await.unwrap();
 }
 
+/// Regression (issue 9 item 6): a length in a longer encoding than needed was accepted, and a
+/// 64-bit length with its top bit set was answered 1009 "too big"; both are protocol errors.
+#[tokio::test]
+async fn non_minimal_or_top_bit_lengths_close_1002() {
+    let _shared = PROCESS.read().await;
+    let gw = echo_gateway("hostile_length_encoding", "").await;
+    let header = |len7: u8, extended: &[u8]| {
+        let mut f = vec![FIN | BINARY, 0x80 | len7];
+        f.extend_from_slice(extended);
+        f.extend_from_slice(&[1, 2, 3, 4]);
+        f
+    };
+    let cases = [
+        (
+            "3 bytes in a 16-bit length",
+            header(126, &3u16.to_be_bytes()),
+            3,
+        ),
+        (
+            "100 bytes in a 64-bit length",
+            header(127, &100u64.to_be_bytes()),
+            100,
+        ),
+        (
+            "the top bit set",
+            header(127, &(1u64 << 63 | 3).to_be_bytes()),
+            3,
+        ),
+    ];
+    for (what, mut bytes, len) in cases {
+        bytes.extend(std::iter::repeat_n(0, len));
+        let (code, reason) = close_for(&gw, &bytes).await;
+        assert_eq!(code, 1002, "{what}: {reason}");
+        assert_still_serves(&gw).await;
+    }
+    gw.stop().await.unwrap();
+}
+
+/// Regression (issue 9 item 10): a client's Close 1014 (registered, and sent by gateways) was
+/// answered 1002. The valid codes follow the IANA registry; 1015 may never be sent.
 #[tokio::test]
 async fn invalid_close_codes_and_a_one_byte_close_close_1002() {
     let _shared = PROCESS.read().await;
     let gw = echo_gateway("hostile_close_code", "").await;
-    for bad in [0u16, 999, 1004, 1005, 1006, 1016, 2000, 2999, 5000, 65535] {
+    for bad in [
+        0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
+    ] {
         let (code, reason) =
             close_for(&gw, &client_frame(FIN | CLOSE, &close_payload(bad, ""))).await;
         assert_eq!(code, 1002, "close code {bad}: {reason}");
@@ -471,7 +513,7 @@ async fn invalid_close_codes_and_a_one_byte_close_close_1002() {
     assert_eq!(code, 1002, "one-byte close payload: {reason}");
     assert_still_serves(&gw).await;
     // Valid codes are echoed, and so is an empty Close.
-    for good in [1000u16, 1001, 1003, 1011, 3000, 4999] {
+    for good in [1000u16, 1001, 1003, 1011, 1012, 1013, 1014, 3000, 4999] {
         let answer = close_for(&gw, &client_frame(FIN | CLOSE, &close_payload(good, "bye"))).await;
         assert_eq!(answer, (good, "bye".to_owned()));
     }
@@ -552,6 +594,94 @@ async fn oversized_frames_and_messages_close_1009() {
         ws.expect_end().await;
         assert_still_serves(&gw).await;
     }
+    gw.stop().await.unwrap();
+}
+
+/// Regression (issue 9 item 5): the frame reader allocated the whole announced payload when a
+/// frame's header arrived, so many connections each announcing a 16 MiB frame and sending a few
+/// bytes committed gigabytes (200 of them: 3.2 GB, fatal under `vm.overcommit_memory=2` or a
+/// `LimitAS`). Buffers now grow as bytes arrive. The pages of a reserved-but-untouched buffer
+/// are not resident, so the commit shows in `VmData` (what overcommit and `RLIMIT_DATA`
+/// count), not in `VmRSS`; both are checked.
+#[tokio::test]
+async fn many_connections_announcing_huge_frames_commit_little_memory() {
+    let _alone = PROCESS.write().await;
+    const N: usize = 200;
+    const ANNOUNCED: u64 = 16 << 20;
+    let gw = echo_gateway(
+        "hostile_announced",
+        "[limits]\nmax_frame_bytes = 16777216\n",
+    )
+    .await;
+    let (data_before, rss_before) = (proc_status_kib("VmData"), proc_status_kib("VmRSS"));
+    let mut header = vec![FIN | BINARY, 0x80 | 127];
+    header.extend_from_slice(&ANNOUNCED.to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    header.extend_from_slice(&[0; 16]);
+    let mut clients = Vec::with_capacity(N);
+    for _ in 0..N {
+        let mut ws = raw_ws_client(gw.addr, "/").await;
+        ws.send(&header).await;
+        clients.push(ws);
+    }
+    // Every session has read its header: a client in the same state would now be echoed.
+    assert_still_serves(&gw).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (data_after, rss_after) = (proc_status_kib("VmData"), proc_status_kib("VmRSS"));
+    let data_grew = data_after.saturating_sub(data_before);
+    println!(
+        "{N} connections announcing {ANNOUNCED} bytes each: VmData {data_before} -> \
+         {data_after} KiB (+{data_grew} KiB), VmRSS {rss_before} -> {rss_after} KiB"
+    );
+    assert!(
+        data_grew < 256 * 1024,
+        "{N} announced 16 MiB frames committed {data_grew} KiB"
+    );
+    assert!(rss_after.saturating_sub(rss_before) < 256 * 1024);
+    drop(clients);
+    gw.stop().await.unwrap();
+}
+
+/// Regression (issue 9 item 5): nothing bounded the frame bytes all sessions hold at once.
+/// Two clients each send 700 KiB of a 1 MiB frame under a 1.5 MiB budget: one is closed with
+/// 1013 (Try Again Later: the gateway is out of frame memory, not the frame too big), the
+/// other finishes its frame and gets it echoed.
+#[tokio::test]
+async fn frames_over_the_global_budget_close_1013() {
+    let _shared = PROCESS.read().await;
+    let gw = echo_gateway(
+        "hostile_frame_budget",
+        "[limits]\nmax_frame_bytes = 1048576\nframe_budget_bytes = 1572864\n",
+    )
+    .await;
+    let frame = client_frame(FIN | BINARY, &pattern(0, 1 << 20));
+    let cut = 14 + 700 * 1024;
+    let mut a = raw_ws_client(gw.addr, "/").await;
+    let mut b = raw_ws_client(gw.addr, "/").await;
+    // Errors ignored: the refused client's connection may be reset under its writes.
+    let _ = a.stream.write_all(&frame[..cut]).await;
+    let _ = b.stream.write_all(&frame[..cut]).await;
+    let (refused, mut kept) = tokio::select! {
+        f = a.read_frame() => (f, b),
+        f = b.read_frame() => (f, a),
+    };
+    let refused = refused.expect("a Close for the client over the budget");
+    assert_eq!(refused.opcode(), CLOSE);
+    assert_eq!(
+        u16::from_be_bytes([refused.payload[0], refused.payload[1]]),
+        1013,
+        "{}",
+        String::from_utf8_lossy(&refused.payload[2..])
+    );
+    kept.send(&frame[cut..]).await;
+    assert!(kept.read_bytes(1 << 20).await == pattern(0, 1 << 20));
+    expect_metric(
+        gw.admin.unwrap(),
+        "wsgate_closes_total{route=\"hostile_frame_budget\",code=\"1013\",initiator=\"gateway\"}",
+        1.0,
+    )
+    .await;
+    assert_still_serves(&gw).await;
     gw.stop().await.unwrap();
 }
 

@@ -999,6 +999,41 @@ async fn a_backend_close_code_reaches_the_client_and_its_reply_the_backend() {
     gw.stop().await.unwrap();
 }
 
+/// Regression (issue 9 item 10): a backend's Close 1014 (what a gateway in front of it sends
+/// when its own backend fails) was taken for a protocol violation, so chained gateways broke.
+#[tokio::test]
+async fn a_backend_close_1014_is_relayed_to_the_client() {
+    let (backend, mut backends) = ws_backend(pick_nothing).await;
+    let gw = gateway_with("wsb_close_1014", &format!("ws://{backend}/"), LONG_GRACE).await;
+    // A raw client: tungstenite itself takes 1014 for a protocol violation.
+    let mut client = raw_ws_client(gw.addr, "/").await;
+    let (_, mut b) = accepted(&mut backends).await;
+
+    b.send(close_msg(1014, "upstream failed")).await.unwrap();
+    assert_eq!(
+        client.expect_close().await,
+        (1014, "upstream failed".into())
+    );
+    client
+        .send(&client_frame(
+            FIN | CLOSE,
+            &close_payload(1014, "upstream failed"),
+        ))
+        .await;
+    client.expect_end().await;
+    assert_eq!(
+        close_of(next_msg(&mut b).await),
+        (1014, "upstream failed".into())
+    );
+    expect_metric(
+        gw.admin.unwrap(),
+        &closes("wsb_close_1014", "1014", "backend"),
+        1.0,
+    )
+    .await;
+    gw.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_backend_that_closes_and_leaves_at_once_still_delivers_its_code() {
     let (backend, mut backends) = ws_backend(pick_nothing).await;
@@ -1184,6 +1219,129 @@ async fn a_backend_that_stops_reading_is_closed_and_the_client_gets_1011() {
     )
     .await;
     expect_metric(admin, &closes("wsb_keepalive_dead", "1001", "gateway"), 1.0).await;
+    gw.stop().await.unwrap();
+}
+
+/// Regression (issue 9 item 7), for the relay: while the client hop's reader waited on a
+/// backend slow to read, the client's pongs sat unread and the live client was closed 1001
+/// "keepalive timeout". The backend pauses reading for 5 s against ping 1 s / pong 2 s on
+/// both hops; the session survives and every byte arrives.
+#[tokio::test]
+async fn a_slow_websocket_backend_holds_the_client_back_without_killing_it() {
+    const N: usize = 16 << 20;
+    const CHUNK: usize = 64 * 1024;
+    let listener = small_window_listener().await;
+    let backend = listener.local_addr().unwrap();
+    let gw = gateway_with(
+        "wsb_slow_backend",
+        &format!("ws://{backend}/"),
+        "[timeouts]\nping_interval_secs = 1\npong_timeout_secs = 2\nbackend_stall_secs = 30\n",
+    )
+    .await;
+    let backend_side = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut b = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut got = Vec::with_capacity(N);
+        loop {
+            match b.next().await {
+                Some(Ok(Message::Binary(data))) => got.extend_from_slice(&data),
+                Some(Ok(Message::Close(_))) => {
+                    // Read on until the end, so tungstenite sends its reply.
+                    while let Ok(Some(_)) = timeout(WAIT, b.next()).await {}
+                    break;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("backend: {other:?} after {} bytes", got.len()),
+            }
+        }
+        got
+    });
+    let (mut sink, mut stream) = ws_client(&gw.url("/")).await.split();
+    let reader = tokio::spawn(async move {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                other => panic!("the client's session ended early: {other:?}"),
+            }
+        }
+    });
+    for offset in (0..N).step_by(CHUNK) {
+        sink.send(Message::binary(pattern(offset as u64, CHUNK)))
+            .await
+            .expect("the gateway keeps the client's session open");
+    }
+    sink.send(close_msg(1000, "done")).await.unwrap();
+    let got = timeout(Duration::from_secs(60), backend_side)
+        .await
+        .expect("the backend got everything in time")
+        .unwrap();
+    assert_eq!(got.len(), N, "every byte reached the backend");
+    assert!(got == pattern(0, N), "intact and in order");
+    let close = timeout(WAIT, reader).await.unwrap().unwrap();
+    assert_eq!(
+        close,
+        Some(1000),
+        "the backend's answer to the client's Close"
+    );
+    let admin = gw.admin.unwrap();
+    expect_metric(admin, &closes("wsb_slow_backend", "1000", "client"), 1.0).await;
+    assert_eq!(
+        metric(
+            &scrape(admin).await,
+            "wsgate_keepalive_timeouts_total{route=\"wsb_slow_backend\"}"
+        )
+        .unwrap_or(0.0),
+        0.0
+    );
+    gw.stop().await.unwrap();
+}
+
+/// Regression (issue 9 item 8): when the client hop's writer gave up (here: the client stopped
+/// reading), it told the backend's writer with a `try_send` on a one-frame channel that the
+/// client's own data kept full, so the signal was dropped and the session went on relaying
+/// with the backend never told. The backend now gets its Close 1001.
+#[tokio::test]
+async fn a_dead_client_hop_always_ends_the_relay_session() {
+    let (backend, mut backends) = ws_backend(pick_nothing).await;
+    let gw = gateway_with(
+        "wsb_dead_client_hop",
+        &format!("ws://{backend}/"),
+        "[timeouts]\nping_interval_secs = 0.2\npong_timeout_secs = 0.3\n",
+    )
+    .await;
+    // A client that floods the backend and never reads a byte.
+    let mut client = raw_ws_client(gw.addr, "/").await;
+    let flood = tokio::spawn(async move {
+        let frame = client_frame(FIN | BINARY, &[7; 64 * 1024]);
+        while client.stream.write_all(&frame).await.is_ok() {}
+    });
+    let (_, b) = accepted(&mut backends).await;
+    let (mut b_sink, mut b_stream) = b.split();
+    // The backend floods the client too, so the client hop's writer stalls.
+    let backend_flood = tokio::spawn(async move {
+        while b_sink
+            .send(Message::binary(vec![9; 64 * 1024]))
+            .await
+            .is_ok()
+        {}
+    });
+    // The backend reads slowly: the client's frames keep the relay channel full.
+    let close = timeout(Duration::from_secs(30), async {
+        loop {
+            match b_stream.next().await {
+                Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
+                other => panic!("the backend's connection ended without a Close: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the backend is told the session ended");
+    assert_eq!(close, Some(1001));
+    flood.abort();
+    backend_flood.abort();
     gw.stop().await.unwrap();
 }
 

@@ -32,6 +32,19 @@ pub struct FileConfig {
     /// HTTP/2 connection limits (`config::http2`).
     #[serde(default)]
     pub http2: Http2Config,
+    /// Static files on the public listeners (websockify's `--web`). Default: none.
+    #[serde(default)]
+    pub web: Option<WebConfig>,
+}
+
+/// `[web]`: a folder served to plain (non-upgrade) GET and HEAD requests on every public
+/// listener, e.g. noVNC's HTML and JavaScript beside its WebSocket route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// The folder; must exist. URL paths cannot leave it (`..` is refused); a folder's
+    /// `index.html` answers for the folder. A listener's console keeps `/` for itself.
+    pub root: PathBuf,
 }
 
 /// The async runtime.
@@ -140,6 +153,10 @@ pub struct Timeouts {
     /// After the client's Close: how long backend bytes may still flow before the
     /// reply; after our Close: how long we wait for the client's. Default 5 s.
     pub close_grace_secs: f64,
+    /// How long a write to the backend may make no progress (the backend stopped reading)
+    /// before the session is closed with 1011. While a write waits, the client is held back
+    /// (not read) and its keepalive is not held against it. Default 60 s.
+    pub backend_stall_secs: f64,
     /// On SIGTERM/SIGINT: how long sessions get to close before the process exits. Default 10 s.
     pub shutdown_grace_secs: f64,
     /// After `POST /api/routes/{name}/drain`: how long live sessions keep going before they
@@ -164,6 +181,7 @@ impl Default for Timeouts {
             ping_interval_secs: 20.0,
             pong_timeout_secs: 20.0,
             close_grace_secs: 5.0,
+            backend_stall_secs: 60.0,
             shutdown_grace_secs: 10.0,
             drain_grace_secs: 30.0,
             backend_keepalive_secs: 30.0,
@@ -186,6 +204,10 @@ pub struct Limits {
     /// Largest message (all fragments together) accepted from a peer; larger ones
     /// close with 1009. Messages are streamed, never reassembled. Default 64 MiB.
     pub max_message_bytes: usize,
+    /// Frame payload bytes all sessions together may hold at once (frames being received,
+    /// from clients and WebSocket backends). A frame that would go over it closes its session
+    /// with 1013 (Try Again Later). At least every route's `max_frame_bytes`. Default 256 MiB.
+    pub frame_budget_bytes: usize,
     // ---- Admission, header size and pacing: used by `policy::admission` and the pacer ----
     /// Concurrent sessions across all routes; over it, 503. 0 = no cap. Default 0.
     pub max_sessions: usize,
@@ -223,6 +245,7 @@ impl Default for Limits {
             buffer_bytes: 64 * 1024,
             max_frame_bytes: 16 * 1024 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
+            frame_budget_bytes: 256 * 1024 * 1024,
             max_sessions: 0,
             max_sessions_per_route: 0,
             max_sessions_per_ip: 0,

@@ -13,7 +13,7 @@ mod target;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -22,7 +22,7 @@ pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, 
 pub use backend_addr::BackendAddr;
 pub use file::{
     AdminConfig, Balance, FileConfig, HealthConfig, Limits, ListenerConfig, MessageType,
-    ProxyProtocolVersion, RouteConfig, RuntimeConfig, Timeouts, TlsConfig,
+    ProxyProtocolVersion, RouteConfig, RuntimeConfig, Timeouts, TlsConfig, WebConfig,
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
@@ -56,6 +56,8 @@ pub struct Config {
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
     pub close_grace: Duration,
+    /// A backend write without progress for this long closes the session (1011).
+    pub backend_stall: Duration,
     pub shutdown_grace: Duration,
     /// Default grace of a route drain (admin API).
     pub drain_grace: Duration,
@@ -69,6 +71,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// `[http2]`: per-connection limits wherever HTTP/2 is spoken.
     pub http2: Http2Config,
+    /// `[web] root`: static files for non-upgrade GETs; `None`: such requests get 400.
+    pub web_root: Option<PathBuf>,
 }
 
 impl Config {
@@ -194,6 +198,11 @@ impl FileConfig {
                 );
             }
         }
+        if let Some(web) = &self.web {
+            if !web.root.is_dir() {
+                bail!("web.root: {} is not a directory", web.root.display());
+            }
+        }
         let t = &self.timeouts;
         let ping = secs("ping_interval_secs", t.ping_interval_secs, true)?;
         let keepalive = secs("backend_keepalive_secs", t.backend_keepalive_secs, true)?;
@@ -215,6 +224,7 @@ impl FileConfig {
             ping_interval: (!ping.is_zero()).then_some(ping),
             pong_timeout: secs("pong_timeout_secs", t.pong_timeout_secs, false)?,
             close_grace: secs("close_grace_secs", t.close_grace_secs, false)?,
+            backend_stall: secs("backend_stall_secs", t.backend_stall_secs, false)?,
             shutdown_grace: secs("shutdown_grace_secs", t.shutdown_grace_secs, false)?,
             worker_threads: self.runtime.worker_threads,
             max_connections: l.max_connections,
@@ -225,6 +235,7 @@ impl FileConfig {
             egress: self.egress,
             limits: self.limits,
             http2: self.http2,
+            web_root: self.web.map(|w| w.root),
         })
     }
 
@@ -313,6 +324,13 @@ impl FileConfig {
                 })?;
         }
         check_sizes(&at, r, &self.limits)?;
+        let frame = r.max_frame_bytes.unwrap_or(self.limits.max_frame_bytes);
+        if frame > self.limits.frame_budget_bytes {
+            bail!(
+                "{at}.max_frame_bytes: must be at most limits.frame_budget_bytes ({}), got {frame}",
+                self.limits.frame_budget_bytes
+            );
+        }
         cap(
             &format!("{at}.max_sessions"),
             r.max_sessions.unwrap_or(self.limits.max_sessions_per_route),
@@ -441,6 +459,13 @@ fn validate_limits(l: &Limits) -> anyhow::Result<()> {
              least one frame; raise max_message_bytes too",
             l.max_frame_bytes,
             l.max_message_bytes
+        );
+    }
+    if !(l.max_frame_bytes..=1 << 40).contains(&l.frame_budget_bytes) {
+        bail!(
+            "limits.frame_budget_bytes: must be max_frame_bytes ({})..=1099511627776, got {}",
+            l.max_frame_bytes,
+            l.frame_budget_bytes
         );
     }
     let rate = l.handshakes_per_ip_per_sec;

@@ -1,26 +1,56 @@
-//! Quick mode: command-line flags (`--listen`, `--route`, `--tls-cert` …) turned into the same
-//! [`FileConfig`] a file would give, so both paths share one validation.
+//! Quick mode: a command line (websockify's positional form or wsgate's flags) turned into the
+//! same [`FileConfig`] a file would give, so both share one validation, and that config
+//! printed back as a commented TOML file (`wsgate config --from-flags …`).
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use super::file::{AdminConfig, FileConfig, ListenerConfig, RouteConfig, RuntimeConfig, TlsConfig};
+use super::access::ClientAuth;
+use super::file::{
+    AdminConfig, FileConfig, ListenerConfig, RouteConfig, RuntimeConfig, TlsConfig, WebConfig,
+};
+use super::target::TargetConfig;
 
-/// The quick-mode flags as given; all empty means "no quick mode".
+/// The listener when no address is given: loopback only.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+
+/// websockify's names for its token-file plugin (`--token-plugin`), the one wsgate implements.
+pub const TOKEN_FILE_PLUGINS: &[&str] = &["TokenFile", "websockify.token_plugins.TokenFile"];
+
+/// The quick-mode arguments as given; all empty means "no quick mode".
 #[derive(Debug, Clone, Default)]
 pub struct QuickMode {
-    /// The public listener address. Default 127.0.0.1:8080.
-    pub listen: Option<SocketAddr>,
-    /// `PATH=URL` routes, in order.
+    /// `--listen`: `PORT`, `HOST:PORT`, `[IPv6]:PORT` or `NAME:PORT`.
+    pub listen: Option<String>,
+    /// websockify's positional form: `[LISTEN_HOST:]LISTEN_PORT [TARGET_HOST:TARGET_PORT]`.
+    pub positional: Vec<String>,
+    /// `--route PATH=URL`, in order.
     pub routes: Vec<String>,
-    /// Serve wss:// with this PEM certificate chain and key.
+    /// Serve wss:// with this PEM certificate chain (`--tls-cert`, websockify's `--cert`).
     pub tls_cert: Option<PathBuf>,
+    /// Its key; default: the certificate file (websockify's combined PEM).
     pub tls_key: Option<PathBuf>,
-    /// The admin listener; none if omitted.
-    pub admin: Option<SocketAddr>,
+    /// websockify's `--ssl-only`: wsgate never mixes TLS and plain on one port, so this only
+    /// insists that a certificate is given.
+    pub ssl_only: bool,
+    /// websockify's `--verify-client`: require a client certificate chaining to `cafile`.
+    pub verify_client: bool,
+    /// websockify's `--cafile`: the CA bundle client certificates must chain to.
+    pub cafile: Option<PathBuf>,
+    /// `--token-plugin`: only the token-file plugin exists here.
+    pub token_plugin: Option<String>,
+    /// `--token-source`: the token file.
+    pub token_source: Option<PathBuf>,
+    /// `--web DIR`: static files for plain GETs.
+    pub web: Option<PathBuf>,
+    /// `--admin`: `PORT` (on loopback) or an address as for `--listen`.
+    pub admin: Option<String>,
+    /// websockify's `--heartbeat SECS`: `[timeouts] ping_interval_secs`.
+    pub heartbeat_secs: Option<f64>,
     /// `[runtime] worker_threads`.
     pub worker_threads: usize,
     /// Serve the browser console on the listener.
@@ -28,22 +58,72 @@ pub struct QuickMode {
 }
 
 impl QuickMode {
-    /// No quick-mode flag was given (the embedded default applies).
+    /// No quick-mode argument was given (the embedded default applies).
     pub fn is_empty(&self) -> bool {
         self.listen.is_none()
+            && self.positional.is_empty()
             && self.routes.is_empty()
             && self.tls_cert.is_none()
+            && self.tls_key.is_none()
+            && !self.ssl_only
+            && !self.verify_client
+            && self.cafile.is_none()
+            && self.token_plugin.is_none()
+            && self.token_source.is_none()
+            && self.web.is_none()
             && self.admin.is_none()
+            && self.heartbeat_secs.is_none()
             && !self.console
     }
 
-    /// The file these flags stand for.
+    /// The file these arguments stand for.
     pub fn to_file_config(&self) -> anyhow::Result<FileConfig> {
-        if self.routes.is_empty() {
-            bail!("quick mode needs at least one --route PATH=tcp://HOST:PORT");
+        let (listen, target) = match self.positional.as_slice() {
+            [] => (self.listen.as_deref(), None),
+            [listen] => (Some(listen.as_str()), None),
+            [listen, target] => (Some(listen.as_str()), Some(target.as_str())),
+            _ => bail!(
+                "too many arguments: expected [LISTEN_HOST:]LISTEN_PORT [TARGET_HOST:TARGET_PORT]"
+            ),
+        };
+        if !self.positional.is_empty() && self.listen.is_some() {
+            bail!("the listen address is given twice: as --listen and as the first argument");
         }
-        let mut routes = Vec::with_capacity(self.routes.len());
-        let mut names = HashSet::new();
+        let address = match listen {
+            Some(spec) => listen_addr(spec, Ipv4Addr::UNSPECIFIED.into())
+                .with_context(|| format!("listen address {spec:?}"))?,
+            None => DEFAULT_LISTEN,
+        };
+
+        let mut routes = Vec::new();
+        if let Some(target) = target {
+            routes.push(RouteConfig::new("websockify", "/", backend_url(target)));
+        }
+        match (&self.token_plugin, &self.token_source) {
+            (Some(plugin), Some(file)) => {
+                if !TOKEN_FILE_PLUGINS.contains(&plugin.as_str()) {
+                    bail!("--token-plugin {plugin:?}: only TokenFile (a websockify token file) is supported");
+                }
+                if target.is_some() {
+                    bail!("--token-plugin chooses the target per session: drop TARGET_HOST:TARGET_PORT");
+                }
+                let mut route = RouteConfig::new("tokens", "/", String::new());
+                route.backend = None;
+                route.target = Some(TargetConfig {
+                    token_file: Some(file.clone()),
+                    token_param: "token".to_owned(),
+                    jwt_claim: None,
+                });
+                routes.push(route);
+            }
+            (Some(_), None) => bail!("--token-plugin needs --token-source FILE"),
+            (None, Some(_)) => bail!("--token-source needs --token-plugin TokenFile"),
+            (None, None) => {}
+        }
+        let mut names: HashSet<String> = routes
+            .iter()
+            .map(|r: &RouteConfig| r.name.clone())
+            .collect();
         for spec in &self.routes {
             let (path, backend) = spec
                 .split_once('=')
@@ -60,29 +140,57 @@ impl QuickMode {
             names.insert(name.clone());
             routes.push(RouteConfig::new(name, path, backend));
         }
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert_file), Some(key_file)) => Some(TlsConfig {
-                cert_file: cert_file.clone(),
-                key_file: key_file.clone(),
-                client_ca_file: None,
-                client_auth: None,
-            }),
-            _ => None,
+        if routes.is_empty() {
+            bail!(
+                "no target: give one as `wsgate [LISTEN_HOST:]LISTEN_PORT TARGET_HOST:TARGET_PORT`, \
+                 or --route PATH=URL, or --token-plugin TokenFile --token-source FILE"
+            );
+        }
+
+        let client_ca_file = match (self.verify_client, &self.cafile) {
+            (true, Some(ca)) => Some(ca.clone()),
+            (true, None) => bail!(
+                "--verify-client needs --cafile FILE: wsgate trusts no CA for clients by default"
+            ),
+            (false, Some(_)) => bail!("--cafile is for --verify-client"),
+            (false, None) => None,
         };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), key) => Some(TlsConfig {
+                cert_file: cert.clone(),
+                key_file: key.clone().unwrap_or_else(|| cert.clone()),
+                client_auth: client_ca_file.as_ref().map(|_| ClientAuth::Required),
+                client_ca_file,
+            }),
+            (None, _) if client_ca_file.is_some() => {
+                bail!("--verify-client needs --cert FILE: client certificates need TLS")
+            }
+            (None, Some(_)) => bail!("--tls-key (--key) needs --tls-cert (--cert)"),
+            (None, None) if self.ssl_only => {
+                bail!("--ssl-only needs --cert FILE: wsgate has no default certificate")
+            }
+            (None, None) => None,
+        };
+        let admin = match &self.admin {
+            Some(spec) => Some(AdminConfig {
+                address: listen_addr(spec, Ipv4Addr::LOCALHOST.into())
+                    .with_context(|| format!("admin address {spec:?}"))?,
+                bearer_sha256: None,
+            }),
+            None => None,
+        };
+        let mut timeouts = super::file::Timeouts::default();
+        if let Some(secs) = self.heartbeat_secs {
+            timeouts.ping_interval_secs = secs;
+        }
         Ok(FileConfig {
             listeners: vec![ListenerConfig {
                 tls,
                 console: self.console,
-                ..ListenerConfig::new(
-                    self.listen
-                        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-                )
+                ..ListenerConfig::new(address)
             }],
-            admin: self.admin.map(|address| AdminConfig {
-                address,
-                bearer_sha256: None,
-            }),
-            timeouts: Default::default(),
+            admin,
+            timeouts,
             limits: Default::default(),
             routes,
             egress: None,
@@ -90,8 +198,173 @@ impl QuickMode {
             runtime: RuntimeConfig {
                 worker_threads: self.worker_threads,
             },
+            web: self.web.clone().map(|root| WebConfig { root }),
         })
     }
+
+    /// The config file these arguments stand for, commented; `command` is the quick-mode
+    /// command line, quoted in the header.
+    pub fn to_toml(&self, command: &str) -> anyhow::Result<String> {
+        let file = self.to_file_config()?;
+        let mut out = String::new();
+        let w = &mut out;
+        // Writing to a String cannot fail.
+        let _ = writeln!(w, "# wsgate configuration, from the command line:");
+        let _ = writeln!(w, "#   {command}");
+        let _ = writeln!(
+            w,
+            "# Check it with `wsgate check FILE`, run it with `wsgate --config FILE`.\n\
+             # Every key, with its default: docs/configuration.md. Keys left out keep their\n\
+             # defaults (timeouts, limits)."
+        );
+        for l in &file.listeners {
+            let _ = writeln!(
+                w,
+                "\n# Where clients connect. 0.0.0.0 = every IPv4 interface."
+            );
+            let _ = writeln!(
+                w,
+                "[[listener]]\naddress = {}",
+                quote(&l.address.to_string())
+            );
+            if let Some(tls) = &l.tls {
+                let _ = writeln!(
+                    w,
+                    "\n# wss://: the PEM certificate chain (leaf first) and its private key.\n\
+                     [listener.tls]\ncert_file = {}\nkey_file = {}",
+                    quote_path(&tls.cert_file),
+                    quote_path(&tls.key_file)
+                );
+                if let Some(ca) = &tls.client_ca_file {
+                    let _ = writeln!(
+                        w,
+                        "# Clients must present a certificate chaining to this CA bundle.\n\
+                         client_ca_file = {}\nclient_auth = \"required\"",
+                        quote_path(ca)
+                    );
+                }
+            }
+        }
+        if let Some(admin) = &file.admin {
+            let _ = writeln!(
+                w,
+                "\n# /metrics, /healthz, /readyz. No authentication: loopback or a private network.\n\
+                 [admin]\naddress = {}",
+                quote(&admin.address.to_string())
+            );
+        }
+        if self.heartbeat_secs.is_some() {
+            let _ = writeln!(
+                w,
+                "\n# Keepalive: a ping every ping_interval_secs (0 = off).\n\
+                 [timeouts]\nping_interval_secs = {}",
+                file.timeouts.ping_interval_secs
+            );
+        }
+        if let Some(web) = &file.web {
+            let _ = writeln!(
+                w,
+                "\n# Static files for plain (non-WebSocket) GET requests, e.g. noVNC's.\n\
+                 [web]\nroot = {}",
+                quote_path(&web.root)
+            );
+        }
+        if file.runtime.worker_threads != 0 {
+            let _ = writeln!(
+                w,
+                "\n[runtime]\nworker_threads = {}",
+                file.runtime.worker_threads
+            );
+        }
+        for r in &file.routes {
+            let _ = writeln!(w, "\n[[route]]\nname = {}", quote(&r.name));
+            let _ = writeln!(
+                w,
+                "# A path ending in / is a prefix: {} matches every path under it.",
+                r.path
+            );
+            let _ = writeln!(w, "path = {}", quote(&r.path));
+            if let Some(backend) = &r.backend {
+                let _ = writeln!(w, "backend = {}", quote(backend));
+            }
+            if let Some(TargetConfig {
+                token_file: Some(file),
+                token_param,
+                ..
+            }) = &r.target
+            {
+                let _ = writeln!(
+                    w,
+                    "\n# The target comes from a websockify token file (`token: host:port` lines),\n\
+                     # chosen by the ?{token_param}= query parameter.\n\
+                     [route.target]\ntoken_file = {}\ntoken_param = {}",
+                    quote_path(file),
+                    quote(token_param)
+                );
+            }
+            let _ = writeln!(
+                w,
+                "# Before exposing this route to the internet: allow only your pages' origins\n\
+                 # and require credentials (docs/security.md), e.g.\n\
+                 #[route.origin]\n\
+                 #allow = [\"https://vnc.example.com\"]"
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// A TOML string literal.
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+fn quote_path(p: &Path) -> String {
+    quote(&p.to_string_lossy())
+}
+
+/// A websockify target (`host:port`) as a backend URL; URLs (`ws://…`, `builtin:echo`) as is.
+pub fn backend_url(target: &str) -> String {
+    if target.contains("://") || target.starts_with("builtin:") {
+        target.to_owned()
+    } else {
+        format!("tcp://{target}")
+    }
+}
+
+/// A listen address as users write it: `PORT` (on `default_host`), `:PORT` or `*:PORT`
+/// (every IPv4 interface), `IP:PORT`, `[IPv6]:PORT`, or `NAME:PORT` (resolved now; the
+/// first IPv4 address, else the first address).
+pub fn listen_addr(spec: &str, default_host: IpAddr) -> anyhow::Result<SocketAddr> {
+    let spec = spec.trim();
+    if let Ok(port) = spec.parse::<u16>() {
+        return Ok(SocketAddr::new(default_host, port));
+    }
+    if let Ok(addr) = spec.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = spec.rsplit_once(':') else {
+        bail!("expected PORT, HOST:PORT or [IPv6]:PORT");
+    };
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("{port:?} is not a port (0-65535)"))?;
+    if host.is_empty() || host == "*" {
+        return Ok(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port));
+    }
+    if host.starts_with('[') || host.contains(':') {
+        bail!("{host:?} is not an IPv6 address (write [IPv6]:PORT)");
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {host:?}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .with_context(|| format!("{host:?} resolves to no address"))
 }
 
 /// A metrics-safe name for a quick-mode route: `/vnc/` → `vnc`, `/` → `root`.
@@ -111,5 +384,121 @@ pub fn route_name(path: &str, index: usize) -> String {
         "" if index == 0 => "root".to_owned(),
         "" => format!("root{index}"),
         _ => name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn quick(positional: &[&str]) -> QuickMode {
+        QuickMode {
+            positional: positional.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn listen_addresses_in_every_form() {
+        let any = IpAddr::from(Ipv4Addr::UNSPECIFIED);
+        let parse = |s| listen_addr(s, any).map(|a| a.to_string());
+        assert_eq!(parse("6080").unwrap(), "0.0.0.0:6080");
+        assert_eq!(parse(":6080").unwrap(), "0.0.0.0:6080");
+        assert_eq!(parse("127.0.0.1:6080").unwrap(), "127.0.0.1:6080");
+        assert_eq!(parse("[::1]:6080").unwrap(), "[::1]:6080");
+        assert_eq!(parse("localhost:6080").unwrap(), "127.0.0.1:6080");
+        assert_eq!(
+            listen_addr("9090", Ipv4Addr::LOCALHOST.into()).unwrap(),
+            "127.0.0.1:9090".parse().unwrap()
+        );
+        for bad in ["", "x", "6080x", "localhost:", "host:99999", "::1:80"] {
+            assert!(parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn websockify_positional_form_is_one_prefix_route_to_tcp() {
+        let file = quick(&["6080", "localhost:5900"]).to_file_config().unwrap();
+        assert_eq!(file.listeners[0].address.to_string(), "0.0.0.0:6080");
+        assert_eq!(file.routes.len(), 1);
+        assert_eq!(file.routes[0].path, "/");
+        assert_eq!(
+            file.routes[0].backend.as_deref(),
+            Some("tcp://localhost:5900")
+        );
+    }
+
+    #[test]
+    fn a_certificate_alone_is_its_own_key_and_ssl_only_needs_one() {
+        let mut q = quick(&["6080", "h:1"]);
+        q.tls_cert = Some("combined.pem".into());
+        let tls = q.to_file_config().unwrap().listeners[0]
+            .tls
+            .clone()
+            .unwrap();
+        assert_eq!(tls.key_file, PathBuf::from("combined.pem"));
+        let mut q = quick(&["6080", "h:1"]);
+        q.ssl_only = true;
+        assert!(q.to_file_config().is_err());
+    }
+
+    #[test]
+    fn verify_client_maps_to_a_required_client_ca() {
+        let mut q = quick(&["6080", "h:1"]);
+        q.tls_cert = Some("cert.pem".into());
+        q.verify_client = true;
+        assert!(q.to_file_config().is_err(), "no --cafile");
+        q.cafile = Some("clients.pem".into());
+        let tls = q.to_file_config().unwrap().listeners[0]
+            .tls
+            .clone()
+            .unwrap();
+        assert_eq!(tls.client_ca_file, Some(PathBuf::from("clients.pem")));
+        assert!(matches!(tls.client_auth, Some(ClientAuth::Required)));
+        q.tls_cert = None;
+        assert!(q.to_file_config().is_err(), "no --cert");
+    }
+
+    #[test]
+    fn token_plugin_rules() {
+        let mut q = quick(&["6080"]);
+        q.token_plugin = Some("TokenFile".into());
+        q.token_source = Some("/etc/tokens".into());
+        let file = q.to_file_config().unwrap();
+        let target = file.routes[0].target.as_ref().unwrap();
+        assert_eq!(target.token_file.as_deref(), Some(Path::new("/etc/tokens")));
+        q.token_plugin = Some("ReadOnlyTokenRedis".into());
+        assert!(q.to_file_config().is_err());
+        let mut q = quick(&["6080", "h:1"]);
+        q.token_plugin = Some("TokenFile".into());
+        q.token_source = Some("/etc/tokens".into());
+        assert!(q.to_file_config().is_err(), "a target and a token plugin");
+        assert!(
+            quick(&["6080"]).to_file_config().is_err(),
+            "no target at all"
+        );
+        assert!(quick(&["1", "h:1", "x"]).to_file_config().is_err());
+    }
+
+    /// The printed file is the same gateway as the flags.
+    #[test]
+    fn from_flags_toml_round_trips() {
+        let dir = std::env::temp_dir();
+        let mut q = quick(&["127.0.0.1:6080", "localhost:5900"]);
+        q.tls_cert = Some("/etc/wsgate/tls/fullchain.pem".into());
+        q.tls_key = Some("/etc/wsgate/tls/privkey.pem".into());
+        q.verify_client = true;
+        q.cafile = Some("/etc/wsgate/tls/clients.pem".into());
+        q.admin = Some("9090".into());
+        q.web = Some(dir.clone());
+        q.heartbeat_secs = Some(15.0);
+        q.routes = vec!["/echo=builtin:echo".into()];
+        q.worker_threads = 1;
+        let text = q.to_toml("wsgate …").unwrap();
+        let direct = format!("{:?}", q.to_file_config().unwrap().validate().unwrap());
+        let parsed = format!("{:?}", Config::from_toml(&text).unwrap());
+        assert_eq!(direct, parsed, "{text}");
+        assert!(text.contains("#[route.origin]"), "{text}");
     }
 }

@@ -38,6 +38,14 @@ pub async fn handle(
     shared: Arc<Shared>,
     permit: Arc<ConnectionSlot>,
 ) -> Result<Response<Body>, Infallible> {
+    // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the routes.
+    if let Some(root) = &shared.snapshot.config.web_root {
+        if matches!(*req.method(), Method::GET | Method::HEAD)
+            && !header_has_token(&req, header::UPGRADE, "websocket")
+        {
+            return Ok(super::web::serve(root, req).await);
+        }
+    }
     // Path rules (400) before routing: the router matches the path a backend will get.
     if let Err(e) = check_path(req.uri().path()) {
         return Ok(reject(&req, None, e));
@@ -289,6 +297,7 @@ where
         client_write,
         Role::Server,
         route.max_frame_bytes,
+        &snapshot.frame_budget,
     );
     let bridge_config = || BridgeConfig {
         buffer_bytes: snapshot.buffer_bytes,
@@ -297,6 +306,7 @@ where
         ping_interval: snapshot.ping_interval,
         pong_timeout: snapshot.pong_timeout,
         close_grace: snapshot.close_grace,
+        backend_stall: snapshot.backend_stall,
         bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
     };
     let outcome = match backend {
@@ -336,10 +346,17 @@ where
                 ping_interval: snapshot.ping_interval,
                 pong_timeout: snapshot.pong_timeout,
                 close_grace: snapshot.close_grace,
+                backend_stall: snapshot.backend_stall,
                 bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
             };
             let (read, write) = tokio::io::split(io);
-            let backend = websocket_halves(read, write, Role::Client, route.max_frame_bytes);
+            let backend = websocket_halves(
+                read,
+                write,
+                Role::Client,
+                route.max_frame_bytes,
+                &snapshot.frame_budget,
+            );
             // Boxed so that sessions on TCP routes do not carry the relay's larger state.
             Box::pin(relay::run(
                 (client_read, client_write),

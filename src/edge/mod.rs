@@ -9,6 +9,8 @@ pub mod http;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod shared;
+pub mod urls;
+pub mod web;
 
 pub use listener::{accept_loop, PublicListener};
 pub use shared::{ConnectionSlot, Shared};

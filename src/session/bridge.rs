@@ -12,8 +12,11 @@
 //! (`session::pacer`), so a capped session slows its sender down instead of buffering.
 
 use std::borrow::Cow;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
@@ -25,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
 use super::io::BackendSource;
-use super::keepalive::{sleep_until_opt, Due, Keepalive};
+use super::keepalive::{sleep_until_opt, Due, Held, Keepalive};
 use super::pacer::Pacer;
 use super::reader::{FrameReader, ReadError};
 use super::registry::SessionControl;
@@ -47,6 +50,8 @@ pub struct BridgeConfig {
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
     pub close_grace: Duration,
+    /// A backend write without progress for this long closes the session (1011).
+    pub backend_stall: Duration,
     /// Pacing of each direction in bytes per second; `None`: unpaced.
     pub bandwidth_bytes_per_sec: Option<u64>,
 }
@@ -94,8 +99,12 @@ enum FromClient {
     Violation(u16, &'static str),
     /// Writing to the backend failed: the backend is gone.
     BackendWriteFailed,
+    /// A write to the backend made no progress for `backend_stall`: close with 1011.
+    BackendStalled,
     /// The client's stream ended or failed without a Close.
     Gone,
+    /// The frame budget could not cover the client's frame: close with 1013.
+    OverBudget,
 }
 
 /// Bridge one upgraded WebSocket and one backend until the session ends.
@@ -121,6 +130,7 @@ where
     let (tx, rx) = mpsc::channel(4);
     let to_backend = Arc::new(AtomicU64::new(0));
     let reader_stop = CancellationToken::new();
+    let held = Held::new();
     let reader = tokio::spawn(client_to_backend(
         ws_read,
         backend_write,
@@ -131,6 +141,8 @@ where
             messages: metrics.messages_to_backend.clone(),
             total: to_backend.clone(),
             pacer: Pacer::new(config.bandwidth_bytes_per_sec),
+            held: held.clone(),
+            backend_stall: config.backend_stall,
         },
         reader_stop.clone(),
     ));
@@ -144,6 +156,7 @@ where
             hard_stop,
         ),
         keepalive,
+        held,
         sent: 0,
     };
     let (code, initiator, reason) = writer
@@ -166,6 +179,9 @@ struct ClientCounters {
     messages: Counter,
     total: Arc<AtomicU64>,
     pacer: Pacer,
+    /// Marked while a backend write waits (read by the writer's keepalive).
+    held: Arc<Held>,
+    backend_stall: Duration,
 }
 
 /// Client frames → backend bytes. Ends at the client's Close, error or EOF, or when stopped.
@@ -214,6 +230,7 @@ where
                 return FromClient::Violation(code, reason)
             }
             Err(ReadError::Gone(_)) => return FromClient::Gone,
+            Err(ReadError::OverBudget) => return FromClient::OverBudget,
         };
         counters.pacer.spent(frame.payload.len());
         match frame.opcode {
@@ -241,14 +258,21 @@ where
         if frame.payload.is_empty() || !backend_alive {
             continue;
         }
-        let written = async {
-            backend.write_all(&frame.payload).await?;
-            backend.flush().await
-        };
-        if written.await.is_err() {
+        let written = write_watched(
+            backend,
+            &frame.payload,
+            &counters.held,
+            counters.backend_stall,
+        );
+        if let Err(e) = written.await {
             // Keep reading: the client's answer to our Close 1011 still has to arrive.
             backend_alive = false;
-            if tx.send(FromClient::BackendWriteFailed).await.is_err() {
+            let msg = if e.kind() == io::ErrorKind::TimedOut {
+                FromClient::BackendStalled
+            } else {
+                FromClient::BackendWriteFailed
+            };
+            if tx.send(msg).await.is_err() {
                 return FromClient::Gone;
             }
             continue;
@@ -256,6 +280,71 @@ where
         let n = frame.payload.len() as u64;
         counters.bytes.increment(n);
         counters.total.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Write all of `buf` to the backend, then flush. Each step is polled once first: when the
+/// backend keeps up this costs what `write_all` did. A step that has to wait marks the
+/// client's reader `held` (the client's keepalive is excused meanwhile: its pongs sit unread
+/// behind data we are not reading) and may wait `stall` without progress, then fails with
+/// `TimedOut`: a backend that stopped reading.
+async fn write_watched<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut buf: &[u8],
+    held: &Held,
+    stall: Duration,
+) -> io::Result<()> {
+    let mut holding = false;
+    let mut result = Ok(());
+    while !buf.is_empty() {
+        let written = watched(
+            |cx| Pin::new(&mut *w).poll_write(cx, buf),
+            &mut holding,
+            held,
+            stall,
+        );
+        match written.await {
+            Ok(0) => result = Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = &buf[n..];
+                continue;
+            }
+            Err(e) => result = Err(e),
+        }
+        break;
+    }
+    if result.is_ok() {
+        let flushed = watched(
+            |cx| Pin::new(&mut *w).poll_flush(cx),
+            &mut holding,
+            held,
+            stall,
+        );
+        result = flushed.await;
+    }
+    if holding {
+        held.release();
+    }
+    result
+}
+
+/// One I/O step: polled once, and only if that is not enough, marked held and given `stall`.
+async fn watched<T>(
+    mut poll: impl FnMut(&mut Context<'_>) -> Poll<io::Result<T>>,
+    holding: &mut bool,
+    held: &Held,
+    stall: Duration,
+) -> io::Result<T> {
+    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(poll(cx))).await {
+        return r;
+    }
+    if !*holding {
+        held.hold();
+        *holding = true;
+    }
+    match tokio::time::timeout(stall, std::future::poll_fn(poll)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }
 }
 
@@ -280,6 +369,8 @@ enum Phase {
 struct Writer<'a, CW> {
     ws: GuardedWriter<'a, CW>,
     keepalive: Option<Keepalive>,
+    /// Whether the client's reader is held back by the backend (its pongs then wait too).
+    held: Arc<Held>,
     sent: u64,
 }
 
@@ -312,7 +403,14 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         macro_rules! send_or_end {
             ($write:expr) => {
                 match $write.await {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        // Our ping may have sat behind the data this send waited on.
+                        if self.ws.take_waited() {
+                            if let Some(k) = self.keepalive.as_mut() {
+                                k.excuse(Instant::now());
+                            }
+                        }
+                    }
                     Err(WriteFailed::Io) => {
                         return (
                             close_code::ABNORMAL,
@@ -332,8 +430,13 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                 }
             };
         }
+        // One Close per direction: once ours is out, later failures change nothing, and the
+        // first code stays the one recorded.
         macro_rules! close_with {
             ($code:expr, $initiator:expr, $reason:expr) => {{
+                if matches!(phase, Phase::GatewayClosed { .. }) {
+                    continue;
+                }
                 let reason: Cow<'static, str> = $reason.into();
                 send_or_end!(self.ws.send_close($code, &reason));
                 phase = Phase::GatewayClosed {
@@ -380,7 +483,12 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                 // Keepalive first: a session busy with bulk data still pings on time.
                 () = sleep_until_opt(ping_at), if ping_at.is_some() => {
                     let Some(k) = self.keepalive.as_mut() else { continue };
-                    match k.on_deadline(Instant::now()) {
+                    let now = Instant::now();
+                    // A pong that waits behind data we chose not to read is not missed.
+                    if self.held.peer_free_since(now).is_some_and(|since| k.excuse(since)) {
+                        continue;
+                    }
+                    match k.on_deadline(now) {
                         Due::Ping(seq) => send_or_end!(self.ws.send(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&seq)))),
                         Due::TimedOut => {
                             metrics.keepalive_timed_out();
@@ -412,8 +520,23 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         Phase::GatewayClosed { code, initiator, reason, .. } => return (code, initiator, reason),
                     }},
                     Some(FromClient::Violation(code, reason)) => {
+                        if let Phase::GatewayClosed { code, initiator, reason, .. } = phase {
+                            return (code, initiator, reason);
+                        }
                         self.ws.try_close(code, reason).await;
                         return (code, Initiator::Client, reason.into());
+                    }
+                    Some(FromClient::OverBudget) => {
+                        if let Phase::GatewayClosed { code, initiator, reason, .. } = phase {
+                            return (code, initiator, reason);
+                        }
+                        self.ws.try_close(close_code::TRY_AGAIN_LATER, OVER_BUDGET).await;
+                        return (close_code::TRY_AGAIN_LATER, Initiator::Gateway, OVER_BUDGET.into());
+                    }
+                    Some(FromClient::BackendStalled) => {
+                        backend_open = false;
+                        answer_client_close!();
+                        close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend stopped reading");
                     }
                     Some(FromClient::BackendWriteFailed) => {
                         backend_open = false;
@@ -496,6 +619,9 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         }
     }
 }
+
+/// The reason sent with 1013 when the frame budget is exhausted.
+pub(crate) const OVER_BUDGET: &str = "gateway busy: frame memory budget exhausted";
 
 /// Backend read sizes follow the traffic: they double while reads fill the buffer (bulk
 /// transfer) up to `buffer_bytes`, and halve when reads come back small (interactive).

@@ -1,5 +1,7 @@
 //! Rules shared by both bridges: message sequencing, UTF-8 and size across frames; guarded writes.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, WebSocketWrite};
@@ -98,6 +100,8 @@ pub struct GuardedWriter<'a, W> {
     ws: WebSocketWrite<W>,
     stall_limit: Option<Duration>,
     hard_stop: &'a CancellationToken,
+    /// A send had to wait for the peer to read (see `take_waited`).
+    waited: bool,
 }
 
 impl<'a, W: AsyncWrite + Unpin> GuardedWriter<'a, W> {
@@ -110,7 +114,14 @@ impl<'a, W: AsyncWrite + Unpin> GuardedWriter<'a, W> {
             ws,
             stall_limit,
             hard_stop,
+            waited: false,
         }
+    }
+
+    /// Whether a send since the last call had to wait for the peer to read. A ping sent
+    /// before such a wait may have sat behind our data: keepalive excuses its pong.
+    pub fn take_waited(&mut self) -> bool {
+        std::mem::take(&mut self.waited)
     }
 
     /// The token that ends the drain: a loop around this writer should watch it too.
@@ -124,14 +135,25 @@ impl<'a, W: AsyncWrite + Unpin> GuardedWriter<'a, W> {
         // Without a stall limit the timer is 30 years away and never armed in practice
         // (a timeout polls its future first; the timer is registered only if that blocks).
         let limit = self.stall_limit.unwrap_or(Duration::from_secs(1 << 30));
-        tokio::select! {
-            biased;
-            () = self.hard_stop.cancelled() => Err(WriteFailed::Stopped),
-            r = tokio::time::timeout(limit, write_and_flush(&mut self.ws, frame)) => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(WriteFailed::Io),
-                Err(_) => Err(WriteFailed::Stalled),
-            },
+        let hard_stop = self.hard_stop;
+        let write = tokio::time::timeout(limit, write_and_flush(&mut self.ws, frame));
+        tokio::pin!(write);
+        // Most writes finish at once; only one that has to wait watches the drain deadline.
+        let r = match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                self.waited = true;
+                tokio::select! {
+                    biased;
+                    () = hard_stop.cancelled() => return Err(WriteFailed::Stopped),
+                    r = &mut write => r,
+                }
+            }
+        };
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriteFailed::Io),
+            Err(_) => Err(WriteFailed::Stalled),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -13,7 +14,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use super::reader::FrameReader;
+use super::reader::{FrameBudget, FrameReader};
 
 /// A read half that first yields bytes already read past the HTTP request
 /// (a client may send its first frame together with the upgrade request).
@@ -146,6 +147,7 @@ pub fn websocket_halves<R, W>(
     write: W,
     role: Role,
     max_frame_bytes: usize,
+    budget: &Arc<FrameBudget>,
 ) -> (FrameReader<R>, WebSocketWrite<W>)
 where
     R: AsyncRead + Unpin,
@@ -154,7 +156,10 @@ where
     // fastwebsockets builds a writer only together with a reader; ours replaces that reader.
     let (_, mut write) = after_handshake_split(tokio::io::empty(), write, role);
     write.set_writev(true);
-    (FrameReader::new(read, role, max_frame_bytes), write)
+    (
+        FrameReader::new(read, role, max_frame_bytes, budget.clone()),
+        write,
+    )
 }
 
 #[cfg(test)]

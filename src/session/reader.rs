@@ -3,14 +3,17 @@
 //! fastwebsockets' reader keeps an 8 KiB buffer per connection for the connection's whole life
 //! and does not check the masking rule; at 100,000 idle sessions the first costs most of a
 //! gigabyte and the second lets a client skip masking. This reader keeps a small inline buffer
-//! for headers and small frames, allocates a payload exactly once (and only for its size),
-//! checks every rule of §5 that is a property of one frame, and hands out fastwebsockets
-//! `Frame`s so the rest of the pipeline (and the writer) stays on fastwebsockets.
+//! for headers and small frames, grows a payload buffer as its bytes arrive (never on the
+//! peer's word alone) within a process-wide [`FrameBudget`], checks every rule of §5 that is
+//! a property of one frame, and hands out fastwebsockets `Frame`s so the rest of the pipeline
+//! (and the writer) stays on fastwebsockets.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::BytesMut;
-use fastwebsockets::{CloseCode, Frame, OpCode, Payload, Role};
+use fastwebsockets::{Frame, OpCode, Payload, Role};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::frames::Violation;
@@ -19,6 +22,55 @@ use crate::error::close_code;
 /// Header bytes and small frames arrive here: one read usually brings a whole small frame.
 const INLINE: usize = 512;
 
+/// A payload buffer starts at most this big and doubles as bytes arrive (capped at the frame's
+/// length): a peer announcing a huge frame gets memory for what it sent, at most twice over.
+/// Frames up to this size still take exactly one allocation of their own size.
+const FIRST_STEP: usize = 64 * 1024;
+
+/// The payload bytes all frame readers of a gateway may hold at once (`[limits]
+/// frame_budget_bytes`). A reader charges each buffer step before it allocates it and gives
+/// the charge back when it is asked for the next frame (the last one has been passed on by
+/// then) or dropped. Payloads of up to `INLINE` bytes are not charged: they cost less than
+/// the reader itself, which the connection limit already bounds.
+#[derive(Debug)]
+pub struct FrameBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl FrameBudget {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// No budget (benchmarks, tests of other things).
+    pub fn unlimited() -> Arc<Self> {
+        Self::new(usize::MAX)
+    }
+
+    /// Bytes charged now.
+    pub fn in_use(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(n).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+const NON_MINIMAL: &str = "non-minimal frame length";
+
 /// Why a read ended without a frame.
 #[derive(Debug)]
 pub enum ReadError {
@@ -26,6 +78,9 @@ pub enum ReadError {
     Gone(Option<io::Error>),
     /// The peer broke the protocol: close with this code.
     Violation(Violation),
+    /// The frame budget cannot cover this frame: the gateway closes the session with 1013
+    /// (Try Again Later). Logged here, once.
+    OverBudget,
 }
 
 impl From<io::Error> for ReadError {
@@ -40,6 +95,9 @@ pub struct FrameReader<R> {
     /// Server: frames must be masked (they come from a client); client: they must not be.
     expect_masked: bool,
     max_frame_bytes: usize,
+    budget: Arc<FrameBudget>,
+    /// What this reader has charged to `budget` for the frame it is reading or last read.
+    charged: usize,
     /// Boxed: the reader moves through several futures before it settles in its task.
     inline: Box<[u8; INLINE]>,
     start: usize,
@@ -48,15 +106,31 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// `role` is ours: as a server we read a client's (masked) frames.
-    pub fn new(stream: R, role: Role, max_frame_bytes: usize) -> Self {
+    pub fn new(stream: R, role: Role, max_frame_bytes: usize, budget: Arc<FrameBudget>) -> Self {
         Self {
             stream,
             expect_masked: role == Role::Server,
             max_frame_bytes,
+            budget,
+            charged: 0,
             inline: Box::new([0; INLINE]),
             start: 0,
             end: 0,
         }
+    }
+
+    /// Charge `n` more payload bytes to the budget, or refuse the frame.
+    fn charge(&mut self, n: usize, length: u64) -> Result<(), ReadError> {
+        if !self.budget.take(n) {
+            tracing::warn!(
+                frame_bytes = length,
+                budget_bytes = self.budget.limit,
+                "frame memory budget exhausted: closing the session with 1013"
+            );
+            return Err(ReadError::OverBudget);
+        }
+        self.charged += n;
+        Ok(())
     }
 
     fn buffered(&self) -> &[u8] {
@@ -83,6 +157,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame, checked: reserved bits, opcode, masking, control-frame rules,
     /// size, and a Close frame's code and reason. Payloads come unmasked.
     pub async fn read_frame(&mut self) -> Result<Frame<'static>, ReadError> {
+        if self.charged > 0 {
+            self.budget.give(std::mem::take(&mut self.charged));
+        }
         self.fill(2).await?;
         let [b0, b1] = [self.buffered()[0], self.buffered()[1]];
         let fin = b0 & 0x80 != 0;
@@ -123,6 +200,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 header[9],
             ]),
         };
+        // §5.2: "the minimal number of bytes MUST be used to encode the length", and the
+        // most significant bit of a 64-bit length MUST be 0. Both are protocol errors, checked
+        // before the size limit so a bad header is never reported as a big frame.
+        match extended {
+            2 if length < 126 => return Err(violation(close_code::PROTOCOL_ERROR, NON_MINIMAL)),
+            8 if length >> 63 != 0 => {
+                return Err(violation(
+                    close_code::PROTOCOL_ERROR,
+                    "frame length with the top bit set",
+                ))
+            }
+            8 if length <= 0xffff => {
+                return Err(violation(close_code::PROTOCOL_ERROR, NON_MINIMAL))
+            }
+            _ => {}
+        }
         let mask = masked.then(|| {
             let m = &header[2 + extended..2 + extended + 4];
             [m[0], m[1], m[2], m[3]]
@@ -145,8 +238,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         self.start += header_len;
 
+        let announced = length;
         let length = length as usize;
-        let mut payload = BytesMut::with_capacity(length);
+        let first = length.min(FIRST_STEP);
+        if length > INLINE {
+            self.charge(first, announced)?;
+        }
+        let mut payload = BytesMut::with_capacity(first);
         let from_inline = length.min(self.end - self.start);
         payload.extend_from_slice(&self.inline[self.start..self.start + from_inline]);
         self.start += from_inline;
@@ -154,8 +252,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             (self.start, self.end) = (0, 0);
         }
         while payload.len() < length {
-            // Straight into the payload: a large frame is copied once, from the socket.
-            let want = length - payload.len();
+            if payload.len() == payload.capacity() {
+                // Full, and the peer has shown it is really sending: double, within the budget.
+                // (A new buffer of exactly that size: `reserve` may round up past the frame.)
+                let grown = (payload.capacity() * 2).min(length);
+                self.charge(grown - payload.capacity(), announced)?;
+                let mut bigger = BytesMut::with_capacity(grown);
+                bigger.extend_from_slice(&payload);
+                payload = bigger;
+            }
+            // Straight into the payload: one copy from the socket (plus the doublings').
+            let want = payload.capacity() - payload.len();
             let read = (&mut self.stream)
                 .take(want as u64)
                 .read_buf(&mut payload)
@@ -174,8 +281,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+impl<R> Drop for FrameReader<R> {
+    fn drop(&mut self) {
+        self.budget.give(self.charged);
+    }
+}
+
 fn violation(code: u16, reason: &'static str) -> ReadError {
     ReadError::Violation((code, reason))
+}
+
+/// Whether a peer may put `code` in a Close frame (RFC 6455 §7.4 and the IANA "WebSocket
+/// Close Code Number Registry"): 1000-1003 and 1007-1014 are registered for the wire (1012
+/// Service Restart, 1013 Try Again Later, 1014 Bad Gateway included: gateways send them);
+/// 1004 is reserved, 1005, 1006 and 1015 are for reporting only and never sent; 1016-2999
+/// are reserved for the protocol; 3000-3999 are registered for libraries and frameworks,
+/// 4000-4999 are private use. (fastwebsockets' `CloseCode::is_allowed` refuses 1014.)
+pub fn is_valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// A Close payload is empty, or a code that may be sent plus a UTF-8 reason (§5.5.1, §7.4).
@@ -187,7 +310,7 @@ fn check_close(payload: &[u8]) -> Result<(), ReadError> {
             "malformed close frame",
         )),
         [a, b, reason @ ..] => {
-            if !CloseCode::from(u16::from_be_bytes([*a, *b])).is_allowed() {
+            if !is_valid_close_code(u16::from_be_bytes([*a, *b])) {
                 return Err(violation(close_code::PROTOCOL_ERROR, "invalid close code"));
             }
             if std::str::from_utf8(reason).is_err() {
@@ -242,12 +365,16 @@ mod tests {
                 tx.write_all(piece).await.unwrap();
             }
         });
-        let mut reader = FrameReader::new(rx, role, 1 << 20);
+        let mut reader = FrameReader::new(rx, role, 1 << 20, FrameBudget::unlimited());
         let mut out = Vec::new();
         loop {
             match reader.read_frame().await {
                 Ok(f) => out.push(Ok((f.opcode, f.fin, f.payload.to_vec()))),
                 Err(ReadError::Gone(_)) => break,
+                Err(ReadError::OverBudget) => {
+                    out.push(Err("over budget".to_owned()));
+                    break;
+                }
                 Err(ReadError::Violation((code, reason))) => {
                     out.push(Err(format!("{code} {reason}")));
                     break;
@@ -335,18 +462,137 @@ mod tests {
             assert_eq!(got, vec![Err(want.to_string())], "{want}");
         }
         let too_big = frame(0x82, &[0; 200], true);
-        let mut r = FrameReader::new(&too_big[..], Role::Server, 199);
+        let mut r = FrameReader::new(&too_big[..], Role::Server, 199, FrameBudget::unlimited());
         assert!(matches!(
             r.read_frame().await,
             Err(ReadError::Violation((1009, _)))
         ));
     }
 
+    /// Regression (issue 9 item 6): lengths in a longer encoding than needed were accepted,
+    /// and a 64-bit length with the top bit set was answered 1009; RFC 6455 §5.2 makes both
+    /// a protocol error (1002).
+    #[tokio::test]
+    async fn non_minimal_or_top_bit_lengths_close_1002() {
+        let mask = [1, 2, 3, 4];
+        let with_length = |len7: u8, extended: &[u8]| {
+            let mut f = vec![0x82, 0x80 | len7];
+            f.extend_from_slice(extended);
+            f.extend_from_slice(&mask);
+            f
+        };
+        let cases = [
+            ("5 in 16 bits", with_length(126, &5u16.to_be_bytes()), 5),
+            (
+                "125 in 16 bits",
+                with_length(126, &125u16.to_be_bytes()),
+                125,
+            ),
+            ("0 in 64 bits", with_length(127, &0u64.to_be_bytes()), 0),
+            (
+                "65535 in 64 bits",
+                with_length(127, &65535u64.to_be_bytes()),
+                65535,
+            ),
+        ];
+        for (what, mut bytes, len) in cases {
+            bytes.extend(std::iter::repeat_n(0, len));
+            let got = read_all(bytes, Role::Server, 4096).await;
+            assert_eq!(
+                got,
+                vec![Err("1002 non-minimal frame length".to_owned())],
+                "{what}"
+            );
+        }
+        let top_bit = with_length(127, &(1u64 << 63 | 10).to_be_bytes());
+        let mut r = FrameReader::new(
+            &top_bit[..],
+            Role::Server,
+            1 << 20,
+            FrameBudget::unlimited(),
+        );
+        assert!(matches!(
+            r.read_frame().await,
+            Err(ReadError::Violation((
+                1002,
+                "frame length with the top bit set"
+            )))
+        ));
+        // The shortest encodings still pass at every boundary.
+        for len in [125usize, 126, 65535, 65536] {
+            let got = read_all(frame(0x82, &vec![9; len], true), Role::Server, 4096).await;
+            assert_eq!(got, vec![Ok((OpCode::Binary, true, vec![9; len]))], "{len}");
+        }
+    }
+
+    /// Regression (issue 9 item 10): Close 1014 (Bad Gateway, registered, and sent by this
+    /// gateway itself) was refused with 1002. Every code is checked against the IANA
+    /// registry: 1000-1003 and 1007-1014 may be sent, 1004-1006 and 1015 may not, 1016-2999
+    /// are reserved, 3000-4999 are for libraries, applications and private use.
+    #[test]
+    fn close_codes_follow_the_iana_registry() {
+        for code in 0..=u16::MAX {
+            let want = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            assert_eq!(is_valid_close_code(code), want, "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn close_1012_to_1014_are_accepted_from_either_side() {
+        for code in [1012u16, 1013, 1014] {
+            for (role, masked) in [(Role::Server, true), (Role::Client, false)] {
+                let payload = code.to_be_bytes();
+                let got = read_all(frame(0x88, &payload, masked), role, 4096).await;
+                assert_eq!(got, vec![Ok((OpCode::Close, true, payload.to_vec()))]);
+            }
+        }
+    }
+
+    /// Regression (issue 9 item 5): a frame's whole announced length was allocated (and so
+    /// committed) when its header arrived. Buffers now grow with the bytes received, are
+    /// charged to the budget, and the charge comes back with the next frame or the reader.
+    #[tokio::test]
+    async fn payload_memory_follows_the_bytes_received_within_the_budget() {
+        let budget = FrameBudget::new(1 << 20);
+        let mut announced = frame(0x82, &vec![5; 300_000], true);
+        announced.truncate(14 + 100);
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        use tokio::io::AsyncWriteExt;
+        tx.write_all(&announced).await.unwrap();
+        let mut r = FrameReader::new(rx, Role::Server, 1 << 20, budget.clone());
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), r.read_frame());
+        assert!(pending.await.is_err(), "the frame is incomplete");
+        assert_eq!(
+            budget.in_use(),
+            FIRST_STEP,
+            "300 kB announced, 100 bytes sent"
+        );
+        drop(r);
+        assert_eq!(budget.in_use(), 0, "given back with the reader");
+
+        // A whole frame: charged in doublings up to its length, given back on the next read.
+        let big = frame(0x82, &vec![5; 300_000], true);
+        let both = [big.clone(), frame(0x82, b"tiny", true)].concat();
+        let mut r = FrameReader::new(&both[..], Role::Server, 1 << 20, budget.clone());
+        let f = r.read_frame().await.unwrap();
+        assert_eq!(f.payload.len(), 300_000);
+        assert_eq!(budget.in_use(), 300_000);
+        assert_eq!(&r.read_frame().await.unwrap().payload[..], b"tiny");
+        assert_eq!(budget.in_use(), 0, "small frames are not charged");
+
+        // Over the budget: refused, and nothing stays charged.
+        let tight = FrameBudget::new(200_000);
+        let mut r = FrameReader::new(&big[..], Role::Server, 1 << 20, tight.clone());
+        assert!(matches!(r.read_frame().await, Err(ReadError::OverBudget)));
+        drop(r);
+        assert_eq!(tight.in_use(), 0);
+    }
+
     #[tokio::test]
     async fn eof_inside_a_frame_is_gone() {
         let mut bytes = frame(0x82, &[7; 1000], true);
         bytes.truncate(600);
-        let mut r = FrameReader::new(&bytes[..], Role::Server, 1 << 20);
+        let mut r = FrameReader::new(&bytes[..], Role::Server, 1 << 20, FrameBudget::unlimited());
         assert!(matches!(r.read_frame().await, Err(ReadError::Gone(None))));
     }
 }

@@ -21,9 +21,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::bridge::{Initiator, Outcome};
+use super::bridge::{Initiator, Outcome, OVER_BUDGET};
 use super::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
-use super::keepalive::{sleep_until_opt, Due, Keepalive};
+use super::keepalive::{sleep_until_opt, Due, Held, Keepalive};
 use super::pacer::Pacer;
 use super::reader::{FrameReader, ReadError};
 use super::registry::SessionControl;
@@ -40,6 +40,9 @@ pub struct RelayConfig {
     pub pong_timeout: Duration,
     /// How long a hop waits for the Close that answers its own.
     pub close_grace: Duration,
+    /// The backend hop's write stall limit: no progress for this long closes the session
+    /// (the client gets 1011).
+    pub backend_stall: Duration,
     /// Pacing of each direction in bytes per second; `None`: unpaced.
     pub bandwidth_bytes_per_sec: Option<u64>,
 }
@@ -59,11 +62,27 @@ impl Hop {
         }
     }
 
+    fn other(self) -> Self {
+        match self {
+            Hop::Client => Hop::Backend,
+            Hop::Backend => Hop::Client,
+        }
+    }
+
     /// The Close the *other* hop gets when this one vanishes.
     fn lost(self) -> (u16, &'static str) {
         match self {
             Hop::Client => (close_code::GOING_AWAY, "client went away"),
             Hop::Backend => (close_code::INTERNAL_ERROR, "backend connection lost"),
+        }
+    }
+
+    /// The Close the *other* hop gets when this one stopped reading (a write stalled), and
+    /// the reason recorded.
+    fn stalled(self) -> (u16, &'static str) {
+        match self {
+            Hop::Client => (close_code::GOING_AWAY, "client stopped reading"),
+            Hop::Backend => (close_code::INTERNAL_ERROR, "backend stopped reading"),
         }
     }
 
@@ -99,6 +118,23 @@ enum Own {
     Violation(u16, &'static str),
 }
 
+/// How a hop's writer that gave up (write failed or stalled, keepalive timeout) tells the other
+/// hop's writer to close its peer. Set once and never lost: a `try_send` on the one-frame relay
+/// channel, which the dead hop's own data may keep full, could drop it.
+#[derive(Debug, Default)]
+struct HopLost {
+    /// The Close the other hop's peer gets.
+    close: OnceLock<(u16, &'static str)>,
+    raised: CancellationToken,
+}
+
+impl HopLost {
+    fn raise(&self, code: u16, reason: &'static str) {
+        let _ = self.close.set((code, reason));
+        self.raised.cancel();
+    }
+}
+
 /// The first reason the session started to end; later ones do not overwrite it.
 type FirstEnd = Arc<OnceLock<(u16, Initiator, Cow<'static, str>)>>;
 
@@ -123,6 +159,7 @@ where
     BW: AsyncWrite + Unpin,
 {
     let first: FirstEnd = Arc::default();
+    let (client_lost, backend_lost) = (Arc::new(HopLost::default()), Arc::new(HopLost::default()));
     let (to_backend_tx, to_backend_rx) = mpsc::channel(1);
     let (to_client_tx, to_client_rx) = mpsc::channel(1);
     let (client_own_tx, client_own_rx) = mpsc::channel(4);
@@ -130,18 +167,21 @@ where
     let up = Arc::new(AtomicU64::new(0));
     let down = Arc::new(AtomicU64::new(0));
     let stop_readers = CancellationToken::new();
+    // Each hop's reader is held while the other hop's writer cannot take its frames.
+    let (client_held, backend_held) = (Held::new(), Held::new());
 
     let client_reader = tokio::spawn(read_hop(
         client.0,
         Hop::Client,
         client_own_tx,
-        to_backend_tx.clone(),
+        to_backend_tx,
         Counts {
             max_message_bytes: config.max_message_bytes,
             bytes: metrics.bytes_to_backend.clone(),
             messages: metrics.messages_to_backend.clone(),
             total: up.clone(),
             pacer: Pacer::new(config.bandwidth_bytes_per_sec),
+            held: client_held.clone(),
         },
         first.clone(),
         stop_readers.clone(),
@@ -150,13 +190,14 @@ where
         backend.0,
         Hop::Backend,
         backend_own_tx,
-        to_client_tx.clone(),
+        to_client_tx,
         Counts {
             max_message_bytes: config.max_message_bytes,
             bytes: metrics.bytes_to_client.clone(),
             messages: metrics.messages_to_client.clone(),
             total: down.clone(),
             pacer: Pacer::new(config.bandwidth_bytes_per_sec),
+            held: backend_held.clone(),
         },
         first.clone(),
         stop_readers.clone(),
@@ -176,6 +217,7 @@ where
             hard_stop,
         ),
         keepalive: keepalive_client,
+        held: client_held,
         first: first.clone(),
         rtt: Some(metrics.ping_rtt.clone()),
         metrics,
@@ -184,17 +226,32 @@ where
         hop: Hop::Backend,
         ws: GuardedWriter::new(
             backend.1,
-            keepalive_backend.as_ref().map(Keepalive::stall_limit),
+            // A backend may pause reading for a while (its own documented limit): the
+            // client is held back meanwhile, never blamed.
+            Some(config.backend_stall),
             hard_stop,
         ),
         keepalive: keepalive_backend,
+        held: backend_held,
         first: first.clone(),
         rtt: None,
         metrics,
     };
     tokio::join!(
-        client_writer.run(client_own_rx, to_client_rx, to_backend_tx, config, control),
-        backend_writer.run(backend_own_rx, to_backend_rx, to_client_tx, config, control),
+        client_writer.run(
+            client_own_rx,
+            to_client_rx,
+            (&client_lost, &backend_lost),
+            config,
+            control
+        ),
+        backend_writer.run(
+            backend_own_rx,
+            to_backend_rx,
+            (&backend_lost, &client_lost),
+            config,
+            control
+        ),
     );
     stop_readers.cancel();
     let _ = tokio::join!(client_reader, backend_reader);
@@ -219,6 +276,8 @@ struct Counts {
     messages: Counter,
     total: Arc<AtomicU64>,
     pacer: Pacer,
+    /// Marked while the other hop's writer cannot take this reader's frames.
+    held: Arc<Held>,
 }
 
 /// One hop's reader: frames from its peer, checked, to the other hop (data, Close)
@@ -252,6 +311,13 @@ async fn pump_hop<R: AsyncRead + Unpin>(
         counts.pacer.ready().await;
         let violation = match ws.read_frame().await {
             Err(ReadError::Violation(v)) => v,
+            Err(ReadError::OverBudget) => {
+                let (code, reason) = (close_code::TRY_AGAIN_LATER, OVER_BUDGET);
+                record(first, code, Initiator::Gateway, reason);
+                let _ = own.send(Own::Violation(code, reason)).await;
+                let _ = relay.send(Relayed::Lost(code, reason)).await;
+                return;
+            }
             Err(ReadError::Gone(_)) => {
                 let side = if hop == Hop::Client {
                     "client"
@@ -308,16 +374,27 @@ async fn pump_hop<R: AsyncRead + Unpin>(
                             Payload::Bytes(b) => b,
                             other => BytesMut::from(&other[..]),
                         };
-                        if relay
-                            .send(Relayed::Frame {
-                                opcode,
-                                fin: frame.fin,
-                                payload,
-                            })
-                            .await
-                            .is_err()
-                        {
-                            return;
+                        let frame = Relayed::Frame {
+                            opcode,
+                            fin: frame.fin,
+                            payload,
+                        };
+                        // Once the other hop's writer is gone, data is dropped but reading goes
+                        // on: this hop's close handshake still needs its peer's Close.
+                        let delivered = match relay.try_send(frame) {
+                            Ok(()) => true,
+                            Err(mpsc::error::TrySendError::Full(frame)) => {
+                                // The other hop's writer is busy (its peer reads slowly): this
+                                // hop's peer waits too, and its late pongs are excused.
+                                counts.held.hold();
+                                let sent = relay.send(frame).await;
+                                counts.held.release();
+                                sent.is_ok()
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => false,
+                        };
+                        if !delivered {
+                            continue;
                         }
                         counts.bytes.increment(n);
                         counts.total.fetch_add(n, Ordering::Relaxed);
@@ -343,6 +420,8 @@ struct HopWriter<'a, W> {
     hop: Hop,
     ws: GuardedWriter<'a, W>,
     keepalive: Option<Keepalive>,
+    /// Whether this hop's reader is held back by the other hop (its peer's pongs wait too).
+    held: Arc<Held>,
     first: FirstEnd,
     /// Where this hop's ping round trips are recorded (the client hop only).
     rtt: Option<Histogram>,
@@ -354,7 +433,8 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
         mut self,
         mut own: mpsc::Receiver<Own>,
         mut relayed: mpsc::Receiver<Relayed>,
-        to_other: mpsc::Sender<Relayed>,
+        // (this hop's, raised when it gives up; the other hop's, watched)
+        (lost, other_lost): (&HopLost, &HopLost),
         config: &RelayConfig,
         control: &SessionControl,
     ) {
@@ -365,19 +445,34 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
         let (mut own_open, mut relay_open) = (true, true);
         macro_rules! send_or_return {
             ($write:expr) => {
-                if let Err(e) = $write.await {
-                    if let WriteFailed::Stalled = e {
-                        self.metrics.keepalive_timed_out();
+                match $write.await {
+                    Ok(()) => {
+                        // Our ping may have sat behind the data this send waited on.
+                        if self.ws.take_waited() {
+                            if let Some(k) = self.keepalive.as_mut() {
+                                k.excuse(Instant::now());
+                            }
+                        }
                     }
-                    let (code, reason) = self.hop.lost();
-                    record(
-                        &self.first,
-                        close_code::ABNORMAL,
-                        self.hop.initiator(),
-                        "write failed or stalled",
-                    );
-                    let _ = to_other.try_send(Relayed::Lost(code, reason));
-                    return;
+                    Err(e) => {
+                        let stalled = matches!(e, WriteFailed::Stalled);
+                        if stalled && self.hop == Hop::Client {
+                            self.metrics.keepalive_timed_out();
+                        }
+                        let (code, reason) = if stalled {
+                            self.hop.stalled()
+                        } else {
+                            self.hop.lost()
+                        };
+                        record(
+                            &self.first,
+                            close_code::ABNORMAL,
+                            self.hop.initiator(),
+                            if stalled { reason } else { "write failed" },
+                        );
+                        lost.raise(code, reason);
+                        return;
+                    }
                 }
             };
         }
@@ -391,14 +486,19 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
                 () = hard_stop.cancelled() => return,
                 () = sleep_until_opt(ping_at), if ping_at.is_some() => {
                     let Some(k) = self.keepalive.as_mut() else { continue };
-                    match k.on_deadline(Instant::now()) {
+                    let now = Instant::now();
+                    // A pong that waits behind data we chose not to read is not missed.
+                    if self.held.peer_free_since(now).is_some_and(|since| k.excuse(since)) {
+                        continue;
+                    }
+                    match k.on_deadline(now) {
                         Due::Ping(seq) => send_or_return!(self.ws.send(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&seq)))),
                         Due::TimedOut => {
                             self.metrics.keepalive_timed_out();
                             record(&self.first, close_code::GOING_AWAY, Initiator::Gateway, "keepalive timeout");
                             self.ws.try_close(close_code::GOING_AWAY, "keepalive timeout").await;
                             let (code, _) = self.hop.lost();
-                            let _ = to_other.try_send(Relayed::Lost(code, "peer keepalive timeout"));
+                            lost.raise(code, "peer keepalive timeout");
                             return;
                         }
                     }
@@ -433,6 +533,18 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
                 () = control.cancelled(), if !sent_close => {
                     let (code, reason) = control.reason();
                     record(&self.first, code, Initiator::Gateway, reason);
+                    send_or_return!(self.ws.send_close(code, reason));
+                    sent_close = true;
+                    if peer_closed.is_some() {
+                        return;
+                    }
+                    deadline = Some(Instant::now() + config.close_grace);
+                }
+                // The other hop's writer gave up: close this hop's peer the same way as for
+                // a lost peer (the other hop's reader may still be busy relaying its data).
+                () = other_lost.raised.cancelled(), if !sent_close => {
+                    relay_open = false;
+                    let (code, reason) = other_lost.close.get().copied().unwrap_or(self.hop.other().lost());
                     send_or_return!(self.ws.send_close(code, reason));
                     sent_close = true;
                     if peer_closed.is_some() {

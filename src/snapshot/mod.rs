@@ -16,6 +16,7 @@ use crate::backend::pool::Pool;
 use crate::backend::{Dialer, SocketOptions};
 use crate::config::{is_hop_header, BackendAddr, Config};
 use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
+use crate::session::reader::FrameBudget;
 
 pub use route::{Route, RouteLimits};
 pub use router::{check_path, select_subprotocol, Router};
@@ -36,11 +37,15 @@ pub struct Snapshot {
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
     pub close_grace: Duration,
+    /// A backend write without progress for this long closes the session (1011).
+    pub backend_stall: Duration,
     pub header_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub max_header_bytes: usize,
     /// Session caps and handshake rate, shared by every request.
     pub admission: Arc<Admission>,
+    /// Frame payload bytes all sessions' readers may hold at once (`session::reader`).
+    pub frame_budget: Arc<FrameBudget>,
 }
 
 impl Snapshot {
@@ -106,10 +111,12 @@ impl Snapshot {
             ping_interval: config.ping_interval,
             pong_timeout: config.pong_timeout,
             close_grace: config.close_grace,
+            backend_stall: config.backend_stall,
             header_read_timeout: config.header_read_timeout,
             tls_handshake_timeout: config.tls_handshake_timeout,
             max_header_bytes: config.max_header_bytes,
             admission: Arc::new(Admission::new(&config)),
+            frame_budget: FrameBudget::new(config.limits.frame_budget_bytes),
             config,
         })
     }

@@ -105,6 +105,16 @@ pub async fn tcp_backend() -> (SocketAddr, tokio::sync::mpsc::Receiver<TcpStream
     (addr, rx)
 }
 
+/// A loopback listener whose accepted sockets keep a 64 KiB receive buffer (no autotuning):
+/// a backend that stops reading pushes back on the gateway after a few kilobytes, not after
+/// many megabytes of kernel buffers.
+pub async fn small_window_listener() -> TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket.listen(16).unwrap()
+}
+
 /// A loopback address where nothing listens (bound, then released).
 pub async fn refused_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
