@@ -1,15 +1,18 @@
 //! The gateway's lifecycle: build the snapshot, bind every listener, serve the public
-//! listeners (`edge`) and the admin listener (`ops`), and on shutdown drain with a deadline.
+//! listeners (`edge`) and the admin listener (`ops`), apply reloads (new snapshot, listeners
+//! added and removed), and on shutdown drain with a deadline.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -17,30 +20,117 @@ use tracing::{info, warn};
 use crate::backend::pool::Pool;
 use crate::backend::{bind_echo_service, serve_echo_service};
 use crate::config::Config;
-use crate::edge::console::Console;
 use crate::edge::{accept_loop, PublicListener, Shared};
 use crate::metrics;
 use crate::ops::admin;
 use crate::ops::api::{redact, ApiSettings, OpsApi, RouteSummary};
+use crate::ops::reload::{self, config_hash, Applied, Apply, ReloadHandle, ReloadRequests};
 use crate::policy::access::decode_sha256_hex;
+use crate::policy::UPKEEP_INTERVAL;
 use crate::session::registry::Registry;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ListenerKey, Snapshot};
 
 /// A gateway whose sockets are bound; [`Gateway::run`] serves them.
 pub struct Gateway {
     snapshot: Arc<Snapshot>,
-    listeners: Vec<PublicListener>,
+    source: Source,
+    hash: String,
+    listeners: Vec<(ListenerKey, TcpListener)>,
     admin: Option<TcpListener>,
     /// The built-in echo service's listener, when a route uses it.
     echo: Option<TcpListener>,
+    reload: ReloadHandle,
+    requests: ReloadRequests,
+    bound: BoundListeners,
     /// The admin API's view of the config (checked at bind: a bad digest fails here).
     api_settings: ApiSettings,
 }
 
+/// Where a reload reads the config from.
+#[derive(Clone)]
+enum Source {
+    /// A file, read again on every reload.
+    File(PathBuf),
+    /// A config given in memory (quick mode, the embedded default): a reload rebuilds the
+    /// snapshot from it, which reads the certificates and keys again.
+    Fixed(Box<Config>),
+}
+
+impl Source {
+    fn load(&self) -> anyhow::Result<(Config, String)> {
+        match self {
+            Self::File(path) => read_config(path),
+            Self::Fixed(config) => Ok((
+                (**config).clone(),
+                config_hash(format!("{config:?}").as_bytes()),
+            )),
+        }
+    }
+
+    fn watched_files(&self, config: &Config) -> Vec<PathBuf> {
+        match self {
+            Self::File(path) => std::iter::once(path.clone())
+                .chain(config.watched_files())
+                .collect(),
+            Self::Fixed(_) => config.watched_files(),
+        }
+    }
+}
+
+/// Read, parse and validate a config file, and hash the bytes that were read.
+fn read_config(path: &Path) -> anyhow::Result<(Config, String)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    let config =
+        Config::from_toml(&text).with_context(|| format!("invalid config {}", path.display()))?;
+    Ok((config, config_hash(text.as_bytes())))
+}
+
+/// The public listeners' bound addresses, kept current across reloads.
+#[derive(Clone, Default)]
+pub struct BoundListeners(Arc<Mutex<Vec<Bound>>>);
+
+/// A public listener's key, bound address and scheme (`ws` or `wss`).
+type Bound = (ListenerKey, SocketAddr, &'static str);
+
+impl BoundListeners {
+    /// Each public listener's address, in config order, with `wss` for TLS ones.
+    pub fn urls(&self) -> Vec<(SocketAddr, &'static str)> {
+        let bound = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        bound
+            .iter()
+            .map(|(_, addr, scheme)| (*addr, *scheme))
+            .collect()
+    }
+
+    fn set(&self, snapshot: &Snapshot, addrs: &HashMap<ListenerKey, SocketAddr>) {
+        let list = snapshot
+            .listeners
+            .iter()
+            .filter_map(|(key, tls)| {
+                let scheme = if tls.is_some() { "wss" } else { "ws" };
+                addrs.get(key).map(|a| (*key, *a, scheme))
+            })
+            .collect();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = list;
+    }
+}
+
 impl Gateway {
     /// Build the snapshot (certificates, keys, token files, JWT keys) and bind every
-    /// listener (port 0 picks a free port).
+    /// listener (port 0 picks a free port). A reload rebuilds from this same config.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let hash = config_hash(format!("{config:?}").as_bytes());
+        Self::bind_source(Source::Fixed(Box::new(config.clone())), config, hash).await
+    }
+
+    /// [`Gateway::bind`] from a config file, which a reload reads again.
+    pub async fn bind_file(path: &Path) -> anyhow::Result<Self> {
+        let (config, hash) = read_config(path)?;
+        Self::bind_source(Source::File(path.to_path_buf()), config, hash).await
+    }
+
+    async fn bind_source(source: Source, config: Config, hash: String) -> anyhow::Result<Self> {
         // Before the snapshot: pools register their gauges when built, and a handle taken
         // before the recorder exists would be a no-op forever.
         metrics::install();
@@ -55,30 +145,15 @@ impl Gateway {
         };
         let echo_addr = echo.as_ref().and_then(|l| l.local_addr().ok());
         let snapshot = Snapshot::build(config, echo_addr)?;
-        let mut listeners = Vec::with_capacity(snapshot.config.listeners.len());
-        for ((l, tls), trust) in snapshot
-            .config
-            .listeners
-            .iter()
-            .zip(&snapshot.listener_tls)
-            .zip(&snapshot.listener_trust)
-        {
-            let listener = TcpListener::bind(l.address)
-                .await
-                .with_context(|| format!("binding listener {}", l.address))?;
-            let console = l.console.then(|| {
-                Arc::new(Console::new(
-                    snapshot.config.routes.iter().map(|r| r.path.as_str()),
-                ))
-            });
-            listeners.push(PublicListener {
-                listener,
-                tls: tls.clone().map(TlsAcceptor::from),
-                h2c: l.h2c,
-                console,
-                trust: trust.clone(),
-            });
+        let mut listeners = Vec::with_capacity(snapshot.listeners.len());
+        let mut addrs = HashMap::new();
+        for (key, _) in &snapshot.listeners {
+            let listener = bind_public(*key).await?;
+            addrs.insert(*key, listener.local_addr()?);
+            listeners.push((*key, listener));
         }
+        let bound = BoundListeners::default();
+        bound.set(&snapshot, &addrs);
         let admin = match snapshot.config.admin {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -87,29 +162,39 @@ impl Gateway {
             ),
             None => None,
         };
+        let (reload, requests) = ReloadHandle::channel();
         Ok(Self {
             api_settings: api_settings(&snapshot)?,
             snapshot: Arc::new(snapshot),
+            source,
+            hash,
             listeners,
             admin,
             echo,
+            reload,
+            requests,
+            bound,
         })
     }
 
-    /// The snapshot the gateway serves.
+    /// The snapshot the gateway starts with.
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot
     }
 
     /// Public listeners' addresses, in config order, with `wss` for TLS ones.
     pub fn public_urls(&self) -> Vec<(SocketAddr, &'static str)> {
-        self.listeners
-            .iter()
-            .filter_map(|l| {
-                let scheme = if l.tls.is_some() { "wss" } else { "ws" };
-                l.listener.local_addr().ok().map(|a| (a, scheme))
-            })
-            .collect()
+        self.bound.urls()
+    }
+
+    /// The public listeners' addresses as reloads change them.
+    pub fn bound_listeners(&self) -> BoundListeners {
+        self.bound.clone()
+    }
+
+    /// Ask the running gateway for reloads (SIGHUP and the admin endpoint use the same).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -117,32 +202,40 @@ impl Gateway {
     }
 
     /// Serve until `shutdown` is cancelled, then close every session with 1001 and
-    /// drain for up to `shutdown_grace` before returning.
+    /// drain for up to `shutdown_grace` (of the config running then) before returning.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let handle = metrics::install();
         let snapshot = self.snapshot;
         metrics::register(snapshot.routes.iter().map(|r| &r.name));
-        let shutdown_grace = snapshot.config.shutdown_grace;
         let hard_stop = CancellationToken::new();
         // Helpers (admin, echo, metrics upkeep) outlive the drain and stop after it.
         let aux_stop = CancellationToken::new();
         let aux = TaskTracker::new();
+        let echo_addr = self.echo.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(echo) = self.echo {
             serve_echo_service(echo, &aux, aux_stop.clone());
         }
-        // Keeps the handshake limiter's memory bounded; stops with the other helpers.
-        aux.spawn(snapshot.admission.clone().run_upkeep(aux_stop.clone()));
         // Active health checks, one task per pool that has them; each also ends when a
         // reload drops its pool.
-        for pool in snapshot.pools() {
-            if pool.check_interval().is_some() {
-                aux.spawn(Pool::run_checks(Arc::downgrade(pool), aux_stop.clone()));
-            }
-        }
+        spawn_checks(&snapshot, None, &aux, &aux_stop);
         let permits = Arc::new(Semaphore::new(snapshot.config.max_connections));
+        let initial = Applied {
+            hash: self.hash,
+            files: self.source.watched_files(&snapshot.config),
+            watch: watch_setting(&snapshot.config, &self.source),
+            summary: String::new(),
+        };
+        info!(
+            event = "start",
+            hash = %initial.hash,
+            listeners = snapshot.listeners.len(),
+            routes = snapshot.routes.len(),
+            version = env!("CARGO_PKG_VERSION"),
+            "gateway starting"
+        );
         let registry = Arc::new(Registry::default());
         let shared = Arc::new(Shared {
-            snapshot,
+            snapshot: ArcSwap::new(snapshot),
             shutdown: shutdown.clone(),
             hard_stop: hard_stop.clone(),
             tracker: TaskTracker::new(),
@@ -150,46 +243,72 @@ impl Gateway {
         });
 
         let ready = Arc::new(AtomicBool::new(false));
+        let mut api = None;
         if let Some(listener) = self.admin {
-            let api = Arc::new(OpsApi::new(
+            let ops_api = Arc::new(OpsApi::new(
                 registry,
                 self.api_settings,
                 aux.clone(),
                 aux_stop.clone(),
             ));
-            aux.spawn(api.clone().run_sampler());
+            aux.spawn(ops_api.clone().run_sampler());
             aux.spawn(admin::serve(
                 listener,
                 handle.clone(),
                 ready.clone(),
-                api,
+                ops_api.clone(),
+                self.reload.clone(),
                 aux_stop.clone(),
             ));
+            api = Some(ops_api);
         }
         aux.spawn({
             let stop = aux_stop.clone();
+            let shared = shared.clone();
             async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                let mut metrics_tick = tokio::time::interval(Duration::from_secs(5));
+                // Keeps the handshake limiter's memory bounded, whichever snapshot runs.
+                let mut admission_tick = tokio::time::interval(UPKEEP_INTERVAL);
+                admission_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => handle.run_upkeep(),
+                        _ = metrics_tick.tick() => handle.run_upkeep(),
+                        _ = admission_tick.tick() => shared.snapshot.load().admission.upkeep(),
                         () = stop.cancelled() => break,
                     }
                 }
             }
         });
 
-        for l in self.listeners {
-            shared
-                .tracker
-                .spawn(accept_loop(l, permits.clone(), shared.clone()));
+        let mut running = HashMap::new();
+        for (key, listener) in self.listeners {
+            running.insert(key, start_listener(key, listener, &permits, &shared));
         }
+        // Reloads stop with the shutdown: the drain runs on the config it started with.
+        aux.spawn(reload::run(
+            self.requests,
+            Reconfigure {
+                shared: shared.clone(),
+                source: self.source,
+                running,
+                bound: self.bound,
+                permits,
+                echo_addr,
+                api,
+                aux: aux.clone(),
+                aux_stop: aux_stop.clone(),
+            },
+            initial,
+            shutdown.clone(),
+        ));
         ready.store(true, Ordering::Relaxed);
 
         shutdown.cancelled().await;
         ready.store(false, Ordering::Relaxed);
+        let shutdown_grace = shared.snapshot.load().config.shutdown_grace;
         let active = shared.tracker.len();
         info!(
+            event = "shutdown",
             tasks = active,
             grace_secs = shutdown_grace.as_secs_f64(),
             "shutting down: closing sessions with 1001"
@@ -200,6 +319,7 @@ impl Gateway {
             .is_err()
         {
             warn!(
+                event = "shutdown",
                 left = shared.tracker.len(),
                 "drain deadline passed: dropping what is left"
             );
@@ -209,8 +329,187 @@ impl Gateway {
         aux_stop.cancel();
         aux.close();
         aux.wait().await;
-        info!("shutdown complete");
+        info!(event = "shutdown", "shutdown complete");
         Ok(())
+    }
+}
+
+async fn bind_public(key: ListenerKey) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(key.address)
+        .await
+        .with_context(|| format!("binding listener {key}"))
+}
+
+/// Accept on `listener` until shutdown or until a reload removes it (the returned token).
+fn start_listener(
+    key: ListenerKey,
+    listener: TcpListener,
+    permits: &Arc<Semaphore>,
+    shared: &Arc<Shared>,
+) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let l = PublicListener {
+        listener,
+        key,
+        stop: stop.clone(),
+    };
+    shared
+        .tracker
+        .spawn(accept_loop(l, permits.clone(), shared.clone()));
+    stop
+}
+
+/// Spawn [`Pool::run_checks`] for every pool of `snapshot` with active checks that
+/// `previous` does not already run them for.
+fn spawn_checks(
+    snapshot: &Snapshot,
+    previous: Option<&Snapshot>,
+    aux: &TaskTracker,
+    stop: &CancellationToken,
+) {
+    for pool in snapshot.pools() {
+        let running = previous.is_some_and(|p| p.pools().any(|q| Arc::ptr_eq(q, pool)));
+        if pool.check_interval().is_some() && !running {
+            aux.spawn(Pool::run_checks(Arc::downgrade(pool), stop.clone()));
+        }
+    }
+}
+
+/// Watch files only when running from a file (or from flags naming certificates).
+fn watch_setting(config: &Config, source: &Source) -> Option<Duration> {
+    let has_files = matches!(source, Source::File(_)) || !config.watched_files().is_empty();
+    (config.reload.watch && has_files)
+        .then(|| Duration::from_millis(config.reload.watch_debounce_ms))
+}
+
+/// What a reload changes in a running gateway.
+struct Reconfigure {
+    shared: Arc<Shared>,
+    source: Source,
+    /// Each public listener's stop, by key.
+    running: HashMap<ListenerKey, CancellationToken>,
+    bound: BoundListeners,
+    permits: Arc<Semaphore>,
+    echo_addr: Option<SocketAddr>,
+    /// The admin API, which shows the running config's routes and settings.
+    api: Option<Arc<OpsApi>>,
+    aux: TaskTracker,
+    aux_stop: CancellationToken,
+}
+
+impl Apply for Reconfigure {
+    /// Everything that can fail (reading, validating, certificates, binding new listeners)
+    /// happens before the swap; after it nothing fails. Live sessions keep the snapshot they
+    /// started with; listeners the new config still has keep their sockets.
+    async fn apply(&mut self) -> anyhow::Result<Applied> {
+        // File reads and certificate parsing run off the async workers: with one worker
+        // thread they would otherwise stall every session for the length of the reload.
+        let source = self.source.clone();
+        let (config, hash) = blocking(move || source.load()).await?;
+        let old = self.shared.snapshot.load_full();
+        let echo = match self.echo_addr {
+            None if Snapshot::needs_echo(&config) => Some(
+                bind_echo_service()
+                    .await
+                    .context("starting the echo service")?,
+            ),
+            _ => None,
+        };
+        let echo_addr = self
+            .echo_addr
+            .or_else(|| echo.as_ref().and_then(|l| l.local_addr().ok()));
+        let previous = old.clone();
+        let snapshot = blocking(move || Snapshot::succeed(config, echo_addr, &previous)).await?;
+        let api_settings = api_settings(&snapshot)?;
+        let mut added = Vec::new();
+        for (key, _) in &snapshot.listeners {
+            if !self.running.contains_key(key) {
+                added.push((*key, bind_public(*key).await?));
+            }
+        }
+
+        warn_needs_restart(&old.config, &snapshot.config);
+        if let Some(echo) = echo {
+            serve_echo_service(echo, &self.aux, self.aux_stop.clone());
+            self.echo_addr = echo_addr;
+        }
+        let snapshot = Arc::new(snapshot);
+        self.shared.snapshot.store(snapshot.clone());
+        metrics::register(snapshot.routes.iter().map(|r| &r.name));
+        // Kept pools keep their check task; a dropped pool's task ends with its last Arc.
+        spawn_checks(&snapshot, Some(&old), &self.aux, &self.aux_stop);
+        if let Some(api) = &self.api {
+            api.update(api_settings);
+        }
+        let (n_added, mut removed) = (added.len(), 0);
+        let mut addrs: HashMap<ListenerKey, SocketAddr> = self
+            .bound
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, a, _)| (*k, *a))
+            .collect();
+        for (key, listener) in added {
+            if let Ok(a) = listener.local_addr() {
+                addrs.insert(key, a);
+            }
+            info!(event = "reload", listener = %key, "listener added");
+            let stop = start_listener(key, listener, &self.permits, &self.shared);
+            self.running.insert(key, stop);
+        }
+        self.running.retain(|key, stop| {
+            let keep = snapshot.listener_tls(*key).is_some();
+            if !keep {
+                // Stops accepting; its connections and sessions carry on to their end.
+                stop.cancel();
+                removed += 1;
+                info!(event = "reload", listener = %key, "listener removed");
+            }
+            keep
+        });
+        self.bound.set(&snapshot, &addrs);
+        Ok(Applied {
+            hash,
+            files: self.source.watched_files(&snapshot.config),
+            watch: watch_setting(&snapshot.config, &self.source),
+            summary: format!(
+                "{} listener(s) ({n_added} added, {removed} removed), {} route(s)",
+                snapshot.listeners.len(),
+                snapshot.routes.len()
+            ),
+        })
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("reload task panicked")?
+}
+
+/// Settings a reload reads but cannot apply to a running process.
+fn warn_needs_restart(old: &Config, new: &Config) {
+    let mut keys = Vec::new();
+    if old.admin != new.admin {
+        keys.push("admin.address");
+    }
+    if old.max_connections != new.max_connections {
+        keys.push("limits.max_connections");
+    }
+    if old.worker_threads != new.worker_threads {
+        keys.push("runtime.worker_threads");
+    }
+    if old.log != new.log {
+        keys.push("log");
+    }
+    for key in keys {
+        warn!(
+            event = "reload",
+            key, "changed, but applies only after a restart; the running value stays"
+        );
     }
 }
 
@@ -244,6 +543,9 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
         "route": config.routes,
         "egress": config.egress,
         "runtime": { "worker_threads": config.worker_threads },
+        "http2": config.http2,
+        "reload": config.reload,
+        "log": config.log,
     });
     redact(&mut config_json);
     Ok(ApiSettings {

@@ -5,7 +5,8 @@
 //! `tests/layout.rs`, which also prints the graph: `cargo test --test layout -- --nocapture`).
 //! ```text
 //! main.rs      CLI → config → gateway, until a signal
-//! gateway.rs   build the snapshot, bind, serve edge and ops, drain on shutdown
+//! gateway.rs   build the snapshot, bind, serve edge and ops, apply reloads (swap the
+//!              snapshot, bind/close listeners), drain on shutdown
 //! edge/        listener.rs: accept with permits, per-connection span, PROXY header, TLS, hyper
 //!              proxy_protocol.rs: PROXY v1/v2 from trusted load balancers only
 //!              h2.rs: HTTP/2 connections (ALPN h2, h2c) with extended CONNECT enabled
@@ -13,11 +14,13 @@
 //!              (400/426) → access → limits (429/503) → dial (502/504) → 101 (h2: 200) → session task
 //!              extended_connect.rs: the RFC 8441 checks (426/501) and the 200
 //!              console.rs: the browser console (plain GETs on listeners that serve it)
-//! ops/         admin.rs: /metrics, /healthz, /readyz; api.rs: status page and session API
-//!              (list, close, drain, config); shutdown.rs: signals → one token
+//! ops/         admin.rs: /metrics, /healthz, /readyz, POST /reload; api.rs: status page and
+//!              session API (list, close, drain, config); shutdown.rs: signals → one token;
+//!              reload.rs: SIGHUP, file watch, POST /reload → one reload at a time
 //! snapshot/    the immutable value the running gateway reads: routes with compiled policy,
-//!              router (path rules, path → route, subprotocol choice), listener TLS,
-//!              admission, dialer
+//!              router (path rules, path → route, subprotocol choice), listener TLS and
+//!              trust, admission, dialer, pools; held in an ArcSwap: connections and requests
+//!              take the current one
 //! backend/     dial TCP / unix / WebSocket (ws, wss) backends under a timeout, socket
 //!              options, PROXY v2 to backends; pool.rs: pools, ejection, active checks;
 //!              the built-in echo

@@ -1,15 +1,18 @@
 //! The `wsgate` binary: parse the CLI, set up logging, load the config, run until a signal.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use wsgate::config::QuickMode;
+use wsgate::config::{LogConfig, LogFormat, QuickMode};
 use wsgate::edge::urls::{machine_addresses, reachable_hosts};
+use wsgate::ops::reload::Sighup;
 use wsgate::{Config, Gateway, Snapshot};
 
 /// `wsgate --version`: the crate version and the git revision it was built from (build.rs;
@@ -31,7 +34,7 @@ Backend URLs (TARGET, --route PATH=URL):
 
 Examples:
   wsgate                                   the demo: ws://127.0.0.1:8080/echo -> builtin:echo,
-                                           console http://127.0.0.1:8080/, metrics on :9090
+                                           console http://127.0.0.1:8080/, metrics on :9089
   wsgate 6080 localhost:5900               websockify's form: every path on port 6080 -> VNC
   wsgate --web /usr/share/novnc 6080 localhost:5900
                                            noVNC's page at http://HOST:6080/vnc.html too
@@ -47,8 +50,9 @@ Docs: README.md and docs/ in the source; `wsgate man` prints the manual page.";
 /// WebSocket backends, with TLS, routes, access control, limits and metrics.
 ///
 /// With no arguments, serves a demo: ws://127.0.0.1:8080/echo to a built-in echo service,
-/// a browser console at http://127.0.0.1:8080/, metrics on http://127.0.0.1:9090/metrics. With websockify's arguments
-/// ([LISTEN_HOST:]LISTEN_PORT TARGET_HOST:TARGET_PORT), works as websockify does.
+/// a browser console at http://127.0.0.1:8080/, metrics on http://127.0.0.1:9089/metrics.
+/// With websockify's arguments ([LISTEN_HOST:]LISTEN_PORT TARGET_HOST:TARGET_PORT), works as
+/// websockify does. SIGHUP (or `wsgate reload`) reloads the config without dropping sessions.
 #[derive(Debug, Parser)]
 #[command(name = "wsgate", version = version(), about, after_help = AFTER_HELP)]
 struct Cli {
@@ -57,6 +61,21 @@ struct Cli {
 
     #[command(flatten)]
     run: RunArgs,
+
+    /// Log format (overrides [log] format) [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT", global = true)]
+    log_format: Option<LogFormatArg>,
+
+    /// Log level or filter, e.g. `debug` or `info,wsgate::edge=debug` (overrides --verbose and
+    /// RUST_LOG, which override [log] level) [default: info].
+    #[arg(long, value_name = "FILTER", global = true)]
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
 }
 
 /// How to run: a config file, or quick mode (websockify's positional form and flags).
@@ -141,7 +160,7 @@ struct RunArgs {
     #[arg(long)]
     console: bool,
 
-    /// Log each connection's decisions (sets RUST_LOG=wsgate=debug unless RUST_LOG is set).
+    /// Log each connection's decisions (wsgate=debug unless RUST_LOG or --log-level is set).
     #[arg(long, short)]
     verbose: bool,
 }
@@ -204,21 +223,78 @@ enum Command {
     },
     /// Print the manual page (roff), e.g. `wsgate man > /usr/local/share/man/man1/wsgate.1`.
     Man,
+    /// Ask a running gateway to reload its config: `POST /reload` on its admin listener.
+    /// Exit 0 when the new config runs, 1 when it was refused (the old one still runs).
+    Reload {
+        /// The admin listener [default: the [admin] address of --config, else the embedded
+        /// default's 127.0.0.1:9089].
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        /// The gateway's config file, to find its admin address.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// How long to wait for the gateway's answer, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        timeout_secs: u64,
+    },
+}
+
+/// Logging to stderr: `--log-format`/`--log-level` first, then `RUST_LOG` (level only), then
+/// `--verbose`, then `[log]`. Colour only when stderr is a terminal and `NO_COLOR` is unset or empty
+/// (journald, `docker logs` and Kubernetes get plain text).
+fn init_logging(cli: &Cli, file: &LogConfig) {
+    let filter = match &cli.log_level {
+        Some(level) => EnvFilter::try_new(level),
+        None => EnvFilter::try_from_default_env().or_else(|_| {
+            if cli.run.verbose {
+                EnvFilter::try_new("info,wsgate=debug")
+            } else {
+                EnvFilter::try_new(&file.level)
+            }
+        }),
+    }
+    .unwrap_or_else(|e| {
+        eprintln!("warning: bad log level ({e}); using info");
+        EnvFilter::new("info")
+    });
+    let format = match cli.log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        None => file.format,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init()
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = match EnvFilter::try_from_default_env() {
-        Ok(f) => f,
-        Err(_) if cli.run.verbose => EnvFilter::new("info,wsgate=debug"),
-        Err(_) => EnvFilter::new("info"),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
     match &cli.command {
-        Some(Command::Check { file }) => return check(file),
+        Some(Command::Reload {
+            admin,
+            config,
+            timeout_secs,
+        }) => {
+            let wait = Duration::from_secs(*timeout_secs);
+            return reload_command(*admin, config.as_deref(), wait);
+        }
+        Some(Command::Check { file }) => {
+            init_logging(&cli, &LogConfig::default());
+            return check(file);
+        }
         Some(Command::Config { args, .. }) => return config_from_flags(args),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(
@@ -246,6 +322,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(&cli, &config.log);
     let runtime = match config.worker_threads {
         // One thread: no work stealing, no cross-thread wake-ups.
         1 => tokio::runtime::Builder::new_current_thread()
@@ -266,7 +343,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, cli.run.config.clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -353,8 +430,15 @@ fn load_source(args: &RunArgs) -> anyhow::Result<Config> {
         .context("quick mode")
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let gateway = Gateway::bind(config).await?;
+async fn serve(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
+    // From here on SIGHUP reloads instead of killing the process; one that arrives before
+    // the gateway runs is served once it does.
+    let sighup = Sighup::register().context("listening for SIGHUP")?;
+    let gateway = match &file {
+        // Read again (the same bytes, unless they just changed): a reload reads this file.
+        Some(path) => Gateway::bind_file(path).await?,
+        None => Gateway::bind(config).await?,
+    };
     // Start-up lines go to whoever reads stdout; once that reader is gone (`| head -1`, a
     // supervisor that stopped reading) they are dropped, never a reason to stop serving.
     let mut out = std::io::stdout().lock();
@@ -399,9 +483,90 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = out.flush();
     drop(out);
     let shutdown = CancellationToken::new();
+    let sighup = tokio::spawn(sighup.forward(gateway.reload_handle(), shutdown.clone()));
     let signals = tokio::spawn(wsgate::ops::shutdown::cancel_on_signal(shutdown.clone()));
     let result = gateway.run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = signals.await;
+    let _ = sighup.await;
     result
+}
+
+/// `wsgate reload`: POST /reload to the admin listener and print its answer.
+fn reload_command(
+    admin: Option<SocketAddr>,
+    config: Option<&std::path::Path>,
+    wait: Duration,
+) -> ExitCode {
+    let addr = match (admin, config) {
+        (Some(a), _) => Some(a),
+        (None, Some(path)) => match Config::load(path) {
+            Ok(c) => c.admin,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => Config::embedded_default().admin,
+    };
+    let Some(mut addr) = addr else {
+        eprintln!("error: the config has no [admin] listener to send the reload to; use SIGHUP");
+        return ExitCode::from(2);
+    };
+    // A wildcard bind is reached on loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(post_reload(addr, wait)) {
+        Ok((status, body)) => {
+            print!("{body}");
+            if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: reload via http://{addr}/reload: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn post_reload(
+    addr: SocketAddr,
+    wait: Duration,
+) -> anyhow::Result<(hyper::StatusCode, String)> {
+    use http_body_util::{BodyExt, Empty};
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .context("connecting")?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let request = hyper::Request::post("/reload")
+            .header(hyper::header::HOST, addr.to_string())
+            .body(Empty::<bytes::Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(wait, exchange)
+        .await
+        .with_context(|| format!("no answer in {} s", wait.as_secs()))?
 }

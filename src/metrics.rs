@@ -21,6 +21,9 @@ pub const CLOSES_TOTAL: &str = "wsgate_closes_total";
 pub const KEEPALIVE_TIMEOUTS_TOTAL: &str = "wsgate_keepalive_timeouts_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "wsgate_tls_handshake_failures_total";
 pub const CONNECTIONS_ACTIVE: &str = "wsgate_connections_active";
+pub const CONFIG_RELOADS_TOTAL: &str = "wsgate_config_reloads_total";
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "wsgate_config_last_reload_success_timestamp_seconds";
+pub const CONFIG_INFO: &str = "wsgate_config_info";
 pub const BACKEND_UP: &str = "wsgate_backend_up";
 pub const BACKEND_SESSIONS_ACTIVE: &str = "wsgate_backend_sessions_active";
 pub const PROXY_HEADERS_REFUSED_TOTAL: &str = "wsgate_proxy_protocol_refused_total";
@@ -129,6 +132,19 @@ fn describe() {
         CONNECTIONS_ACTIVE,
         "Open client connections on public listeners"
     );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Config reloads, by result (success, or error: the running config stayed)"
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the last config load that took effect (the start counts)"
+    );
+    describe_gauge!(
+        CONFIG_INFO,
+        "1 for the running config's hash (SHA-256 of the file, first 16 hex digits), 0 for earlier ones"
+    );
     describe_gauge!(
         BACKEND_UP,
         "Pool backends: 1 in service, 0 while ejected after a failed dial or check"
@@ -146,6 +162,30 @@ fn describe() {
         "Refused credentials and unknown target tokens, each spending its address's budget"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the labels say which wsgate this is");
+}
+
+/// Both reload counters at zero, so a fresh gateway shows them.
+pub fn config_reloaded_registered() {
+    for result in ["success", "error"] {
+        counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(0);
+    }
+}
+
+/// A reload ended: `result` is `success` or `error`.
+pub fn config_reloaded(result: &'static str) {
+    counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+/// The config with `hash` runs from now on (`previous`, if any, no longer does).
+pub fn config_running(hash: &str, previous: Option<&str>) {
+    if let Some(p) = previous.filter(|p| *p != hash) {
+        gauge!(CONFIG_INFO, "hash" => p.to_owned()).set(0.0);
+    }
+    gauge!(CONFIG_INFO, "hash" => hash.to_owned()).set(1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(now);
 }
 
 /// `wsgate_backend_up{route,backend}` of one pool backend.
@@ -301,14 +341,15 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Bytes one session moved so far, each way.
+/// What one session moved so far, each way: bytes (the admin API) or messages (the access
+/// log).
 #[derive(Debug, Default)]
 pub struct ByteCounts {
     pub to_backend: AtomicU64,
     pub to_client: AtomicU64,
 }
 
-/// A route's byte counter that also counts into one session's [`ByteCounts`].
+/// A route's counter that also counts into one session's [`ByteCounts`].
 struct Tee {
     route: Counter,
     counts: Arc<ByteCounts>,
@@ -348,6 +389,8 @@ pub struct SessionMetrics {
     pub messages_to_backend: Counter,
     pub messages_to_client: Counter,
     pub ping_rtt: Histogram,
+    /// This session's messages each way, for its access-log line.
+    messages: Arc<ByteCounts>,
 }
 
 impl SessionMetrics {
@@ -355,16 +398,34 @@ impl SessionMetrics {
         let handles = route_handles(&route);
         handles.sessions_total[protocol as usize].increment(1);
         handles.active[protocol as usize].increment(1.0);
+        let messages = Arc::<ByteCounts>::default();
+        let tee = |route: &Counter, to_backend| {
+            Counter::from_arc(Arc::new(Tee {
+                route: route.clone(),
+                counts: messages.clone(),
+                to_backend,
+            }))
+        };
         Self {
             protocol,
             bytes_to_backend: handles.bytes_to_backend.clone(),
             bytes_to_client: handles.bytes_to_client.clone(),
-            messages_to_backend: handles.messages_to_backend.clone(),
-            messages_to_client: handles.messages_to_client.clone(),
+            messages_to_backend: tee(&handles.messages_to_backend, true),
+            messages_to_client: tee(&handles.messages_to_client, false),
+            messages,
             ping_rtt: handles.ping_rtt.clone(),
             handles,
             route,
         }
+    }
+
+    /// This session's messages so far: (client to backend, backend to client), counted as
+    /// `wsgate_messages_total` counts them.
+    pub fn messages(&self) -> (u64, u64) {
+        (
+            self.messages.to_backend.load(Ordering::Relaxed),
+            self.messages.to_client.load(Ordering::Relaxed),
+        )
     }
 
     /// Record how the session ended.

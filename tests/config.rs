@@ -89,7 +89,7 @@ fn production_example_and_systemd_unit_agree() {
     let tls = c.listeners[0].tls.as_ref().expect("a wss listener");
     assert!(tls.cert_file.starts_with("/etc/wsgate/tls/"));
     assert!(tls.key_file.starts_with("/etc/wsgate/tls/"));
-    assert_eq!(c.admin, Some("127.0.0.1:9090".parse().unwrap()));
+    assert_eq!(c.admin, Some("127.0.0.1:9089".parse().unwrap()));
 
     let unit = std::fs::read_to_string(repo().join("deploy/wsgate.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/wsgate --config /etc/wsgate/wsgate.toml"));
@@ -131,8 +131,8 @@ fn kubernetes_configmap_loads_and_fits_the_grace_period() {
     // Probes and Prometheus reach the pod IP: the admin listener must not be loopback.
     let admin = c.admin.expect("an [admin] listener for the probes");
     assert!(admin.ip().is_unspecified(), "admin binds {admin}");
-    assert_eq!(admin.port(), 9090);
-    assert!(yaml.contains("prometheus.io/port: \"9090\""));
+    assert_eq!(admin.port(), 9089);
+    assert!(yaml.contains("prometheus.io/port: \"9089\""));
 
     let grace = number_after(&yaml, "terminationGracePeriodSeconds:");
     let pre_stop = number_after(&yaml, "command: [\"sleep\",");
@@ -162,7 +162,7 @@ fn container_config_fits_docker_stop() {
         );
     }
     assert_eq!(c.listeners[0].address.port(), 8080);
-    assert_eq!(c.admin.map(|a| a.port()), Some(9090));
+    assert_eq!(c.admin.map(|a| a.port()), Some(9089));
     // `docker stop` sends SIGKILL 10 s after SIGTERM unless told otherwise.
     let drain = c.shutdown_grace.as_secs_f64() + HARD_STOP_SECS;
     assert!(drain < 10.0, "drain {drain} s >= docker stop's 10 s");

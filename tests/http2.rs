@@ -567,3 +567,105 @@ async fn a_plain_listener_without_h2c_does_not_speak_http2() {
     );
     gw.stop().await.unwrap();
 }
+
+/// `POST /reload` on the admin listener, which must succeed.
+async fn reload(admin: SocketAddr) {
+    let (status, answer) = admin_request(admin, "POST", "/reload", &[]).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// Reload meets HTTP/2 (issues 10 and 12 merged): a reload rebuilds each TLS listener's
+/// rustls config, ALPN list included, and `[http2]`; a connection keeps what was current when
+/// it was accepted. Guards against a listener that kept its start-up acceptor, so that
+/// `http2 = false` never took effect on a running gateway, and against h2 connections that
+/// kept the start-up `[http2]` limits. Here: `http2 = false` makes new TLS clients negotiate
+/// http/1.1 while the h2 connection from before keeps its sessions and opens new streams;
+/// turning it back on with `max_concurrent_streams = 1` gives new connections h2 with the
+/// new limit (a second stream waits for the first to end), and sessions open and echo on
+/// the reloaded listener.
+#[tokio::test]
+async fn reload_switches_http2_and_its_limits_for_new_connections_only() {
+    let pki = pki();
+    let echo = tcp_echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wsgate.toml");
+    let on = tls_config(
+        &pki.cert_file,
+        &pki.key_file,
+        &format!(
+            "[reload]\nwatch = false\n\n{}",
+            route("h2_reload", "/", &format!("tcp://{echo}"))
+        ),
+    );
+    let off = on.replace("[listener.tls]", "http2 = false\n\n[listener.tls]");
+    let one_stream = format!("{on}\n[http2]\nmax_concurrent_streams = 1\n");
+    std::fs::write(&file, &on).unwrap();
+    let gw = spawn_gateway_from_file(&file).await;
+    let admin = gw.admin.unwrap();
+    let mut before = H2Conn::tls(gw.addr, &pki).await;
+    let mut live = before.open("/").await;
+    echoes(&mut live, b"before the reload").await;
+
+    std::fs::write(&file, &off).unwrap();
+    reload(admin).await;
+    assert_eq!(
+        negotiated(gw.addr, &pki).await.as_deref(),
+        Some(&b"http/1.1"[..]),
+        "after http2 = false a new client offering h2 and http/1.1 gets http/1.1"
+    );
+    let (mut ws1, _) = tokio_tungstenite::connect_async_tls_with_config(
+        format!("wss://{}/", gw.addr),
+        None,
+        false,
+        Some(Connector::Rustls(client_config(
+            &pki.ca,
+            &[b"h2", b"http/1.1"],
+        ))),
+    )
+    .await
+    .expect("wss over HTTP/1.1 after the reload");
+    assert_echoes(&mut ws1, b"over http/1.1").await;
+    echoes(&mut live, &pattern(1, 100_000)).await;
+    let mut second = before.open("/").await;
+    echoes(&mut second, b"a new stream on the old connection").await;
+
+    std::fs::write(&file, &one_stream).unwrap();
+    reload(admin).await;
+    let mut after = H2Conn::tls(gw.addr, &pki).await;
+    let mut first = after.open("/").await;
+    echoes(&mut first, b"h2 after the reload").await;
+    // The client holds the next CONNECT until the gateway's SETTINGS allow another stream.
+    let mut waiting = tokio::spawn(async move {
+        let ws = after.open("/").await;
+        (after, ws)
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut waiting)
+            .await
+            .is_err(),
+        "a second stream opened past max_concurrent_streams = 1"
+    );
+    // The connection from before the reload keeps its limit of 100.
+    let mut third = before.open("/").await;
+    echoes(&mut third, b"three on the old connection").await;
+    close_normally(&mut first).await;
+    drop(first);
+    let (_after, mut next) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the second stream opens once the first ended")
+        .unwrap();
+    echoes(&mut next, b"the next stream").await;
+
+    let page = scrape(admin).await;
+    assert_eq!(
+        metric(&page, &sessions("h2_reload", "h2")),
+        Some(5.0),
+        "{page}"
+    );
+    assert_eq!(metric(&page, &sessions("h2_reload", "http1")), Some(1.0));
+    for ws in [&mut live, &mut second, &mut third, &mut next] {
+        close_normally(ws).await;
+    }
+    drop(ws1);
+    gw.stop().await.unwrap();
+}

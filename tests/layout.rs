@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["backend"],
     // One immutable value built from a validated config.
     &["snapshot"],
-    // Listeners and requests; admin, signals and later reload.
+    // Listeners and requests; admin, signals, reload triggers.
     &["edge", "ops"],
     // Wires edge and ops together: bind, run, drain.
     &["gateway"],

@@ -32,6 +32,10 @@ pub struct FileConfig {
     /// HTTP/2 connection limits (`config::http2`).
     #[serde(default)]
     pub http2: Http2Config,
+    #[serde(default)]
+    pub reload: ReloadConfig,
+    #[serde(default)]
+    pub log: LogConfig,
     /// Static files on the public listeners (websockify's `--web`). Default: none.
     #[serde(default)]
     pub web: Option<WebConfig>,
@@ -45,6 +49,58 @@ pub struct WebConfig {
     /// The folder; must exist. URL paths cannot leave it (`..` is refused); a folder's
     /// `index.html` answers for the folder. A listener's console keeps `/` for itself.
     pub root: PathBuf,
+}
+
+/// Reload on a change of the config file or of a listener's certificate, key or client CA
+/// file (SIGHUP and `POST /reload` always work).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Watch the files. Default true (only when running from a config file).
+    pub watch: bool,
+    /// Quiet time after the last change before reloading, in milliseconds: a certificate and
+    /// its key written one after the other are read together. 0..=60000, default 500.
+    pub watch_debounce_ms: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            watch_debounce_ms: 500,
+        }
+    }
+}
+
+/// Logging; read at start (a reload that changes it logs that a restart is needed).
+/// `--log-format` and `--log-level` (or `RUST_LOG`) override it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json` (one JSON object per line).
+    pub format: LogFormat,
+    /// A level (`info`, the default) or a filter (`info,wsgate::edge=debug`).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (colour only on a terminal, never with `NO_COLOR`).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 /// The async runtime.

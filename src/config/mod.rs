@@ -21,14 +21,15 @@ use anyhow::{bail, Context};
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
 pub use backend_addr::BackendAddr;
 pub use file::{
-    AdminConfig, Balance, FileConfig, HealthConfig, Limits, ListenerConfig, MessageType,
-    ProxyProtocolVersion, RouteConfig, RuntimeConfig, Timeouts, TlsConfig, WebConfig,
+    AdminConfig, Balance, FileConfig, HealthConfig, Limits, ListenerConfig, LogConfig, LogFormat,
+    MessageType, ProxyProtocolVersion, ReloadConfig, RouteConfig, RuntimeConfig, Timeouts,
+    TlsConfig, WebConfig,
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
 pub use target::{EgressConfig, TargetConfig};
 
-/// The embedded default: `ws://127.0.0.1:8080/echo` to a built-in echo service, admin on 9090.
+/// The embedded default: `ws://127.0.0.1:8080/echo` to a built-in echo service, admin on 9089.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
 /// Largest session cap accepted (a semaphore holds at most `usize::MAX >> 3`).
@@ -71,6 +72,10 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// `[http2]`: per-connection limits wherever HTTP/2 is spoken.
     pub http2: Http2Config,
+    /// `[reload]` as written (and checked).
+    pub reload: ReloadConfig,
+    /// `[log]` as written (and checked).
+    pub log: LogConfig,
     /// `[web] root`: static files for non-upgrade GETs; `None`: such requests get 400.
     pub web_root: Option<PathBuf>,
 }
@@ -106,6 +111,25 @@ impl Config {
     /// The embedded default configuration.
     pub fn embedded_default() -> Self {
         Self::from_toml(DEFAULT_CONFIG).expect("the embedded default config is valid (tested)")
+    }
+
+    /// The files a change of which should reload the config, besides the config file itself:
+    /// each listener's certificate, key and client CA file.
+    pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| {
+                [
+                    Some(&t.cert_file),
+                    Some(&t.key_file),
+                    t.client_ca_file.as_ref(),
+                ]
+                .into_iter()
+                .flatten()
+                .cloned()
+            })
+            .collect()
     }
 
     /// Route `r`'s largest frame: its own key, else `[limits]`.
@@ -191,6 +215,18 @@ impl FileConfig {
         for (i, r) in self.routes.iter().enumerate() {
             self.validate_route(i, r, &mut names, &mut paths)?;
         }
+        if self.reload.watch_debounce_ms > 60_000 {
+            bail!(
+                "reload.watch_debounce_ms: must be 0..=60000, got {}",
+                self.reload.watch_debounce_ms
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            bail!(
+                "log.level: {:?} is not a level or filter: {e}",
+                self.log.level
+            );
+        }
         if let Some(egress) = &self.egress {
             if egress.allow.is_empty() {
                 bail!(
@@ -235,6 +271,8 @@ impl FileConfig {
             egress: self.egress,
             limits: self.limits,
             http2: self.http2,
+            reload: self.reload,
+            log: self.log,
             web_root: self.web.map(|w| w.root),
         })
     }

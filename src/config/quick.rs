@@ -195,6 +195,8 @@ impl QuickMode {
             routes,
             egress: None,
             http2: Default::default(),
+            reload: Default::default(),
+            log: Default::default(),
             runtime: RuntimeConfig {
                 worker_threads: self.worker_threads,
             },

@@ -15,15 +15,19 @@ use tracing::debug;
 use super::console::Console;
 use super::shared::{ConnectionSlot, Shared};
 use crate::policy::ConnInfo;
+use crate::snapshot::Snapshot;
 
 /// Serve one HTTP/2 connection: each stream is a request to `http::handle`, and an extended
 /// CONNECT that passes its checks becomes a session on that stream. On shutdown: GOAWAY,
-/// then the connection lives on while its sessions close with 1001.
+/// then the connection lives on while its sessions close with 1001. Its settings and limits
+/// come from the snapshot it was accepted under (a reload applies to new connections); each
+/// stream takes the current snapshot for its route and checks.
 pub async fn serve<IO>(
     io: IO,
     console: Option<Arc<Console>>,
     conn: ConnInfo,
     permit: Arc<ConnectionSlot>,
+    snapshot: &Snapshot,
     shared: Arc<Shared>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -43,7 +47,7 @@ pub async fn serve<IO>(
             }
         })
     };
-    let limits = &shared.snapshot.config.http2;
+    let limits = &snapshot.config.http2;
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -56,12 +60,12 @@ pub async fn serve<IO>(
         .max_send_buf_size(limits.max_send_buffer_bytes)
         .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
         .max_local_error_reset_streams(limits.max_local_error_reset_streams)
-        .max_header_list_size(u32::try_from(shared.snapshot.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(snapshot.max_header_bytes).unwrap_or(u32::MAX));
     // A peer that stops answering HTTP/2 pings is gone: every session on it ends with it.
-    if let Some(interval) = shared.snapshot.ping_interval {
+    if let Some(interval) = snapshot.ping_interval {
         builder
             .keep_alive_interval(interval)
-            .keep_alive_timeout(shared.snapshot.pong_timeout);
+            .keep_alive_timeout(snapshot.pong_timeout);
     }
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);

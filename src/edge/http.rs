@@ -26,7 +26,7 @@ use crate::session::bridge::{self, BridgeConfig};
 use crate::session::io::{websocket_halves, ClientStream};
 use crate::session::registry::{Registered, SessionEntry, SessionInfo};
 use crate::session::relay::{self, RelayConfig};
-use crate::snapshot::{check_path, select_subprotocol, Route};
+use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
 
 /// Every answer the gateway writes itself: a short, complete body.
 pub type Body = Full<Bytes>;
@@ -38,8 +38,10 @@ pub async fn handle(
     shared: Arc<Shared>,
     permit: Arc<ConnectionSlot>,
 ) -> Result<Response<Body>, Infallible> {
+    // This request's config: a reload after this point does not change its session.
+    let snapshot = shared.snapshot.load_full();
     // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the routes.
-    if let Some(root) = &shared.snapshot.config.web_root {
+    if let Some(root) = &snapshot.config.web_root {
         if matches!(*req.method(), Method::GET | Method::HEAD)
             && !header_has_token(&req, header::UPGRADE, "websocket")
         {
@@ -50,7 +52,7 @@ pub async fn handle(
     if let Err(e) = check_path(req.uri().path()) {
         return Ok(reject(&req, None, e));
     }
-    let Some(route) = shared.snapshot.router.find(req.uri().path()).cloned() else {
+    let Some(route) = snapshot.router.find(req.uri().path()).cloned() else {
         return Ok(reject(&req, None, RejectError::NoRoute));
     };
     Span::current().record("route", &*route.name);
@@ -76,7 +78,7 @@ pub async fn handle(
     // Access: the address's budget of failed credentials (429, before its credential is
     // tried), origin (403), credentials (401/403), then this session's target (404 for an
     // unknown token). The egress check (403) is part of the dial.
-    let auth_failures = &shared.snapshot.admission.auth_failures;
+    let auth_failures = &snapshot.admission.auth_failures;
     let checks_credentials = route.access.checks_credentials() || route.backend.takes_token();
     if checks_credentials {
         if let Err(e) = auth_failures.check(conn.peer.ip()) {
@@ -111,7 +113,7 @@ pub async fn handle(
     // The offer without `bearer.` credentials: never chosen, echoed or forwarded.
     let offered = route.access.offered_protocols(&req);
     // Limits: a slot under every session cap, held until the session ends (429/503).
-    let slot = match shared.snapshot.admission.admit(&route.name, conn.peer.ip()) {
+    let slot = match snapshot.admission.admit(&route.name, conn.peer.ip()) {
         Ok(slot) => slot,
         Err(e) => return Ok(reject(&req, Some(&route), e)),
     };
@@ -129,7 +131,7 @@ pub async fn handle(
         }
         _ => Handshake::default(),
     };
-    let dialer = &shared.snapshot.dialer;
+    let dialer = &snapshot.dialer;
     let dialed = match (&route.pool, &target) {
         (Some(pool), _) => pool
             .dial(dialer, route.backend_tls.as_ref(), handshake, proxy)
@@ -207,7 +209,17 @@ pub async fn handle(
                 }
             };
             let mut registered = shared.registry.register(info, &shared.shutdown);
-            let code = run_session(client, backend, &route, &shared, &registered, protocol).await;
+            Span::current().record("session", registered.entry().id);
+            let code = run_session(
+                client,
+                backend,
+                &route,
+                &snapshot,
+                &shared,
+                &registered,
+                protocol,
+            )
+            .await;
             registered.set_close_code(code);
         }
     };
@@ -257,6 +269,7 @@ async fn run_session(
     client: Upgraded,
     backend: Backend,
     route: &Route,
+    snapshot: &Snapshot,
     shared: &Shared,
     registered: &Registered,
     protocol: Protocol,
@@ -264,12 +277,27 @@ async fn run_session(
     let entry = registered.entry();
     match ClientStream::new(client) {
         ClientStream::Tcp(read, write) => {
-            bridge_session(read, write, backend, route, shared, entry, protocol).await
+            bridge_session(
+                (read, write),
+                backend,
+                route,
+                snapshot,
+                shared,
+                entry,
+                protocol,
+            )
+            .await
         }
         // Boxed: TLS and h2 sessions should not make every plain session's future larger.
         ClientStream::Other(read, write) => {
             Box::pin(bridge_session(
-                read, write, backend, route, shared, entry, protocol,
+                (read, write),
+                backend,
+                route,
+                snapshot,
+                shared,
+                entry,
+                protocol,
             ))
             .await
         }
@@ -277,10 +305,10 @@ async fn run_session(
 }
 
 async fn bridge_session<CR, CW>(
-    client_read: CR,
-    client_write: CW,
+    (client_read, client_write): (CR, CW),
     backend: Backend,
     route: &Route,
+    snapshot: &Snapshot,
     shared: &Shared,
     entry: &SessionEntry,
     protocol: Protocol,
@@ -291,7 +319,6 @@ where
 {
     let started = Instant::now();
     let metrics = SessionMetrics::start_counted(route.name.clone(), protocol, &entry.bytes);
-    let snapshot = &shared.snapshot;
     let (client_read, client_write) = websocket_halves(
         client_read,
         client_write,
@@ -371,14 +398,23 @@ where
     };
     let duration = started.elapsed();
     metrics.closed(outcome.code, outcome.initiator.label(), duration);
+    let (messages_to_backend, messages_to_client) = metrics.messages();
+    // The access log: one line per session, every field named (one JSON object with
+    // `--log-format json`).
     info!(
+        session_id = entry.id,
+        client = %entry.info.client,
+        route = &*route.name,
+        backend = entry.info.backend.as_str(),
+        subprotocol = entry.info.subprotocol.as_deref(),
         bytes_to_backend = outcome.bytes_to_backend,
         bytes_to_client = outcome.bytes_to_client,
+        messages_to_backend,
+        messages_to_client,
         duration_ms = duration.as_millis() as u64,
         code = outcome.code,
         closed_by = outcome.initiator.label(),
         reason = %Escaped(&outcome.reason),
-        session = entry.id,
         "session closed"
     );
     outcome.code

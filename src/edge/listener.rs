@@ -14,37 +14,41 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn, Instrument, Span};
 
 use super::console::Console;
 use super::proxy_protocol::{self, Proxied};
 use super::shared::{ConnectionSlot, Shared};
 use crate::metrics;
-use crate::policy::{ClientCert, ClientSource, ConnInfo, ListenerTrust};
+use crate::policy::{ClientCert, ClientSource, ConnInfo};
+use crate::snapshot::{ListenerKey, Snapshot};
 
-/// A bound public listener and, for `wss`, its TLS acceptor.
+/// A bound public listener: its socket, the key its TLS config is found under in each
+/// snapshot, and its own stop (a reload that drops it from the config cancels it).
 pub struct PublicListener {
     pub listener: TcpListener,
-    pub tls: Option<TlsAcceptor>,
-    /// Plain listeners: accept HTTP/2 with prior knowledge too.
-    pub h2c: bool,
-    /// The browser console, when this listener serves it.
-    pub console: Option<Arc<Console>>,
-    /// Which load balancers' word about the client it takes.
-    pub trust: ListenerTrust,
+    pub key: ListenerKey,
+    /// Stop accepting; connections already accepted carry on.
+    pub stop: CancellationToken,
 }
 
-/// Accept until shutdown. A permit is taken before accepting, so at the limit new
-/// clients wait in the kernel's backlog instead of costing us memory.
+/// Accept until shutdown or `l.stop`. A permit is taken before accepting, so at the limit new
+/// clients wait in the kernel's backlog instead of costing us memory. Each connection takes
+/// the snapshot current when it is accepted: a new TLS client meets the latest certificate.
 pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc<Shared>) {
+    // The console of the snapshot it was built from, rebuilt when a reload swaps it.
+    let mut console: Option<(Arc<Snapshot>, Option<Arc<Console>>)> = None;
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             () = shared.shutdown.cancelled() => break,
+            () = l.stop.cancelled() => break,
         };
         let accepted = tokio::select! {
             r = l.listener.accept() => r,
             () = shared.shutdown.cancelled() => break,
+            () = l.stop.cancelled() => break,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -56,35 +60,60 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
                 continue;
             }
         };
+        let snapshot = shared.snapshot.load_full();
+        // Between a reload's swap and its stopping this listener, the new snapshot lacks it.
+        let Some(tls) = snapshot.listener_tls(l.key) else {
+            break;
+        };
+        let tls = tls.map(TlsAcceptor::from);
+        let page = match &console {
+            Some((built_from, page)) if Arc::ptr_eq(built_from, &snapshot) => page.clone(),
+            _ => {
+                let page = console_of(&snapshot, l.key);
+                console = Some((snapshot.clone(), page.clone()));
+                page
+            }
+        };
         // `peer` is the socket's; `client` is recorded when a trusted balancer names another.
-        let span = tracing::info_span!("conn", %peer, client = tracing::field::Empty, route = tracing::field::Empty, user = tracing::field::Empty, backend = tracing::field::Empty);
-        let tls = l.tls.clone();
-        let h2c = l.h2c;
-        let console = l.console.clone();
+        let span = tracing::info_span!("conn", %peer, client = tracing::field::Empty, session = tracing::field::Empty, route = tracing::field::Empty, user = tracing::field::Empty, backend = tracing::field::Empty);
+        // This listener's trust rules as the current snapshot has them.
+        let Some(trust) = snapshot.listener_trust(l.key) else {
+            break;
+        };
+        let h2c = snapshot.listener_config(l.key).is_some_and(|c| c.h2c);
         let local = stream.local_addr().unwrap_or(peer);
         let conn = ConnInfo {
-            trust_forwarded: l.trust.forwarded_headers.clone(),
+            trust_forwarded: trust.forwarded_headers.clone(),
             ..ConnInfo::direct(peer, local, tls.is_some())
         };
-        let proxy = l
-            .trust
-            .proxy_protocol
-            .as_ref()
-            .map(|t| t.contains(peer.ip()));
+        let proxy = trust.proxy_protocol.as_ref().map(|t| t.contains(peer.ip()));
         shared.tracker.spawn(
             connection(
                 stream,
-                tls,
-                h2c,
-                console,
-                proxy,
+                Front {
+                    proxy,
+                    tls,
+                    h2c,
+                    console: page,
+                },
                 conn,
                 permit,
+                snapshot,
                 shared.clone(),
             )
             .instrument(span),
         );
     }
+}
+
+/// The browser console of listener `key` in `snapshot`, when that listener serves it.
+fn console_of(snapshot: &Snapshot, key: ListenerKey) -> Option<Arc<Console>> {
+    let l = snapshot.listener_config(key)?;
+    l.console.then(|| {
+        Arc::new(Console::new(
+            snapshot.config.routes.iter().map(|r| r.path.as_str()),
+        ))
+    })
 }
 
 fn is_per_connection(e: &io::Error) -> bool {
@@ -96,17 +125,28 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
-/// `proxy`: `None` on a listener without `proxy_protocol`, else whether the peer is trusted.
-// One connection's whole setting, passed down once from the accept loop.
-#[allow(clippy::too_many_arguments)]
-async fn connection(
-    mut stream: TcpStream,
+/// What a connection meets before HTTP, as its listener is configured in the snapshot
+/// current when it was accepted.
+struct Front {
+    /// `None` on a listener without `proxy_protocol`, else whether the peer is trusted.
+    proxy: Option<bool>,
     tls: Option<TlsAcceptor>,
+    /// Plain listeners: accept HTTP/2 with prior knowledge too.
     h2c: bool,
     console: Option<Arc<Console>>,
-    proxy: Option<bool>,
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    Front {
+        proxy,
+        tls,
+        h2c,
+        console,
+    }: Front,
     mut conn: ConnInfo,
     permit: OwnedSemaphorePermit,
+    snapshot: Arc<Snapshot>,
     shared: Arc<Shared>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -114,7 +154,7 @@ async fn connection(
     if let Some(trusted) = proxy {
         // Before TLS, under the header timeout: a silent peer costs a slot for that long only.
         let read = tokio::select! {
-            r = tokio::time::timeout(shared.snapshot.header_read_timeout, proxy_protocol::read(&mut stream, trusted)) => r,
+            r = tokio::time::timeout(snapshot.header_read_timeout, proxy_protocol::read(&mut stream, trusted)) => r,
             () = shared.shutdown.cancelled() => return,
         };
         match read {
@@ -149,15 +189,14 @@ async fn connection(
     }
     match tls {
         None if h2c
-            && super::h2::opens_with_preface(&stream, shared.snapshot.header_read_timeout)
-                .await =>
+            && super::h2::opens_with_preface(&stream, snapshot.header_read_timeout).await =>
         {
-            super::h2::serve(stream, console, conn, permit, shared).await
+            super::h2::serve(stream, console, conn, permit, &snapshot, shared).await
         }
-        None => serve_http(stream, console, conn, permit, shared).await,
+        None => serve_http(stream, console, conn, permit, &snapshot, shared).await,
         Some(acceptor) => {
             let handshake = tokio::select! {
-                r = tokio::time::timeout(shared.snapshot.tls_handshake_timeout, acceptor.accept(stream)) => r,
+                r = tokio::time::timeout(snapshot.tls_handshake_timeout, acceptor.accept(stream)) => r,
                 () = shared.shutdown.cancelled() => return,
             };
             match handshake {
@@ -166,10 +205,12 @@ async fn connection(
                         client_cert: ClientCert::of_connection(stream.get_ref().1),
                         ..conn
                     };
+                    // The ALPN list came from the snapshot this connection was accepted
+                    // under, so `http2 = false` after a reload stops new h2 connections.
                     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        super::h2::serve(stream, console, conn, permit, shared).await
+                        super::h2::serve(stream, console, conn, permit, &snapshot, shared).await
                     } else {
-                        serve_http(stream, console, conn, permit, shared).await
+                        serve_http(stream, console, conn, permit, &snapshot, shared).await
                     }
                 }
                 Ok(Err(e)) => {
@@ -185,11 +226,14 @@ async fn connection(
     }
 }
 
+/// HTTP on one connection. Its timeouts and header limit come from the snapshot it was
+/// accepted under; each request takes the current snapshot for its route and checks.
 async fn serve_http<IO>(
     io: IO,
     console: Option<Arc<Console>>,
     conn: ConnInfo,
     permit: Arc<ConnectionSlot>,
+    snapshot: &Snapshot,
     shared: Arc<Shared>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -210,9 +254,9 @@ async fn serve_http<IO>(
     };
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.snapshot.header_read_timeout)
+        .header_read_timeout(snapshot.header_read_timeout)
         // Over it hyper answers 431 and closes (its default is ~400 KiB and 100 headers).
-        .max_header_size(shared.snapshot.max_header_bytes)
+        .max_header_size(snapshot.max_header_bytes)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);

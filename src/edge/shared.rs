@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -13,7 +14,9 @@ use crate::snapshot::Snapshot;
 
 /// What every connection task shares.
 pub struct Shared {
-    pub snapshot: Arc<Snapshot>,
+    /// The running config. Each connection and each request takes the one current when it
+    /// starts and keeps it; a reload stores a new one without touching live sessions.
+    pub snapshot: ArcSwap<Snapshot>,
     /// Cancelled on SIGTERM/SIGINT: stop accepting, close sessions with 1001.
     pub shutdown: CancellationToken,
     /// Cancelled when the drain deadline passes: drop whatever is left.

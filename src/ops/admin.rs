@@ -1,5 +1,6 @@
-//! The admin listener: `/metrics` for Prometheus, `/healthz` and `/readyz` for orchestrators;
-//! the status page and session API (src/ops/api.rs) take `/`, `/assets/` and `/api/`.
+//! The admin listener: `/metrics` for Prometheus, `/healthz` and `/readyz` for orchestrators,
+//! `POST /reload` for `wsgate reload` and deploy hooks; the status page and session API
+//! (src/ops/api.rs) take `/`, `/assets/` and `/api/`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,12 +19,15 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::api::OpsApi;
+use super::reload::{ReloadHandle, Trigger};
+
 /// Serve admin requests until `stop`; each connection ends with `stop` too.
 pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     ready: Arc<AtomicBool>,
     api: Arc<OpsApi>,
+    reload: ReloadHandle,
     stop: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
@@ -34,12 +38,21 @@ pub async fn serve(
         };
         let Ok((stream, _)) = accepted else { continue };
         let (handle, ready, api, stop) = (handle.clone(), ready.clone(), api.clone(), stop.clone());
+        let reload = reload.clone();
         tracker.spawn(async move {
-            let service = service_fn(move |req| {
-                let response = api
-                    .answer(&req)
-                    .unwrap_or_else(|| answer(&req, &handle, &ready));
-                async move { Ok::<_, Infallible>(response) }
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                // A reload is the one answer that waits; the rest are immediate.
+                let immediate = (req.uri().path() != "/reload").then(|| {
+                    api.answer(&req)
+                        .unwrap_or_else(|| answer(&req, &handle, &ready))
+                });
+                let reload = reload.clone();
+                async move {
+                    Ok::<_, Infallible>(match immediate {
+                        Some(response) => response,
+                        None => reload_answer(req.method(), &reload).await,
+                    })
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -53,6 +66,33 @@ pub async fn serve(
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// `POST /reload`: 200 with what changed, or 422 with why the new config was refused (the
+/// running config stays). Open like `/metrics`: it only reads the files on disk again.
+async fn reload_answer(method: &Method, reload: &ReloadHandle) -> Response<Full<Bytes>> {
+    let (status, body) = if method != Method::POST {
+        (StatusCode::METHOD_NOT_ALLOWED, "POST only\n".to_owned())
+    } else {
+        match reload.reload(Trigger::Admin).await {
+            Ok(summary) => (StatusCode::OK, format!("reloaded: {summary}\n")),
+            Err(why) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("reload refused, the running config stays: {why}\n"),
+            ),
+        }
+    };
+    text(status, "text/plain; charset=utf-8", body)
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 fn answer<B>(
@@ -83,14 +123,8 @@ fn answer<B>(
         _ => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "GET only\n".to_owned(),
+            "GET only (POST for /reload)\n".to_owned(),
         ),
     };
-    let mut response = Response::new(Full::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    response
+    text(status, content_type, body)
 }

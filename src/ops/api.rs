@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
@@ -66,17 +67,35 @@ struct Sample {
 #[derive(Debug)]
 pub struct OpsApi {
     registry: Arc<Registry>,
+    /// What the running config says; a reload replaces it ([`OpsApi::update`]).
+    view: ArcSwap<View>,
+    started: Instant,
+    history: Mutex<VecDeque<Sample>>,
+    /// Drain timers run here and end with `stop`.
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// The API's settings from the running config.
+#[derive(Debug)]
+struct View {
     /// SHA-256 of the admin bearer token; `None`: no token needed.
     token_sha256: Option<[u8; 32]>,
     routes: Vec<RouteSummary>,
     /// The running config as JSON, secrets already redacted.
     config_json: Bytes,
-    started: Instant,
     drain_grace: Duration,
-    history: Mutex<VecDeque<Sample>>,
-    /// Drain timers run here and end with `stop`.
-    tasks: TaskTracker,
-    stop: CancellationToken,
+}
+
+impl From<ApiSettings> for View {
+    fn from(settings: ApiSettings) -> Self {
+        Self {
+            token_sha256: settings.token_sha256,
+            routes: settings.routes,
+            config_json: Bytes::from(settings.config_json.to_string()),
+            drain_grace: settings.drain_grace,
+        }
+    }
 }
 
 /// Settings of the API taken from the config.
@@ -99,15 +118,17 @@ impl OpsApi {
     ) -> Self {
         Self {
             registry,
-            token_sha256: settings.token_sha256,
-            routes: settings.routes,
-            config_json: Bytes::from(settings.config_json.to_string()),
+            view: ArcSwap::from_pointee(View::from(settings)),
             started: Instant::now(),
-            drain_grace: settings.drain_grace,
             history: Mutex::default(),
             tasks,
             stop,
         }
+    }
+
+    /// Answer from a reloaded config from now on: its routes, config, token and drain grace.
+    pub fn update(&self, settings: ApiSettings) {
+        self.view.store(Arc::new(View::from(settings)));
     }
 
     /// Sample the totals for the chart every [`SAMPLE_EVERY`] until `stop`.
@@ -202,7 +223,7 @@ impl OpsApi {
             }
             (&Method::GET, ["api", "status"]) => json_response(StatusCode::OK, &self.status()),
             (&Method::GET, ["api", "config"]) => {
-                let mut r = Response::new(Body::new(self.config_json.clone()));
+                let mut r = Response::new(Body::new(self.view.load().config_json.clone()));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
@@ -243,7 +264,7 @@ impl OpsApi {
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
-        if self.token_sha256.is_none() {
+        if self.view.load().token_sha256.is_none() {
             return true;
         }
         let bearer = req
@@ -266,7 +287,8 @@ impl OpsApi {
     }
 
     fn token_matches(&self, token: &str) -> bool {
-        let Some(want) = &self.token_sha256 else {
+        let view = self.view.load();
+        let Some(want) = &view.token_sha256 else {
             return true;
         };
         let got = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
@@ -323,11 +345,12 @@ impl OpsApi {
     }
 
     fn drain(&self, name: &str, query: Option<&str>) -> Response<Body> {
-        let Some(route) = self.routes.iter().find(|r| &*r.name == name) else {
+        let view = self.view.load();
+        let Some(route) = view.routes.iter().find(|r| &*r.name == name) else {
             return not_found("no such route");
         };
         let grace = match query_value(query, "grace_secs") {
-            None => self.drain_grace,
+            None => view.drain_grace,
             Some(v) => match v.parse::<f64>() {
                 Ok(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => {
                     Duration::from_secs_f64(s)
@@ -370,7 +393,8 @@ impl OpsApi {
     }
 
     fn undrain(&self, name: &str) -> Response<Body> {
-        let Some(route) = self.routes.iter().find(|r| &*r.name == name) else {
+        let view = self.view.load();
+        let Some(route) = view.routes.iter().find(|r| &*r.name == name) else {
             return not_found("no such route");
         };
         let was = self.registry.end_drain(&route.name);
@@ -386,6 +410,8 @@ impl OpsApi {
         let totals = self.registry.totals();
         let per_route = self.registry.per_route();
         let routes: Vec<Value> = self
+            .view
+            .load()
             .routes
             .iter()
             .map(|r| {

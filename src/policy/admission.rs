@@ -15,13 +15,12 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
 
 use super::auth_failures::AuthFailures;
 use super::identity::client_key;
@@ -48,38 +47,97 @@ fn handshake_quota(config: &Config) -> Option<Quota> {
 /// table holds at most one entry per live session.
 type IpTable = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
-/// The admission state shared by every request of one gateway.
+/// Live-session counts, shared by every [`Admission`] a reload builds in turn.
+///
+/// A live session holds its slot in the counts of the admission that admitted it; a reload
+/// must not forget those sessions, or the new caps would admit a full quota on top of them.
+/// So the counts live here, apart from the caps: a reload builds a new [`Admission`] (new caps,
+/// perhaps a new handshake quota) around the same counts. Sessions are counted even where no
+/// cap applies, so a cap a reload turns on sees the sessions already running. A route is
+/// counted by name: a renamed route starts from zero.
+#[derive(Debug, Default)]
+struct Counts {
+    global: Arc<AtomicUsize>,
+    routes: Mutex<HashMap<Arc<str>, Arc<AtomicUsize>>>,
+    per_ip: IpTable,
+}
+
+/// The admission state shared by every request of one snapshot.
 #[derive(Debug)]
 pub struct Admission {
-    global: Option<Arc<Semaphore>>,
-    routes: HashMap<Arc<str>, Arc<Semaphore>>,
-    per_ip: Option<(usize, IpTable)>,
-    handshakes: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    counts: Arc<Counts>,
+    /// 0: no cap.
+    max_sessions: usize,
+    /// Every route of the config, with its cap (0: none) and its live count.
+    routes: HashMap<Arc<str>, (usize, Arc<AtomicUsize>)>,
+    /// 0: no cap.
+    max_sessions_per_ip: usize,
+    handshakes: Option<(Quota, Arc<DefaultKeyedRateLimiter<IpAddr>>)>,
     retry_after_secs: u32,
     /// Failed credentials per address, checked before a route's credentials.
-    pub auth_failures: AuthFailures,
+    pub auth_failures: Arc<AuthFailures>,
+    /// The budget's (rate per minute, burst), to tell whether a reload changed it.
+    auth_quota: (u32, u32),
 }
 
 impl Admission {
     /// The caps and rate of a validated config, with every count at zero.
     pub fn new(config: &Config) -> Self {
+        Self::build(config, Arc::default(), None, None)
+    }
+
+    /// The caps and rate of `config` over `previous`'s live counts: sessions admitted by
+    /// `previous` keep counting against the new caps until they end. The handshake limiter
+    /// (and what it remembers) carries over when its quota is unchanged.
+    pub fn succeed(config: &Config, previous: &Admission) -> Self {
+        let limiter = previous.handshakes.clone();
+        // A reload must not hand a guesser a fresh budget: the spent addresses carry over
+        // while the budget's rate and burst are unchanged.
+        let failures = Some((previous.auth_quota, previous.auth_failures.clone()));
+        Self::build(config, previous.counts.clone(), limiter, failures)
+    }
+
+    fn build(
+        config: &Config,
+        counts: Arc<Counts>,
+        limiter: Option<(Quota, Arc<DefaultKeyedRateLimiter<IpAddr>>)>,
+        failures: Option<((u32, u32), Arc<AuthFailures>)>,
+    ) -> Self {
         let l = &config.limits;
-        let cap = |n: usize| (n > 0).then(|| Arc::new(Semaphore::new(n)));
-        Self {
-            global: cap(l.max_sessions),
-            routes: config
+        let auth_quota = (l.auth_failures_per_ip_per_min, l.auth_failure_burst_per_ip);
+        let auth_failures = match failures {
+            Some((q, f)) if q == auth_quota => f,
+            _ => Arc::new(AuthFailures::new(l)),
+        };
+        let routes = {
+            let mut live = counts.routes.lock().unwrap_or_else(|e| e.into_inner());
+            // Routes gone from the config are forgotten once their last session ends.
+            live.retain(|name, n| {
+                n.load(Ordering::Acquire) > 0 || config.routes.iter().any(|r| *r.name == **name)
+            });
+            config
                 .routes
                 .iter()
-                .filter_map(|r| {
-                    let n = config.max_sessions(r)?;
-                    Some((Arc::from(r.name.as_str()), Arc::new(Semaphore::new(n))))
+                .map(|r| {
+                    let name: Arc<str> = Arc::from(r.name.as_str());
+                    let count = live.entry(name.clone()).or_default().clone();
+                    (name, (config.max_sessions(r).unwrap_or(0), count))
                 })
-                .collect(),
-            per_ip: (l.max_sessions_per_ip > 0)
-                .then(|| (l.max_sessions_per_ip, IpTable::default())),
-            handshakes: handshake_quota(config).map(RateLimiter::keyed),
+                .collect()
+        };
+        let handshakes = handshake_quota(config).map(|quota| match limiter {
+            Some((q, limiter)) if q == quota => (quota, limiter),
+            _ => (quota, Arc::new(RateLimiter::keyed(quota))),
+        });
+        Self {
+            counts,
+            max_sessions: l.max_sessions,
+            routes,
+            max_sessions_per_ip: l.max_sessions_per_ip,
+            handshakes,
             retry_after_secs: l.retry_after_secs,
-            auth_failures: AuthFailures::new(l),
+            auth_failures,
+            auth_quota,
         }
     }
 
@@ -92,7 +150,7 @@ impl Admission {
             retry_after_secs,
         };
         let retry = u64::from(self.retry_after_secs);
-        if let Some(limiter) = &self.handshakes {
+        if let Some((_, limiter)) = &self.handshakes {
             if let Err(not_until) = limiter.check_key(&key) {
                 let wait = not_until.wait_time_from(limiter.clock().now());
                 // Whole seconds, rounded up: a client that waits this long is let in.
@@ -101,79 +159,85 @@ impl Admission {
             }
         }
         // Each step holds its part of the slot; a later refusal drops what was taken.
-        let ip = match &self.per_ip {
-            Some((limit, table)) => {
-                let mut counts = table.lock().unwrap_or_else(|e| e.into_inner());
-                let count = counts.get(&key).copied().unwrap_or(0);
-                if count >= *limit {
-                    return Err(refuse(Refusal::IpLimit, retry));
-                }
-                counts.insert(key, count + 1);
-                Some(IpSlot {
-                    table: table.clone(),
-                    key,
-                })
+        let ip = {
+            let table = &self.counts.per_ip;
+            let mut counts = table.lock().unwrap_or_else(|e| e.into_inner());
+            let count = counts.get(&key).copied().unwrap_or(0);
+            if self.max_sessions_per_ip > 0 && count >= self.max_sessions_per_ip {
+                return Err(refuse(Refusal::IpLimit, retry));
             }
-            None => None,
+            counts.insert(key, count + 1);
+            IpSlot {
+                table: table.clone(),
+                key,
+            }
         };
-        let route_permit = match self.routes.get(route) {
-            Some(sem) => match sem.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => return Err(refuse(Refusal::RouteFull, retry)),
+        let route_slot = match self.routes.get(route) {
+            Some((cap, count)) => match Held::take(count, *cap) {
+                Some(held) => Some(held),
+                None => return Err(refuse(Refusal::RouteFull, retry)),
             },
             None => None,
         };
-        let global = match &self.global {
-            Some(sem) => match sem.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => return Err(refuse(Refusal::OverCapacity, retry)),
-            },
-            None => None,
+        let Some(global) = Held::take(&self.counts.global, self.max_sessions) else {
+            return Err(refuse(Refusal::OverCapacity, retry));
         };
         Ok(SessionSlot {
             _ip: ip,
-            _route: route_permit,
+            _route: route_slot,
             _global: global,
         })
     }
 
+    /// Live sessions admitted by this admission and every one it succeeded.
+    pub fn live_sessions(&self) -> usize {
+        self.counts.global.load(Ordering::Acquire)
+    }
+
     /// Addresses the handshake limiter remembers (at most one per address seen recently).
     pub fn tracked_addresses(&self) -> usize {
-        self.handshakes.as_ref().map_or(0, |l| l.len())
+        self.handshakes.as_ref().map_or(0, |(_, l)| l.len())
     }
 
     /// Forget addresses whose handshake bucket is full again: they are indistinguishable from
     /// new ones, so the limiter's memory follows the recent handshake rate, not all time.
     pub fn upkeep(&self) {
-        if let Some(limiter) = &self.handshakes {
+        if let Some((_, limiter)) = &self.handshakes {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
         self.auth_failures.upkeep();
-    }
-
-    /// Run [`Admission::upkeep`] every [`UPKEEP_INTERVAL`] until `stop` is cancelled.
-    pub async fn run_upkeep(self: Arc<Self>, stop: CancellationToken) {
-        if self.handshakes.is_none() && !self.auth_failures.is_on() {
-            return;
-        }
-        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.upkeep(),
-                () = stop.cancelled() => break,
-            }
-        }
     }
 }
 
 /// One admitted session's place under every cap that applies; released when dropped.
 #[derive(Debug)]
 pub struct SessionSlot {
-    _ip: Option<IpSlot>,
-    _route: Option<OwnedSemaphorePermit>,
-    _global: Option<OwnedSemaphorePermit>,
+    _ip: IpSlot,
+    _route: Option<Held>,
+    _global: Held,
+}
+
+/// One count of a live-session counter, given back on drop.
+#[derive(Debug)]
+struct Held(Arc<AtomicUsize>);
+
+impl Held {
+    /// Count one more session unless `cap` (0: none) is reached.
+    fn take(count: &Arc<AtomicUsize>, cap: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (cap == 0 || n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count.clone()))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Debug)]
@@ -262,12 +326,11 @@ mod tests {
         drop(s1);
         let s4 = adm.admit(b, ip("10.0.0.1")).unwrap();
         drop((s2, s3, s4));
-        let per_ip = adm.per_ip.as_ref().unwrap();
         assert!(
-            per_ip.1.lock().unwrap().is_empty(),
+            adm.counts.per_ip.lock().unwrap().is_empty(),
             "no entry outlives its sessions"
         );
-        assert_eq!(adm.global.as_ref().unwrap().available_permits(), 3);
+        assert_eq!(adm.live_sessions(), 0);
     }
 
     #[test]
@@ -281,8 +344,42 @@ mod tests {
                 Refusal::OverCapacity
             );
         }
-        let counts = adm.per_ip.as_ref().unwrap().1.lock().unwrap().clone();
+        let counts = adm.counts.per_ip.lock().unwrap().clone();
         assert_eq!(counts, HashMap::from([(ip("10.0.0.1"), 1)]));
+    }
+
+    /// Reload defect guarded: a new admission built from scratch forgot the sessions the old
+    /// one admitted, so after a reload a full quota was admitted again on top of them.
+    #[test]
+    fn a_successor_counts_the_sessions_its_predecessor_admitted() {
+        let before = Admission::new(&config("max_sessions_per_ip = 2", "max_sessions = 2"));
+        let held = before.admit("a", ip("10.0.0.1")).unwrap();
+        let _held2 = before.admit("b", ip("10.0.0.1")).unwrap();
+        // Same caps, then a lower global cap and a route cap turned on for b.
+        let same = Admission::succeed(
+            &config("max_sessions_per_ip = 2", "max_sessions = 2"),
+            &before,
+        );
+        assert_eq!(refusal(same.admit("a", ip("10.0.0.1"))).0, Refusal::IpLimit);
+        let lower = Admission::succeed(
+            &config(
+                "max_sessions = 2\nmax_sessions_per_route = 1",
+                "max_sessions = 2",
+            ),
+            &same,
+        );
+        assert_eq!(
+            refusal(lower.admit("b", ip("10.0.0.2"))).0,
+            Refusal::RouteFull
+        );
+        assert_eq!(
+            refusal(lower.admit("a", ip("10.0.0.2"))).0,
+            Refusal::OverCapacity
+        );
+        // A session of the first admission ending frees its place in the latest one.
+        drop(held);
+        let _new = lower.admit("a", ip("10.0.0.2")).unwrap();
+        assert_eq!(lower.live_sessions(), 2);
     }
 
     #[test]

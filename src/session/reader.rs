@@ -51,6 +51,11 @@ impl FrameBudget {
         Self::new(usize::MAX)
     }
 
+    /// The most bytes it lets readers hold at once.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Bytes charged now.
     pub fn in_use(&self) -> usize {
         self.used.load(Ordering::Relaxed)

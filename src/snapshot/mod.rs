@@ -28,8 +28,9 @@ pub struct Snapshot {
     pub config: Config,
     pub routes: Vec<Arc<Route>>,
     pub router: Router,
-    /// Each public listener's rustls config, in `config.listeners` order (`None`: plain `ws`).
-    pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Each public listener's key and rustls config (`None`: plain `ws`), in
+    /// `config.listeners` order.
+    pub listeners: Vec<(ListenerKey, Option<Arc<rustls::ServerConfig>>)>,
     /// Each public listener's PROXY protocol and forwarded-header rules, in the same order.
     pub listener_trust: Vec<ListenerTrust>,
     pub dialer: Dialer,
@@ -48,6 +49,24 @@ pub struct Snapshot {
     pub frame_budget: Arc<FrameBudget>,
 }
 
+/// A public listener's identity across reloads: its configured address and, for addresses
+/// written more than once (port 0), which occurrence. A reload keeps the socket of every key
+/// the new config still has, binds the new ones and closes the ones it no longer has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub address: SocketAddr,
+    pub nth: usize,
+}
+
+impl std::fmt::Display for ListenerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.nth {
+            0 => write!(f, "{}", self.address),
+            n => write!(f, "{} (#{})", self.address, n + 1),
+        }
+    }
+}
+
 impl Snapshot {
     /// Compile `config`: read certificates, keys, token files and JWT keys, parse origins
     /// and egress rules. Errors name the key. `echo_addr` is where the built-in echo
@@ -56,24 +75,43 @@ impl Snapshot {
         Self::build_reusing(config, echo_addr, None)
     }
 
-    /// [`Self::build`], keeping `previous`'s pool of every route whose name and pool
-    /// settings are unchanged (ejections, session counts and check tasks carry over). New
-    /// pools with active checks need [`Pool::run_checks`] spawned by the caller.
+    /// [`Snapshot::build`] for a reload: the admission counts of `previous` carry over, so
+    /// sessions it admitted keep counting against the new caps until they end; `previous`'s
+    /// pool of every route whose name and pool settings are unchanged is kept (ejections,
+    /// session counts and check tasks carry over). New pools with active checks need
+    /// [`Pool::run_checks`] spawned by the caller.
+    pub fn succeed(
+        config: Config,
+        echo_addr: Option<SocketAddr>,
+        previous: &Snapshot,
+    ) -> anyhow::Result<Self> {
+        Self::build_reusing(config, echo_addr, Some(previous))
+    }
+
+    /// [`Self::build`] over `previous` when there is one (see [`Self::succeed`]).
     pub fn build_reusing(
         config: Config,
         echo_addr: Option<SocketAddr>,
         previous: Option<&Snapshot>,
     ) -> anyhow::Result<Self> {
         crate::tls::install_crypto_provider();
-        let mut listener_tls = Vec::with_capacity(config.listeners.len());
+        let mut listeners: Vec<(ListenerKey, _)> = Vec::with_capacity(config.listeners.len());
         for (i, l) in config.listeners.iter().enumerate() {
-            listener_tls.push(match &l.tls {
+            let key = ListenerKey {
+                address: l.address,
+                nth: listeners
+                    .iter()
+                    .filter(|(k, _)| k.address == l.address)
+                    .count(),
+            };
+            let tls = match &l.tls {
                 Some(t) => Some(
                     crate::tls::server_config(t, l.http2)
                         .with_context(|| format!("listener[{i}].tls ({})", l.address))?,
                 ),
                 None => None,
-            });
+            };
+            listeners.push((key, tls));
         }
         let listener_trust = config
             .listeners
@@ -96,7 +134,7 @@ impl Snapshot {
         Ok(Self {
             router: Router::new(&routes),
             routes,
-            listener_tls,
+            listeners,
             listener_trust,
             dialer: Dialer {
                 connect_timeout: config.backend_connect_timeout,
@@ -115,10 +153,42 @@ impl Snapshot {
             header_read_timeout: config.header_read_timeout,
             tls_handshake_timeout: config.tls_handshake_timeout,
             max_header_bytes: config.max_header_bytes,
-            admission: Arc::new(Admission::new(&config)),
-            frame_budget: FrameBudget::new(config.limits.frame_budget_bytes),
+            admission: Arc::new(match previous {
+                Some(p) => Admission::succeed(&config, &p.admission),
+                None => Admission::new(&config),
+            }),
+            // Sessions of the previous snapshot hold bytes of its budget: keep sharing it
+            // unless the limit changed, so a reload does not double what readers may hold.
+            frame_budget: match previous {
+                Some(p) if p.frame_budget.limit() == config.limits.frame_budget_bytes => {
+                    p.frame_budget.clone()
+                }
+                _ => FrameBudget::new(config.limits.frame_budget_bytes),
+            },
             config,
         })
+    }
+
+    /// The TLS config of the listener `key` (`Some(None)`: plain `ws`), or `None` when this
+    /// snapshot has no such listener.
+    pub fn listener_tls(&self, key: ListenerKey) -> Option<Option<Arc<rustls::ServerConfig>>> {
+        self.listeners
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, tls)| tls.clone())
+    }
+
+    /// The config of listener `key`, when this snapshot has it.
+    pub fn listener_config(&self, key: ListenerKey) -> Option<&crate::config::ListenerConfig> {
+        let i = self.listeners.iter().position(|(k, _)| *k == key)?;
+        self.config.listeners.get(i)
+    }
+
+    /// The PROXY protocol and forwarded-header rules of listener `key`, when this snapshot
+    /// has it.
+    pub fn listener_trust(&self, key: ListenerKey) -> Option<&ListenerTrust> {
+        let i = self.listeners.iter().position(|(k, _)| *k == key)?;
+        self.listener_trust.get(i)
     }
 
     /// Every route's backend pool.

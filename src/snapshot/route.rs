@@ -85,18 +85,17 @@ impl Route {
     }
 }
 
+/// One route fixture for every unit test of this folder: new fields get a default here once.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::BackendAddr;
-
-    #[test]
-    fn backend_path_mapping() {
-        let mut r = Route {
-            name: "a".into(),
-            path: "/apps/".into(),
-            backend: Target::Fixed(BackendAddr::BuiltinEcho),
-            subprotocols: vec![],
+impl Route {
+    /// A route at `path` to the built-in echo, accepting `binary` and `mqtt`, every other
+    /// setting at its plain default.
+    pub(crate) fn for_test(name: &str, path: &str) -> Self {
+        Self {
+            name: name.into(),
+            path: path.into(),
+            backend: Target::Fixed(crate::config::BackendAddr::BuiltinEcho),
+            subprotocols: vec!["binary".into(), "mqtt".into()],
             message_type: MessageType::Binary,
             forward_headers: vec![],
             forward_credentials: false,
@@ -108,7 +107,17 @@ mod tests {
             max_message_bytes: 1 << 20,
             access: Access::default(),
             limits: Default::default(),
-        };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_path_mapping() {
+        let mut r = Route::for_test("a", "/apps/");
         assert_eq!(
             r.backend_path("/", "/apps/chat/1", Some("t=1")),
             "/chat/1?t=1"

@@ -104,27 +104,9 @@ pub fn select_subprotocol<'a, 'o>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BackendAddr, MessageType};
-    use crate::policy::Target;
 
     fn route(name: &str, path: &str) -> Arc<Route> {
-        Arc::new(Route {
-            name: name.into(),
-            path: path.into(),
-            backend: Target::Fixed(BackendAddr::BuiltinEcho),
-            subprotocols: vec!["binary".into(), "mqtt".into()],
-            message_type: MessageType::Binary,
-            forward_headers: vec![],
-            forward_credentials: false,
-            strip_path_prefix: true,
-            backend_tls: None,
-            pool: None,
-            send_proxy_protocol: false,
-            max_frame_bytes: 1 << 20,
-            max_message_bytes: 1 << 20,
-            access: Default::default(),
-            limits: Default::default(),
-        })
+        Arc::new(Route::for_test(name, path))
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct TestGateway {
     pub admin: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
+    /// The public listeners as reloads change them.
+    pub listeners: wsgate::gateway::BoundListeners,
+    pub reload: wsgate::ops::reload::ReloadHandle,
 }
 
 impl TestGateway {
@@ -56,9 +59,19 @@ pub fn route(name: &str, path: &str, backend: &str) -> String {
 /// Start a gateway from TOML text.
 pub async fn spawn_gateway(toml: &str) -> TestGateway {
     let config = Config::from_toml(toml).expect("test config is valid");
-    let gateway = Gateway::bind(config).await.expect("gateway binds");
+    run_gateway(Gateway::bind(config).await.expect("gateway binds"))
+}
+
+/// Start a gateway from a config file, which its reloads read again.
+pub async fn spawn_gateway_from_file(path: &std::path::Path) -> TestGateway {
+    run_gateway(Gateway::bind_file(path).await.expect("gateway binds"))
+}
+
+fn run_gateway(gateway: Gateway) -> TestGateway {
     let addr = gateway.public_urls()[0].0;
     let admin = gateway.admin_addr();
+    let listeners = gateway.bound_listeners();
+    let reload = gateway.reload_handle();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(gateway.run(shutdown.clone()));
     TestGateway {
@@ -66,6 +79,8 @@ pub async fn spawn_gateway(toml: &str) -> TestGateway {
         admin,
         shutdown,
         task,
+        listeners,
+        reload,
     }
 }
 
@@ -805,6 +820,20 @@ pub fn test_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
     rcgen::CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
 }
 
+/// A `localhost` / `127.0.0.1` server certificate signed by `ca`: (certificate PEM, key PEM).
+pub fn leaf_signed_by(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) -> (String, String) {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut leaf =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = leaf.signed_by(&key, ca).unwrap();
+    (leaf.pem(), key.serialize_pem())
+}
+
 // ---------------------------------------------------------------------------------------------
 // TLS listeners.
 
@@ -819,21 +848,13 @@ pub struct Pki {
 pub fn pki() -> Pki {
     let ca = test_ca("wsgate test CA");
 
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let mut leaf =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap();
-    leaf.is_ca = rcgen::IsCa::ExplicitNoCa;
-    leaf.distinguished_name
-        .push(rcgen::DnType::CommonName, "localhost");
-    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf = leaf.signed_by(&leaf_key, &ca).unwrap();
+    let (leaf_pem, key_pem) = leaf_signed_by(&ca);
 
     let dir = tempfile::tempdir().unwrap();
     let cert_file = dir.path().join("leaf.pem");
     let key_file = dir.path().join("leaf-key.pem");
-    std::fs::write(&cert_file, leaf.pem()).unwrap();
-    std::fs::write(&key_file, leaf_key.serialize_pem()).unwrap();
+    std::fs::write(&cert_file, leaf_pem).unwrap();
+    std::fs::write(&key_file, key_pem).unwrap();
     Pki {
         dir,
         cert_file,
