@@ -669,3 +669,33 @@ async fn reload_switches_http2_and_its_limits_for_new_connections_only() {
     drop(ws1);
     gw.stop().await.unwrap();
 }
+
+/// `h2c` follows a reload too: it is read from the snapshot a connection is accepted under.
+/// Turned on by a reload, a plain listener serves HTTP/2 with prior knowledge on its next
+/// connection, and HTTP/1.1 keeps working beside it.
+#[tokio::test]
+async fn reload_turns_h2c_on_for_new_connections() {
+    let echo = tcp_echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wsgate.toml");
+    let plain = config_with(&format!(
+        "[reload]\nwatch = false\n\n{}",
+        route("h2c_reload", "/", &format!("tcp://{echo}"))
+    ));
+    std::fs::write(&file, &plain).unwrap();
+    let gw = spawn_gateway_from_file(&file).await;
+    let mut ws1 = ws_client(&gw.url("/")).await;
+    std::fs::write(
+        &file,
+        plain.replacen("\n\n[admin]", "\nh2c = true\n\n[admin]", 1),
+    )
+    .unwrap();
+    reload(gw.admin.unwrap()).await;
+    let mut h2 = H2Conn::h2c(gw.addr).await;
+    let mut ws = h2.open("/").await;
+    echoes(&mut ws, b"h2c after the reload").await;
+    assert_echoes(&mut ws1, b"http/1.1 from before").await;
+    close_normally(&mut ws).await;
+    drop(ws1);
+    gw.stop().await.unwrap();
+}
