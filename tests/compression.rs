@@ -10,68 +10,12 @@ use std::io::Write as _;
 use std::process::Stdio;
 use std::time::Duration;
 
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use wsgate::ops::reload::Trigger;
 
 const OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
-const FIN: u8 = 0x80;
-const RSV1: u8 = 0x40;
-
-/// The client's compressor: raw deflate, sync flush, tail removed (RFC 7692 §7.2.1).
-struct ClientDeflate(Compress);
-
-impl ClientDeflate {
-    fn new() -> Self {
-        Self(Compress::new(Compression::default(), false))
-    }
-
-    fn piece(&mut self, data: &[u8], last: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(data.len() + 1024);
-        let before = self.0.total_in();
-        loop {
-            let done = (self.0.total_in() - before) as usize;
-            self.0
-                .compress_vec(&data[done..], &mut out, FlushCompress::Sync)
-                .unwrap();
-            if (self.0.total_in() - before) as usize == data.len() && out.len() < out.capacity() {
-                break;
-            }
-            out.reserve(64 * 1024);
-        }
-        if last {
-            assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
-            out.truncate(out.len() - 4);
-        }
-        out
-    }
-}
-
-/// The client's decompressor, kept across messages (the gateway may take over its context).
-struct ClientInflate(Decompress);
-
-impl ClientInflate {
-    fn new() -> Self {
-        Self(Decompress::new(false))
-    }
-
-    fn message(&mut self, payload: &[u8]) -> Vec<u8> {
-        let input = [payload, &[0, 0, 0xff, 0xff]].concat();
-        let mut out = Vec::with_capacity(input.len() * 8 + 1024);
-        let before = self.0.total_in();
-        loop {
-            let done = (self.0.total_in() - before) as usize;
-            self.0
-                .decompress_vec(&input[done..], &mut out, FlushDecompress::Sync)
-                .expect("the gateway's deflate stream decodes");
-            if (self.0.total_in() - before) as usize == input.len() && out.len() < out.capacity() {
-                return out;
-            }
-            out.reserve(out.capacity().max(1024));
-        }
-    }
-}
+use frame_bits::{FIN, RSV1};
 
 fn text(n: usize) -> Vec<u8> {
     let line = b"{\"type\":\"tick\",\"symbol\":\"ACME\",\"price\":101.25,\"size\":300}\n";
@@ -85,41 +29,6 @@ fn two_routes(backend: &str, extra: &str) -> String {
         route("z", "/z", backend),
         route("plain", "/plain", backend)
     ))
-}
-
-/// Read one whole data message (frames until FIN; pings skipped): first byte of its
-/// first frame, and the payloads joined.
-async fn read_message(ws: &mut RawWs) -> (u8, Vec<u8>) {
-    let mut first = None;
-    let mut data = Vec::new();
-    loop {
-        let f = ws.read_frame().await.expect("a frame");
-        match f.opcode() {
-            frame_bits::PING | frame_bits::PONG => continue,
-            frame_bits::CLOSE => panic!("Close instead of data: {f:?}"),
-            _ => {}
-        }
-        first.get_or_insert(f.first);
-        data.extend_from_slice(&f.payload);
-        if f.first & FIN != 0 {
-            return (first.unwrap(), data);
-        }
-    }
-}
-
-/// Read compressed or plain messages until `n` inflated bytes came back.
-async fn read_echo(ws: &mut RawWs, inflate: &mut ClientInflate, n: usize) -> (Vec<u8>, usize) {
-    let (mut out, mut compressed) = (Vec::new(), 0);
-    while out.len() < n {
-        let (first, payload) = read_message(ws).await;
-        if first & RSV1 != 0 {
-            compressed += 1;
-            out.extend_from_slice(&inflate.message(&payload));
-        } else {
-            out.extend_from_slice(&payload);
-        }
-    }
-    (out, compressed)
 }
 
 #[tokio::test]

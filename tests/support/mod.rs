@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -266,14 +266,35 @@ pub async fn scrape(admin: SocketAddr) -> String {
     text
 }
 
-/// The value of one metric line (`name{labels}`), labels given in the exporter's order.
+/// The value of `name{labels}`: the sum over every line of that name whose labels include
+/// the given ones (in any order), as PromQL's `sum(name{labels})`; `None` if no line matches.
+/// So `wsgate_sessions_total{route="x"}` counts sessions over HTTP/1.1 and HTTP/2 alike.
 pub fn metric(page: &str, series: &str) -> Option<f64> {
+    let (name, want) = split_series(series);
     page.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (line_series, value) = l.rsplit_once(' ')?;
+            let (line_name, labels) = split_series(line_series);
+            (line_name == name && want.iter().all(|w| labels.contains(w)))
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
         })
-        .and_then(|v| v.trim().parse().ok())
+        .reduce(|a, b| a + b)
+}
+
+/// `name{a="1",b="2"}` → (`name`, [`a="1"`, `b="2"`]). Label values here hold no commas.
+fn split_series(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        Some((name, rest)) => (
+            name,
+            rest.trim_end_matches('}')
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .collect(),
+        ),
+        None => (series, Vec::new()),
+    }
 }
 
 /// Retry an async condition for up to 10 s.
@@ -411,9 +432,10 @@ impl RawFrame {
     }
 }
 
-/// A WebSocket client on a bare socket: hand-written frames out, the server's frames parsed in.
-pub struct RawWs {
-    pub stream: TcpStream,
+/// A WebSocket client on a bare stream (a TCP socket, or an HTTP/2 stream): hand-written
+/// frames out, the server's frames parsed in.
+pub struct RawWs<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
 }
 
@@ -453,9 +475,9 @@ pub async fn raw_ws_client_with(addr: SocketAddr, path: &str, extra: &str) -> (R
     (RawWs { stream, buf }, head)
 }
 
-impl RawWs {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawWs<S> {
     /// A client on a stream whose `101` answer was read up to its blank line, and no further.
-    pub fn from_upgraded(stream: TcpStream) -> Self {
+    pub fn from_upgraded(stream: S) -> Self {
         Self {
             stream,
             buf: Vec::new(),
@@ -555,6 +577,115 @@ impl RawWs {
             panic!("unexpected frame after the Close: {f:?}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// permessage-deflate (RFC 7692) on the client side, with flate2 directly (not the gateway's
+// codec): for tests/compression.rs and the compressed session over HTTP/2 in tests/http2.rs.
+
+/// The client's compressor: raw deflate, sync flush, tail removed (RFC 7692 §7.2.1).
+pub struct ClientDeflate(flate2::Compress);
+
+impl Default for ClientDeflate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientDeflate {
+    pub fn new() -> Self {
+        Self(flate2::Compress::new(flate2::Compression::default(), false))
+    }
+
+    pub fn piece(&mut self, data: &[u8], last: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() + 1024);
+        let before = self.0.total_in();
+        loop {
+            let done = (self.0.total_in() - before) as usize;
+            self.0
+                .compress_vec(&data[done..], &mut out, flate2::FlushCompress::Sync)
+                .unwrap();
+            if (self.0.total_in() - before) as usize == data.len() && out.len() < out.capacity() {
+                break;
+            }
+            out.reserve(64 * 1024);
+        }
+        if last {
+            assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+            out.truncate(out.len() - 4);
+        }
+        out
+    }
+}
+
+/// The client's decompressor, kept across messages (the gateway may take over its context).
+pub struct ClientInflate(flate2::Decompress);
+
+impl Default for ClientInflate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientInflate {
+    pub fn new() -> Self {
+        Self(flate2::Decompress::new(false))
+    }
+
+    pub fn message(&mut self, payload: &[u8]) -> Vec<u8> {
+        let input = [payload, &[0, 0, 0xff, 0xff]].concat();
+        let mut out = Vec::with_capacity(input.len() * 8 + 1024);
+        let before = self.0.total_in();
+        loop {
+            let done = (self.0.total_in() - before) as usize;
+            self.0
+                .decompress_vec(&input[done..], &mut out, flate2::FlushDecompress::Sync)
+                .expect("the gateway's deflate stream decodes");
+            if (self.0.total_in() - before) as usize == input.len() && out.len() < out.capacity() {
+                return out;
+            }
+            out.reserve(out.capacity().max(1024));
+        }
+    }
+}
+
+/// Read one whole data message (frames until FIN; pings skipped): first byte of its
+/// first frame, and the payloads joined.
+pub async fn read_message<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut RawWs<S>) -> (u8, Vec<u8>) {
+    let mut first = None;
+    let mut data = Vec::new();
+    loop {
+        let f = ws.read_frame().await.expect("a frame");
+        match f.opcode() {
+            frame_bits::PING | frame_bits::PONG => continue,
+            frame_bits::CLOSE => panic!("Close instead of data: {f:?}"),
+            _ => {}
+        }
+        first.get_or_insert(f.first);
+        data.extend_from_slice(&f.payload);
+        if f.first & frame_bits::FIN != 0 {
+            return (first.unwrap(), data);
+        }
+    }
+}
+
+/// Read compressed or plain messages until `n` inflated bytes came back.
+pub async fn read_echo<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut RawWs<S>,
+    inflate: &mut ClientInflate,
+    n: usize,
+) -> (Vec<u8>, usize) {
+    let (mut out, mut compressed) = (Vec::new(), 0);
+    while out.len() < n {
+        let (first, payload) = read_message(ws).await;
+        if first & frame_bits::RSV1 != 0 {
+            compressed += 1;
+            out.extend_from_slice(&inflate.message(&payload));
+        } else {
+            out.extend_from_slice(&payload);
+        }
+    }
+    (out, compressed)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -817,6 +948,64 @@ pub fn leaf_signed_by(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) -> (
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let leaf = leaf.signed_by(&key, ca).unwrap();
     (leaf.pem(), key.serialize_pem())
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS listeners.
+
+/// A test CA and a `localhost` / `127.0.0.1` leaf it signed, as PEM files in a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    pub ca: rustls::pki_types::CertificateDer<'static>,
+}
+
+pub fn pki() -> Pki {
+    let ca = test_ca("wsgate test CA");
+
+    let (leaf_pem, key_pem) = leaf_signed_by(&ca);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cert_file = dir.path().join("leaf.pem");
+    let key_file = dir.path().join("leaf-key.pem");
+    std::fs::write(&cert_file, leaf_pem).unwrap();
+    std::fs::write(&key_file, key_pem).unwrap();
+    Pki {
+        dir,
+        cert_file,
+        key_file,
+        ca: ca.der().clone(),
+    }
+}
+
+/// A config with one `wss` listener and the admin listener on free ports.
+pub fn tls_config(cert_file: &std::path::Path, key_file: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[listener.tls]\ncert_file = {:?}\nkey_file = {:?}\n\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n\n{extra}\n",
+        cert_file.display().to_string(),
+        key_file.display().to_string(),
+    )
+}
+
+/// A rustls client that trusts only the test CA and offers `alpn`.
+pub fn client_config(
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> std::sync::Arc<rustls::ClientConfig> {
+    wsgate::tls::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    std::sync::Arc::new(config)
 }
 
 // ---------------------------------------------------------------------------------------------
