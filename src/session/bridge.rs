@@ -20,15 +20,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
+use futures_util::StreamExt;
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
 use super::io::BackendSource;
-use super::keepalive::{sleep_until_opt, Due, Held, Keepalive};
+use super::keepalive::{Due, Held, Keepalive};
 use super::pacer::Pacer;
 use super::reader::{FrameReader, ReadError};
 use super::registry::SessionControl;
@@ -126,10 +126,10 @@ where
     BW: AsyncWrite + Unpin + Send + 'static,
 {
     // A handful of control messages in flight at most: a client that floods pings
-    // while we cannot write waits on this channel, not on our memory.
-    let (tx, rx) = mpsc::channel(4);
+    // while we cannot write waits on this channel, not on our memory. flume's bounded
+    // channel costs an idle session about 200 bytes; tokio's preallocates 1.3 KiB.
+    let (tx, rx) = flume::bounded(4);
     let to_backend = Arc::new(AtomicU64::new(0));
-    let reader_stop = CancellationToken::new();
     let held = Held::new();
     let reader = tokio::spawn(client_to_backend(
         ws_read,
@@ -144,7 +144,6 @@ where
             held: held.clone(),
             backend_stall: config.backend_stall,
         },
-        reader_stop.clone(),
     ));
     let keepalive = config
         .ping_interval
@@ -162,7 +161,8 @@ where
     let (code, initiator, reason) = writer
         .backend_to_client(backend_read, rx, config, metrics, control)
         .await;
-    reader_stop.cancel();
+    // Dropping the reader's loop is cancel-safe: nothing reads the client's stream afterwards.
+    reader.abort();
     let _ = reader.await;
     Outcome {
         code,
@@ -184,36 +184,31 @@ struct ClientCounters {
     backend_stall: Duration,
 }
 
-/// Client frames → backend bytes. Ends at the client's Close, error or EOF, or when stopped.
+/// Client frames → backend bytes. Ends at the client's Close, error or EOF, or when the
+/// writer aborts the task.
 async fn client_to_backend<CR, BW>(
     mut ws: FrameReader<CR>,
     mut backend: BW,
-    tx: mpsc::Sender<FromClient>,
+    tx: flume::Sender<FromClient>,
     mut counters: ClientCounters,
-    stop: CancellationToken,
 ) where
     CR: AsyncRead + Unpin,
     BW: AsyncWrite + Unpin,
 {
-    // Dropping the whole loop is cancel-safe: nothing reads `ws` afterwards.
-    tokio::select! {
-        () = stop.cancelled() => {}
-        last = pump_client_frames(&mut ws, &mut backend, &tx, &mut counters) => {
-            // The client is done sending. Tell the writer before the backend gets its FIN
-            // (half-close): the backend's answering EOF must find the writer already in the
-            // client-closed phase, or the close would be counted as the backend's.
-            // Every client byte was written before this point, so the FIN loses nothing.
-            let _ = tx.send(last).await;
-            let _ = backend.shutdown().await;
-        }
-    }
+    let last = pump_client_frames(&mut ws, &mut backend, &tx, &mut counters).await;
+    // The client is done sending. Tell the writer before the backend gets its FIN
+    // (half-close): the backend's answering EOF must find the writer already in the
+    // client-closed phase, or the close would be counted as the backend's.
+    // Every client byte was written before this point, so the FIN loses nothing.
+    let _ = tx.send_async(last).await;
+    let _ = backend.shutdown().await;
 }
 
 /// Pumps until the client's side ends; returns the message that says how.
 async fn pump_client_frames<CR, BW>(
     ws: &mut FrameReader<CR>,
     backend: &mut BW,
-    tx: &mpsc::Sender<FromClient>,
+    tx: &flume::Sender<FromClient>,
     counters: &mut ClientCounters,
 ) -> FromClient
 where
@@ -241,7 +236,7 @@ where
                 } else {
                     FromClient::Pong(payload)
                 };
-                if tx.send(msg).await.is_err() {
+                if tx.send_async(msg).await.is_err() {
                     return FromClient::Gone;
                 }
                 continue;
@@ -272,7 +267,7 @@ where
             } else {
                 FromClient::BackendWriteFailed
             };
-            if tx.send(msg).await.is_err() {
+            if tx.send_async(msg).await.is_err() {
                 return FromClient::Gone;
             }
             continue;
@@ -381,12 +376,18 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
     async fn backend_to_client<BR: BackendSource>(
         &mut self,
         mut backend: BR,
-        mut rx: mpsc::Receiver<FromClient>,
+        rx: flume::Receiver<FromClient>,
         config: &BridgeConfig,
         metrics: &SessionMetrics,
         control: &SessionControl,
     ) -> Ending {
         let hard_stop = self.ws.hard_stop();
+        // One stream for the session's life: it keeps its waiter registered between messages
+        // (a fresh `recv` would register and drop one per loop).
+        let mut rx = rx.into_stream();
+        // Parked far away until a deadline needs it (an unarmed tokio timer costs nothing).
+        let timer = tokio::time::sleep_until(Instant::now() + Duration::from_secs(1 << 30));
+        tokio::pin!(timer);
         // Allocated on the first backend bytes, sized to the traffic: an idle session holds little.
         let mut buf: Vec<u8> = Vec::new();
         let mut pacer = Pacer::new(config.bandwidth_bytes_per_sec);
@@ -477,13 +478,37 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
             };
             let read_backend = wants_backend && paced_until.is_none();
             let accepting_shutdown = !matches!(phase, Phase::GatewayClosed { .. });
+            // One timer for the next of the three: armed once and moved only when that
+            // changes, so a busy session does not register a timer per message.
+            let next = [ping_at, paced_until, close_at].into_iter().flatten().min();
+            if let Some(at) = next {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+            }
             tokio::select! {
                 biased;
                 () = hard_stop.cancelled() => return stopped,
-                // Keepalive first: a session busy with bulk data still pings on time.
-                () = sleep_until_opt(ping_at), if ping_at.is_some() => {
-                    let Some(k) = self.keepalive.as_mut() else { continue };
+                // Timers first: a session busy with bulk data still pings on time, and a
+                // close deadline holds however fast the backend talks.
+                () = &mut timer, if next.is_some() => {
                     let now = Instant::now();
+                    if close_at.is_some_and(|at| at <= now) {
+                        match phase {
+                            Phase::ClientClosed { echo, .. } => {
+                                // The backend kept talking past the grace period: finish the handshake anyway.
+                                send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
+                                return client_ending(&echo);
+                            }
+                            Phase::GatewayClosed { code, initiator, reason, .. } => return (code, initiator, reason),
+                            Phase::Open => unreachable!("no close deadline while open"),
+                        }
+                    }
+                    // Otherwise the pacer's wait is over (the loop reads again), or a ping is due.
+                    if !ping_at.is_some_and(|at| at <= now) {
+                        continue;
+                    }
+                    let Some(k) = self.keepalive.as_mut() else { continue };
                     // A pong that waits behind data we chose not to read is not missed.
                     if self.held.peer_free_since(now).is_some_and(|since| k.excuse(since)) {
                         continue;
@@ -498,7 +523,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         }
                     }
                 }
-                msg = rx.recv(), if client_open => match msg {
+                msg = rx.next(), if client_open => match msg {
                     Some(FromClient::Ping(payload)) => {
                         if !matches!(phase, Phase::GatewayClosed { .. }) {
                             send_or_end!(self.ws.send(Frame::pong(Payload::Borrowed(&payload))));
@@ -555,7 +580,6 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                     let (code, reason) = control.reason();
                     close_with!(code, Initiator::Gateway, reason);
                 }
-                () = sleep_until_opt(paced_until), if paced_until.is_some() => {}
                 ready = backend.ready(), if read_backend => match ready.and_then(|()| {
                     // The buffer is taken only now that bytes are waiting.
                     read_size.prepare(&mut buf);
@@ -605,15 +629,6 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         answer_client_close!();
                         close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend connection lost");
                     }
-                },
-                () = sleep_until_opt(close_at), if close_at.is_some() => match phase {
-                    Phase::ClientClosed { echo, .. } => {
-                        // The backend kept talking past the grace period: finish the handshake anyway.
-                        send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
-                        return client_ending(&echo);
-                    }
-                    Phase::GatewayClosed { code, initiator, reason, .. } => return (code, initiator, reason),
-                    Phase::Open => unreachable!("no close deadline while open"),
                 },
             }
         }
