@@ -543,6 +543,7 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
         "route": config.routes,
         "egress": config.egress,
         "runtime": { "worker_threads": config.worker_threads },
+        "http2": config.http2,
         "reload": config.reload,
         "log": config.log,
     });
