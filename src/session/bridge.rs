@@ -12,16 +12,15 @@
 //! (`session::pacer`), so a capped session slows its sender down instead of buffering.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
 use futures_util::StreamExt;
-use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +34,7 @@ use super::registry::SessionControl;
 use super::utf8::complete_prefix;
 use crate::config::MessageType;
 use crate::error::close_code;
-use crate::metrics::SessionMetrics;
+use crate::metrics::{SessionMetrics, Tally};
 
 /// Per-session settings, taken from the config snapshot the session started with.
 #[derive(Debug, Clone)]
@@ -108,43 +107,46 @@ enum FromClient {
 }
 
 /// Bridge one upgraded WebSocket and one backend until the session ends.
+///
+/// Not an `async fn`: the client reader starts here, and the returned future holds only the
+/// writer's side (an `async fn` would keep a second copy of every argument for the session's
+/// whole life).
 #[allow(clippy::too_many_arguments)]
-pub async fn run<CR, CW, BR, BW>(
+pub fn run<'a, CR, CW, BR, BW>(
     ws_read: FrameReader<CR>,
     ws_write: WebSocketWrite<CW>,
     backend_read: BR,
     backend_write: BW,
-    config: &BridgeConfig,
-    metrics: &SessionMetrics,
-    control: &SessionControl,
-    hard_stop: &CancellationToken,
-) -> Outcome
+    config: &'a BridgeConfig,
+    metrics: &'a SessionMetrics,
+    control: &'a SessionControl,
+    hard_stop: &'a CancellationToken,
+) -> impl Future<Output = Outcome> + 'a
 where
     CR: AsyncRead + Unpin + Send + 'static,
-    CW: AsyncWrite + Unpin,
-    BR: BackendSource,
+    CW: AsyncWrite + Unpin + 'a,
+    BR: BackendSource + 'a,
     BW: AsyncWrite + Unpin + Send + 'static,
 {
     // A handful of control messages in flight at most: a client that floods pings
     // while we cannot write waits on this channel, not on our memory. flume's bounded
     // channel costs an idle session about 200 bytes; tokio's preallocates 1.3 KiB.
     let (tx, rx) = flume::bounded(4);
-    let to_backend = Arc::new(AtomicU64::new(0));
     let held = Held::new();
-    let reader = tokio::spawn(client_to_backend(
-        ws_read,
-        backend_write,
+    let mut pump = ClientPump {
+        ws: ws_read,
+        backend: backend_write,
         tx,
-        ClientCounters {
+        counters: ClientCounters {
             max_message_bytes: config.max_message_bytes,
             bytes: metrics.bytes_to_backend.clone(),
             messages: metrics.messages_to_backend.clone(),
-            total: to_backend.clone(),
             pacer: Pacer::new(config.bandwidth_bytes_per_sec),
             held: held.clone(),
             backend_stall: config.backend_stall,
         },
-    ));
+    };
+    let reader = tokio::spawn(async move { pump.run().await });
     let keepalive = config
         .ping_interval
         .map(|i| Keepalive::new(i, config.pong_timeout, Instant::now()));
@@ -158,50 +160,61 @@ where
         held,
         sent: 0,
     };
-    let (code, initiator, reason) = writer
-        .backend_to_client(backend_read, rx, config, metrics, control)
-        .await;
-    // Dropping the reader's loop is cancel-safe: nothing reads the client's stream afterwards.
-    reader.abort();
-    let _ = reader.await;
-    Outcome {
-        code,
-        initiator,
-        reason,
-        bytes_to_backend: to_backend.load(Ordering::Relaxed),
-        bytes_to_client: writer.sent,
+    async move {
+        let (code, initiator, reason) = writer
+            .backend_to_client(backend_read, rx, config, metrics, control)
+            .await;
+        // Dropping the reader's loop is cancel-safe: nothing reads the client's stream
+        // afterwards.
+        reader.abort();
+        let _ = reader.await;
+        Outcome {
+            code,
+            initiator,
+            reason,
+            // Counted by the reader with every write to the backend.
+            bytes_to_backend: metrics.bytes_to_backend.session_total(),
+            bytes_to_client: writer.sent,
+        }
     }
 }
 
 struct ClientCounters {
     max_message_bytes: usize,
-    bytes: Counter,
-    messages: Counter,
-    total: Arc<AtomicU64>,
+    bytes: Tally,
+    messages: Tally,
     pacer: Pacer,
     /// Marked while a backend write waits (read by the writer's keepalive).
     held: Arc<Held>,
     backend_stall: Duration,
 }
 
-/// Client frames → backend bytes. Ends at the client's Close, error or EOF, or when the
-/// writer aborts the task.
-async fn client_to_backend<CR, BW>(
-    mut ws: FrameReader<CR>,
-    mut backend: BW,
+/// Client frames → backend bytes: the reader task's state, kept in one place so the task's
+/// future holds it once.
+struct ClientPump<CR, BW> {
+    ws: FrameReader<CR>,
+    backend: BW,
     tx: flume::Sender<FromClient>,
-    mut counters: ClientCounters,
-) where
-    CR: AsyncRead + Unpin,
-    BW: AsyncWrite + Unpin,
-{
-    let last = pump_client_frames(&mut ws, &mut backend, &tx, &mut counters).await;
-    // The client is done sending. Tell the writer before the backend gets its FIN
-    // (half-close): the backend's answering EOF must find the writer already in the
-    // client-closed phase, or the close would be counted as the backend's.
-    // Every client byte was written before this point, so the FIN loses nothing.
-    let _ = tx.send_async(last).await;
-    let _ = backend.shutdown().await;
+    counters: ClientCounters,
+}
+
+impl<CR: AsyncRead + Unpin, BW: AsyncWrite + Unpin> ClientPump<CR, BW> {
+    /// Ends at the client's Close, error or EOF, or when the writer aborts the task.
+    async fn run(&mut self) {
+        let last = pump_client_frames(
+            &mut self.ws,
+            &mut self.backend,
+            &self.tx,
+            &mut self.counters,
+        )
+        .await;
+        // The client is done sending. Tell the writer before the backend gets its FIN
+        // (half-close): the backend's answering EOF must find the writer already in the
+        // client-closed phase, or the close would be counted as the backend's.
+        // Every client byte was written before this point, so the FIN loses nothing.
+        let _ = self.tx.send_async(last).await;
+        let _ = self.backend.shutdown().await;
+    }
 }
 
 /// Pumps until the client's side ends; returns the message that says how.
@@ -274,7 +287,6 @@ where
         }
         let n = frame.payload.len() as u64;
         counters.bytes.increment(n);
-        counters.total.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -518,7 +530,9 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         Due::TimedOut => {
                             metrics.keepalive_timed_out();
                             // Best effort: the client may be gone, so do not wait on it for long.
-                            self.ws.try_close(close_code::GOING_AWAY, "keepalive timeout").await;
+                            // Boxed, as are the other `try_close` calls: rare, and the largest
+                            // future here, it would size every idle session's task.
+                            Box::pin(self.ws.try_close(close_code::GOING_AWAY, "keepalive timeout")).await;
                             return (close_code::GOING_AWAY, Initiator::Gateway, "keepalive timeout".into());
                         }
                     }
@@ -548,14 +562,14 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         if let Phase::GatewayClosed { code, initiator, reason, .. } = phase {
                             return (code, initiator, reason);
                         }
-                        self.ws.try_close(code, reason).await;
+                        Box::pin(self.ws.try_close(code, reason)).await;
                         return (code, Initiator::Client, reason.into());
                     }
                     Some(FromClient::OverBudget) => {
                         if let Phase::GatewayClosed { code, initiator, reason, .. } = phase {
                             return (code, initiator, reason);
                         }
-                        self.ws.try_close(close_code::TRY_AGAIN_LATER, OVER_BUDGET).await;
+                        Box::pin(self.ws.try_close(close_code::TRY_AGAIN_LATER, OVER_BUDGET)).await;
                         return (close_code::TRY_AGAIN_LATER, Initiator::Gateway, OVER_BUDGET.into());
                     }
                     Some(FromClient::BackendStalled) => {
