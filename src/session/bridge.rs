@@ -517,7 +517,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         }
                     }
                     // Otherwise the pacer's wait is over (the loop reads again), or a ping is due.
-                    if !ping_at.is_some_and(|at| at <= now) {
+                    if ping_at.is_none_or(|at| at > now) {
                         continue;
                     }
                     let Some(k) = self.keepalive.as_mut() else { continue };
