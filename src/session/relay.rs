@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload};
-use metrics::{Counter, Histogram};
+use metrics::Histogram;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -30,7 +30,7 @@ use super::reader::{FrameReader, ReadError};
 use super::registry::SessionControl;
 use super::writer::FrameWriter;
 use crate::error::close_code;
-use crate::metrics::SessionMetrics;
+use crate::metrics::{SessionMetrics, Tally};
 
 /// Per-session settings from the route and the config snapshot.
 #[derive(Debug, Clone)]
@@ -301,8 +301,8 @@ where
 
 struct Counts {
     max_message_bytes: usize,
-    bytes: Counter,
-    messages: Counter,
+    bytes: Tally,
+    messages: Tally,
     total: Arc<AtomicU64>,
     pacer: Pacer,
     /// For this hop's compressed messages (permessage-deflate negotiated on it).
@@ -645,15 +645,27 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
                 }
             };
         }
+        // Made once, not per loop: a fresh wait would join and leave a token's waiter list
+        // (under its lock) and a fresh ping timer would be registered, on every message.
+        let stopped_now = hard_stop.cancelled();
+        let asked_to_close = control.cancelled();
+        let other_gave_up = other_lost.raised.cancelled();
+        let ping_timer = tokio::time::sleep_until(Instant::now() + Duration::from_secs(1 << 30));
+        tokio::pin!(stopped_now, asked_to_close, other_gave_up, ping_timer);
         loop {
             let ping_at = match (&self.keepalive, sent_close || peer_closed.is_some()) {
                 (Some(k), false) => Some(k.deadline()),
                 _ => None,
             };
+            if let Some(at) = ping_at {
+                if ping_timer.deadline() != at {
+                    ping_timer.as_mut().reset(at);
+                }
+            }
             tokio::select! {
                 biased;
-                () = hard_stop.cancelled() => return,
-                () = sleep_until_opt(ping_at), if ping_at.is_some() => {
+                () = &mut stopped_now => return,
+                () = &mut ping_timer, if ping_at.is_some() => {
                     let Some(k) = self.keepalive.as_mut() else { continue };
                     let now = Instant::now();
                     // A pong that waits behind data we chose not to read is not missed.
@@ -699,7 +711,7 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
                     // The reader ended without a Close: the peer is gone.
                     None => return,
                 },
-                () = control.cancelled(), if !sent_close => {
+                () = &mut asked_to_close, if !sent_close => {
                     let (code, reason) = control.reason();
                     record(&self.first, code, Initiator::Gateway, reason);
                     send_or_return!(self.ws.send_close(code, reason));
@@ -711,7 +723,7 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
                 }
                 // The other hop's writer gave up: close this hop's peer the same way as for
                 // a lost peer (the other hop's reader may still be busy relaying its data).
-                () = other_lost.raised.cancelled(), if !sent_close => {
+                () = &mut other_gave_up, if !sent_close => {
                     relay_open = false;
                     let (code, reason) = other_lost.close.get().copied().unwrap_or(self.hop.other().lost());
                     send_or_return!(self.ws.send_close(code, reason));
