@@ -11,7 +11,7 @@ use http_body_util::Full;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
@@ -24,6 +24,7 @@ use crate::metrics::{self, Protocol, SessionMetrics};
 use crate::policy::{access, ClientSource, ConnInfo};
 use crate::session::bridge::{self, BridgeConfig};
 use crate::session::io::{websocket_halves, ClientStream};
+use crate::session::reader::ReadReady;
 use crate::session::registry::{Registered, SessionEntry, SessionInfo};
 use crate::session::relay::{self, RelayConfig};
 use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
@@ -315,7 +316,7 @@ async fn bridge_session<CR, CW>(
     protocol: Protocol,
 ) -> u16
 where
-    CR: AsyncRead + Unpin + Send + 'static,
+    CR: ReadReady + Send + 'static,
     CW: AsyncWrite + Unpin,
 {
     let started = Instant::now();
