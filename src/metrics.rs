@@ -29,6 +29,7 @@ pub const BACKEND_SESSIONS_ACTIVE: &str = "wsgate_backend_sessions_active";
 pub const PROXY_HEADERS_REFUSED_TOTAL: &str = "wsgate_proxy_protocol_refused_total";
 pub const AUTH_FAILURES_TOTAL: &str = "wsgate_auth_failures_total";
 pub const BUILD_INFO: &str = "wsgate_build_info";
+pub const WORKER_SESSIONS_ACTIVE: &str = "wsgate_worker_sessions_active";
 
 /// `direction` label values.
 pub const CLIENT_TO_BACKEND: &str = "client_to_backend";
@@ -143,6 +144,10 @@ fn describe() {
         "Refused credentials and unknown target tokens, each spending its address's budget"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the labels say which wsgate this is");
+    describe_gauge!(
+        WORKER_SESSIONS_ACTIVE,
+        "Per-core mode: WebSocket sessions now bridged on each worker thread"
+    );
 }
 
 /// Both reload counters at zero, so a fresh gateway shows them.
@@ -314,6 +319,39 @@ impl ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.decrement(1.0);
+    }
+}
+
+thread_local! {
+    /// The per-core worker this thread is, if it is one.
+    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Mark the calling thread as per-core worker `i` (for `wsgate_worker_sessions_active`).
+pub fn set_worker(i: usize) {
+    WORKER.with(|w| w.set(Some(i)));
+}
+
+/// A session's count in `wsgate_worker_sessions_active{worker}` of the worker thread it runs
+/// on; nothing outside the per-core mode's workers.
+pub struct WorkerSessionGuard(Option<Gauge>);
+
+impl WorkerSessionGuard {
+    /// Count the session on the calling thread's worker; call it from the session's task.
+    pub fn open() -> Self {
+        Self(WORKER.with(|w| w.get()).map(|i| {
+            let g = gauge!(WORKER_SESSIONS_ACTIVE, "worker" => i.to_string());
+            g.increment(1.0);
+            g
+        }))
+    }
+}
+
+impl Drop for WorkerSessionGuard {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.decrement(1.0);
+        }
     }
 }
 

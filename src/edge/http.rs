@@ -213,6 +213,8 @@ pub async fn handle(
                     return;
                 }
             };
+            // In the session's task: the thread it counts on is the one it runs on.
+            let _worker = metrics::WorkerSessionGuard::open();
             let mut registered = shared.registry.register(info, &shared.shutdown);
             Span::current().record("session", registered.entry().id);
             let client = ws.into_inner().into_inner();
