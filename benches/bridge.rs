@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use wsgate::config::Config;
-use wsgate::metrics::SessionMetrics;
+use wsgate::metrics::{Protocol, SessionMetrics};
 use wsgate::session::bridge::{self, BridgeConfig, Outcome};
 use wsgate::session::registry::SessionControl;
 
@@ -156,7 +156,7 @@ fn open(config: &BridgeConfig, max_frame_bytes: usize) -> Session {
     let config = config.clone();
     let bridge = tokio::spawn(async move {
         // No metrics recorder is installed: every handle is a no-op, as with metrics off.
-        let metrics = SessionMetrics::start("bench".into());
+        let metrics = SessionMetrics::start("bench".into(), Protocol::Http1);
         let hard_stop = CancellationToken::new();
         let control = SessionControl::new(&CancellationToken::new());
         bridge::run(

@@ -16,6 +16,10 @@ pub enum RejectError {
     BadPath(&'static str),
     #[error("unsupported Sec-WebSocket-Version (this gateway speaks 13)")]
     UnsupportedVersion,
+    /// An HTTP/2 extended CONNECT for a `:protocol` other than `websocket`: 501
+    /// (RFC 8441 §4, as RFC 9220 §3 spells out).
+    #[error("unsupported :protocol (this gateway speaks websocket)")]
+    UnsupportedProtocol,
     #[error("backend refused the connection")]
     BackendRefused(#[source] std::io::Error),
     #[error("backend unreachable")]
@@ -104,6 +108,7 @@ impl RejectError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BadRequest(_) | Self::BadPath(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
+            Self::UnsupportedProtocol => StatusCode::NOT_IMPLEMENTED,
             Self::BackendRefused(_)
             | Self::BackendUnreachable(_)
             | Self::BackendRejected(_)
@@ -124,6 +129,7 @@ impl RejectError {
             Self::BadRequest(_) => "bad_request",
             Self::BadPath(_) => "bad_path",
             Self::UnsupportedVersion => "bad_version",
+            Self::UnsupportedProtocol => "bad_protocol",
             Self::BackendRefused(_) => "backend_refused",
             Self::BackendUnreachable(_) => "backend_unreachable",
             Self::BackendTimeout => "backend_timeout",
@@ -167,7 +173,8 @@ impl RejectError {
     /// Whose fault it is, for the log level: client mistakes are routine. A denied egress
     /// is not: clients never choose targets, so it means a config or token-file mistake.
     pub fn is_client_error(&self) -> bool {
-        self.status().is_client_error() && !matches!(self, Self::EgressDenied(_))
+        (self.status().is_client_error() && !matches!(self, Self::EgressDenied(_)))
+            || matches!(self, Self::UnsupportedProtocol)
     }
 }
 

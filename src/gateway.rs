@@ -582,6 +582,7 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
         "route": config.routes,
         "egress": config.egress,
         "runtime": { "mode": config.runtime_mode, "worker_threads": config.worker_threads },
+        "http2": config.http2,
         "reload": config.reload,
         "log": config.log,
     });

@@ -10,8 +10,10 @@
 //!              bind/close listeners on every worker), drain on shutdown
 //! edge/        listener.rs: accept with permits, per-connection span, PROXY header, TLS, hyper
 //!              proxy_protocol.rs: PROXY v1/v2 from trusted load balancers only
+//!              h2.rs: HTTP/2 connections (ALPN h2, h2c) with extended CONNECT enabled
 //!              http.rs: one request → path rules (400) → forwarded client → route (404) → upgrade checks
-//!              (400/426) → access → limits (429/503) → dial (502/504) → 101 → session task
+//!              (400/426) → access → limits (429/503) → dial (502/504) → 101 (h2: 200) → session task
+//!              extended_connect.rs: the RFC 8441 checks (426/501) and the 200
 //!              console.rs: the browser console (plain GETs on listeners that serve it)
 //!              workers.rs: the per-core mode's threads, one single-threaded runtime each,
 //!              each accepting on its own SO_REUSEPORT socket of every listener

@@ -31,6 +31,25 @@ pub const AUTH_FAILURES_TOTAL: &str = "wsgate_auth_failures_total";
 pub const BUILD_INFO: &str = "wsgate_build_info";
 pub const WORKER_SESSIONS_ACTIVE: &str = "wsgate_worker_sessions_active";
 
+/// Which HTTP carried a session's handshake: the `protocol` label of
+/// `wsgate_sessions_total` and `wsgate_sessions_active`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `GET` with `Upgrade: websocket` (RFC 6455).
+    Http1,
+    /// Extended CONNECT with `:protocol = websocket` on one stream (RFC 8441).
+    H2,
+}
+
+impl Protocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2 => "h2",
+        }
+    }
+}
+
 /// `direction` label values.
 pub const CLIENT_TO_BACKEND: &str = "client_to_backend";
 pub const BACKEND_TO_CLIENT: &str = "backend_to_client";
@@ -251,8 +270,9 @@ pub fn backend_connected(route: &Arc<str>, took: Duration) {
 /// A route's fixed-label handles, registered once per route instead of once per session:
 /// a handshake then costs no registry lookup and no label allocation for them.
 struct RouteHandles {
-    sessions_total: Counter,
-    active: Gauge,
+    /// Indexed by `Protocol as usize`.
+    sessions_total: [Counter; 2],
+    active: [Gauge; 2],
     bytes_to_backend: Counter,
     bytes_to_client: Counter,
     messages_to_backend: Counter,
@@ -275,8 +295,10 @@ fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
         .or_insert_with(|| {
             let r = || route.to_string();
             let handles = Arc::new(RouteHandles {
-                sessions_total: counter!(SESSIONS_TOTAL, "route" => r()),
-                active: gauge!(SESSIONS_ACTIVE, "route" => r()),
+                sessions_total: [Protocol::Http1, Protocol::H2]
+                    .map(|p| counter!(SESSIONS_TOTAL, "route" => r(), "protocol" => p.label())),
+                active: [Protocol::Http1, Protocol::H2]
+                    .map(|p| gauge!(SESSIONS_ACTIVE, "route" => r(), "protocol" => p.label())),
                 bytes_to_backend: counter!(BYTES_TOTAL, "route" => r(), "direction" => CLIENT_TO_BACKEND),
                 bytes_to_client: counter!(BYTES_TOTAL, "route" => r(), "direction" => BACKEND_TO_CLIENT),
                 messages_to_backend: counter!(MESSAGES_TOTAL, "route" => r(), "direction" => CLIENT_TO_BACKEND),
@@ -288,8 +310,10 @@ fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
                 auth_failures: counter!(AUTH_FAILURES_TOTAL, "route" => r()),
             });
             // Registering is not enough for every exporter to render a series: touch each.
-            handles.sessions_total.increment(0);
-            handles.active.increment(0.0);
+            for (total, active) in handles.sessions_total.iter().zip(&handles.active) {
+                total.increment(0);
+                active.increment(0.0);
+            }
             for c in [
                 &handles.bytes_to_backend,
                 &handles.bytes_to_client,
@@ -396,6 +420,7 @@ impl CounterFn for Tee {
 /// the registry. Holds `wsgate_sessions_active` up while alive.
 pub struct SessionMetrics {
     route: Arc<str>,
+    protocol: Protocol,
     handles: Arc<RouteHandles>,
     pub bytes_to_backend: Counter,
     pub bytes_to_client: Counter,
@@ -407,10 +432,10 @@ pub struct SessionMetrics {
 }
 
 impl SessionMetrics {
-    pub fn start(route: Arc<str>) -> Self {
+    pub fn start(route: Arc<str>, protocol: Protocol) -> Self {
         let handles = route_handles(&route);
-        handles.sessions_total.increment(1);
-        handles.active.increment(1.0);
+        handles.sessions_total[protocol as usize].increment(1);
+        handles.active[protocol as usize].increment(1.0);
         let messages = Arc::<ByteCounts>::default();
         let tee = |route: &Counter, to_backend| {
             Counter::from_arc(Arc::new(Tee {
@@ -420,6 +445,7 @@ impl SessionMetrics {
             }))
         };
         Self {
+            protocol,
             bytes_to_backend: handles.bytes_to_backend.clone(),
             bytes_to_client: handles.bytes_to_client.clone(),
             messages_to_backend: tee(&handles.messages_to_backend, true),
@@ -449,8 +475,8 @@ impl SessionMetrics {
 
     /// Like [`start`](Self::start), and the session's byte counters also add to `counts`
     /// (what the admin API shows per session): one more relaxed add per write, no lookups.
-    pub fn start_counted(route: Arc<str>, counts: &Arc<ByteCounts>) -> Self {
-        let mut m = Self::start(route);
+    pub fn start_counted(route: Arc<str>, protocol: Protocol, counts: &Arc<ByteCounts>) -> Self {
+        let mut m = Self::start(route, protocol);
         m.bytes_to_backend = Counter::from_arc(Arc::new(Tee {
             route: m.bytes_to_backend.clone(),
             counts: counts.clone(),
@@ -471,7 +497,7 @@ impl SessionMetrics {
 
 impl Drop for SessionMetrics {
     fn drop(&mut self) {
-        self.handles.active.decrement(1.0);
+        self.handles.active[self.protocol as usize].decrement(1.0);
     }
 }
 

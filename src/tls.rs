@@ -39,9 +39,9 @@ pub fn load_pem(
     Ok((certs, key))
 }
 
-/// A server config for one listener: TLS 1.2 and 1.3, ALPN `http/1.1`; with
-/// `client_ca_file`, client certificates verified against it (mTLS).
-pub fn server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> {
+/// A server config for one listener: TLS 1.2 and 1.3, ALPN `h2` (when `http2`) then
+/// `http/1.1`; with `client_ca_file`, client certificates verified against it (mTLS).
+pub fn server_config(tls: &TlsConfig, http2: bool) -> anyhow::Result<Arc<ServerConfig>> {
     let (certs, key) = load_pem(&tls.cert_file, &tls.key_file)?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -69,7 +69,12 @@ pub fn server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> {
             tls.key_file.display()
         )
     })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The server's order wins: a client offering both gets h2 (RFC 7301 §3.2).
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(Arc::new(config))
 }
 

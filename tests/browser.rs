@@ -469,3 +469,69 @@ async fn status_page_shows_a_session_until_the_api_closes_it_with_the_code_asked
     browser.quit().await;
     gw.stop().await.unwrap();
 }
+
+/// Chromium loads the console over HTTP/2 (ALPN `h2`, the listener's default) and, since the
+/// gateway advertises SETTINGS_ENABLE_CONNECT_PROTOCOL, opens the page's WebSocket as an
+/// extended CONNECT on that same connection (RFC 8441): the gateway counts it under
+/// `protocol="h2"`, and the echo comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_websocket_rides_the_pages_http2_connection() {
+    let pki = test_pki();
+    let test = "console_websocket_rides_the_pages_http2_connection";
+    let Some(browser) = Browser::start(test, Some(&pki.spki_sha256)).await else {
+        return;
+    };
+    let echo = tcp_echo_backend().await;
+    let gw = spawn_gateway(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nconsole = true\n\n[listener.tls]\n\
+         cert_file = {:?}\nkey_file = {:?}\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
+        pki.cert_file.display().to_string(),
+        pki.key_file.display().to_string(),
+        route("browser_h2", "/h2echo", &format!("tcp://{echo}")),
+    ))
+    .await;
+    let admin = gw.admin.unwrap();
+    let origin = format!("https://127.0.0.1:{}", gw.addr.port());
+    browser.console_connect(&origin, "/h2echo", None).await;
+    let page_protocol = browser
+        .client()
+        .execute(
+            "return performance.getEntriesByType('navigation')[0].nextHopProtocol;",
+            vec![],
+        )
+        .await
+        .expect("navigation timing");
+    assert_eq!(page_protocol, json!("h2"), "the page came over HTTP/2");
+
+    browser.type_into("message", "hello over h2").await;
+    browser.click("send").await;
+    browser
+        .eventually(
+            "the echo shows in the log",
+            "return Array.from(document.querySelectorAll('#log li.in')).some(li => li.textContent.includes(arguments[0]));",
+            json!("hello over h2"),
+        )
+        .await;
+    let page = scrape(admin).await;
+    assert_eq!(
+        metric(
+            &page,
+            r#"wsgate_sessions_total{route="browser_h2",protocol="h2"}"#
+        ),
+        Some(1.0),
+        "the WebSocket rode HTTP/2: {page}"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            r#"wsgate_sessions_total{route="browser_h2",protocol="http1"}"#
+        ),
+        Some(0.0)
+    );
+    browser.screenshot("console-h2-echo").await;
+    browser.type_into("close-code", "4000").await;
+    browser.click("disconnect").await;
+    assert_eq!(browser.console_close().await.0, 4000);
+    browser.quit().await;
+    gw.stop().await.unwrap();
+}

@@ -143,9 +143,13 @@ async fn prometheus_scrapes_sessions_by_route() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let series = loop {
         let result = prometheus.query("wsgate_sessions_total").await;
-        let found = result
-            .into_iter()
-            .find(|s| s["metric"]["route"] == "scraped" && s["metric"]["job"] == "wsgate");
+        // Per route there is a series per protocol (the `h2` one at 0 here): taking the first
+        // match read the h2 series.
+        let found = result.into_iter().find(|s| {
+            s["metric"]["route"] == "scraped"
+                && s["metric"]["protocol"] == "http1"
+                && s["metric"]["job"] == "wsgate"
+        });
         match found {
             Some(series) => break series,
             None if tokio::time::Instant::now() > deadline => panic!(

@@ -3,14 +3,11 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,57 +23,6 @@ const FAILURES: &str = "wsgate_tls_handshake_failures_total";
 /// Tests that make handshakes fail hold this, so each can count its own failures exactly
 /// (the counter is process-wide).
 static FAILURE_COUNTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A test CA and a `localhost` / `127.0.0.1` leaf it signed, as PEM files in a temp dir.
-struct Pki {
-    dir: TempDir,
-    cert_file: PathBuf,
-    key_file: PathBuf,
-    ca: CertificateDer<'static>,
-}
-
-fn pki() -> Pki {
-    let ca = test_ca("wsgate test CA");
-
-    let (leaf_pem, key_pem) = leaf_signed_by(&ca);
-
-    let dir = tempfile::tempdir().unwrap();
-    let cert_file = dir.path().join("leaf.pem");
-    let key_file = dir.path().join("leaf-key.pem");
-    std::fs::write(&cert_file, leaf_pem).unwrap();
-    std::fs::write(&key_file, key_pem).unwrap();
-    Pki {
-        dir,
-        cert_file,
-        key_file,
-        ca: ca.der().clone(),
-    }
-}
-
-/// A config with one `wss` listener and the admin listener on free ports.
-fn tls_config(cert_file: &Path, key_file: &Path, extra: &str) -> String {
-    format!(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[listener.tls]\ncert_file = {:?}\nkey_file = {:?}\n\n\
-         [admin]\naddress = \"127.0.0.1:0\"\n\n{extra}\n",
-        cert_file.display().to_string(),
-        key_file.display().to_string(),
-    )
-}
-
-/// A rustls client that trusts only the test CA and offers `alpn`.
-fn client_config(ca: &CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<ClientConfig> {
-    wsgate::tls::install_crypto_provider();
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
-}
 
 /// A `wss://` client to 127.0.0.1 (checked against the leaf's IP SAN).
 async fn wss_client(addr: SocketAddr, config: Arc<ClientConfig>) -> WsClient {
@@ -228,8 +174,8 @@ async fn alpn_settles_on_http11_and_tls12_still_works() {
     ))
     .await;
 
-    // A client that would prefer h2 gets http/1.1, the only protocol served.
-    let mut ws = wss_client(gw.addr, client_config(&pki.ca, &[b"h2", b"http/1.1"])).await;
+    // A client that offers only http/1.1 gets it (one that offers h2 gets h2: tests/http2.rs).
+    let mut ws = wss_client(gw.addr, client_config(&pki.ca, &[b"http/1.1"])).await;
     let (alpn, version) = negotiated(&ws);
     assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));

@@ -1483,12 +1483,15 @@ impl Pki {
 
 /// A tokio-tungstenite echo backend behind tokio-rustls, serving the PKI's leaf.
 async fn wss_echo_backend(pki: &Pki) -> SocketAddr {
-    let config = wsgate::tls::server_config(&wsgate::config::TlsConfig {
-        cert_file: pki.file("leaf.pem"),
-        key_file: pki.file("leaf-key.pem"),
-        client_ca_file: None,
-        client_auth: None,
-    })
+    let config = wsgate::tls::server_config(
+        &wsgate::config::TlsConfig {
+            cert_file: pki.file("leaf.pem"),
+            key_file: pki.file("leaf-key.pem"),
+            client_ca_file: None,
+            client_auth: None,
+        },
+        false,
+    )
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::access::{AuthConfig, ClientAuth, OriginConfig};
+use super::http2::Http2Config;
 use super::target::{EgressConfig, TargetConfig};
 
 /// The file as written: every field optional where a default exists, unknown keys rejected.
@@ -28,6 +29,9 @@ pub struct FileConfig {
     pub egress: Option<EgressConfig>,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// HTTP/2 connection limits (`config::http2`).
+    #[serde(default)]
+    pub http2: Http2Config,
     #[serde(default)]
     pub reload: ReloadConfig,
     #[serde(default)]
@@ -156,6 +160,14 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// TLS listeners: offer HTTP/2 (ALPN `h2` before `http/1.1`), so browsers may carry
+    /// WebSockets over it (RFC 8441). Default true.
+    #[serde(default = "default_true")]
+    pub http2: bool,
+    /// Plain listeners: also accept HTTP/2 with prior knowledge (h2c), for a load balancer
+    /// that speaks it; HTTP/1.1 keeps working. Default false.
+    #[serde(default)]
+    pub h2c: bool,
     /// Serve the browser console at `/` (plain GETs only; upgrades still go to the routes).
     /// Default false; the embedded default turns it on.
     #[serde(default)]
@@ -183,6 +195,8 @@ impl ListenerConfig {
         Self {
             address,
             tls: None,
+            http2: true,
+            h2c: false,
             console: false,
             proxy_protocol: false,
             forwarded_headers: false,

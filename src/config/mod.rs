@@ -7,6 +7,7 @@
 mod access;
 mod backend_addr;
 mod file;
+mod http2;
 mod quick;
 mod target;
 
@@ -24,6 +25,7 @@ pub use file::{
     MessageType, ProxyProtocolVersion, ReloadConfig, RouteConfig, RuntimeConfig, RuntimeMode,
     Timeouts, TlsConfig, WebConfig,
 };
+pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
 pub use target::{EgressConfig, TargetConfig};
 
@@ -70,6 +72,8 @@ pub struct Config {
     pub buffer_bytes: usize,
     /// Largest HTTP request head; larger ones get 431.
     pub max_header_bytes: usize,
+    /// `[http2]`: per-connection limits wherever HTTP/2 is spoken.
+    pub http2: Http2Config,
     /// `[reload]` as written (and checked).
     pub reload: ReloadConfig,
     /// `[log]` as written (and checked).
@@ -184,6 +188,9 @@ impl FileConfig {
             if l.address.port() != 0 && !addrs.insert(l.address) {
                 bail!("listener[{i}].address: {} is used twice", l.address);
             }
+            if l.tls.is_some() && l.h2c {
+                bail!("listener[{i}].h2c: for plain listeners; a TLS listener offers h2 by ALPN (`http2`)");
+            }
             if let Some(tls) = &l.tls {
                 if tls.client_ca_file.is_none() && tls.client_auth.is_some() {
                     bail!("listener[{i}].tls.client_auth: needs client_ca_file");
@@ -198,6 +205,7 @@ impl FileConfig {
         }
         // Before the routes, which inherit its values: a bad default is named as such.
         validate_limits(&self.limits)?;
+        self.http2.validate()?;
         if self.runtime.worker_threads > 1024 {
             bail!(
                 "runtime.worker_threads: must be 0..=1024, got {}",
@@ -266,6 +274,7 @@ impl FileConfig {
             routes: self.routes,
             egress: self.egress,
             limits: self.limits,
+            http2: self.http2,
             reload: self.reload,
             log: self.log,
             web_root: self.web.map(|w| w.root),

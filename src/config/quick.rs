@@ -197,6 +197,7 @@ impl QuickMode {
             limits: Default::default(),
             routes,
             egress: None,
+            http2: Default::default(),
             reload: Default::default(),
             log: Default::default(),
             runtime: RuntimeConfig {

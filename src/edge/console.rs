@@ -101,6 +101,8 @@ fn set<B>(r: &mut Response<B>, name: header::HeaderName, value: &'static str) {
 fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::UPGRADE)
         || req.headers().contains_key(header::SEC_WEBSOCKET_KEY)
+        // HTTP/2 (RFC 8441): a WebSocket is an extended CONNECT, without either header.
+        || req.method() == Method::CONNECT
 }
 
 #[cfg(test)]

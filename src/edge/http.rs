@@ -1,5 +1,6 @@
 //! One HTTP request: path rules, route, upgrade checks, access (failed-credential budget,
-//! origin, credentials, target), backend dial, `101`, then the session task.
+//! origin, credentials, target), backend dial, `101` (or `200` for an HTTP/2 extended
+//! CONNECT, `edge::extended_connect`), then the session task.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::backend::{Backend, Handshake, ProxyAddrs};
 use crate::config::BackendAddr;
 use crate::error::RejectError;
 use crate::logsafe::Escaped;
-use crate::metrics::{self, SessionMetrics};
+use crate::metrics::{self, Protocol, SessionMetrics};
 use crate::policy::{access, ClientSource, ConnInfo};
 use crate::session::bridge::{self, BridgeConfig};
 use crate::session::io::{websocket_halves, ClientStream};
@@ -169,17 +170,10 @@ pub async fn handle(
         Backend::Tcp(_) | Backend::Unix(_) => select_subprotocol(&route, offered.iter().copied())
             .and_then(|p| HeaderValue::from_str(p).ok()),
     };
-    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+    let (mut response, upgrade) = match PendingUpgrade::accept(&mut req) {
         Ok(pair) => pair,
-        Err(_) => {
-            return Ok(reject(
-                &req,
-                Some(&route),
-                RejectError::BadRequest("invalid upgrade request"),
-            ))
-        }
+        Err(e) => return Ok(reject(&req, Some(&route), e)),
     };
-    let mut response = response.map(|_| Body::default());
     if let Some(p) = protocol {
         response
             .headers_mut()
@@ -206,8 +200,9 @@ pub async fn handle(
             let _permit = permit;
             let _slot = slot;
             let _lease = lease;
-            let ws = match upgrade.await {
-                Ok(ws) => ws,
+            let protocol = upgrade.protocol();
+            let client = match upgrade.wait().await {
+                Ok(client) => client,
                 Err(e) => {
                     debug!(error = %e, "upgrade did not complete");
                     return;
@@ -217,13 +212,58 @@ pub async fn handle(
             let _worker = metrics::WorkerSessionGuard::open();
             let mut registered = shared.registry.register(info, &shared.shutdown);
             Span::current().record("session", registered.entry().id);
-            let client = ws.into_inner().into_inner();
-            let code = run_session(client, backend, &route, &snapshot, &shared, &registered).await;
+            let code = run_session(
+                client,
+                backend,
+                &route,
+                &snapshot,
+                &shared,
+                &registered,
+                protocol,
+            )
+            .await;
             registered.set_close_code(code);
         }
     };
     shared.tracker.spawn(session.instrument(Span::current()));
     Ok(response)
+}
+
+/// The upgrade a `101` or an extended CONNECT's `200` promises: the client's stream once
+/// hyper has sent the answer.
+enum PendingUpgrade {
+    Http1(fastwebsockets::upgrade::UpgradeFut),
+    H2(hyper::upgrade::OnUpgrade),
+}
+
+impl PendingUpgrade {
+    /// The answer that completes the handshake (`101` with `Sec-WebSocket-Accept`, or `200`
+    /// on an h2 stream), and the stream to come.
+    fn accept(
+        req: &mut Request<hyper::body::Incoming>,
+    ) -> Result<(Response<Body>, Self), RejectError> {
+        if req.version() == Version::HTTP_2 {
+            let (response, upgrade) = super::extended_connect::accept(req);
+            return Ok((response, Self::H2(upgrade)));
+        }
+        let (response, upgrade) = fastwebsockets::upgrade::upgrade(req)
+            .map_err(|_| RejectError::BadRequest("invalid upgrade request"))?;
+        Ok((response.map(|_| Body::default()), Self::Http1(upgrade)))
+    }
+
+    fn protocol(&self) -> Protocol {
+        match self {
+            Self::Http1(_) => Protocol::Http1,
+            Self::H2(_) => Protocol::H2,
+        }
+    }
+
+    async fn wait(self) -> Result<Upgraded, Box<dyn std::error::Error + Send + Sync>> {
+        match self {
+            Self::Http1(fut) => Ok(fut.await?.into_inner().into_inner()),
+            Self::H2(on) => Ok(on.await?),
+        }
+    }
 }
 
 /// Bridge or relay the session; returns the close code it ended with.
@@ -234,16 +274,32 @@ async fn run_session(
     snapshot: &Snapshot,
     shared: &Shared,
     registered: &Registered,
+    protocol: Protocol,
 ) -> u16 {
     let entry = registered.entry();
     match ClientStream::new(client) {
         ClientStream::Tcp(read, write) => {
-            bridge_session(read, write, backend, route, snapshot, shared, entry).await
+            bridge_session(
+                (read, write),
+                backend,
+                route,
+                snapshot,
+                shared,
+                entry,
+                protocol,
+            )
+            .await
         }
-        // Boxed: TLS sessions should not make every plain session's future larger.
+        // Boxed: TLS and h2 sessions should not make every plain session's future larger.
         ClientStream::Other(read, write) => {
             Box::pin(bridge_session(
-                read, write, backend, route, snapshot, shared, entry,
+                (read, write),
+                backend,
+                route,
+                snapshot,
+                shared,
+                entry,
+                protocol,
             ))
             .await
         }
@@ -251,20 +307,20 @@ async fn run_session(
 }
 
 async fn bridge_session<CR, CW>(
-    client_read: CR,
-    client_write: CW,
+    (client_read, client_write): (CR, CW),
     backend: Backend,
     route: &Route,
     snapshot: &Snapshot,
     shared: &Shared,
     entry: &SessionEntry,
+    protocol: Protocol,
 ) -> u16
 where
     CR: AsyncRead + Unpin + Send + 'static,
     CW: AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let metrics = SessionMetrics::start_counted(route.name.clone(), &entry.bytes);
+    let metrics = SessionMetrics::start_counted(route.name.clone(), protocol, &entry.bytes);
     let (client_read, client_write) = websocket_halves(
         client_read,
         client_write,
@@ -406,8 +462,13 @@ fn backend_handshake<B>(
         "x-forwarded-proto",
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
-    if let Some(host) = req.headers().get(header::HOST) {
-        headers.insert("x-forwarded-host", host.clone());
+    // HTTP/2 carries the host as `:authority`, which hyper puts in the URI.
+    let host = req.headers().get(header::HOST).cloned().or_else(|| {
+        let authority = req.uri().authority()?;
+        HeaderValue::from_str(authority.as_str()).ok()
+    });
+    if let Some(host) = host {
+        headers.insert("x-forwarded-host", host);
     }
     let protocols = offered.join(", ");
     let query = route.access.forwarded_query(req.uri().query());
@@ -422,6 +483,9 @@ fn backend_handshake<B>(
 
 /// RFC 6455 §4.2.1: what makes a request a WebSocket upgrade.
 pub fn check_upgrade<B>(req: &Request<B>) -> Result<(), RejectError> {
+    if req.version() == Version::HTTP_2 {
+        return super::extended_connect::check_extended_connect(req);
+    }
     if req.method() != Method::GET {
         return Err(RejectError::BadRequest("a WebSocket upgrade must be a GET"));
     }
@@ -507,6 +571,9 @@ fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Respons
     }
     if let Some(secs) = e.retry_after_secs() {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if req.version() == Version::HTTP_2 {
+        super::extended_connect::strip_connection_headers(headers);
     }
     response
 }

@@ -1,6 +1,7 @@
 //! Public listeners: accept with a permit, per-connection span, the PROXY header (behind an
-//! L4 load balancer), TLS handshake under a timeout, then hyper's HTTP/1.1 with upgrades;
-//! each request goes to [`super::http::handle`].
+//! L4 load balancer), TLS handshake under a timeout, then hyper's HTTP/1.1 with upgrades or
+//! HTTP/2 (`super::h2`, chosen by ALPN or, with `h2c`, by the preface); each request goes to
+//! [`super::http::handle`].
 
 use std::io;
 use std::net::SocketAddr;
@@ -90,6 +91,7 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
         let Some(trust) = snapshot.listener_trust(l.key) else {
             break;
         };
+        let h2c = snapshot.listener_config(l.key).is_some_and(|c| c.h2c);
         let local = stream.local_addr().unwrap_or(peer);
         let conn = ConnInfo {
             trust_forwarded: trust.forwarded_headers.clone(),
@@ -102,6 +104,7 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
                 Front {
                     proxy,
                     tls,
+                    h2c,
                     console: page,
                 },
                 conn,
@@ -173,6 +176,8 @@ struct Front {
     /// `None` on a listener without `proxy_protocol`, else whether the peer is trusted.
     proxy: Option<bool>,
     tls: Option<TlsAcceptor>,
+    /// Plain listeners: accept HTTP/2 with prior knowledge too.
+    h2c: bool,
     console: Option<Arc<Console>>,
 }
 
@@ -181,6 +186,7 @@ async fn connection(
     Front {
         proxy,
         tls,
+        h2c,
         console,
     }: Front,
     mut conn: ConnInfo,
@@ -227,6 +233,11 @@ async fn connection(
         }
     }
     match tls {
+        None if h2c
+            && super::h2::opens_with_preface(&stream, snapshot.header_read_timeout).await =>
+        {
+            super::h2::serve(stream, console, conn, permit, &snapshot, shared).await
+        }
         None => serve_http(stream, console, conn, permit, &snapshot, shared).await,
         Some(acceptor) => {
             let handshake = tokio::select! {
@@ -239,7 +250,13 @@ async fn connection(
                         client_cert: ClientCert::of_connection(stream.get_ref().1),
                         ..conn
                     };
-                    serve_http(stream, console, conn, permit, &snapshot, shared).await
+                    // The ALPN list came from the snapshot this connection was accepted
+                    // under, so `http2 = false` after a reload stops new h2 connections.
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        super::h2::serve(stream, console, conn, permit, &snapshot, shared).await
+                    } else {
+                        serve_http(stream, console, conn, permit, &snapshot, shared).await
+                    }
                 }
                 Ok(Err(e)) => {
                     metrics::tls_handshake_failed();

@@ -3,6 +3,8 @@
 //! that serve it; the per-core mode's worker threads.
 
 pub mod console;
+pub mod extended_connect;
+pub mod h2;
 pub mod http;
 pub mod listener;
 pub mod proxy_protocol;

@@ -106,7 +106,7 @@ impl Snapshot {
             };
             let tls = match &l.tls {
                 Some(t) => Some(
-                    crate::tls::server_config(t)
+                    crate::tls::server_config(t, l.http2)
                         .with_context(|| format!("listener[{i}].tls ({})", l.address))?,
                 ),
                 None => None,

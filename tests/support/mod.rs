@@ -266,14 +266,35 @@ pub async fn scrape(admin: SocketAddr) -> String {
     text
 }
 
-/// The value of one metric line (`name{labels}`), labels given in the exporter's order.
+/// The value of `name{labels}`: the sum over every line of that name whose labels include
+/// the given ones (in any order), as PromQL's `sum(name{labels})`; `None` if no line matches.
+/// So `wsgate_sessions_total{route="x"}` counts sessions over HTTP/1.1 and HTTP/2 alike.
 pub fn metric(page: &str, series: &str) -> Option<f64> {
+    let (name, want) = split_series(series);
     page.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (line_series, value) = l.rsplit_once(' ')?;
+            let (line_name, labels) = split_series(line_series);
+            (line_name == name && want.iter().all(|w| labels.contains(w)))
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
         })
-        .and_then(|v| v.trim().parse().ok())
+        .reduce(|a, b| a + b)
+}
+
+/// `name{a="1",b="2"}` → (`name`, [`a="1"`, `b="2"`]). Label values here hold no commas.
+fn split_series(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        Some((name, rest)) => (
+            name,
+            rest.trim_end_matches('}')
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .collect(),
+        ),
+        None => (series, Vec::new()),
+    }
 }
 
 /// Retry an async condition for up to 10 s.
@@ -811,6 +832,64 @@ pub fn leaf_signed_by(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) -> (
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let leaf = leaf.signed_by(&key, ca).unwrap();
     (leaf.pem(), key.serialize_pem())
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS listeners.
+
+/// A test CA and a `localhost` / `127.0.0.1` leaf it signed, as PEM files in a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    pub ca: rustls::pki_types::CertificateDer<'static>,
+}
+
+pub fn pki() -> Pki {
+    let ca = test_ca("wsgate test CA");
+
+    let (leaf_pem, key_pem) = leaf_signed_by(&ca);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cert_file = dir.path().join("leaf.pem");
+    let key_file = dir.path().join("leaf-key.pem");
+    std::fs::write(&cert_file, leaf_pem).unwrap();
+    std::fs::write(&key_file, key_pem).unwrap();
+    Pki {
+        dir,
+        cert_file,
+        key_file,
+        ca: ca.der().clone(),
+    }
+}
+
+/// A config with one `wss` listener and the admin listener on free ports.
+pub fn tls_config(cert_file: &std::path::Path, key_file: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[listener.tls]\ncert_file = {:?}\nkey_file = {:?}\n\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n\n{extra}\n",
+        cert_file.display().to_string(),
+        key_file.display().to_string(),
+    )
+}
+
+/// A rustls client that trusts only the test CA and offers `alpn`.
+pub fn client_config(
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> std::sync::Arc<rustls::ClientConfig> {
+    wsgate::tls::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    std::sync::Arc::new(config)
 }
 
 // ---------------------------------------------------------------------------------------------

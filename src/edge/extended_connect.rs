@@ -1,0 +1,92 @@
+//! The RFC 8441 parts of an HTTP/2 WebSocket handshake: what an extended CONNECT must carry,
+//! the `200` that opens the stream, and the headers HTTP/2 forbids in answers.
+
+use hyper::ext::Protocol;
+use hyper::header::{self, HeaderValue};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::error::RejectError;
+
+/// RFC 8441 §4–5: what makes an HTTP/2 request a WebSocket handshake. Neither
+/// `Sec-WebSocket-Key` nor `Sec-WebSocket-Accept` is used; the version must still be 13.
+pub fn check_extended_connect<B>(req: &Request<B>) -> Result<(), RejectError> {
+    if req.method() != Method::CONNECT {
+        return Err(RejectError::BadRequest(
+            "a WebSocket over HTTP/2 is an extended CONNECT",
+        ));
+    }
+    match req.extensions().get::<Protocol>() {
+        None => {
+            return Err(RejectError::BadRequest(
+                "a CONNECT without :protocol is not a WebSocket",
+            ))
+        }
+        Some(p) if !p.as_str().eq_ignore_ascii_case("websocket") => {
+            return Err(RejectError::UnsupportedProtocol)
+        }
+        Some(_) => {}
+    }
+    match req.headers().get(header::SEC_WEBSOCKET_VERSION) {
+        Some(v) if v == "13" => Ok(()),
+        _ => Err(RejectError::UnsupportedVersion),
+    }
+}
+
+/// The `200` that opens the stream as a WebSocket, and the stream to come once hyper has
+/// sent it.
+pub fn accept<B: Default>(req: &mut Request<hyper::body::Incoming>) -> (Response<B>, OnUpgrade) {
+    let upgrade = hyper::upgrade::on(req);
+    let mut response = Response::new(B::default());
+    *response.status_mut() = StatusCode::OK;
+    (response, upgrade)
+}
+
+/// Headers that name the connection, which HTTP/2 forbids (RFC 9113 §8.2.2): a response
+/// carrying one would be reset instead of sent.
+pub fn strip_connection_headers(headers: &mut hyper::HeaderMap<HeaderValue>) {
+    headers.remove(header::UPGRADE);
+    headers.remove(header::CONNECTION);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(protocol: Option<&'static str>, version: Option<&str>) -> Request<()> {
+        let mut b = Request::connect("https://example.com/x");
+        if let Some(v) = version {
+            b = b.header("sec-websocket-version", v);
+        }
+        let mut req = b.body(()).unwrap();
+        if let Some(p) = protocol {
+            req.extensions_mut().insert(Protocol::from_static(p));
+        }
+        req
+    }
+
+    #[test]
+    fn accepts_an_extended_connect_for_websocket_without_a_key() {
+        assert!(check_extended_connect(&connect(Some("websocket"), Some("13"))).is_ok());
+    }
+
+    #[test]
+    fn rejects_each_missing_piece_with_the_rfc_status() {
+        let get = Request::get("https://example.com/x").body(()).unwrap();
+        let status = |r: &Request<()>| check_extended_connect(r).unwrap_err().status();
+        assert_eq!(status(&get), StatusCode::BAD_REQUEST);
+        assert_eq!(status(&connect(None, Some("13"))), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status(&connect(Some("webtransport"), Some("13"))),
+            StatusCode::NOT_IMPLEMENTED
+        );
+        assert_eq!(
+            status(&connect(Some("websocket"), None)),
+            StatusCode::UPGRADE_REQUIRED
+        );
+        assert_eq!(
+            status(&connect(Some("websocket"), Some("8"))),
+            StatusCode::UPGRADE_REQUIRED
+        );
+    }
+}
