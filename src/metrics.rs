@@ -347,35 +347,39 @@ impl Drop for ConnectionGuard {
 }
 
 thread_local! {
-    /// The per-core worker this thread is, if it is one.
-    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    /// On a per-core worker's thread: its `wsgate_worker_sessions_active` series.
+    static WORKER_SESSIONS: std::cell::OnceCell<Gauge> = const { std::cell::OnceCell::new() };
 }
 
-/// Mark the calling thread as per-core worker `i` (for `wsgate_worker_sessions_active`).
+/// Mark the calling thread as per-core worker `i`: sessions opened on it count in
+/// `wsgate_worker_sessions_active{worker="i"}`, which shows 0 from now on.
 pub fn set_worker(i: usize) {
-    WORKER.with(|w| w.set(Some(i)));
+    // A handle taken before the recorder exists would count nowhere.
+    install();
+    WORKER_SESSIONS.with(|cell| {
+        cell.get_or_init(|| gauge!(WORKER_SESSIONS_ACTIVE, "worker" => i.to_string()))
+            .increment(0.0);
+    });
 }
 
-/// A session's count in `wsgate_worker_sessions_active{worker}` of the worker thread it runs
-/// on; nothing outside the per-core mode's workers.
-pub struct WorkerSessionGuard(Option<Gauge>);
+/// A session's count in `wsgate_worker_sessions_active` of the worker thread it runs on;
+/// nothing outside the per-core mode's workers. Zero-sized, so the shared mode's session
+/// tasks carry nothing for it: a per-core session's task never leaves its worker's thread,
+/// so the drop meets the same thread's series as the open.
+pub struct WorkerSessionGuard(());
 
 impl WorkerSessionGuard {
     /// Count the session on the calling thread's worker; call it from the session's task.
     pub fn open() -> Self {
-        Self(WORKER.with(|w| w.get()).map(|i| {
-            let g = gauge!(WORKER_SESSIONS_ACTIVE, "worker" => i.to_string());
-            g.increment(1.0);
-            g
-        }))
+        WORKER_SESSIONS.with(|cell| cell.get().map(|g| g.increment(1.0)));
+        Self(())
     }
 }
 
 impl Drop for WorkerSessionGuard {
     fn drop(&mut self) {
-        if let Some(g) = &self.0 {
-            g.decrement(1.0);
-        }
+        // `try_with`: a task dropped while its thread exits must not panic.
+        let _ = WORKER_SESSIONS.try_with(|cell| cell.get().map(|g| g.decrement(1.0)));
     }
 }
 
