@@ -209,6 +209,8 @@ pub async fn handle(
                     return;
                 }
             };
+            // In the session's task: the thread it counts on is the one it runs on.
+            let _worker = metrics::WorkerSessionGuard::open();
             let mut registered = shared.registry.register(info, &shared.shutdown);
             Span::current().record("session", registered.entry().id);
             let code = run_session(
