@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
-use metrics::{Counter, CounterFn, Gauge, Histogram, Unit};
+use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const SESSIONS_ACTIVE: &str = "wsgate_sessions_active";
@@ -349,32 +349,40 @@ pub struct ByteCounts {
     pub to_client: AtomicU64,
 }
 
-/// A route's counter that also counts into one session's [`ByteCounts`].
-struct Tee {
+/// A route's counter that also counts into one session's own [`ByteCounts`]: two relaxed
+/// adds per call, no allocation per session and no dynamic dispatch.
+#[derive(Clone)]
+pub struct Tally {
     route: Counter,
-    counts: Arc<ByteCounts>,
+    own: Arc<ByteCounts>,
     to_backend: bool,
 }
 
-impl Tee {
-    fn count(&self) -> &AtomicU64 {
-        if self.to_backend {
-            &self.counts.to_backend
-        } else {
-            &self.counts.to_client
+impl Tally {
+    fn new(route: &Counter, own: &Arc<ByteCounts>, to_backend: bool) -> Self {
+        Self {
+            route: route.clone(),
+            own: own.clone(),
+            to_backend,
         }
     }
-}
 
-impl CounterFn for Tee {
-    fn increment(&self, value: u64) {
-        self.route.increment(value);
-        self.count().fetch_add(value, Ordering::Relaxed);
+    fn own(&self) -> &AtomicU64 {
+        if self.to_backend {
+            &self.own.to_backend
+        } else {
+            &self.own.to_client
+        }
     }
 
-    fn absolute(&self, value: u64) {
-        self.route.absolute(value);
-        self.count().fetch_max(value, Ordering::Relaxed);
+    pub fn increment(&self, value: u64) {
+        self.route.increment(value);
+        self.own().fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// What this session has counted so far.
+    pub fn session_total(&self) -> u64 {
+        self.own().load(Ordering::Relaxed)
     }
 }
 
@@ -384,10 +392,10 @@ pub struct SessionMetrics {
     route: Arc<str>,
     protocol: Protocol,
     handles: Arc<RouteHandles>,
-    pub bytes_to_backend: Counter,
-    pub bytes_to_client: Counter,
-    pub messages_to_backend: Counter,
-    pub messages_to_client: Counter,
+    pub bytes_to_backend: Tally,
+    pub bytes_to_client: Tally,
+    pub messages_to_backend: Tally,
+    pub messages_to_client: Tally,
     pub ping_rtt: Histogram,
     /// This session's messages each way, for its access-log line.
     messages: Arc<ByteCounts>,
@@ -395,23 +403,22 @@ pub struct SessionMetrics {
 
 impl SessionMetrics {
     pub fn start(route: Arc<str>, protocol: Protocol) -> Self {
+        Self::start_counted(route, protocol, &Arc::default())
+    }
+
+    /// Like [`start`](Self::start), and the session's byte counts go to `bytes` (what the
+    /// admin API shows per session): one more relaxed add per write, no lookups.
+    pub fn start_counted(route: Arc<str>, protocol: Protocol, bytes: &Arc<ByteCounts>) -> Self {
         let handles = route_handles(&route);
         handles.sessions_total[protocol as usize].increment(1);
         handles.active[protocol as usize].increment(1.0);
         let messages = Arc::<ByteCounts>::default();
-        let tee = |route: &Counter, to_backend| {
-            Counter::from_arc(Arc::new(Tee {
-                route: route.clone(),
-                counts: messages.clone(),
-                to_backend,
-            }))
-        };
         Self {
             protocol,
-            bytes_to_backend: handles.bytes_to_backend.clone(),
-            bytes_to_client: handles.bytes_to_client.clone(),
-            messages_to_backend: tee(&handles.messages_to_backend, true),
-            messages_to_client: tee(&handles.messages_to_client, false),
+            bytes_to_backend: Tally::new(&handles.bytes_to_backend, bytes, true),
+            bytes_to_client: Tally::new(&handles.bytes_to_client, bytes, false),
+            messages_to_backend: Tally::new(&handles.messages_to_backend, &messages, true),
+            messages_to_client: Tally::new(&handles.messages_to_client, &messages, false),
             messages,
             ping_rtt: handles.ping_rtt.clone(),
             handles,
@@ -433,23 +440,6 @@ impl SessionMetrics {
         counter!(CLOSES_TOTAL, "route" => self.route.to_string(), "code" => close_code_label(code), "initiator" => initiator)
             .increment(1);
         self.handles.duration.record(duration.as_secs_f64());
-    }
-
-    /// Like [`start`](Self::start), and the session's byte counters also add to `counts`
-    /// (what the admin API shows per session): one more relaxed add per write, no lookups.
-    pub fn start_counted(route: Arc<str>, protocol: Protocol, counts: &Arc<ByteCounts>) -> Self {
-        let mut m = Self::start(route, protocol);
-        m.bytes_to_backend = Counter::from_arc(Arc::new(Tee {
-            route: m.bytes_to_backend.clone(),
-            counts: counts.clone(),
-            to_backend: true,
-        }));
-        m.bytes_to_client = Counter::from_arc(Arc::new(Tee {
-            route: m.bytes_to_client.clone(),
-            counts: counts.clone(),
-            to_backend: false,
-        }));
-        m
     }
 
     pub fn keepalive_timed_out(&self) {

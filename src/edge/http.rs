@@ -275,9 +275,11 @@ async fn run_session(
     protocol: Protocol,
 ) -> u16 {
     let entry = registered.entry();
+    // Each kind boxed, sized to itself: the task that waits for the upgrade stays small, and
+    // a TLS or h2 session does not also carry a plain session's inline state.
     match ClientStream::new(client) {
         ClientStream::Tcp(read, write) => {
-            bridge_session(
+            Box::pin(bridge_session(
                 (read, write),
                 backend,
                 route,
@@ -285,10 +287,9 @@ async fn run_session(
                 shared,
                 entry,
                 protocol,
-            )
+            ))
             .await
         }
-        // Boxed: TLS and h2 sessions should not make every plain session's future larger.
         ClientStream::Other(read, write) => {
             Box::pin(bridge_session(
                 (read, write),

@@ -12,30 +12,29 @@
 //! (`session::pacer`), so a capped session slows its sender down instead of buffering.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
-use metrics::Counter;
+use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
 use super::io::BackendSource;
-use super::keepalive::{sleep_until_opt, Due, Held, Keepalive};
+use super::keepalive::{Due, Held, Keepalive};
 use super::pacer::Pacer;
 use super::reader::{FrameReader, ReadError};
 use super::registry::SessionControl;
 use super::utf8::complete_prefix;
 use crate::config::MessageType;
 use crate::error::close_code;
-use crate::metrics::SessionMetrics;
+use crate::metrics::{SessionMetrics, Tally};
 
 /// Per-session settings, taken from the config snapshot the session started with.
 #[derive(Debug, Clone)]
@@ -108,44 +107,46 @@ enum FromClient {
 }
 
 /// Bridge one upgraded WebSocket and one backend until the session ends.
+///
+/// Not an `async fn`: the client reader starts here, and the returned future holds only the
+/// writer's side (an `async fn` would keep a second copy of every argument for the session's
+/// whole life).
 #[allow(clippy::too_many_arguments)]
-pub async fn run<CR, CW, BR, BW>(
+pub fn run<'a, CR, CW, BR, BW>(
     ws_read: FrameReader<CR>,
     ws_write: WebSocketWrite<CW>,
     backend_read: BR,
     backend_write: BW,
-    config: &BridgeConfig,
-    metrics: &SessionMetrics,
-    control: &SessionControl,
-    hard_stop: &CancellationToken,
-) -> Outcome
+    config: &'a BridgeConfig,
+    metrics: &'a SessionMetrics,
+    control: &'a SessionControl,
+    hard_stop: &'a CancellationToken,
+) -> impl Future<Output = Outcome> + 'a
 where
     CR: AsyncRead + Unpin + Send + 'static,
-    CW: AsyncWrite + Unpin,
-    BR: BackendSource,
+    CW: AsyncWrite + Unpin + 'a,
+    BR: BackendSource + 'a,
     BW: AsyncWrite + Unpin + Send + 'static,
 {
     // A handful of control messages in flight at most: a client that floods pings
-    // while we cannot write waits on this channel, not on our memory.
-    let (tx, rx) = mpsc::channel(4);
-    let to_backend = Arc::new(AtomicU64::new(0));
-    let reader_stop = CancellationToken::new();
+    // while we cannot write waits on this channel, not on our memory. flume's bounded
+    // channel costs an idle session about 200 bytes; tokio's preallocates 1.3 KiB.
+    let (tx, rx) = flume::bounded(4);
     let held = Held::new();
-    let reader = tokio::spawn(client_to_backend(
-        ws_read,
-        backend_write,
+    let mut pump = ClientPump {
+        ws: ws_read,
+        backend: backend_write,
         tx,
-        ClientCounters {
+        counters: ClientCounters {
             max_message_bytes: config.max_message_bytes,
             bytes: metrics.bytes_to_backend.clone(),
             messages: metrics.messages_to_backend.clone(),
-            total: to_backend.clone(),
             pacer: Pacer::new(config.bandwidth_bytes_per_sec),
             held: held.clone(),
             backend_stall: config.backend_stall,
         },
-        reader_stop.clone(),
-    ));
+    };
+    let reader = tokio::spawn(async move { pump.run().await });
     let keepalive = config
         .ping_interval
         .map(|i| Keepalive::new(i, config.pong_timeout, Instant::now()));
@@ -159,53 +160,60 @@ where
         held,
         sent: 0,
     };
-    let (code, initiator, reason) = writer
-        .backend_to_client(backend_read, rx, config, metrics, control)
-        .await;
-    reader_stop.cancel();
-    let _ = reader.await;
-    Outcome {
-        code,
-        initiator,
-        reason,
-        bytes_to_backend: to_backend.load(Ordering::Relaxed),
-        bytes_to_client: writer.sent,
+    async move {
+        let (code, initiator, reason) = writer
+            .backend_to_client(backend_read, rx, config, metrics, control)
+            .await;
+        // Dropping the reader's loop is cancel-safe: nothing reads the client's stream
+        // afterwards.
+        reader.abort();
+        let _ = reader.await;
+        Outcome {
+            code,
+            initiator,
+            reason,
+            // Counted by the reader with every write to the backend.
+            bytes_to_backend: metrics.bytes_to_backend.session_total(),
+            bytes_to_client: writer.sent,
+        }
     }
 }
 
 struct ClientCounters {
     max_message_bytes: usize,
-    bytes: Counter,
-    messages: Counter,
-    total: Arc<AtomicU64>,
+    bytes: Tally,
+    messages: Tally,
     pacer: Pacer,
     /// Marked while a backend write waits (read by the writer's keepalive).
     held: Arc<Held>,
     backend_stall: Duration,
 }
 
-/// Client frames → backend bytes. Ends at the client's Close, error or EOF, or when stopped.
-async fn client_to_backend<CR, BW>(
-    mut ws: FrameReader<CR>,
-    mut backend: BW,
-    tx: mpsc::Sender<FromClient>,
-    mut counters: ClientCounters,
-    stop: CancellationToken,
-) where
-    CR: AsyncRead + Unpin,
-    BW: AsyncWrite + Unpin,
-{
-    // Dropping the whole loop is cancel-safe: nothing reads `ws` afterwards.
-    tokio::select! {
-        () = stop.cancelled() => {}
-        last = pump_client_frames(&mut ws, &mut backend, &tx, &mut counters) => {
-            // The client is done sending. Tell the writer before the backend gets its FIN
-            // (half-close): the backend's answering EOF must find the writer already in the
-            // client-closed phase, or the close would be counted as the backend's.
-            // Every client byte was written before this point, so the FIN loses nothing.
-            let _ = tx.send(last).await;
-            let _ = backend.shutdown().await;
-        }
+/// Client frames → backend bytes: the reader task's state, kept in one place so the task's
+/// future holds it once.
+struct ClientPump<CR, BW> {
+    ws: FrameReader<CR>,
+    backend: BW,
+    tx: flume::Sender<FromClient>,
+    counters: ClientCounters,
+}
+
+impl<CR: AsyncRead + Unpin, BW: AsyncWrite + Unpin> ClientPump<CR, BW> {
+    /// Ends at the client's Close, error or EOF, or when the writer aborts the task.
+    async fn run(&mut self) {
+        let last = pump_client_frames(
+            &mut self.ws,
+            &mut self.backend,
+            &self.tx,
+            &mut self.counters,
+        )
+        .await;
+        // The client is done sending. Tell the writer before the backend gets its FIN
+        // (half-close): the backend's answering EOF must find the writer already in the
+        // client-closed phase, or the close would be counted as the backend's.
+        // Every client byte was written before this point, so the FIN loses nothing.
+        let _ = self.tx.send_async(last).await;
+        let _ = self.backend.shutdown().await;
     }
 }
 
@@ -213,7 +221,7 @@ async fn client_to_backend<CR, BW>(
 async fn pump_client_frames<CR, BW>(
     ws: &mut FrameReader<CR>,
     backend: &mut BW,
-    tx: &mpsc::Sender<FromClient>,
+    tx: &flume::Sender<FromClient>,
     counters: &mut ClientCounters,
 ) -> FromClient
 where
@@ -241,7 +249,7 @@ where
                 } else {
                     FromClient::Pong(payload)
                 };
-                if tx.send(msg).await.is_err() {
+                if tx.send_async(msg).await.is_err() {
                     return FromClient::Gone;
                 }
                 continue;
@@ -272,14 +280,13 @@ where
             } else {
                 FromClient::BackendWriteFailed
             };
-            if tx.send(msg).await.is_err() {
+            if tx.send_async(msg).await.is_err() {
                 return FromClient::Gone;
             }
             continue;
         }
         let n = frame.payload.len() as u64;
         counters.bytes.increment(n);
-        counters.total.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -381,12 +388,18 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
     async fn backend_to_client<BR: BackendSource>(
         &mut self,
         mut backend: BR,
-        mut rx: mpsc::Receiver<FromClient>,
+        rx: flume::Receiver<FromClient>,
         config: &BridgeConfig,
         metrics: &SessionMetrics,
         control: &SessionControl,
     ) -> Ending {
         let hard_stop = self.ws.hard_stop();
+        // One stream for the session's life: it keeps its waiter registered between messages
+        // (a fresh `recv` would register and drop one per loop).
+        let mut rx = rx.into_stream();
+        // Parked far away until a deadline needs it (an unarmed tokio timer costs nothing).
+        let timer = tokio::time::sleep_until(Instant::now() + Duration::from_secs(1 << 30));
+        tokio::pin!(timer);
         // Allocated on the first backend bytes, sized to the traffic: an idle session holds little.
         let mut buf: Vec<u8> = Vec::new();
         let mut pacer = Pacer::new(config.bandwidth_bytes_per_sec);
@@ -477,13 +490,37 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
             };
             let read_backend = wants_backend && paced_until.is_none();
             let accepting_shutdown = !matches!(phase, Phase::GatewayClosed { .. });
+            // One timer for the next of the three: armed once and moved only when that
+            // changes, so a busy session does not register a timer per message.
+            let next = [ping_at, paced_until, close_at].into_iter().flatten().min();
+            if let Some(at) = next {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+            }
             tokio::select! {
                 biased;
                 () = hard_stop.cancelled() => return stopped,
-                // Keepalive first: a session busy with bulk data still pings on time.
-                () = sleep_until_opt(ping_at), if ping_at.is_some() => {
-                    let Some(k) = self.keepalive.as_mut() else { continue };
+                // Timers first: a session busy with bulk data still pings on time, and a
+                // close deadline holds however fast the backend talks.
+                () = &mut timer, if next.is_some() => {
                     let now = Instant::now();
+                    if close_at.is_some_and(|at| at <= now) {
+                        match phase {
+                            Phase::ClientClosed { echo, .. } => {
+                                // The backend kept talking past the grace period: finish the handshake anyway.
+                                send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
+                                return client_ending(&echo);
+                            }
+                            Phase::GatewayClosed { code, initiator, reason, .. } => return (code, initiator, reason),
+                            Phase::Open => unreachable!("no close deadline while open"),
+                        }
+                    }
+                    // Otherwise the pacer's wait is over (the loop reads again), or a ping is due.
+                    if ping_at.is_none_or(|at| at > now) {
+                        continue;
+                    }
+                    let Some(k) = self.keepalive.as_mut() else { continue };
                     // A pong that waits behind data we chose not to read is not missed.
                     if self.held.peer_free_since(now).is_some_and(|since| k.excuse(since)) {
                         continue;
@@ -493,12 +530,14 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         Due::TimedOut => {
                             metrics.keepalive_timed_out();
                             // Best effort: the client may be gone, so do not wait on it for long.
-                            self.ws.try_close(close_code::GOING_AWAY, "keepalive timeout").await;
+                            // Boxed, as are the other `try_close` calls: rare, and the largest
+                            // future here, it would size every idle session's task.
+                            Box::pin(self.ws.try_close(close_code::GOING_AWAY, "keepalive timeout")).await;
                             return (close_code::GOING_AWAY, Initiator::Gateway, "keepalive timeout".into());
                         }
                     }
                 }
-                msg = rx.recv(), if client_open => match msg {
+                msg = rx.next(), if client_open => match msg {
                     Some(FromClient::Ping(payload)) => {
                         if !matches!(phase, Phase::GatewayClosed { .. }) {
                             send_or_end!(self.ws.send(Frame::pong(Payload::Borrowed(&payload))));
@@ -523,14 +562,14 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         if let Phase::GatewayClosed { code, initiator, reason, .. } = phase {
                             return (code, initiator, reason);
                         }
-                        self.ws.try_close(code, reason).await;
+                        Box::pin(self.ws.try_close(code, reason)).await;
                         return (code, Initiator::Client, reason.into());
                     }
                     Some(FromClient::OverBudget) => {
                         if let Phase::GatewayClosed { code, initiator, reason, .. } = phase {
                             return (code, initiator, reason);
                         }
-                        self.ws.try_close(close_code::TRY_AGAIN_LATER, OVER_BUDGET).await;
+                        Box::pin(self.ws.try_close(close_code::TRY_AGAIN_LATER, OVER_BUDGET)).await;
                         return (close_code::TRY_AGAIN_LATER, Initiator::Gateway, OVER_BUDGET.into());
                     }
                     Some(FromClient::BackendStalled) => {
@@ -555,7 +594,6 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                     let (code, reason) = control.reason();
                     close_with!(code, Initiator::Gateway, reason);
                 }
-                () = sleep_until_opt(paced_until), if paced_until.is_some() => {}
                 ready = backend.ready(), if read_backend => match ready.and_then(|()| {
                     // The buffer is taken only now that bytes are waiting.
                     read_size.prepare(&mut buf);
@@ -605,15 +643,6 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         answer_client_close!();
                         close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend connection lost");
                     }
-                },
-                () = sleep_until_opt(close_at), if close_at.is_some() => match phase {
-                    Phase::ClientClosed { echo, .. } => {
-                        // The backend kept talking past the grace period: finish the handshake anyway.
-                        send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
-                        return client_ending(&echo);
-                    }
-                    Phase::GatewayClosed { code, initiator, reason, .. } => return (code, initiator, reason),
-                    Phase::Open => unreachable!("no close deadline while open"),
                 },
             }
         }

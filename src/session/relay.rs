@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
-use metrics::{Counter, Histogram};
+use metrics::Histogram;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -28,7 +28,7 @@ use super::pacer::Pacer;
 use super::reader::{FrameReader, ReadError};
 use super::registry::SessionControl;
 use crate::error::close_code;
-use crate::metrics::SessionMetrics;
+use crate::metrics::{SessionMetrics, Tally};
 
 /// Per-session settings from the route and the config snapshot.
 #[derive(Debug, Clone)]
@@ -272,8 +272,8 @@ where
 
 struct Counts {
     max_message_bytes: usize,
-    bytes: Counter,
-    messages: Counter,
+    bytes: Tally,
+    messages: Tally,
     total: Arc<AtomicU64>,
     pacer: Pacer,
     /// Marked while the other hop's writer cannot take this reader's frames.
