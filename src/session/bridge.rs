@@ -400,6 +400,11 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         // Parked far away until a deadline needs it (an unarmed tokio timer costs nothing).
         let timer = tokio::time::sleep_until(Instant::now() + Duration::from_secs(1 << 30));
         tokio::pin!(timer);
+        // Made once: a fresh wait per loop would join and leave each token's waiter list,
+        // under its lock, on every message.
+        let stopped_now = hard_stop.cancelled();
+        let asked_to_close = control.cancelled();
+        tokio::pin!(stopped_now, asked_to_close);
         // Allocated on the first backend bytes, sized to the traffic: an idle session holds little.
         let mut buf: Vec<u8> = Vec::new();
         let mut pacer = Pacer::new(config.bandwidth_bytes_per_sec);
@@ -500,7 +505,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
             }
             tokio::select! {
                 biased;
-                () = hard_stop.cancelled() => return stopped,
+                () = &mut stopped_now => return stopped,
                 // Timers first: a session busy with bulk data still pings on time, and a
                 // close deadline holds however fast the backend talks.
                 () = &mut timer, if next.is_some() => {
@@ -589,7 +594,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                         };
                     }
                 },
-                () = control.cancelled(), if accepting_shutdown => {
+                () = &mut asked_to_close, if accepting_shutdown => {
                     answer_client_close!();
                     let (code, reason) = control.reason();
                     close_with!(code, Initiator::Gateway, reason);

@@ -476,15 +476,27 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
                 }
             };
         }
+        // Made once, not per loop: a fresh wait would join and leave a token's waiter list
+        // (under its lock) and a fresh ping timer would be registered, on every message.
+        let stopped_now = hard_stop.cancelled();
+        let asked_to_close = control.cancelled();
+        let other_gave_up = other_lost.raised.cancelled();
+        let ping_timer = tokio::time::sleep_until(Instant::now() + Duration::from_secs(1 << 30));
+        tokio::pin!(stopped_now, asked_to_close, other_gave_up, ping_timer);
         loop {
             let ping_at = match (&self.keepalive, sent_close || peer_closed.is_some()) {
                 (Some(k), false) => Some(k.deadline()),
                 _ => None,
             };
+            if let Some(at) = ping_at {
+                if ping_timer.deadline() != at {
+                    ping_timer.as_mut().reset(at);
+                }
+            }
             tokio::select! {
                 biased;
-                () = hard_stop.cancelled() => return,
-                () = sleep_until_opt(ping_at), if ping_at.is_some() => {
+                () = &mut stopped_now => return,
+                () = &mut ping_timer, if ping_at.is_some() => {
                     let Some(k) = self.keepalive.as_mut() else { continue };
                     let now = Instant::now();
                     // A pong that waits behind data we chose not to read is not missed.
@@ -530,7 +542,7 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
                     // The reader ended without a Close: the peer is gone.
                     None => return,
                 },
-                () = control.cancelled(), if !sent_close => {
+                () = &mut asked_to_close, if !sent_close => {
                     let (code, reason) = control.reason();
                     record(&self.first, code, Initiator::Gateway, reason);
                     send_or_return!(self.ws.send_close(code, reason));
@@ -542,7 +554,7 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
                 }
                 // The other hop's writer gave up: close this hop's peer the same way as for
                 // a lost peer (the other hop's reader may still be busy relaying its data).
-                () = other_lost.raised.cancelled(), if !sent_close => {
+                () = &mut other_gave_up, if !sent_close => {
                     relay_open = false;
                     let (code, reason) = other_lost.close.get().copied().unwrap_or(self.hop.other().lost());
                     send_or_return!(self.ws.send_close(code, reason));
