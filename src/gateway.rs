@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,8 +20,8 @@ use tracing::{info, warn};
 
 use crate::backend::pool::Pool;
 use crate::backend::{bind_echo_service, serve_echo_service};
-use crate::config::Config;
-use crate::edge::{accept_loop, PublicListener, Shared};
+use crate::config::{Config, RuntimeMode};
+use crate::edge::{accept_loop, listener, workers, PublicListener, Shared, Workers};
 use crate::metrics;
 use crate::ops::admin;
 use crate::ops::api::{redact, ApiSettings, OpsApi, RouteSummary};
@@ -35,7 +36,10 @@ pub struct Gateway {
     snapshot: Arc<Snapshot>,
     source: Source,
     hash: String,
-    listeners: Vec<(ListenerKey, TcpListener)>,
+    /// Each public listener's sockets: one, or one per worker in the per-core mode.
+    listeners: Vec<(ListenerKey, Vec<std::net::TcpListener>)>,
+    /// The per-core mode's number of workers; `None` in the shared mode.
+    workers: Option<usize>,
     admin: Option<TcpListener>,
     /// The built-in echo service's listener, when a route uses it.
     echo: Option<TcpListener>,
@@ -144,13 +148,17 @@ impl Gateway {
             None
         };
         let echo_addr = echo.as_ref().and_then(|l| l.local_addr().ok());
+        let workers = match config.runtime_mode {
+            RuntimeMode::Shared => None,
+            RuntimeMode::PerCore => Some(workers::count(config.worker_threads)),
+        };
         let snapshot = Snapshot::build(config, echo_addr)?;
         let mut listeners = Vec::with_capacity(snapshot.listeners.len());
         let mut addrs = HashMap::new();
         for (key, _) in &snapshot.listeners {
-            let listener = bind_public(*key).await?;
-            addrs.insert(*key, listener.local_addr()?);
-            listeners.push((*key, listener));
+            let sockets = bind_public(*key, workers.unwrap_or(1))?;
+            addrs.insert(*key, sockets[0].local_addr()?);
+            listeners.push((*key, sockets));
         }
         let bound = BoundListeners::default();
         bound.set(&snapshot, &addrs);
@@ -169,6 +177,7 @@ impl Gateway {
             source,
             hash,
             listeners,
+            workers,
             admin,
             echo,
             reload,
@@ -204,6 +213,11 @@ impl Gateway {
     /// Serve until `shutdown` is cancelled, then close every session with 1001 and
     /// drain for up to `shutdown_grace` (of the config running then) before returning.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // First, so that a failure to start them leaves nothing else running.
+        let workers = match self.workers {
+            Some(n) => Some(Workers::start(n).await?),
+            None => None,
+        };
         let handle = metrics::install();
         let snapshot = self.snapshot;
         metrics::register(snapshot.routes.iter().map(|r| &r.name));
@@ -230,6 +244,8 @@ impl Gateway {
             hash = %initial.hash,
             listeners = snapshot.listeners.len(),
             routes = snapshot.routes.len(),
+            runtime = %snapshot.config.runtime_mode,
+            workers = self.workers.unwrap_or(snapshot.config.worker_threads),
             version = env!("CARGO_PKG_VERSION"),
             "gateway starting"
         );
@@ -280,9 +296,15 @@ impl Gateway {
             }
         });
 
+        let places: Vec<Handle> = workers
+            .as_ref()
+            .map_or(Vec::new(), |w| w.handles().to_vec());
         let mut running = HashMap::new();
-        for (key, listener) in self.listeners {
-            running.insert(key, start_listener(key, listener, &permits, &shared));
+        for (key, sockets) in self.listeners {
+            running.insert(
+                key,
+                start_listener(key, sockets, &places, &permits, &shared),
+            );
         }
         // Reloads stop with the shutdown: the drain runs on the config it started with.
         aux.spawn(reload::run(
@@ -293,6 +315,7 @@ impl Gateway {
                 running,
                 bound: self.bound,
                 permits,
+                places,
                 echo_addr,
                 api,
                 aux: aux.clone(),
@@ -326,6 +349,10 @@ impl Gateway {
             hard_stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), shared.tracker.wait()).await;
         }
+        if let Some(workers) = workers {
+            // Their accept loops and sessions have ended (or are dropped now).
+            workers.stop().await;
+        }
         aux_stop.cancel();
         aux.close();
         aux.wait().await;
@@ -334,28 +361,34 @@ impl Gateway {
     }
 }
 
-async fn bind_public(key: ListenerKey) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(key.address)
-        .await
-        .with_context(|| format!("binding listener {key}"))
+/// Bind listener `key` as `sockets` sockets (one per worker in the per-core mode).
+fn bind_public(key: ListenerKey, sockets: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    listener::bind(key.address, sockets).with_context(|| format!("binding listener {key}"))
 }
 
-/// Accept on `listener` until shutdown or until a reload removes it (the returned token).
+/// Accept on `sockets` until shutdown or until a reload removes the listener (the returned
+/// token). With `places` (the per-core workers' runtimes), socket i is served on worker i,
+/// and everything its accept loop spawns runs there; without, on the calling runtime.
 fn start_listener(
     key: ListenerKey,
-    listener: TcpListener,
+    sockets: Vec<std::net::TcpListener>,
+    places: &[Handle],
     permits: &Arc<Semaphore>,
     shared: &Arc<Shared>,
 ) -> CancellationToken {
     let stop = CancellationToken::new();
-    let l = PublicListener {
-        listener,
-        key,
-        stop: stop.clone(),
-    };
-    shared
-        .tracker
-        .spawn(accept_loop(l, permits.clone(), shared.clone()));
+    for (i, listener) in sockets.into_iter().enumerate() {
+        let l = PublicListener {
+            listener,
+            key,
+            stop: stop.clone(),
+        };
+        let task = accept_loop(l, permits.clone(), shared.clone());
+        match places.get(i) {
+            Some(place) => shared.tracker.spawn_on(task, place),
+            None => shared.tracker.spawn(task),
+        };
+    }
     stop
 }
 
@@ -390,6 +423,9 @@ struct Reconfigure {
     running: HashMap<ListenerKey, CancellationToken>,
     bound: BoundListeners,
     permits: Arc<Semaphore>,
+    /// The per-core workers' runtimes (empty in the shared mode): an added listener gets a
+    /// socket on each.
+    places: Vec<Handle>,
     echo_addr: Option<SocketAddr>,
     /// The admin API, which shows the running config's routes and settings.
     api: Option<Arc<OpsApi>>,
@@ -424,7 +460,7 @@ impl Apply for Reconfigure {
         let mut added = Vec::new();
         for (key, _) in &snapshot.listeners {
             if !self.running.contains_key(key) {
-                added.push((*key, bind_public(*key).await?));
+                added.push((*key, bind_public(*key, self.places.len().max(1))?));
             }
         }
 
@@ -450,12 +486,12 @@ impl Apply for Reconfigure {
             .iter()
             .map(|(k, a, _)| (*k, *a))
             .collect();
-        for (key, listener) in added {
-            if let Ok(a) = listener.local_addr() {
+        for (key, sockets) in added {
+            if let Some(a) = sockets.first().and_then(|l| l.local_addr().ok()) {
                 addrs.insert(key, a);
             }
-            info!(event = "reload", listener = %key, "listener added");
-            let stop = start_listener(key, listener, &self.permits, &self.shared);
+            info!(event = "reload", listener = %key, sockets = sockets.len(), "listener added");
+            let stop = start_listener(key, sockets, &self.places, &self.permits, &self.shared);
             self.running.insert(key, stop);
         }
         self.running.retain(|key, stop| {
@@ -502,6 +538,9 @@ fn warn_needs_restart(old: &Config, new: &Config) {
     if old.worker_threads != new.worker_threads {
         keys.push("runtime.worker_threads");
     }
+    if old.runtime_mode != new.runtime_mode {
+        keys.push("runtime.mode");
+    }
     if old.log != new.log {
         keys.push("log");
     }
@@ -542,7 +581,7 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
         "limits": config.limits,
         "route": config.routes,
         "egress": config.egress,
-        "runtime": { "worker_threads": config.worker_threads },
+        "runtime": { "mode": config.runtime_mode, "worker_threads": config.worker_threads },
         "http2": config.http2,
         "reload": config.reload,
         "log": config.log,

@@ -5,8 +5,9 @@
 //! `tests/layout.rs`, which also prints the graph: `cargo test --test layout -- --nocapture`).
 //! ```text
 //! main.rs      CLI → config → gateway, until a signal
-//! gateway.rs   build the snapshot, bind, serve edge and ops, apply reloads (swap the
-//!              snapshot, bind/close listeners), drain on shutdown
+//! gateway.rs   build the snapshot, bind, serve edge and ops (edge on the per-core workers
+//!              when `[runtime] mode = "per-core"`), apply reloads (swap the snapshot,
+//!              bind/close listeners on every worker), drain on shutdown
 //! edge/        listener.rs: accept with permits, per-connection span, PROXY header, TLS, hyper
 //!              proxy_protocol.rs: PROXY v1/v2 from trusted load balancers only
 //!              h2.rs: HTTP/2 connections (ALPN h2, h2c) with extended CONNECT enabled
@@ -14,6 +15,8 @@
 //!              (400/426) → access → limits (429/503) → dial (502/504) → 101 (h2: 200) → session task
 //!              extended_connect.rs: the RFC 8441 checks (426/501) and the 200
 //!              console.rs: the browser console (plain GETs on listeners that serve it)
+//!              workers.rs: the per-core mode's threads, one single-threaded runtime each,
+//!              each accepting on its own SO_REUSEPORT socket of every listener
 //! ops/         admin.rs: /metrics, /healthz, /readyz, POST /reload; api.rs: status page and
 //!              session API (list, close, drain, config); shutdown.rs: signals → one token;
 //!              reload.rs: SIGHUP, file watch, POST /reload → one reload at a time

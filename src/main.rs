@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use wsgate::config::{LogConfig, LogFormat, QuickMode};
+use wsgate::config::{LogConfig, LogFormat, QuickMode, RuntimeMode};
 use wsgate::edge::urls::{machine_addresses, reachable_hosts};
 use wsgate::ops::reload::Sighup;
 use wsgate::{Config, Gateway, Snapshot};
@@ -76,6 +76,21 @@ struct Cli {
 enum LogFormatArg {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RuntimeModeArg {
+    Shared,
+    PerCore,
+}
+
+impl From<RuntimeModeArg> for RuntimeMode {
+    fn from(arg: RuntimeModeArg) -> Self {
+        match arg {
+            RuntimeModeArg::Shared => Self::Shared,
+            RuntimeModeArg::PerCore => Self::PerCore,
+        }
+    }
 }
 
 /// How to run: a config file, or quick mode (websockify's positional form and flags).
@@ -152,9 +167,15 @@ struct RunArgs {
     heartbeat: Option<f64>,
 
     /// Runtime worker threads (overrides [runtime] worker_threads); 0 = one per CPU,
-    /// 1 = a single-threaded runtime.
+    /// 1 = a single-threaded runtime; with --runtime-mode per-core, the number of workers.
     #[arg(long, value_name = "N", default_value_t = 0)]
     worker_threads: usize,
+
+    /// How connections are spread over threads (overrides [runtime] mode): one shared
+    /// runtime, or per-core (a single-threaded runtime and SO_REUSEPORT socket per worker)
+    /// [default: shared].
+    #[arg(long, value_enum, value_name = "MODE")]
+    runtime_mode: Option<RuntimeModeArg>,
 
     /// Serve the browser console at / on the listener.
     #[arg(long)]
@@ -191,6 +212,7 @@ impl RunArgs {
             admin: self.admin.clone(),
             heartbeat_secs: self.heartbeat,
             worker_threads: self.worker_threads,
+            runtime_mode: self.runtime_mode.map_or(RuntimeMode::default(), Into::into),
             console: self.console,
         }
     }
@@ -323,15 +345,19 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli, &config.log);
-    let runtime = match config.worker_threads {
+    let runtime = match (config.runtime_mode, config.worker_threads) {
+        // The gateway starts its workers; this thread is left admin, reload and signals.
+        (RuntimeMode::PerCore, _) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
         // One thread: no work stealing, no cross-thread wake-ups.
-        1 => tokio::runtime::Builder::new_current_thread()
+        (_, 1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
+        (_, 0) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
+        (_, n) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
             .enable_all()
             .build(),
@@ -412,6 +438,11 @@ fn load(args: &RunArgs) -> anyhow::Result<Config> {
     // The flag wins over a file's [runtime] and applies to the embedded default too.
     if args.worker_threads != 0 {
         config.worker_threads = args.worker_threads;
+    }
+    if let Some(mode) = args.runtime_mode {
+        config.runtime_mode = mode.into();
+        // The check a file's `[runtime] mode` gets, for the flag over a file.
+        config.runtime_mode.supported().context("--runtime-mode")?;
     }
     Ok(config)
 }

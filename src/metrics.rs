@@ -29,6 +29,7 @@ pub const BACKEND_SESSIONS_ACTIVE: &str = "wsgate_backend_sessions_active";
 pub const PROXY_HEADERS_REFUSED_TOTAL: &str = "wsgate_proxy_protocol_refused_total";
 pub const AUTH_FAILURES_TOTAL: &str = "wsgate_auth_failures_total";
 pub const BUILD_INFO: &str = "wsgate_build_info";
+pub const WORKER_SESSIONS_ACTIVE: &str = "wsgate_worker_sessions_active";
 
 /// Which HTTP carried a session's handshake: the `protocol` label of
 /// `wsgate_sessions_total` and `wsgate_sessions_active`.
@@ -162,6 +163,10 @@ fn describe() {
         "Refused credentials and unknown target tokens, each spending its address's budget"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the labels say which wsgate this is");
+    describe_gauge!(
+        WORKER_SESSIONS_ACTIVE,
+        "Per-core mode: WebSocket sessions now bridged on each worker thread"
+    );
 }
 
 /// Both reload counters at zero, so a fresh gateway shows them.
@@ -338,6 +343,43 @@ impl ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.decrement(1.0);
+    }
+}
+
+thread_local! {
+    /// On a per-core worker's thread: its `wsgate_worker_sessions_active` series.
+    static WORKER_SESSIONS: std::cell::OnceCell<Gauge> = const { std::cell::OnceCell::new() };
+}
+
+/// Mark the calling thread as per-core worker `i`: sessions opened on it count in
+/// `wsgate_worker_sessions_active{worker="i"}`, which shows 0 from now on.
+pub fn set_worker(i: usize) {
+    // A handle taken before the recorder exists would count nowhere.
+    install();
+    WORKER_SESSIONS.with(|cell| {
+        cell.get_or_init(|| gauge!(WORKER_SESSIONS_ACTIVE, "worker" => i.to_string()))
+            .increment(0.0);
+    });
+}
+
+/// A session's count in `wsgate_worker_sessions_active` of the worker thread it runs on;
+/// nothing outside the per-core mode's workers. Zero-sized, so the shared mode's session
+/// tasks carry nothing for it: a per-core session's task never leaves its worker's thread,
+/// so the drop meets the same thread's series as the open.
+pub struct WorkerSessionGuard(());
+
+impl WorkerSessionGuard {
+    /// Count the session on the calling thread's worker; call it from the session's task.
+    pub fn open() -> Self {
+        WORKER_SESSIONS.with(|cell| cell.get().map(|g| g.increment(1.0)));
+        Self(())
+    }
+}
+
+impl Drop for WorkerSessionGuard {
+    fn drop(&mut self) {
+        // `try_with`: a task dropped while its thread exits must not panic.
+        let _ = WORKER_SESSIONS.try_with(|cell| cell.get().map(|g| g.decrement(1.0)));
     }
 }
 

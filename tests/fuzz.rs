@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use wsgate::config::BackendAddr;
 use wsgate::edge::http::check_upgrade;
 use wsgate::session::frames::MessageCheck;
-use wsgate::session::reader::{FrameBudget, FrameReader, ReadError};
+use wsgate::session::reader::{FrameBudget, FrameReader, ReadError, ReadReady};
 use wsgate::session::utf8::{complete_prefix, Utf8Stream};
 use wsgate::Config;
 
@@ -628,6 +628,9 @@ proptest! {
 
 /// Yields its chunks one read at a time, then EOF.
 struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+/// Always readable: the reader keeps its buffer, as over TLS.
+impl ReadReady for Chunks {}
 
 impl AsyncRead for Chunks {
     fn poll_read(

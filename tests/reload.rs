@@ -339,6 +339,50 @@ async fn listeners_added_and_removed_by_reload() {
     gw.stop().await.unwrap();
 }
 
+/// In the per-core mode a listener added by a reload gets a socket on every worker: its
+/// sessions land on both workers and echo; removing it stops every worker's socket.
+#[tokio::test]
+async fn per_core_listener_added_by_reload_accepts_on_every_worker() {
+    let echo = format!("tcp://{}", tcp_echo_backend().await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wsgate.toml");
+    let one = config_with(&format!(
+        "[reload]\nwatch = false\n[runtime]\nmode = \"per-core\"\nworker_threads = 2\n{}",
+        route("a", "/", &echo)
+    ));
+    write(&file, &one);
+    let gw = spawn_gateway_from_file(&file).await;
+    let admin = gw.admin.expect("admin listener");
+
+    write(
+        &file,
+        &format!("[[listener]]\naddress = \"127.0.0.1:0\"\n{one}"),
+    );
+    let summary = gw.reload.reload(Trigger::Api).await.expect("reload");
+    assert!(summary.contains("1 added, 0 removed"), "{summary}");
+    let added = gw.listeners.urls()[1].0;
+    let mut sessions = sessions_on_every_worker(&format!("ws://{added}/"), admin, 2).await;
+
+    write(&file, &one);
+    let summary = gw.reload.reload(Trigger::Api).await.expect("reload");
+    assert!(summary.contains("0 added, 1 removed"), "{summary}");
+    // Refused only once no worker's socket is left: the kernel sends new connections to
+    // whichever of the address's sockets remain.
+    timeout(Duration::from_secs(10), async {
+        while TcpStream::connect(added).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the removed listener stops accepting on every worker");
+    for ws in &mut sessions {
+        assert_echoes(ws, b"session on the removed listener").await;
+    }
+    assert_echoes(&mut ws_client(&gw.url("/")).await, b"kept listener").await;
+    drop(sessions);
+    gw.stop().await.unwrap();
+}
+
 /// The real binary: start it on `file` with `args`, stderr captured.
 fn spawn_binary(file: &Path, args: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))

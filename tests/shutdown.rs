@@ -152,3 +152,104 @@ async fn binary_exits_0_on_sigterm_after_closing_sessions_1001() {
     assert!(log.contains("SIGTERM received"), "{log}");
     assert!(log.contains("shutdown complete"), "{log}");
 }
+
+/// The per-core mode drains every worker: sessions spread over both workers' runtimes all
+/// get 1001 when the shutdown starts, and `run` returns once they answered, with every
+/// worker thread joined.
+#[tokio::test]
+async fn per_core_shutdown_closes_sessions_on_every_worker_1001() {
+    let echo = tcp_echo_backend().await;
+    let gw = spawn_gateway(&config_with(&format!(
+        "{}\n[timeouts]\nclose_grace_secs = 60\nshutdown_grace_secs = 60\n\
+         [runtime]\nmode = \"per-core\"\nworker_threads = 2\n",
+        route("per_core_drain", "/", &format!("tcp://{echo}"))
+    )))
+    .await;
+    let admin = gw.admin.expect("admin listener");
+    let mut clients = sessions_on_every_worker(&gw.url("/"), admin, 2).await;
+    for (i, ws) in clients.iter_mut().enumerate() {
+        assert_echoes(ws, format!("still there {i}").as_bytes()).await;
+    }
+
+    gw.shutdown.cancel();
+    for ws in &mut clients {
+        let (code, reason) = expect_close(ws).await;
+        assert_eq!(code, 1001);
+        assert!(reason.contains("shutting down"), "{reason}");
+    }
+    for ws in &mut clients {
+        finish_close(ws).await;
+    }
+    timeout(Duration::from_secs(10), gw.task)
+        .await
+        .expect("the drain ends once every client answered, long before the 60 s grace")
+        .expect("no panic")
+        .expect("run returns Ok");
+    let page = wsgate::metrics::install().render();
+    assert_eq!(
+        metric(&page, &closes("per_core_drain", 1001, "gateway")),
+        Some(clients.len() as f64)
+    );
+    assert_eq!(worker_sessions(&page, 2), [0.0, 0.0], "{page}");
+    assert!(
+        TcpStream::connect(gw.addr).await.is_err(),
+        "no worker accepts after shutdown"
+    );
+}
+
+/// The real binary in the per-core mode (`--runtime-mode per-core --worker-threads 2`):
+/// sessions on both workers get 1001 on SIGTERM and the process exits 0.
+#[tokio::test]
+async fn per_core_binary_exits_0_on_sigterm_after_closing_sessions_on_every_worker() {
+    let echo = tcp_echo_backend().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args([
+            "--listen",
+            &listen,
+            "--route",
+            &format!("/=tcp://{echo}"),
+            "--admin",
+            &admin,
+            "--runtime-mode",
+            "per-core",
+            "--worker-threads",
+            "2",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("wsgate starts");
+    wait_for_listener(listen.parse().unwrap()).await;
+    wait_for_listener(admin.parse().unwrap()).await;
+
+    let mut clients =
+        sessions_on_every_worker(&format!("ws://{listen}/"), admin.parse().unwrap(), 2).await;
+
+    let pid = child.id().expect("running").to_string();
+    let kill = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(kill.success());
+
+    for ws in &mut clients {
+        let (code, reason) = expect_close(ws).await;
+        assert_eq!(code, 1001);
+        assert!(reason.contains("shutting down"), "{reason}");
+        finish_close(ws).await;
+    }
+
+    let out = timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("wsgate exits after SIGTERM")
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("runtime=per-core"), "{log}");
+    assert!(log.contains("shutdown complete"), "{log}");
+}

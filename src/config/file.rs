@@ -103,14 +103,54 @@ pub enum LogFormat {
     Json,
 }
 
-/// The async runtime.
+/// The async runtime; read at start (a reload that changes it logs that a restart is needed).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Worker threads; 0 = one per CPU (the default). 1 runs everything on one thread
-    /// (tokio's current-thread runtime): on a small box that the backend shares it moved
-    /// more bytes per CPU second in our benchmarks (docs/benchmarks.md).
+    /// How connections are spread over threads. Default `shared`.
+    pub mode: RuntimeMode,
+    /// Worker threads; 0 = one per CPU (the default). In `shared` mode 1 runs everything on
+    /// one thread (tokio's current-thread runtime): on a small box that the backend shares it
+    /// moved more bytes per CPU second in our benchmarks (docs/benchmarks.md). In `per-core`
+    /// mode, the number of workers.
     pub worker_threads: usize,
+}
+
+/// `[runtime] mode`: one work-stealing runtime for everything, or a thread per core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeMode {
+    /// One runtime (`worker_threads` threads, work stealing) serves every connection and the
+    /// admin side.
+    #[default]
+    Shared,
+    /// `worker_threads` single-threaded runtimes, each with its own `SO_REUSEPORT` socket per
+    /// public listener: the kernel spreads connections over them, and a connection, its TLS,
+    /// HTTP and session stay on one thread. Admin, reload and signals run on a thread of
+    /// their own. Linux only.
+    PerCore,
+}
+
+impl RuntimeMode {
+    /// Whether this platform can run the mode.
+    pub fn supported(self) -> anyhow::Result<()> {
+        if self == Self::PerCore && !cfg!(target_os = "linux") {
+            anyhow::bail!(
+                "\"per-core\" needs the kernel to spread connections over SO_REUSEPORT \
+                 sockets, which only Linux does; use \"shared\""
+            );
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for RuntimeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Shared => "shared",
+            Self::PerCore => "per-core",
+        })
+    }
 }
 
 /// A public listener: where clients connect, with optional TLS (`wss://`).

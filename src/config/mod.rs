@@ -23,7 +23,7 @@ pub use backend_addr::BackendAddr;
 pub use file::{
     AdminConfig, Balance, CompressionMode, FileConfig, HealthConfig, Limits, ListenerConfig,
     LogConfig, LogFormat, MessageType, ProxyProtocolVersion, ReloadConfig, RouteConfig,
-    RuntimeConfig, Timeouts, TlsConfig, WebConfig,
+    RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig,
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
@@ -64,7 +64,9 @@ pub struct Config {
     pub drain_grace: Duration,
     /// `[admin] bearer_sha256`, checked to be 64 hex digits.
     pub admin_bearer_sha256: Option<String>,
-    /// Runtime worker threads; 0 = one per CPU.
+    /// `[runtime] mode`: one shared runtime, or a single-threaded runtime per worker.
+    pub runtime_mode: RuntimeMode,
+    /// Runtime worker threads (per-core mode: workers); 0 = one per CPU.
     pub worker_threads: usize,
     pub max_connections: usize,
     pub buffer_bytes: usize,
@@ -210,6 +212,7 @@ impl FileConfig {
                 self.runtime.worker_threads
             );
         }
+        self.runtime.mode.supported().context("runtime.mode")?;
         let mut names = HashSet::new();
         let mut paths = HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
@@ -262,6 +265,7 @@ impl FileConfig {
             close_grace: secs("close_grace_secs", t.close_grace_secs, false)?,
             backend_stall: secs("backend_stall_secs", t.backend_stall_secs, false)?,
             shutdown_grace: secs("shutdown_grace_secs", t.shutdown_grace_secs, false)?,
+            runtime_mode: self.runtime.mode,
             worker_threads: self.runtime.worker_threads,
             max_connections: l.max_connections,
             buffer_bytes: l.buffer_bytes,
@@ -654,6 +658,21 @@ mod tests {
     }
 
     #[test]
+    fn runtime_mode_reads_both_spellings() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nname=\"a\"\npath=\"/\"\nbackend=\"tcp://h:1\"\n";
+        let c = Config::from_toml(base).unwrap();
+        assert_eq!(c.runtime_mode, RuntimeMode::Shared);
+        let c = Config::from_toml(&format!(
+            "{base}[runtime]\nmode = \"per-core\"\nworker_threads = 3\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.runtime_mode, c.worker_threads),
+            (RuntimeMode::PerCore, 3)
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = Config::from_toml(
             "[[listener]]\naddress = \"127.0.0.1:0\"\nbogus = 1\n[[route]]\nname=\"a\"\npath=\"/\"\nbackend=\"tcp://h:1\"\n",
@@ -710,6 +729,11 @@ mod tests {
             (
                 "[[route]]\nname=\"c\"\npath=\"/c\"\nbackend=\"udp://h:1\"\n",
                 "route[1].backend",
+            ),
+            ("[runtime]\nmode = \"percore\"\n", "per-core"),
+            (
+                "[runtime]\nworker_threads = 2000\n",
+                "runtime.worker_threads",
             ),
         ] {
             let err = Config::from_toml(&format!("{base}{extra}")).unwrap_err();

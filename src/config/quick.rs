@@ -11,7 +11,8 @@ use anyhow::{bail, Context};
 
 use super::access::ClientAuth;
 use super::file::{
-    AdminConfig, FileConfig, ListenerConfig, RouteConfig, RuntimeConfig, TlsConfig, WebConfig,
+    AdminConfig, FileConfig, ListenerConfig, RouteConfig, RuntimeConfig, RuntimeMode, TlsConfig,
+    WebConfig,
 };
 use super::target::TargetConfig;
 
@@ -53,6 +54,8 @@ pub struct QuickMode {
     pub heartbeat_secs: Option<f64>,
     /// `[runtime] worker_threads`.
     pub worker_threads: usize,
+    /// `[runtime] mode`.
+    pub runtime_mode: RuntimeMode,
     /// Serve the browser console on the listener.
     pub console: bool,
 }
@@ -198,6 +201,7 @@ impl QuickMode {
             reload: Default::default(),
             log: Default::default(),
             runtime: RuntimeConfig {
+                mode: self.runtime_mode,
                 worker_threads: self.worker_threads,
             },
             web: self.web.clone().map(|root| WebConfig { root }),
@@ -271,12 +275,15 @@ impl QuickMode {
                 quote_path(&web.root)
             );
         }
-        if file.runtime.worker_threads != 0 {
-            let _ = writeln!(
-                w,
-                "\n[runtime]\nworker_threads = {}",
-                file.runtime.worker_threads
-            );
+        let runtime = &file.runtime;
+        if runtime.worker_threads != 0 || runtime.mode != RuntimeMode::default() {
+            let _ = writeln!(w, "\n[runtime]");
+            if runtime.mode != RuntimeMode::default() {
+                let _ = writeln!(w, "mode = {}", quote(&runtime.mode.to_string()));
+            }
+            if runtime.worker_threads != 0 {
+                let _ = writeln!(w, "worker_threads = {}", runtime.worker_threads);
+            }
         }
         for r in &file.routes {
             let _ = writeln!(w, "\n[[route]]\nname = {}", quote(&r.name));
@@ -497,6 +504,7 @@ mod tests {
         q.heartbeat_secs = Some(15.0);
         q.routes = vec!["/echo=builtin:echo".into()];
         q.worker_threads = 1;
+        q.runtime_mode = RuntimeMode::PerCore;
         let text = q.to_toml("wsgate …").unwrap();
         let direct = format!("{:?}", q.to_file_config().unwrap().validate().unwrap());
         let parsed = format!("{:?}", Config::from_toml(&text).unwrap());

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
@@ -26,6 +26,7 @@ use crate::session::bridge::{self, BridgeConfig};
 use crate::session::deflate::{HopDeflate, RelayDeflate};
 use crate::session::extensions::{self, Agreement};
 use crate::session::io::{websocket_halves, ClientStream};
+use crate::session::reader::ReadReady;
 use crate::session::registry::{Registered, SessionEntry, SessionInfo};
 use crate::session::relay::{self, RelayConfig};
 use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
@@ -222,6 +223,8 @@ pub async fn handle(
                     return;
                 }
             };
+            // In the session's task: the thread it counts on is the one it runs on.
+            let _worker = metrics::WorkerSessionGuard::open();
             let mut registered = shared.registry.register(info, &shared.shutdown);
             Span::current().record("session", registered.entry().id);
             let code = run_session(
@@ -337,7 +340,7 @@ async fn bridge_session<CR, CW>(
     deflate: Option<Agreement>,
 ) -> u16
 where
-    CR: AsyncRead + Unpin + Send + 'static,
+    CR: ReadReady + Send + 'static,
     CW: AsyncWrite + Unpin,
 {
     let started = Instant::now();

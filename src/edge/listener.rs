@@ -4,12 +4,14 @@
 //! [`super::http::handle`].
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -27,7 +29,9 @@ use crate::snapshot::{ListenerKey, Snapshot};
 /// A bound public listener: its socket, the key its TLS config is found under in each
 /// snapshot, and its own stop (a reload that drops it from the config cancels it).
 pub struct PublicListener {
-    pub listener: TcpListener,
+    /// Registered with the runtime the accept loop runs on, when it starts: a socket
+    /// registered elsewhere would be woken by that other runtime's thread.
+    pub listener: std::net::TcpListener,
     pub key: ListenerKey,
     /// Stop accepting; connections already accepted carry on.
     pub stop: CancellationToken,
@@ -37,6 +41,13 @@ pub struct PublicListener {
 /// clients wait in the kernel's backlog instead of costing us memory. Each connection takes
 /// the snapshot current when it is accepted: a new TLS client meets the latest certificate.
 pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc<Shared>) {
+    let listener = match TcpListener::from_std(l.listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(listener = %l.key, error = %e, "listener not served: registering its socket failed");
+            return;
+        }
+    };
     // The console of the snapshot it was built from, rebuilt when a reload swaps it.
     let mut console: Option<(Arc<Snapshot>, Option<Arc<Console>>)> = None;
     loop {
@@ -46,7 +57,7 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
             () = l.stop.cancelled() => break,
         };
         let accepted = tokio::select! {
-            r = l.listener.accept() => r,
+            r = listener.accept() => r,
             () = shared.shutdown.cancelled() => break,
             () = l.stop.cancelled() => break,
         };
@@ -104,6 +115,40 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
             .instrument(span),
         );
     }
+}
+
+/// How many connections may wait in each listening socket's accept queue (tokio's and
+/// mio's value for `TcpListener::bind`; the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: i32 = 1024;
+
+/// Bind `address` as `count` listening sockets. Several (the per-core mode, one per worker)
+/// share the address through `SO_REUSEPORT`, and the kernel spreads new connections over
+/// them; port 0 binds the first socket to a free port and the others to the same one.
+pub fn bind(address: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut sockets = Vec::with_capacity(count);
+    let mut address = address;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        // As tokio's TcpListener::bind does: a restart may bind while old connections sit
+        // in TIME_WAIT.
+        #[cfg(unix)]
+        socket.set_reuse_address(true)?;
+        #[cfg(target_os = "linux")]
+        if count > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(BACKLOG)?;
+        let listener = std::net::TcpListener::from(socket);
+        address = listener.local_addr()?;
+        sockets.push(listener);
+    }
+    Ok(sockets)
 }
 
 /// The browser console of listener `key` in `snapshot`, when that listener serves it.

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Payload};
 use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +30,7 @@ use super::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed
 use super::io::BackendSource;
 use super::keepalive::{Due, Held, Keepalive};
 use super::pacer::Pacer;
-use super::reader::{FrameReader, ReadError};
+use super::reader::{FrameReader, ReadError, ReadReady};
 use super::registry::SessionControl;
 use super::utf8::complete_prefix;
 use super::writer::FrameWriter;
@@ -127,7 +127,7 @@ pub fn run<'a, CR, CW, BR, BW>(
     hard_stop: &'a CancellationToken,
 ) -> impl Future<Output = Outcome> + 'a
 where
-    CR: AsyncRead + Unpin + Send + 'static,
+    CR: ReadReady + Send + 'static,
     CW: AsyncWrite + Unpin + 'a,
     BR: BackendSource + 'a,
     BW: AsyncWrite + Unpin + Send + 'static,
@@ -206,7 +206,7 @@ struct ClientPump<CR, BW> {
     counters: ClientCounters,
 }
 
-impl<CR: AsyncRead + Unpin, BW: AsyncWrite + Unpin> ClientPump<CR, BW> {
+impl<CR: ReadReady, BW: AsyncWrite + Unpin> ClientPump<CR, BW> {
     /// Ends at the client's Close, error or EOF, or when the writer aborts the task.
     async fn run(&mut self) {
         let last = pump_client_frames(
@@ -233,7 +233,7 @@ async fn pump_client_frames<CR, BW>(
     counters: &mut ClientCounters,
 ) -> FromClient
 where
-    CR: AsyncRead + Unpin,
+    CR: ReadReady,
     BW: AsyncWrite + Unpin,
 {
     let mut messages = MessageCheck::new(counters.max_message_bytes);
@@ -454,11 +454,12 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         // Parked far away until a deadline needs it (an unarmed tokio timer costs nothing).
         let timer = tokio::time::sleep_until(Instant::now() + Duration::from_secs(1 << 30));
         tokio::pin!(timer);
-        // Made once: a fresh wait per loop would join and leave each token's waiter list,
-        // under its lock, on every message.
-        let stopped_now = hard_stop.cancelled();
+        // Made once: a fresh wait per loop would join and leave the token's waiter list,
+        // under its lock, on every message. The drain's hard stop comes only after the
+        // shutdown, which cancels every session's control first; so it is watched only once
+        // the session stopped accepting that (our Close is out), and then afresh each loop.
         let asked_to_close = control.cancelled();
-        tokio::pin!(stopped_now, asked_to_close);
+        tokio::pin!(asked_to_close);
         // Allocated on the first backend bytes, sized to the traffic: an idle session holds little.
         let mut buf: Vec<u8> = Vec::new();
         let mut pacer = Pacer::new(config.bandwidth_bytes_per_sec);
@@ -559,7 +560,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
             }
             tokio::select! {
                 biased;
-                () = &mut stopped_now => return stopped,
+                () = hard_stop.cancelled(), if !accepting_shutdown => return stopped,
                 // Timers first: a session busy with bulk data still pings on time, and a
                 // close deadline holds however fast the backend talks.
                 () = &mut timer, if next.is_some() => {

@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use super::reader::{FrameBudget, FrameReader};
+use super::reader::{FrameBudget, FrameReader, ReadReady};
 use super::writer::FrameWriter;
 
 /// A read half that first yields bytes already read past the HTTP request
@@ -44,6 +44,23 @@ impl<R: AsyncRead + Unpin> AsyncRead for Rewind<R> {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// The early bytes first; then the socket's readiness.
+impl<R: ReadReady + Send> ReadReady for Rewind<R> {
+    async fn read_ready(&mut self) -> io::Result<()> {
+        if self.prefix.is_empty() {
+            self.inner.read_ready().await
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl ReadReady for OwnedReadHalf {
+    async fn read_ready(&mut self) -> io::Result<()> {
+        self.readable().await
     }
 }
 
@@ -151,7 +168,7 @@ pub fn websocket_halves<R, W>(
     budget: &Arc<FrameBudget>,
 ) -> (FrameReader<R>, FrameWriter<W>)
 where
-    R: AsyncRead + Unpin,
+    R: ReadReady,
     W: AsyncWrite + Unpin,
 {
     (
@@ -164,6 +181,40 @@ where
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    /// An idle plain session's reader holds no read buffer while it waits, and takes one
+    /// when bytes come (issue 15: 512 bytes of every idle session).
+    #[tokio::test]
+    async fn an_idle_reader_over_a_socket_holds_no_buffer() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, _write) = server.into_split();
+        let mut reader = FrameReader::new(
+            Rewind::new(Bytes::new(), read),
+            Role::Server,
+            1 << 20,
+            FrameBudget::unlimited(),
+        );
+        // A masked binary frame "hi" (mask 0, so the payload is as sent).
+        let frame = [0x82, 0x82, 0, 0, 0, 0, b'h', b'i'];
+        for _ in 0..2 {
+            client.write_all(&frame).await.unwrap();
+            let got = reader.read_frame().await.unwrap();
+            assert_eq!(&got.payload[..], b"hi");
+            let waited =
+                tokio::time::timeout(std::time::Duration::from_millis(50), reader.read_frame())
+                    .await;
+            assert!(waited.is_err(), "no frame was sent");
+            assert!(
+                !reader.holds_buffer(),
+                "the idle reader gave its buffer back"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn rewind_yields_the_prefix_first() {

@@ -8,9 +8,11 @@
 //! a property of one frame, and hands out fastwebsockets `Frame`s so the rest of the pipeline
 //! (and the writer) stays on fastwebsockets.
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::BytesMut;
 use fastwebsockets::{Frame, OpCode, Payload, Role};
@@ -104,7 +106,9 @@ pub struct FrameReader<R> {
     /// What this reader has charged to `budget` for the frame it is reading or last read.
     charged: usize,
     /// Boxed: the reader moves through several futures before it settles in its task.
-    inline: Box<[u8; INLINE]>,
+    /// `None` while nothing is buffered and the stream has nothing to read: an idle session
+    /// holds no read buffer (see [`ReadReady`]).
+    inline: Option<Box<[u8; INLINE]>>,
     start: usize,
     end: usize,
     /// permessage-deflate was negotiated: RSV1 may mark a message's first frame.
@@ -113,7 +117,22 @@ pub struct FrameReader<R> {
     rsv1: bool,
 }
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
+/// A stream that can say when a read would not wait, so the frame reader takes its buffer
+/// only when bytes are there. The default says "now": the reader then waits inside the read,
+/// holding its buffer, as before.
+pub trait ReadReady: AsyncRead + Unpin {
+    /// Resolves when a read would return at once (bytes, end of stream or an error).
+    /// Cancel-safe.
+    fn read_ready(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead> ReadReady for tokio::io::ReadHalf<T> {}
+impl ReadReady for &[u8] {}
+impl ReadReady for tokio::io::DuplexStream {}
+
+impl<R: ReadReady> FrameReader<R> {
     /// `role` is ours: as a server we read a client's (masked) frames.
     pub fn new(stream: R, role: Role, max_frame_bytes: usize, budget: Arc<FrameBudget>) -> Self {
         Self {
@@ -122,7 +141,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             max_frame_bytes,
             budget,
             charged: 0,
-            inline: Box::new([0; INLINE]),
+            inline: None,
             start: 0,
             end: 0,
             rsv1_allowed: false,
@@ -154,19 +173,43 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(())
     }
 
+    /// Whether the reader holds its read buffer now (an idle one should not).
+    #[cfg(test)]
+    pub(crate) fn holds_buffer(&self) -> bool {
+        self.inline.is_some()
+    }
+
+    /// The bytes buffered (only called once some are).
     fn buffered(&self) -> &[u8] {
-        &self.inline[self.start..self.end]
+        self.inline
+            .as_deref()
+            .map_or(&[][..], |b| &b[self.start..self.end])
     }
 
     /// Make sure `n` (≤ INLINE) bytes are buffered.
     async fn fill(&mut self, n: usize) -> Result<(), ReadError> {
         while self.end - self.start < n {
+            if self.start == self.end {
+                (self.start, self.end) = (0, 0);
+                // Nothing buffered: if the stream has nothing either, give the buffer back
+                // while waiting (a fresh one is a cheap allocation when bytes come).
+                let ready = self.stream.read_ready();
+                tokio::pin!(ready);
+                if std::future::poll_fn(|cx| Poll::Ready(ready.as_mut().poll(cx)))
+                    .await
+                    .is_pending()
+                {
+                    self.inline = None;
+                    ready.await?;
+                }
+            }
+            let inline = self.inline.get_or_insert_with(|| Box::new([0; INLINE]));
             if self.end == INLINE || self.start > 0 && self.end + n > INLINE {
-                self.inline.copy_within(self.start..self.end, 0);
+                inline.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
             }
-            let read = self.stream.read(&mut self.inline[self.end..]).await?;
+            let read = self.stream.read(&mut inline[self.end..]).await?;
             if read == 0 {
                 return Err(ReadError::Gone(None));
             }
@@ -213,7 +256,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         };
         let header_len = 2 + extended + if masked { 4 } else { 0 };
         self.fill(header_len).await?;
-        let header = &self.inline[self.start..self.start + header_len];
+        let header = &self.buffered()[..header_len];
         let length = match extended {
             0 => u64::from(b1 & 0x7f),
             2 => u64::from(u16::from_be_bytes([header[2], header[3]])),
@@ -281,7 +324,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         let mut payload = BytesMut::with_capacity(first);
         let from_inline = length.min(self.end - self.start);
-        payload.extend_from_slice(&self.inline[self.start..self.start + from_inline]);
+        payload.extend_from_slice(&self.buffered()[..from_inline]);
         self.start += from_inline;
         if self.start == self.end {
             (self.start, self.end) = (0, 0);

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload};
 use metrics::Histogram;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,7 @@ use super::deflate::{Deflater, Inflater, RelayDeflate, MIN_COMPRESS};
 use super::frames::{close_payload_code, GuardedWriter, MessageCheck, Violation, WriteFailed};
 use super::keepalive::{sleep_until_opt, Due, Held, Keepalive};
 use super::pacer::Pacer;
-use super::reader::{FrameReader, ReadError};
+use super::reader::{FrameReader, ReadError, ReadReady};
 use super::registry::SessionControl;
 use super::writer::FrameWriter;
 use crate::error::close_code;
@@ -167,9 +167,9 @@ pub async fn run<CR, CW, BR, BW>(
     hard_stop: &CancellationToken,
 ) -> Outcome
 where
-    CR: AsyncRead + Unpin + Send + 'static,
+    CR: ReadReady + Send + 'static,
     CW: AsyncWrite + Unpin,
-    BR: AsyncRead + Unpin + Send + 'static,
+    BR: ReadReady + Send + 'static,
     BW: AsyncWrite + Unpin,
 {
     let first: FirstEnd = Arc::default();
@@ -315,7 +315,7 @@ struct Counts {
 
 /// One hop's reader: frames from its peer, checked, to the other hop (data, Close)
 /// or to its own writer (ping, pong, violations).
-async fn read_hop<R: AsyncRead + Unpin>(
+async fn read_hop<R: ReadReady>(
     mut ws: FrameReader<R>,
     hop: Hop,
     own: mpsc::Sender<Own>,
@@ -331,7 +331,7 @@ async fn read_hop<R: AsyncRead + Unpin>(
     }
 }
 
-async fn pump_hop<R: AsyncRead + Unpin>(
+async fn pump_hop<R: ReadReady>(
     ws: &mut FrameReader<R>,
     hop: Hop,
     own: &mpsc::Sender<Own>,

@@ -1096,3 +1096,49 @@ pub async fn proxy_reading_backend() -> SocketAddr {
     });
     addr
 }
+
+// ---------------------------------------------------------------------------------------------
+// The per-core mode.
+
+/// `wsgate_worker_sessions_active{worker="i"}` for workers `0..workers` (0 when absent).
+pub fn worker_sessions(page: &str, workers: usize) -> Vec<f64> {
+    (0..workers)
+        .map(|i| {
+            metric(
+                page,
+                &format!("wsgate_worker_sessions_active{{worker=\"{i}\"}}"),
+            )
+            .unwrap_or(0.0)
+        })
+        .collect()
+}
+
+/// Open sessions to `url`, each checked by an echo, until every one of `workers` per-core
+/// workers serves at least one (the kernel picks a worker per connection; 64 sessions at
+/// most, where missing a worker by chance is below 2^-60 for two). Every open session is
+/// counted on exactly one worker.
+pub async fn sessions_on_every_worker(
+    url: &str,
+    admin: SocketAddr,
+    workers: usize,
+) -> Vec<WsClient> {
+    let mut sessions = Vec::new();
+    loop {
+        let mut ws = ws_client(url).await;
+        assert_echoes(&mut ws, format!("session {}", sessions.len()).as_bytes()).await;
+        sessions.push(ws);
+        let counts = worker_sessions(&scrape(admin).await, workers);
+        assert_eq!(
+            counts.iter().sum::<f64>(),
+            sessions.len() as f64,
+            "every session on one worker: {counts:?}"
+        );
+        if counts.iter().all(|&n| n > 0.0) {
+            return sessions;
+        }
+        assert!(
+            sessions.len() < 64,
+            "64 sessions and a worker got none: {counts:?}"
+        );
+    }
+}
