@@ -124,6 +124,7 @@ fn default_settings() -> (BridgeConfig, usize) {
         close_grace: config.close_grace,
         backend_stall: config.backend_stall,
         bandwidth_bytes_per_sec: None,
+        deflate: None,
     };
     (bridge, config.max_frame_bytes(route))
 }

@@ -33,6 +33,8 @@
 //! session/     after the 101: reader (RFC 6455 §5 per frame), frames (message rules,
 //!              guarded writes), utf8, keepalive, pacer, io, bridge (WS ↔ bytes), relay (WS ↔ WS),
 //!              registry (live sessions, each one's close request, route drains)
+//!              writer (frames out, RSV1), extensions (permessage-deflate negotiation),
+//!              deflate (its codec: chunked inflate, deflate per message, context rules)
 //! tls.rs       PEM → rustls server configs (mTLS) and backend client configs
 //! config/      the file format only: serde structs, defaults, validation, quick mode,
 //!              the embedded default (default.toml); imports nothing of ours

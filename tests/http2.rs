@@ -119,6 +119,21 @@ impl H2Conn {
         protocol: &'static str,
         headers: &[(&str, &str)],
     ) -> Result<(StatusCode, Option<String>, Option<H2Ws>), hyper::Error> {
+        let (status, answer, stream) = self.stream(path, protocol, headers).await?;
+        let chosen = answer
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let ws = stream.map(|s| WebSocket::after_handshake(s, Role::Client));
+        Ok((status, chosen, ws))
+    }
+
+    /// An extended CONNECT: the status, the answer's headers, and on `200` the stream.
+    async fn stream(
+        &mut self,
+        path: &str,
+        protocol: &'static str,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, hyper::HeaderMap, Option<TokioIo<Upgraded>>), hyper::Error> {
         let mut req = Request::builder()
             .method(Method::CONNECT)
             .uri(format!("https://localhost{path}"))
@@ -131,16 +146,12 @@ impl H2Conn {
         self.send.ready().await?;
         let mut resp = self.send.send_request(req).await?;
         let status = resp.status();
-        let chosen = resp
-            .headers()
-            .get("sec-websocket-protocol")
-            .map(|v| v.to_str().unwrap().to_owned());
+        let answer = resp.headers().clone();
         if status != StatusCode::OK {
-            return Ok((status, chosen, None));
+            return Ok((status, answer, None));
         }
         let upgraded = hyper::upgrade::on(&mut resp).await?;
-        let ws = WebSocket::after_handshake(TokioIo::new(upgraded), Role::Client);
-        Ok((status, chosen, Some(ws)))
+        Ok((status, answer, Some(TokioIo::new(upgraded))))
     }
 
     /// A WebSocket that must open.
@@ -697,5 +708,66 @@ async fn reload_turns_h2c_on_for_new_connections() {
     assert_echoes(&mut ws1, b"http/1.1 from before").await;
     close_normally(&mut ws).await;
     drop(ws1);
+    gw.stop().await.unwrap();
+}
+
+/// permessage-deflate over an extended CONNECT (RFC 8441 streams carry
+/// `Sec-WebSocket-Extensions` as headers, as HTTP/1.1 does): the `200` carries the gateway's
+/// answer, a compressed text message is inflated for the TCP backend, and the backend's
+/// bytes come back compressed (RSV1) on the same stream, twice (the context is kept). A
+/// route with compression off declines the same offer on the same connection.
+#[tokio::test]
+async fn permessage_deflate_over_an_h2_extended_connect() {
+    let pki = pki();
+    let echo = tcp_echo_backend().await;
+    let backend = format!("tcp://{echo}");
+    let gw = spawn_gateway(&tls_config(
+        &pki.cert_file,
+        &pki.key_file,
+        &format!(
+            "{}compression = \"on\"\nmessage_type = \"text\"\nsubprotocols = []\n{}",
+            route("z", "/z", &backend),
+            route("plain", "/plain", &backend)
+        ),
+    ))
+    .await;
+    let mut h2 = H2Conn::tls(gw.addr, &pki).await;
+    let offer = [(
+        "sec-websocket-extensions",
+        "permessage-deflate; client_max_window_bits",
+    )];
+    let (status, answer, _) = h2.stream("/plain", "websocket", &offer).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer.get("sec-websocket-extensions"), None);
+    let (status, answer, stream) = h2.stream("/z", "websocket", &offer).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        answer
+            .get("sec-websocket-extensions")
+            .map(|v| v.to_str().unwrap()),
+        Some("permessage-deflate")
+    );
+    let mut ws = RawWs::from_upgraded(stream.expect("the stream"));
+    let (mut deflate, mut inflate) = (ClientDeflate::new(), ClientInflate::new());
+    let line = b"{\"type\":\"tick\",\"symbol\":\"ACME\",\"price\":101.25,\"size\":300}\n";
+    let msg: Vec<u8> = line.iter().copied().cycle().take(20_000).collect();
+    for _ in 0..2 {
+        let wire = deflate.piece(&msg, true);
+        assert!(wire.len() < msg.len() / 5);
+        ws.send(&client_frame(
+            frame_bits::FIN | frame_bits::RSV1 | frame_bits::TEXT,
+            &wire,
+        ))
+        .await;
+        let (back, compressed) = read_echo(&mut ws, &mut inflate, msg.len()).await;
+        assert_eq!(back, msg);
+        assert!(compressed > 0, "the echo comes back compressed over h2");
+    }
+    ws.send(&client_frame(
+        frame_bits::FIN | frame_bits::CLOSE,
+        &close_payload(1000, ""),
+    ))
+    .await;
+    assert_eq!(ws.expect_close().await.0, 1000);
     gw.stop().await.unwrap();
 }

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::BackendAddr;
 use crate::error::RejectError;
 use crate::policy::targets::{self, Egress};
+use crate::session::extensions::{self, Agreement};
 
 /// A connected backend. An enum, not a TCP stream, so more kinds can join it.
 #[derive(Debug)]
@@ -38,6 +39,9 @@ pub enum Backend {
     WebSocket {
         io: TokioIo<Upgraded>,
         protocol: Option<HeaderValue>,
+        /// permessage-deflate as the backend accepted it (only offered when the client's
+        /// hop agreed on it).
+        deflate: Option<Agreement>,
     },
 }
 
@@ -50,6 +54,8 @@ pub struct Handshake {
     pub headers: HeaderMap,
     /// The client's `Sec-WebSocket-Protocol` offer, passed through.
     pub protocols: Option<HeaderValue>,
+    /// permessage-deflate to offer, shaped by the client hop's agreement.
+    pub deflate: Option<Agreement>,
 }
 
 /// The two ends of the client's connection, as a PROXY header tells them to a backend.
@@ -168,7 +174,7 @@ impl Dialer {
                     } else {
                         format!("{}:{port}", bracket(host))
                     };
-                    let (io, protocol) = match (tls, backend_tls) {
+                    let (io, protocol, deflate) = match (tls, backend_tls) {
                         (true, Some(config)) => {
                             let name = ServerName::try_from(host.clone())
                                 .map_err(|e| handshake_error(e.to_string()))?;
@@ -180,7 +186,11 @@ impl Dialer {
                         }
                         _ => websocket_handshake(tcp, &authority, handshake).await?,
                     };
-                    Backend::WebSocket { io, protocol }
+                    Backend::WebSocket {
+                        io,
+                        protocol,
+                        deflate,
+                    }
                 }
             };
             if let Some(addrs) = proxy {
@@ -263,7 +273,7 @@ async fn websocket_handshake<S>(
     io: S,
     authority: &str,
     handshake: Handshake,
-) -> Result<(TokioIo<Upgraded>, Option<HeaderValue>), RejectError>
+) -> Result<(TokioIo<Upgraded>, Option<HeaderValue>, Option<Agreement>), RejectError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -282,6 +292,11 @@ where
     }
     if let Some(p) = &handshake.protocols {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, p.clone());
+    }
+    if let Some(offer) = &handshake.deflate {
+        let offer = HeaderValue::from_str(&extensions::backend_offer(offer))
+            .map_err(|e| handshake_error(format!("building the request: {e}")))?;
+        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, offer);
     }
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
@@ -310,9 +325,17 @@ where
     {
         return Err(handshake_error("wrong Sec-WebSocket-Accept"));
     }
-    if h.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
-        return Err(handshake_error("extension negotiated without an offer"));
-    }
+    let answer = h
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let deflate = match &handshake.deflate {
+        None if h.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) => {
+            return Err(handshake_error("extension negotiated without an offer"))
+        }
+        None => None,
+        Some(offer) => extensions::check_answer(answer, offer).map_err(handshake_error)?,
+    };
     let protocol = h.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
     if let Some(chosen) = &protocol {
         let offered = handshake
@@ -331,7 +354,7 @@ where
     let upgraded = hyper::upgrade::on(&mut response)
         .await
         .map_err(|e| handshake_error(e.to_string()))?;
-    Ok((TokioIo::new(upgraded), protocol))
+    Ok((TokioIo::new(upgraded), protocol, deflate))
 }
 
 fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {

@@ -434,6 +434,45 @@ pub struct RouteConfig {
     /// Overrides `limits.bandwidth_bytes_per_sec` for this route (0 = unpaced).
     #[serde(default)]
     pub bandwidth_bytes_per_sec: Option<u64>,
+    /// permessage-deflate (RFC 7692) on the client hop: `off` (default) or `on`.
+    /// See docs/compression.md for when it pays.
+    #[serde(default)]
+    pub compression: CompressionMode,
+    /// The gateway keeps its compressor between messages (better ratio for small similar
+    /// messages, about 280 KiB per active session at 15 window bits). Default true.
+    #[serde(default = "default_true")]
+    pub compression_server_context_takeover: bool,
+    /// The client may keep its compressor between messages; false asks it not to
+    /// (`client_no_context_takeover`), so the gateway holds no decompressor between
+    /// messages. Default true.
+    #[serde(default = "default_true")]
+    pub compression_client_context_takeover: bool,
+    /// The gateway's LZ77 window, 9..=15 bits. Default 15.
+    #[serde(default = "default_window_bits")]
+    pub compression_server_max_window_bits: u8,
+    /// The client's window when it lets the gateway choose, 9..=15 bits. Default 15.
+    #[serde(default = "default_window_bits")]
+    pub compression_client_max_window_bits: u8,
+    /// zlib level for what the gateway compresses, 0..=9. Default 1 (fastest).
+    #[serde(default = "default_compression_level")]
+    pub compression_level: u8,
+}
+
+/// Whether a route negotiates permessage-deflate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionMode {
+    #[default]
+    Off,
+    On,
+}
+
+fn default_window_bits() -> u8 {
+    15
+}
+
+fn default_compression_level() -> u8 {
+    1
 }
 
 impl FileConfig {
@@ -505,6 +544,12 @@ impl RouteConfig {
             target: None,
             max_sessions: None,
             bandwidth_bytes_per_sec: None,
+            compression: CompressionMode::Off,
+            compression_server_context_takeover: true,
+            compression_client_context_takeover: true,
+            compression_server_max_window_bits: default_window_bits(),
+            compression_client_max_window_bits: default_window_bits(),
+            compression_level: default_compression_level(),
         }
     }
 }

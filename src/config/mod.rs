@@ -21,9 +21,9 @@ use anyhow::{bail, Context};
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
 pub use backend_addr::BackendAddr;
 pub use file::{
-    AdminConfig, Balance, FileConfig, HealthConfig, Limits, ListenerConfig, LogConfig, LogFormat,
-    MessageType, ProxyProtocolVersion, ReloadConfig, RouteConfig, RuntimeConfig, RuntimeMode,
-    Timeouts, TlsConfig, WebConfig,
+    AdminConfig, Balance, CompressionMode, FileConfig, HealthConfig, Limits, ListenerConfig,
+    LogConfig, LogFormat, MessageType, ProxyProtocolVersion, ReloadConfig, RouteConfig,
+    RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig,
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
@@ -386,6 +386,26 @@ impl FileConfig {
             if p.is_empty() || !p.bytes().all(is_token_byte) {
                 bail!("{at}.subprotocols: {p:?} is not an HTTP token");
             }
+        }
+        for (key, bits) in [
+            (
+                "compression_server_max_window_bits",
+                r.compression_server_max_window_bits,
+            ),
+            (
+                "compression_client_max_window_bits",
+                r.compression_client_max_window_bits,
+            ),
+        ] {
+            if !(9..=15).contains(&bits) {
+                bail!("{at}.{key}: must be 9..=15, got {bits}");
+            }
+        }
+        if r.compression_level > 9 {
+            bail!(
+                "{at}.compression_level: must be 0..=9, got {}",
+                r.compression_level
+            );
         }
         Ok(())
     }

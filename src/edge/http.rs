@@ -23,6 +23,8 @@ use crate::logsafe::Escaped;
 use crate::metrics::{self, Protocol, SessionMetrics};
 use crate::policy::{access, ClientSource, ConnInfo};
 use crate::session::bridge::{self, BridgeConfig};
+use crate::session::deflate::{HopDeflate, RelayDeflate};
+use crate::session::extensions::{self, Agreement};
 use crate::session::io::{websocket_halves, ClientStream};
 use crate::session::reader::ReadReady;
 use crate::session::registry::{Registered, SessionEntry, SessionInfo};
@@ -119,6 +121,12 @@ pub async fn handle(
         Err(e) => return Ok(reject(&req, Some(&route), e)),
     };
 
+    // permessage-deflate on the client hop: the first acceptable offer, or none.
+    let deflate = route.compression.as_ref().and_then(|policy| {
+        let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+        extensions::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), policy)
+    });
+
     // Only a live backend earns a 101: the route's pool in its order (a failed dial tries
     // the next backend), or this session's one target.
     let dial_started = Instant::now();
@@ -127,9 +135,10 @@ pub async fn handle(
         destination: conn.local,
     });
     let handshake = |target: &BackendAddr| match target {
-        BackendAddr::WebSocket { path, .. } => {
-            backend_handshake(&req, &route, path, &conn, &offered)
-        }
+        BackendAddr::WebSocket { path, .. } => Handshake {
+            deflate,
+            ..backend_handshake(&req, &route, path, &conn, &offered)
+        },
         _ => Handshake::default(),
     };
     let dialer = &snapshot.dialer;
@@ -180,6 +189,11 @@ pub async fn handle(
             .headers_mut()
             .insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
+    if let Some(answer) = deflate.and_then(|a| HeaderValue::from_str(&a.response()).ok()) {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
+    }
 
     let info = SessionInfo {
         route: route.name.clone(),
@@ -221,6 +235,7 @@ pub async fn handle(
                 &shared,
                 &registered,
                 protocol,
+                deflate,
             )
             .await;
             registered.set_close_code(code);
@@ -267,7 +282,9 @@ impl PendingUpgrade {
     }
 }
 
-/// Bridge or relay the session; returns the close code it ended with.
+/// Bridge or relay the session; returns the close code it ended with. `deflate`:
+/// permessage-deflate as agreed with the client.
+#[allow(clippy::too_many_arguments)]
 async fn run_session(
     client: Upgraded,
     backend: Backend,
@@ -276,6 +293,7 @@ async fn run_session(
     shared: &Shared,
     registered: &Registered,
     protocol: Protocol,
+    deflate: Option<Agreement>,
 ) -> u16 {
     let entry = registered.entry();
     // Each kind boxed, sized to itself: the task that waits for the upgrade stays small, and
@@ -290,6 +308,7 @@ async fn run_session(
                 shared,
                 entry,
                 protocol,
+                deflate,
             ))
             .await
         }
@@ -302,12 +321,14 @@ async fn run_session(
                 shared,
                 entry,
                 protocol,
+                deflate,
             ))
             .await
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn bridge_session<CR, CW>(
     (client_read, client_write): (CR, CW),
     backend: Backend,
@@ -316,6 +337,7 @@ async fn bridge_session<CR, CW>(
     shared: &Shared,
     entry: &SessionEntry,
     protocol: Protocol,
+    deflate: Option<Agreement>,
 ) -> u16
 where
     CR: ReadReady + Send + 'static,
@@ -323,13 +345,19 @@ where
 {
     let started = Instant::now();
     let metrics = SessionMetrics::start_counted(route.name.clone(), protocol, &entry.bytes);
-    let (client_read, client_write) = websocket_halves(
+    let client_deflate = deflate
+        .zip(route.compression)
+        .map(|(a, p)| HopDeflate::server(&a, &p));
+    let (mut client_read, client_write) = websocket_halves(
         client_read,
         client_write,
         Role::Server,
         route.max_frame_bytes,
         &snapshot.frame_budget,
     );
+    if client_deflate.is_some() {
+        client_read.allow_rsv1();
+    }
     let bridge_config = || BridgeConfig {
         buffer_bytes: snapshot.buffer_bytes,
         max_message_bytes: route.max_message_bytes,
@@ -339,6 +367,7 @@ where
         close_grace: snapshot.close_grace,
         backend_stall: snapshot.backend_stall,
         bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
+        deflate: client_deflate,
     };
     let outcome = match backend {
         Backend::Unix(stream) => {
@@ -371,7 +400,11 @@ where
             )
             .await
         }
-        Backend::WebSocket { io, .. } => {
+        Backend::WebSocket {
+            io,
+            deflate: backend_deflate,
+            ..
+        } => {
             let config = RelayConfig {
                 max_message_bytes: route.max_message_bytes,
                 ping_interval: snapshot.ping_interval,
@@ -379,15 +412,19 @@ where
                 close_grace: snapshot.close_grace,
                 backend_stall: snapshot.backend_stall,
                 bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
+                deflate: RelayDeflate::new(deflate, backend_deflate, route.compression),
             };
             let (read, write) = tokio::io::split(io);
-            let backend = websocket_halves(
+            let mut backend = websocket_halves(
                 read,
                 write,
                 Role::Client,
                 route.max_frame_bytes,
                 &snapshot.frame_budget,
             );
+            if config.deflate.backend.is_some() {
+                backend.0.allow_rsv1();
+            }
             // Boxed so that sessions on TCP routes do not carry the relay's larger state.
             Box::pin(relay::run(
                 (client_read, client_write),
@@ -480,6 +517,7 @@ fn backend_handshake<B>(
         protocols: (!protocols.is_empty())
             .then(|| HeaderValue::from_str(&protocols).ok())
             .flatten(),
+        deflate: None,
     }
 }
 

@@ -19,12 +19,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload};
 use futures_util::StreamExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::deflate::{Deflater, HopDeflate, Inflater};
 use super::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
 use super::io::BackendSource;
 use super::keepalive::{Due, Held, Keepalive};
@@ -32,6 +33,7 @@ use super::pacer::Pacer;
 use super::reader::{FrameReader, ReadError, ReadReady};
 use super::registry::SessionControl;
 use super::utf8::complete_prefix;
+use super::writer::FrameWriter;
 use crate::config::MessageType;
 use crate::error::close_code;
 use crate::metrics::{SessionMetrics, Tally};
@@ -53,6 +55,8 @@ pub struct BridgeConfig {
     pub backend_stall: Duration,
     /// Pacing of each direction in bytes per second; `None`: unpaced.
     pub bandwidth_bytes_per_sec: Option<u64>,
+    /// permessage-deflate with the client, when negotiated.
+    pub deflate: Option<HopDeflate>,
 }
 
 /// Who started the end of a session (`initiator` label).
@@ -114,7 +118,7 @@ enum FromClient {
 #[allow(clippy::too_many_arguments)]
 pub fn run<'a, CR, CW, BR, BW>(
     ws_read: FrameReader<CR>,
-    ws_write: WebSocketWrite<CW>,
+    ws_write: FrameWriter<CW>,
     backend_read: BR,
     backend_write: BW,
     config: &'a BridgeConfig,
@@ -142,6 +146,7 @@ where
             bytes: metrics.bytes_to_backend.clone(),
             messages: metrics.messages_to_backend.clone(),
             pacer: Pacer::new(config.bandwidth_bytes_per_sec),
+            inflater: config.deflate.map(|d| d.inflater()),
             held: held.clone(),
             backend_stall: config.backend_stall,
         },
@@ -159,6 +164,7 @@ where
         keepalive,
         held,
         sent: 0,
+        deflater: config.deflate.map(|d| d.deflater()),
     };
     async move {
         let (code, initiator, reason) = writer
@@ -184,6 +190,8 @@ struct ClientCounters {
     bytes: Tally,
     messages: Tally,
     pacer: Pacer,
+    /// For the client's compressed messages (permessage-deflate negotiated).
+    inflater: Option<Inflater>,
     /// Marked while a backend write waits (read by the writer's keepalive).
     held: Arc<Held>,
     backend_stall: Duration,
@@ -230,6 +238,8 @@ where
 {
     let mut messages = MessageCheck::new(counters.max_message_bytes);
     let mut backend_alive = true;
+    // The message being read is compressed (RSV1 on its first frame).
+    let mut compressed = false;
     loop {
         counters.pacer.ready().await;
         let frame = match ws.read_frame().await {
@@ -258,6 +268,44 @@ where
             OpCode::Close => return FromClient::Close(frame.payload[..].into()),
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {}
         }
+        if matches!(frame.opcode, OpCode::Text | OpCode::Binary) {
+            compressed = ws.compressed();
+        }
+        if let (true, Some(inflater)) = (compressed, counters.inflater.as_mut()) {
+            let mut inflating = inflater.frame(&frame.payload, frame.fin);
+            // Sequencing first; then each inflated piece is checked and written before the
+            // next is made, so a message is never held whole however far it inflates.
+            let mut checked = messages.data_frame(frame.opcode, false, &[]);
+            while checked.is_ok() {
+                let chunk = match inflating.next_chunk() {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(v) => {
+                        checked = Err(v);
+                        break;
+                    }
+                };
+                checked = messages.data_frame(OpCode::Continuation, false, chunk);
+                if checked.is_err() || !backend_alive {
+                    continue;
+                }
+                let written = write_watched(backend, chunk, &counters.held, counters.backend_stall);
+                if let Err(e) = written.await {
+                    backend_alive = false;
+                    if tx.send_async(backend_failed(&e)).await.is_err() {
+                        return FromClient::Gone;
+                    }
+                    continue;
+                }
+                counters.bytes.increment(chunk.len() as u64);
+            }
+            match checked.and_then(|_| messages.data_frame(OpCode::Continuation, frame.fin, &[])) {
+                Ok(true) => counters.messages.increment(1),
+                Ok(false) => {}
+                Err((code, reason)) => return FromClient::Violation(code, reason),
+            }
+            continue;
+        }
         match messages.data_frame(frame.opcode, frame.fin, &frame.payload) {
             Ok(true) => counters.messages.increment(1),
             Ok(false) => {}
@@ -275,18 +323,22 @@ where
         if let Err(e) = written.await {
             // Keep reading: the client's answer to our Close 1011 still has to arrive.
             backend_alive = false;
-            let msg = if e.kind() == io::ErrorKind::TimedOut {
-                FromClient::BackendStalled
-            } else {
-                FromClient::BackendWriteFailed
-            };
-            if tx.send_async(msg).await.is_err() {
+            if tx.send_async(backend_failed(&e)).await.is_err() {
                 return FromClient::Gone;
             }
             continue;
         }
         let n = frame.payload.len() as u64;
         counters.bytes.increment(n);
+    }
+}
+
+/// What the writer hears when a backend write failed: `TimedOut` is a stalled backend.
+fn backend_failed(e: &io::Error) -> FromClient {
+    if e.kind() == io::ErrorKind::TimedOut {
+        FromClient::BackendStalled
+    } else {
+        FromClient::BackendWriteFailed
     }
 }
 
@@ -379,6 +431,8 @@ struct Writer<'a, CW> {
     /// Whether the client's reader is held back by the backend (its pongs then wait too).
     held: Arc<Held>,
     sent: u64,
+    /// For backend bytes to the client (permessage-deflate negotiated).
+    deflater: Option<Deflater>,
 }
 
 type Ending = (u16, Initiator, Cow<'static, str>);
@@ -635,7 +689,11 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                                 MessageType::Binary => OpCode::Binary,
                                 MessageType::Text => OpCode::Text,
                             };
-                            send_or_end!(self.ws.send(Frame::new(true, opcode, None, Payload::Borrowed(&buf[..ready]))));
+                            let data = &buf[..ready];
+                            match self.deflater.as_mut().and_then(|d| d.compress_message(data)) {
+                                Some(c) => send_or_end!(self.ws.send_marked(Frame::new(true, opcode, None, Payload::Owned(c)), true)),
+                                None => send_or_end!(self.ws.send(Frame::new(true, opcode, None, Payload::Borrowed(data)))),
+                            }
                             self.sent += ready as u64;
                             metrics.bytes_to_client.increment(ready as u64);
                             metrics.messages_to_client.increment(1);

@@ -4,11 +4,12 @@ use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
-use fastwebsockets::{Frame, OpCode, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode};
 use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
 use super::utf8::Utf8Stream;
+use super::writer::FrameWriter;
 use crate::error::close_code;
 
 /// A peer broke the protocol: the close code and a short reason for it.
@@ -97,7 +98,7 @@ pub enum WriteFailed {
 /// A WebSocket writer whose writes give up when the peer stops reading for `stall_limit`
 /// or the drain deadline passes: a stuck peer can hold a session, never the process.
 pub struct GuardedWriter<'a, W> {
-    ws: WebSocketWrite<W>,
+    ws: FrameWriter<W>,
     stall_limit: Option<Duration>,
     hard_stop: &'a CancellationToken,
     /// A send had to wait for the peer to read (see `take_waited`).
@@ -106,7 +107,7 @@ pub struct GuardedWriter<'a, W> {
 
 impl<'a, W: AsyncWrite + Unpin> GuardedWriter<'a, W> {
     pub fn new(
-        ws: WebSocketWrite<W>,
+        ws: FrameWriter<W>,
         stall_limit: Option<Duration>,
         hard_stop: &'a CancellationToken,
     ) -> Self {
@@ -131,12 +132,17 @@ impl<'a, W: AsyncWrite + Unpin> GuardedWriter<'a, W> {
 
     /// Write and flush one frame.
     pub async fn send(&mut self, frame: Frame<'_>) -> Result<(), WriteFailed> {
+        self.send_marked(frame, false).await
+    }
+
+    /// Write and flush one frame; `rsv1` marks the first frame of a compressed message.
+    pub async fn send_marked(&mut self, frame: Frame<'_>, rsv1: bool) -> Result<(), WriteFailed> {
         // One future, built in place: every idle session's task is sized by this one.
         // Without a stall limit the timer is 30 years away and never armed in practice
         // (a timeout polls its future first; the timer is registered only if that blocks).
         let limit = self.stall_limit.unwrap_or(Duration::from_secs(1 << 30));
         let hard_stop = self.hard_stop;
-        let write = tokio::time::timeout(limit, write_and_flush(&mut self.ws, frame));
+        let write = tokio::time::timeout(limit, write_and_flush(&mut self.ws, frame, rsv1));
         tokio::pin!(write);
         // Most writes finish at once; only one that has to wait watches the drain deadline.
         let r = match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
@@ -169,10 +175,11 @@ impl<'a, W: AsyncWrite + Unpin> GuardedWriter<'a, W> {
 }
 
 async fn write_and_flush<W: AsyncWrite + Unpin>(
-    ws: &mut WebSocketWrite<W>,
+    ws: &mut FrameWriter<W>,
     frame: Frame<'_>,
-) -> Result<(), fastwebsockets::WebSocketError> {
-    ws.write_frame(frame).await?;
+    rsv1: bool,
+) -> std::io::Result<()> {
+    ws.write_frame(frame, rsv1).await?;
     ws.flush().await
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
-use fastwebsockets::{after_handshake_split, Role, WebSocketWrite};
+use fastwebsockets::Role;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::Interest;
@@ -15,6 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::reader::{FrameBudget, FrameReader, ReadReady};
+use super::writer::FrameWriter;
 
 /// A read half that first yields bytes already read past the HTTP request
 /// (a client may send its first frame together with the upgrade request).
@@ -156,7 +157,7 @@ impl ClientStream {
     }
 }
 
-/// Wrap two halves in our frame reader and fastwebsockets' writer: frames over
+/// Wrap two halves in our frame reader and writer: frames over
 /// `max_frame_bytes` fail the read with 1009 (fragments stream through, never reassembled),
 /// and header and payload go out in one write.
 pub fn websocket_halves<R, W>(
@@ -165,17 +166,14 @@ pub fn websocket_halves<R, W>(
     role: Role,
     max_frame_bytes: usize,
     budget: &Arc<FrameBudget>,
-) -> (FrameReader<R>, WebSocketWrite<W>)
+) -> (FrameReader<R>, FrameWriter<W>)
 where
     R: ReadReady,
     W: AsyncWrite + Unpin,
 {
-    // fastwebsockets builds a writer only together with a reader; ours replaces that reader.
-    let (_, mut write) = after_handshake_split(tokio::io::empty(), write, role);
-    write.set_writev(true);
     (
         FrameReader::new(read, role, max_frame_bytes, budget.clone()),
-        write,
+        FrameWriter::new(write, role),
     )
 }
 

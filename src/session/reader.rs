@@ -111,6 +111,10 @@ pub struct FrameReader<R> {
     inline: Option<Box<[u8; INLINE]>>,
     start: usize,
     end: usize,
+    /// permessage-deflate was negotiated: RSV1 may mark a message's first frame.
+    rsv1_allowed: bool,
+    /// The last frame read had RSV1 set (its message is compressed).
+    rsv1: bool,
 }
 
 /// A stream that can say when a read would not wait, so the frame reader takes its buffer
@@ -140,7 +144,19 @@ impl<R: ReadReady> FrameReader<R> {
             inline: None,
             start: 0,
             end: 0,
+            rsv1_allowed: false,
+            rsv1: false,
         }
+    }
+
+    /// permessage-deflate was negotiated on this hop: accept RSV1 on a data message's first frame.
+    pub fn allow_rsv1(&mut self) {
+        self.rsv1_allowed = true;
+    }
+
+    /// Whether the last frame read had RSV1 set: its message is compressed.
+    pub fn compressed(&self) -> bool {
+        self.rsv1
     }
 
     /// Charge `n` more payload bytes to the budget, or refuse the frame.
@@ -211,9 +227,10 @@ impl<R: ReadReady> FrameReader<R> {
         self.fill(2).await?;
         let [b0, b1] = [self.buffered()[0], self.buffered()[1]];
         let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
+        if b0 & 0x30 != 0 || b0 & 0x40 != 0 && !self.rsv1_allowed {
             return Err(violation(close_code::PROTOCOL_ERROR, "reserved bits set"));
         }
+        self.rsv1 = b0 & 0x40 != 0;
         let opcode = match b0 & 0x0f {
             0x0 => OpCode::Continuation,
             0x1 => OpCode::Text,
@@ -269,6 +286,19 @@ impl<R: ReadReady> FrameReader<R> {
             [m[0], m[1], m[2], m[3]]
         });
         let control = matches!(opcode, OpCode::Close | OpCode::Ping | OpCode::Pong);
+        // RFC 7692 §6.1: compression is per message, marked on its first frame only.
+        if self.rsv1 && control {
+            return Err(violation(
+                close_code::PROTOCOL_ERROR,
+                "RSV1 on a control frame",
+            ));
+        }
+        if self.rsv1 && opcode == OpCode::Continuation {
+            return Err(violation(
+                close_code::PROTOCOL_ERROR,
+                "RSV1 on a continuation frame",
+            ));
+        }
         if control && !fin {
             return Err(violation(
                 close_code::PROTOCOL_ERROR,
@@ -509,6 +539,28 @@ mod tests {
             let got = read_all(bytes.clone(), *role, 4096).await;
             assert_eq!(got, vec![Err(want.to_string())], "{want}");
         }
+        // RSV1 without permessage-deflate, and where it never belongs even with it.
+        let bytes = frame(0xC1, b"x", true);
+        let mut r = FrameReader::new(&bytes[..], Role::Server, 1 << 20, FrameBudget::unlimited());
+        assert!(matches!(
+            r.read_frame().await,
+            Err(ReadError::Violation((1002, "reserved bits set")))
+        ));
+        for (b0, want) in [
+            (0xC9, "RSV1 on a control frame"),
+            (0xC8, "RSV1 on a control frame"),
+            (0xC0, "RSV1 on a continuation frame"),
+            (0xA2, "reserved bits set"),
+        ] {
+            let bytes = frame(b0, b"", true);
+            let mut r =
+                FrameReader::new(&bytes[..], Role::Server, 1 << 20, FrameBudget::unlimited());
+            r.allow_rsv1();
+            match r.read_frame().await {
+                Err(ReadError::Violation((1002, reason))) => assert_eq!(reason, want),
+                other => panic!("{b0:#x}: {:?}", other.map(|f| f.opcode)),
+            }
+        }
         let too_big = frame(0x82, &[0; 200], true);
         let mut r = FrameReader::new(&too_big[..], Role::Server, 199, FrameBudget::unlimited());
         assert!(matches!(
@@ -642,5 +694,39 @@ mod tests {
         bytes.truncate(600);
         let mut r = FrameReader::new(&bytes[..], Role::Server, 1 << 20, FrameBudget::unlimited());
         assert!(matches!(r.read_frame().await, Err(ReadError::Gone(None))));
+    }
+
+    /// Our writer's frames, RSV1 included, read back by our reader in both roles.
+    #[tokio::test]
+    async fn frames_read_back_with_their_rsv1_bit() {
+        for (role, peer) in [(Role::Server, Role::Client), (Role::Client, Role::Server)] {
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let mut w = crate::session::writer::FrameWriter::new(a, role);
+            let big = vec![7u8; 70_000];
+            w.write_frame(Frame::text(fastwebsockets::Payload::Borrowed(b"hi")), true)
+                .await
+                .unwrap();
+            w.write_frame(
+                Frame::binary(fastwebsockets::Payload::Borrowed(&big)),
+                false,
+            )
+            .await
+            .unwrap();
+            w.write_frame(Frame::close(1000, b""), false).await.unwrap();
+            assert!(w
+                .write_frame(
+                    Frame::text(fastwebsockets::Payload::Borrowed(b"late")),
+                    false
+                )
+                .await
+                .is_err());
+            let mut r = FrameReader::new(b, peer, 1 << 20, FrameBudget::unlimited());
+            r.allow_rsv1();
+            let f = r.read_frame().await.unwrap();
+            assert_eq!((&f.payload[..], r.compressed()), (&b"hi"[..], true));
+            let f = r.read_frame().await.unwrap();
+            assert_eq!((f.payload.len(), r.compressed()), (70_000, false));
+            assert_eq!(r.read_frame().await.unwrap().opcode, OpCode::Close);
+        }
     }
 }

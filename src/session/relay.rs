@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload};
 use metrics::Histogram;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
@@ -22,11 +22,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::bridge::{Initiator, Outcome, OVER_BUDGET};
-use super::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
+use super::deflate::{Deflater, Inflater, RelayDeflate, MIN_COMPRESS};
+use super::frames::{close_payload_code, GuardedWriter, MessageCheck, Violation, WriteFailed};
 use super::keepalive::{sleep_until_opt, Due, Held, Keepalive};
 use super::pacer::Pacer;
 use super::reader::{FrameReader, ReadError, ReadReady};
 use super::registry::SessionControl;
+use super::writer::FrameWriter;
 use crate::error::close_code;
 use crate::metrics::{SessionMetrics, Tally};
 
@@ -45,6 +47,8 @@ pub struct RelayConfig {
     pub backend_stall: Duration,
     /// Pacing of each direction in bytes per second; `None`: unpaced.
     pub bandwidth_bytes_per_sec: Option<u64>,
+    /// permessage-deflate on each hop and what may pass through as it is.
+    pub deflate: RelayDeflate,
 }
 
 /// Which side of the gateway a hop faces.
@@ -101,11 +105,21 @@ enum Relayed {
         opcode: OpCode,
         fin: bool,
         payload: BytesMut,
+        wire: Wire,
     },
     /// The peer's Close, raw (code and reason), to pass on unchanged.
     Close(Bytes),
     /// The peer is gone or broke the protocol: close the other hop with this.
     Lost(u16, &'static str),
+}
+
+/// How a relayed frame's payload is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// Message bytes as they are (inflated if they came compressed).
+    Plain,
+    /// The sender's compressed bytes, passed through unchanged (RSV1 on the first frame).
+    Deflated,
 }
 
 /// From a hop's reader to its own writer.
@@ -145,8 +159,8 @@ fn record(first: &FirstEnd, code: u16, initiator: Initiator, reason: impl Into<C
 /// Relay frames between `client` and `backend` until both close handshakes are done.
 #[allow(clippy::too_many_arguments)]
 pub async fn run<CR, CW, BR, BW>(
-    client: (FrameReader<CR>, WebSocketWrite<CW>),
-    backend: (FrameReader<BR>, WebSocketWrite<BW>),
+    client: (FrameReader<CR>, FrameWriter<CW>),
+    backend: (FrameReader<BR>, FrameWriter<BW>),
     config: &RelayConfig,
     metrics: &SessionMetrics,
     control: &SessionControl,
@@ -181,6 +195,8 @@ where
             messages: metrics.messages_to_backend.clone(),
             total: up.clone(),
             pacer: Pacer::new(config.bandwidth_bytes_per_sec),
+            inflater: config.deflate.client.map(|d| d.inflater()),
+            as_is: config.deflate.client_to_backend_as_is,
             held: client_held.clone(),
         },
         first.clone(),
@@ -197,6 +213,8 @@ where
             messages: metrics.messages_to_client.clone(),
             total: down.clone(),
             pacer: Pacer::new(config.bandwidth_bytes_per_sec),
+            inflater: config.deflate.backend.map(|d| d.inflater()),
+            as_is: config.deflate.backend_to_client_as_is,
             held: backend_held.clone(),
         },
         first.clone(),
@@ -221,6 +239,12 @@ where
         first: first.clone(),
         rtt: Some(metrics.ping_rtt.clone()),
         metrics,
+        // Frames passed through keep the backend's context: ours must not interleave with it.
+        deflater: (!config.deflate.backend_to_client_as_is)
+            .then_some(config.deflate.client)
+            .flatten()
+            .map(|d| d.deflater()),
+        compressing: false,
     };
     let backend_writer = HopWriter {
         hop: Hop::Backend,
@@ -236,6 +260,11 @@ where
         first: first.clone(),
         rtt: None,
         metrics,
+        deflater: (!config.deflate.client_to_backend_as_is)
+            .then_some(config.deflate.backend)
+            .flatten()
+            .map(|d| d.deflater()),
+        compressing: false,
     };
     tokio::join!(
         client_writer.run(
@@ -276,6 +305,10 @@ struct Counts {
     messages: Tally,
     total: Arc<AtomicU64>,
     pacer: Pacer,
+    /// For this hop's compressed messages (permessage-deflate negotiated on it).
+    inflater: Option<Inflater>,
+    /// Compressed messages go to the other hop as they are (only checked here).
+    as_is: bool,
     /// Marked while the other hop's writer cannot take this reader's frames.
     held: Arc<Held>,
 }
@@ -307,6 +340,8 @@ async fn pump_hop<R: ReadReady>(
     first: &FirstEnd,
 ) {
     let mut messages = MessageCheck::new(counts.max_message_bytes);
+    // The message being read is compressed (RSV1 on its first frame).
+    let mut compressed = false;
     loop {
         counts.pacer.ready().await;
         let violation = match ws.read_frame().await {
@@ -336,6 +371,42 @@ async fn pump_hop<R: ReadReady>(
             }
             Ok(frame) => {
                 counts.pacer.spent(frame.payload.len());
+                if matches!(frame.opcode, OpCode::Text | OpCode::Binary) {
+                    compressed = ws.compressed();
+                }
+                let data = matches!(
+                    frame.opcode,
+                    OpCode::Text | OpCode::Binary | OpCode::Continuation
+                );
+                if let (true, true, Some(inflater)) = (compressed, data, counts.inflater.as_mut()) {
+                    let as_is = counts.as_is;
+                    let relayed = relay_compressed(
+                        frame,
+                        inflater,
+                        as_is,
+                        &mut messages,
+                        relay,
+                        &counts.held,
+                    );
+                    match relayed.await {
+                        Ok((ends_message, n)) => {
+                            counts.bytes.increment(n);
+                            counts.total.fetch_add(n, Ordering::Relaxed);
+                            if ends_message {
+                                counts.messages.increment(1);
+                            }
+                            continue;
+                        }
+                        Err(v) => {
+                            let (code, reason) = v;
+                            record(first, code, hop.initiator(), reason);
+                            let _ = own.send(Own::Violation(code, reason)).await;
+                            let (code, reason) = hop.violated();
+                            let _ = relay.send(Relayed::Lost(code, reason)).await;
+                            return;
+                        }
+                    }
+                }
                 let checked = messages.data_frame(frame.opcode, frame.fin, &frame.payload);
                 match (checked, frame.opcode) {
                     (Err(v), _) => v,
@@ -378,22 +449,11 @@ async fn pump_hop<R: ReadReady>(
                             opcode,
                             fin: frame.fin,
                             payload,
+                            wire: Wire::Plain,
                         };
                         // Once the other hop's writer is gone, data is dropped but reading goes
                         // on: this hop's close handshake still needs its peer's Close.
-                        let delivered = match relay.try_send(frame) {
-                            Ok(()) => true,
-                            Err(mpsc::error::TrySendError::Full(frame)) => {
-                                // The other hop's writer is busy (its peer reads slowly): this
-                                // hop's peer waits too, and its late pongs are excused.
-                                counts.held.hold();
-                                let sent = relay.send(frame).await;
-                                counts.held.release();
-                                sent.is_ok()
-                            }
-                            Err(mpsc::error::TrySendError::Closed(_)) => false,
-                        };
-                        if !delivered {
+                        if !deliver(relay, frame, &counts.held).await {
                             continue;
                         }
                         counts.bytes.increment(n);
@@ -415,6 +475,85 @@ async fn pump_hop<R: ReadReady>(
     }
 }
 
+/// Hand one frame to the other hop's writer; false once that writer is gone. When its
+/// channel is full (its peer reads slowly) this hop's reader is marked held meanwhile: this
+/// hop's peer waits too, and its late pongs are excused.
+async fn deliver(relay: &mpsc::Sender<Relayed>, frame: Relayed, held: &Held) -> bool {
+    match relay.try_send(frame) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(frame)) => {
+            held.hold();
+            let sent = relay.send(frame).await;
+            held.release();
+            sent.is_ok()
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+/// One frame of a compressed message: inflated piece by piece, each piece checked (size,
+/// UTF-8) before the next is made. Passed on as it is (`as_is`), or as its inflated pieces
+/// for the other hop's writer to send plain or recompress. `Ok((ends message, inflated
+/// bytes delivered))`, or the violation. Once the other hop's writer is gone the message is
+/// still checked but no longer delivered (the caller keeps reading for this hop's Close).
+async fn relay_compressed(
+    frame: Frame<'static>,
+    inflater: &mut Inflater,
+    as_is: bool,
+    messages: &mut MessageCheck,
+    relay: &mpsc::Sender<Relayed>,
+    held: &Held,
+) -> Result<(bool, u64), Violation> {
+    let mut inflating = inflater.frame(&frame.payload, frame.fin);
+    let mut opcode = frame.opcode;
+    let (mut n, mut inflated) = (0u64, 0u64);
+    let mut delivering = true;
+    messages.data_frame(opcode, false, &[])?;
+    while let Some(chunk) = inflating.next_chunk()? {
+        messages.data_frame(OpCode::Continuation, false, chunk)?;
+        inflated += chunk.len() as u64;
+        if as_is || !delivering {
+            continue;
+        }
+        let piece = Relayed::Frame {
+            opcode,
+            fin: false,
+            payload: BytesMut::from(chunk),
+            wire: Wire::Plain,
+        };
+        delivering = deliver(relay, piece, held).await;
+        if delivering {
+            n += chunk.len() as u64;
+        }
+        opcode = OpCode::Continuation;
+    }
+    drop(inflating);
+    let ends = messages.data_frame(OpCode::Continuation, frame.fin, &[])?;
+    let last = if as_is {
+        let payload = match frame.payload {
+            Payload::Bytes(b) => b,
+            other => BytesMut::from(&other[..]),
+        };
+        Some((frame.opcode, payload, Wire::Deflated))
+    } else {
+        // The message's end, or its opcode when nothing came out of this frame.
+        (frame.fin || opcode != OpCode::Continuation)
+            .then(|| (opcode, BytesMut::new(), Wire::Plain))
+    };
+    if let Some((opcode, payload, wire)) = last.filter(|_| delivering) {
+        let frame = Relayed::Frame {
+            opcode,
+            fin: frame.fin,
+            payload,
+            wire,
+        };
+        if deliver(relay, frame, held).await && as_is {
+            n = inflated;
+        }
+    }
+    Ok((ends, n))
+}
+
 /// One hop's writer and its half of the close handshake.
 struct HopWriter<'a, W> {
     hop: Hop,
@@ -426,9 +565,39 @@ struct HopWriter<'a, W> {
     /// Where this hop's ping round trips are recorded (the client hop only).
     rtt: Option<Histogram>,
     metrics: &'a SessionMetrics,
+    /// Compresses plain messages for this hop (negotiated, and not passing another's through).
+    deflater: Option<Deflater>,
+    /// The message being sent is compressed by `deflater`.
+    compressing: bool,
 }
 
 impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
+    /// A plain frame as this hop gets it: compressed when a message's first frame shows it
+    /// pays (a whole message that shrinks, or a first fragment worth compressing), plain
+    /// otherwise. The second value is RSV1.
+    fn encode(&mut self, opcode: OpCode, fin: bool, payload: BytesMut) -> (Payload<'static>, bool) {
+        let Some(d) = self.deflater.as_mut() else {
+            return (Payload::Bytes(payload), false);
+        };
+        let first = opcode != OpCode::Continuation;
+        if first && fin {
+            self.compressing = false;
+            return match d.compress_message(&payload) {
+                Some(c) => (Payload::Owned(c), true),
+                None => (Payload::Bytes(payload), false),
+            };
+        }
+        if first {
+            self.compressing = payload.len() >= MIN_COMPRESS;
+        }
+        if !self.compressing {
+            return (Payload::Bytes(payload), false);
+        }
+        let mut out = Vec::new();
+        d.compress(&payload, fin, &mut out);
+        (Payload::Owned(out), first)
+    }
+
     async fn run(
         mut self,
         mut own: mpsc::Receiver<Own>,
@@ -565,9 +734,13 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
                     deadline = Some(Instant::now() + config.close_grace);
                 }
                 msg = relayed.recv(), if relay_open => match msg {
-                    Some(Relayed::Frame { opcode, fin, payload }) => {
+                    Some(Relayed::Frame { opcode, fin, payload, wire }) => {
                         if !sent_close {
-                            send_or_return!(self.ws.send(Frame::new(fin, opcode, None, Payload::Bytes(payload))));
+                            let (payload, rsv1) = match wire {
+                                Wire::Deflated => (Payload::Bytes(payload), opcode != OpCode::Continuation),
+                                Wire::Plain => self.encode(opcode, fin, payload),
+                            };
+                            send_or_return!(self.ws.send_marked(Frame::new(fin, opcode, None, payload), rsv1));
                         }
                     }
                     Some(Relayed::Close(payload)) => {

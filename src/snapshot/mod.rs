@@ -14,8 +14,9 @@ use anyhow::Context;
 
 use crate::backend::pool::Pool;
 use crate::backend::{Dialer, SocketOptions};
-use crate::config::{is_hop_header, BackendAddr, Config};
+use crate::config::{is_hop_header, BackendAddr, CompressionMode, Config};
 use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
+use crate::session::extensions::DeflatePolicy;
 use crate::session::reader::FrameBudget;
 
 pub use route::{Route, RouteLimits};
@@ -294,6 +295,14 @@ fn compile_route(
             max_sessions: config.max_sessions(r),
             bandwidth_bytes_per_sec: config.bandwidth_bytes_per_sec(r),
         },
+        // Ranges were checked by config.
+        compression: (r.compression == CompressionMode::On).then_some(DeflatePolicy {
+            server_context_takeover: r.compression_server_context_takeover,
+            client_context_takeover: r.compression_client_context_takeover,
+            server_max_window_bits: r.compression_server_max_window_bits,
+            client_max_window_bits: r.compression_client_max_window_bits,
+            level: r.compression_level,
+        }),
     })
 }
 

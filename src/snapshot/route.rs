@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::backend::pool::Pool;
 use crate::config::MessageType;
 use crate::policy::{Access, Target};
+use crate::session::extensions::DeflatePolicy;
 
 /// A route's resolved caps: its own keys, else the `[limits]` defaults.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +44,8 @@ pub struct Route {
     pub access: Access,
     /// Session cap and bandwidth.
     pub limits: RouteLimits,
+    /// permessage-deflate on the client hop; `None`: offers are declined.
+    pub compression: Option<DeflatePolicy>,
 }
 
 impl Route {
@@ -107,6 +110,7 @@ impl Route {
             max_message_bytes: 1 << 20,
             access: Access::default(),
             limits: Default::default(),
+            compression: None,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -432,17 +432,24 @@ impl RawFrame {
     }
 }
 
-/// A WebSocket client on a bare socket: hand-written frames out, the server's frames parsed in.
-pub struct RawWs {
-    pub stream: TcpStream,
+/// A WebSocket client on a bare stream (a TCP socket, or an HTTP/2 stream): hand-written
+/// frames out, the server's frames parsed in.
+pub struct RawWs<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
 }
 
 /// Upgrade a fresh connection to `path` on `addr`; panics unless the answer is `101`.
 pub async fn raw_ws_client(addr: SocketAddr, path: &str) -> RawWs {
+    raw_ws_client_with(addr, path, "").await.0
+}
+
+/// Like [`raw_ws_client`], with `extra` header lines (`Name: value\r\n`) in the request;
+/// also returns the `101` answer's head.
+pub async fn raw_ws_client_with(addr: SocketAddr, path: &str, extra: &str) -> (RawWs, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(upgrade_request(path, "").as_bytes())
+        .write_all(upgrade_request(path, extra).as_bytes())
         .await
         .unwrap();
     let mut buf = Vec::new();
@@ -465,12 +472,12 @@ pub async fn raw_ws_client(addr: SocketAddr, path: &str) -> RawWs {
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     buf.drain(..end + 4);
-    RawWs { stream, buf }
+    (RawWs { stream, buf }, head)
 }
 
-impl RawWs {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawWs<S> {
     /// A client on a stream whose `101` answer was read up to its blank line, and no further.
-    pub fn from_upgraded(stream: TcpStream) -> Self {
+    pub fn from_upgraded(stream: S) -> Self {
         Self {
             stream,
             buf: Vec::new(),
@@ -570,6 +577,115 @@ impl RawWs {
             panic!("unexpected frame after the Close: {f:?}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// permessage-deflate (RFC 7692) on the client side, with flate2 directly (not the gateway's
+// codec): for tests/compression.rs and the compressed session over HTTP/2 in tests/http2.rs.
+
+/// The client's compressor: raw deflate, sync flush, tail removed (RFC 7692 §7.2.1).
+pub struct ClientDeflate(flate2::Compress);
+
+impl Default for ClientDeflate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientDeflate {
+    pub fn new() -> Self {
+        Self(flate2::Compress::new(flate2::Compression::default(), false))
+    }
+
+    pub fn piece(&mut self, data: &[u8], last: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() + 1024);
+        let before = self.0.total_in();
+        loop {
+            let done = (self.0.total_in() - before) as usize;
+            self.0
+                .compress_vec(&data[done..], &mut out, flate2::FlushCompress::Sync)
+                .unwrap();
+            if (self.0.total_in() - before) as usize == data.len() && out.len() < out.capacity() {
+                break;
+            }
+            out.reserve(64 * 1024);
+        }
+        if last {
+            assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+            out.truncate(out.len() - 4);
+        }
+        out
+    }
+}
+
+/// The client's decompressor, kept across messages (the gateway may take over its context).
+pub struct ClientInflate(flate2::Decompress);
+
+impl Default for ClientInflate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientInflate {
+    pub fn new() -> Self {
+        Self(flate2::Decompress::new(false))
+    }
+
+    pub fn message(&mut self, payload: &[u8]) -> Vec<u8> {
+        let input = [payload, &[0, 0, 0xff, 0xff]].concat();
+        let mut out = Vec::with_capacity(input.len() * 8 + 1024);
+        let before = self.0.total_in();
+        loop {
+            let done = (self.0.total_in() - before) as usize;
+            self.0
+                .decompress_vec(&input[done..], &mut out, flate2::FlushDecompress::Sync)
+                .expect("the gateway's deflate stream decodes");
+            if (self.0.total_in() - before) as usize == input.len() && out.len() < out.capacity() {
+                return out;
+            }
+            out.reserve(out.capacity().max(1024));
+        }
+    }
+}
+
+/// Read one whole data message (frames until FIN; pings skipped): first byte of its
+/// first frame, and the payloads joined.
+pub async fn read_message<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut RawWs<S>) -> (u8, Vec<u8>) {
+    let mut first = None;
+    let mut data = Vec::new();
+    loop {
+        let f = ws.read_frame().await.expect("a frame");
+        match f.opcode() {
+            frame_bits::PING | frame_bits::PONG => continue,
+            frame_bits::CLOSE => panic!("Close instead of data: {f:?}"),
+            _ => {}
+        }
+        first.get_or_insert(f.first);
+        data.extend_from_slice(&f.payload);
+        if f.first & frame_bits::FIN != 0 {
+            return (first.unwrap(), data);
+        }
+    }
+}
+
+/// Read compressed or plain messages until `n` inflated bytes came back.
+pub async fn read_echo<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut RawWs<S>,
+    inflate: &mut ClientInflate,
+    n: usize,
+) -> (Vec<u8>, usize) {
+    let (mut out, mut compressed) = (Vec::new(), 0);
+    while out.len() < n {
+        let (first, payload) = read_message(ws).await;
+        if first & frame_bits::RSV1 != 0 {
+            compressed += 1;
+            out.extend_from_slice(&inflate.message(&payload));
+        } else {
+            out.extend_from_slice(&payload);
+        }
+    }
+    (out, compressed)
 }
 
 // ---------------------------------------------------------------------------------------------
