@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http2;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -32,21 +31,7 @@ pub async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = {
-        let shared = shared.clone();
-        service_fn(move |req| {
-            // As over HTTP/1.1: the console answers plain requests for its pages (so a
-            // browser's page and its WebSockets share this connection); the rest are routes.
-            let page = console.as_ref().and_then(|c| c.answer(&req));
-            let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.clone());
-            async move {
-                match page {
-                    Some(page) => Ok(page),
-                    None => super::http::handle(req, conn, shared, permit).await,
-                }
-            }
-        })
-    };
+    let service = super::http::connection_service(console, conn, permit, shared.clone());
     let limits = &snapshot.config.http2;
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder

@@ -3,18 +3,21 @@
 //! CONNECT, `edge::extended_connect`), then the session task.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use fastwebsockets::Role;
 use http_body_util::Full;
 use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::service::{service_fn, Service};
 use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
+use super::console::Console;
 use super::shared::{ConnectionSlot, Shared};
 use crate::backend::{Backend, Handshake, ProxyAddrs};
 use crate::config::BackendAddr;
@@ -33,6 +36,32 @@ use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
 
 /// Every answer the gateway writes itself: a short, complete body.
 pub type Body = Full<Bytes>;
+
+/// What a connection's requests go to, over HTTP/1.1 and HTTP/2 alike: the console answers
+/// plain requests for its pages (so a browser's page and its WebSockets share the
+/// connection); the rest go to the routes.
+pub(super) fn connection_service(
+    console: Option<Arc<Console>>,
+    conn: ConnInfo,
+    permit: Arc<ConnectionSlot>,
+    shared: Arc<Shared>,
+) -> impl Service<
+    Request<hyper::body::Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |req| {
+        let page = console.as_ref().and_then(|c| c.answer(&req));
+        let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.clone());
+        async move {
+            match page {
+                Some(page) => Ok(page),
+                None => handle(req, conn, shared, permit).await,
+            }
+        }
+    })
+}
 
 /// Answer one request on a public listener. Never fails: errors become HTTP answers.
 pub async fn handle(

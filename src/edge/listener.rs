@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -283,20 +282,7 @@ async fn serve_http<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = {
-        let shared = shared.clone();
-        service_fn(move |req| {
-            // The console answers plain requests for its pages; upgrades go to the routes.
-            let page = console.as_ref().and_then(|c| c.answer(&req));
-            let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.clone());
-            async move {
-                match page {
-                    Some(page) => Ok(page),
-                    None => super::http::handle(req, conn, shared, permit).await,
-                }
-            }
-        })
-    };
+    let service = super::http::connection_service(console, conn, permit, shared.clone());
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(snapshot.header_read_timeout)
