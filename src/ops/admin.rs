@@ -19,8 +19,8 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::api::OpsApi;
-use crate::policy::descriptors;
 use super::reload::{ReloadHandle, Trigger};
+use crate::policy::descriptors;
 
 /// Serve admin requests until `stop`; each connection ends with `stop` too.
 pub async fn serve(

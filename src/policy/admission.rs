@@ -373,7 +373,10 @@ mod tests {
         let adm = Admission::new(&config("max_connections_per_ip = 2", ""));
         let a = adm.admit_connection(ip("10.0.0.1")).unwrap();
         let _b = adm.admit_connection(ip("10.0.0.1")).unwrap();
-        assert!(adm.admit_connection(ip("10.0.0.1")).is_none(), "third from one address");
+        assert!(
+            adm.admit_connection(ip("10.0.0.1")).is_none(),
+            "third from one address"
+        );
         let _other = adm.admit_connection(ip("10.0.0.2")).unwrap();
         drop(a);
         let _c = adm.admit_connection(ip("10.0.0.1")).unwrap();

@@ -160,7 +160,10 @@ mod tests {
             }
         );
         let fit = fit_within(&limits(100, 50), Some(1024));
-        assert_eq!((fit.connections, fit.sessions, fit.lowered), (100, 50, false));
+        assert_eq!(
+            (fit.connections, fit.sessions, fit.lowered),
+            (100, 50, false)
+        );
         assert_eq!(fit_within(&limits(10_000, 0), None).sessions, 0);
     }
 
@@ -168,7 +171,10 @@ mod tests {
     fn a_config_that_does_not_fit_is_lowered_to_the_limit() {
         // The default on a 1024 soft limit: half each of 924.
         let fit = fit_within(&limits(10_000, 0), Some(1024));
-        assert_eq!((fit.connections, fit.sessions, fit.lowered), (462, 462, true));
+        assert_eq!(
+            (fit.connections, fit.sessions, fit.lowered),
+            (462, 462, true)
+        );
         // An explicit session cap keeps its proportion.
         let fit = fit_within(&limits(300, 100), Some(300));
         assert_eq!((fit.connections, fit.sessions), (150, 50));
