@@ -315,6 +315,11 @@ struct Limited {
 
 impl Limited {
     async fn start(nofile: u32, backend: SocketAddr) -> Self {
+        Self::start_with(nofile, backend, "").await
+    }
+
+    /// With `listener` TOML lines added to the public listener (`h2c = true`).
+    async fn start_with(nofile: u32, backend: SocketAddr, listener: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -322,7 +327,7 @@ impl Limited {
         std::fs::write(
             &config,
             format!(
-                "[[listener]]\naddress = \"{public}\"\n[admin]\naddress = \"{admin}\"\n\
+                "[[listener]]\naddress = \"{public}\"\n{listener}\n[admin]\naddress = \"{admin}\"\n\
                  [reload]\nwatch = false\n{}",
                 route("echo", "/", &format!("tcp://{backend}"))
             ),
@@ -519,4 +524,83 @@ async fn running_out_of_descriptors_degrades_with_a_503_and_the_admin_loop_backs
         "the start warns that the caps do not fit: {log}"
     );
     assert!(log.contains("out of file descriptors"), "{log}");
+}
+
+/// Defect guarded: `max_connections` did not bound descriptors, since one HTTP/2 connection
+/// carries up to `max_concurrent_streams` sessions with a backend socket each; two h2c
+/// connections used up a 120-descriptor limit and every other client was locked out. Now the
+/// sessions are capped at what the limit holds beside the connections (120 − 100 reserved:
+/// 10 connections and 10 sessions): the rest get 503, nothing runs out, and another client is
+/// still answered at once.
+#[tokio::test]
+async fn h2c_sessions_cannot_use_up_the_descriptor_limit() {
+    let echo = tcp_echo_backend().await;
+    let gw = Limited::start_with(120, echo, "h2c = true").await;
+    let mut opened = Vec::new();
+    let mut refused = 0;
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let (mut send, done) = h2_handshake(TcpStream::connect(gw.public).await.unwrap()).await;
+        for _ in 0..60 {
+            let mut req = hyper::Request::builder()
+                .method(hyper::Method::CONNECT)
+                .uri("http://localhost/")
+                .header("sec-websocket-version", "13")
+                .body(Empty::new())
+                .unwrap();
+            req.extensions_mut()
+                .insert(hyper::ext::Protocol::from_static("websocket"));
+            send.ready().await.expect("connection ready");
+            let mut resp = send.send_request(req).await.expect("an answer");
+            match resp.status() {
+                hyper::StatusCode::OK => {
+                    opened.push(hyper::upgrade::on(&mut resp).await.expect("upgraded"))
+                }
+                hyper::StatusCode::SERVICE_UNAVAILABLE => refused += 1,
+                other => panic!("unexpected {other}"),
+            }
+        }
+        conns.push((send, done));
+    }
+    assert!(
+        opened.len() <= 10,
+        "{} sessions opened under a 120-descriptor limit",
+        opened.len()
+    );
+    assert_eq!(opened.len() + refused, 120);
+    // Another client is answered at once (503 while the sessions last), not locked out.
+    let (status, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        raw_http(gw.public, &upgrade_request("/", "")),
+    )
+    .await
+    .expect("another client is answered");
+    assert_eq!(status, 503);
+    let mut scraper = Scraper::open(gw.admin).await;
+    let page = scraper.page().await;
+    for stage in ["backend", "accept", "admin_accept"] {
+        assert_eq!(
+            metric(
+                &page,
+                &format!("wsgate_descriptors_exhausted_total{{stage=\"{stage}\"}}")
+            ),
+            Some(0.0),
+            "{page}"
+        );
+    }
+    // Once they end, a new client is served.
+    drop(opened);
+    drop(conns);
+    let url = format!("ws://{}/", gw.public);
+    let mut ws = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match tokio_tungstenite::connect_async(url.as_str()).await {
+                Ok((ws, _)) => return ws,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("served once the sessions ended");
+    assert_echoes(&mut ws, b"served").await;
 }
