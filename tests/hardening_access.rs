@@ -78,9 +78,15 @@ async fn a_client_forwarded_header_cannot_choose_its_address() {
 /// write instead, so an upgrade cannot silently keep the old precedence.
 #[test]
 fn forwarded_headers_switch_is_refused_naming_forwarded_header() {
-    let old = "[[listener]]\naddress = \"127.0.0.1:0\"\nforwarded_headers = true\n\
-               trusted_proxies = [\"10.0.0.1\"]\n";
-    let e = format!("{:#}", wsgate::Config::from_toml(old).expect_err("refused"));
+    let old = format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nforwarded_headers = true\n\
+         trusted_proxies = [\"10.0.0.1\"]\n\n{}",
+        route("echo", "/", "builtin:echo")
+    );
+    let e = format!(
+        "{:#}",
+        wsgate::Config::from_toml(&old).expect_err("refused")
+    );
     assert!(
         e.contains("listener[0].forwarded_headers: replaced by forwarded_header"),
         "{e}"
@@ -114,7 +120,11 @@ async fn a_raw_backslash_cannot_escape_the_route() {
     let gw = gateway_with_admin_behind_a_token().await;
     assert_eq!(status_of(&gw, "/admin/secret").await, 401);
     assert_eq!(status_of(&gw, "/pub/ok").await, 101);
-    for path in ["/pub/..\\admin/secret", "/pub\\..\\admin/secret", "/pub/..%5Cadmin/secret"] {
+    for path in [
+        "/pub/..\\admin/secret",
+        "/pub\\..\\admin/secret",
+        "/pub/..%5Cadmin/secret",
+    ] {
         assert_eq!(status_of(&gw, path).await, 400, "{path}");
     }
     gw.stop().await.unwrap();
@@ -155,7 +165,10 @@ fn forward_headers_refuses_forwarded_and_proxy_connection() {
             "{}forward_headers = [\"cookie\", \"{name}\"]\n",
             route("chat", "/chat", "ws://127.0.0.1:9/")
         ));
-        let e = format!("{:#}", wsgate::Config::from_toml(&text).expect_err("refused"));
+        let e = format!(
+            "{:#}",
+            wsgate::Config::from_toml(&text).expect_err("refused")
+        );
         assert!(
             e.contains(&format!("route[0].forward_headers: \"{name}\"")),
             "{name}: {e}"

@@ -21,9 +21,9 @@ use anyhow::{bail, Context};
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
 pub use backend_addr::BackendAddr;
 pub use file::{
-    AdminConfig, Balance, CompressionMode, FileConfig, HealthConfig, Limits, ListenerConfig,
-    ForwardedHeader, LogConfig, LogFormat, MessageType, ProxyProtocolVersion, ReloadConfig, RouteConfig,
-    RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig,
+    AdminConfig, Balance, CompressionMode, FileConfig, ForwardedHeader, HealthConfig, Limits,
+    ListenerConfig, LogConfig, LogFormat, MessageType, ProxyProtocolVersion, ReloadConfig,
+    RouteConfig, RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig,
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
@@ -362,7 +362,11 @@ impl FileConfig {
                 .ok()
                 .filter(|n| !is_hop_header(n))
                 .with_context(|| {
-                    format!("{at}.forward_headers: {h:?} is not a forwardable header")
+                    format!(
+                        "{at}.forward_headers: {h:?} is not a forwardable header (hop-by-hop, \
+                         handshake and client-address headers never are: the gateway writes \
+                         X-Forwarded-For, -Proto and -Host itself)"
+                    )
                 })?;
         }
         check_sizes(&at, r, &self.limits)?;

@@ -285,13 +285,15 @@ mod tests {
     #[test]
     fn right_most_untrusted_address_wins() {
         let t = trusted(&["10.0.0.0/8", "::1"]);
-        let client = |header, pairs| {
-            forwarded_client(&headers(pairs), header, &t).map(|a| a.to_string())
-        };
+        let client =
+            |header, pairs| forwarded_client(&headers(pairs), header, &t).map(|a| a.to_string());
         let xff = ForwardedHeader::XForwardedFor;
         // A client-supplied spoof on the left is ignored: 198.51.100.7 is what our LB saw.
         assert_eq!(
-            client(xff, &[("x-forwarded-for", "1.2.3.4, 198.51.100.7, 10.1.1.1")]),
+            client(
+                xff,
+                &[("x-forwarded-for", "1.2.3.4, 198.51.100.7, 10.1.1.1")]
+            ),
             Some("198.51.100.7:0".into())
         );
         assert_eq!(

@@ -257,7 +257,10 @@ where
         // charged piece by piece as they are written below, anything else as read.
         let inflates = compressed
             && counters.inflater.is_some()
-            && matches!(frame.opcode, OpCode::Text | OpCode::Binary | OpCode::Continuation);
+            && matches!(
+                frame.opcode,
+                OpCode::Text | OpCode::Binary | OpCode::Continuation
+            );
         if !inflates {
             counters.pacer.spent(frame.payload.len());
         }

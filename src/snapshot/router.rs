@@ -41,7 +41,9 @@ pub fn check_path(path: &str) -> Result<(), RejectError> {
             return Err(RejectError::BadPath("the path holds an empty segment (//)"));
         }
         if segment == "." || segment == ".." {
-            return Err(RejectError::BadPath("the path holds a dot-segment (. or ..)"));
+            return Err(RejectError::BadPath(
+                "the path holds a dot-segment (. or ..)",
+            ));
         }
     }
     Ok(())
@@ -67,9 +69,9 @@ fn check_escapes(path: &str) -> Result<(), RejectError> {
             b'%' if is_hex_pair(bytes, i + 3) => {
                 Some("the path holds a double-encoded escape (%25 before two hex digits)")
             }
-            b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => Some(
-                "the path holds a percent-encoded unreserved character (such as %61 or %2E)",
-            ),
+            b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => {
+                Some("the path holds a percent-encoded unreserved character (such as %61 or %2E)")
+            }
             b if b.is_ascii_control() => Some("the path holds an encoded control character"),
             _ => None,
         };
