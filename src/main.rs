@@ -185,8 +185,8 @@ struct RunArgs {
     console: bool,
 
     /// A subprotocol the routes accept, e.g. `mqtt` for MQTT.js (repeatable; replaces the
-    /// default `binary`: add `--subprotocol binary` to keep it). A client offering one gets
-    /// the first it offers back.
+    /// default `binary`: add `--subprotocol binary` to keep it). A client gets back the first
+    /// it offers that is listed. TCP and unix: routes; a ws:// backend negotiates its own.
     #[arg(long = "subprotocol", value_name = "NAME")]
     subprotocols: Vec<String>,
 
