@@ -478,9 +478,11 @@ fn default_compression_level() -> u8 {
 }
 
 impl FileConfig {
-    /// Make every relative file path absolute against `base` (the config file's folder), so
-    /// that the files a config names do not depend on the working directory it is started
-    /// from (systemd starts services in `/`). Absolute paths are kept as they are.
+    /// Make every relative file path absolute against `base` (a config file's folder; for
+    /// quick-mode flags, the working directory), so that the files a config names do not
+    /// depend on the working directory it is started or reloaded from (systemd starts
+    /// services in `/`). Absolute paths are kept as they are. Every path key is here: a new
+    /// one must be added.
     pub fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -503,6 +505,9 @@ impl FileConfig {
             if let Some(target) = &mut r.target {
                 target.token_file.iter_mut().for_each(fix);
             }
+        }
+        if let Some(web) = &mut self.web {
+            fix(&mut web.root);
         }
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
-pub use backend_addr::BackendAddr;
+pub use backend_addr::{BackendAddr, BACKEND_URL_FORMS};
 pub use file::{
     AdminConfig, Balance, CompressionMode, FileConfig, ForwardedHeader, HealthConfig, Limits,
     ListenerConfig, LogConfig, LogFormat, MessageType, ProxyProtocolVersion, ReloadConfig,
@@ -90,8 +90,16 @@ impl Config {
     }
 
     /// Read, parse and validate a config file. Relative file paths in it (certificates,
-    /// keys, CA bundles, JWT keys, token files) resolve against the file's own folder.
+    /// keys, CA bundles, JWT keys, token files, the web root) resolve against the file's own
+    /// folder, never the working directory: `check`, a start and every reload read the same
+    /// files.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning the text that was read (a reload hashes it). The one
+    /// place a config file becomes a [`Config`].
+    pub fn load_with_text(path: &Path) -> anyhow::Result<(Self, String)> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
         // `wsgate.toml` alone has an empty parent: the working directory.
@@ -101,13 +109,14 @@ impl Config {
             None => std::env::current_dir(),
         }
         .with_context(|| format!("locating the folder of config {}", path.display()))?;
-        toml::from_str::<FileConfig>(&text)
+        let config = toml::from_str::<FileConfig>(&text)
             .map_err(|e| parse_error(&text, e))
             .and_then(|mut file| {
                 file.resolve_paths(&base);
                 file.validate()
             })
-            .with_context(|| format!("invalid config {}", path.display()))
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        Ok((config, text))
     }
 
     /// The embedded default configuration.
