@@ -27,25 +27,6 @@ async fn echoes_binary_both_ways() {
     gw.stop().await.unwrap();
 }
 
-/// `wsgate_closes_total` for one route, code and initiator, as the exporter renders it.
-fn closes(route: &str, code: u16, initiator: &str) -> String {
-    format!("wsgate_closes_total{{route=\"{route}\",code=\"{code}\",initiator=\"{initiator}\"}}")
-}
-
-fn active(route: &str) -> String {
-    format!("wsgate_sessions_active{{route=\"{route}\"}}")
-}
-
-/// A gateway with one route `/` named `name` to `backend`, plus extra TOML after the route
-/// (`message_type = ...` continues the route table; `[timeouts]`/`[limits]` start new ones).
-async fn gateway_with(name: &str, backend: &str, extra: &str) -> TestGateway {
-    spawn_gateway(&config_with(&format!(
-        "{}{extra}\n",
-        route(name, "/", backend)
-    )))
-    .await
-}
-
 // ---- Backend FIN -----------------------------------------------------------------------------
 
 #[tokio::test]

@@ -75,18 +75,6 @@ async fn echo_round_trip(ws: &mut WsClient) {
     assert_eq!(read_bytes(ws, 4).await, b"ping");
 }
 
-fn rejections(route: &str, reason: &str) -> String {
-    format!("wsgate_upgrade_rejections_total{{route=\"{route}\",reason=\"{reason}\"}}")
-}
-
-/// The header `name` of a raw HTTP answer.
-fn header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
-    answer.split("\r\n\r\n").next()?.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
 // ---- Session caps --------------------------------------------------------------------------
 
 #[tokio::test]
@@ -104,7 +92,7 @@ async fn global_cap_is_503_with_retry_after_until_a_session_ends() {
     // Full on every route: the exact answer, with Retry-After and a reason in the body.
     let (status, answer) = raw_http(gw.addr, &upgrade_request("/a", "")).await;
     assert_eq!(status, 503, "{answer}");
-    assert_eq!(header(&answer, "retry-after"), Some("7"), "{answer}");
+    assert_eq!(answer_header(&answer, "retry-after"), Some("7"), "{answer}");
     assert!(
         answer.ends_with("\r\n\r\nthe gateway is at capacity\n"),
         "{answer}"
@@ -179,7 +167,7 @@ async fn per_address_cap_is_429_and_other_addresses_still_serve() {
     let a2 = admitted(try_ws_from([127, 0, 0, 1], gw.addr, "/").await);
     let (status, answer) = raw_http(gw.addr, &upgrade_request("/", "")).await;
     assert_eq!(status, 429, "{answer}");
-    assert_eq!(header(&answer, "retry-after"), Some("3"), "{answer}");
+    assert_eq!(answer_header(&answer, "retry-after"), Some("3"), "{answer}");
     assert!(
         answer.ends_with("\r\n\r\ntoo many sessions from your address\n"),
         "{answer}"

@@ -82,6 +82,27 @@ pub async fn gateway_to(name: &str, backend: &str) -> TestGateway {
     spawn_gateway(&config_with(&route(name, "/", backend))).await
 }
 
+/// A gateway with one route `/` named `name` to `backend`, plus TOML after the route (keys
+/// such as `message_type = ...` continue the route table; `[timeouts]`/`[limits]` start new ones).
+pub async fn gateway_with(name: &str, backend: &str, extra: &str) -> TestGateway {
+    spawn_gateway(&config_with(&format!(
+        "{}{extra}\n",
+        route(name, "/", backend)
+    )))
+    .await
+}
+
+/// A gateway with one route `/` named `name` to a fresh TCP echo backend, plus `extra` TOML
+/// (`[timeouts]`, `[limits]`).
+pub async fn echo_gateway(name: &str, extra: &str) -> TestGateway {
+    let echo = super::tcp_echo_backend().await;
+    spawn_gateway(&config_with(&format!(
+        "{}\n{extra}\n",
+        route(name, "/", &format!("tcp://{echo}"))
+    )))
+    .await
+}
+
 /// Under a paused clock tokio jumps to the next timer whenever the runtime parks, even when that
 /// park also delivered socket readiness. A 1 ms ticker caps every jump, so a loopback round trip
 /// costs a few virtual milliseconds while idle waits (a ping due in 20 s) still pass at once.

@@ -78,3 +78,20 @@ pub fn answer_header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
 pub fn answer_body(answer: &str) -> &str {
     answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }
+
+/// Read a raw connection until the server ends it (EOF or reset); panics after `limit`.
+pub async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server ended the connection in time");
+    got
+}

@@ -119,3 +119,19 @@ pub async fn sessions_on_every_worker(
         );
     }
 }
+
+/// `wsgate_closes_total` for one route, code and initiator, as the exporter renders it: `code`
+/// is a registered code by number (`1000`) or a folded range (`"4xxx"`).
+pub fn closes(route: &str, code: impl std::fmt::Display, initiator: &str) -> String {
+    format!("wsgate_closes_total{{route=\"{route}\",code=\"{code}\",initiator=\"{initiator}\"}}")
+}
+
+/// `wsgate_sessions_active` for one route (both protocols summed, as `metric` reads it).
+pub fn active(route: &str) -> String {
+    format!("wsgate_sessions_active{{route=\"{route}\"}}")
+}
+
+/// `wsgate_upgrade_rejections_total` for one route and reason.
+pub fn rejections(route: &str, reason: &str) -> String {
+    format!("wsgate_upgrade_rejections_total{{route=\"{route}\",reason=\"{reason}\"}}")
+}

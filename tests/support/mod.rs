@@ -15,6 +15,7 @@ pub mod jwt;
 pub mod logs;
 pub mod metrics;
 pub mod pki;
+pub mod python;
 
 pub use admin::*;
 pub use backends::*;
@@ -27,3 +28,4 @@ pub use jwt::*;
 pub use logs::*;
 pub use metrics::*;
 pub use pki::*;
+pub use python::*;

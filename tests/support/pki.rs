@@ -34,6 +34,8 @@ pub struct Pki {
     pub dir: tempfile::TempDir,
     pub cert_file: std::path::PathBuf,
     pub key_file: std::path::PathBuf,
+    /// The CA as PEM, for configs that name a trust file (`tls_ca_file`).
+    pub ca_file: std::path::PathBuf,
     pub ca: rustls::pki_types::CertificateDer<'static>,
 }
 
@@ -47,10 +49,13 @@ pub fn pki() -> Pki {
     let key_file = dir.path().join("leaf-key.pem");
     std::fs::write(&cert_file, leaf_pem).unwrap();
     std::fs::write(&key_file, key_pem).unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
     Pki {
         dir,
         cert_file,
         key_file,
+        ca_file,
         ca: ca.der().clone(),
     }
 }
