@@ -1028,31 +1028,6 @@ async fn a_backend_that_closes_and_leaves_at_once_still_delivers_its_code() {
 }
 
 #[tokio::test]
-async fn gateway_shutdown_closes_both_hops_with_1001() {
-    let (backend, mut backends) = ws_backend(pick_nothing).await;
-    let gw = gateway_to("wsb_close_shutdown", &format!("ws://{backend}/")).await;
-    let mut client = ws_client(&gw.url("/")).await;
-    let (_, mut b) = accepted(&mut backends).await;
-
-    gw.shutdown.cancel();
-    let backend_side = tokio::spawn(async move {
-        let got = close_of(next_msg(&mut b).await);
-        expect_ended(&mut b).await;
-        got
-    });
-    assert_eq!(
-        expect_close(&mut client).await,
-        (1001, "gateway shutting down".into())
-    );
-    finish_close(&mut client).await;
-    assert_eq!(
-        backend_side.await.unwrap(),
-        (1001, "gateway shutting down".into())
-    );
-    gw.stop().await.unwrap();
-}
-
-#[tokio::test]
 async fn a_backend_that_vanishes_closes_the_client_with_1011() {
     let (backend, mut backends) = ws_backend(pick_nothing).await;
     let gw = gateway_to("wsb_close_backend_lost", &format!("ws://{backend}/")).await;
@@ -1068,28 +1043,6 @@ async fn a_backend_that_vanishes_closes_the_client_with_1011() {
     expect_metric(
         gw.admin.unwrap(),
         &closes("wsb_close_backend_lost", "1006", "backend"),
-        1.0,
-    )
-    .await;
-    gw.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn a_client_that_vanishes_closes_the_backend_with_1001() {
-    let (backend, mut backends) = ws_backend(pick_nothing).await;
-    let gw = gateway_to("wsb_close_client_lost", &format!("ws://{backend}/")).await;
-    let client = ws_client(&gw.url("/")).await;
-    let (_, mut b) = accepted(&mut backends).await;
-
-    drop(client); // TCP FIN, no Close frame
-    assert_eq!(
-        close_of(next_msg(&mut b).await),
-        (1001, "client went away".into())
-    );
-    expect_ended(&mut b).await;
-    expect_metric(
-        gw.admin.unwrap(),
-        &closes("wsb_close_client_lost", "1006", "client"),
         1.0,
     )
     .await;
@@ -1192,82 +1145,6 @@ async fn a_backend_that_stops_reading_is_closed_and_the_client_gets_1011() {
     )
     .await;
     expect_metric(admin, &closes("wsb_keepalive_dead", "1001", "gateway"), 1.0).await;
-    gw.stop().await.unwrap();
-}
-
-/// Regression (issue 9 item 7), for the relay: while the client hop's reader waited on a
-/// backend slow to read, the client's pongs sat unread and the live client was closed 1001
-/// "keepalive timeout". The backend pauses reading for 5 s against ping 1 s / pong 2 s on
-/// both hops; the session survives and every byte arrives.
-#[tokio::test]
-async fn a_slow_websocket_backend_holds_the_client_back_without_killing_it() {
-    const N: usize = 16 << 20;
-    const CHUNK: usize = 64 * 1024;
-    let listener = small_window_listener().await;
-    let backend = listener.local_addr().unwrap();
-    let gw = gateway_with(
-        "wsb_slow_backend",
-        &format!("ws://{backend}/"),
-        "[timeouts]\nping_interval_secs = 1\npong_timeout_secs = 2\nbackend_stall_secs = 30\n",
-    )
-    .await;
-    let backend_side = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut b = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let mut got = Vec::with_capacity(N);
-        loop {
-            match b.next().await {
-                Some(Ok(Message::Binary(data))) => got.extend_from_slice(&data),
-                Some(Ok(Message::Close(_))) => {
-                    // Read on until the end, so tungstenite sends its reply.
-                    while let Ok(Some(_)) = timeout(WAIT, b.next()).await {}
-                    break;
-                }
-                Some(Ok(_)) => {}
-                other => panic!("backend: {other:?} after {} bytes", got.len()),
-            }
-        }
-        got
-    });
-    let (mut sink, mut stream) = ws_client(&gw.url("/")).await.split();
-    let reader = tokio::spawn(async move {
-        loop {
-            match stream.next().await {
-                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => {}
-                other => panic!("the client's session ended early: {other:?}"),
-            }
-        }
-    });
-    for offset in (0..N).step_by(CHUNK) {
-        sink.send(Message::binary(pattern(offset as u64, CHUNK)))
-            .await
-            .expect("the gateway keeps the client's session open");
-    }
-    sink.send(close_msg(1000, "done")).await.unwrap();
-    let got = timeout(Duration::from_secs(60), backend_side)
-        .await
-        .expect("the backend got everything in time")
-        .unwrap();
-    assert_eq!(got.len(), N, "every byte reached the backend");
-    assert!(got == pattern(0, N), "intact and in order");
-    let close = timeout(WAIT, reader).await.unwrap().unwrap();
-    assert_eq!(
-        close,
-        Some(1000),
-        "the backend's answer to the client's Close"
-    );
-    let admin = gw.admin.unwrap();
-    expect_metric(admin, &closes("wsb_slow_backend", "1000", "client"), 1.0).await;
-    assert_eq!(
-        metric(
-            &scrape(admin).await,
-            "wsgate_keepalive_timeouts_total{route=\"wsb_slow_backend\"}"
-        )
-        .unwrap_or(0.0),
-        0.0
-    );
     gw.stop().await.unwrap();
 }
 

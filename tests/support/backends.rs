@@ -2,10 +2,15 @@
 //! WebSocket echo), and the backend kinds a scenario can run against.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A TCP echo backend on loopback; runs until the test's runtime ends.
 pub async fn tcp_echo_backend() -> SocketAddr {
@@ -174,4 +179,203 @@ pub async fn proxy_reading_backend() -> SocketAddr {
         }
     });
     addr
+}
+
+/// The kinds of backend a session bridges to: bytes over TCP (the bridge) or WebSocket
+/// messages (the relay). A scenario that holds for both is written once, for a `kind`, and
+/// run for each with [`for_each_backend_kind!`](crate::for_each_backend_kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Tcp,
+    Ws,
+}
+
+impl BackendKind {
+    /// `name` made unique to this kind: metrics are process-wide and both kinds' tests run in
+    /// one process.
+    pub fn route(self, name: &str) -> String {
+        match self {
+            BackendKind::Tcp => format!("{name}_tcp"),
+            BackendKind::Ws => format!("{name}_ws"),
+        }
+    }
+
+    /// The backend URL of this kind for a server at `addr`.
+    pub fn url(self, addr: SocketAddr) -> String {
+        match self {
+            BackendKind::Tcp => format!("tcp://{addr}"),
+            BackendKind::Ws => format!("ws://{addr}/"),
+        }
+    }
+
+    /// A fresh echo backend of this kind; its URL.
+    pub async fn echo_backend(self) -> String {
+        match self {
+            BackendKind::Tcp => self.url(tcp_echo_backend().await),
+            // The handshake reports are not needed: dropping the receiver lets the echo run.
+            BackendKind::Ws => self.url(ws_echo_backend().await.0),
+        }
+    }
+
+    /// A backend whose every connection is handed to the test (for `Ws`, once its handshake
+    /// completed); its URL.
+    pub async fn backend(self) -> (String, tokio::sync::mpsc::Receiver<BackendConn>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = self.url(listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok(conn) = self.accept(&listener).await {
+                if tx.send(conn).await.is_err() {
+                    break;
+                }
+            }
+        });
+        (url, rx)
+    }
+
+    /// Accept one connection on `listener` (for `Ws`, and complete its handshake).
+    pub async fn accept(self, listener: &TcpListener) -> std::io::Result<BackendConn> {
+        let (tcp, _) = listener.accept().await?;
+        Ok(match self {
+            BackendKind::Tcp => BackendConn::Tcp(tcp),
+            BackendKind::Ws => BackendConn::Ws(
+                tokio_tungstenite::accept_async(tcp)
+                    .await
+                    .map_err(std::io::Error::other)?,
+            ),
+        })
+    }
+}
+
+/// The backend's side of one session, of either kind; data is bytes for TCP, binary messages
+/// for a WebSocket.
+pub enum BackendConn {
+    Tcp(TcpStream),
+    Ws(tokio_tungstenite::WebSocketStream<TcpStream>),
+}
+
+impl BackendConn {
+    /// Send `data` towards the client (one message for a WebSocket); how much was taken.
+    pub async fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            BackendConn::Tcp(s) => s.write(data).await,
+            BackendConn::Ws(ws) => ws
+                .send(Message::binary(data.to_vec()))
+                .await
+                .map(|()| data.len())
+                .map_err(std::io::Error::other),
+        }
+    }
+
+    /// End the session from the backend's side, cleanly (TCP FIN; a WebSocket Close 1000), and
+    /// wait until the gateway lets go of the connection.
+    pub async fn finish(&mut self) {
+        match self {
+            BackendConn::Tcp(s) => {
+                s.shutdown().await.unwrap();
+                let _ = s.read_to_end(&mut Vec::new()).await;
+            }
+            BackendConn::Ws(ws) => {
+                ws.send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "".into(),
+                })))
+                .await
+                .unwrap();
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        }
+    }
+
+    /// Everything the client sent until it closed the session (pings answered meanwhile).
+    pub async fn read_all(&mut self) -> Vec<u8> {
+        let mut got = Vec::new();
+        match self {
+            BackendConn::Tcp(s) => {
+                // Until the gateway's FIN, which follows the client's Close.
+                s.read_to_end(&mut got).await.unwrap();
+            }
+            BackendConn::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(data))) => got.extend_from_slice(&data),
+                    Some(Ok(Message::Close(_))) => {
+                        // Read on until the end, so tungstenite sends its reply.
+                        while let Ok(Some(_)) = timeout(Duration::from_secs(10), ws.next()).await {}
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("backend: {other:?} after {} bytes", got.len()),
+                }
+            },
+        }
+        got
+    }
+
+    /// The gateway lets go of the backend within `limit`, sending no data first: for TCP the
+    /// stream ends (EOF or reset), `None`; for a WebSocket its Close (code, reason) arrives,
+    /// then the connection ends. Reading answers the gateway's pings meanwhile.
+    pub async fn expect_end(&mut self, limit: Duration) -> Option<(u16, String)> {
+        match self {
+            BackendConn::Tcp(s) => {
+                let mut buf = [0u8; 16];
+                let read = timeout(limit, s.read(&mut buf))
+                    .await
+                    .expect("the backend sees the end in time");
+                assert!(matches!(read, Ok(0) | Err(_)), "EOF or error, got {read:?}");
+                None
+            }
+            BackendConn::Ws(ws) => {
+                let close = timeout(limit, async {
+                    loop {
+                        match ws.next().await {
+                            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                            Some(Ok(Message::Close(Some(f)))) => {
+                                break (u16::from(f.code), f.reason.to_string())
+                            }
+                            Some(Ok(Message::Close(None))) => break (1005, String::new()),
+                            other => panic!("expected a Close, got {other:?}"),
+                        }
+                    }
+                })
+                .await
+                .expect("the backend gets its Close in time");
+                let end = timeout(Duration::from_secs(10), async {
+                    loop {
+                        match ws.next().await {
+                            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                            Some(Ok(m)) => panic!("expected the connection to end, got {m:?}"),
+                            Some(Err(_)) | None => break,
+                        }
+                    }
+                })
+                .await;
+                end.expect("the connection ends after the Close");
+                Some(close)
+            }
+        }
+    }
+}
+
+/// Define a scenario once, for a `kind: BackendKind`, and a test for each kind: `name::tcp`
+/// and `name::ws` (so `cargo test name` runs both). The attributes (the test attribute and the
+/// scenario's doc) go on both tests.
+#[macro_export]
+macro_rules! for_each_backend_kind {
+    ($(#[$attr:meta])* async fn $name:ident($kind:ident) $body:block) => {
+        mod $name {
+            use super::*;
+
+            async fn scenario($kind: BackendKind) $body
+
+            $(#[$attr])*
+            async fn tcp() {
+                scenario(BackendKind::Tcp).await
+            }
+
+            $(#[$attr])*
+            async fn ws() {
+                scenario(BackendKind::Ws).await
+            }
+        }
+    };
 }

@@ -103,6 +103,10 @@ pub async fn echo_gateway(name: &str, extra: &str) -> TestGateway {
     .await
 }
 
+/// Keepalive at 20 s for ping and pong: under a paused clock, a ping at 20 s and a timeout at
+/// 40 s of virtual time.
+pub const KEEPALIVE_20S: &str = "[timeouts]\nping_interval_secs = 20\npong_timeout_secs = 20\n";
+
 /// Under a paused clock tokio jumps to the next timer whenever the runtime parks, even when that
 /// park also delivered socket readiness. A 1 ms ticker caps every jump, so a loopback round trip
 /// costs a few virtual milliseconds while idle waits (a ping due in 20 s) still pass at once.

@@ -135,3 +135,8 @@ pub fn active(route: &str) -> String {
 pub fn rejections(route: &str, reason: &str) -> String {
     format!("wsgate_upgrade_rejections_total{{route=\"{route}\",reason=\"{reason}\"}}")
 }
+
+/// `wsgate_keepalive_timeouts_total` for one route.
+pub fn keepalive_timeouts(route: &str) -> String {
+    format!("wsgate_keepalive_timeouts_total{{route=\"{route}\"}}")
+}
