@@ -3,7 +3,7 @@
 //!
 //! One class lives elsewhere: a client that stops reading. Its session ends at the keepalive
 //! stall limit and the gateway's buffering stays bounded; see tests/bridge.rs,
-//! `keepalive_ends_a_session_whose_client_stops_reading_under_load` and
+//! `keepalive_ends_a_session_whose_client_stops_reading_under_load`, and tests/backend_kinds.rs,
 //! `slow_reader_bounds_buffering_and_loses_nothing`.
 //!
 //! Loopback only, bounded in count and time, no timing assertions: timeouts are set small and
