@@ -70,11 +70,6 @@ async fn close(mut ws: WsClient) {
     finish_close(&mut ws).await;
 }
 
-async fn echo_round_trip(ws: &mut WsClient) {
-    send_binary(ws, b"ping").await;
-    assert_eq!(read_bytes(ws, 4).await, b"ping");
-}
-
 // ---- Session caps --------------------------------------------------------------------------
 
 #[tokio::test]
@@ -102,11 +97,11 @@ async fn global_cap_is_503_with_retry_after_until_a_session_ends() {
         Some((503, Some("7".into())))
     );
     // Sessions already admitted are untouched.
-    echo_round_trip(&mut first).await;
+    assert_echoes(&mut first, b"ping").await;
     // One ends: its slot is free again.
     close(second).await;
     let mut third = admitted(try_ws(&gw.url("/b")).await);
-    echo_round_trip(&mut third).await;
+    assert_echoes(&mut third, b"ping").await;
     let admin = gw.admin.unwrap();
     expect_metric(admin, &rejections("cap_a", "over_capacity"), 1.0).await;
     expect_metric(admin, &rejections("cap_b", "over_capacity"), 1.0).await;
@@ -145,7 +140,7 @@ async fn route_cap_is_503_and_other_routes_still_serve() {
         try_ws(&gw.url("/default")).await.err().map(|e| e.0),
         Some(503)
     );
-    echo_round_trip(&mut open[0]).await;
+    assert_echoes(&mut open[0], b"ping").await;
     let admin = gw.admin.unwrap();
     expect_metric(admin, &rejections("route_cap_full", "route_full"), 1.0).await;
     expect_metric(admin, &rejections("route_cap_default", "route_full"), 1.0).await;
@@ -179,7 +174,7 @@ async fn per_address_cap_is_429_and_other_addresses_still_serve() {
         try_ws_from([127, 0, 0, 2], gw.addr, "/").await.err(),
         Some((429, Some("3".into())))
     );
-    echo_round_trip(&mut b1).await;
+    assert_echoes(&mut b1, b"ping").await;
     close(a1).await;
     let a3 = admitted(try_ws_from([127, 0, 0, 1], gw.addr, "/").await);
     expect_metric(gw.admin.unwrap(), &rejections("ip_cap", "ip_limit"), 2.0).await;
@@ -217,7 +212,7 @@ async fn handshake_rate_is_429_with_the_wait_in_retry_after() {
     );
     // Other addresses are not affected.
     let mut other = admitted(try_ws_from([127, 0, 0, 4], gw.addr, "/").await);
-    echo_round_trip(&mut other).await;
+    assert_echoes(&mut other, b"ping").await;
     close(other).await;
     expect_metric(gw.admin.unwrap(), &rejections("rate", "rate_limited"), 2.0).await;
     gw.stop().await.unwrap();
@@ -237,7 +232,7 @@ async fn a_failed_dial_gives_its_slot_back() {
         assert_eq!(try_ws(&gw.url("/dead")).await.err().map(|e| e.0), Some(502));
     }
     let mut ws = admitted(try_ws(&gw.url("/live")).await);
-    echo_round_trip(&mut ws).await;
+    assert_echoes(&mut ws, b"ping").await;
     close(ws).await;
     gw.stop().await.unwrap();
 }

@@ -77,25 +77,6 @@ async fn assert_echo_round_trip(url: &str) {
     close_normally(&mut ws).await;
 }
 
-/// A backend that greets every connection with `name`, then echoes: tells which route served.
-async fn named_backend(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if s.write_all(name.as_bytes()).await.is_err() {
-                    return;
-                }
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 /// Which backend (by greeting) a WebSocket to `url` reaches.
 async fn served_by(url: &str) -> String {
     let mut ws = ws_client(url).await;
@@ -193,7 +174,7 @@ async fn exact_beats_prefix_longest_prefix_wins_query_ignored() {
         ("rt_apps_special", "/apps/special"),
         ("rt_vnc", "/vnc"),
     ] {
-        let backend = named_backend(name).await;
+        let backend = greeting_backend(name).await;
         routes.push_str(&route(name, path, &format!("tcp://{backend}")));
     }
     let gw = spawn_gateway(&config_with(&routes)).await;
