@@ -238,11 +238,11 @@ impl BackendKind {
         let (tcp, _) = listener.accept().await?;
         Ok(match self {
             BackendKind::Tcp => BackendConn::Tcp(tcp),
-            BackendKind::Ws => BackendConn::Ws(
+            BackendKind::Ws => BackendConn::Ws(Box::new(
                 tokio_tungstenite::accept_async(tcp)
                     .await
                     .map_err(std::io::Error::other)?,
-            ),
+            )),
         })
     }
 }
@@ -251,7 +251,7 @@ impl BackendKind {
 /// for a WebSocket.
 pub enum BackendConn {
     Tcp(TcpStream),
-    Ws(tokio_tungstenite::WebSocketStream<TcpStream>),
+    Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
 }
 
 impl BackendConn {
