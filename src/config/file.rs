@@ -298,7 +298,7 @@ pub struct Limits {
     pub max_connections: usize,
     /// Concurrent connections from one client address (IPv4, or IPv6 /64; the PROXY header's
     /// address behind a trusted balancer; a listener's `trusted_proxies` are exempt when it
-    /// reads forwarded headers); over it, new connections are closed at once. 0 = no cap.
+    /// sets `forwarded_header`); over it, new connections are closed at once. 0 = no cap.
     /// Default 100.
     pub max_connections_per_ip: usize,
     /// Per-session buffer for each direction: the most bytes read from one side

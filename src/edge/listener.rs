@@ -226,7 +226,7 @@ async fn connection(
     let forwarding = conn
         .trust_forwarded
         .as_ref()
-        .is_some_and(|t| t.contains(conn.tcp_peer.ip()));
+        .is_some_and(|t| t.proxies.contains(conn.tcp_peer.ip()));
     if !forwarding {
         match snapshot.admission.admit_connection(conn.peer.ip()) {
             Some(slot) => permit.hold_address(slot),
