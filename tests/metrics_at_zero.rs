@@ -18,7 +18,11 @@ async fn rejection_reasons_are_exported_at_zero_before_the_first_rejection() {
         for reason in wsgate::error::RejectError::LABELS {
             let series =
                 format!("wsgate_upgrade_rejections_total{{route=\"{route}\",reason=\"{reason}\"}}");
-            assert_eq!(metric(&page, &series), Some(0.0), "{series} missing:\n{page}");
+            assert_eq!(
+                metric(&page, &series),
+                Some(0.0),
+                "{series} missing:\n{page}"
+            );
         }
     }
     gw.stop().await.expect("gateway stops cleanly");
@@ -33,6 +37,9 @@ async fn a_plain_listener_exports_no_h2_session_series() {
     let page = scrape(gw.admin.expect("admin listener")).await;
     let http1 = "wsgate_sessions_total{route=\"plain\",protocol=\"http1\"}";
     assert_eq!(metric(&page, http1), Some(0.0), "{page}");
-    assert!(!page.contains("protocol=\"h2\""), "h2 series on a plain listener:\n{page}");
+    assert!(
+        !page.contains("protocol=\"h2\""),
+        "h2 series on a plain listener:\n{page}"
+    );
     gw.stop().await.expect("gateway stops cleanly");
 }
