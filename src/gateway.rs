@@ -567,6 +567,7 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
         "admin": config.admin.map(|address| serde_json::json!({
             "address": address,
             "bearer_sha256": config.admin_bearer_sha256,
+            "allowed_hosts": config.admin_allowed_hosts,
         })),
         "timeouts": {
             "tls_handshake_secs": config.tls_handshake_timeout.as_secs_f64(),
@@ -589,6 +590,7 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
     redact(&mut config_json);
     Ok(ApiSettings {
         token_sha256,
+        allowed_hosts: config.admin_allowed_hosts.clone(),
         routes: snapshot
             .routes
             .iter()

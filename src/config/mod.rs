@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
-pub use backend_addr::BackendAddr;
+pub use backend_addr::{redact_query, BackendAddr};
 pub use file::{
     AdminConfig, Balance, CompressionMode, FileConfig, HealthConfig, Limits, ListenerConfig,
     LogConfig, LogFormat, MessageType, ProxyProtocolVersion, ReloadConfig, RouteConfig,
