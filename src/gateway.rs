@@ -400,10 +400,16 @@ fn spawn_checks(
     aux: &TaskTracker,
     stop: &CancellationToken,
 ) {
-    for pool in snapshot.pools() {
+    for route in &snapshot.routes {
+        let Some(pool) = &route.pool else { continue };
         let running = previous.is_some_and(|p| p.pools().any(|q| Arc::ptr_eq(q, pool)));
         if pool.check_interval().is_some() && !running {
-            aux.spawn(Pool::run_checks(Arc::downgrade(pool), stop.clone()));
+            aux.spawn(Pool::run_checks(
+                Arc::downgrade(pool),
+                snapshot.dialer.clone(),
+                route.backend_tls.clone(),
+                stop.clone(),
+            ));
         }
     }
 }

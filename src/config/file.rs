@@ -621,10 +621,11 @@ pub struct HealthConfig {
     pub eject_secs: f64,
     /// The longest ejection. Default 300 s.
     pub max_eject_secs: f64,
-    /// Active checks: a TCP (or Unix socket) connect to every backend this often; a failure
-    /// ejects, a success ends an ejection. 0 disables. Default 0.
+    /// Active checks: every backend this often gets the dial a session makes (a connect;
+    /// for `ws://`/`wss://` also TLS and the WebSocket handshake); a failure ejects, a
+    /// success ends an ejection. 0 disables. Default 0.
     pub check_interval_secs: f64,
-    /// How long an active check's connect may take. Default 2 s.
+    /// How long one active check (connect and handshake) may take. Default 2 s.
     pub check_timeout_secs: f64,
 }
 
