@@ -25,7 +25,9 @@ use crate::edge::{accept_loop, listener, workers, PublicListener, Shared, Worker
 use crate::metrics;
 use crate::ops::admin;
 use crate::ops::api::{redact, ApiSettings, OpsApi, RouteSummary};
-use crate::ops::reload::{self, config_hash, Applied, Apply, ReloadHandle, ReloadRequests};
+use crate::ops::reload::{
+    self, config_hash, Applied, Apply, ReloadHandle, ReloadRequests, Trigger,
+};
 use crate::policy::access::decode_sha256_hex;
 use crate::policy::UPKEEP_INTERVAL;
 use crate::session::registry::Registry;
@@ -443,12 +445,24 @@ impl Apply for Reconfigure {
     /// Everything that can fail (reading, validating, certificates, binding new listeners)
     /// happens before the swap; after it nothing fails. Live sessions keep the snapshot they
     /// started with; listeners the new config still has keep their sockets.
-    async fn apply(&mut self) -> anyhow::Result<Applied> {
+    async fn apply(&mut self, trigger: Trigger) -> anyhow::Result<Applied> {
         // File reads and certificate parsing run off the async workers: with one worker
         // thread they would otherwise stall every session for the length of the reload.
         let source = self.source.clone();
         let (config, hash) = blocking(move || source.load()).await?;
         let old = self.shared.snapshot.load_full();
+        // A file caught half-written can be valid and open; only an operator's reload may
+        // take access control away.
+        if trigger == Trigger::FileChange {
+            let removed = reload::access_removed(&old.config, &config);
+            if !removed.is_empty() {
+                anyhow::bail!(
+                    "a file change would remove access control ({}); if that is meant, reload \
+                     with SIGHUP, `wsgate reload` or POST /reload",
+                    removed.join("; ")
+                );
+            }
+        }
         let echo = match self.echo_addr {
             None if Snapshot::needs_echo(&config) => Some(
                 bind_echo_service()
