@@ -590,7 +590,8 @@ async fn post_reload(
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let mut request = hyper::Request::post("/reload").header(hyper::header::HOST, addr.to_string());
+        let mut request =
+            hyper::Request::post("/reload").header(hyper::header::HOST, addr.to_string());
         // The admin token, when the listener has one (`[admin] bearer_sha256`).
         if let Ok(token) = std::env::var("WSGATE_ADMIN_TOKEN") {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));

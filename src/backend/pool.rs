@@ -266,7 +266,8 @@ async fn check(
     };
     match dialer.dial(backend_tls, addr, handshake, None).await {
         Ok(Backend::WebSocket { io, .. }) => {
-            let mut ws = fastwebsockets::WebSocket::after_handshake(io, fastwebsockets::Role::Client);
+            let mut ws =
+                fastwebsockets::WebSocket::after_handshake(io, fastwebsockets::Role::Client);
             let close = ws.write_frame(fastwebsockets::Frame::close(1001, b"health check"));
             let _ = tokio::time::timeout(dialer.connect_timeout, close).await;
             Ok(())

@@ -256,8 +256,7 @@ impl FileConfig {
             }
         }
         for host in self.admin.iter().flat_map(|a| &a.allowed_hosts) {
-            if host.is_empty() || host.contains(|c: char| c.is_whitespace() || "/@?#".contains(c))
-            {
+            if host.is_empty() || host.contains(|c: char| c.is_whitespace() || "/@?#".contains(c)) {
                 bail!("admin.allowed_hosts: {host:?} is not a host name (with an optional :port)");
             }
         }

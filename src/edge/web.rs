@@ -87,7 +87,11 @@ where
         return text(StatusCode::NOT_FOUND, "Not Found");
     }
     let Ok(permit) = web.responses.clone().try_acquire_owned() else {
-        debug!(path, max = web.max_responses, "web: too many answers in flight");
+        debug!(
+            path,
+            max = web.max_responses,
+            "web: too many answers in flight"
+        );
         let mut r = text(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many file answers in flight",
@@ -142,7 +146,9 @@ fn stays_on_origin(path: &str) -> bool {
         return false;
     };
     let lower = rest.to_ascii_lowercase();
-    !rest.contains('\\') && !lower.contains("%5c") && !rest.split('/').rev().skip(1).any(str::is_empty)
+    !rest.contains('\\')
+        && !lower.contains("%5c")
+        && !rest.split('/').rev().skip(1).any(str::is_empty)
 }
 
 /// Whether the file (or folder index) `url_path` names resolves, through a symlink, to a

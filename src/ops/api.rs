@@ -204,7 +204,10 @@ impl OpsApi {
                 return Some(unauthorized());
             }
             if !same_origin(req) {
-                return Some(text(StatusCode::FORBIDDEN, "cross-origin request refused\n"));
+                return Some(text(
+                    StatusCode::FORBIDDEN,
+                    "cross-origin request refused\n",
+                ));
             }
         }
         None
@@ -567,7 +570,9 @@ fn host_allowed(host: &str, local: Option<SocketAddr>, allowed: &[String]) -> bo
             Some((ip, rest)) if rest.is_empty() || rest.starts_with(':') => ip,
             _ => return false,
         },
-        None => host.rsplit_once(':').map_or(host.as_str(), |(name, _)| name),
+        None => host
+            .rsplit_once(':')
+            .map_or(host.as_str(), |(name, _)| name),
     };
     let name = name.trim_end_matches('.');
     if allowed.iter().any(|a| *a == host || *a == name) {
@@ -582,7 +587,8 @@ fn host_allowed(host: &str, local: Option<SocketAddr>, allowed: &[String]) -> bo
             .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
         v4 => v4,
     };
-    name.parse::<std::net::IpAddr>().is_ok_and(|n| n == ip || n == local.ip())
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|n| n == ip || n == local.ip())
         || (ip.is_loopback() && (name == "localhost" || name.ends_with(".localhost")))
 }
 
@@ -706,7 +712,11 @@ mod tests {
             ("127.0.0.2:9090", v4, false),
             ("[::1]x", v6, false),
         ] {
-            assert_eq!(host_allowed(host, Some(local), &allowed), ok, "{host} on {local}");
+            assert_eq!(
+                host_allowed(host, Some(local), &allowed),
+                ok,
+                "{host} on {local}"
+            );
         }
     }
 

@@ -89,7 +89,10 @@ pub fn access_removed(old: &crate::config::Config, new: &crate::config::Config) 
             continue;
         };
         if n.path != r.path {
-            removed.push(format!("route {:?} (with access control) moved from {:?}", r.name, r.path));
+            removed.push(format!(
+                "route {:?} (with access control) moved from {:?}",
+                r.name, r.path
+            ));
         }
         let kept = [n.auth.is_some(), n.origin.is_some(), n.target.is_some()];
         for ((what, had), has) in guarded.iter().zip(kept) {
@@ -104,7 +107,10 @@ pub fn access_removed(old: &crate::config::Config, new: &crate::config::Config) 
     for l in old.listeners.iter().filter(|l| asks_certs(l)) {
         let same = new.listeners.iter().find(|n| n.address == l.address);
         if same.is_some_and(|n| !asks_certs(n)) {
-            removed.push(format!("listener {} stops asking for client certificates", l.address));
+            removed.push(format!(
+                "listener {} stops asking for client certificates",
+                l.address
+            ));
         }
     }
     if old.admin_bearer_sha256.is_some() && new.admin_bearer_sha256.is_none() && new.admin.is_some()
