@@ -174,12 +174,17 @@ impl OpsApi {
     /// `421` for a `Host` that does not name this listener (`local`, the address the
     /// connection arrived at) or an `[admin] allowed_hosts` entry, so a web page whose name
     /// was rebound to this address is not served; for `/reload`, `401` without the admin
-    /// token and `403` from another origin. `/metrics`, `/healthz` and `/readyz` answer any
-    /// `Host`: scrapers and probes reach them by names the gateway cannot know, and they
-    /// change nothing.
+    /// token and `403` from another origin. Only the paths that show or change state are
+    /// guarded (the page, `/assets/`, `/api/`, `/reload`): `/metrics`, `/healthz` and
+    /// `/readyz` answer any `Host`, since scrapers and probes reach them by names the gateway
+    /// cannot know, and they change nothing.
     pub fn refuse<B>(&self, req: &Request<B>, local: Option<SocketAddr>) -> Option<Response<Body>> {
         let path = req.uri().path();
-        if matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        let guarded = path == "/"
+            || path == "/reload"
+            || path.starts_with("/assets/")
+            || path.starts_with("/api/");
+        if !guarded {
             return None;
         }
         let host = req
