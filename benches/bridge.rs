@@ -148,7 +148,7 @@ fn open(config: &BridgeConfig, max_frame_bytes: usize) -> Session {
         cw,
         Role::Server,
         max_frame_bytes,
-        &wsgate::session::reader::FrameBudget::unlimited(),
+        &wsgate::ws::reader::FrameBudget::unlimited(),
     );
     let (br, bw) = tokio::io::split(gateway_backend_side);
     // An in-memory backend is read through a buffer, as the gateway reads any backend

@@ -65,6 +65,7 @@ pub mod policy;
 pub mod session;
 pub mod snapshot;
 pub mod tls;
+pub mod ws;
 
 pub use config::Config;
 pub use gateway::Gateway;

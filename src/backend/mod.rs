@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::BackendAddr;
 use crate::error::RejectError;
 use crate::policy::targets::{self, Egress};
-use crate::session::extensions::{self, Agreement};
+use crate::ws::extensions::{self, Agreement};
 
 /// A connected backend. An enum, not a TCP stream, so more kinds can join it.
 #[derive(Debug)]

@@ -26,13 +26,13 @@ use crate::logsafe::Escaped;
 use crate::metrics::{self, Protocol, SessionMetrics};
 use crate::policy::{access, ClientSource, ConnInfo};
 use crate::session::bridge::{self, BridgeConfig};
-use crate::session::deflate::{HopDeflate, RelayDeflate};
-use crate::session::extensions::{self, Agreement};
 use crate::session::io::{websocket_halves, ClientStream};
-use crate::session::reader::ReadReady;
 use crate::session::registry::{Registered, SessionEntry, SessionInfo};
 use crate::session::relay::{self, RelayConfig};
 use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
+use crate::ws::deflate::{HopDeflate, RelayDeflate};
+use crate::ws::extensions::{self, Agreement};
+use crate::ws::reader::ReadReady;
 
 /// Every answer the gateway writes itself: a short, complete body.
 pub type Body = Full<Bytes>;

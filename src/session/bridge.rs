@@ -25,18 +25,18 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::deflate::{Deflater, HopDeflate, Inflater};
-use super::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
 use super::io::BackendSource;
 use super::keepalive::{Due, Held, Keepalive};
 use super::pacer::Pacer;
-use super::reader::{FrameReader, ReadError, ReadReady};
 use super::registry::SessionControl;
-use super::utf8::complete_prefix;
-use super::writer::FrameWriter;
 use crate::config::MessageType;
 use crate::error::close_code;
 use crate::metrics::{SessionMetrics, Tally};
+use crate::ws::deflate::{Deflater, HopDeflate, Inflater};
+use crate::ws::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
+use crate::ws::reader::{FrameReader, ReadError, ReadReady};
+use crate::ws::utf8::complete_prefix;
+use crate::ws::writer::FrameWriter;
 
 /// Per-session settings, taken from the config snapshot the session started with.
 #[derive(Debug, Clone)]

@@ -22,15 +22,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::bridge::{Initiator, Outcome, OVER_BUDGET};
-use super::deflate::{Deflater, Inflater, RelayDeflate, MIN_COMPRESS};
-use super::frames::{close_payload_code, GuardedWriter, MessageCheck, Violation, WriteFailed};
 use super::keepalive::{sleep_until_opt, Due, Held, Keepalive};
 use super::pacer::Pacer;
-use super::reader::{FrameReader, ReadError, ReadReady};
 use super::registry::SessionControl;
-use super::writer::FrameWriter;
 use crate::error::close_code;
 use crate::metrics::{SessionMetrics, Tally};
+use crate::ws::deflate::{Deflater, Inflater, RelayDeflate, MIN_COMPRESS};
+use crate::ws::frames::{close_payload_code, GuardedWriter, MessageCheck, Violation, WriteFailed};
+use crate::ws::reader::{FrameReader, ReadError, ReadReady};
+use crate::ws::writer::FrameWriter;
 
 /// Per-session settings from the route and the config snapshot.
 #[derive(Debug, Clone)]

@@ -16,8 +16,8 @@ use crate::backend::pool::Pool;
 use crate::backend::{Dialer, SocketOptions};
 use crate::config::{is_hop_header, BackendAddr, CompressionMode, Config};
 use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
-use crate::session::extensions::DeflatePolicy;
-use crate::session::reader::FrameBudget;
+use crate::ws::extensions::DeflatePolicy;
+use crate::ws::reader::FrameBudget;
 
 pub use route::{Route, RouteLimits};
 pub use router::{check_path, select_subprotocol, Router};
@@ -46,7 +46,7 @@ pub struct Snapshot {
     pub max_header_bytes: usize,
     /// Session caps and handshake rate, shared by every request.
     pub admission: Arc<Admission>,
-    /// Frame payload bytes all sessions' readers may hold at once (`session::reader`).
+    /// Frame payload bytes all sessions' readers may hold at once (`ws::reader`).
     pub frame_budget: Arc<FrameBudget>,
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::backend::pool::Pool;
 use crate::config::MessageType;
 use crate::policy::{Access, Target};
-use crate::session::extensions::DeflatePolicy;
+use crate::ws::extensions::DeflatePolicy;
 
 /// A route's resolved caps: its own keys, else the `[limits]` defaults.
 #[derive(Debug, Clone, Default)]
