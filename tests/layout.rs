@@ -17,10 +17,12 @@ const LAYERS: &[&[&str]] = &[
     &["config", "error", "metrics", "logsafe"],
     // Certificates and keys, from config into rustls.
     &["tls"],
-    // Compiled per-route rules; the session machinery after the 101.
-    &["policy", "session"],
+    // Compiled per-route rules.
+    &["policy"],
     // Dialling backends (egress policy applies).
     &["backend"],
+    // After the 101: a dialled backend and a client stream, pumped until the end.
+    &["session"],
     // One immutable value built from a validated config.
     &["snapshot"],
     // Listeners and requests; admin, signals, reload triggers.

@@ -7,15 +7,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fastwebsockets::Role;
 use http_body_util::Full;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::service::{service_fn, Service};
 use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use tokio::io::AsyncWrite;
 use tokio::time::Instant;
-use tracing::{debug, info, warn, Instrument, Span};
+use tracing::{debug, warn, Instrument, Span};
 
 use super::console::Console;
 use super::shared::{ConnectionSlot, Shared};
@@ -23,16 +21,11 @@ use crate::backend::{Backend, Handshake, ProxyAddrs};
 use crate::config::BackendAddr;
 use crate::error::RejectError;
 use crate::logsafe::Escaped;
-use crate::metrics::{self, Protocol, SessionMetrics};
+use crate::metrics::{self, Protocol};
 use crate::policy::{access, ClientSource, ConnInfo};
-use crate::session::bridge::{self, BridgeConfig};
-use crate::session::io::{websocket_halves, ClientStream};
-use crate::session::registry::{Registered, SessionEntry, SessionInfo};
-use crate::session::relay::{self, RelayConfig};
-use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
-use crate::ws::deflate::{HopDeflate, RelayDeflate};
-use crate::ws::extensions::{self, Agreement};
-use crate::ws::reader::ReadReady;
+use crate::session::start::{self as session, BackendSide, ClientSide, SessionInfo};
+use crate::snapshot::{check_path, select_subprotocol, Route};
+use crate::ws::extensions;
 
 /// Every answer the gateway writes itself: a short, complete body.
 pub type Body = Full<Bytes>;
@@ -151,7 +144,7 @@ pub async fn handle(
     };
 
     // permessage-deflate on the client hop: the first acceptable offer, or none.
-    let deflate = route.compression.as_ref().and_then(|policy| {
+    let deflate = route.session.compression.as_ref().and_then(|policy| {
         let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
         extensions::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), policy)
     });
@@ -245,29 +238,32 @@ pub async fn handle(
             let _slot = slot;
             let _lease = lease;
             let protocol = upgrade.protocol();
-            let client = match upgrade.wait().await {
-                Ok(client) => client,
+            let stream = match upgrade.wait().await {
+                Ok(stream) => stream,
                 Err(e) => {
                     debug!(error = %e, "upgrade did not complete");
                     return;
                 }
             };
-            // In the session's task: the thread it counts on is the one it runs on.
-            let _worker = metrics::WorkerSessionGuard::open();
-            let mut registered = shared.registry.register(info, &shared.shutdown);
-            Span::current().record("session", registered.entry().id);
-            let code = run_session(
-                client,
-                backend,
-                &route,
-                &snapshot,
-                &shared,
-                &registered,
-                protocol,
-                deflate,
+            session::start(
+                ClientSide {
+                    stream,
+                    protocol,
+                    deflate,
+                },
+                BackendSide {
+                    backend,
+                    settings: &route.session,
+                    info,
+                },
+                session::Gateway {
+                    registry: &shared.registry,
+                    shutdown: &shared.shutdown,
+                    hard_stop: &shared.hard_stop,
+                    frame_budget: &snapshot.frame_budget,
+                },
             )
             .await;
-            registered.set_close_code(code);
         }
     };
     shared.tracker.spawn(session.instrument(Span::current()));
@@ -309,185 +305,6 @@ impl PendingUpgrade {
             Self::H2(on) => Ok(on.await?),
         }
     }
-}
-
-/// Bridge or relay the session; returns the close code it ended with. `deflate`:
-/// permessage-deflate as agreed with the client.
-#[allow(clippy::too_many_arguments)]
-async fn run_session(
-    client: Upgraded,
-    backend: Backend,
-    route: &Route,
-    snapshot: &Snapshot,
-    shared: &Shared,
-    registered: &Registered,
-    protocol: Protocol,
-    deflate: Option<Agreement>,
-) -> u16 {
-    let entry = registered.entry();
-    // Each kind boxed, sized to itself: the task that waits for the upgrade stays small, and
-    // a TLS or h2 session does not also carry a plain session's inline state.
-    match ClientStream::new(client) {
-        ClientStream::Tcp(read, write) => {
-            Box::pin(bridge_session(
-                (read, write),
-                backend,
-                route,
-                snapshot,
-                shared,
-                entry,
-                protocol,
-                deflate,
-            ))
-            .await
-        }
-        ClientStream::Other(read, write) => {
-            Box::pin(bridge_session(
-                (read, write),
-                backend,
-                route,
-                snapshot,
-                shared,
-                entry,
-                protocol,
-                deflate,
-            ))
-            .await
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn bridge_session<CR, CW>(
-    (client_read, client_write): (CR, CW),
-    backend: Backend,
-    route: &Route,
-    snapshot: &Snapshot,
-    shared: &Shared,
-    entry: &SessionEntry,
-    protocol: Protocol,
-    deflate: Option<Agreement>,
-) -> u16
-where
-    CR: ReadReady + Send + 'static,
-    CW: AsyncWrite + Unpin,
-{
-    let started = Instant::now();
-    let metrics = SessionMetrics::start_counted(route.name.clone(), protocol, &entry.bytes);
-    let client_deflate = deflate
-        .zip(route.compression)
-        .map(|(a, p)| HopDeflate::server(&a, &p));
-    let (mut client_read, client_write) = websocket_halves(
-        client_read,
-        client_write,
-        Role::Server,
-        route.max_frame_bytes,
-        &snapshot.frame_budget,
-    );
-    if client_deflate.is_some() {
-        client_read.allow_rsv1();
-    }
-    let bridge_config = || BridgeConfig {
-        buffer_bytes: snapshot.buffer_bytes,
-        max_message_bytes: route.max_message_bytes,
-        message_type: route.message_type,
-        ping_interval: snapshot.ping_interval,
-        pong_timeout: snapshot.pong_timeout,
-        close_grace: snapshot.close_grace,
-        backend_stall: snapshot.backend_stall,
-        bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
-        deflate: client_deflate,
-    };
-    let outcome = match backend {
-        Backend::Unix(stream) => {
-            let (backend_read, backend_write) = stream.into_split();
-            // Boxed: sessions on TCP routes should not carry a second bridge's state.
-            Box::pin(bridge::run(
-                client_read,
-                client_write,
-                backend_read,
-                backend_write,
-                &bridge_config(),
-                &metrics,
-                &entry.control,
-                &shared.hard_stop,
-            ))
-            .await
-        }
-        Backend::Tcp(stream) => {
-            let config = bridge_config();
-            let (backend_read, backend_write) = stream.into_split();
-            bridge::run(
-                client_read,
-                client_write,
-                backend_read,
-                backend_write,
-                &config,
-                &metrics,
-                &entry.control,
-                &shared.hard_stop,
-            )
-            .await
-        }
-        Backend::WebSocket {
-            io,
-            deflate: backend_deflate,
-            ..
-        } => {
-            let config = RelayConfig {
-                max_message_bytes: route.max_message_bytes,
-                ping_interval: snapshot.ping_interval,
-                pong_timeout: snapshot.pong_timeout,
-                close_grace: snapshot.close_grace,
-                backend_stall: snapshot.backend_stall,
-                bandwidth_bytes_per_sec: route.limits.bandwidth_bytes_per_sec,
-                deflate: RelayDeflate::new(deflate, backend_deflate, route.compression),
-            };
-            let (read, write) = tokio::io::split(io);
-            let mut backend = websocket_halves(
-                read,
-                write,
-                Role::Client,
-                route.max_frame_bytes,
-                &snapshot.frame_budget,
-            );
-            if config.deflate.backend.is_some() {
-                backend.0.allow_rsv1();
-            }
-            // Boxed so that sessions on TCP routes do not carry the relay's larger state.
-            Box::pin(relay::run(
-                (client_read, client_write),
-                backend,
-                &config,
-                &metrics,
-                &entry.control,
-                &shared.hard_stop,
-            ))
-            .await
-        }
-    };
-    let duration = started.elapsed();
-    metrics.closed(outcome.code, outcome.initiator.label(), duration);
-    let (messages_to_backend, messages_to_client) = metrics.messages();
-    // The access log: one line per session, every field named (one JSON object with
-    // `--log-format json`).
-    info!(
-        session_id = entry.id,
-        client = %entry.info.client,
-        route = &*route.name,
-        backend = entry.info.backend.as_str(),
-        subprotocol = entry.info.subprotocol.as_deref(),
-        bytes_to_backend = outcome.bytes_to_backend,
-        bytes_to_client = outcome.bytes_to_client,
-        messages_to_backend,
-        messages_to_client,
-        duration_ms = duration.as_millis() as u64,
-        code = outcome.code,
-        closed_by = outcome.initiator.label(),
-        reason = %Escaped(&outcome.reason),
-        "session closed"
-    );
-    outcome.code
 }
 
 /// The backend handshake for a WebSocket route: mapped path, forwarded headers,

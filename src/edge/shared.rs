@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::ConnectionGuard;
-use crate::session::registry::Registry;
+use crate::session::start::Registry;
 use crate::snapshot::Snapshot;
 
 /// What every connection task shares.

@@ -29,6 +29,7 @@ use super::io::BackendSource;
 use super::keepalive::{Due, Held, Keepalive};
 use super::pacer::Pacer;
 use super::registry::SessionControl;
+use super::settings::SessionSettings;
 use crate::config::MessageType;
 use crate::error::close_code;
 use crate::metrics::{SessionMetrics, Tally};
@@ -37,27 +38,6 @@ use crate::ws::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFa
 use crate::ws::reader::{FrameReader, ReadError, ReadReady};
 use crate::ws::utf8::complete_prefix;
 use crate::ws::writer::FrameWriter;
-
-/// Per-session settings, taken from the config snapshot the session started with.
-#[derive(Debug, Clone)]
-pub struct BridgeConfig {
-    /// Most backend bytes read (and framed) at once. The client side is bounded by
-    /// `max_frame_bytes`, enforced by the frame reader.
-    pub buffer_bytes: usize,
-    /// Largest client message, all fragments together (1009 above it).
-    pub max_message_bytes: usize,
-    pub message_type: MessageType,
-    /// `None` disables pings.
-    pub ping_interval: Option<Duration>,
-    pub pong_timeout: Duration,
-    pub close_grace: Duration,
-    /// A backend write without progress for this long closes the session (1011).
-    pub backend_stall: Duration,
-    /// Pacing of each direction in bytes per second; `None`: unpaced.
-    pub bandwidth_bytes_per_sec: Option<u64>,
-    /// permessage-deflate with the client, when negotiated.
-    pub deflate: Option<HopDeflate>,
-}
 
 /// Who started the end of a session (`initiator` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +101,8 @@ pub fn run<'a, CR, CW, BR, BW>(
     ws_write: FrameWriter<CW>,
     backend_read: BR,
     backend_write: BW,
-    config: &'a BridgeConfig,
+    config: &'a SessionSettings,
+    deflate: Option<HopDeflate>,
     metrics: &'a SessionMetrics,
     control: &'a SessionControl,
     hard_stop: &'a CancellationToken,
@@ -146,7 +127,7 @@ where
             bytes: metrics.bytes_to_backend.clone(),
             messages: metrics.messages_to_backend.clone(),
             pacer: Pacer::new(config.bandwidth_bytes_per_sec),
-            inflater: config.deflate.map(|d| d.inflater()),
+            inflater: deflate.map(|d| d.inflater()),
             held: held.clone(),
             backend_stall: config.backend_stall,
         },
@@ -164,7 +145,7 @@ where
         keepalive,
         held,
         sent: 0,
-        deflater: config.deflate.map(|d| d.deflater()),
+        deflater: deflate.map(|d| d.deflater()),
     };
     async move {
         let (code, initiator, reason) = writer
@@ -443,7 +424,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         &mut self,
         mut backend: BR,
         rx: flume::Receiver<FromClient>,
-        config: &BridgeConfig,
+        config: &SessionSettings,
         metrics: &SessionMetrics,
         control: &SessionControl,
     ) -> Ending {

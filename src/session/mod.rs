@@ -12,3 +12,5 @@ pub mod keepalive;
 pub mod pacer;
 pub mod registry;
 pub mod relay;
+pub mod settings;
+pub mod start;

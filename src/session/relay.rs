@@ -25,31 +25,13 @@ use super::bridge::{Initiator, Outcome, OVER_BUDGET};
 use super::keepalive::{sleep_until_opt, Due, Held, Keepalive};
 use super::pacer::Pacer;
 use super::registry::SessionControl;
+use super::settings::SessionSettings;
 use crate::error::close_code;
 use crate::metrics::{SessionMetrics, Tally};
 use crate::ws::deflate::{Deflater, Inflater, RelayDeflate, MIN_COMPRESS};
 use crate::ws::frames::{close_payload_code, GuardedWriter, MessageCheck, Violation, WriteFailed};
 use crate::ws::reader::{FrameReader, ReadError, ReadReady};
 use crate::ws::writer::FrameWriter;
-
-/// Per-session settings from the route and the config snapshot.
-#[derive(Debug, Clone)]
-pub struct RelayConfig {
-    /// Largest message from either hop, all fragments together (1009 above it).
-    pub max_message_bytes: usize,
-    /// Ping interval for each hop; `None` disables keepalive.
-    pub ping_interval: Option<Duration>,
-    pub pong_timeout: Duration,
-    /// How long a hop waits for the Close that answers its own.
-    pub close_grace: Duration,
-    /// The backend hop's write stall limit: no progress for this long closes the session
-    /// (the client gets 1011).
-    pub backend_stall: Duration,
-    /// Pacing of each direction in bytes per second; `None`: unpaced.
-    pub bandwidth_bytes_per_sec: Option<u64>,
-    /// permessage-deflate on each hop and what may pass through as it is.
-    pub deflate: RelayDeflate,
-}
 
 /// Which side of the gateway a hop faces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +143,8 @@ fn record(first: &FirstEnd, code: u16, initiator: Initiator, reason: impl Into<C
 pub async fn run<CR, CW, BR, BW>(
     client: (FrameReader<CR>, FrameWriter<CW>),
     backend: (FrameReader<BR>, FrameWriter<BW>),
-    config: &RelayConfig,
+    config: &SessionSettings,
+    deflate: &RelayDeflate,
     metrics: &SessionMetrics,
     control: &SessionControl,
     hard_stop: &CancellationToken,
@@ -195,8 +178,8 @@ where
             messages: metrics.messages_to_backend.clone(),
             total: up.clone(),
             pacer: Pacer::new(config.bandwidth_bytes_per_sec),
-            inflater: config.deflate.client.map(|d| d.inflater()),
-            as_is: config.deflate.client_to_backend_as_is,
+            inflater: deflate.client.map(|d| d.inflater()),
+            as_is: deflate.client_to_backend_as_is,
             held: client_held.clone(),
         },
         first.clone(),
@@ -213,8 +196,8 @@ where
             messages: metrics.messages_to_client.clone(),
             total: down.clone(),
             pacer: Pacer::new(config.bandwidth_bytes_per_sec),
-            inflater: config.deflate.backend.map(|d| d.inflater()),
-            as_is: config.deflate.backend_to_client_as_is,
+            inflater: deflate.backend.map(|d| d.inflater()),
+            as_is: deflate.backend_to_client_as_is,
             held: backend_held.clone(),
         },
         first.clone(),
@@ -240,8 +223,8 @@ where
         rtt: Some(metrics.ping_rtt.clone()),
         metrics,
         // Frames passed through keep the backend's context: ours must not interleave with it.
-        deflater: (!config.deflate.backend_to_client_as_is)
-            .then_some(config.deflate.client)
+        deflater: (!deflate.backend_to_client_as_is)
+            .then_some(deflate.client)
             .flatten()
             .map(|d| d.deflater()),
         compressing: false,
@@ -260,8 +243,8 @@ where
         first: first.clone(),
         rtt: None,
         metrics,
-        deflater: (!config.deflate.client_to_backend_as_is)
-            .then_some(config.deflate.backend)
+        deflater: (!deflate.client_to_backend_as_is)
+            .then_some(deflate.backend)
             .flatten()
             .map(|d| d.deflater()),
         compressing: false,
@@ -604,7 +587,7 @@ impl<W: AsyncWrite + Unpin> HopWriter<'_, W> {
         mut relayed: mpsc::Receiver<Relayed>,
         // (this hop's, raised when it gives up; the other hop's, watched)
         (lost, other_lost): (&HopLost, &HopLost),
-        config: &RelayConfig,
+        config: &SessionSettings,
         control: &SessionControl,
     ) {
         let hard_stop = self.ws.hard_stop();
