@@ -58,6 +58,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod gateway;
+pub mod http_util;
 pub mod logsafe;
 pub mod metrics;
 pub mod ops;

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     // The WebSocket protocol: frames, message rules, UTF-8, permessage-deflate.
     &["ws"],
-    // Leaves: the file format, the boundary error, metric names and handles, log escaping.
-    &["config", "error", "metrics", "logsafe"],
+    // Leaves: the file format, the boundary error, metric names and handles, log escaping,
+    // HTTP answers and parsing.
+    &["config", "error", "metrics", "logsafe", "http_util"],
     // Certificates and keys, from config into rustls.
     &["tls"],
     // Compiled per-route rules.

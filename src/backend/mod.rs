@@ -45,6 +45,28 @@ pub enum Backend {
     },
 }
 
+impl Backend {
+    /// The `Sec-WebSocket-Protocol` to answer the client with: a WebSocket backend's own
+    /// choice from the client's offer; for a byte backend, `route_choice` (the route's pick).
+    pub fn subprotocol(
+        &self,
+        route_choice: impl FnOnce() -> Option<HeaderValue>,
+    ) -> Option<HeaderValue> {
+        match self {
+            Self::WebSocket { protocol, .. } => protocol.clone(),
+            Self::Tcp(_) | Self::Unix(_) => route_choice(),
+        }
+    }
+}
+
+/// The path a backend's WebSocket handshake requests, for the kinds that have one.
+pub fn handshake_path(target: &BackendAddr) -> Option<&str> {
+    match target {
+        BackendAddr::WebSocket { path, .. } => Some(path),
+        BackendAddr::Tcp { .. } | BackendAddr::Unix { .. } | BackendAddr::BuiltinEcho => None,
+    }
+}
+
 /// What the backend's WebSocket handshake carries over from the client's request.
 #[derive(Debug, Default)]
 pub struct Handshake {

@@ -9,6 +9,7 @@ pub mod http;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod shared;
+pub mod upgrade;
 pub mod urls;
 pub mod web;
 pub mod workers;
