@@ -239,3 +239,79 @@ fn client_deflate(agreed: Option<Agreement>, settings: &SessionSettings) -> Opti
         .zip(settings.compression)
         .map(|(a, p)| HopDeflate::server(&a, &p))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MessageType;
+    use crate::session::io::Rewind;
+    use crate::session::registry::SessionControl;
+    use std::time::Duration;
+    use tokio::net::{TcpListener, TcpStream};
+
+    fn settings() -> SessionSettings {
+        SessionSettings {
+            buffer_bytes: 64 * 1024,
+            max_frame_bytes: 1 << 20,
+            max_message_bytes: 1 << 20,
+            message_type: MessageType::Binary,
+            ping_interval: Some(Duration::from_secs(30)),
+            pong_timeout: Duration::from_secs(10),
+            close_grace: Duration::from_secs(5),
+            backend_stall: Duration::from_secs(30),
+            bandwidth_bytes_per_sec: None,
+            compression: None,
+        }
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (a, l.accept().await.unwrap().0)
+    }
+
+    /// What an idle plain session's task holds: the bridge's and the relay's futures over
+    /// TCP, the types a real session has. Printed with `--nocapture`; the bounds keep the
+    /// idle-memory work from being undone by accident.
+    #[tokio::test]
+    async fn session_futures_stay_small() {
+        let settings = settings();
+        let budget = FrameBudget::unlimited();
+        let metrics = SessionMetrics::start("t".into(), Protocol::Http1);
+        let stop = CancellationToken::new();
+        let control = SessionControl::new(&stop);
+        let ((_c, client), (_b, backend)) = (pair().await, pair().await);
+        let (cr, cw) = client.into_split();
+        let (cr, cw) = websocket_halves(
+            Rewind::new(bytes::Bytes::new(), cr),
+            cw,
+            Role::Server,
+            1 << 20,
+            &budget,
+        );
+        let (br, bw) = backend.into_split();
+        let bridge = bridge::run(cr, cw, br, bw, &settings, None, &metrics, &control, &stop);
+        let bridge_size = std::mem::size_of_val(&bridge);
+        drop(bridge);
+        let ((_c, client), (_b, backend)) = (pair().await, pair().await);
+        let (cr, cw) = client.into_split();
+        let client = websocket_halves(cr, cw, Role::Server, 1 << 20, &budget);
+        let (br, bw) = backend.into_split();
+        let backend = websocket_halves(br, bw, Role::Client, 1 << 20, &budget);
+        let deflate = RelayDeflate::default();
+        let relay = relay::run(
+            client, backend, &settings, &deflate, &metrics, &control, &stop,
+        );
+        let relay_size = std::mem::size_of_val(&relay);
+        println!("bridge future: {bridge_size} bytes; relay future: {relay_size} bytes");
+        // Today (debug build): 1704 and 4600 bytes.
+        assert!(
+            bridge_size <= 1800,
+            "bridge future grew to {bridge_size} bytes"
+        );
+        assert!(
+            relay_size <= 4700,
+            "relay future grew to {relay_size} bytes"
+        );
+    }
+}

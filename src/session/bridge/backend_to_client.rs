@@ -31,7 +31,59 @@ pub(super) struct Writer<'a, CW> {
     pub(super) deflater: Option<Deflater>,
 }
 
-type Ending = (u16, Initiator, Cow<'static, str>);
+pub(super) type Ending = (u16, Initiator, Cow<'static, str>);
+
+/// One turn of the writer's loop: `Ok` goes round again, `Err` ends the session so.
+type Step = Result<(), Ending>;
+
+/// The loop's state besides the writer.
+struct State {
+    phase: Phase,
+    backend_open: bool,
+    /// False once the client's side ended (its Close, a violation, or EOF): the reader is done.
+    client_open: bool,
+}
+
+/// Backend reads: the buffer (allocated on the first backend bytes, sized to the traffic: an
+/// idle session holds little), its next size, and the bandwidth cap.
+struct Reads {
+    buf: Vec<u8>,
+    size: ReadSize,
+    pacer: Pacer,
+}
+
+/// The drain's hard stop came while our Close waited for its answer.
+fn stopped() -> Ending {
+    (
+        close_code::ABNORMAL,
+        Initiator::Gateway,
+        "drain deadline passed".into(),
+    )
+}
+
+fn backend_sent_invalid_utf8() -> Ending {
+    (
+        close_code::INTERNAL_ERROR,
+        Initiator::Backend,
+        "backend sent invalid UTF-8".into(),
+    )
+}
+
+/// Our Close is out: the ending it recorded (taken out of `phase`).
+fn gateway_ending(phase: &mut Phase) -> Option<Ending> {
+    if !matches!(phase, Phase::GatewayClosed { .. }) {
+        return None;
+    }
+    match std::mem::replace(phase, Phase::Open) {
+        Phase::GatewayClosed {
+            code,
+            initiator,
+            reason,
+            ..
+        } => Some((code, initiator, reason)),
+        _ => None,
+    }
+}
 
 impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
     /// Backend bytes → client frames, plus pings, pongs and the close handshake.
@@ -56,96 +108,37 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         // the session stopped accepting that (our Close is out), and then afresh each loop.
         let asked_to_close = control.cancelled();
         tokio::pin!(asked_to_close);
-        // Allocated on the first backend bytes, sized to the traffic: an idle session holds little.
-        let mut buf: Vec<u8> = Vec::new();
-        let mut pacer = Pacer::new(config.bandwidth_bytes_per_sec);
-        let mut read_size = ReadSize::new(pacer.max_read(config.buffer_bytes));
-        let mut phase = Phase::Open;
-        let mut backend_open = true;
-        // False once the client's side ended (its Close, a violation, or EOF): the reader is done.
-        let mut client_open = true;
-        let stopped: Ending = (
-            close_code::ABNORMAL,
-            Initiator::Gateway,
-            "drain deadline passed".into(),
-        );
-        macro_rules! send_or_end {
-            ($write:expr) => {
-                match $write.await {
-                    Ok(()) => {
-                        // Our ping may have sat behind the data this send waited on.
-                        if self.ws.take_waited() {
-                            if let Some(k) = self.keepalive.as_mut() {
-                                k.excuse(Instant::now());
-                            }
-                        }
-                    }
-                    Err(WriteFailed::Io) => {
-                        return (
-                            close_code::ABNORMAL,
-                            Initiator::Client,
-                            "client connection lost".into(),
-                        )
-                    }
-                    Err(WriteFailed::Stalled) => {
-                        metrics.keepalive_timed_out();
-                        return (
-                            close_code::ABNORMAL,
-                            Initiator::Gateway,
-                            "client stopped reading".into(),
-                        );
-                    }
-                    Err(WriteFailed::Stopped) => return stopped,
-                }
-            };
-        }
-        // One Close per direction: once ours is out, later failures change nothing, and the
-        // first code stays the one recorded.
-        macro_rules! close_with {
-            ($code:expr, $initiator:expr, $reason:expr) => {{
-                if matches!(phase, Phase::GatewayClosed { .. }) {
-                    continue;
-                }
-                let reason: Cow<'static, str> = $reason.into();
-                send_or_end!(self.ws.send_close($code, &reason));
-                phase = Phase::GatewayClosed {
-                    code: $code,
-                    initiator: $initiator,
-                    reason,
-                    deadline: Instant::now() + config.close_grace,
-                };
-            }};
-        }
-        // After the client's Close, any end of the backend's stream completes the handshake:
-        // echo the client's Close now.
-        macro_rules! answer_client_close {
-            () => {
-                if let Phase::ClientClosed { echo, .. } = &phase {
-                    send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(echo))));
-                    return client_ending(echo);
-                }
-            };
-        }
+        let pacer = Pacer::new(config.bandwidth_bytes_per_sec);
+        let mut reads = Reads {
+            buf: Vec::new(),
+            size: ReadSize::new(pacer.max_read(config.buffer_bytes)),
+            pacer,
+        };
+        let mut st = State {
+            phase: Phase::Open,
+            backend_open: true,
+            client_open: true,
+        };
         loop {
-            let ping_at = match (&phase, &self.keepalive) {
+            let ping_at = match (&st.phase, &self.keepalive) {
                 (Phase::Open, Some(k)) => Some(k.deadline()),
                 _ => None,
             };
-            let close_at = match &phase {
+            let close_at = match &st.phase {
                 Phase::Open => None,
                 Phase::ClientClosed { deadline, .. } | Phase::GatewayClosed { deadline, .. } => {
                     Some(*deadline)
                 }
             };
-            let wants_backend = backend_open && !matches!(phase, Phase::GatewayClosed { .. });
+            let wants_backend = st.backend_open && !matches!(st.phase, Phase::GatewayClosed { .. });
             // Over the bandwidth cap: no read until the pacer allows one.
             let paced_until = if wants_backend {
-                pacer.ready_at(Instant::now())
+                reads.pacer.ready_at(Instant::now())
             } else {
                 None
             };
-            let read_backend = wants_backend && paced_until.is_none();
-            let accepting_shutdown = !matches!(phase, Phase::GatewayClosed { .. });
+            let may_read_backend = wants_backend && paced_until.is_none();
+            let accepting_shutdown = !matches!(st.phase, Phase::GatewayClosed { .. });
             // One timer for the next of the three: armed once and moved only when that
             // changes, so a busy session does not register a timer per message.
             let next = [ping_at, paced_until, close_at].into_iter().flatten().min();
@@ -154,159 +147,371 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                     timer.as_mut().reset(at);
                 }
             }
-            tokio::select! {
+            let step = tokio::select! {
                 biased;
-                () = hard_stop.cancelled(), if !accepting_shutdown => return stopped,
+                () = hard_stop.cancelled(), if !accepting_shutdown => Err(stopped()),
                 // Timers first: a session busy with bulk data still pings on time, and a
                 // close deadline holds however fast the backend talks.
                 () = &mut timer, if next.is_some() => {
-                    let now = Instant::now();
-                    if close_at.is_some_and(|at| at <= now) {
-                        match phase {
-                            Phase::ClientClosed { echo, .. } => {
-                                // The backend kept talking past the grace period: finish the handshake anyway.
-                                send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
-                                return client_ending(&echo);
-                            }
-                            Phase::GatewayClosed { code, initiator, reason, .. } => return (code, initiator, reason),
-                            Phase::Open => unreachable!("no close deadline while open"),
-                        }
-                    }
-                    // Otherwise the pacer's wait is over (the loop reads again), or a ping is due.
-                    if ping_at.is_none_or(|at| at > now) {
-                        continue;
-                    }
-                    let Some(k) = self.keepalive.as_mut() else { continue };
-                    // A pong that waits behind data we chose not to read is not missed.
-                    if self.held.peer_free_since(now).is_some_and(|since| k.excuse(since)) {
-                        continue;
-                    }
-                    match k.on_deadline(now) {
-                        Due::Ping(seq) => send_or_end!(self.ws.send(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&seq)))),
-                        Due::TimedOut => {
-                            metrics.keepalive_timed_out();
-                            // Best effort: the client may be gone, so do not wait on it for long.
-                            // Boxed, as are the other `try_close` calls: rare, and the largest
-                            // future here, it would size every idle session's task.
-                            Box::pin(self.ws.try_close(close_code::GOING_AWAY, "keepalive timeout")).await;
-                            return (close_code::GOING_AWAY, Initiator::Gateway, "keepalive timeout".into());
-                        }
-                    }
+                    self.on_timer(&mut st.phase, ping_at, close_at, metrics).await
                 }
-                msg = rx.next(), if client_open => match msg {
-                    Some(FromClient::Ping(payload)) => {
-                        if !matches!(phase, Phase::GatewayClosed { .. }) {
-                            send_or_end!(self.ws.send(Frame::pong(Payload::Borrowed(&payload))));
-                        }
-                    }
-                    Some(FromClient::Pong(payload)) => {
-                        if let Some(rtt) = self.keepalive.as_mut().and_then(|k| k.on_pong(&payload, Instant::now())) {
-                            metrics.ping_rtt.record(rtt.as_secs_f64());
-                        }
-                    }
-                    Some(FromClient::Close(echo)) => { client_open = false; match phase {
-                        Phase::Open if backend_open => {
-                            phase = Phase::ClientClosed { echo, deadline: Instant::now() + config.close_grace };
-                        }
-                        Phase::Open | Phase::ClientClosed { .. } => {
-                            send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
-                            return client_ending(&echo);
-                        }
-                        Phase::GatewayClosed { code, initiator, reason, .. } => return (code, initiator, reason),
-                    }},
-                    Some(FromClient::Violation(code, reason)) => {
-                        if let Phase::GatewayClosed { code, initiator, reason, .. } = phase {
-                            return (code, initiator, reason);
-                        }
-                        Box::pin(self.ws.try_close(code, reason)).await;
-                        return (code, Initiator::Client, reason.into());
-                    }
-                    Some(FromClient::OverBudget) => {
-                        if let Phase::GatewayClosed { code, initiator, reason, .. } = phase {
-                            return (code, initiator, reason);
-                        }
-                        Box::pin(self.ws.try_close(close_code::TRY_AGAIN_LATER, OVER_BUDGET)).await;
-                        return (close_code::TRY_AGAIN_LATER, Initiator::Gateway, OVER_BUDGET.into());
-                    }
-                    Some(FromClient::BackendStalled) => {
-                        backend_open = false;
-                        answer_client_close!();
-                        close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend stopped reading");
-                    }
-                    Some(FromClient::BackendWriteFailed) => {
-                        backend_open = false;
-                        answer_client_close!();
-                        close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend connection lost");
-                    }
-                    Some(FromClient::Gone) | None => {
-                        return match phase {
-                            Phase::GatewayClosed { code, initiator, reason, .. } => (code, initiator, reason),
-                            _ => (close_code::ABNORMAL, Initiator::Client, "client vanished without a Close".into()),
-                        };
-                    }
-                },
+                msg = rx.next(), if st.client_open => {
+                    self.on_client(msg, &mut st, config.close_grace, metrics).await
+                }
                 () = &mut asked_to_close, if accepting_shutdown => {
-                    answer_client_close!();
                     let (code, reason) = control.reason();
-                    close_with!(code, Initiator::Gateway, reason);
+                    match self.answer_client_close(&st.phase, metrics).await {
+                        Ok(()) => {
+                            let ending = (code, Initiator::Gateway, reason.into());
+                            self.close_with(&mut st.phase, ending, config.close_grace, metrics).await
+                        }
+                        end => end,
+                    }
                 }
-                ready = backend.ready(), if read_backend => match ready.and_then(|()| {
-                    // The buffer is taken only now that bytes are waiting.
-                    read_size.prepare(&mut buf);
-                    backend.try_read_into(&mut buf)
-                }) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Ok(0) => {
-                        backend_open = false;
-                        if !buf.is_empty() {
-                            // Text mode: the backend ended inside a character.
-                            close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend sent invalid UTF-8");
-                            continue;
-                        }
-                        answer_client_close!();
-                        close_with!(close_code::NORMAL, Initiator::Backend, "backend closed the connection");
+                ready = backend.ready(), if may_read_backend => {
+                    match read_backend(ready, &mut backend, &mut reads, config.message_type) {
+                        Ok(0) => Ok(()),
+                        Ok(n) => self.forward(&mut reads, n, config.message_type, metrics).await,
+                        Err(end) => self.backend_ended(end, &mut st, config.close_grace, metrics).await,
                     }
-                    Ok(n) => {
-                        read_size.after_read(n);
-                        pacer.spent(n);
-                        let ready = match config.message_type {
-                            MessageType::Binary => buf.len(),
-                            MessageType::Text => match complete_prefix(&buf) {
-                                Ok(n) => n,
-                                Err(_) => {
-                                    backend_open = false;
-                                    close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend sent invalid UTF-8");
-                                    continue;
-                                }
-                            },
-                        };
-                        if ready > 0 {
-                            let opcode = match config.message_type {
-                                MessageType::Binary => OpCode::Binary,
-                                MessageType::Text => OpCode::Text,
-                            };
-                            let data = &buf[..ready];
-                            match self.deflater.as_mut().and_then(|d| d.compress_message(data)) {
-                                Some(c) => send_or_end!(self.ws.send_marked(Frame::new(true, opcode, None, Payload::Owned(c)), true)),
-                                None => send_or_end!(self.ws.send(Frame::new(true, opcode, None, Payload::Borrowed(data)))),
-                            }
-                            self.sent += ready as u64;
-                            metrics.bytes_to_client.increment(ready as u64);
-                            metrics.messages_to_client.increment(1);
-                            // At most 3 bytes of a cut character stay for the next read.
-                            buf.drain(..ready);
-                        }
-                        read_size.release_if_idle(&mut buf);
-                    }
-                    Err(_) => {
-                        backend_open = false;
-                        answer_client_close!();
-                        close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend connection lost");
-                    }
-                },
+                }
+            };
+            if let Err(ending) = step {
+                return ending;
             }
         }
     }
+
+    /// A send's result: on success our ping may have sat behind the data it waited on (so
+    /// its pong is excused); a failure is how the session ends.
+    fn after_send(&mut self, result: Result<(), WriteFailed>, metrics: &SessionMetrics) -> Step {
+        match result {
+            Ok(()) => {
+                if self.ws.take_waited() {
+                    if let Some(k) = self.keepalive.as_mut() {
+                        k.excuse(Instant::now());
+                    }
+                }
+                Ok(())
+            }
+            Err(WriteFailed::Io) => Err((
+                close_code::ABNORMAL,
+                Initiator::Client,
+                "client connection lost".into(),
+            )),
+            Err(WriteFailed::Stalled) => {
+                metrics.keepalive_timed_out();
+                Err((
+                    close_code::ABNORMAL,
+                    Initiator::Gateway,
+                    "client stopped reading".into(),
+                ))
+            }
+            Err(WriteFailed::Stopped) => Err(stopped()),
+        }
+    }
+
+    /// Send our Close and wait `grace` for the answer. One Close per direction: once ours is
+    /// out, later failures change nothing, and the first code stays the one recorded.
+    async fn close_with(
+        &mut self,
+        phase: &mut Phase,
+        (code, initiator, reason): Ending,
+        grace: Duration,
+        metrics: &SessionMetrics,
+    ) -> Step {
+        if matches!(phase, Phase::GatewayClosed { .. }) {
+            return Ok(());
+        }
+        // Boxed, as every Close path here: once per session, and inline they would size
+        // every idle session's task.
+        let sent = Box::pin(self.ws.send_close(code, &reason)).await;
+        self.after_send(sent, metrics)?;
+        *phase = Phase::GatewayClosed {
+            code,
+            initiator,
+            reason,
+            deadline: Instant::now() + grace,
+        };
+        Ok(())
+    }
+
+    /// After the client's Close, any end of the backend's stream completes the handshake:
+    /// echo the client's Close now and end.
+    async fn answer_client_close(&mut self, phase: &Phase, metrics: &SessionMetrics) -> Step {
+        let Phase::ClientClosed { echo, .. } = phase else {
+            return Ok(());
+        };
+        let sent = Box::pin(self.ws.send(Frame::close_raw(Payload::Borrowed(echo)))).await;
+        self.after_send(sent, metrics)?;
+        Err(client_ending(echo))
+    }
+
+    /// The timer fired: a close deadline passed, the pacer's wait is over, or a ping is due.
+    async fn on_timer(
+        &mut self,
+        phase: &mut Phase,
+        ping_at: Option<Instant>,
+        close_at: Option<Instant>,
+        metrics: &SessionMetrics,
+    ) -> Step {
+        let now = Instant::now();
+        if close_at.is_some_and(|at| at <= now) {
+            if let Some(ending) = gateway_ending(phase) {
+                return Err(ending);
+            }
+            // The backend kept talking past the grace period: finish the handshake anyway.
+            return self.answer_client_close(phase, metrics).await;
+        }
+        // Otherwise the pacer's wait is over (the loop reads again), or a ping is due.
+        if ping_at.is_none_or(|at| at > now) {
+            return Ok(());
+        }
+        let Some(k) = self.keepalive.as_mut() else {
+            return Ok(());
+        };
+        // A pong that waits behind data we chose not to read is not missed.
+        if self
+            .held
+            .peer_free_since(now)
+            .is_some_and(|since| k.excuse(since))
+        {
+            return Ok(());
+        }
+        match k.on_deadline(now) {
+            Due::Ping(seq) => {
+                let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&seq));
+                let sent = self.ws.send(ping).await;
+                self.after_send(sent, metrics)
+            }
+            Due::TimedOut => {
+                metrics.keepalive_timed_out();
+                // Best effort: the client may be gone, so do not wait on it for long.
+                // Boxed, as are the other `try_close` calls: rare, and the largest
+                // future here, it would size every idle session's task.
+                Box::pin(
+                    self.ws
+                        .try_close(close_code::GOING_AWAY, "keepalive timeout"),
+                )
+                .await;
+                Err((
+                    close_code::GOING_AWAY,
+                    Initiator::Gateway,
+                    "keepalive timeout".into(),
+                ))
+            }
+        }
+    }
+
+    /// What the client's reader task reported.
+    async fn on_client(
+        &mut self,
+        msg: Option<FromClient>,
+        st: &mut State,
+        grace: Duration,
+        metrics: &SessionMetrics,
+    ) -> Step {
+        match msg {
+            Some(FromClient::Ping(payload)) => {
+                if matches!(st.phase, Phase::GatewayClosed { .. }) {
+                    return Ok(());
+                }
+                let sent = self.ws.send(Frame::pong(Payload::Borrowed(&payload))).await;
+                self.after_send(sent, metrics)
+            }
+            Some(FromClient::Pong(payload)) => {
+                let now = Instant::now();
+                if let Some(rtt) = self
+                    .keepalive
+                    .as_mut()
+                    .and_then(|k| k.on_pong(&payload, now))
+                {
+                    metrics.ping_rtt.record(rtt.as_secs_f64());
+                }
+                Ok(())
+            }
+            Some(FromClient::Close(echo)) => {
+                st.client_open = false;
+                if let Some(ending) = gateway_ending(&mut st.phase) {
+                    return Err(ending);
+                }
+                if matches!(st.phase, Phase::Open) && st.backend_open {
+                    let deadline = Instant::now() + grace;
+                    st.phase = Phase::ClientClosed { echo, deadline };
+                    return Ok(());
+                }
+                let sent = self
+                    .ws
+                    .send(Frame::close_raw(Payload::Borrowed(&echo)))
+                    .await;
+                self.after_send(sent, metrics)?;
+                Err(client_ending(&echo))
+            }
+            Some(FromClient::Violation(code, reason)) => {
+                if let Some(ending) = gateway_ending(&mut st.phase) {
+                    return Err(ending);
+                }
+                Box::pin(self.ws.try_close(code, reason)).await;
+                Err((code, Initiator::Client, reason.into()))
+            }
+            Some(FromClient::OverBudget) => {
+                if let Some(ending) = gateway_ending(&mut st.phase) {
+                    return Err(ending);
+                }
+                Box::pin(self.ws.try_close(close_code::TRY_AGAIN_LATER, OVER_BUDGET)).await;
+                Err((
+                    close_code::TRY_AGAIN_LATER,
+                    Initiator::Gateway,
+                    OVER_BUDGET.into(),
+                ))
+            }
+            Some(FromClient::BackendStalled) => {
+                self.backend_lost(st, "backend stopped reading", grace, metrics)
+                    .await
+            }
+            Some(FromClient::BackendWriteFailed) => {
+                self.backend_lost(st, "backend connection lost", grace, metrics)
+                    .await
+            }
+            Some(FromClient::Gone) | None => Err(gateway_ending(&mut st.phase).unwrap_or((
+                close_code::ABNORMAL,
+                Initiator::Client,
+                "client vanished without a Close".into(),
+            ))),
+        }
+    }
+
+    /// The backend is gone (or stopped reading): finish the client's close handshake if it
+    /// started one, else close with 1011.
+    async fn backend_lost(
+        &mut self,
+        st: &mut State,
+        reason: &'static str,
+        grace: Duration,
+        metrics: &SessionMetrics,
+    ) -> Step {
+        st.backend_open = false;
+        self.answer_client_close(&st.phase, metrics).await?;
+        let ending = (
+            close_code::INTERNAL_ERROR,
+            Initiator::Backend,
+            reason.into(),
+        );
+        self.close_with(&mut st.phase, ending, grace, metrics).await
+    }
+
+    /// How the backend's stream ended (or broke), and the close that follows.
+    async fn backend_ended(
+        &mut self,
+        end: BackendEnd,
+        st: &mut State,
+        grace: Duration,
+        metrics: &SessionMetrics,
+    ) -> Step {
+        match end {
+            BackendEnd::Lost => {
+                self.backend_lost(st, "backend connection lost", grace, metrics)
+                    .await
+            }
+            BackendEnd::InvalidUtf8 => {
+                st.backend_open = false;
+                let ending = backend_sent_invalid_utf8();
+                self.close_with(&mut st.phase, ending, grace, metrics).await
+            }
+            BackendEnd::Closed => {
+                st.backend_open = false;
+                self.answer_client_close(&st.phase, metrics).await?;
+                let ending = (
+                    close_code::NORMAL,
+                    Initiator::Backend,
+                    "backend closed the connection".into(),
+                );
+                self.close_with(&mut st.phase, ending, grace, metrics).await
+            }
+        }
+    }
+
+    /// Backend bytes → one client message: where every backend→client message crosses the
+    /// bridge (counted here; a recorder would tap here). `ready`: the complete bytes at the
+    /// front of the read buffer.
+    async fn forward(
+        &mut self,
+        reads: &mut Reads,
+        ready: usize,
+        message_type: MessageType,
+        metrics: &SessionMetrics,
+    ) -> Step {
+        let opcode = match message_type {
+            MessageType::Binary => OpCode::Binary,
+            MessageType::Text => OpCode::Text,
+        };
+        let data = &reads.buf[..ready];
+        let sent = match self
+            .deflater
+            .as_mut()
+            .and_then(|d| d.compress_message(data))
+        {
+            Some(c) => {
+                let frame = Frame::new(true, opcode, None, Payload::Owned(c));
+                self.ws.send_marked(frame, true).await
+            }
+            None => {
+                let frame = Frame::new(true, opcode, None, Payload::Borrowed(data));
+                self.ws.send(frame).await
+            }
+        };
+        self.after_send(sent, metrics)?;
+        self.sent += ready as u64;
+        metrics.bytes_to_client.increment(ready as u64);
+        metrics.messages_to_client.increment(1);
+        // At most 3 bytes of a cut character stay for the next read.
+        reads.buf.drain(..ready);
+        reads.size.release_if_idle(&mut reads.buf);
+        Ok(())
+    }
+}
+
+/// How the backend's byte stream stopped.
+enum BackendEnd {
+    /// EOF.
+    Closed,
+    /// A read failed.
+    Lost,
+    /// Text mode: bytes that are not UTF-8 (or EOF inside a character).
+    InvalidUtf8,
+}
+
+/// The backend has bytes (or its end) waiting: read them into `reads`. `Ok(n)`: the first
+/// `n` bytes are ready to send (0: nothing yet, or only part of a character).
+fn read_backend<BR: BackendSource>(
+    ready: io::Result<()>,
+    backend: &mut BR,
+    reads: &mut Reads,
+    message_type: MessageType,
+) -> Result<usize, BackendEnd> {
+    let read = ready.and_then(|()| {
+        // The buffer is taken only now that bytes are waiting.
+        reads.size.prepare(&mut reads.buf);
+        backend.try_read_into(&mut reads.buf)
+    });
+    let n = match read {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+        Err(_) => return Err(BackendEnd::Lost),
+        // Text mode: the backend ended inside a character.
+        Ok(0) if !reads.buf.is_empty() => return Err(BackendEnd::InvalidUtf8),
+        Ok(0) => return Err(BackendEnd::Closed),
+        Ok(n) => n,
+    };
+    reads.size.after_read(n);
+    reads.pacer.spent(n);
+    let ready = match message_type {
+        MessageType::Binary => reads.buf.len(),
+        MessageType::Text => complete_prefix(&reads.buf).map_err(|_| BackendEnd::InvalidUtf8)?,
+    };
+    if ready == 0 {
+        reads.size.release_if_idle(&mut reads.buf);
+    }
+    Ok(ready)
 }
 
 /// Backend read sizes follow the traffic: they double while reads fill the buffer (bulk
