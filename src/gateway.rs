@@ -83,10 +83,8 @@ impl Source {
 
 /// Read, parse and validate a config file, and hash the bytes that were read.
 fn read_config(path: &Path) -> anyhow::Result<(Config, String)> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config {}", path.display()))?;
-    let config =
-        Config::from_toml(&text).with_context(|| format!("invalid config {}", path.display()))?;
+    // Relative paths in it follow the file's folder, as `wsgate check` reads them.
+    let (config, text) = Config::load_with_text(path)?;
     Ok((config, config_hash(text.as_bytes())))
 }
 
@@ -464,7 +462,7 @@ impl Apply for Reconfigure {
             }
         }
 
-        warn_needs_restart(&old.config, &snapshot.config);
+        let needs_restart = warn_needs_restart(&old.config, &snapshot.config);
         if let Some(echo) = echo {
             serve_echo_service(echo, &self.aux, self.aux_stop.clone());
             self.echo_addr = echo_addr;
@@ -510,9 +508,10 @@ impl Apply for Reconfigure {
             files: self.source.watched_files(&snapshot.config),
             watch: watch_setting(&snapshot.config, &self.source),
             summary: format!(
-                "{} listener(s) ({n_added} added, {removed} removed), {} route(s)",
+                "{} listener(s) ({n_added} added, {removed} removed), {} route(s){}",
                 snapshot.listeners.len(),
-                snapshot.routes.len()
+                snapshot.routes.len(),
+                restart_note(&needs_restart)
             ),
         })
     }
@@ -526,8 +525,9 @@ async fn blocking<T: Send + 'static>(
         .context("reload task panicked")?
 }
 
-/// Settings a reload reads but cannot apply to a running process.
-fn warn_needs_restart(old: &Config, new: &Config) {
+/// Settings a reload reads but cannot apply to a running process: each changed one is
+/// logged, and returned for the reload's answer.
+fn warn_needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut keys = Vec::new();
     if old.admin != new.admin {
         keys.push("admin.address");
@@ -544,12 +544,24 @@ fn warn_needs_restart(old: &Config, new: &Config) {
     if old.log != new.log {
         keys.push("log");
     }
-    for key in keys {
+    for key in &keys {
         warn!(
             event = "reload",
             key, "changed, but applies only after a restart; the running value stays"
         );
     }
+    keys
+}
+
+/// The end of a reload's summary naming the keys that wait for a restart (empty if none).
+fn restart_note(keys: &[&str]) -> String {
+    if keys.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; changed, but applies only after a restart (the running value stays): {}",
+        keys.join(", ")
+    )
 }
 
 /// What the admin API needs from the snapshot: the token digest, the routes, the running

@@ -4,6 +4,19 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
+/// Every backend URL form the parser accepts, as users write its start. `--help`, the
+/// backend URL table of docs/configuration.md and the parser's errors list them all (tests
+/// check the first two).
+pub const BACKEND_URL_FORMS: &[&str] = &["tcp://", "unix:", "ws://", "wss://", "builtin:echo"];
+
+/// The forms as one phrase for error messages: `tcp://, unix:, ws://, wss:// or builtin:echo`.
+fn forms_phrase() -> String {
+    match BACKEND_URL_FORMS.split_last() {
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
 /// Where a route's bytes go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendAddr {
@@ -40,14 +53,17 @@ impl BackendAddr {
             }
             return Ok(Self::Unix { path: path.into() });
         }
-        let (scheme, rest) = url.split_once("://").with_context(|| {
-            format!("backend {url:?}: expected tcp://, unix:, ws://, wss:// or builtin:echo")
-        })?;
+        let (scheme, rest) = url
+            .split_once("://")
+            .with_context(|| format!("backend {url:?}: expected {}", forms_phrase()))?;
         let (authority, path) = match (scheme, rest.find(['/', '?'])) {
             ("tcp", _) => (rest.trim_end_matches('/'), ""),
             ("ws" | "wss", Some(i)) => (&rest[..i], &rest[i..]),
             ("ws" | "wss", None) => (rest, ""),
-            _ => bail!("backend {url:?}: unknown scheme {scheme:?} (tcp, ws, wss)"),
+            _ => bail!(
+                "backend {url:?}: unknown scheme {scheme:?} (expected {})",
+                forms_phrase()
+            ),
         };
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !authority.starts_with('[') || h.ends_with(']') => (h, p),
@@ -109,6 +125,31 @@ impl std::fmt::Display for BackendAddr {
             }
             Self::Unix { path } => write!(f, "unix:{}", path.display()),
             Self::BuiltinEcho => f.write_str("builtin:echo"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The list is the parser's: each form parses (with an address after it), and a scheme
+    /// outside it is refused with an error that names every form.
+    #[test]
+    fn every_listed_form_parses_and_others_are_refused_naming_them_all() {
+        for form in BACKEND_URL_FORMS {
+            let url = match *form {
+                "builtin:echo" => form.to_string(),
+                "unix:" => format!("{form}/run/app.sock"),
+                _ => format!("{form}127.0.0.1:5900"),
+            };
+            BackendAddr::parse(&url).unwrap_or_else(|e| panic!("{url}: {e:#}"));
+        }
+        for bad in ["udp://h:1", "h:1", "http://h:80"] {
+            let err = format!("{:#}", BackendAddr::parse(bad).unwrap_err());
+            for form in BACKEND_URL_FORMS {
+                assert!(err.contains(form), "{bad}: {err}");
+            }
         }
     }
 }

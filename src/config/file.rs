@@ -178,13 +178,15 @@ pub struct ListenerConfig {
     /// refused; other sources without one are served as direct clients. Default false.
     #[serde(default)]
     pub proxy_protocol: bool,
-    /// Behind an HTTP load balancer: on requests from `trusted_proxies`, the client is the
-    /// right-most address of `Forwarded` (`for=`), else of `X-Forwarded-For`, that is not
-    /// itself a trusted proxy. Default false.
+    /// Behind an HTTP load balancer: the one header it writes the client's address in
+    /// (`"x-forwarded-for"`, `"forwarded"` or `"x-real-ip"`). On requests from
+    /// `trusted_proxies` the client is the right-most address of that header that is not
+    /// itself a trusted proxy; every other header is ignored, since balancers pass on what
+    /// clients send in the headers they do not write. Default: none (the TCP peer).
     #[serde(default)]
-    pub forwarded_headers: bool,
+    pub forwarded_header: Option<ForwardedHeader>,
     /// The load balancers' addresses, as CIDRs or plain IPs (`"10.0.0.0/8"`, `"::1"`).
-    /// Required (non-empty) with `proxy_protocol` or `forwarded_headers`. Default none.
+    /// Required (non-empty) with `proxy_protocol` or `forwarded_header`. Default none.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
 }
@@ -199,7 +201,7 @@ impl ListenerConfig {
             h2c: false,
             console: false,
             proxy_protocol: false,
-            forwarded_headers: false,
+            forwarded_header: None,
             trusted_proxies: Vec::new(),
         }
     }
@@ -476,9 +478,11 @@ fn default_compression_level() -> u8 {
 }
 
 impl FileConfig {
-    /// Make every relative file path absolute against `base` (the config file's folder), so
-    /// that the files a config names do not depend on the working directory it is started
-    /// from (systemd starts services in `/`). Absolute paths are kept as they are.
+    /// Make every relative file path absolute against `base` (a config file's folder; for
+    /// quick-mode flags, the working directory), so that the files a config names do not
+    /// depend on the working directory it is started or reloaded from (systemd starts
+    /// services in `/`). Absolute paths are kept as they are. Every path key is here: a new
+    /// one must be added.
     pub fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -501,6 +505,9 @@ impl FileConfig {
             if let Some(target) = &mut r.target {
                 target.token_file.iter_mut().for_each(fix);
             }
+        }
+        if let Some(web) = &mut self.web {
+            fix(&mut web.root);
         }
     }
 }
@@ -576,6 +583,30 @@ pub enum Balance {
     RoundRobin,
     /// Each new session goes to the backend with the fewest live sessions (ties in turn).
     LeastSessions,
+}
+
+/// The header a trusted HTTP load balancer names the client in (`forwarded_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For`, a list each proxy appends to (AWS ALB, nginx
+    /// `$proxy_add_x_forwarded_for`, HAProxy `option forwardfor`).
+    XForwardedFor,
+    /// RFC 7239 `Forwarded`, its `for=` parameters (Envoy, HAProxy `option forwarded`).
+    Forwarded,
+    /// `X-Real-IP`, one address the balancer sets (nginx `proxy_set_header X-Real-IP`).
+    XRealIp,
+}
+
+impl ForwardedHeader {
+    /// The header's name, lower-case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+            Self::XRealIp => "x-real-ip",
+        }
+    }
 }
 
 /// The PROXY protocol versions the gateway can send to a backend.

@@ -19,11 +19,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
-pub use backend_addr::BackendAddr;
+pub use backend_addr::{BackendAddr, BACKEND_URL_FORMS};
 pub use file::{
-    AdminConfig, Balance, CompressionMode, FileConfig, HealthConfig, Limits, ListenerConfig,
-    LogConfig, LogFormat, MessageType, ProxyProtocolVersion, ReloadConfig, RouteConfig,
-    RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig,
+    AdminConfig, Balance, CompressionMode, FileConfig, ForwardedHeader, HealthConfig, Limits,
+    ListenerConfig, LogConfig, LogFormat, MessageType, ProxyProtocolVersion, ReloadConfig,
+    RouteConfig, RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig,
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
@@ -85,13 +85,21 @@ pub struct Config {
 impl Config {
     /// Parse and validate TOML text; errors name the bad key.
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let file: FileConfig = toml::from_str(text).map_err(|e| parse_error(text, e))?;
         file.validate()
     }
 
     /// Read, parse and validate a config file. Relative file paths in it (certificates,
-    /// keys, CA bundles, JWT keys, token files) resolve against the file's own folder.
+    /// keys, CA bundles, JWT keys, token files, the web root) resolve against the file's own
+    /// folder, never the working directory: `check`, a start and every reload read the same
+    /// files.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning the text that was read (a reload hashes it). The one
+    /// place a config file becomes a [`Config`].
+    pub fn load_with_text(path: &Path) -> anyhow::Result<(Self, String)> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
         // `wsgate.toml` alone has an empty parent: the working directory.
@@ -101,13 +109,14 @@ impl Config {
             None => std::env::current_dir(),
         }
         .with_context(|| format!("locating the folder of config {}", path.display()))?;
-        toml::from_str::<FileConfig>(&text)
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        let config = toml::from_str::<FileConfig>(&text)
+            .map_err(|e| parse_error(&text, e))
             .and_then(|mut file| {
                 file.resolve_paths(&base);
                 file.validate()
             })
-            .with_context(|| format!("invalid config {}", path.display()))
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        Ok((config, text))
     }
 
     /// The embedded default configuration.
@@ -362,7 +371,11 @@ impl FileConfig {
                 .ok()
                 .filter(|n| !is_hop_header(n))
                 .with_context(|| {
-                    format!("{at}.forward_headers: {h:?} is not a forwardable header")
+                    format!(
+                        "{at}.forward_headers: {h:?} is not a forwardable header (hop-by-hop, \
+                         handshake and client-address headers never are: the gateway writes \
+                         X-Forwarded-For, -Proto and -Host itself)"
+                    )
                 })?;
         }
         check_sizes(&at, r, &self.limits)?;
@@ -411,18 +424,41 @@ impl FileConfig {
     }
 }
 
+/// A TOML or serde error, or, for a listener that still has the replaced `forwarded_headers`
+/// switch, what to write instead: the switch believed `Forwarded` before `X-Forwarded-For`,
+/// which let clients behind balancers that append to one and pass the other on choose their
+/// address, so the operator must now name the header.
+fn parse_error(text: &str, e: toml::de::Error) -> anyhow::Error {
+    let listeners = toml::from_str::<toml::Table>(text)
+        .ok()
+        .and_then(|t| t.get("listener").and_then(|l| l.as_array()).cloned())
+        .unwrap_or_default();
+    match listeners
+        .iter()
+        .position(|l| l.get("forwarded_headers").is_some())
+    {
+        Some(i) => anyhow::anyhow!(
+            "listener[{i}].forwarded_headers: replaced by forwarded_header, which names the one \
+             header your load balancer writes the client's address in: \
+             forwarded_header = \"x-forwarded-for\" (AWS ALB, nginx, HAProxy option forwardfor), \
+             \"forwarded\" or \"x-real-ip\"; other headers are then ignored"
+        ),
+        None => anyhow::anyhow!("{e}"),
+    }
+}
+
 /// A listener's PROXY protocol and forwarded-header keys.
 fn validate_client_identity(i: usize, l: &ListenerConfig) -> anyhow::Result<()> {
     let at = format!("listener[{i}]");
     for (n, cidr) in l.trusted_proxies.iter().enumerate() {
         parse_cidr(cidr).with_context(|| format!("{at}.trusted_proxies[{n}]"))?;
     }
-    let uses_them = l.proxy_protocol || l.forwarded_headers;
+    let uses_them = l.proxy_protocol || l.forwarded_header.is_some();
     if uses_them && l.trusted_proxies.is_empty() {
-        bail!("{at}.trusted_proxies: proxy_protocol and forwarded_headers need the load balancers' addresses");
+        bail!("{at}.trusted_proxies: proxy_protocol and forwarded_header need the load balancers' addresses");
     }
     if !uses_them && !l.trusted_proxies.is_empty() {
-        bail!("{at}.trusted_proxies: set proxy_protocol or forwarded_headers too, or remove it");
+        bail!("{at}.trusted_proxies: set proxy_protocol or forwarded_header too, or remove it");
     }
     Ok(())
 }
@@ -617,7 +653,9 @@ fn check_sizes(at: &str, r: &RouteConfig, limits: &Limits) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Headers that belong to one hop or to the handshake itself; never forwarded.
+/// Headers that belong to one hop or to the handshake itself, or that name the client
+/// (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`: a backend would take a client's forgery for the
+/// gateway's word); never forwarded.
 pub fn is_hop_header(name: &hyper::header::HeaderName) -> bool {
     use hyper::header::*;
     [
@@ -636,7 +674,7 @@ pub fn is_hop_header(name: &hyper::header::HeaderName) -> bool {
         SEC_WEBSOCKET_ACCEPT,
     ]
     .contains(name)
-        || name.as_str() == "keep-alive"
+        || ["keep-alive", "proxy-connection", "forwarded", "x-real-ip"].contains(&name.as_str())
         || name.as_str().starts_with("x-forwarded-")
 }
 

@@ -395,6 +395,7 @@ fn backend_handshake<B>(
             headers.append(name.clone(), value.clone());
         }
     }
+    drop_connection_listed(&mut headers, req.headers());
     if !route.forward_credentials {
         route.access.withhold_credentials(&mut headers);
     }
@@ -437,6 +438,21 @@ fn backend_handshake<B>(
             .then(|| HeaderValue::from_str(&protocols).ok())
             .flatten(),
         deflate: None,
+    }
+}
+
+/// RFC 9110 §7.6.1: a header the client names in `Connection` belongs to its hop alone,
+/// whatever `forward_headers` says (`Connection: Cookie` would otherwise be a way to ask us
+/// to drop or keep headers at will, and hop-by-hop means never forwarded).
+fn drop_connection_listed(forwarded: &mut HeaderMap, request: &HeaderMap) {
+    let listed = request
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| header::HeaderName::from_bytes(name.trim().as_bytes()).ok());
+    for name in listed {
+        forwarded.remove(name);
     }
 }
 

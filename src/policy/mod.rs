@@ -14,5 +14,7 @@ pub mod targets;
 pub use access::Access;
 pub use admission::{Admission, SessionSlot, UPKEEP_INTERVAL};
 pub use auth_failures::AuthFailures;
-pub use identity::{client_key, ClientCert, ClientSource, ConnInfo, ListenerTrust, TrustedProxies};
+pub use identity::{
+    client_key, ClientCert, ClientSource, ConnInfo, ForwardedTrust, ListenerTrust, TrustedProxies,
+};
 pub use targets::{Egress, Target};
