@@ -11,6 +11,7 @@
 //! edge/        listener.rs: accept with permits, per-connection span, PROXY header, TLS, hyper
 //!              proxy_protocol.rs: PROXY v1/v2 from trusted load balancers only
 //!              h2.rs: HTTP/2 connections (ALPN h2, h2c) with extended CONNECT enabled
+//!              graceful.rs: one connection's graceful end at shutdown, for HTTP/1.1 and h2
 //!              http.rs: one request as named stages: route (400/404) → forwarded client →
 //!              upgrade checks (400/426) → check_open (503) → authorize (429/403/401/404)
 //!              → admit (429/503) → dial (403/502/504) → accept (101, h2: 200), which hands

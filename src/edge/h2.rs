@@ -54,17 +54,12 @@ pub async fn serve<IO>(
     }
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = shared.shutdown.cancelled() => {
-            // GOAWAY: no new streams; the sessions on this connection close with 1001 (they
-            // watch the same token) and the connection ends after the last one.
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                r = conn.as_mut() => r,
-                () = shared.hard_stop.cancelled() => return,
-            }
-        }
+    // At shutdown, GOAWAY: no new streams; the sessions on this connection close with 1001
+    // (they watch the same token) and the connection ends after the last one.
+    let served =
+        super::graceful::serve_until_shutdown(conn.as_mut(), |c| c.graceful_shutdown(), &shared);
+    let Some(result) = served.await else {
+        return;
     };
     if let Err(e) = result {
         debug!(error = %e, "HTTP/2 connection ended with an error");

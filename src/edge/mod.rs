@@ -4,6 +4,7 @@
 
 pub mod console;
 pub mod extended_connect;
+mod graceful;
 pub mod h2;
 pub mod http;
 pub mod listener;
