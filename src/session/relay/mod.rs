@@ -137,6 +137,44 @@ impl HopLost {
     }
 }
 
+impl Counts {
+    /// What `hop`'s reader counts and checks: a client hop's frames go to the backend (and
+    /// the reverse), so they count as bytes and messages to the backend.
+    fn new(
+        hop: Hop,
+        config: &SessionSettings,
+        deflate: &RelayDeflate,
+        metrics: &SessionMetrics,
+        total: &Arc<AtomicU64>,
+        held: &Arc<Held>,
+    ) -> Self {
+        let (bytes, messages, inflater, as_is) = match hop {
+            Hop::Client => (
+                &metrics.bytes_to_backend,
+                &metrics.messages_to_backend,
+                deflate.client,
+                deflate.client_to_backend_as_is,
+            ),
+            Hop::Backend => (
+                &metrics.bytes_to_client,
+                &metrics.messages_to_client,
+                deflate.backend,
+                deflate.backend_to_client_as_is,
+            ),
+        };
+        Counts {
+            max_message_bytes: config.max_message_bytes,
+            bytes: bytes.clone(),
+            messages: messages.clone(),
+            total: total.clone(),
+            pacer: Pacer::new(config.bandwidth_bytes_per_sec),
+            inflater: inflater.map(|d| d.inflater()),
+            as_is,
+            held: held.clone(),
+        }
+    }
+}
+
 /// The first reason the session started to end; later ones do not overwrite it.
 type FirstEnd = Arc<OnceLock<(u16, Initiator, Cow<'static, str>)>>;
 
@@ -178,16 +216,7 @@ where
         Hop::Client,
         client_own_tx,
         to_backend_tx,
-        Counts {
-            max_message_bytes: config.max_message_bytes,
-            bytes: metrics.bytes_to_backend.clone(),
-            messages: metrics.messages_to_backend.clone(),
-            total: up.clone(),
-            pacer: Pacer::new(config.bandwidth_bytes_per_sec),
-            inflater: deflate.client.map(|d| d.inflater()),
-            as_is: deflate.client_to_backend_as_is,
-            held: client_held.clone(),
-        },
+        Counts::new(Hop::Client, config, deflate, metrics, &up, &client_held),
         first.clone(),
         stop_readers.clone(),
     ));
@@ -196,16 +225,7 @@ where
         Hop::Backend,
         backend_own_tx,
         to_client_tx,
-        Counts {
-            max_message_bytes: config.max_message_bytes,
-            bytes: metrics.bytes_to_client.clone(),
-            messages: metrics.messages_to_client.clone(),
-            total: down.clone(),
-            pacer: Pacer::new(config.bandwidth_bytes_per_sec),
-            inflater: deflate.backend.map(|d| d.inflater()),
-            as_is: deflate.backend_to_client_as_is,
-            held: backend_held.clone(),
-        },
+        Counts::new(Hop::Backend, config, deflate, metrics, &down, &backend_held),
         first.clone(),
         stop_readers.clone(),
     ));
