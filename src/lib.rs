@@ -10,8 +10,9 @@
 //!              bind/close listeners on every worker), drain on shutdown
 //! edge/        listener.rs: accept with permits, per-connection span, PROXY header, TLS, hyper
 //!              proxy_protocol.rs: PROXY v1/v2 from trusted load balancers only
-//!              h2.rs: HTTP/2 connections (ALPN h2, h2c) with extended CONNECT enabled
-//!              graceful.rs: one connection's graceful end at shutdown, for HTTP/1.1 and h2
+//!              h2.rs: HTTP/2 connections (ALPN h2, h2c) with extended CONNECT enabled,
+//!              GOAWAY when unused (first request, idle timeout)
+//!              graceful.rs: an HTTP/1.1 connection's graceful end at shutdown
 //!              http.rs: one request as named stages: route (400/404) → forwarded client →
 //!              upgrade checks (400/426) → check_open (503) → authorize (429/403/401/404)
 //!              → admit (429/503) → dial (403/502/504) → accept (101, h2: 200), which hands
@@ -39,8 +40,9 @@
 //!              options, PROXY v2 to backends, the subprotocol a backend answers; pool.rs:
 //!              pools, ejection, active checks; the built-in echo
 //! policy/      access (origin, bearer, JWT, client certificates), identity (ConnInfo,
-//!              targets (token files, JWT claims, egress), admission (caps, handshake rate),
-//!              auth_failures (budget of failed credentials per address)
+//!              targets (token files, JWT claims, egress), admission (session caps, connections
+//!              per address, handshake rate), auth_failures (budget of failed credentials per
+//!              address), descriptors (RLIMIT_NOFILE budget, accept back-off on EMFILE)
 //! tls.rs       PEM → rustls server configs (mTLS) and backend client configs
 //! config/      the file format only: serde structs, defaults, validation, quick mode,
 //!              the embedded default (default.toml); imports nothing of ours

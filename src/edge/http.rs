@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn, Instrument, Span};
 
 use super::console::Console;
-use super::shared::{ConnectionSlot, Shared};
+use super::shared::{ConnectionSlot, InUse, Shared};
 use super::upgrade::PendingUpgrade;
 use crate::backend::pool::Lease;
 use crate::backend::{handshake_path, Backend, Handshake, ProxyAddrs};
@@ -50,7 +50,7 @@ pub(super) fn connection_service(
 > + Clone {
     service_fn(move |req| {
         let page = console.as_ref().and_then(|c| c.answer(&req));
-        let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.clone());
+        let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.enter());
         async move {
             match page {
                 Some(page) => Ok(page),
@@ -65,7 +65,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
     conn: ConnInfo,
     shared: Arc<Shared>,
-    permit: Arc<ConnectionSlot>,
+    permit: InUse,
 ) -> Result<Response<Body>, Infallible> {
     // This request's config: a reload after this point does not change its session.
     let snapshot = shared.snapshot.load_full();
@@ -110,7 +110,7 @@ async fn upgrade(
     req: &mut Request<Incoming>,
     matched: Matched,
     shared: &Arc<Shared>,
-    permit: Arc<ConnectionSlot>,
+    permit: InUse,
 ) -> Result<Response<Body>, RejectError> {
     check_upgrade(req)?;
     check_open(shared, &matched.route)?;
@@ -301,7 +301,7 @@ async fn dial(
 
 /// What a session holds from the request until it ends: its connection's permit and its
 /// slot under the session caps.
-type Held = (Arc<ConnectionSlot>, SessionSlot);
+type Held = (InUse, SessionSlot);
 
 /// Accept: the `101` (h2: `200`) with the chosen subprotocol and extension, and the session
 /// task, which waits for hyper to hand over the client's stream and then starts the session.
