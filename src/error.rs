@@ -10,6 +10,11 @@ pub enum RejectError {
     NoRoute,
     #[error("{0}")]
     BadRequest(&'static str),
+    /// The request's `Host`/`:authority` names a host this connection's TLS name (SNI) would
+    /// not have led to (another certificate, or any other name where the listener is strict):
+    /// `421`, after which clients retry on a connection of their own for that host.
+    #[error("{0}")]
+    Misdirected(&'static str),
     /// A path with dot-segments, empty segments or encoded slashes: refused before routing
     /// so that no backend resolves it past the route it matched (`snapshot::check_path`).
     #[error("{0}")]
@@ -107,6 +112,7 @@ impl RejectError {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BadRequest(_) | Self::BadPath(_) => StatusCode::BAD_REQUEST,
+            Self::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             Self::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             Self::UnsupportedProtocol => StatusCode::NOT_IMPLEMENTED,
             Self::BackendRefused(_)
@@ -127,6 +133,7 @@ impl RejectError {
         match self {
             Self::NoRoute => "no_route",
             Self::BadRequest(_) => "bad_request",
+            Self::Misdirected(_) => "misdirected",
             Self::BadPath(_) => "bad_path",
             Self::UnsupportedVersion => "bad_version",
             Self::UnsupportedProtocol => "bad_protocol",

@@ -366,6 +366,12 @@ pub struct RouteConfig {
     pub name: String,
     /// Exact path (`/vnc`), or a prefix when it ends in `/` (`/apps/`, `/`). Query is ignored.
     pub path: String,
+    /// Host names this route serves (`"vnc.example.com"`, or `"*.example.com"` for exactly one
+    /// more label), compared case-insensitively and without the port with the request's
+    /// `Host` (HTTP/2: `:authority`). Requests for an exactly listed name try these routes
+    /// first, then wildcard routes, then routes without hosts. Default: none (any host).
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// `tcp://host:port`, `ws://host:port/path`, `wss://host:port/path`, or
     /// `builtin:echo` for the built-in echo service. Required unless `[route.target]` is set.
     #[serde(default)]
@@ -527,6 +533,7 @@ impl RouteConfig {
         Self {
             name: name.into(),
             path: path.into(),
+            hosts: Vec::new(),
             backend: Some(backend.into()),
             backends: Vec::new(),
             balance: Balance::default(),

@@ -11,7 +11,7 @@ mod http2;
 mod quick;
 mod target;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -214,9 +214,9 @@ impl FileConfig {
         }
         self.runtime.mode.supported().context("runtime.mode")?;
         let mut names = HashSet::new();
-        let mut paths = HashSet::new();
+        let mut claims = HashMap::new();
         for (i, r) in self.routes.iter().enumerate() {
-            self.validate_route(i, r, &mut names, &mut paths)?;
+            self.validate_route(i, r, &mut names, &mut claims)?;
         }
         if self.reload.watch_debounce_ms > 60_000 {
             bail!(
@@ -288,7 +288,7 @@ impl FileConfig {
         i: usize,
         r: &RouteConfig,
         names: &mut HashSet<String>,
-        paths: &mut HashSet<String>,
+        claims: &mut HashMap<(String, String), usize>,
     ) -> anyhow::Result<()> {
         if r.name.is_empty()
             || !r
@@ -310,10 +310,37 @@ impl FileConfig {
                 r.path
             );
         }
-        if !paths.insert(r.path.clone()) {
-            bail!("route[{i}].path: {:?} is used twice", r.path);
-        }
         let at = format!("route[{i}]");
+        // Two routes that could match one request at the same precedence: same path, and
+        // the same exact name, the same wildcard, or no hosts at all.
+        let mut patterns = Vec::with_capacity(r.hosts.len());
+        for (n, host) in r.hosts.iter().enumerate() {
+            let pattern = host_pattern(host).with_context(|| format!("{at}.hosts[{n}]"))?;
+            if patterns.contains(&pattern) {
+                bail!("{at}.hosts[{n}]: {host:?} is listed twice");
+            }
+            patterns.push(pattern);
+        }
+        if patterns.is_empty() {
+            patterns.push(String::new());
+        }
+        for pattern in patterns {
+            let key = (pattern, r.path.clone());
+            if let Some(&j) = claims.get(&key) {
+                let other = &self.routes[j].name;
+                let host = match key.0.as_str() {
+                    "" => "any host (neither lists hosts)".to_owned(),
+                    h => format!("host {h:?}"),
+                };
+                bail!(
+                    "{at}.path: routes {other:?} (route[{j}]) and {:?} (route[{i}]) both match \
+                     {host} and path {:?}; give one of them other hosts or another path",
+                    r.name,
+                    r.path
+                );
+            }
+            claims.insert(key, i);
+        }
         let needs_client_cert = r
             .auth
             .as_ref()
@@ -436,6 +463,28 @@ fn parse_error(text: &str, e: toml::de::Error) -> anyhow::Error {
         ),
         None => anyhow::anyhow!("{e}"),
     }
+}
+
+/// A route's `hosts` entry in its compared form: lower case, without a trailing dot; a
+/// name of DNS labels (letters, digits, `-`), or `*.` and such a name (one label more). Ports,
+/// IP addresses in brackets and wildcards elsewhere are refused.
+pub fn host_pattern(host: &str) -> anyhow::Result<String> {
+    let lower = host.trim_end_matches('.').to_ascii_lowercase();
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        bail!(
+            "{host:?} is not a host name (labels of letters, digits and -, optionally after \
+             \"*.\" for exactly one more label; no port)"
+        );
+    }
+    Ok(lower)
 }
 
 /// A listener's PROXY protocol and forwarded-header keys.

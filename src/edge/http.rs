@@ -32,7 +32,7 @@ use crate::session::io::{websocket_halves, ClientStream};
 use crate::session::reader::ReadReady;
 use crate::session::registry::{Registered, SessionEntry, SessionInfo};
 use crate::session::relay::{self, RelayConfig};
-use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
+use crate::snapshot::{check_path, request_host, select_subprotocol, Route, Snapshot};
 
 /// Every answer the gateway writes itself: a short, complete body.
 pub type Body = Full<Bytes>;
@@ -84,7 +84,11 @@ pub async fn handle(
     if let Err(e) = check_path(req.uri().path()) {
         return Ok(reject(&req, None, e));
     }
-    let Some(route) = snapshot.router.find(req.uri().path()).cloned() else {
+    let Some(route) = snapshot
+        .router
+        .find(request_host(&req).as_deref(), req.uri().path())
+        .cloned()
+    else {
         return Ok(reject(&req, None, RejectError::NoRoute));
     };
     Span::current().record("route", &*route.name);

@@ -20,7 +20,7 @@ use crate::session::extensions::DeflatePolicy;
 use crate::session::reader::FrameBudget;
 
 pub use route::{Route, RouteLimits};
-pub use router::{check_path, select_subprotocol, Router};
+pub use router::{check_path, request_host, select_subprotocol, Router};
 
 /// Everything a connection or a session needs from the configuration it started with.
 #[derive(Debug)]
@@ -279,6 +279,12 @@ fn compile_route(
     Ok(Route {
         name: r.name.as_str().into(),
         path: r.path.clone(),
+        // Validated by config.
+        hosts: r
+            .hosts
+            .iter()
+            .filter_map(|h| crate::config::host_pattern(h).ok())
+            .collect(),
         backend,
         subprotocols: r.subprotocols.clone(),
         message_type: r.message_type,
