@@ -1486,12 +1486,7 @@ impl Pki {
 /// A tokio-tungstenite echo backend behind tokio-rustls, serving the PKI's leaf.
 async fn wss_echo_backend(pki: &Pki) -> SocketAddr {
     let config = wsgate::tls::server_config(
-        &wsgate::config::TlsConfig {
-            cert_file: pki.file("leaf.pem"),
-            key_file: pki.file("leaf-key.pem"),
-            client_ca_file: None,
-            client_auth: None,
-        },
+        &wsgate::config::TlsConfig::new(pki.file("leaf.pem"), pki.file("leaf-key.pem")),
         false,
     )
     .unwrap();

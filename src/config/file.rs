@@ -208,6 +208,8 @@ impl ListenerConfig {
 }
 
 /// PEM files: a certificate chain (leaf first) and its private key (PKCS#8, PKCS#1 or SEC1).
+/// This one is the listener's default certificate: served to clients that ask for no name
+/// or a name no entry of `certificates` covers.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -220,6 +222,57 @@ pub struct TlsConfig {
     /// With `client_ca_file`: `required` (default) or `optional`.
     #[serde(default)]
     pub client_auth: Option<ClientAuth>,
+    /// `[[listener.tls.certificates]]`: more certificates on this listener, each served to
+    /// clients whose SNI names one of its names. Default none.
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+    /// Clients that send no SNI: `"default"` (the default certificate) or `"refuse"` (the
+    /// handshake fails). Default `"default"`.
+    #[serde(default)]
+    pub without_sni: WithoutSni,
+    /// `421` for every request whose host is not the connection's SNI name. Default: on when
+    /// a route requires client certificates, else off (a request is then misdirected only
+    /// when its host would select another certificate than the SNI did).
+    #[serde(default)]
+    pub strict_sni_host: Option<bool>,
+}
+
+impl TlsConfig {
+    /// A listener's default certificate and key, every other key at its default.
+    pub fn new(cert_file: PathBuf, key_file: PathBuf) -> Self {
+        Self {
+            cert_file,
+            key_file,
+            client_ca_file: None,
+            client_auth: None,
+            certificates: Vec::new(),
+            without_sni: WithoutSni::default(),
+            strict_sni_host: None,
+        }
+    }
+}
+
+/// One more certificate of a TLS listener, chosen by the client's SNI.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The names (`"a.example.com"`, `"*.example.com"`) this certificate is served for.
+    /// Default: the DNS names of the certificate's subjectAltName extension.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// `[listener.tls] without_sni`: what a client that names no host in its handshake gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WithoutSni {
+    /// The listener's default certificate (`cert_file`).
+    #[default]
+    Default,
+    /// No certificate: the handshake fails.
+    Refuse,
 }
 
 /// The admin listener: `/metrics`, `/healthz`, `/readyz`, the status page and the session
@@ -497,6 +550,10 @@ impl FileConfig {
             if let Some(tls) = &mut l.tls {
                 fix(&mut tls.cert_file);
                 fix(&mut tls.key_file);
+                for c in &mut tls.certificates {
+                    fix(&mut c.cert_file);
+                    fix(&mut c.key_file);
+                }
                 tls.client_ca_file.iter_mut().for_each(fix);
             }
         }

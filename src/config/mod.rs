@@ -21,9 +21,10 @@ use anyhow::{bail, Context};
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
 pub use backend_addr::BackendAddr;
 pub use file::{
-    AdminConfig, Balance, CompressionMode, FileConfig, ForwardedHeader, HealthConfig, Limits,
-    ListenerConfig, LogConfig, LogFormat, MessageType, ProxyProtocolVersion, ReloadConfig,
-    RouteConfig, RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig,
+    AdminConfig, Balance, CertificateConfig, CompressionMode, FileConfig, ForwardedHeader,
+    HealthConfig, Limits, ListenerConfig, LogConfig, LogFormat, MessageType, ProxyProtocolVersion,
+    ReloadConfig, RouteConfig, RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig,
+    WithoutSni,
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
@@ -116,7 +117,7 @@ impl Config {
     }
 
     /// The files a change of which should reload the config, besides the config file itself:
-    /// each listener's certificate, key and client CA file.
+    /// each listener's certificates, keys and client CA file.
     pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
         self.listeners
             .iter()
@@ -129,6 +130,11 @@ impl Config {
                 ]
                 .into_iter()
                 .flatten()
+                .chain(
+                    t.certificates
+                        .iter()
+                        .flat_map(|c| [&c.cert_file, &c.key_file]),
+                )
                 .cloned()
             })
             .collect()
@@ -194,6 +200,13 @@ impl FileConfig {
             if let Some(tls) = &l.tls {
                 if tls.client_ca_file.is_none() && tls.client_auth.is_some() {
                     bail!("listener[{i}].tls.client_auth: needs client_ca_file");
+                }
+                for (n, c) in tls.certificates.iter().enumerate() {
+                    for (k, name) in c.names.iter().enumerate() {
+                        host_pattern(name).with_context(|| {
+                            format!("listener[{i}].tls.certificates[{n}].names[{k}]")
+                        })?;
+                    }
                 }
             }
             validate_client_identity(i, l)?;

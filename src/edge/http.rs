@@ -32,7 +32,7 @@ use crate::session::io::{websocket_halves, ClientStream};
 use crate::session::reader::ReadReady;
 use crate::session::registry::{Registered, SessionEntry, SessionInfo};
 use crate::session::relay::{self, RelayConfig};
-use crate::snapshot::{check_path, request_host, select_subprotocol, Route, Snapshot};
+use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
 
 /// Every answer the gateway writes itself: a short, complete body.
 pub type Body = Full<Bytes>;
@@ -84,12 +84,9 @@ pub async fn handle(
     if let Err(e) = check_path(req.uri().path()) {
         return Ok(reject(&req, None, e));
     }
-    let Some(route) = snapshot
-        .router
-        .find(request_host(&req).as_deref(), req.uri().path())
-        .cloned()
-    else {
-        return Ok(reject(&req, None, RejectError::NoRoute));
+    let route = match snapshot.router.route(&req, &conn) {
+        Ok(route) => route.clone(),
+        Err(e) => return Ok(reject(&req, None, e)),
     };
     Span::current().record("route", &*route.name);
     // Behind a trusted HTTP load balancer the client is who its headers name: from here on

@@ -18,6 +18,7 @@ use crate::config::{is_hop_header, BackendAddr, CompressionMode, Config};
 use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
 use crate::session::extensions::DeflatePolicy;
 use crate::session::reader::FrameBudget;
+use crate::tls::HostCheck;
 
 pub use route::{Route, RouteLimits};
 pub use router::{check_path, request_host, select_subprotocol, Router};
@@ -32,6 +33,9 @@ pub struct Snapshot {
     /// Each public listener's key and rustls config (`None`: plain `ws`), in
     /// `config.listeners` order.
     pub listeners: Vec<(ListenerKey, Option<Arc<rustls::ServerConfig>>)>,
+    /// Each TLS listener's certificates by name and its `strict_sni_host` (`None`: plain),
+    /// in the same order: what a request's host is checked against (`421`).
+    pub host_checks: Vec<Option<Arc<HostCheck>>>,
     /// Each public listener's PROXY protocol and forwarded-header rules, in the same order.
     pub listener_trust: Vec<ListenerTrust>,
     pub dialer: Dialer,
@@ -97,6 +101,7 @@ impl Snapshot {
     ) -> anyhow::Result<Self> {
         crate::tls::install_crypto_provider();
         let mut listeners: Vec<(ListenerKey, _)> = Vec::with_capacity(config.listeners.len());
+        let mut host_checks = Vec::with_capacity(config.listeners.len());
         for (i, l) in config.listeners.iter().enumerate() {
             let key = ListenerKey {
                 address: l.address,
@@ -106,11 +111,24 @@ impl Snapshot {
                     .count(),
             };
             let tls = match &l.tls {
-                Some(t) => Some(
-                    crate::tls::server_config(t, l.http2)
-                        .with_context(|| format!("listener[{i}].tls ({})", l.address))?,
-                ),
-                None => None,
+                Some(t) => {
+                    let (server, certificates) = crate::tls::listener_tls(t, l.http2)
+                        .with_context(|| format!("listener[{i}].tls ({})", l.address))?;
+                    for (name, not_after) in certificates.expiries() {
+                        crate::metrics::certificate_not_after(name, *not_after);
+                    }
+                    host_checks.push(Some(Arc::new(HostCheck {
+                        certificates,
+                        strict: t
+                            .strict_sni_host
+                            .unwrap_or_else(|| any_route_requires_client_certificates(&config)),
+                    })));
+                    Some(server)
+                }
+                None => {
+                    host_checks.push(None);
+                    None
+                }
             };
             listeners.push((key, tls));
         }
@@ -136,6 +154,7 @@ impl Snapshot {
             router: Router::new(&routes),
             routes,
             listeners,
+            host_checks,
             listener_trust,
             dialer: Dialer {
                 connect_timeout: config.backend_connect_timeout,
@@ -192,6 +211,12 @@ impl Snapshot {
         self.listener_trust.get(i)
     }
 
+    /// The host rule of listener `key`'s connections (`None`: plain, or no such listener).
+    pub fn host_check(&self, key: ListenerKey) -> Option<Arc<HostCheck>> {
+        let i = self.listeners.iter().position(|(k, _)| *k == key)?;
+        self.host_checks.get(i)?.clone()
+    }
+
     /// Every route's backend pool.
     pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
         self.routes.iter().filter_map(|r| r.pool.as_ref())
@@ -204,6 +229,16 @@ impl Snapshot {
             .iter()
             .any(|r| r.backend.as_deref() == Some("builtin:echo"))
     }
+}
+
+/// Caddy's rule for `strict_sni_host`'s default: where a route asks for client certificates,
+/// a request must not reach it over a connection opened for another name.
+fn any_route_requires_client_certificates(config: &Config) -> bool {
+    config.routes.iter().any(|r| {
+        r.auth
+            .as_ref()
+            .is_some_and(|a| a.client_cert_required || !a.client_cert_names.is_empty())
+    })
 }
 
 /// Route `i` of `config` with its policy compiled.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::route::Route;
 use crate::error::RejectError;
+use crate::policy::ConnInfo;
 
 /// The path rules, checked before routing: a path the router matches is the path a backend
 /// gets, with nothing for a backend to resolve, decode or strip into another route's path.
@@ -164,6 +165,24 @@ impl Router {
             }
         }
         router
+    }
+
+    /// The route for `req` on the connection `conn`: its host ([`request_host`]) checked
+    /// against the connection's TLS name (`421`, [`crate::tls::HostCheck`]), then
+    /// [`Self::find`] (`404`). The path passed [`check_path`].
+    pub fn route<B>(
+        &self,
+        req: &hyper::Request<B>,
+        conn: &ConnInfo,
+    ) -> Result<&Arc<Route>, RejectError> {
+        let host = request_host(req);
+        if let Some(check) = &conn.host_check {
+            check
+                .check(conn.sni.as_deref(), host.as_deref())
+                .map_err(RejectError::Misdirected)?;
+        }
+        self.find(host.as_deref(), req.uri().path())
+            .ok_or(RejectError::NoRoute)
     }
 
     /// The route for a request to `host` (from [`request_host`]; `None`: the request named
