@@ -31,6 +31,7 @@ pub const AUTH_FAILURES_TOTAL: &str = "wsgate_auth_failures_total";
 pub const BUILD_INFO: &str = "wsgate_build_info";
 pub const WORKER_SESSIONS_ACTIVE: &str = "wsgate_worker_sessions_active";
 pub const CERTIFICATE_NOT_AFTER: &str = "wsgate_certificate_not_after_timestamp_seconds";
+pub const ACME_ORDERS_TOTAL: &str = "wsgate_acme_orders_total";
 
 /// Which HTTP carried a session's handshake: the `protocol` label of
 /// `wsgate_sessions_total` and `wsgate_sessions_active`.
@@ -88,6 +89,10 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
+    describe_counter!(
+        ACME_ORDERS_TOTAL,
+        "ACME certificate orders by result (issued, failed)"
+    );
     describe_gauge!(
         CERTIFICATE_NOT_AFTER,
         Unit::Seconds,
@@ -267,6 +272,11 @@ pub fn upgrade_rejected(route: &str, reason: &'static str) {
 /// snapshot loads it.
 pub fn certificate_not_after(name: &str, not_after: i64) {
     gauge!(CERTIFICATE_NOT_AFTER, "name" => name.to_owned()).set(not_after as f64);
+}
+
+/// One ACME order ended: `result` is `issued` or `failed`.
+pub fn acme_order(result: &'static str) {
+    counter!(ACME_ORDERS_TOTAL, "result" => result).increment(1);
 }
 
 pub fn tls_handshake_failed() {

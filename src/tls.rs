@@ -45,16 +45,21 @@ pub fn load_pem(
 /// `http/1.1`; the certificate chosen by SNI among `cert_file` (the default) and
 /// `certificates`; with `client_ca_file`, client certificates verified against it (mTLS).
 pub fn server_config(tls: &TlsConfig, http2: bool) -> anyhow::Result<Arc<ServerConfig>> {
-    Ok(listener_tls(tls, http2)?.0)
+    Ok(listener_tls(tls, http2, None)?.0)
 }
 
 /// [`server_config`], and the listener's certificates by name, which requests' hosts are
 /// checked against (`421`).
+/// With `acme`, its certificates are served too, and its TLS-ALPN-01 challenges answered.
 pub fn listener_tls(
     tls: &TlsConfig,
     http2: bool,
+    acme: Option<Arc<AcmeCertificates>>,
 ) -> anyhow::Result<(Arc<ServerConfig>, Arc<Certificates>)> {
-    let certificates = Arc::new(Certificates::load(tls)?);
+    let mut certificates = Certificates::load(tls)?;
+    let answers_challenges = acme.is_some();
+    certificates.acme = acme;
+    let certificates = Arc::new(certificates);
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("choosing TLS versions")?;
@@ -81,6 +86,10 @@ pub fn listener_tls(
     } else {
         vec![b"http/1.1".to_vec()]
     };
+    if answers_challenges {
+        // Last: only a validator offers it, and offers nothing else (RFC 8737 §3).
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     Ok((Arc::new(config), certificates))
 }
 
@@ -97,6 +106,48 @@ pub struct Certificates {
     refuse_without_sni: bool,
     /// Every certificate's names with its expiry, for the metrics.
     expiries: Vec<(String, i64)>,
+    /// `[acme]`'s certificates (after exact names from files, before wildcards) and its
+    /// challenge answers.
+    acme: Option<Arc<AcmeCertificates>>,
+}
+
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Certificates an ACME client obtained, by name, and the TLS-ALPN-01 challenge
+/// certificates it is being validated with; shared by every TLS listener and every
+/// snapshot, and changed without a reload.
+#[derive(Debug, Default)]
+pub struct AcmeCertificates {
+    issued: std::sync::RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    challenges: std::sync::RwLock<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl AcmeCertificates {
+    /// Serve `key` for `name` from now on.
+    pub fn install(&self, name: &str, key: Arc<CertifiedKey>) {
+        if let Ok(mut issued) = self.issued.write() {
+            issued.insert(name.to_owned(), key);
+        }
+    }
+
+    /// Answer TLS-ALPN-01 validation of `name` with `key` (`None`: stop answering).
+    pub fn set_challenge(&self, name: &str, key: Option<Arc<CertifiedKey>>) {
+        if let Ok(mut challenges) = self.challenges.write() {
+            match key {
+                Some(key) => challenges.insert(name.to_owned(), key),
+                None => challenges.remove(name),
+            };
+        }
+    }
+
+    fn issued(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.issued.read().ok()?.get(name).cloned()
+    }
+
+    fn challenge(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.challenges.read().ok()?.get(name).cloned()
+    }
 }
 
 impl Certificates {
@@ -115,6 +166,7 @@ impl Certificates {
             default: Arc::new(default),
             refuse_without_sni: tls.without_sni == WithoutSni::Refuse,
             expiries,
+            acme: None,
         };
         for (n, c) in tls.certificates.iter().enumerate() {
             let key = Arc::new(
@@ -151,16 +203,19 @@ impl Certificates {
         Ok(out)
     }
 
-    /// The certificate a client asking for `name` gets (`None`: refused, no SNI).
-    pub fn for_name(&self, name: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+    /// The certificate a client asking for `name` gets (`None`: refused, no SNI): a file's
+    /// exact name, an ACME certificate, a file's wildcard, the default.
+    pub fn for_name(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let Some(name) = name else {
-            return (!self.refuse_without_sni).then_some(&self.default);
+            return (!self.refuse_without_sni).then(|| self.default.clone());
         };
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         self.exact
             .get(&name)
-            .or_else(|| self.wildcard.get(name.split_once('.')?.1))
-            .or(Some(&self.default))
+            .cloned()
+            .or_else(|| self.acme.as_ref()?.issued(&name))
+            .or_else(|| self.wildcard.get(name.split_once('.')?.1).cloned())
+            .or_else(|| Some(self.default.clone()))
     }
 
     /// Each name a certificate is served for, with that certificate's notAfter (Unix seconds).
@@ -171,7 +226,15 @@ impl Certificates {
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.for_name(hello.server_name()).cloned()
+        let validating = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+        if validating {
+            // Only the challenge certificate, or no handshake (RFC 8737 §3).
+            let acme = self.acme.as_ref()?;
+            return acme.challenge(&hello.server_name()?.to_ascii_lowercase());
+        }
+        self.for_name(hello.server_name())
     }
 }
 
@@ -190,6 +253,10 @@ impl HostCheck {
     /// certificate (or, when strict, the names differ). Requests without a host pass.
     pub fn check(&self, sni: Option<&str>, host: Option<&str>) -> Result<(), &'static str> {
         let Some(host) = host else { return Ok(()) };
+        // The same name: the same certificate, or its renewal.
+        if sni.is_some_and(|s| s.trim_end_matches('.').eq_ignore_ascii_case(host)) {
+            return Ok(());
+        }
         if self.strict && sni.is_some_and(|s| !s.trim_end_matches('.').eq_ignore_ascii_case(host)) {
             return Err(
                 "the request's host is not the name this TLS connection was opened for (SNI); \
@@ -199,7 +266,7 @@ impl HostCheck {
         let by_sni = self.certificates.for_name(sni);
         let by_host = self.certificates.for_name(Some(host));
         match (by_sni, by_host) {
-            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => Ok(()),
+            (Some(a), Some(b)) if Arc::ptr_eq(&a, &b) => Ok(()),
             _ => Err(
                 "the request's host is served with another certificate than this TLS \
                  connection's; open a connection for that host",
@@ -209,7 +276,7 @@ impl HostCheck {
 }
 
 /// A certificate chain and its key, checked to belong together.
-fn certified_key(cert_file: &Path, key_file: &Path) -> anyhow::Result<CertifiedKey> {
+pub fn certified_key(cert_file: &Path, key_file: &Path) -> anyhow::Result<CertifiedKey> {
     let (certs, key) = load_pem(cert_file, key_file)?;
     let signing_key = provider()
         .key_provider

@@ -39,6 +39,40 @@ pub struct FileConfig {
     /// Static files on the public listeners (websockify's `--web`). Default: none.
     #[serde(default)]
     pub web: Option<WebConfig>,
+    /// Automatic certificates over ACME (RFC 8555). Default: none.
+    #[serde(default)]
+    pub acme: Option<AcmeConfig>,
+}
+
+/// `[acme]`: certificates for `names` obtained from an ACME CA (Let's Encrypt, a private
+/// CA) with the TLS-ALPN-01 challenge on the TLS listeners, kept in `state_dir`, renewed at
+/// about two-thirds of their lifetime. Served on every TLS listener, for these exact names.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The CA's directory URL (`https://acme-v02.api.letsencrypt.org/directory`).
+    pub directory_url: String,
+    /// Host names to obtain certificates for, one certificate each; no wildcards
+    /// (TLS-ALPN-01 cannot prove them).
+    pub names: Vec<String>,
+    /// Folder for the account key and the certificates (created 0700, files 0600); used by
+    /// this gateway alone. Keep it across restarts and back it up.
+    pub state_dir: PathBuf,
+    /// Contact URIs for the account (`"mailto:ops@example.com"`). Default none.
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// PEM CA certificate that the ACME server's HTTPS certificate chains to (a private or
+    /// test CA). Default: the built-in Mozilla roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The first wait after a failed order, in seconds; it doubles after each failure up to
+    /// a day, and the current certificate keeps serving meanwhile. Default 60.
+    #[serde(default = "default_acme_retry_secs")]
+    pub retry_secs: f64,
+}
+
+fn default_acme_retry_secs() -> f64 {
+    60.0
 }
 
 /// `[web]`: a folder served to plain (non-upgrade) GET and HEAD requests on every public
@@ -556,6 +590,10 @@ impl FileConfig {
                 }
                 tls.client_ca_file.iter_mut().for_each(fix);
             }
+        }
+        if let Some(acme) = &mut self.acme {
+            fix(&mut acme.state_dir);
+            acme.ca_file.iter_mut().for_each(fix);
         }
         for r in &mut self.routes {
             r.tls_ca_file.iter_mut().for_each(fix);

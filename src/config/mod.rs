@@ -21,10 +21,10 @@ use anyhow::{bail, Context};
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
 pub use backend_addr::BackendAddr;
 pub use file::{
-    AdminConfig, Balance, CertificateConfig, CompressionMode, FileConfig, ForwardedHeader,
-    HealthConfig, Limits, ListenerConfig, LogConfig, LogFormat, MessageType, ProxyProtocolVersion,
-    ReloadConfig, RouteConfig, RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig,
-    WithoutSni,
+    AcmeConfig, AdminConfig, Balance, CertificateConfig, CompressionMode, FileConfig,
+    ForwardedHeader, HealthConfig, Limits, ListenerConfig, LogConfig, LogFormat, MessageType,
+    ProxyProtocolVersion, ReloadConfig, RouteConfig, RuntimeConfig, RuntimeMode, Timeouts,
+    TlsConfig, WebConfig, WithoutSni,
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
@@ -81,6 +81,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[web] root`: static files for non-upgrade GETs; `None`: such requests get 400.
     pub web_root: Option<PathBuf>,
+    /// `[acme]` as written (and checked); `None`: no automatic certificates.
+    pub acme: Option<AcmeConfig>,
 }
 
 impl Config {
@@ -250,6 +252,9 @@ impl FileConfig {
                 );
             }
         }
+        if let Some(acme) = &self.acme {
+            validate_acme(acme, &self.listeners)?;
+        }
         if let Some(web) = &self.web {
             if !web.root.is_dir() {
                 bail!("web.root: {} is not a directory", web.root.display());
@@ -291,6 +296,7 @@ impl FileConfig {
             reload: self.reload,
             log: self.log,
             web_root: self.web.map(|w| w.root),
+            acme: self.acme,
         })
     }
 
@@ -498,6 +504,32 @@ pub fn host_pattern(host: &str) -> anyhow::Result<String> {
         );
     }
     Ok(lower)
+}
+
+/// `[acme]`: names it can prove with TLS-ALPN-01 on a TLS listener.
+fn validate_acme(acme: &AcmeConfig, listeners: &[ListenerConfig]) -> anyhow::Result<()> {
+    if !listeners.iter().any(|l| l.tls.is_some()) {
+        bail!(
+            "acme: needs a TLS listener ([listener.tls]), which answers the TLS-ALPN-01 challenges"
+        );
+    }
+    if acme.names.is_empty() {
+        bail!("acme.names: list at least one host name");
+    }
+    for (n, name) in acme.names.iter().enumerate() {
+        let pattern = host_pattern(name).with_context(|| format!("acme.names[{n}]"))?;
+        if pattern.starts_with("*.") {
+            bail!("acme.names[{n}]: {name:?}: wildcards need DNS-01, which wsgate does not do");
+        }
+    }
+    if !acme.directory_url.starts_with("https://") {
+        bail!(
+            "acme.directory_url: {:?} must be an https:// URL",
+            acme.directory_url
+        );
+    }
+    secs_at("acme.retry_secs", acme.retry_secs, false)?;
+    Ok(())
 }
 
 /// A listener's PROXY protocol and forwarded-header keys.

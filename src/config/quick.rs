@@ -196,6 +196,7 @@ impl QuickMode {
             limits: Default::default(),
             routes,
             egress: None,
+            acme: None,
             http2: Default::default(),
             reload: Default::default(),
             log: Default::default(),

@@ -18,7 +18,7 @@ use crate::config::{is_hop_header, BackendAddr, CompressionMode, Config};
 use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
 use crate::session::extensions::DeflatePolicy;
 use crate::session::reader::FrameBudget;
-use crate::tls::HostCheck;
+use crate::tls::{AcmeCertificates, HostCheck};
 
 pub use route::{Route, RouteLimits};
 pub use router::{check_path, request_host, select_subprotocol, Router};
@@ -36,6 +36,9 @@ pub struct Snapshot {
     /// Each TLS listener's certificates by name and its `strict_sni_host` (`None`: plain),
     /// in the same order: what a request's host is checked against (`421`).
     pub host_checks: Vec<Option<Arc<HostCheck>>>,
+    /// `[acme]`'s certificates and challenge answers, which every TLS listener serves; the
+    /// same store across reloads.
+    pub acme: Option<Arc<AcmeCertificates>>,
     /// Each public listener's PROXY protocol and forwarded-header rules, in the same order.
     pub listener_trust: Vec<ListenerTrust>,
     pub dialer: Dialer,
@@ -102,6 +105,11 @@ impl Snapshot {
         crate::tls::install_crypto_provider();
         let mut listeners: Vec<(ListenerKey, _)> = Vec::with_capacity(config.listeners.len());
         let mut host_checks = Vec::with_capacity(config.listeners.len());
+        // One store for the life of the process: certificates obtained survive reloads.
+        let acme = config
+            .acme
+            .as_ref()
+            .map(|_| previous.and_then(|p| p.acme.clone()).unwrap_or_default());
         for (i, l) in config.listeners.iter().enumerate() {
             let key = ListenerKey {
                 address: l.address,
@@ -112,7 +120,7 @@ impl Snapshot {
             };
             let tls = match &l.tls {
                 Some(t) => {
-                    let (server, certificates) = crate::tls::listener_tls(t, l.http2)
+                    let (server, certificates) = crate::tls::listener_tls(t, l.http2, acme.clone())
                         .with_context(|| format!("listener[{i}].tls ({})", l.address))?;
                     for (name, not_after) in certificates.expiries() {
                         crate::metrics::certificate_not_after(name, *not_after);
@@ -155,6 +163,7 @@ impl Snapshot {
             routes,
             listeners,
             host_checks,
+            acme,
             listener_trust,
             dialer: Dialer {
                 connect_timeout: config.backend_connect_timeout,
