@@ -67,7 +67,14 @@ struct Pebble {
 }
 
 impl Pebble {
-    fn start(dir: &Path, cert: &Path, key: &Path, tls_port: u16) -> Self {
+    /// `validity_secs`: the lifetime of the certificates it issues (`None`: pebble's five years).
+    fn start(
+        dir: &Path,
+        cert: &Path,
+        key: &Path,
+        tls_port: u16,
+        validity_secs: Option<u64>,
+    ) -> Self {
         let dns_port = free_port();
         let dns = Running(
             Command::new("pebble-challtestsrv")
@@ -94,7 +101,7 @@ impl Pebble {
         );
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let management: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "pebble": {
                 "listenAddress": listen.to_string(),
                 "managementListenAddress": management.to_string(),
@@ -106,6 +113,9 @@ impl Pebble {
                 "externalAccountBindingRequired": false
             }
         });
+        if let Some(secs) = validity_secs {
+            config["pebble"]["certificateValidityPeriod"] = secs.into();
+        }
         let config_file = write(dir, "pebble.json", &config.to_string());
         let log = std::fs::File::create(dir.join("pebble.log")).unwrap();
         let process = Running(
@@ -243,7 +253,7 @@ async fn certificates_from_pebble_are_served_kept_and_served_again_after_a_resta
 
     // The gateway's TLS port is pebble's TLS-ALPN-01 port: validation is real.
     let port = free_port();
-    let mut pebble = Pebble::start(dir.path(), &pebble_cert, &pebble_key, port);
+    let mut pebble = Pebble::start(dir.path(), &pebble_cert, &pebble_key, port, None);
     let root = pebble.root(&trust).await;
     let state = dir.path().join("state");
     let gw = spawn_gateway(&gateway_config(port, dir.path(), &pebble.directory, &state)).await;
@@ -311,5 +321,91 @@ async fn certificates_from_pebble_are_served_kept_and_served_again_after_a_resta
         "the stored certificate is served after a restart"
     );
     echo_over(addr, NAMES[1], &root).await;
+    gw.stop().await.unwrap();
+}
+
+/// The certificate served for `name` (its DER), once one chaining to `root` is.
+async fn served_certificate(
+    addr: SocketAddr,
+    name: &str,
+    root: &CertificateDer<'static>,
+) -> Option<Vec<u8>> {
+    let tls = tls_for(addr, name, root).await.ok()?;
+    let certs = tls.get_ref().1.peer_certificates()?;
+    Some(certs[0].as_ref().to_vec())
+}
+
+#[tokio::test]
+async fn a_short_lived_certificate_is_renewed_while_a_session_stays_open() {
+    if !pebble_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = test_ca("wsgate acme renewal test CA");
+    let (cert, key) = leaf_signed_by(&ca);
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+    let pebble_cert = write(dir.path(), "pebble.pem", &cert);
+    let pebble_key = write(dir.path(), "pebble-key.pem", &key);
+    write(dir.path(), "gateway.pem", &cert);
+    write(dir.path(), "gateway-key.pem", &key);
+    let mut trust = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca_file).unwrap() {
+        trust.add(c.unwrap()).unwrap();
+    }
+    let port = free_port();
+    // Twelve-second certificates: renewed about eight seconds after each order.
+    let pebble = Pebble::start(dir.path(), &pebble_cert, &pebble_key, port, Some(12));
+    let root = pebble.root(&trust).await;
+    let state = dir.path().join("state");
+    let gw = spawn_gateway(&gateway_config(port, dir.path(), &pebble.directory, &state)).await;
+    let name = NAMES[0];
+    let first = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Some(cert) = served_certificate(gw.addr, name, &root).await {
+                return cert;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("a first certificate from pebble");
+
+    // A session on the first certificate.
+    let mut tls = tls_for(gw.addr, name, &root).await.expect("verified TLS");
+    let request = format!(
+        "GET /echo HTTP/1.1\r\nHost: {name}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(tls.read(&mut byte).await.unwrap(), 1, "answer cut short");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let mut session = RawWs::from_upgraded(tls);
+
+    let renewed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match served_certificate(gw.addr, name, &root).await {
+                Some(cert) if cert != first => return cert,
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    })
+    .await;
+    let log = std::fs::read_to_string(dir.path().join("pebble.log")).unwrap_or_default();
+    assert!(renewed.is_ok(), "no renewal; pebble's log:\n{log}");
+    // The session opened before the renewal carries on.
+    session
+        .send(&client_frame(
+            frame_bits::FIN | frame_bits::BINARY,
+            b"still here",
+        ))
+        .await;
+    let (_, echoed) = read_message(&mut session).await;
+    assert_eq!(echoed, b"still here");
+    echo_over(gw.addr, name, &root).await;
     gw.stop().await.unwrap();
 }

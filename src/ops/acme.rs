@@ -78,7 +78,9 @@ pub async fn run(config: AcmeConfig, store: Arc<AcmeCertificates>, stop: Cancell
             Ok(renew_at) => {
                 metrics::acme_order("issued");
                 info!(name = next.name, "ACME certificate obtained");
-                next.renew_at = renew_at;
+                // A CA that backdates short certificates could put two-thirds in the past:
+                // never order again sooner than a failure would.
+                next.renew_at = renew_at.max(SystemTime::now() + first_retry);
                 next.retry = first_retry;
             }
             Err(e) => {
