@@ -47,14 +47,15 @@
 //! ```
 //!
 //! # Data flow
-//! accept → PROXY header (trusted balancers; else closed) → TLS (client certificate verified
-//! when the listener asks) → HTTP (431, header timeout) → path rules (400) → host against
-//! SNI (421) → route by host and path (404) → client from forwarded headers (trusted
-//! balancers) → upgrade checks (400/426) → origin (403) → credentials (401 missing/invalid,
-//! 403 not allowed; a spent failure budget 429) → target (token file: 404 unknown token; claim: 403) → limits (429/503) → egress check after
-//! DNS (403) → dial backend, the next pool member on failure (502/504) → `101` → bridge or
-//! relay → close (1000 normal, 1001 shutdown/keepalive, 1002 protocol, 1007 bad UTF-8, 1009
-//! too big, 1011 backend error, 1014 bad gateway), with metrics alongside every stage.
+//! accept → PROXY header (trusted balancers; else closed) → TLS (certificate by SNI; client
+//! certificate verified when the listener asks) → HTTP (431, header timeout) → path rules
+//! (400) → host against SNI (421) → route by host and path (404) → client from forwarded
+//! headers (trusted balancers) → upgrade checks (400/426) → origin (403) → credentials (401
+//! missing/invalid, 403 not allowed; a spent failure budget 429) → target (token file: 404
+//! unknown token; claim: 403) → limits (429/503) → egress check after DNS (403) → dial
+//! backend, the next pool member on failure (502/504) → `101` → bridge or relay → close
+//! (1000 normal, 1001 shutdown/keepalive, 1002 protocol, 1007 bad UTF-8, 1009 too big, 1011
+//! backend error, 1014 bad gateway), with metrics alongside every stage.
 
 pub mod backend;
 pub mod config;

@@ -485,3 +485,52 @@ async fn http2_routes_each_stream_by_its_authority() {
     assert_eq!(streams, [Ok("x".to_owned()), Ok("y".to_owned()), Err(421)]);
     gw.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_renewed_certificate_file_replaces_that_certificate_alone() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wsgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}[reload]\nwatch = true\nwatch_debounce_ms = 50\n\n{}",
+            sni_listener(&pki, ""),
+            route("echo", "/", "builtin:echo")
+        ),
+    )
+    .unwrap();
+    let gw = spawn_gateway_from_file(&config).await;
+    let served = |sni: &'static str| {
+        let pki = &pki;
+        let addr = gw.addr;
+        async move {
+            let tls = tls_to(pki, addr, Some(sni), &[b"http/1.1"])
+                .await
+                .expect("TLS");
+            tls.get_ref().1.peer_certificates().unwrap()[0]
+                .as_ref()
+                .to_vec()
+        }
+    };
+    let a_before = served("a.example").await;
+    let wild_before = served("x.wild.example").await;
+    // Written the way certbot and cert-manager do: the files replaced, nothing else touched.
+    pki.leaf("wild", &["*.wild.example"]);
+    let renewed = tokio::time::timeout(Duration::from_secs(10), async {
+        while served("x.wild.example").await == wild_before {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        renewed.is_ok(),
+        "the file watch picked up the wildcard's new files"
+    );
+    assert_eq!(
+        served("a.example").await,
+        a_before,
+        "a.example's certificate unchanged"
+    );
+    gw.stop().await.unwrap();
+}
