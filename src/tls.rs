@@ -229,9 +229,8 @@ impl ResolvesServerCert for Certificates {
         let validating = hello
             .alpn()
             .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
-        if validating {
+        if let (true, Some(acme)) = (validating, &self.acme) {
             // Only the challenge certificate, or no handshake (RFC 8737 §3).
-            let acme = self.acme.as_ref()?;
             return acme.challenge(&hello.server_name()?.to_ascii_lowercase());
         }
         self.for_name(hello.server_name())
