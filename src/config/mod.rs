@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
-pub use backend_addr::BackendAddr;
+pub use backend_addr::{redact_query, BackendAddr, BACKEND_URL_FORMS};
 pub use file::{
     AcmeConfig, AdminConfig, Balance, CertificateConfig, CompressionMode, FileConfig,
     ForwardedHeader, HealthConfig, Limits, ListenerConfig, LogConfig, LogFormat, MessageType,
@@ -81,6 +81,13 @@ pub struct Config {
     pub log: LogConfig,
     /// `[web] root`: static files for non-upgrade GETs; `None`: such requests get 400.
     pub web_root: Option<PathBuf>,
+    /// `[web] max_responses`: file answers in flight at once.
+    pub web_max_responses: usize,
+    /// `[web] follow_external_symlinks`.
+    pub web_follow_external_symlinks: bool,
+    /// `[admin] allowed_hosts`: `Host` values the admin listener accepts besides its own
+    /// address, lower-cased.
+    pub admin_allowed_hosts: Vec<String>,
     /// `[acme]` as written (and checked); `None`: no automatic certificates.
     pub acme: Option<AcmeConfig>,
 }
@@ -93,8 +100,16 @@ impl Config {
     }
 
     /// Read, parse and validate a config file. Relative file paths in it (certificates,
-    /// keys, CA bundles, JWT keys, token files) resolve against the file's own folder.
+    /// keys, CA bundles, JWT keys, token files, the web root) resolve against the file's own
+    /// folder, never the working directory: `check`, a start and every reload read the same
+    /// files.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning the text that was read (a reload hashes it). The one
+    /// place a config file becomes a [`Config`].
+    pub fn load_with_text(path: &Path) -> anyhow::Result<(Self, String)> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
         // `wsgate.toml` alone has an empty parent: the working directory.
@@ -104,13 +119,14 @@ impl Config {
             None => std::env::current_dir(),
         }
         .with_context(|| format!("locating the folder of config {}", path.display()))?;
-        toml::from_str::<FileConfig>(&text)
+        let config = toml::from_str::<FileConfig>(&text)
             .map_err(|e| parse_error(&text, e))
             .and_then(|mut file| {
                 file.resolve_paths(&base);
                 file.validate()
             })
-            .with_context(|| format!("invalid config {}", path.display()))
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        Ok((config, text))
     }
 
     /// The embedded default configuration.
@@ -259,6 +275,17 @@ impl FileConfig {
             if !web.root.is_dir() {
                 bail!("web.root: {} is not a directory", web.root.display());
             }
+            if !(1..=100_000).contains(&web.max_responses) {
+                bail!(
+                    "web.max_responses: {} is not in 1..=100000",
+                    web.max_responses
+                );
+            }
+        }
+        for host in self.admin.iter().flat_map(|a| &a.allowed_hosts) {
+            if host.is_empty() || host.contains(|c: char| c.is_whitespace() || "/@?#".contains(c)) {
+                bail!("admin.allowed_hosts: {host:?} is not a host name (with an optional :port)");
+            }
         }
         let t = &self.timeouts;
         let ping = secs("ping_interval_secs", t.ping_interval_secs, true)?;
@@ -295,6 +322,17 @@ impl FileConfig {
             http2: self.http2,
             reload: self.reload,
             log: self.log,
+            admin_allowed_hosts: self
+                .admin
+                .iter()
+                .flat_map(|a| &a.allowed_hosts)
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            web_max_responses: self.web.as_ref().map_or(0, |w| w.max_responses),
+            web_follow_external_symlinks: self
+                .web
+                .as_ref()
+                .is_some_and(|w| w.follow_external_symlinks),
             web_root: self.web.map(|w| w.root),
             acme: self.acme,
         })
@@ -687,6 +725,7 @@ fn validate_limits(l: &Limits) -> anyhow::Result<()> {
     }
     cap("limits.max_sessions", l.max_sessions)?;
     cap("limits.max_sessions_per_ip", l.max_sessions_per_ip)?;
+    cap("limits.max_connections_per_ip", l.max_connections_per_ip)?;
     cap("limits.max_sessions_per_route", l.max_sessions_per_route)?;
     bandwidth("limits.bandwidth_bytes_per_sec", l.bandwidth_bytes_per_sec)?;
     Ok(())

@@ -5,6 +5,7 @@
 
 mod route;
 mod router;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::tls::{AcmeCertificates, HostCheck};
 
 pub use route::{Route, RouteLimits};
 pub use router::{check_path, request_host, select_subprotocol, Router};
+pub use web::WebFiles;
 
 /// Everything a connection or a session needs from the configuration it started with.
 #[derive(Debug)]
@@ -55,6 +57,8 @@ pub struct Snapshot {
     pub admission: Arc<Admission>,
     /// Frame payload bytes all sessions' readers may hold at once (`session::reader`).
     pub frame_budget: Arc<FrameBudget>,
+    /// `[web]`: static files, when configured.
+    pub web: Option<WebFiles>,
 }
 
 /// A public listener's identity across reloads: its configured address and, for addresses
@@ -194,6 +198,14 @@ impl Snapshot {
                 }
                 _ => FrameBudget::new(config.limits.frame_budget_bytes),
             },
+            web: config.web_root.clone().map(|root| {
+                WebFiles::new(
+                    root,
+                    config.web_follow_external_symlinks,
+                    config.web_max_responses,
+                    previous.and_then(|p| p.web.as_ref()),
+                )
+            }),
             config,
         })
     }
