@@ -117,6 +117,7 @@ impl RejectError {
     pub const LABELS: &'static [&'static str] = &[
         "no_route",
         "bad_request",
+        "misdirected",
         "bad_path",
         "bad_version",
         "bad_protocol",
@@ -261,6 +262,7 @@ mod tests {
             RejectError::ShuttingDown,
             RejectError::Draining,
             RejectError::NoDescriptors(io()),
+            RejectError::Misdirected("x"),
             RejectError::Origin,
             RejectError::Unauthorized("x"),
             RejectError::Forbidden("x"),
@@ -275,6 +277,7 @@ mod tests {
             match e {
                 RejectError::NoRoute
                 | RejectError::BadRequest(_)
+                | RejectError::Misdirected(_)
                 | RejectError::BadPath(_)
                 | RejectError::UnsupportedVersion
                 | RejectError::UnsupportedProtocol
