@@ -286,6 +286,9 @@ pub fn register<'a>(routes: impl IntoIterator<Item = &'a Arc<str>>, what: &Regis
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(CONNECTIONS_ACTIVE).increment(0.0);
     counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(0);
+    for result in ["issued", "failed"] {
+        counter!(ACME_ORDERS_TOTAL, "result" => result).increment(0);
+    }
     for &reason in what.proxy_refusals {
         counter!(PROXY_HEADERS_REFUSED_TOTAL, "reason" => reason).increment(0);
     }

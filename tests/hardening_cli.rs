@@ -353,7 +353,7 @@ async fn reload_of_an_invalid_file_exits_1_and_the_answer_names_restart_only_key
 // `config --from-flags`.
 
 /// Regression: `wsgate config --from-flags` printed configs that `check` refused (two
-/// `--route /=…` → exit 0, the file refused with `"/" is used twice`).
+/// `--route /=…` → exit 0, the file refused because both routes match path `/`).
 #[tokio::test]
 async fn config_from_flags_refuses_what_check_refuses() {
     let dir = tempfile::tempdir().unwrap();
@@ -365,7 +365,7 @@ async fn config_from_flags_refuses_what_check_refuses() {
                 "--route",
                 "/=tcp://127.0.0.1:2",
             ],
-            "used twice",
+            "both match any host",
         ),
         (
             vec!["--cert", "missing.pem", "6080", "localhost:5900"],

@@ -18,9 +18,9 @@ use crate::backend::{Dialer, SocketOptions};
 use crate::config::{is_hop_header, BackendAddr, CompressionMode, Config};
 use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
 use crate::session::settings::SessionSettings;
+use crate::tls::{AcmeCertificates, HostCheck};
 use crate::ws::extensions::DeflatePolicy;
 use crate::ws::reader::FrameBudget;
-use crate::tls::{AcmeCertificates, HostCheck};
 
 pub use route::{Route, RouteLimits};
 pub use router::{check_path, request_host, select_subprotocol, Router};
