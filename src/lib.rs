@@ -27,7 +27,8 @@
 //! backend/     dial TCP / unix / WebSocket (ws, wss) backends under a timeout, socket
 //!              options, PROXY v2 to backends; pool.rs: pools, ejection, active checks;
 //!              the built-in echo
-//! policy/      access (origin, bearer, JWT, client certificates), identity (ConnInfo,
+//! policy/      access (origin, bearer, JWT, client certificates), jwks (key sets from
+//!              OpenID providers: discovery, refresh, rotation), identity (ConnInfo,
 //!              targets (token files, JWT claims, egress), admission (caps, handshake rate),
 //!              auth_failures (budget of failed credentials per address)
 //! session/     after the 101: reader (RFC 6455 §5 per frame), frames (message rules,

@@ -30,6 +30,9 @@ pub const PROXY_HEADERS_REFUSED_TOTAL: &str = "wsgate_proxy_protocol_refused_tot
 pub const AUTH_FAILURES_TOTAL: &str = "wsgate_auth_failures_total";
 pub const BUILD_INFO: &str = "wsgate_build_info";
 pub const WORKER_SESSIONS_ACTIVE: &str = "wsgate_worker_sessions_active";
+pub const JWKS_REFRESHES_TOTAL: &str = "wsgate_jwks_refreshes_total";
+pub const JWKS_AGE_SECONDS: &str = "wsgate_jwks_age_seconds";
+pub const JWKS_KEYS: &str = "wsgate_jwks_keys";
 
 /// Which HTTP carried a session's handshake: the `protocol` label of
 /// `wsgate_sessions_total` and `wsgate_sessions_active`.
@@ -167,6 +170,37 @@ fn describe() {
         WORKER_SESSIONS_ACTIVE,
         "Per-core mode: WebSocket sessions now bridged on each worker thread"
     );
+    describe_counter!(
+        JWKS_REFRESHES_TOTAL,
+        "Fetches of a route's JWT key set, by result (ok, error: the last good keys stay)"
+    );
+    describe_gauge!(
+        JWKS_AGE_SECONDS,
+        Unit::Seconds,
+        "Time since a route's JWT key set was last fetched successfully"
+    );
+    describe_gauge!(JWKS_KEYS, "Usable keys in a route's JWT key set");
+}
+
+/// A route's key set was fetched: `result` is `ok` or `error`.
+pub fn jwks_refreshed(route: &str, result: &'static str) {
+    counter!(JWKS_REFRESHES_TOTAL, "route" => route.to_owned(), "result" => result).increment(1);
+}
+
+/// Both results of a route's key set fetches at zero, so a fresh gateway shows them.
+pub fn jwks_registered(route: &str) {
+    for result in ["ok", "error"] {
+        counter!(JWKS_REFRESHES_TOTAL, "route" => route.to_owned(), "result" => result)
+            .increment(0);
+    }
+}
+
+/// `wsgate_jwks_age_seconds{route}` and `wsgate_jwks_keys{route}` of one route's key set.
+pub fn jwks_gauges(route: &str) -> (Gauge, Gauge) {
+    (
+        gauge!(JWKS_AGE_SECONDS, "route" => route.to_owned()),
+        gauge!(JWKS_KEYS, "route" => route.to_owned()),
+    )
 }
 
 /// Both reload counters at zero, so a fresh gateway shows them.

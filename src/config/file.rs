@@ -497,6 +497,7 @@ impl FileConfig {
             if let Some(jwt) = r.auth.as_mut().and_then(|a| a.jwt.as_mut()) {
                 jwt.secret_file.iter_mut().for_each(fix);
                 jwt.public_key_file.iter_mut().for_each(fix);
+                jwt.ca_file.iter_mut().for_each(fix);
             }
             if let Some(target) = &mut r.target {
                 target.token_file.iter_mut().for_each(fix);

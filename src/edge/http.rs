@@ -124,7 +124,7 @@ pub async fn handle(
         }
         reject(&req, Some(&route), e)
     };
-    let granted = match route.access.check(&req, &conn) {
+    let granted = match route.access.check(&req, &conn).await {
         Ok(g) => g,
         Err(e) => return Ok(failed(e)),
     };

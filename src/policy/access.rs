@@ -7,6 +7,7 @@
 //! Compiled from `[route.origin]` and `[route.auth]` (`config::access`).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -14,6 +15,7 @@ use hyper::{Request, Uri};
 use subtle::ConstantTimeEq;
 
 use super::identity::ConnInfo;
+use super::jwks::KeySet;
 use super::jwt::{Claims, JwtPolicy};
 use crate::config::{AuthConfig, OriginConfig, TokenSource};
 use crate::error::RejectError;
@@ -41,19 +43,34 @@ pub struct Granted {
 }
 
 impl Access {
-    /// Resolve `[route.origin]` and `[route.auth]`; errors name `at` (`route[0]`).
+    /// Resolve `[route.origin]` and `[route.auth]` of route `route`; errors name `at`
+    /// (`route[0]`). The JWT key set of `previous` (the same route before a reload) is kept
+    /// when its settings are unchanged.
     pub fn from_config(
         at: &str,
+        route: &str,
         origin: Option<&OriginConfig>,
         auth: Option<&AuthConfig>,
+        previous: Option<&Access>,
     ) -> anyhow::Result<Self> {
         let origin = origin
             .map(|o| OriginPolicy::from_config(&format!("{at}.origin"), o))
             .transpose()?;
+        let kept = previous.and_then(Access::key_set);
         let auth = auth
-            .map(|a| AuthPolicy::from_config(&format!("{at}.auth"), a, origin.is_some()))
+            .map(|a| {
+                AuthPolicy::from_config(&format!("{at}.auth"), route, a, origin.is_some(), kept)
+            })
             .transpose()?;
         Ok(Self { origin, auth })
+    }
+
+    /// The route's JWT key set, when its keys come from an OpenID provider.
+    pub fn key_set(&self) -> Option<&Arc<KeySet>> {
+        self.auth
+            .as_ref()
+            .and_then(|a| a.jwt.as_ref())
+            .and_then(JwtPolicy::key_set)
     }
 
     /// The route checks a credential (certificate or token), so failures spend the
@@ -72,13 +89,18 @@ impl Access {
         self.auth.as_ref().is_some_and(|a| a.jwt.is_some())
     }
 
-    /// Origin (403), then credentials (401 missing or invalid, 403 not allowed).
-    pub fn check<B>(&self, req: &Request<B>, conn: &ConnInfo) -> Result<Granted, RejectError> {
+    /// Origin (403), then credentials (401 missing or invalid, 403 not allowed). Waits only
+    /// when a JWT names a key its route's key set lacks (one rate-limited fetch).
+    pub async fn check<B>(
+        &self,
+        req: &Request<B>,
+        conn: &ConnInfo,
+    ) -> Result<Granted, RejectError> {
         if let Some(origin) = &self.origin {
             origin.check(req)?;
         }
         match &self.auth {
-            Some(auth) => auth.authenticate(req, conn),
+            Some(auth) => auth.authenticate(req, conn).await,
             None => Ok(Granted::default()),
         }
     }
@@ -320,7 +342,13 @@ pub struct AuthPolicy {
 }
 
 impl AuthPolicy {
-    fn from_config(at: &str, c: &AuthConfig, has_origin_check: bool) -> anyhow::Result<Self> {
+    fn from_config(
+        at: &str,
+        route: &str,
+        c: &AuthConfig,
+        has_origin_check: bool,
+        kept: Option<&Arc<KeySet>>,
+    ) -> anyhow::Result<Self> {
         let mut static_tokens = Vec::with_capacity(c.bearer_sha256.len());
         for (i, hex) in c.bearer_sha256.iter().enumerate() {
             let digest = decode_sha256_hex(hex).with_context(|| {
@@ -331,7 +359,7 @@ impl AuthPolicy {
         let jwt = c
             .jwt
             .as_ref()
-            .map(|j| JwtPolicy::load(&format!("{at}.jwt"), j))
+            .map(|j| JwtPolicy::load(&format!("{at}.jwt"), route, j, kept))
             .transpose()?;
         let client_cert = (c.client_cert_required || !c.client_cert_names.is_empty())
             .then(|| c.client_cert_names.clone());
@@ -378,7 +406,11 @@ impl AuthPolicy {
         !self.static_tokens.is_empty() || self.jwt.is_some()
     }
 
-    fn authenticate<B>(&self, req: &Request<B>, conn: &ConnInfo) -> Result<Granted, RejectError> {
+    async fn authenticate<B>(
+        &self,
+        req: &Request<B>,
+        conn: &ConnInfo,
+    ) -> Result<Granted, RejectError> {
         let mut granted = Granted::default();
         if let Some(names) = &self.client_cert {
             let cert = conn
@@ -395,7 +427,8 @@ impl AuthPolicy {
         }
         let token = self
             .find_token(req)
-            .ok_or(RejectError::Unauthorized("missing bearer token"))?;
+            .ok_or(RejectError::Unauthorized("missing bearer token"))?
+            .into_owned();
         if let Some(digest) = self.static_match(&token) {
             granted.principal = Some(format!("sha256:{}", hex_prefix(&digest)));
             return Ok(granted);
@@ -403,7 +436,7 @@ impl AuthPolicy {
         let Some(jwt) = &self.jwt else {
             return Err(RejectError::Unauthorized("invalid token"));
         };
-        let claims = jwt.verify(&token)?;
+        let claims = jwt.verify(&token).await?;
         if let Some(sub) = claims.get("sub").and_then(|s| s.as_str()) {
             granted.principal = Some(sub.to_owned());
         }
@@ -658,9 +691,23 @@ mod tests {
         }
     }
 
+    impl AuthPolicy {
+        /// Static tokens and certificates never wait; a current-thread runtime runs the check.
+        fn authenticate_now<B>(
+            &self,
+            req: &Request<B>,
+            conn: &ConnInfo,
+        ) -> Result<Granted, RejectError> {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(self.authenticate(req, conn))
+        }
+    }
+
     fn auth(toml_text: &str) -> AuthPolicy {
         let c: AuthConfig = toml::from_str(toml_text).unwrap();
-        AuthPolicy::from_config("a", &c, true).unwrap()
+        AuthPolicy::from_config("a", "r", &c, true, None).unwrap()
     }
 
     fn digest_hex(token: &str) -> String {
@@ -695,15 +742,15 @@ mod tests {
         ] {
             let r = req(&headers, uri);
             let g = a
-                .authenticate(&r, &conn())
+                .authenticate_now(&r, &conn())
                 .unwrap_or_else(|e| panic!("{headers:?} {uri}: {e}"));
             assert!(g.principal.unwrap().starts_with("sha256:"));
         }
-        let missing = a.authenticate(&req(&[], "/"), &conn()).unwrap_err();
+        let missing = a.authenticate_now(&req(&[], "/"), &conn()).unwrap_err();
         assert_eq!(missing.status(), 401);
         assert_eq!(missing.to_string(), "missing bearer token");
         let wrong = a
-            .authenticate(&req(&[("authorization", "Bearer s3cre")], "/"), &conn())
+            .authenticate_now(&req(&[("authorization", "Bearer s3cre")], "/"), &conn())
             .unwrap_err();
         assert_eq!(wrong.to_string(), "invalid token");
     }
@@ -712,7 +759,7 @@ mod tests {
     fn sources_not_listed_are_ignored() {
         let a = auth(&format!("bearer_sha256 = [\"{}\"]\n", digest_hex("t")));
         assert!(a
-            .authenticate(
+            .authenticate_now(
                 &req(&[("cookie", "wsgate_token=t")], "/?access_token=t"),
                 &conn()
             )
@@ -726,20 +773,20 @@ mod tests {
             digest_hex("t")
         ))
         .unwrap();
-        let e = AuthPolicy::from_config("route[2].auth", &c, false).unwrap_err();
+        let e = AuthPolicy::from_config("route[2].auth", "r", &c, false, None).unwrap_err();
         assert!(
             format!("{e:#}").contains("route[2].auth.token_sources"),
             "{e:#}"
         );
         let c: AuthConfig = toml::from_str("bearer_sha256 = [\"abc\"]\n").unwrap();
-        let e = AuthPolicy::from_config("route[2].auth", &c, false).unwrap_err();
+        let e = AuthPolicy::from_config("route[2].auth", "r", &c, false, None).unwrap_err();
         assert!(
             format!("{e:#}").contains("route[2].auth.bearer_sha256[0]"),
             "{e:#}"
         );
         let c: AuthConfig = toml::from_str("token_sources = [\"header\"]\n").unwrap();
         assert!(
-            AuthPolicy::from_config("a", &c, false).is_err(),
+            AuthPolicy::from_config("a", "r", &c, false, None).is_err(),
             "no method at all"
         );
     }
@@ -748,7 +795,7 @@ mod tests {
     fn client_cert_names() {
         let a = auth("client_cert_names = [\"alice\", \"svc.example.com\"]\n");
         let mut c = conn();
-        let e = a.authenticate(&req(&[], "/"), &c).unwrap_err();
+        let e = a.authenticate_now(&req(&[], "/"), &c).unwrap_err();
         assert_eq!(e.status(), 401);
         c.client_cert = Some(Arc::new(ClientCert {
             common_names: vec!["mallory".into()],
@@ -756,7 +803,7 @@ mod tests {
             emails: vec![],
         }));
         assert_eq!(
-            a.authenticate(&req(&[], "/"), &c)
+            a.authenticate_now(&req(&[], "/"), &c)
                 .unwrap()
                 .principal
                 .as_deref(),
@@ -767,7 +814,7 @@ mod tests {
             ..Default::default()
         }));
         assert_eq!(
-            a.authenticate(&req(&[], "/"), &c).unwrap_err().status(),
+            a.authenticate_now(&req(&[], "/"), &c).unwrap_err().status(),
             403
         );
     }

@@ -8,6 +8,7 @@ pub mod access;
 pub mod admission;
 pub mod auth_failures;
 pub mod identity;
+pub mod jwks;
 pub mod jwt;
 pub mod targets;
 
