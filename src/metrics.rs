@@ -33,6 +33,7 @@ pub const WORKER_SESSIONS_ACTIVE: &str = "wsgate_worker_sessions_active";
 pub const JWKS_REFRESHES_TOTAL: &str = "wsgate_jwks_refreshes_total";
 pub const JWKS_AGE_SECONDS: &str = "wsgate_jwks_age_seconds";
 pub const JWKS_KEYS: &str = "wsgate_jwks_keys";
+pub const SIGNINS_TOTAL: &str = "wsgate_signins_total";
 
 /// Which HTTP carried a session's handshake: the `protocol` label of
 /// `wsgate_sessions_total` and `wsgate_sessions_active`.
@@ -180,11 +181,27 @@ fn describe() {
         "Time since a route's JWT key set was last fetched successfully"
     );
     describe_gauge!(JWKS_KEYS, "Usable keys in a route's JWT key set");
+    describe_counter!(
+        SIGNINS_TOTAL,
+        "Browser sign-ins, by result (ok, refused, error: the provider could not be reached)"
+    );
 }
 
 /// A route's key set was fetched: `result` is `ok` or `error`.
 pub fn jwks_refreshed(route: &str, result: &'static str) {
     counter!(JWKS_REFRESHES_TOTAL, "route" => route.to_owned(), "result" => result).increment(1);
+}
+
+/// Every result of the browser sign-in at zero, so a gateway with `[signin]` shows them.
+pub fn signins_registered() {
+    for result in ["ok", "refused", "error"] {
+        counter!(SIGNINS_TOTAL, "result" => result).increment(0);
+    }
+}
+
+/// A browser sign-in ended: `result` is `ok`, `refused` or `error`.
+pub fn signed_in(result: &'static str) {
+    counter!(SIGNINS_TOTAL, "result" => result).increment(1);
 }
 
 /// Both results of a route's key set fetches at zero, so a fresh gateway shows them.

@@ -553,3 +553,459 @@ async fn a_reload_keeps_unchanged_key_sets_and_fetches_changed_ones() {
     gw.stop().await.unwrap();
     provider.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Browser sign-in: Debian's Chromium through the provider's development login form.
+
+/// A headless Chromium session and its chromedriver (as in tests/browser.rs); `None` when
+/// they are missing outside CI.
+struct Browser {
+    client: Option<fantoccini::Client>,
+    driver: std::process::Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start(test: &str) -> Option<Browser> {
+        let find = |env: &str, name: &str| {
+            std::env::var_os(env).map(PathBuf::from).or_else(|| {
+                std::env::split_paths(&std::env::var_os("PATH")?)
+                    .map(|dir| dir.join(name))
+                    .find(|p| p.is_file())
+            })
+        };
+        let (Some(chromium), Some(driver)) = (
+            find("WSGATE_CHROMIUM", "chromium"),
+            find("WSGATE_CHROMEDRIVER", "chromedriver"),
+        ) else {
+            let msg = "chromium and chromedriver are not installed";
+            if std::env::var_os("CI").is_some() {
+                panic!("{test}: {msg}; CI must run the browser tests");
+            }
+            eprintln!("SKIPPED {test}: {msg}");
+            return None;
+        };
+        let port = free_port();
+        let driver = std::process::Command::new(&driver)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("chromedriver starts");
+        let profile = tempfile::tempdir().expect("profile dir");
+        let mut browser = Browser {
+            client: None,
+            driver,
+            _profile: profile,
+        };
+        wait_for_listener(([127, 0, 0, 1], port).into()).await;
+        let args = vec![
+            "--headless".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-background-networking".to_owned(),
+            "--disable-component-update".to_owned(),
+            "--disable-sync".to_owned(),
+            "--no-first-run".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            format!("--user-data-dir={}", browser._profile.path().display()),
+        ];
+        let mut caps = fantoccini::wd::Capabilities::new();
+        caps.insert(
+            "goog:chromeOptions".to_owned(),
+            serde_json::json!({ "binary": chromium, "args": args }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = tokio::time::timeout(
+            Duration::from_secs(60),
+            fantoccini::ClientBuilder::new(connector)
+                .capabilities(caps)
+                .connect(&format!("http://127.0.0.1:{port}")),
+        )
+        .await
+        .expect("chromium starts within 60 s")
+        .expect("WebDriver session");
+        browser.client = Some(client);
+        Some(browser)
+    }
+
+    fn client(&self) -> &fantoccini::Client {
+        self.client.as_ref().expect("session open")
+    }
+
+    /// The text of `#out` once it is no longer `connecting`, for up to 15 s.
+    async fn outcome(&self) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = self
+                .client()
+                .execute(
+                    "const e = document.getElementById('out'); return e ? e.textContent : '';",
+                    vec![],
+                )
+                .await
+                .map(|v| v.as_str().unwrap_or("").to_owned())
+                .unwrap_or_default();
+            if !text.is_empty() && text != "connecting" {
+                return text;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let url = self.client().current_url().await.map(|u| u.to_string());
+                panic!("the page did not report its WebSocket within 15 s (at {url:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sign in on the provider's development pages (login form, then consent) as `login`,
+    /// until the browser is back at `home`.
+    async fn sign_in_at_provider(&self, login: &str, home: &str) {
+        use fantoccini::Locator;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut submitted = String::new();
+        loop {
+            let url = self.client().current_url().await.expect("url").to_string();
+            if url.starts_with(home) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let text = self
+                    .client()
+                    .execute(
+                        "return document.body ? document.body.innerText : ''",
+                        vec![],
+                    )
+                    .await
+                    .unwrap_or_default();
+                panic!("still not back at {home} after the provider's pages (at {url}): {text}");
+            }
+            // One submit per page: wait for the browser to leave a page it submitted.
+            if url == submitted {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let Ok(button) = self
+                .client()
+                .find(Locator::Css("button[type=submit]"))
+                .await
+            else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            if let Ok(field) = self.client().find(Locator::Css("input[name=login]")).await {
+                field.send_keys(login).await.expect("login typed");
+                let password = self
+                    .client()
+                    .find(Locator::Css("input[name=password]"))
+                    .await
+                    .expect("password field");
+                password.send_keys("any").await.expect("password typed");
+            }
+            button.click().await.expect("submit");
+            submitted = url;
+        }
+    }
+
+    async fn quit(mut self) {
+        if let Some(client) = self.client.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), client.close()).await;
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// The page the browser opens: a WebSocket to `/desk` (the built-in echo), `#out` says
+/// `echo:hello` when it works and `closed` when it does not.
+const DESK_PAGE: &str = r#"<!doctype html>
+<title>desk</title>
+<div id="out">connecting</div>
+<script>
+  const out = document.getElementById("out");
+  const ws = new WebSocket(`ws://${location.host}/desk`);
+  ws.onopen = () => ws.send("hello");
+  ws.binaryType = "arraybuffer";
+  ws.onmessage = (e) => {
+    const text = typeof e.data === "string" ? e.data : new TextDecoder().decode(e.data);
+    out.textContent = "echo:" + text;
+    ws.close();
+  };
+  ws.onclose = () => { if (out.textContent === "connecting") out.textContent = "closed"; };
+</script>
+"#;
+
+/// What a sign-in gateway needs on disk: the page, the client secret, the cookie keys.
+struct SigninFiles {
+    dir: tempfile::TempDir,
+}
+
+impl SigninFiles {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("web")).unwrap();
+        std::fs::write(dir.path().join("web/desk.html"), DESK_PAGE).unwrap();
+        std::fs::write(
+            dir.path().join("client-secret"),
+            "wsgate-test-secret-0123456789abcdef\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("cookie-keys"),
+            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+        )
+        .unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+/// A gateway on `port` with `[signin]` at `provider`, the page folder, route `/desk` to the
+/// built-in echo for the signed-in users `rules` allow, and route `/ops` for group `ops` only.
+async fn signin_gateway(
+    provider: &Provider,
+    files: &SigninFiles,
+    port: u16,
+    protect_web: bool,
+    rules: &str,
+) -> TestGateway {
+    spawn_gateway(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:{port}\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
+         [web]\nroot = {web:?}\n\n\
+         [signin]\nissuer = \"{issuer}\"\nclient_id = \"wsgate-test\"\n\
+         client_secret_file = {secret:?}\nredirect_url = \"http://127.0.0.1:{port}/.wsgate/callback\"\n\
+         cookie_keys_file = {keys:?}\nprotect_web = {protect_web}\n\n\
+         {route}\n[route.origin]\nallow = [\"http://127.0.0.1:{port}\"]\n\n\
+         [route.auth.signin]\n{rules}\n\n\
+         {ops}\n[route.origin]\nallow = [\"http://127.0.0.1:{port}\"]\n\n\
+         [route.auth.signin]\nallow_groups = [\"ops\"]\n",
+        web = files.path("web"),
+        issuer = provider.issuer,
+        secret = files.path("client-secret"),
+        keys = files.path("cookie-keys"),
+        route = route("desk", "/desk", "builtin:echo"),
+        ops = route("ops", "/ops", "builtin:echo"),
+    ))
+    .await
+}
+
+/// The status of an upgrade to `/desk` from the gateway's own page, with `cookie`.
+async fn desk_upgrade(gw: &TestGateway, cookie: Option<&str>) -> u16 {
+    upgrade_to(gw, "/desk", cookie).await
+}
+
+/// The status of an upgrade to `path` from the gateway's own page, with `cookie`.
+async fn upgrade_to(gw: &TestGateway, path: &str, cookie: Option<&str>) -> u16 {
+    let origin = format!("http://{}", gw.addr);
+    let mut headers = vec![("origin", origin.as_str())];
+    let cookie = cookie.map(|c| format!("wsgate_session={c}"));
+    if let Some(c) = &cookie {
+        headers.push(("cookie", c.as_str()));
+    }
+    upgrade_with(gw.addr, path, &headers).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_signs_in_at_the_provider_and_its_websocket_works_until_sign_out() {
+    let test = "a_browser_signs_in_at_the_provider_and_its_websocket_works_until_sign_out";
+    let port = free_port();
+    let redirect = format!("http://127.0.0.1:{port}/.wsgate/callback");
+    let Some(provider) = Provider::start(test, &[("REDIRECT_URI", &redirect)]).await else {
+        return;
+    };
+    let Some(browser) = Browser::start(test).await else {
+        return;
+    };
+    let files = SigninFiles::new();
+    let gw = signin_gateway(
+        &provider,
+        &files,
+        port,
+        false,
+        "allow_email_domains = [\"example.test\"]",
+    )
+    .await;
+    let home = format!("http://127.0.0.1:{port}/");
+    let page = format!("{home}desk.html");
+
+    // Not signed in: the page's WebSocket is refused.
+    browser.client().goto(&page).await.expect("page");
+    assert_eq!(
+        browser.outcome().await,
+        "closed",
+        "no session, no WebSocket"
+    );
+    assert_eq!(desk_upgrade(&gw, None).await, 401);
+
+    // Sign in through the provider's login form, back to the page: the WebSocket works.
+    browser
+        .client()
+        .goto(&format!("{home}.wsgate/signin?return=/desk.html"))
+        .await
+        .expect("sign-in");
+    browser.sign_in_at_provider("alice", &home).await;
+    assert_eq!(browser.client().current_url().await.unwrap().as_str(), page);
+    let outcome = browser.outcome().await;
+    assert_eq!(outcome, "echo:hello", "signed in");
+
+    // The cookie is what the upgrade checks: as the browser holds it, it passes; with one
+    // character changed, it is refused.
+    let cookie = browser
+        .client()
+        .get_named_cookie("wsgate_session")
+        .await
+        .expect("session cookie");
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(format!("{:?}", cookie.same_site()), "Some(Lax)");
+    let value = cookie.value().to_owned();
+    assert_eq!(desk_upgrade(&gw, Some(&value)).await, 101);
+    let mut tampered = value.clone().into_bytes();
+    let mid = tampered.len() / 2;
+    tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    assert_eq!(
+        desk_upgrade(&gw, Some(&tampered)).await,
+        401,
+        "tampered cookie"
+    );
+    // A route whose rules leave this user out: signed in, but not allowed.
+    assert_eq!(
+        upgrade_to(&gw, "/ops", Some(&value)).await,
+        403,
+        "not in group ops"
+    );
+
+    // Key rotation: a new key in front keeps the cookie working; removing its key ends it.
+    let old_key = std::fs::read_to_string(files.path("cookie-keys")).unwrap();
+    let new_key = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+    std::fs::write(files.path("cookie-keys"), format!("{new_key}\n{old_key}")).unwrap();
+    let rotated = signin_gateway(&provider, &files, free_port(), false, "").await;
+    assert_eq!(desk_upgrade(&rotated, Some(&value)).await, 101, "rotated");
+    rotated.stop().await.unwrap();
+    std::fs::write(files.path("cookie-keys"), format!("{new_key}\n")).unwrap();
+    let retired = signin_gateway(&provider, &files, free_port(), false, "").await;
+    assert_eq!(
+        desk_upgrade(&retired, Some(&value)).await,
+        401,
+        "key removed"
+    );
+    retired.stop().await.unwrap();
+    std::fs::write(files.path("cookie-keys"), old_key).unwrap();
+
+    // The session API names the signed-in user.
+    let (_ws, _) = ws_client_with(
+        &format!("ws://{}/desk", gw.addr),
+        &[
+            ("origin", &format!("http://{}", gw.addr)),
+            ("cookie", &format!("wsgate_session={value}")),
+        ],
+    )
+    .await
+    .expect("a session with the cookie");
+    let admin = gw.admin.unwrap();
+    assert_eventually!(
+        {
+            let (_, answer) = raw_http(
+                admin,
+                "GET /api/sessions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            let sessions: Value = serde_json::from_str(answer_body(&answer)).unwrap_or(Value::Null);
+            sessions["sessions"][0]["user"] == "alice@example.test"
+        },
+        "the session API names the signed-in user"
+    );
+
+    // Sign out: the cookie is gone and the page's WebSocket is refused again.
+    browser
+        .client()
+        .goto(&format!("{home}.wsgate/signout?return=/desk.html"))
+        .await
+        .expect("sign-out");
+    assert_eq!(browser.outcome().await, "closed", "signed out");
+    assert!(browser
+        .client()
+        .get_named_cookie("wsgate_session")
+        .await
+        .is_err());
+    browser.quit().await;
+    gw.stop().await.unwrap();
+    provider.stop().await;
+}
+
+#[tokio::test]
+async fn sign_in_rules_protected_pages_and_return_paths() {
+    let test = "sign_in_rules_protected_pages_and_return_paths";
+    let port = free_port();
+    let redirect = format!("http://127.0.0.1:{port}/.wsgate/callback");
+    let Some(provider) = Provider::start(test, &[("REDIRECT_URI", &redirect)]).await else {
+        return;
+    };
+    let files = SigninFiles::new();
+    let gw = signin_gateway(&provider, &files, port, true, "allow_groups = [\"desk\"]").await;
+    // A protected page without a session: to the sign-in, coming back to the page.
+    let (status, answer) = raw_http(
+        gw.addr,
+        "GET /desk.html?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 302, "{answer}");
+    assert_eq!(
+        answer_header(&answer, "location"),
+        Some("/.wsgate/signin?return=%2Fdesk.html%3Fx%3D1")
+    );
+    // The sign-in sends the browser to the provider with state, nonce and an S256 challenge,
+    // and keeps them in a flow cookie; a return path to another site becomes `/`.
+    let (status, answer) = raw_http(
+        gw.addr,
+        "GET /.wsgate/signin?return=//evil.example/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 302, "{answer}");
+    let location = answer_header(&answer, "location").unwrap();
+    assert!(
+        location.starts_with(&format!("{}/auth?", provider.issuer)),
+        "{location}"
+    );
+    for param in [
+        "state=",
+        "nonce=",
+        "code_challenge=",
+        "code_challenge_method=S256",
+    ] {
+        assert!(location.contains(param), "{param} in {location}");
+    }
+    let flow = answer_header(&answer, "set-cookie").unwrap();
+    assert!(flow.starts_with("wsgate_session_flow="), "{flow}");
+    assert!(
+        flow.contains("HttpOnly") && flow.contains("SameSite=Lax"),
+        "{flow}"
+    );
+    // A callback without this browser's flow cookie, or with another state, is refused.
+    let (status, _) = raw_http(
+        gw.addr,
+        "GET /.wsgate/callback?code=x&state=y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "no flow cookie");
+    let flow_value = flow.split(';').next().unwrap();
+    let (status, _) = raw_http(
+        gw.addr,
+        &format!(
+            "GET /.wsgate/callback?code=x&state=forged HTTP/1.1\r\nHost: x\r\nCookie: {flow_value}\r\n\
+             Connection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status, 400, "state mismatch");
+    gw.stop().await.unwrap();
+    provider.stop().await;
+}

@@ -78,6 +78,10 @@ pub struct AuthConfig {
     /// or an email SAN (ASCII case-insensitive). Implies `client_cert_required`. Default: none.
     #[serde(default)]
     pub client_cert_names: Vec<String>,
+    /// Accept the `[signin]` session cookie of a signed-in browser, for the users these
+    /// rules allow. Default: none.
+    #[serde(default)]
+    pub signin: Option<super::RouteSigninConfig>,
 }
 
 /// The signature algorithms a route can accept. The token's `alg` header must be one the

@@ -39,6 +39,9 @@ pub struct FileConfig {
     /// Static files on the public listeners (websockify's `--web`). Default: none.
     #[serde(default)]
     pub web: Option<WebConfig>,
+    /// Browser sign-in at an OpenID provider (`config::signin`). Default: none.
+    #[serde(default)]
+    pub signin: Option<super::SigninConfig>,
 }
 
 /// `[web]`: a folder served to plain (non-upgrade) GET and HEAD requests on every public
@@ -491,6 +494,11 @@ impl FileConfig {
                 fix(&mut tls.key_file);
                 tls.client_ca_file.iter_mut().for_each(fix);
             }
+        }
+        if let Some(s) = &mut self.signin {
+            fix(&mut s.client_secret_file);
+            fix(&mut s.cookie_keys_file);
+            s.ca_file.iter_mut().for_each(fix);
         }
         for r in &mut self.routes {
             r.tls_ca_file.iter_mut().for_each(fix);

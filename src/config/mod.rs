@@ -9,6 +9,7 @@ mod backend_addr;
 mod file;
 mod http2;
 mod quick;
+mod signin;
 mod target;
 
 use std::collections::HashSet;
@@ -27,6 +28,7 @@ pub use file::{
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
+pub use signin::{RouteSigninConfig, SigninConfig};
 pub use target::{EgressConfig, TargetConfig};
 
 /// The embedded default: `ws://127.0.0.1:8080/echo` to a built-in echo service, admin on 9089.
@@ -80,6 +82,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[web] root`: static files for non-upgrade GETs; `None`: such requests get 400.
     pub web_root: Option<PathBuf>,
+    /// `[signin]` as written; `policy::signin` checks the rest.
+    pub signin: Option<SigninConfig>,
 }
 
 impl Config {
@@ -278,6 +282,7 @@ impl FileConfig {
             reload: self.reload,
             log: self.log,
             web_root: self.web.map(|w| w.root),
+            signin: self.signin,
         })
     }
 

@@ -205,6 +205,7 @@ impl QuickMode {
                 worker_threads: self.worker_threads,
             },
             web: self.web.clone().map(|root| WebConfig { root }),
+            signin: None,
         })
     }
 

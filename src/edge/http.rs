@@ -72,11 +72,25 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     // This request's config: a reload after this point does not change its session.
     let snapshot = shared.snapshot.load_full();
+    // `[signin]`: its own paths (start, callback, sign-out) before anything else.
+    if let Some(signin) = snapshot
+        .signin
+        .as_ref()
+        .filter(|s| s.is_endpoint(req.uri().path()))
+    {
+        return Ok(signin.serve(&req).await);
+    }
     // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the routes.
     if let Some(root) = &snapshot.config.web_root {
         if matches!(*req.method(), Method::GET | Method::HEAD)
             && !header_has_token(&req, header::UPGRADE, "websocket")
         {
+            // `[signin] protect_web`: a browser that has not signed in goes to sign in first.
+            if let Some(signin) = snapshot.signin.as_ref().filter(|s| s.protects_web()) {
+                if signin.identity(&req).is_none() {
+                    return Ok(signin.to_signin(&req));
+                }
+            }
             return Ok(super::web::serve(root, req).await);
         }
     }
@@ -237,6 +251,7 @@ pub async fn handle(
             .get(header::SEC_WEBSOCKET_PROTOCOL)
             .and_then(|p| p.to_str().ok())
             .map(str::to_owned),
+        user: granted.principal.clone(),
     };
     let session = {
         let shared = shared.clone();
@@ -477,6 +492,7 @@ where
         route = &*route.name,
         backend = entry.info.backend.as_str(),
         subprotocol = entry.info.subprotocol.as_deref(),
+        user = entry.info.user.as_deref().map(|u| tracing::field::display(Escaped(u))),
         bytes_to_backend = outcome.bytes_to_backend,
         bytes_to_client = outcome.bytes_to_client,
         messages_to_backend,

@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 use super::identity::ConnInfo;
 use super::jwks::KeySet;
 use super::jwt::{Claims, JwtPolicy};
+use super::signin::{RouteSignin, Signin};
 use crate::config::{AuthConfig, OriginConfig, TokenSource};
 use crate::error::RejectError;
 
@@ -52,6 +53,7 @@ impl Access {
         origin: Option<&OriginConfig>,
         auth: Option<&AuthConfig>,
         previous: Option<&Access>,
+        signin: Option<&Arc<Signin>>,
     ) -> anyhow::Result<Self> {
         let origin = origin
             .map(|o| OriginPolicy::from_config(&format!("{at}.origin"), o))
@@ -59,7 +61,26 @@ impl Access {
         let kept = previous.and_then(Access::key_set);
         let auth = auth
             .map(|a| {
-                AuthPolicy::from_config(&format!("{at}.auth"), route, a, origin.is_some(), kept)
+                let mut policy = AuthPolicy::from_config(
+                    &format!("{at}.auth"),
+                    route,
+                    a,
+                    origin.is_some(),
+                    kept,
+                )?;
+                if let Some(rules) = &a.signin {
+                    let Some(signin) = signin else {
+                        bail!("{at}.auth.signin: needs a [signin] section");
+                    };
+                    if origin.is_none() {
+                        bail!(
+                            "{at}.auth.signin: needs [route.origin]: browsers send the session \
+                             cookie with cross-site WebSocket requests"
+                        );
+                    }
+                    policy.signin = Some((signin.clone(), RouteSignin::from_config(rules)));
+                }
+                Ok(policy)
             })
             .transpose()?;
         Ok(Self { origin, auth })
@@ -122,10 +143,16 @@ impl Access {
     /// source; other cookies stay). Like `bearer.` entries and query tokens, a credential the
     /// gateway consumed is not passed on unless the route sets `forward_credentials`.
     pub fn withhold_credentials(&self, headers: &mut HeaderMap) {
-        let Some(auth) = self.auth.as_ref().filter(|a| a.takes_tokens()) else {
+        let Some(auth) = self
+            .auth
+            .as_ref()
+            .filter(|a| a.takes_tokens() || a.signin.is_some())
+        else {
             return;
         };
-        if auth.sources.contains(&TokenSource::Header) {
+        let session_cookie = auth.signin.as_ref().map(|(s, _)| s.cookie_name());
+        let token_cookie = auth.takes_tokens() && auth.sources.contains(&TokenSource::Cookie);
+        if auth.takes_tokens() && auth.sources.contains(&TokenSource::Header) {
             let kept: Vec<HeaderValue> = headers
                 .get_all(header::AUTHORIZATION)
                 .iter()
@@ -134,7 +161,7 @@ impl Access {
                 .collect();
             replace_all(headers, header::AUTHORIZATION, kept);
         }
-        if auth.sources.contains(&TokenSource::Cookie) {
+        if token_cookie || session_cookie.is_some() {
             let kept: Vec<HeaderValue> = headers
                 .get_all(header::COOKIE)
                 .iter()
@@ -147,9 +174,11 @@ impl Access {
                         .map(str::trim)
                         .filter(|pair| {
                             !pair.is_empty()
-                                && pair
-                                    .split_once('=')
-                                    .is_none_or(|(k, _)| k.trim() != auth.cookie_name)
+                                && pair.split_once('=').is_none_or(|(k, _)| {
+                                    let k = k.trim();
+                                    !(token_cookie && k == auth.cookie_name
+                                        || Some(k) == session_cookie)
+                                })
                         })
                         .collect();
                     (!pairs.is_empty())
@@ -339,6 +368,8 @@ pub struct AuthPolicy {
     jwt: Option<JwtPolicy>,
     /// `Some` when a verified client certificate is required; names it must carry (empty: any).
     client_cert: Option<Vec<String>>,
+    /// `[route.auth.signin]`: the sign-in's session cookie, and who may use the route.
+    signin: Option<(Arc<Signin>, RouteSignin)>,
 }
 
 impl AuthPolicy {
@@ -363,9 +394,10 @@ impl AuthPolicy {
             .transpose()?;
         let client_cert = (c.client_cert_required || !c.client_cert_names.is_empty())
             .then(|| c.client_cert_names.clone());
-        if static_tokens.is_empty() && jwt.is_none() && client_cert.is_none() {
+        if static_tokens.is_empty() && jwt.is_none() && client_cert.is_none() && c.signin.is_none()
+        {
             bail!(
-                "{at}: set at least one of bearer_sha256, [jwt], client_cert_required, \
+                "{at}: set at least one of bearer_sha256, [jwt], [signin], client_cert_required, \
                  client_cert_names (or remove [route.auth])"
             );
         }
@@ -399,6 +431,7 @@ impl AuthPolicy {
             static_tokens,
             jwt,
             client_cert,
+            signin: None,
         })
     }
 
@@ -421,6 +454,21 @@ impl AuthPolicy {
                 return Err(RejectError::Forbidden("client certificate not allowed"));
             }
             granted.principal = Some(cert.label().to_owned());
+        }
+        // A signed-in browser: its session cookie, then the route's rules.
+        if let Some((signin, rules)) = &self.signin {
+            match signin.identity(req) {
+                Some(who) if rules.allows(&who) => {
+                    granted.principal = Some(who.label());
+                    granted.claims = Some(who.as_claims());
+                    return Ok(granted);
+                }
+                Some(_) => return Err(RejectError::Forbidden("signed-in user not allowed")),
+                None if !self.takes_tokens() => {
+                    return Err(RejectError::Unauthorized("sign-in required"))
+                }
+                None => {}
+            }
         }
         if !self.takes_tokens() {
             return Ok(granted);

@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::header;
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
@@ -45,6 +45,15 @@ enum Source {
     KeySet(Uri),
     /// The issuer, whose discovery document names the key set.
     Discovery { issuer: String, document: Uri },
+}
+
+/// What the issuer's discovery document says besides the key set (for browser sign-in).
+#[derive(Debug)]
+pub struct Discovered {
+    pub authorization_endpoint: Uri,
+    pub token_endpoint: Uri,
+    /// RP-initiated logout, when the provider has it.
+    pub end_session_endpoint: Option<Uri>,
 }
 
 /// A usable public key from a key set.
@@ -99,6 +108,8 @@ pub struct KeySet {
     max_refresh: Duration,
     timeout: Duration,
     keys: ArcSwap<Keys>,
+    /// The last discovery document's endpoints (discovery sources only).
+    discovered: ArcSwapOption<Discovered>,
     schedule: Mutex<Schedule>,
     /// One fetch at a time; requests with an unknown `kid` wait for the one under way.
     fetching: tokio::sync::Mutex<()>,
@@ -172,6 +183,7 @@ impl KeySet {
             max_refresh: Duration::from_secs(config.refresh_max_secs),
             timeout: Duration::from_secs(config.fetch_timeout_secs),
             keys: ArcSwap::default(),
+            discovered: ArcSwapOption::empty(),
             schedule: Mutex::new(Schedule {
                 attempted: None,
                 fetched: None,
@@ -192,6 +204,16 @@ impl KeySet {
 
     pub fn route(&self) -> &str {
         &self.route
+    }
+
+    /// The endpoints of the last discovery document fetched, if any.
+    pub fn discovered(&self) -> Option<Arc<Discovered>> {
+        self.discovered.load_full()
+    }
+
+    /// The TLS settings and per-request timeout for talking to this provider.
+    pub fn client(&self) -> (&Arc<rustls::ClientConfig>, Duration) {
+        (&self.tls, self.timeout)
     }
 
     /// Whether a fetch has ever succeeded.
@@ -385,8 +407,10 @@ impl KeySet {
                 let (body, _) = get(document, &self.tls, self.timeout)
                     .await
                     .with_context(|| format!("discovery document {document}"))?;
-                jwks_uri_of(&body, issuer)
-                    .with_context(|| format!("discovery document {document}"))?
+                let (jwks, endpoints) = read_discovery(&body, issuer)
+                    .with_context(|| format!("discovery document {document}"))?;
+                self.discovered.store(endpoints.map(Arc::new));
+                jwks
             }
         };
         let (body, max_age) = get(&jwks, &self.tls, self.timeout)
@@ -423,13 +447,20 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The discovery document's `jwks_uri`, after checking its `issuer` is the configured one
-/// (OpenID Connect Discovery §4.3).
-fn jwks_uri_of(body: &[u8], issuer: &str) -> anyhow::Result<Uri> {
+/// The discovery document's `jwks_uri` and, when it has both, its authorization and token
+/// endpoints, after checking its `issuer` is the configured one (OpenID Connect Discovery
+/// §4.3).
+fn read_discovery(body: &[u8], issuer: &str) -> anyhow::Result<(Uri, Option<Discovered>)> {
     #[derive(Deserialize)]
     struct Discovery {
         issuer: String,
         jwks_uri: String,
+        #[serde(default)]
+        authorization_endpoint: Option<String>,
+        #[serde(default)]
+        token_endpoint: Option<String>,
+        #[serde(default)]
+        end_session_endpoint: Option<String>,
     }
     let doc: Discovery = serde_json::from_slice(body).context("not a discovery document")?;
     if doc.issuer != issuer {
@@ -438,7 +469,17 @@ fn jwks_uri_of(body: &[u8], issuer: &str) -> anyhow::Result<Uri> {
             Escaped(&doc.issuer).to_string()
         );
     }
-    fetchable_url(&doc.jwks_uri).context("jwks_uri")
+    let jwks = fetchable_url(&doc.jwks_uri).context("jwks_uri")?;
+    let endpoints = match (doc.authorization_endpoint, doc.token_endpoint) {
+        (Some(authorization), Some(token)) => Some(Discovered {
+            // The browser goes there, not the gateway: any absolute URL will do.
+            authorization_endpoint: authorization.parse().context("authorization_endpoint")?,
+            token_endpoint: fetchable_url(&token).context("token_endpoint")?,
+            end_session_endpoint: doc.end_session_endpoint.and_then(|e| e.parse().ok()),
+        }),
+        _ => None,
+    };
+    Ok((jwks, endpoints))
 }
 
 /// One JSON Web Key as a key set carries it (RFC 7517 §4, RFC 7518 §6).
@@ -584,15 +625,42 @@ async fn get(
     tls: &Arc<rustls::ClientConfig>,
     timeout: Duration,
 ) -> anyhow::Result<(Bytes, Option<Duration>)> {
-    tokio::time::timeout(timeout, get_inner(url, tls))
+    let (status, age, body) = exchange(url, tls, timeout, None).await?;
+    if status != StatusCode::OK {
+        bail!("answered {status}, expected 200 OK");
+    }
+    Ok((body, age))
+}
+
+/// POST an `application/x-www-form-urlencoded` `form` to `url` with HTTP Basic
+/// `credentials` (already encoded), as a token request: the status and the body.
+pub async fn post_form(
+    url: &Uri,
+    tls: &Arc<rustls::ClientConfig>,
+    timeout: Duration,
+    credentials: &str,
+    form: String,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let (status, _, body) = exchange(url, tls, timeout, Some((credentials, form))).await?;
+    Ok((status, body))
+}
+
+async fn exchange(
+    url: &Uri,
+    tls: &Arc<rustls::ClientConfig>,
+    timeout: Duration,
+    post: Option<(&str, String)>,
+) -> anyhow::Result<(StatusCode, Option<Duration>, Bytes)> {
+    tokio::time::timeout(timeout, exchange_inner(url, tls, post))
         .await
         .with_context(|| format!("no answer within {} s", timeout.as_secs()))?
 }
 
-async fn get_inner(
+async fn exchange_inner(
     url: &Uri,
     tls: &Arc<rustls::ClientConfig>,
-) -> anyhow::Result<(Bytes, Option<Duration>)> {
+    post: Option<(&str, String)>,
+) -> anyhow::Result<(StatusCode, Option<Duration>, Bytes)> {
     let host = url.host().context("no host")?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let https = url.scheme_str() == Some("https");
@@ -616,21 +684,28 @@ async fn get_inner(
         .context("HTTP handshake")?;
     let path = url.path_and_query().map_or("/", |p| p.as_str());
     let authority = url.authority().map_or(host, |a| a.as_str());
-    let request = Request::get(path)
+    let mut request = Request::builder()
+        .uri(path)
         .header(header::HOST, authority)
         .header(header::ACCEPT, "application/json")
         .header(
             header::USER_AGENT,
             concat!("wsgate/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Empty::<Bytes>::new())
-        .context("building the request")?;
+        );
+    let body = match post {
+        Some((credentials, form)) => {
+            request = request
+                .method(hyper::Method::POST)
+                .header(header::AUTHORIZATION, format!("Basic {credentials}"))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+            Full::new(Bytes::from(form))
+        }
+        None => Full::new(Bytes::new()),
+    };
+    let request = request.body(body).context("building the request")?;
     let exchange = async {
         let response = sender.send_request(request).await.context("request")?;
         let status = response.status();
-        if status != StatusCode::OK {
-            bail!("answered {status}, expected 200 OK");
-        }
         let age = response
             .headers()
             .get_all(header::CACHE_CONTROL)
@@ -642,7 +717,7 @@ async fn get_inner(
             .await
             .map_err(|e| anyhow::anyhow!("reading the body: {e}"))?
             .to_bytes();
-        Ok((body, age))
+        Ok((status, age, body))
     };
     // The connection future drives the exchange; it may finish first (the server closed
     // after answering) while the body is still to be read.
@@ -712,7 +787,7 @@ mod tests {
     #[test]
     fn discovery_must_name_the_configured_issuer() {
         let doc = br#"{"issuer":"https://a.example","jwks_uri":"https://a.example/jwks"}"#;
-        assert!(jwks_uri_of(doc, "https://a.example").is_ok());
-        assert!(jwks_uri_of(doc, "https://b.example").is_err());
+        assert!(read_discovery(doc, "https://a.example").is_ok());
+        assert!(read_discovery(doc, "https://b.example").is_err());
     }
 }

@@ -10,6 +10,8 @@ pub mod auth_failures;
 pub mod identity;
 pub mod jwks;
 pub mod jwt;
+pub mod sealed;
+pub mod signin;
 pub mod targets;
 
 pub use access::Access;

@@ -16,6 +16,7 @@ use crate::backend::pool::Pool;
 use crate::backend::{Dialer, SocketOptions};
 use crate::config::{is_hop_header, BackendAddr, CompressionMode, Config};
 use crate::policy::jwks::KeySet;
+use crate::policy::signin::Signin;
 use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
 use crate::session::extensions::DeflatePolicy;
 use crate::session::reader::FrameBudget;
@@ -49,6 +50,8 @@ pub struct Snapshot {
     pub admission: Arc<Admission>,
     /// Frame payload bytes all sessions' readers may hold at once (`session::reader`).
     pub frame_budget: Arc<FrameBudget>,
+    /// `[signin]`: browser sign-in at an OpenID provider.
+    pub signin: Option<Arc<Signin>>,
 }
 
 /// A public listener's identity across reloads: its configured address and, for addresses
@@ -121,11 +124,16 @@ impl Snapshot {
             .enumerate()
             .map(|(i, l)| ListenerTrust::from_config(i, l))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let signin = config
+            .signin
+            .as_ref()
+            .map(|s| Signin::load(s, previous.and_then(|p| p.signin.as_deref())).map(Arc::new))
+            .transpose()?;
         let routes = config
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| compile_route(&config, i, r, previous).map(Arc::new))
+            .map(|(i, r)| compile_route(&config, i, r, previous, signin.as_ref()).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let egress = config
             .egress
@@ -167,6 +175,7 @@ impl Snapshot {
                 }
                 _ => FrameBudget::new(config.limits.frame_budget_bytes),
             },
+            signin,
             config,
         })
     }
@@ -200,7 +209,10 @@ impl Snapshot {
 
     /// The JWT key sets of routes whose keys come from an OpenID provider.
     pub fn key_sets(&self) -> impl Iterator<Item = &Arc<KeySet>> {
-        self.routes.iter().filter_map(|r| r.access.key_set())
+        self.routes
+            .iter()
+            .filter_map(|r| r.access.key_set())
+            .chain(self.signin.as_ref().and_then(|s| s.key_set()))
     }
 
     /// Fetch, all at once, every key set that has no keys yet (at start and after a
@@ -240,6 +252,7 @@ fn compile_route(
     i: usize,
     r: &crate::config::RouteConfig,
     previous: Option<&Snapshot>,
+    signin: Option<&Arc<Signin>>,
 ) -> anyhow::Result<Route> {
     let at = format!("route[{i}]");
     // A route path the path rules refuse could never match a request.
@@ -255,6 +268,7 @@ fn compile_route(
         r.origin.as_ref(),
         r.auth.as_ref(),
         previous_access,
+        signin,
     )?;
     let pool = if r.backends.is_empty() {
         None

@@ -37,6 +37,8 @@ function makeProvider(issuer, key) {
     ],
     jwks: { keys: [key] },
     scopes: ["openid", "email", "profile", "ws"],
+    // Claims in the ID token itself, as Keycloak and Entra ID do by default.
+    conformIdTokenClaims: false,
     claims: { email: ["email", "email_verified"], profile: ["name"] },
     findAccount: (ctx, id) => ({
       accountId: id,
@@ -110,6 +112,9 @@ server.listen(Number(process.env.PORT || 0), "127.0.0.1", () => {
   handler = provider.callback();
   process.stdout.write(`${JSON.stringify({ issuer, port })}\n`);
 });
+
+// The test reads only the first line: later output (oidc-provider's own) must not crash us.
+process.stdout.on("error", () => {});
 
 // The test kills this process; also end when its stdin closes (the test process died).
 process.stdin.on("end", () => process.exit(0));
