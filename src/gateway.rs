@@ -21,14 +21,17 @@ use tracing::{info, warn};
 use crate::backend::pool::Pool;
 use crate::backend::{bind_echo_service, serve_echo_service};
 use crate::config::{Config, RuntimeMode};
+use crate::edge::proxy_protocol::Refused;
 use crate::edge::{accept_loop, listener, workers, PublicListener, Shared, Workers};
 use crate::metrics;
 use crate::ops::admin;
 use crate::ops::api::{redact, ApiSettings, OpsApi, RouteSummary};
-use crate::ops::reload::{self, config_hash, Applied, Apply, ReloadHandle, ReloadRequests};
+use crate::ops::reload::{
+    self, config_hash, Applied, Apply, ReloadHandle, ReloadRequests, Trigger,
+};
 use crate::policy::access::decode_sha256_hex;
 use crate::policy::jwks::KeySet;
-use crate::policy::UPKEEP_INTERVAL;
+use crate::policy::{descriptors, UPKEEP_INTERVAL};
 use crate::session::registry::Registry;
 use crate::snapshot::{ListenerKey, Snapshot};
 
@@ -84,10 +87,8 @@ impl Source {
 
 /// Read, parse and validate a config file, and hash the bytes that were read.
 fn read_config(path: &Path) -> anyhow::Result<(Config, String)> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config {}", path.display()))?;
-    let config =
-        Config::from_toml(&text).with_context(|| format!("invalid config {}", path.display()))?;
+    // Relative paths in it follow the file's folder, as `wsgate check` reads them.
+    let (config, text) = Config::load_with_text(path)?;
     Ok((config, config_hash(text.as_bytes())))
 }
 
@@ -139,6 +140,8 @@ impl Gateway {
         // Before the snapshot: pools register their gauges when built, and a handle taken
         // before the recorder exists would be a no-op forever.
         metrics::install();
+        // Before the snapshot: its session cap is what the descriptor limit leaves.
+        descriptors::init();
         let echo = if Snapshot::needs_echo(&config) {
             Some(
                 bind_echo_service()
@@ -223,7 +226,7 @@ impl Gateway {
         };
         let handle = metrics::install();
         let snapshot = self.snapshot;
-        metrics::register(snapshot.routes.iter().map(|r| &r.name));
+        register_metrics(&snapshot);
         let hard_stop = CancellationToken::new();
         // Helpers (admin, echo, metrics upkeep) outlive the drain and stop after it.
         let aux_stop = CancellationToken::new();
@@ -236,7 +239,30 @@ impl Gateway {
         // reload drops its pool.
         spawn_checks(&snapshot, None, &aux, &aux_stop);
         spawn_key_refreshers(&snapshot, &aux, &aux_stop);
-        let permits = Arc::new(Semaphore::new(snapshot.config.max_connections));
+        let fit = descriptors::fit(&snapshot.config.limits);
+        if fit.lowered {
+            warn!(
+                event = "start",
+                nofile = descriptors::limit(),
+                reserved = descriptors::RESERVED,
+                max_connections = snapshot.config.max_connections,
+                max_sessions = snapshot.config.limits.max_sessions,
+                connections = fit.connections,
+                sessions = fit.sessions,
+                "the descriptor limit (RLIMIT_NOFILE) cannot hold max_connections and a backend \
+                 socket per session: serving fewer; raise LimitNOFILE (ulimit -n) to at least \
+                 max_connections + sessions + reserved"
+            );
+        } else if let Some(nofile) = descriptors::limit() {
+            info!(
+                event = "start",
+                nofile,
+                connections = fit.connections,
+                sessions = fit.sessions,
+                "descriptor budget"
+            );
+        }
+        let permits = Arc::new(Semaphore::new(fit.connections));
         let initial = Applied {
             hash: self.hash,
             files: self.source.watched_files(&snapshot.config),
@@ -404,10 +430,16 @@ fn spawn_checks(
     aux: &TaskTracker,
     stop: &CancellationToken,
 ) {
-    for pool in snapshot.pools() {
+    for route in &snapshot.routes {
+        let Some(pool) = &route.pool else { continue };
         let running = previous.is_some_and(|p| p.pools().any(|q| Arc::ptr_eq(q, pool)));
         if pool.check_interval().is_some() && !running {
-            aux.spawn(Pool::run_checks(Arc::downgrade(pool), stop.clone()));
+            aux.spawn(Pool::run_checks(
+                Arc::downgrade(pool),
+                snapshot.dialer.clone(),
+                route.backend_tls.clone(),
+                stop.clone(),
+            ));
         }
     }
 }
@@ -451,12 +483,24 @@ impl Apply for Reconfigure {
     /// Everything that can fail (reading, validating, certificates, binding new listeners)
     /// happens before the swap; after it nothing fails. Live sessions keep the snapshot they
     /// started with; listeners the new config still has keep their sockets.
-    async fn apply(&mut self) -> anyhow::Result<Applied> {
+    async fn apply(&mut self, trigger: Trigger) -> anyhow::Result<Applied> {
         // File reads and certificate parsing run off the async workers: with one worker
         // thread they would otherwise stall every session for the length of the reload.
         let source = self.source.clone();
         let (config, hash) = blocking(move || source.load()).await?;
         let old = self.shared.snapshot.load_full();
+        // A file caught half-written can be valid and open; only an operator's reload may
+        // take access control away.
+        if trigger == Trigger::FileChange {
+            let removed = reload::access_removed(&old.config, &config);
+            if !removed.is_empty() {
+                anyhow::bail!(
+                    "a file change would remove access control ({}); if that is meant, reload \
+                     with SIGHUP, `wsgate reload` or POST /reload",
+                    removed.join("; ")
+                );
+            }
+        }
         let echo = match self.echo_addr {
             None if Snapshot::needs_echo(&config) => Some(
                 bind_echo_service()
@@ -480,14 +524,14 @@ impl Apply for Reconfigure {
             }
         }
 
-        warn_needs_restart(&old.config, &snapshot.config);
+        let needs_restart = warn_needs_restart(&old.config, &snapshot.config);
         if let Some(echo) = echo {
             serve_echo_service(echo, &self.aux, self.aux_stop.clone());
             self.echo_addr = echo_addr;
         }
         let snapshot = Arc::new(snapshot);
         self.shared.snapshot.store(snapshot.clone());
-        metrics::register(snapshot.routes.iter().map(|r| &r.name));
+        register_metrics(&snapshot);
         // Kept pools keep their check task; a dropped pool's task ends with its last Arc.
         spawn_checks(&snapshot, Some(&old), &self.aux, &self.aux_stop);
         spawn_key_refreshers(&snapshot, &self.aux, &self.aux_stop);
@@ -527,9 +571,10 @@ impl Apply for Reconfigure {
             files: self.source.watched_files(&snapshot.config),
             watch: watch_setting(&snapshot.config, &self.source),
             summary: format!(
-                "{} listener(s) ({n_added} added, {removed} removed), {} route(s)",
+                "{} listener(s) ({n_added} added, {removed} removed), {} route(s){}",
                 snapshot.listeners.len(),
-                snapshot.routes.len()
+                snapshot.routes.len(),
+                restart_note(&needs_restart)
             ),
         })
     }
@@ -543,8 +588,9 @@ async fn blocking<T: Send + 'static>(
         .context("reload task panicked")?
 }
 
-/// Settings a reload reads but cannot apply to a running process.
-fn warn_needs_restart(old: &Config, new: &Config) {
+/// Settings a reload reads but cannot apply to a running process: each changed one is
+/// logged, and returned for the reload's answer.
+fn warn_needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut keys = Vec::new();
     if old.admin != new.admin {
         keys.push("admin.address");
@@ -561,12 +607,24 @@ fn warn_needs_restart(old: &Config, new: &Config) {
     if old.log != new.log {
         keys.push("log");
     }
-    for key in keys {
+    for key in &keys {
         warn!(
             event = "reload",
             key, "changed, but applies only after a restart; the running value stays"
         );
     }
+    keys
+}
+
+/// The end of a reload's summary naming the keys that wait for a restart (empty if none).
+fn restart_note(keys: &[&str]) -> String {
+    if keys.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; changed, but applies only after a restart (the running value stays): {}",
+        keys.join(", ")
+    )
 }
 
 /// What the admin API needs from the snapshot: the token digest, the routes, the running
@@ -584,6 +642,7 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
         "admin": config.admin.map(|address| serde_json::json!({
             "address": address,
             "bearer_sha256": config.admin_bearer_sha256,
+            "allowed_hosts": config.admin_allowed_hosts,
         })),
         "timeouts": {
             "tls_handshake_secs": config.tls_handshake_timeout.as_secs_f64(),
@@ -606,6 +665,7 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
     redact(&mut config_json);
     Ok(ApiSettings {
         token_sha256,
+        allowed_hosts: config.admin_allowed_hosts.clone(),
         routes: snapshot
             .routes
             .iter()
@@ -617,4 +677,24 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
         config_json,
         drain_grace: config.drain_grace,
     })
+}
+
+/// Show at zero every series `snapshot`'s routes and listeners can produce.
+fn register_metrics(snapshot: &Snapshot) {
+    let listeners = &snapshot.config.listeners;
+    let reads_proxy_headers = listeners.iter().any(|l| l.proxy_protocol);
+    metrics::register(
+        snapshot.routes.iter().map(|r| &r.name),
+        &metrics::Registered {
+            rejection_reasons: crate::error::RejectError::LABELS,
+            h2: listeners
+                .iter()
+                .any(|l| (l.tls.is_some() && l.http2) || l.h2c),
+            proxy_refusals: if reads_proxy_headers {
+                Refused::LABELS
+            } else {
+                &[]
+            },
+        },
+    );
 }

@@ -30,6 +30,7 @@ Backend URLs (TARGET, --route PATH=URL):
   HOST:PORT, tcp://HOST:PORT          raw TCP (VNC, MQTT, SSH, ...); HOST is a name, IPv4 or [IPv6]
   ws://HOST[:PORT][/PATH][?QUERY]     a WebSocket backend, frames relayed end to end
   wss://HOST[:PORT][/PATH][?QUERY]    the same over TLS, verified against the Mozilla roots
+  unix:/PATH                          raw bytes over a Unix domain socket (absolute path)
   builtin:echo                        a TCP echo service inside wsgate
 
 Examples:
@@ -40,7 +41,9 @@ Examples:
                                            noVNC's page at http://HOST:6080/vnc.html too
   wsgate --cert full.pem --key key.pem --ssl-only 443 localhost:5900
   wsgate --token-plugin TokenFile --token-source tokens.cfg 6080
-  wsgate --listen 127.0.0.1:8080 --route /ssh=tcp://10.0.0.5:22 --route /mqtt=tcp://127.0.0.1:1883
+  wsgate --listen 127.0.0.1:8080 --route /ssh=tcp://10.0.0.5:22
+  wsgate --listen 127.0.0.1:8080 --route /mqtt=tcp://127.0.0.1:1883 --subprotocol mqtt
+                                           MQTT.js and other clients that offer a subprotocol
   wsgate --config /etc/wsgate/wsgate.toml  everything else (access control, limits): a file
   wsgate config --from-flags 6080 localhost:5900 > wsgate.toml
 
@@ -100,7 +103,7 @@ struct RunArgs {
     #[arg(long, short, value_name = "FILE", conflicts_with_all = [
         "listen_pos", "target", "listen", "routes", "tls_cert", "tls_key", "ssl_only",
         "token_plugin", "token_source", "target_config", "web", "admin", "heartbeat",
-        "verify_client", "cafile", "console",
+        "verify_client", "cafile", "console", "subprotocols", "prefer_ipv6", "unix_target",
     ])]
     config: Option<PathBuf>,
 
@@ -181,6 +184,22 @@ struct RunArgs {
     #[arg(long)]
     console: bool,
 
+    /// A subprotocol the routes accept, e.g. `mqtt` for MQTT.js (repeatable; replaces the
+    /// default `binary`: add `--subprotocol binary` to keep it). A client gets back the first
+    /// it offers that is listed. TCP and unix: routes; a ws:// backend negotiates its own.
+    #[arg(long = "subprotocol", value_name = "NAME")]
+    subprotocols: Vec<String>,
+
+    /// websockify's -6: a bare LISTEN_PORT listens on IPv6 `[::]` (dual-stack where the
+    /// kernel allows it), a NAME on its IPv6 address; no address at all means [::1]:8080.
+    #[arg(long, short = '6')]
+    prefer_ipv6: bool,
+
+    /// websockify's --unix-target: the target is this Unix domain socket (instead of
+    /// TARGET_HOST:TARGET_PORT; a unix:/PATH backend).
+    #[arg(long, value_name = "FILE", conflicts_with = "target")]
+    unix_target: Option<PathBuf>,
+
     /// Log each connection's decisions (wsgate=debug unless RUST_LOG or --log-level is set).
     #[arg(long, short)]
     verbose: bool,
@@ -214,6 +233,9 @@ impl RunArgs {
             worker_threads: self.worker_threads,
             runtime_mode: self.runtime_mode.map_or(RuntimeMode::default(), Into::into),
             console: self.console,
+            subprotocols: self.subprotocols.clone(),
+            prefer_ipv6: self.prefer_ipv6,
+            unix_target: self.unix_target.clone(),
         }
     }
 }
@@ -230,7 +252,9 @@ enum Command {
         #[arg(long)]
         fetch_keys: bool,
     },
-    /// Print the config file a quick-mode command line stands for, commented.
+    /// Print the config file a quick-mode command line stands for, commented, once it passes
+    /// what `wsgate check` checks (else exit 2 and why, nothing printed). Relative paths in
+    /// the flags are printed absolute, so the file names the same files wherever it is saved.
     Config {
         /// The quick-mode arguments follow, e.g. `--from-flags 6080 localhost:5900`.
         #[arg(long, required = true)]
@@ -251,7 +275,9 @@ enum Command {
     /// Print the manual page (roff), e.g. `wsgate man > /usr/local/share/man/man1/wsgate.1`.
     Man,
     /// Ask a running gateway to reload its config: `POST /reload` on its admin listener.
-    /// Exit 0 when the new config runs, 1 when it was refused (the old one still runs).
+    /// Exit 0 when the new config runs (the answer names keys that wait for a restart), 1 and
+    /// why when it was refused (the old one still runs) or the gateway could not be asked.
+    /// When `[admin] bearer_sha256` is set, the token comes from `WSGATE_ADMIN_TOKEN`.
     Reload {
         /// The admin listener [default: the [admin] address of --config, else the embedded
         /// default's 127.0.0.1:9089].
@@ -446,7 +472,14 @@ fn config_from_flags(args: &[String]) -> ExitCode {
         .chain(args.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join(" ");
-    match quick.to_toml(&command) {
+    // What is printed is what is checked: the text is read back as `wsgate check` reads a
+    // file, so no flag combination yields a file that check (or a start) refuses.
+    let checked = quick.to_toml(&command).and_then(|text| {
+        let config = Config::from_toml(&text).context("the config these flags stand for")?;
+        Snapshot::build(config, None).context("the config these flags stand for")?;
+        Ok(text)
+    });
+    match checked {
         Ok(text) => print(text.as_bytes()),
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -562,18 +595,20 @@ fn reload_command(
 ) -> ExitCode {
     let addr = match (admin, config) {
         (Some(a), _) => Some(a),
-        (None, Some(path)) => match Config::load(path) {
-            Ok(c) => c.admin,
+        // Only `[admin] address` is read: the file may be the broken edit being reloaded,
+        // which the gateway refuses and explains (exit 1), keeping its running config.
+        (None, Some(path)) => match admin_address_of(path) {
+            Ok(a) => a,
             Err(e) => {
-                eprintln!("error: {e:#}");
-                return ExitCode::from(2);
+                eprintln!("error: {e:#}; the gateway was not asked");
+                return ExitCode::FAILURE;
             }
         },
         (None, None) => Config::embedded_default().admin,
     };
     let Some(mut addr) = addr else {
         eprintln!("error: the config has no [admin] listener to send the reload to; use SIGHUP");
-        return ExitCode::from(2);
+        return ExitCode::FAILURE;
     };
     // A wildcard bind is reached on loopback.
     if addr.ip().is_unspecified() {
@@ -608,6 +643,26 @@ fn reload_command(
     }
 }
 
+/// `[admin] address` of a config file, read without validating the rest of it.
+fn admin_address_of(path: &std::path::Path) -> anyhow::Result<Option<SocketAddr>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| {
+        format!(
+            "config {} is not TOML, so its [admin] address is unknown (or give --admin)",
+            path.display()
+        )
+    })?;
+    let Some(address) = table.get("admin").and_then(|admin| admin.get("address")) else {
+        return Ok(None);
+    };
+    address
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .map(Some)
+        .with_context(|| format!("config {}: admin.address: not IP:PORT", path.display()))
+}
+
 async fn post_reload(
     addr: SocketAddr,
     wait: Duration,
@@ -620,9 +675,13 @@ async fn post_reload(
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let request = hyper::Request::post("/reload")
-            .header(hyper::header::HOST, addr.to_string())
-            .body(Empty::<bytes::Bytes>::new())?;
+        let mut request =
+            hyper::Request::post("/reload").header(hyper::header::HOST, addr.to_string());
+        // The admin token, when the listener has one (`[admin] bearer_sha256`).
+        if let Ok(token) = std::env::var("WSGATE_ADMIN_TOKEN") {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Empty::<bytes::Bytes>::new())?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();

@@ -173,9 +173,9 @@ async fn a_trusted_source_without_a_proxy_header_is_refused() {
 }
 
 #[tokio::test]
-async fn forwarded_headers_are_believed_only_from_trusted_peers() {
+async fn forwarded_header_is_believed_only_from_trusted_peers() {
     let trusting = gateway_reporting_clients(
-        "forwarded_headers = true\ntrusted_proxies = [\"127.0.0.1\"]",
+        "forwarded_header = \"x-forwarded-for\"\ntrusted_proxies = [\"127.0.0.1\"]",
         "",
     )
     .await;
@@ -195,7 +195,7 @@ async fn forwarded_headers_are_believed_only_from_trusted_peers() {
     let (mut ws, _) = ws_after(
         trusting.addr,
         b"",
-        &[("Forwarded", "for=\"198.51.100.10:5555\";proto=https")],
+        &[("X-Forwarded-For", "198.51.100.10:5555")],
     )
     .await
     .unwrap();
@@ -207,7 +207,7 @@ async fn forwarded_headers_are_believed_only_from_trusted_peers() {
     trusting.stop().await.unwrap();
 
     let distrusting = gateway_reporting_clients(
-        "forwarded_headers = true\ntrusted_proxies = [\"192.0.2.1\"]",
+        "forwarded_header = \"x-forwarded-for\"\ntrusted_proxies = [\"192.0.2.1\"]",
         "",
     )
     .await;

@@ -648,7 +648,7 @@ async fn listener_trust_follows_a_reload() {
 
     write(
         &file,
-        &with_trust("forwarded_headers = true\ntrusted_proxies = [\"127.0.0.1\"]"),
+        &with_trust("forwarded_header = \"x-forwarded-for\"\ntrusted_proxies = [\"127.0.0.1\"]"),
     );
     gw.reload.reload(Trigger::Api).await.expect("reload");
     let (mut ws, _) = ws_client_with(&gw.url("/"), &forwarded).await.unwrap();

@@ -52,6 +52,28 @@ pub struct WebConfig {
     /// The folder; must exist. URL paths cannot leave it (`..` is refused); a folder's
     /// `index.html` answers for the folder. A listener's console keeps `/` for itself.
     pub root: PathBuf,
+    /// File answers in flight at once, over every listener; more get `503`. Each holds at
+    /// most one 64 KiB piece of its file. 1..=100000, default 64.
+    #[serde(default = "default_web_max_responses")]
+    pub max_responses: usize,
+    /// Serve symlinks inside the folder whose target is outside it. Default false (`404`).
+    #[serde(default)]
+    pub follow_external_symlinks: bool,
+}
+
+impl WebConfig {
+    /// `root` with every other key at its default.
+    pub fn at(root: PathBuf) -> Self {
+        Self {
+            root,
+            max_responses: default_web_max_responses(),
+            follow_external_symlinks: false,
+        }
+    }
+}
+
+fn default_web_max_responses() -> usize {
+    64
 }
 
 /// Reload on a change of the config file or of a listener's certificate, key or client CA
@@ -181,13 +203,15 @@ pub struct ListenerConfig {
     /// refused; other sources without one are served as direct clients. Default false.
     #[serde(default)]
     pub proxy_protocol: bool,
-    /// Behind an HTTP load balancer: on requests from `trusted_proxies`, the client is the
-    /// right-most address of `Forwarded` (`for=`), else of `X-Forwarded-For`, that is not
-    /// itself a trusted proxy. Default false.
+    /// Behind an HTTP load balancer: the one header it writes the client's address in
+    /// (`"x-forwarded-for"`, `"forwarded"` or `"x-real-ip"`). On requests from
+    /// `trusted_proxies` the client is the right-most address of that header that is not
+    /// itself a trusted proxy; every other header is ignored, since balancers pass on what
+    /// clients send in the headers they do not write. Default: none (the TCP peer).
     #[serde(default)]
-    pub forwarded_headers: bool,
+    pub forwarded_header: Option<ForwardedHeader>,
     /// The load balancers' addresses, as CIDRs or plain IPs (`"10.0.0.0/8"`, `"::1"`).
-    /// Required (non-empty) with `proxy_protocol` or `forwarded_headers`. Default none.
+    /// Required (non-empty) with `proxy_protocol` or `forwarded_header`. Default none.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
 }
@@ -202,7 +226,7 @@ impl ListenerConfig {
             h2c: false,
             console: false,
             proxy_protocol: false,
-            forwarded_headers: false,
+            forwarded_header: None,
             trusted_proxies: Vec::new(),
         }
     }
@@ -233,6 +257,11 @@ pub struct AdminConfig {
     /// and `/api/` require. Default: none (the listener is open; keep it on loopback).
     #[serde(default)]
     pub bearer_sha256: Option<String>,
+    /// Names (`admin.example.com`, `wsgate-admin:9090`) requests may carry in `Host`
+    /// besides the listener's own address (its IP literal, and `localhost` on loopback);
+    /// other `Host`s get `421` (DNS rebinding guard). Default: none.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Every timeout, in seconds (fractions allowed).
@@ -293,8 +322,15 @@ impl Default for Timeouts {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Concurrent connections across public listeners (TLS, HTTP and sessions). Default 10,000.
+    /// Concurrent connections across public listeners (TLS, HTTP and sessions); lowered at
+    /// start when the descriptor limit (RLIMIT_NOFILE) cannot hold them and a session each.
+    /// Default 10,000.
     pub max_connections: usize,
+    /// Concurrent connections from one client address (IPv4, or IPv6 /64; the PROXY header's
+    /// address behind a trusted balancer; a listener's `trusted_proxies` are exempt when it
+    /// sets `forwarded_header`); over it, new connections are closed at once. 0 = no cap.
+    /// Default 100.
+    pub max_connections_per_ip: usize,
     /// Per-session buffer for each direction: the most bytes read from one side
     /// before they are written to the other. Default 64 KiB.
     pub buffer_bytes: usize,
@@ -308,7 +344,8 @@ pub struct Limits {
     /// with 1013 (Try Again Later). At least every route's `max_frame_bytes`. Default 256 MiB.
     pub frame_budget_bytes: usize,
     // ---- Admission, header size and pacing: used by `policy::admission` and the pacer ----
-    /// Concurrent sessions across all routes; over it, 503. 0 = no cap. Default 0.
+    /// Concurrent sessions across all routes; over it, 503. 0 = as many as the descriptor
+    /// limit leaves beside `max_connections` (one backend socket each). Default 0.
     pub max_sessions: usize,
     /// Concurrent sessions on each route (a route's `max_sessions` overrides it); over it,
     /// 503. 0 = no cap. Default 0.
@@ -341,6 +378,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_connections_per_ip: 100,
             buffer_bytes: 64 * 1024,
             max_frame_bytes: 16 * 1024 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
@@ -479,9 +517,11 @@ fn default_compression_level() -> u8 {
 }
 
 impl FileConfig {
-    /// Make every relative file path absolute against `base` (the config file's folder), so
-    /// that the files a config names do not depend on the working directory it is started
-    /// from (systemd starts services in `/`). Absolute paths are kept as they are.
+    /// Make every relative file path absolute against `base` (a config file's folder; for
+    /// quick-mode flags, the working directory), so that the files a config names do not
+    /// depend on the working directory it is started or reloaded from (systemd starts
+    /// services in `/`). Absolute paths are kept as they are. Every path key is here: a new
+    /// one must be added.
     pub fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -510,6 +550,9 @@ impl FileConfig {
             if let Some(target) = &mut r.target {
                 target.token_file.iter_mut().for_each(fix);
             }
+        }
+        if let Some(web) = &mut self.web {
+            fix(&mut web.root);
         }
     }
 }
@@ -587,6 +630,30 @@ pub enum Balance {
     LeastSessions,
 }
 
+/// The header a trusted HTTP load balancer names the client in (`forwarded_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For`, a list each proxy appends to (AWS ALB, nginx
+    /// `$proxy_add_x_forwarded_for`, HAProxy `option forwardfor`).
+    XForwardedFor,
+    /// RFC 7239 `Forwarded`, its `for=` parameters (Envoy, HAProxy `option forwarded`).
+    Forwarded,
+    /// `X-Real-IP`, one address the balancer sets (nginx `proxy_set_header X-Real-IP`).
+    XRealIp,
+}
+
+impl ForwardedHeader {
+    /// The header's name, lower-case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+            Self::XRealIp => "x-real-ip",
+        }
+    }
+}
+
 /// The PROXY protocol versions the gateway can send to a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -603,10 +670,11 @@ pub struct HealthConfig {
     pub eject_secs: f64,
     /// The longest ejection. Default 300 s.
     pub max_eject_secs: f64,
-    /// Active checks: a TCP (or Unix socket) connect to every backend this often; a failure
-    /// ejects, a success ends an ejection. 0 disables. Default 0.
+    /// Active checks: every backend this often gets the dial a session makes (a connect;
+    /// for `ws://`/`wss://` also TLS and the WebSocket handshake); a failure ejects, a
+    /// success ends an ejection. 0 disables. Default 0.
     pub check_interval_secs: f64,
-    /// How long an active check's connect may take. Default 2 s.
+    /// How long one active check (connect and handshake) may take. Default 2 s.
     pub check_timeout_secs: f64,
 }
 

@@ -20,11 +20,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
-pub use backend_addr::BackendAddr;
+pub use backend_addr::{redact_query, BackendAddr, BACKEND_URL_FORMS};
 pub use file::{
-    AdminConfig, Balance, CompressionMode, FileConfig, HealthConfig, Limits, ListenerConfig,
-    LogConfig, LogFormat, MessageType, ProxyProtocolVersion, ReloadConfig, RouteConfig,
-    RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig,
+    AdminConfig, Balance, CompressionMode, FileConfig, ForwardedHeader, HealthConfig, Limits,
+    ListenerConfig, LogConfig, LogFormat, MessageType, ProxyProtocolVersion, ReloadConfig,
+    RouteConfig, RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig,
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
@@ -82,6 +82,13 @@ pub struct Config {
     pub log: LogConfig,
     /// `[web] root`: static files for non-upgrade GETs; `None`: such requests get 400.
     pub web_root: Option<PathBuf>,
+    /// `[web] max_responses`: file answers in flight at once.
+    pub web_max_responses: usize,
+    /// `[web] follow_external_symlinks`.
+    pub web_follow_external_symlinks: bool,
+    /// `[admin] allowed_hosts`: `Host` values the admin listener accepts besides its own
+    /// address, lower-cased.
+    pub admin_allowed_hosts: Vec<String>,
     /// `[signin]` as written; `policy::signin` checks the rest.
     pub signin: Option<SigninConfig>,
 }
@@ -89,13 +96,21 @@ pub struct Config {
 impl Config {
     /// Parse and validate TOML text; errors name the bad key.
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let file: FileConfig = toml::from_str(text).map_err(|e| parse_error(text, e))?;
         file.validate()
     }
 
     /// Read, parse and validate a config file. Relative file paths in it (certificates,
-    /// keys, CA bundles, JWT keys, token files) resolve against the file's own folder.
+    /// keys, CA bundles, JWT keys, token files, the web root) resolve against the file's own
+    /// folder, never the working directory: `check`, a start and every reload read the same
+    /// files.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning the text that was read (a reload hashes it). The one
+    /// place a config file becomes a [`Config`].
+    pub fn load_with_text(path: &Path) -> anyhow::Result<(Self, String)> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
         // `wsgate.toml` alone has an empty parent: the working directory.
@@ -105,13 +120,14 @@ impl Config {
             None => std::env::current_dir(),
         }
         .with_context(|| format!("locating the folder of config {}", path.display()))?;
-        toml::from_str::<FileConfig>(&text)
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        let config = toml::from_str::<FileConfig>(&text)
+            .map_err(|e| parse_error(&text, e))
             .and_then(|mut file| {
                 file.resolve_paths(&base);
                 file.validate()
             })
-            .with_context(|| format!("invalid config {}", path.display()))
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        Ok((config, text))
     }
 
     /// The embedded default configuration.
@@ -245,6 +261,17 @@ impl FileConfig {
             if !web.root.is_dir() {
                 bail!("web.root: {} is not a directory", web.root.display());
             }
+            if !(1..=100_000).contains(&web.max_responses) {
+                bail!(
+                    "web.max_responses: {} is not in 1..=100000",
+                    web.max_responses
+                );
+            }
+        }
+        for host in self.admin.iter().flat_map(|a| &a.allowed_hosts) {
+            if host.is_empty() || host.contains(|c: char| c.is_whitespace() || "/@?#".contains(c)) {
+                bail!("admin.allowed_hosts: {host:?} is not a host name (with an optional :port)");
+            }
         }
         let t = &self.timeouts;
         let ping = secs("ping_interval_secs", t.ping_interval_secs, true)?;
@@ -281,6 +308,17 @@ impl FileConfig {
             http2: self.http2,
             reload: self.reload,
             log: self.log,
+            admin_allowed_hosts: self
+                .admin
+                .iter()
+                .flat_map(|a| &a.allowed_hosts)
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            web_max_responses: self.web.as_ref().map_or(0, |w| w.max_responses),
+            web_follow_external_symlinks: self
+                .web
+                .as_ref()
+                .is_some_and(|w| w.follow_external_symlinks),
             web_root: self.web.map(|w| w.root),
             signin: self.signin,
         })
@@ -367,7 +405,11 @@ impl FileConfig {
                 .ok()
                 .filter(|n| !is_hop_header(n))
                 .with_context(|| {
-                    format!("{at}.forward_headers: {h:?} is not a forwardable header")
+                    format!(
+                        "{at}.forward_headers: {h:?} is not a forwardable header (hop-by-hop, \
+                         handshake and client-address headers never are: the gateway writes \
+                         X-Forwarded-For, -Proto and -Host itself)"
+                    )
                 })?;
         }
         check_sizes(&at, r, &self.limits)?;
@@ -416,18 +458,41 @@ impl FileConfig {
     }
 }
 
+/// A TOML or serde error, or, for a listener that still has the replaced `forwarded_headers`
+/// switch, what to write instead: the switch believed `Forwarded` before `X-Forwarded-For`,
+/// which let clients behind balancers that append to one and pass the other on choose their
+/// address, so the operator must now name the header.
+fn parse_error(text: &str, e: toml::de::Error) -> anyhow::Error {
+    let listeners = toml::from_str::<toml::Table>(text)
+        .ok()
+        .and_then(|t| t.get("listener").and_then(|l| l.as_array()).cloned())
+        .unwrap_or_default();
+    match listeners
+        .iter()
+        .position(|l| l.get("forwarded_headers").is_some())
+    {
+        Some(i) => anyhow::anyhow!(
+            "listener[{i}].forwarded_headers: replaced by forwarded_header, which names the one \
+             header your load balancer writes the client's address in: \
+             forwarded_header = \"x-forwarded-for\" (AWS ALB, nginx, HAProxy option forwardfor), \
+             \"forwarded\" or \"x-real-ip\"; other headers are then ignored"
+        ),
+        None => anyhow::anyhow!("{e}"),
+    }
+}
+
 /// A listener's PROXY protocol and forwarded-header keys.
 fn validate_client_identity(i: usize, l: &ListenerConfig) -> anyhow::Result<()> {
     let at = format!("listener[{i}]");
     for (n, cidr) in l.trusted_proxies.iter().enumerate() {
         parse_cidr(cidr).with_context(|| format!("{at}.trusted_proxies[{n}]"))?;
     }
-    let uses_them = l.proxy_protocol || l.forwarded_headers;
+    let uses_them = l.proxy_protocol || l.forwarded_header.is_some();
     if uses_them && l.trusted_proxies.is_empty() {
-        bail!("{at}.trusted_proxies: proxy_protocol and forwarded_headers need the load balancers' addresses");
+        bail!("{at}.trusted_proxies: proxy_protocol and forwarded_header need the load balancers' addresses");
     }
     if !uses_them && !l.trusted_proxies.is_empty() {
-        bail!("{at}.trusted_proxies: set proxy_protocol or forwarded_headers too, or remove it");
+        bail!("{at}.trusted_proxies: set proxy_protocol or forwarded_header too, or remove it");
     }
     Ok(())
 }
@@ -571,6 +636,7 @@ fn validate_limits(l: &Limits) -> anyhow::Result<()> {
     }
     cap("limits.max_sessions", l.max_sessions)?;
     cap("limits.max_sessions_per_ip", l.max_sessions_per_ip)?;
+    cap("limits.max_connections_per_ip", l.max_connections_per_ip)?;
     cap("limits.max_sessions_per_route", l.max_sessions_per_route)?;
     bandwidth("limits.bandwidth_bytes_per_sec", l.bandwidth_bytes_per_sec)?;
     Ok(())
@@ -622,7 +688,9 @@ fn check_sizes(at: &str, r: &RouteConfig, limits: &Limits) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Headers that belong to one hop or to the handshake itself; never forwarded.
+/// Headers that belong to one hop or to the handshake itself, or that name the client
+/// (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`: a backend would take a client's forgery for the
+/// gateway's word); never forwarded.
 pub fn is_hop_header(name: &hyper::header::HeaderName) -> bool {
     use hyper::header::*;
     [
@@ -641,7 +709,7 @@ pub fn is_hop_header(name: &hyper::header::HeaderName) -> bool {
         SEC_WEBSOCKET_ACCEPT,
     ]
     .contains(name)
-        || name.as_str() == "keep-alive"
+        || ["keep-alive", "proxy-connection", "forwarded", "x-real-ip"].contains(&name.as_str())
         || name.as_str().starts_with("x-forwarded-")
 }
 

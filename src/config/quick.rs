@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -58,6 +58,14 @@ pub struct QuickMode {
     pub runtime_mode: RuntimeMode,
     /// Serve the browser console on the listener.
     pub console: bool,
+    /// `--subprotocol NAME` (repeatable): every route's `subprotocols`, instead of the
+    /// default `["binary"]` (MQTT.js offers `mqtt`).
+    pub subprotocols: Vec<String>,
+    /// websockify's `--prefer-ipv6` (`-6`): a bare `PORT` listens on `[::]`, a `NAME:PORT`
+    /// on the name's first IPv6 address.
+    pub prefer_ipv6: bool,
+    /// websockify's `--unix-target FILE`: the target is this Unix socket (`unix:` backend).
+    pub unix_target: Option<PathBuf>,
 }
 
 impl QuickMode {
@@ -77,10 +85,22 @@ impl QuickMode {
             && self.admin.is_none()
             && self.heartbeat_secs.is_none()
             && !self.console
+            && self.subprotocols.is_empty()
+            && !self.prefer_ipv6
+            && self.unix_target.is_none()
     }
 
-    /// The file these arguments stand for.
+    /// The file these arguments stand for. Relative paths in the flags are the user's, typed
+    /// in the working directory: they are made absolute against it, so the printed file
+    /// (`config --from-flags`) names the same files wherever it is saved.
     pub fn to_file_config(&self) -> anyhow::Result<FileConfig> {
+        let cwd = std::env::current_dir().context("locating the working directory")?;
+        let mut file = self.to_file_config_unresolved(&cwd)?;
+        file.resolve_paths(&cwd);
+        Ok(file)
+    }
+
+    fn to_file_config_unresolved(&self, cwd: &Path) -> anyhow::Result<FileConfig> {
         let (listen, target) = match self.positional.as_slice() {
             [] => (self.listen.as_deref(), None),
             [listen] => (Some(listen.as_str()), None),
@@ -92,15 +112,30 @@ impl QuickMode {
         if !self.positional.is_empty() && self.listen.is_some() {
             bail!("the listen address is given twice: as --listen and as the first argument");
         }
+        let everywhere = if self.prefer_ipv6 {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
         let address = match listen {
-            Some(spec) => listen_addr(spec, Ipv4Addr::UNSPECIFIED.into())
+            Some(spec) => listen_addr_preferring(spec, everywhere, self.prefer_ipv6)
                 .with_context(|| format!("listen address {spec:?}"))?,
+            None if self.prefer_ipv6 => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 8080),
             None => DEFAULT_LISTEN,
         };
 
         let mut routes = Vec::new();
-        if let Some(target) = target {
-            routes.push(RouteConfig::new("websockify", "/", backend_url(target)));
+        let target = match (target, &self.unix_target) {
+            (Some(_), Some(_)) => {
+                bail!("--unix-target names the target: drop TARGET_HOST:TARGET_PORT")
+            }
+            (Some(target), None) => Some(backend_url(target)),
+            // The socket path is the user's, typed here: made absolute (a `unix:` URL must be).
+            (None, Some(socket)) => Some(format!("unix:{}", cwd.join(socket).display())),
+            (None, None) => None,
+        };
+        if let Some(target) = &target {
+            routes.push(RouteConfig::new("websockify", "/", target));
         }
         match (&self.token_plugin, &self.token_source) {
             (Some(plugin), Some(file)) => {
@@ -108,7 +143,7 @@ impl QuickMode {
                     bail!("--token-plugin {plugin:?}: only TokenFile (a websockify token file) is supported");
                 }
                 if target.is_some() {
-                    bail!("--token-plugin chooses the target per session: drop TARGET_HOST:TARGET_PORT");
+                    bail!("--token-plugin chooses the target per session: drop TARGET_HOST:TARGET_PORT (or --unix-target)");
                 }
                 let mut route = RouteConfig::new("tokens", "/", String::new());
                 route.backend = None;
@@ -146,8 +181,13 @@ impl QuickMode {
         if routes.is_empty() {
             bail!(
                 "no target: give one as `wsgate [LISTEN_HOST:]LISTEN_PORT TARGET_HOST:TARGET_PORT`, \
-                 or --route PATH=URL, or --token-plugin TokenFile --token-source FILE"
+                 or --route PATH=URL, or --unix-target FILE, or --token-plugin TokenFile --token-source FILE"
             );
+        }
+        if !self.subprotocols.is_empty() {
+            for route in &mut routes {
+                route.subprotocols = self.subprotocols.clone();
+            }
         }
 
         let client_ca_file = match (self.verify_client, &self.cafile) {
@@ -179,6 +219,7 @@ impl QuickMode {
                 address: listen_addr(spec, Ipv4Addr::LOCALHOST.into())
                     .with_context(|| format!("admin address {spec:?}"))?,
                 bearer_sha256: None,
+                allowed_hosts: Vec::new(),
             }),
             None => None,
         };
@@ -204,7 +245,7 @@ impl QuickMode {
                 mode: self.runtime_mode,
                 worker_threads: self.worker_threads,
             },
-            web: self.web.clone().map(|root| WebConfig { root }),
+            web: self.web.clone().map(WebConfig::at),
             signin: None,
         })
     }
@@ -255,7 +296,9 @@ impl QuickMode {
         if let Some(admin) = &file.admin {
             let _ = writeln!(
                 w,
-                "\n# /metrics, /healthz, /readyz. No authentication: loopback or a private network.\n\
+                "\n# /metrics, /healthz, /readyz (always open), the status page and /api/. Add\n\
+                 # bearer_sha256 = \"<printf %s \"$TOKEN\" | sha256sum>\" to require a token for\n\
+                 # the status page and /api/. Loopback or a private network only.\n\
                  [admin]\naddress = {}",
                 quote(&admin.address.to_string())
             );
@@ -296,6 +339,15 @@ impl QuickMode {
             let _ = writeln!(w, "path = {}", quote(&r.path));
             if let Some(backend) = &r.backend {
                 let _ = writeln!(w, "backend = {}", quote(backend));
+            }
+            if !self.subprotocols.is_empty() {
+                let names: Vec<String> = r.subprotocols.iter().map(|p| quote(p)).collect();
+                let _ = writeln!(
+                    w,
+                    "# The subprotocols a client may offer; it gets the first it offers back.\n\
+                     subprotocols = [{}]",
+                    names.join(", ")
+                );
             }
             if let Some(TargetConfig {
                 token_file: Some(file),
@@ -346,6 +398,16 @@ pub fn backend_url(target: &str) -> String {
 /// (every IPv4 interface), `IP:PORT`, `[IPv6]:PORT`, or `NAME:PORT` (resolved now; the
 /// first IPv4 address, else the first address).
 pub fn listen_addr(spec: &str, default_host: IpAddr) -> anyhow::Result<SocketAddr> {
+    listen_addr_preferring(spec, default_host, false)
+}
+
+/// [`listen_addr`]; with `ipv6`, `:PORT`/`*:PORT` mean `[::]` and a name its first IPv6
+/// address (websockify's `--prefer-ipv6`).
+fn listen_addr_preferring(
+    spec: &str,
+    default_host: IpAddr,
+    ipv6: bool,
+) -> anyhow::Result<SocketAddr> {
     let spec = spec.trim();
     if let Ok(port) = spec.parse::<u16>() {
         return Ok(SocketAddr::new(default_host, port));
@@ -360,7 +422,12 @@ pub fn listen_addr(spec: &str, default_host: IpAddr) -> anyhow::Result<SocketAdd
         .parse()
         .with_context(|| format!("{port:?} is not a port (0-65535)"))?;
     if host.is_empty() || host == "*" {
-        return Ok(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port));
+        let any: IpAddr = if ipv6 {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        return Ok(SocketAddr::new(any, port));
     }
     if host.starts_with('[') || host.contains(':') {
         bail!("{host:?} is not an IPv6 address (write [IPv6]:PORT)");
@@ -371,7 +438,7 @@ pub fn listen_addr(spec: &str, default_host: IpAddr) -> anyhow::Result<SocketAdd
         .collect();
     addrs
         .iter()
-        .find(|a| a.is_ipv4())
+        .find(|a| a.is_ipv6() == ipv6)
         .or(addrs.first())
         .copied()
         .with_context(|| format!("{host:?} resolves to no address"))
@@ -447,7 +514,10 @@ mod tests {
             .tls
             .clone()
             .unwrap();
-        assert_eq!(tls.key_file, PathBuf::from("combined.pem"));
+        // A relative flag is the working directory's file, made absolute.
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(tls.cert_file, cwd.join("combined.pem"));
+        assert_eq!(tls.key_file, cwd.join("combined.pem"));
         let mut q = quick(&["6080", "h:1"]);
         q.ssl_only = true;
         assert!(q.to_file_config().is_err());
@@ -464,7 +534,8 @@ mod tests {
             .tls
             .clone()
             .unwrap();
-        assert_eq!(tls.client_ca_file, Some(PathBuf::from("clients.pem")));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(tls.client_ca_file, Some(cwd.join("clients.pem")));
         assert!(matches!(tls.client_auth, Some(ClientAuth::Required)));
         q.tls_cert = None;
         assert!(q.to_file_config().is_err(), "no --cert");
@@ -491,6 +562,28 @@ mod tests {
         assert!(quick(&["1", "h:1", "x"]).to_file_config().is_err());
     }
 
+    #[test]
+    fn subprotocols_prefer_ipv6_and_unix_target() {
+        let mut q = quick(&["6080", "h:1"]);
+        q.subprotocols = vec!["mqtt".into()];
+        q.routes = vec!["/x=builtin:echo".into()];
+        let file = q.to_file_config().unwrap();
+        assert!(file.routes.iter().all(|r| r.subprotocols == ["mqtt"]));
+        let mut q = quick(&["6080", "h:1"]);
+        q.prefer_ipv6 = true;
+        let file = q.to_file_config().unwrap();
+        assert_eq!(file.listeners[0].address.to_string(), "[::]:6080");
+        let mut q = quick(&["6080"]);
+        q.unix_target = Some("/run/vnc.sock".into());
+        let file = q.to_file_config().unwrap();
+        assert_eq!(
+            file.routes[0].backend.as_deref(),
+            Some("unix:/run/vnc.sock")
+        );
+        q.positional.push("h:1".into());
+        assert!(q.to_file_config().is_err(), "a target and a unix target");
+    }
+
     /// The printed file is the same gateway as the flags.
     #[test]
     fn from_flags_toml_round_trips() {
@@ -506,6 +599,7 @@ mod tests {
         q.routes = vec!["/echo=builtin:echo".into()];
         q.worker_threads = 1;
         q.runtime_mode = RuntimeMode::PerCore;
+        q.subprotocols = vec!["mqtt".into(), "binary".into()];
         let text = q.to_toml("wsgate …").unwrap();
         let direct = format!("{:?}", q.to_file_config().unwrap().validate().unwrap());
         let parsed = format!("{:?}", Config::from_toml(&text).unwrap());

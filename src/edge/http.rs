@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fastwebsockets::Role;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::service::{service_fn, Service};
 use hyper::upgrade::Upgraded;
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
 use super::console::Console;
-use super::shared::{ConnectionSlot, Shared};
+use super::shared::{ConnectionSlot, InUse, Shared};
 use crate::backend::{Backend, Handshake, ProxyAddrs};
 use crate::config::BackendAddr;
 use crate::error::RejectError;
@@ -37,6 +37,10 @@ use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
 /// Every answer the gateway writes itself: a short, complete body.
 pub type Body = Full<Bytes>;
 
+/// What a public listener's connection answers with: one of ours, or a static file
+/// (`edge::web`, streamed).
+pub type ConnectionBody = super::web::WebBody;
+
 /// What a connection's requests go to, over HTTP/1.1 and HTTP/2 alike: the console answers
 /// plain requests for its pages (so a browser's page and its WebSockets share the
 /// connection); the rest go to the routes.
@@ -47,18 +51,44 @@ pub(super) fn connection_service(
     shared: Arc<Shared>,
 ) -> impl Service<
     Request<hyper::body::Incoming>,
-    Response = Response<Body>,
+    Response = Response<ConnectionBody>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<ConnectionBody>, Infallible>> + Send,
 > + Clone {
-    service_fn(move |req| {
+    service_fn(move |req: Request<hyper::body::Incoming>| {
         let page = console.as_ref().and_then(|c| c.answer(&req));
-        let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.clone());
+        let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.enter());
         async move {
-            match page {
-                Some(page) => Ok(page),
-                None => handle(req, conn, shared, permit).await,
+            if let Some(page) = page {
+                return Ok(page.map(Either::Left));
             }
+            // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the
+            // routes.
+            let snapshot = shared.snapshot.load_full();
+            // `[signin]`: its own paths (start, callback, sign-out) before the files.
+            if let Some(signin) = snapshot
+                .signin
+                .as_ref()
+                .filter(|s| s.is_endpoint(req.uri().path()))
+            {
+                return Ok(signin.serve(&req).await.map(Either::Left));
+            }
+            if let Some(web) = &snapshot.web {
+                if matches!(*req.method(), Method::GET | Method::HEAD)
+                    && !header_has_token(&req, header::UPGRADE, "websocket")
+                {
+                    // `[signin] protect_web`: a browser not signed in goes to sign in first.
+                    if let Some(signin) = snapshot.signin.as_ref().filter(|s| s.protects_web()) {
+                        if signin.identity(&req).is_none() {
+                            return Ok(signin.to_signin(&req).map(Either::Left));
+                        }
+                    }
+                    return Ok(super::web::serve(web, req).await);
+                }
+            }
+            drop(snapshot);
+            let answer = handle(req, conn, shared, permit).await;
+            answer.map(|r| r.map(Either::Left))
         }
     })
 }
@@ -68,32 +98,10 @@ pub async fn handle(
     mut req: Request<hyper::body::Incoming>,
     conn: ConnInfo,
     shared: Arc<Shared>,
-    permit: Arc<ConnectionSlot>,
+    permit: InUse,
 ) -> Result<Response<Body>, Infallible> {
     // This request's config: a reload after this point does not change its session.
     let snapshot = shared.snapshot.load_full();
-    // `[signin]`: its own paths (start, callback, sign-out) before anything else.
-    if let Some(signin) = snapshot
-        .signin
-        .as_ref()
-        .filter(|s| s.is_endpoint(req.uri().path()))
-    {
-        return Ok(signin.serve(&req).await);
-    }
-    // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the routes.
-    if let Some(root) = &snapshot.config.web_root {
-        if matches!(*req.method(), Method::GET | Method::HEAD)
-            && !header_has_token(&req, header::UPGRADE, "websocket")
-        {
-            // `[signin] protect_web`: a browser that has not signed in goes to sign in first.
-            if let Some(signin) = snapshot.signin.as_ref().filter(|s| s.protects_web()) {
-                if signin.identity(&req).is_none() {
-                    return Ok(signin.to_signin(&req));
-                }
-            }
-            return Ok(super::web::serve(root, req).await);
-        }
-    }
     // Path rules (400) before routing: the router matches the path a backend will get.
     if let Err(e) = check_path(req.uri().path()) {
         return Ok(reject(&req, None, e));
@@ -521,6 +529,7 @@ fn backend_handshake<B>(
             headers.append(name.clone(), value.clone());
         }
     }
+    drop_connection_listed(&mut headers, req.headers());
     if !route.forward_credentials {
         route.access.withhold_credentials(&mut headers);
     }
@@ -563,6 +572,21 @@ fn backend_handshake<B>(
             .then(|| HeaderValue::from_str(&protocols).ok())
             .flatten(),
         deflate: None,
+    }
+}
+
+/// RFC 9110 §7.6.1: a header the client names in `Connection` belongs to its hop alone,
+/// whatever `forward_headers` says (`Connection: Cookie` would otherwise be a way to ask us
+/// to drop or keep headers at will, and hop-by-hop means never forwarded).
+fn drop_connection_listed(forwarded: &mut HeaderMap, request: &HeaderMap) {
+    let listed = request
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| header::HeaderName::from_bytes(name.trim().as_bytes()).ok());
+    for name in listed {
+        forwarded.remove(name);
     }
 }
 
@@ -620,7 +644,7 @@ fn is_valid_key(key: &[u8]) -> bool {
 
 /// Turn a rejection into its HTTP answer, a metric and a log line.
 fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Response<Body> {
-    let route_name = route.map_or("none", |r| &*r.name);
+    let route_name = route.map_or(metrics::NO_ROUTE, |r| &*r.name);
     metrics::upgrade_rejected(route_name, e.label());
     // Query values are redacted: a token in the URL never reaches the log.
     let uri = access::log_uri(req.uri());

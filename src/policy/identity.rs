@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use hyper::header::HeaderMap;
+
+use crate::config::ForwardedHeader;
 use ipnet::IpNet;
 
 use x509_parser::extensions::GeneralName;
@@ -24,8 +26,8 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// Where `peer` comes from.
     pub source: ClientSource,
-    /// On a listener with `forwarded_headers`: the proxies whose headers are believed.
-    pub trust_forwarded: Option<Arc<TrustedProxies>>,
+    /// On a listener with `forwarded_header`: the header, and the proxies it is believed from.
+    pub trust_forwarded: Option<Arc<ForwardedTrust>>,
     /// The client came over TLS (`wss`).
     pub tls: bool,
     /// The client certificate the listener verified (mTLS), if one was sent.
@@ -39,7 +41,7 @@ pub enum ClientSource {
     Socket,
     /// A trusted load balancer's PROXY header.
     ProxyProtocol,
-    /// A trusted load balancer's `Forwarded` / `X-Forwarded-For`.
+    /// A trusted load balancer's `forwarded_header`.
     ForwardedHeaders,
 }
 
@@ -57,14 +59,14 @@ impl ConnInfo {
         }
     }
 
-    /// This request's view: on a listener that honours forwarded headers, and from one of
-    /// its trusted proxies, the client named by `headers`; otherwise `self` unchanged.
+    /// This request's view: on a listener with a `forwarded_header`, and from one of its
+    /// trusted proxies, the client that header names; otherwise `None` (`self` stands).
     pub fn for_request(&self, headers: &HeaderMap) -> Option<Self> {
-        let trusted = self.trust_forwarded.as_ref()?;
-        if !trusted.contains(self.tcp_peer.ip()) {
+        let trust = self.trust_forwarded.as_ref()?;
+        if !trust.proxies.contains(self.tcp_peer.ip()) {
             return None;
         }
-        let client = forwarded_client(headers, trusted)?;
+        let client = forwarded_client(headers, trust.header, &trust.proxies)?;
         Some(Self {
             peer: client,
             source: ClientSource::ForwardedHeaders,
@@ -78,8 +80,8 @@ impl ConnInfo {
 pub struct ListenerTrust {
     /// `proxy_protocol`: connections from these must open with a PROXY header.
     pub proxy_protocol: Option<Arc<TrustedProxies>>,
-    /// `forwarded_headers`: requests from these name the client in their headers.
-    pub forwarded_headers: Option<Arc<TrustedProxies>>,
+    /// `forwarded_header`: requests from these name the client in that header.
+    pub forwarded_headers: Option<Arc<ForwardedTrust>>,
 }
 
 impl ListenerTrust {
@@ -91,9 +93,21 @@ impl ListenerTrust {
         )?);
         Ok(Self {
             proxy_protocol: l.proxy_protocol.then(|| trusted.clone()),
-            forwarded_headers: l.forwarded_headers.then_some(trusted),
+            forwarded_headers: l.forwarded_header.map(|header| {
+                Arc::new(ForwardedTrust {
+                    header,
+                    proxies: trusted,
+                })
+            }),
         })
     }
+}
+
+/// A listener's `forwarded_header` and the `trusted_proxies` it is believed from.
+#[derive(Debug, Clone)]
+pub struct ForwardedTrust {
+    pub header: ForwardedHeader,
+    pub proxies: Arc<TrustedProxies>,
 }
 
 /// A listener's `trusted_proxies`: the load balancers whose word about the client is taken.
@@ -117,36 +131,40 @@ impl TrustedProxies {
     }
 }
 
-/// The client named by `Forwarded` (its `for=` values) or, without it, by
-/// `X-Forwarded-For`: the right-most address that is not a trusted proxy (every proxy
-/// appends the address it saw). When all are trusted, the left-most. `None` when the
-/// headers are absent or the walk meets a value that is not an address (`unknown`,
-/// obfuscated names, garbage): then the load balancer's own address is kept.
-pub fn forwarded_client(headers: &HeaderMap, trusted: &TrustedProxies) -> Option<SocketAddr> {
-    let forwarded: Vec<&str> = headers
-        .get_all("forwarded")
+/// The client that `header` names: the right-most address that is not a trusted proxy
+/// (each proxy appends the address it saw, so what a client wrote itself is on the left);
+/// when all are trusted, the left-most. Only `header` is read: a balancer passes on, untouched,
+/// what the client sent in the headers it does not write. `X-Real-IP` is one address that
+/// the balancer sets, so more than one value is refused. `None` when the header is absent,
+/// or the walk meets a value that is not an address (`unknown`, obfuscated names, garbage):
+/// then the load balancer's own address is kept.
+pub fn forwarded_client(
+    headers: &HeaderMap,
+    header: ForwardedHeader,
+    trusted: &TrustedProxies,
+) -> Option<SocketAddr> {
+    let values = headers
+        .get_all(header.name())
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        // An element without `for=` (only `proto=`, say) names no hop: skipped.
-        .filter_map(|element| {
-            element.split(';').find_map(|pair| {
-                let (k, v) = pair.split_once('=')?;
-                k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+        .flat_map(|v| v.split(','));
+    let hops: Vec<&str> = match header {
+        ForwardedHeader::Forwarded => values
+            // An element without `for=` (only `proto=`, say) names no hop: skipped.
+            .filter_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+                })
             })
-        })
-        .collect();
-    let hops: Vec<&str> = if !forwarded.is_empty() {
-        forwarded
-    } else {
-        headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .collect()
+            .collect(),
+        ForwardedHeader::XForwardedFor | ForwardedHeader::XRealIp => {
+            values.map(str::trim).collect()
+        }
     };
+    if header == ForwardedHeader::XRealIp && hops.len() > 1 {
+        return None;
+    }
     let mut leftmost = None;
     for hop in hops.iter().rev() {
         let addr = parse_hop(hop)?;
@@ -267,37 +285,60 @@ mod tests {
     #[test]
     fn right_most_untrusted_address_wins() {
         let t = trusted(&["10.0.0.0/8", "::1"]);
-        let client = |pairs| forwarded_client(&headers(pairs), &t).map(|a| a.to_string());
+        let client =
+            |header, pairs| forwarded_client(&headers(pairs), header, &t).map(|a| a.to_string());
+        let xff = ForwardedHeader::XForwardedFor;
         // A client-supplied spoof on the left is ignored: 198.51.100.7 is what our LB saw.
         assert_eq!(
-            client(&[("x-forwarded-for", "1.2.3.4, 198.51.100.7, 10.1.1.1")]),
+            client(
+                xff,
+                &[("x-forwarded-for", "1.2.3.4, 198.51.100.7, 10.1.1.1")]
+            ),
             Some("198.51.100.7:0".into())
         );
         assert_eq!(
-            client(&[
-                ("x-forwarded-for", "1.2.3.4"),
-                ("x-forwarded-for", "10.0.0.2")
-            ]),
+            client(
+                xff,
+                &[
+                    ("x-forwarded-for", "1.2.3.4"),
+                    ("x-forwarded-for", "10.0.0.2")
+                ]
+            ),
             Some("1.2.3.4:0".into())
         );
         assert_eq!(
-            client(&[("x-forwarded-for", "10.0.0.3, 10.0.0.2")]),
+            client(xff, &[("x-forwarded-for", "10.0.0.3, 10.0.0.2")]),
             Some("10.0.0.3:0".into())
         );
-        assert_eq!(client(&[("x-forwarded-for", "unknown")]), None);
-        assert_eq!(client(&[]), None);
-        // Forwarded wins over X-Forwarded-For, with ports, brackets and quotes.
+        assert_eq!(client(xff, &[("x-forwarded-for", "unknown")]), None);
+        assert_eq!(client(xff, &[]), None);
+        // Only the configured header counts: a client's own `Forwarded` is not read.
+        let both = [
+            ("x-forwarded-for", "9.9.9.9"),
+            (
+                "forwarded",
+                r#"for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711";by=10.0.0.1"#,
+            ),
+            ("forwarded", "For=10.2.3.4"),
+            ("forwarded", "proto=https"),
+            ("x-real-ip", "203.0.113.5"),
+        ];
+        assert_eq!(client(xff, &both), Some("9.9.9.9:0".into()));
         assert_eq!(
-            client(&[
-                ("x-forwarded-for", "9.9.9.9"),
-                (
-                    "forwarded",
-                    r#"for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711";by=10.0.0.1"#
-                ),
-                ("forwarded", "For=10.2.3.4"),
-                ("forwarded", "proto=https"),
-            ]),
+            client(ForwardedHeader::Forwarded, &both),
             Some("[2001:db8:cafe::17]:4711".into())
+        );
+        assert_eq!(
+            client(ForwardedHeader::XRealIp, &both),
+            Some("203.0.113.5:0".into())
+        );
+        // X-Real-IP is one address: a list is not believed.
+        assert_eq!(
+            client(
+                ForwardedHeader::XRealIp,
+                &[("x-real-ip", "1.2.3.4"), ("x-real-ip", "203.0.113.5")]
+            ),
+            None
         );
     }
 

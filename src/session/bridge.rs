@@ -250,7 +250,20 @@ where
             Err(ReadError::Gone(_)) => return FromClient::Gone,
             Err(ReadError::OverBudget) => return FromClient::OverBudget,
         };
-        counters.pacer.spent(frame.payload.len());
+        if matches!(frame.opcode, OpCode::Text | OpCode::Binary) {
+            compressed = ws.compressed();
+        }
+        // The cap counts what the backend receives: a compressed message's inflated bytes,
+        // charged piece by piece as they are written below, anything else as read.
+        let inflates = compressed
+            && counters.inflater.is_some()
+            && matches!(
+                frame.opcode,
+                OpCode::Text | OpCode::Binary | OpCode::Continuation
+            );
+        if !inflates {
+            counters.pacer.spent(frame.payload.len());
+        }
         match frame.opcode {
             OpCode::Ping | OpCode::Pong => {
                 let payload: Box<[u8]> = frame.payload[..].into();
@@ -268,15 +281,13 @@ where
             OpCode::Close => return FromClient::Close(frame.payload[..].into()),
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {}
         }
-        if matches!(frame.opcode, OpCode::Text | OpCode::Binary) {
-            compressed = ws.compressed();
-        }
         if let (true, Some(inflater)) = (compressed, counters.inflater.as_mut()) {
             let mut inflating = inflater.frame(&frame.payload, frame.fin);
             // Sequencing first; then each inflated piece is checked and written before the
             // next is made, so a message is never held whole however far it inflates.
             let mut checked = messages.data_frame(frame.opcode, false, &[]);
             while checked.is_ok() {
+                counters.pacer.ready().await;
                 let chunk = match inflating.next_chunk() {
                     Ok(Some(chunk)) => chunk,
                     Ok(None) => break,
@@ -285,6 +296,7 @@ where
                         break;
                     }
                 };
+                counters.pacer.spent(chunk.len());
                 checked = messages.data_frame(OpCode::Continuation, false, chunk);
                 if checked.is_err() || !backend_alive {
                     continue;

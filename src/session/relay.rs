@@ -370,7 +370,6 @@ async fn pump_hop<R: ReadReady>(
                 return;
             }
             Ok(frame) => {
-                counts.pacer.spent(frame.payload.len());
                 if matches!(frame.opcode, OpCode::Text | OpCode::Binary) {
                     compressed = ws.compressed();
                 }
@@ -378,6 +377,11 @@ async fn pump_hop<R: ReadReady>(
                     frame.opcode,
                     OpCode::Text | OpCode::Binary | OpCode::Continuation
                 );
+                // The cap counts message data as it is, not as it travels: a compressed
+                // frame is charged its inflated bytes (in `relay_compressed`).
+                if !(compressed && data && counts.inflater.is_some()) {
+                    counts.pacer.spent(frame.payload.len());
+                }
                 if let (true, true, Some(inflater)) = (compressed, data, counts.inflater.as_mut()) {
                     let as_is = counts.as_is;
                     let relayed = relay_compressed(
@@ -387,6 +391,7 @@ async fn pump_hop<R: ReadReady>(
                         &mut messages,
                         relay,
                         &counts.held,
+                        &mut counts.pacer,
                     );
                     match relayed.await {
                         Ok((ends_message, n)) => {
@@ -503,13 +508,20 @@ async fn relay_compressed(
     messages: &mut MessageCheck,
     relay: &mpsc::Sender<Relayed>,
     held: &Held,
+    pacer: &mut Pacer,
 ) -> Result<(bool, u64), Violation> {
     let mut inflating = inflater.frame(&frame.payload, frame.fin);
     let mut opcode = frame.opcode;
     let (mut n, mut inflated) = (0u64, 0u64);
     let mut delivering = true;
     messages.data_frame(opcode, false, &[])?;
-    while let Some(chunk) = inflating.next_chunk()? {
+    loop {
+        // Paced piece by piece: one small compressed frame may inflate to a large message.
+        pacer.ready().await;
+        let Some(chunk) = inflating.next_chunk()? else {
+            break;
+        };
+        pacer.spent(chunk.len());
         messages.data_frame(OpCode::Continuation, false, chunk)?;
         inflated += chunk.len() as u64;
         if as_is || !delivering {

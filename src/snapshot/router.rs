@@ -7,57 +7,101 @@ use super::route::Route;
 use crate::error::RejectError;
 
 /// The path rules, checked before routing: a path the router matches is the path a backend
-/// gets, with nothing for a backend to resolve differently. Refused with 400 (not rewritten):
-/// dot-segments (`.` and `..`, with any of their dots written `%2e` or `%2E`), empty segments
-/// (`//`, a trailing `/` excepted) and encoded slashes or backslashes (`%2f`, `%5c`, any case)
-/// anywhere in a segment. Browsers and URL libraries resolve dot-segments before they send,
-/// so only crafted requests hold them.
+/// gets, with nothing for a backend to resolve, decode or strip into another route's path.
+/// Refused with 400 (not rewritten):
+/// - dot-segments (`.`, `..`) and empty segments (`//`, a trailing `/` excepted);
+/// - a backslash, plain or `%5C` (WHATWG URL parsers read `\` as `/`);
+/// - a semicolon, plain or `%3B` (Tomcat and Spring strip `;` path parameters: `/..;/` is `/../`);
+/// - a percent-encoded slash (`%2F`);
+/// - a percent-encoded unreserved character (`%61` for `a`, `%2E` for `.`: RFC 3986 §6.2.2.2
+///   makes `/%61dmin` the path `/admin`, so routing on the raw bytes would miss its route);
+/// - an encoded percent sign before two hex digits (`%252e`, decoded twice by some stacks);
+/// - an encoded control character (`%00`–`%1F`, `%7F`);
+/// - escapes that do not decode to UTF-8, such as overlong forms (`%C0%AE` for `.`).
+///
+/// Browsers and URL libraries resolve dot-segments and never encode unreserved characters,
+/// so only crafted requests hold these. Escapes that remain (`%20`, `%C3%A9`, `%25`) name
+/// characters that cannot be confused with the path's structure; they are passed on undecoded.
 pub fn check_path(path: &str) -> Result<(), RejectError> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err(RejectError::BadPath("the path must start with /"));
     };
+    if path.contains('\\') {
+        return Err(RejectError::BadPath("the path holds a backslash"));
+    }
+    if path.contains(';') {
+        return Err(RejectError::BadPath(
+            "the path holds a semicolon (path parameters are not accepted)",
+        ));
+    }
+    check_escapes(path)?;
     let mut segments = rest.split('/').peekable();
     while let Some(segment) = segments.next() {
         if segment.is_empty() && segments.peek().is_some() {
             return Err(RejectError::BadPath("the path holds an empty segment (//)"));
         }
-        if has_escape(segment, "2f") || has_escape(segment, "5c") {
+        if segment == "." || segment == ".." {
             return Err(RejectError::BadPath(
-                "the path holds an encoded slash or backslash (%2F, %5C)",
-            ));
-        }
-        if is_dot_segment(segment) {
-            return Err(RejectError::BadPath(
-                "the path holds a dot-segment (. or .., plain or percent-encoded)",
+                "the path holds a dot-segment (. or ..)",
             ));
         }
     }
     Ok(())
 }
 
-/// `%` followed by `hex` (two lower-case hex digits), in any case.
-fn has_escape(segment: &str, hex: &str) -> bool {
-    segment
-        .as_bytes()
-        .windows(3)
-        .any(|w| w[0] == b'%' && w[1..].eq_ignore_ascii_case(hex.as_bytes()))
+/// The percent-escape rules of [`check_path`]: each `%XX` is decoded once, and the decoded
+/// bytes must be UTF-8 (so no overlong form) with no escape that a backend could decode into
+/// the path's structure or into another route's name.
+fn check_escapes(path: &str) -> Result<(), RejectError> {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let Some(byte) = escape_at(bytes, i) else {
+            decoded.push(bytes[i]);
+            i += 1;
+            continue;
+        };
+        let reason = match byte {
+            b'/' => Some("the path holds an encoded slash (%2F)"),
+            b'\\' => Some("the path holds an encoded backslash (%5C)"),
+            b';' => Some("the path holds an encoded semicolon (%3B)"),
+            b'%' if is_hex_pair(bytes, i + 3) => {
+                Some("the path holds a double-encoded escape (%25 before two hex digits)")
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => {
+                Some("the path holds a percent-encoded unreserved character (such as %61 or %2E)")
+            }
+            b if b.is_ascii_control() => Some("the path holds an encoded control character"),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            return Err(RejectError::BadPath(reason));
+        }
+        decoded.push(byte);
+        i += 3;
+    }
+    if std::str::from_utf8(&decoded).is_err() {
+        return Err(RejectError::BadPath(
+            "the path's percent-escapes do not decode to UTF-8 (overlong or invalid bytes)",
+        ));
+    }
+    Ok(())
 }
 
-/// `.` or `..`, each dot plain or as `%2e` in any case.
-fn is_dot_segment(segment: &str) -> bool {
-    let mut rest = segment.as_bytes();
-    let mut dots = 0;
-    while !rest.is_empty() {
-        if rest[0] == b'.' {
-            rest = &rest[1..];
-        } else if rest.len() >= 3 && rest[0] == b'%' && rest[1..3].eq_ignore_ascii_case(b"2e") {
-            rest = &rest[3..];
-        } else {
-            return false;
-        }
-        dots += 1;
-    }
-    matches!(dots, 1 | 2)
+/// The byte that the escape `%XX` at `i` encodes, if one starts there.
+fn escape_at(bytes: &[u8], i: usize) -> Option<u8> {
+    (bytes.get(i) == Some(&b'%') && is_hex_pair(bytes, i + 1)).then(|| {
+        let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("00");
+        u8::from_str_radix(hex, 16).unwrap_or(0)
+    })
+}
+
+/// Two hex digits at `i`.
+fn is_hex_pair(bytes: &[u8], i: usize) -> bool {
+    bytes
+        .get(i..i + 2)
+        .is_some_and(|p| p.iter().all(u8::is_ascii_hexdigit))
 }
 
 /// The routing table of one config snapshot, sorted once at load.
@@ -156,6 +200,29 @@ mod tests {
             "/a/b%5Cc",
             "*",
             "",
+            // A backslash is a slash to WHATWG URL parsers.
+            "/pub/..\\admin/secret",
+            "/a\\b",
+            // Path parameters: `/..;/` is `/../` to Tomcat and Spring.
+            "/pub/..;/admin/secret",
+            "/admin;x/secret",
+            "/a/%3b/b",
+            // Unreserved characters, percent-encoded: the same path as their plain form.
+            "/%61dmin/secret",
+            "/a/file%2ejs",
+            "/a/%2e%2e%2e",
+            "/a/%7E",
+            "/a/%5f",
+            "/a/%30",
+            // Double encoding, control characters, overlong UTF-8.
+            "/pub/%252e%252e/admin",
+            "/a/%2541",
+            "/a/%00",
+            "/a/%0a",
+            "/a/%7f",
+            "/pub/%c0%ae%c0%ae/admin",
+            "/a/%e0%80%ae",
+            "/a/%ff",
         ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
@@ -165,10 +232,13 @@ mod tests {
             "/a/b",
             "/a/.../b",
             "/a/..b/c.",
-            "/a/file%2ejs",
-            "/a/%2e%2e%2e",
             "/a/%25",
             "/a/%2",
+            "/a/%25zz",
+            "/a/%20b",
+            "/caf%C3%A9",
+            "/a/%3F",
+            "/a/%23",
         ] {
             assert!(check_path(good).is_ok(), "{good}");
         }
