@@ -913,9 +913,12 @@ async fn a_browser_signs_in_at_the_provider_and_its_websocket_works_until_sign_o
     let admin = gw.admin.unwrap();
     assert_eventually!(
         {
+            // `Host` names the admin listener, as a browser on it would.
             let (_, answer) = raw_http(
                 admin,
-                "GET /api/sessions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                &format!(
+                    "GET /api/sessions HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+                ),
             )
             .await;
             let sessions: Value = serde_json::from_str(answer_body(&answer)).unwrap_or(Value::Null);
