@@ -78,12 +78,15 @@ pub enum Refusal {
     /// credential is looked at.
     #[error("too many failed credentials from your address")]
     AuthRateLimited,
+    /// `[udp] max_sessions` reached (a `udp://` session holds a socket): 503.
+    #[error("the gateway is at its UDP session capacity")]
+    UdpFull,
 }
 
 impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
-            Self::OverCapacity | Self::RouteFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::OverCapacity | Self::RouteFull | Self::UdpFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::IpLimit | Self::RateLimited | Self::AuthRateLimited => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -98,6 +101,7 @@ impl Refusal {
             Self::IpLimit => "ip_limit",
             Self::RateLimited => "rate_limited",
             Self::AuthRateLimited => "auth_rate_limited",
+            Self::UdpFull => "udp_full",
         }
     }
 }
@@ -183,6 +187,8 @@ pub mod close_code {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A message type the route does not take (text on a `udp://` route).
+    pub const UNSUPPORTED_DATA: u16 = 1003;
     /// Not sent on the wire: recorded when a peer vanished without a Close.
     pub const ABNORMAL: u16 = 1006;
     pub const INVALID_PAYLOAD: u16 = 1007;

@@ -30,6 +30,10 @@ pub const PROXY_HEADERS_REFUSED_TOTAL: &str = "wsgate_proxy_protocol_refused_tot
 pub const AUTH_FAILURES_TOTAL: &str = "wsgate_auth_failures_total";
 pub const BUILD_INFO: &str = "wsgate_build_info";
 pub const WORKER_SESSIONS_ACTIVE: &str = "wsgate_worker_sessions_active";
+pub const UDP_SESSIONS_ACTIVE: &str = "wsgate_udp_sessions_active";
+pub const UDP_DATAGRAMS_TOTAL: &str = "wsgate_udp_datagrams_total";
+pub const UDP_DROPPED_TOTAL: &str = "wsgate_udp_dropped_total";
+pub const UDP_ICMP_ERRORS_TOTAL: &str = "wsgate_udp_icmp_errors_total";
 
 /// Which HTTP carried a session's handshake: the `protocol` label of
 /// `wsgate_sessions_total` and `wsgate_sessions_active`.
@@ -167,6 +171,63 @@ fn describe() {
         WORKER_SESSIONS_ACTIVE,
         "Per-core mode: WebSocket sessions now bridged on each worker thread"
     );
+    describe_gauge!(
+        UDP_SESSIONS_ACTIVE,
+        "udp:// sessions now open, each holding one UDP socket"
+    );
+    describe_counter!(
+        UDP_DATAGRAMS_TOTAL,
+        "udp:// routes: datagrams delivered, by direction (one per WebSocket message)"
+    );
+    describe_counter!(
+        UDP_DROPPED_TOTAL,
+        "udp:// routes: datagrams dropped, by cause (client_slow, backend_busy, oversize, unreachable, send_error)"
+    );
+    describe_counter!(
+        UDP_ICMP_ERRORS_TOTAL,
+        "udp:// routes: ICMP errors (port unreachable) reported by sessions' sockets"
+    );
+}
+
+/// One `udp://` session's counters (clones of its route's series): datagrams each way,
+/// drops by cause, ICMP errors. Bytes and messages count in [`SessionMetrics`] as on
+/// every route.
+#[derive(Clone)]
+pub struct UdpMetrics {
+    pub to_backend: Counter,
+    pub to_client: Counter,
+    /// The queue towards a client that cannot take more was full.
+    pub dropped_client_slow: Counter,
+    /// The backend socket's send buffer was full.
+    pub dropped_backend_busy: Counter,
+    /// A backend datagram above the route's `max_datagram_bytes`.
+    pub dropped_oversize: Counter,
+    /// A client datagram refused by an ICMP error (nothing listening).
+    pub dropped_unreachable: Counter,
+    /// Any other send failure (the kernel refused the datagram).
+    pub dropped_send_error: Counter,
+    pub icmp_errors: Counter,
+}
+
+impl UdpMetrics {
+    pub fn for_route(route: &str) -> Self {
+        let dropped = |cause: &'static str| counter!(UDP_DROPPED_TOTAL, "route" => route.to_owned(), "cause" => cause);
+        Self {
+            to_backend: counter!(UDP_DATAGRAMS_TOTAL, "route" => route.to_owned(), "direction" => CLIENT_TO_BACKEND),
+            to_client: counter!(UDP_DATAGRAMS_TOTAL, "route" => route.to_owned(), "direction" => BACKEND_TO_CLIENT),
+            dropped_client_slow: dropped("client_slow"),
+            dropped_backend_busy: dropped("backend_busy"),
+            dropped_oversize: dropped("oversize"),
+            dropped_unreachable: dropped("unreachable"),
+            dropped_send_error: dropped("send_error"),
+            icmp_errors: counter!(UDP_ICMP_ERRORS_TOTAL, "route" => route.to_owned()),
+        }
+    }
+}
+
+/// `wsgate_udp_sessions_active`, the process-wide count behind `[udp] max_sessions`.
+pub fn udp_sessions_active() -> Gauge {
+    gauge!(UDP_SESSIONS_ACTIVE)
 }
 
 /// Both reload counters at zero, so a fresh gateway shows them.

@@ -439,7 +439,7 @@ async fn every_backend_url_form_is_in_help_the_url_table_and_the_error() {
     assert!(!table.is_empty(), "no table under ## Backend URLs");
     let (_, _, error) = run_in(
         &repo(),
-        &["config", "--from-flags", "6080", "udp://127.0.0.1:1"],
+        &["config", "--from-flags", "6080", "sctp://127.0.0.1:1"],
     )
     .await;
     for form in forms {

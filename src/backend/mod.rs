@@ -1,4 +1,4 @@
-//! Dialing backends under a timeout (TCP, Unix sockets, WebSocket over TCP or TLS), with
+//! Dialing backends under a timeout (TCP, UDP, Unix sockets, WebSocket over TCP or TLS), with
 //! socket options and an optional PROXY header; pools with health; the built-in echo service.
 
 pub mod pool;
@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,6 +35,9 @@ pub enum Backend {
     Tcp(TcpStream),
     /// Raw bytes over a Unix domain socket.
     Unix(UnixStream),
+    /// Datagrams: a UDP socket connected to the backend, this session's alone, so only the
+    /// backend's replies reach it (`session::udp`).
+    Udp(UdpSocket),
     /// A WebSocket whose handshake completed; `protocol` is the backend's choice.
     WebSocket {
         io: TokioIo<Upgraded>,
@@ -150,6 +153,10 @@ impl Dialer {
                 BackendAddr::Tcp { host, port } => {
                     Backend::Tcp(connect_checked(host, *port, egress, socket).await?)
                 }
+                // ---- udp:// (session::udp): one connected socket per session ----
+                BackendAddr::Udp { host, port } => {
+                    Backend::Udp(connect_udp_checked(host, *port, egress).await?)
+                }
                 BackendAddr::Unix { path } => Backend::Unix(
                     UnixStream::connect(path)
                         .await
@@ -199,7 +206,7 @@ impl Dialer {
                 let written = match &mut backend {
                     Backend::Tcp(s) => s.write_all(&header).await,
                     Backend::Unix(s) => s.write_all(&header).await,
-                    Backend::WebSocket { .. } => Ok(()),
+                    Backend::WebSocket { .. } | Backend::Udp(_) => Ok(()),
                 };
                 written.map_err(RejectError::BackendUnreachable)?;
             }
@@ -231,6 +238,32 @@ async fn connect_checked(
             format!("{host} resolved to no address"),
         ))
     }))
+}
+
+/// A UDP socket of the address's family on an ephemeral port, connected (so the kernel
+/// delivers only that address's datagrams, and ICMP errors surface on it) to the first
+/// address `[egress]` allows. Nothing is sent: a UDP dial cannot tell a live backend.
+async fn connect_udp_checked(
+    host: &str,
+    port: u16,
+    egress: Option<&Egress>,
+) -> Result<UdpSocket, RejectError> {
+    let addrs = targets::resolve_allowed(host, port, egress).await?;
+    let Some(addr) = addrs.into_iter().next() else {
+        return Err(RejectError::BackendUnreachable(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} resolved to no address"),
+        )));
+    };
+    let local: SocketAddr = match addr {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local)
+        .await
+        .map_err(RejectError::BackendUnreachable)?;
+    socket.connect(addr).await.map_err(unreachable_or_refused)?;
+    Ok(socket)
 }
 
 async fn connect(addr: SocketAddr, socket: &SocketOptions) -> Result<TcpStream, RejectError> {

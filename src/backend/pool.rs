@@ -240,7 +240,8 @@ async fn probe(addr: &BackendAddr, timeout: Duration) -> bool {
                 TcpStream::connect((host.as_str(), *port)).await.is_ok()
             }
             BackendAddr::Unix { path } => UnixStream::connect(path).await.is_ok(),
-            BackendAddr::BuiltinEcho => true,
+            // Never pooled (config refuses it); a UDP connect proves nothing anyway.
+            BackendAddr::BuiltinEcho | BackendAddr::Udp { .. } => true,
         }
     };
     tokio::time::timeout(timeout, connect)

@@ -245,6 +245,7 @@ impl QuickMode {
                 worker_threads: self.worker_threads,
             },
             web: self.web.clone().map(|root| WebConfig { root }),
+            udp: Default::default(),
         })
     }
 

@@ -23,7 +23,7 @@ use crate::backend::{Backend, Handshake, ProxyAddrs};
 use crate::config::BackendAddr;
 use crate::error::RejectError;
 use crate::logsafe::Escaped;
-use crate::metrics::{self, Protocol, SessionMetrics};
+use crate::metrics::{self, Protocol, SessionMetrics, UdpMetrics};
 use crate::policy::{access, ClientSource, ConnInfo};
 use crate::session::bridge::{self, BridgeConfig};
 use crate::session::deflate::{HopDeflate, RelayDeflate};
@@ -32,6 +32,7 @@ use crate::session::io::{websocket_halves, ClientStream};
 use crate::session::reader::ReadReady;
 use crate::session::registry::{Registered, SessionEntry, SessionInfo};
 use crate::session::relay::{self, RelayConfig};
+use crate::session::udp::{self, UdpSessionConfig, UdpSlot};
 use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
 
 /// Every answer the gateway writes itself: a short, complete body.
@@ -150,11 +151,31 @@ pub async fn handle(
         Err(e) => return Ok(reject(&req, Some(&route), e)),
     };
 
+    // ---- udp:// (session::udp): a place under `[udp] max_sessions`, and never deflate ----
+    let is_udp = target.as_ref().is_some_and(BackendAddr::is_datagrams);
+    let udp_slot = match is_udp {
+        true => match UdpSlot::take(snapshot.config.udp.max_sessions) {
+            Some(slot) => Some(slot),
+            None => {
+                let e = RejectError::Limited {
+                    reason: crate::error::Refusal::UdpFull,
+                    retry_after_secs: snapshot.config.limits.retry_after_secs.into(),
+                };
+                return Ok(reject(&req, Some(&route), e));
+            }
+        },
+        false => None,
+    };
+    // ---- end udp:// ----
     // permessage-deflate on the client hop: the first acceptable offer, or none.
-    let deflate = route.compression.as_ref().and_then(|policy| {
-        let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
-        extensions::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), policy)
-    });
+    let deflate = route
+        .compression
+        .as_ref()
+        .filter(|_| !is_udp)
+        .and_then(|policy| {
+            let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+            extensions::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), policy)
+        });
 
     // Only a live backend earns a 101: the route's pool in its order (a failed dial tries
     // the next backend), or this session's one target.
@@ -206,8 +227,10 @@ pub async fn handle(
     // A WebSocket backend chose from the client's offer; for a byte backend the route decides.
     let protocol = match &backend {
         Backend::WebSocket { protocol, .. } => protocol.clone(),
-        Backend::Tcp(_) | Backend::Unix(_) => select_subprotocol(&route, offered.iter().copied())
-            .and_then(|p| HeaderValue::from_str(p).ok()),
+        Backend::Tcp(_) | Backend::Unix(_) | Backend::Udp(_) => {
+            select_subprotocol(&route, offered.iter().copied())
+                .and_then(|p| HeaderValue::from_str(p).ok())
+        }
     };
     let (mut response, upgrade) = match PendingUpgrade::accept(&mut req) {
         Ok(pair) => pair,
@@ -244,6 +267,7 @@ pub async fn handle(
             let _permit = permit;
             let _slot = slot;
             let _lease = lease;
+            let _udp_slot = udp_slot;
             let protocol = upgrade.protocol();
             let client = match upgrade.wait().await {
                 Ok(client) => client,
@@ -377,11 +401,18 @@ where
     let client_deflate = deflate
         .zip(route.compression)
         .map(|(a, p)| HopDeflate::server(&a, &p));
+    // udp://: frames above the datagram limit are refused (1009) as they arrive.
+    let max_frame_bytes = match &backend {
+        Backend::Udp(socket) => route
+            .max_frame_bytes
+            .min(udp::datagram_limit(socket, &route.udp)),
+        _ => route.max_frame_bytes,
+    };
     let (mut client_read, client_write) = websocket_halves(
         client_read,
         client_write,
         Role::Server,
-        route.max_frame_bytes,
+        max_frame_bytes,
         &snapshot.frame_budget,
     );
     if client_deflate.is_some() {
@@ -399,6 +430,26 @@ where
         deflate: client_deflate,
     };
     let outcome = match backend {
+        // ---- udp:// (session::udp) ----
+        Backend::Udp(socket) => {
+            let config = UdpSessionConfig {
+                settings: route.udp.clone(),
+                ping_interval: snapshot.ping_interval,
+                pong_timeout: snapshot.pong_timeout,
+                close_grace: snapshot.close_grace,
+            };
+            Box::pin(udp::run(
+                client_read,
+                client_write,
+                socket,
+                &config,
+                &metrics,
+                UdpMetrics::for_route(&route.name),
+                &entry.control,
+                &shared.hard_stop,
+            ))
+            .await
+        }
         Backend::Unix(stream) => {
             let (backend_read, backend_write) = stream.into_split();
             // Boxed: sessions on TCP routes should not carry a second bridge's state.

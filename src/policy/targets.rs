@@ -30,9 +30,9 @@ pub const TOKEN_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 pub enum Target {
     /// The route's `backend`.
     Fixed(BackendAddr),
-    /// A TCP target looked up in a token file.
+    /// A TCP (or `udp://`) target looked up in a token file.
     TokenFile(Arc<TokenFile>),
-    /// A TCP target from this claim of the verified JWT.
+    /// A TCP (or `udp://`) target from this claim of the verified JWT.
     Claim(String),
     /// The route's `backends` pool picks (`backend::pool`), not the policy.
     Pool,
@@ -135,12 +135,20 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// `host:port` or `[v6]:port` from a token file or a claim: always a TCP target.
+/// `host:port` or `[v6]:port` from a token file or a claim: a TCP target; or
+/// `udp://host:port`, a UDP one (the only kind a target may name).
 fn parse_target(text: &str) -> anyhow::Result<BackendAddr> {
-    if text.contains("://") {
-        bail!("{text:?}: expected host:port");
+    let text = text.trim();
+    if let Some(rest) = text.strip_prefix("udp://") {
+        if rest.contains("://") {
+            bail!("{text:?}: expected host:port or udp://host:port");
+        }
+        return BackendAddr::parse(text);
     }
-    BackendAddr::parse(&format!("tcp://{}", text.trim()))
+    if text.contains("://") {
+        bail!("{text:?}: expected host:port or udp://host:port");
+    }
+    BackendAddr::parse(&format!("tcp://{text}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -551,6 +559,11 @@ mod tests {
             "tcp://db.internal:5432"
         );
         assert!(parse_target("ws://h:1").is_err());
+        assert_eq!(
+            parse_target(" udp://[::1]:53").unwrap().to_string(),
+            "udp://[::1]:53"
+        );
+        assert!(parse_target("udp://h").is_err());
         assert!(parse_target("h").is_err());
         assert!(parse_target("h:0").is_err());
     }

@@ -296,6 +296,7 @@ fn compile_route(
             bandwidth_bytes_per_sec: config.bandwidth_bytes_per_sec(r),
         },
         // Ranges were checked by config.
+        udp: config.udp_settings(r),
         compression: (r.compression == CompressionMode::On).then_some(DeflatePolicy {
             server_context_takeover: r.compression_server_context_takeover,
             client_context_takeover: r.compression_client_context_takeover,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::backend::pool::Pool;
-use crate::config::MessageType;
+use crate::config::{MessageType, UdpSettings};
 use crate::policy::{Access, Target};
 use crate::session::extensions::DeflatePolicy;
 
@@ -46,6 +46,8 @@ pub struct Route {
     pub limits: RouteLimits,
     /// permessage-deflate on the client hop; `None`: offers are declined.
     pub compression: Option<DeflatePolicy>,
+    /// `udp://` sessions: `[route.udp]` resolved (the defaults on other routes).
+    pub udp: UdpSettings,
 }
 
 impl Route {
@@ -111,6 +113,7 @@ impl Route {
             access: Access::default(),
             limits: Default::default(),
             compression: None,
+            udp: UdpSettings::default(),
         }
     }
 }
