@@ -30,6 +30,10 @@ pub enum RejectError {
     BackendRejected(StatusCode),
     #[error("backend handshake failed")]
     BackendHandshake(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The process ran out of file descriptors dialing the backend: load shed, not the
+    /// backend's fault (it is not ejected from its pool).
+    #[error("the gateway is out of file descriptors")]
+    NoDescriptors(#[source] std::io::Error),
     #[error("gateway is shutting down")]
     ShuttingDown,
     /// An operator drained the route (admin API): no new sessions until it is reopened.
@@ -118,7 +122,9 @@ impl RejectError {
             | Self::BackendRejected(_)
             | Self::BackendHandshake(_) => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::ShuttingDown | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::Draining | Self::NoDescriptors(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Origin | Self::Forbidden(_) | Self::EgressDenied(_) => StatusCode::FORBIDDEN,
             Self::UnknownToken => StatusCode::NOT_FOUND,
@@ -139,6 +145,7 @@ impl RejectError {
             Self::BackendTimeout => "backend_timeout",
             Self::BackendRejected(_) => "backend_rejected",
             Self::BackendHandshake(_) => "backend_handshake",
+            Self::NoDescriptors(_) => "no_descriptors",
             Self::ShuttingDown => "shutting_down",
             Self::Draining => "draining",
             Self::Origin => "origin",
@@ -156,6 +163,7 @@ impl RejectError {
             Self::Limited {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
+            Self::NoDescriptors(_) => Some(1),
             _ => None,
         }
     }

@@ -27,7 +27,7 @@ use crate::ops::admin;
 use crate::ops::api::{redact, ApiSettings, OpsApi, RouteSummary};
 use crate::ops::reload::{self, config_hash, Applied, Apply, ReloadHandle, ReloadRequests};
 use crate::policy::access::decode_sha256_hex;
-use crate::policy::UPKEEP_INTERVAL;
+use crate::policy::{descriptors, UPKEEP_INTERVAL};
 use crate::session::registry::Registry;
 use crate::snapshot::{ListenerKey, Snapshot};
 
@@ -136,6 +136,8 @@ impl Gateway {
         // Before the snapshot: pools register their gauges when built, and a handle taken
         // before the recorder exists would be a no-op forever.
         metrics::install();
+        // Before the snapshot: its session cap is what the descriptor limit leaves.
+        descriptors::init();
         let echo = if Snapshot::needs_echo(&config) {
             Some(
                 bind_echo_service()
@@ -230,7 +232,30 @@ impl Gateway {
         // Active health checks, one task per pool that has them; each also ends when a
         // reload drops its pool.
         spawn_checks(&snapshot, None, &aux, &aux_stop);
-        let permits = Arc::new(Semaphore::new(snapshot.config.max_connections));
+        let fit = descriptors::fit(&snapshot.config.limits);
+        if fit.lowered {
+            warn!(
+                event = "start",
+                nofile = descriptors::limit(),
+                reserved = descriptors::RESERVED,
+                max_connections = snapshot.config.max_connections,
+                max_sessions = snapshot.config.limits.max_sessions,
+                connections = fit.connections,
+                sessions = fit.sessions,
+                "the descriptor limit (RLIMIT_NOFILE) cannot hold max_connections and a backend \
+                 socket per session: serving fewer; raise LimitNOFILE (ulimit -n) to at least \
+                 max_connections + sessions + reserved"
+            );
+        } else if let Some(nofile) = descriptors::limit() {
+            info!(
+                event = "start",
+                nofile,
+                connections = fit.connections,
+                sessions = fit.sessions,
+                "descriptor budget"
+            );
+        }
+        let permits = Arc::new(Semaphore::new(fit.connections));
         let initial = Applied {
             hash: self.hash,
             files: self.source.watched_files(&snapshot.config),

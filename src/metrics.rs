@@ -34,6 +34,16 @@ pub const UDP_SESSIONS_ACTIVE: &str = "wsgate_udp_sessions_active";
 pub const UDP_DATAGRAMS_TOTAL: &str = "wsgate_udp_datagrams_total";
 pub const UDP_DROPPED_TOTAL: &str = "wsgate_udp_dropped_total";
 pub const UDP_ICMP_ERRORS_TOTAL: &str = "wsgate_udp_icmp_errors_total";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "wsgate_connections_refused_total";
+pub const CONNECTION_TIMEOUTS_TOTAL: &str = "wsgate_connection_timeouts_total";
+pub const DESCRIPTORS_EXHAUSTED_TOTAL: &str = "wsgate_descriptors_exhausted_total";
+
+/// `reason` values of `wsgate_connections_refused_total`.
+const CONNECTION_REFUSALS: &[&str] = &["ip_limit"];
+/// `phase` values of `wsgate_connection_timeouts_total`.
+const CONNECTION_TIMEOUT_PHASES: &[&str] = &["first_request", "idle"];
+/// `stage` values of `wsgate_descriptors_exhausted_total`.
+const DESCRIPTOR_STAGES: &[&str] = &["accept", "admin_accept", "backend"];
 
 /// Which HTTP carried a session's handshake: the `protocol` label of
 /// `wsgate_sessions_total` and `wsgate_sessions_active`.
@@ -187,6 +197,28 @@ fn describe() {
         UDP_ICMP_ERRORS_TOTAL,
         "udp:// routes: ICMP errors (port unreachable) reported by sessions' sockets"
     );
+    describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        "Client connections closed right after accept, by reason (ip_limit: max_connections_per_ip)"
+    );
+    describe_counter!(
+        CONNECTION_TIMEOUTS_TOTAL,
+        "HTTP/2 connections sent GOAWAY for having nothing open, by phase (first_request, idle)"
+    );
+    describe_counter!(
+        DESCRIPTORS_EXHAUSTED_TOTAL,
+        "Times the process ran out of file descriptors, by stage (accept, admin_accept, backend)"
+    );
+    // Known label sets at zero, so the first event shows as an increase.
+    for reason in CONNECTION_REFUSALS {
+        counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => *reason).increment(0);
+    }
+    for phase in CONNECTION_TIMEOUT_PHASES {
+        counter!(CONNECTION_TIMEOUTS_TOTAL, "phase" => *phase).increment(0);
+    }
+    for stage in DESCRIPTOR_STAGES {
+        counter!(DESCRIPTORS_EXHAUSTED_TOTAL, "stage" => *stage).increment(0);
+    }
 }
 
 /// One `udp://` session's counters (clones of its route's series): datagrams each way,
@@ -228,6 +260,21 @@ impl UdpMetrics {
 /// `wsgate_udp_sessions_active`, the process-wide count behind `[udp] max_sessions`.
 pub fn udp_sessions_active() -> Gauge {
     gauge!(UDP_SESSIONS_ACTIVE)
+}
+
+/// A connection closed after accept: `reason` is `ip_limit`.
+pub fn connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// An HTTP/2 connection with nothing open got GOAWAY: `phase` is `first_request` or `idle`.
+pub fn connection_timed_out(phase: &'static str) {
+    counter!(CONNECTION_TIMEOUTS_TOTAL, "phase" => phase).increment(1);
+}
+
+/// The process had no file descriptor left: `stage` is `accept`, `admin_accept` or `backend`.
+pub fn descriptors_exhausted(stage: &'static str) {
+    counter!(DESCRIPTORS_EXHAUSTED_TOTAL, "stage" => stage).increment(1);
 }
 
 /// Both reload counters at zero, so a fresh gateway shows them.

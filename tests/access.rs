@@ -33,10 +33,6 @@ fn toml_path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
 }
 
-fn rejections(route: &str, reason: &str) -> String {
-    format!(r#"wsgate_upgrade_rejections_total{{route="{route}",reason="{reason}"}}"#)
-}
-
 /// Write `contents` to `dir/name`.
 fn write(dir: &TempDir, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
     let path = dir.path().join(name);

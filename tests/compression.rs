@@ -6,12 +6,9 @@
 
 mod support;
 
-use std::io::Write as _;
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use wsgate::ops::reload::Trigger;
 
 const OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
@@ -407,65 +404,22 @@ async def main():
 asyncio.run(main())
 "#;
 
-/// The Python that runs the `websockets` backend: `WSGATE_PYTHON` when set (CI sets it, and
-/// then it must work), else `python3` if it can import `websockets`, else none.
-fn python_with_websockets() -> Option<String> {
-    let (python, required) = match std::env::var("WSGATE_PYTHON") {
-        Ok(p) if !p.is_empty() => (p, true),
-        _ => ("python3".to_owned(), false),
-    };
-    let works = std::process::Command::new(&python)
-        .args(["-c", "import websockets"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        works || !required,
-        "WSGATE_PYTHON={python} cannot import websockets"
-    );
-    works.then_some(python)
-}
-
 /// Through a Python `websockets` backend, with its compression on (both hops agree: frames
 /// pass through) and off (the gateway inflates and recompresses): echoes come back intact
 /// and compressed, and the backend reports what its hop negotiated.
 #[tokio::test]
 async fn ws_route_to_python_websockets_with_and_without_compression() {
-    let Some(python) = python_with_websockets() else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED ws_route_to_python_websockets_with_and_without_compression: no python3 \
-             with the `websockets` module (pip install websockets, or set WSGATE_PYTHON)"
-        );
+    let Some(python) = python_with_websockets_or_skip(
+        "ws_route_to_python_websockets_with_and_without_compression",
+    ) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("echo.py");
-    std::fs::write(&script, PYTHON_ECHO).unwrap();
     for (mode, backend_ext) in [("on", "permessage-deflate"), ("off", "none")] {
-        let mut child = tokio::process::Command::new(&python)
-            .arg(&script)
-            .arg(mode)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python starts");
-        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-        let port: u16 = tokio::time::timeout(Duration::from_secs(10), out.next_line())
-            .await
-            .expect("the backend prints in time")
-            .unwrap()
-            .expect("the backend runs")
-            .parse()
-            .expect("the port");
+        let mut peer = PythonPeer::start(&python, PYTHON_ECHO, &[mode]);
+        let port = peer.port().await;
         let gw = spawn_gateway(&two_routes(&format!("ws://127.0.0.1:{port}/"), "")).await;
         let (mut ws, _) = raw_ws_client_with(gw.addr, "/z", OFFER).await;
-        let seen = tokio::time::timeout(Duration::from_secs(10), out.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let seen = peer.next_line().await;
         assert!(
             seen.starts_with(&format!("extensions {backend_ext}")),
             "{mode}: {seen}"
@@ -501,6 +455,6 @@ async fn ws_route_to_python_websockets_with_and_without_compression() {
         .await;
         assert_eq!(ws.expect_close().await.0, 1000);
         gw.stop().await.unwrap();
-        child.kill().await.unwrap();
+        peer.kill().await;
     }
 }

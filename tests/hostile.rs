@@ -3,7 +3,7 @@
 //!
 //! One class lives elsewhere: a client that stops reading. Its session ends at the keepalive
 //! stall limit and the gateway's buffering stays bounded; see tests/bridge.rs,
-//! `keepalive_ends_a_session_whose_client_stops_reading_under_load` and
+//! `keepalive_ends_a_session_whose_client_stops_reading_under_load`, and tests/backend_kinds.rs,
 //! `slow_reader_bounds_buffering_and_loses_nothing`.
 //!
 //! Loopback only, bounded in count and time, no timing assertions: timeouts are set small and
@@ -36,17 +36,6 @@ const RSV3: u8 = 0x10;
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-/// A gateway with one route `/` named `name` to a TCP echo backend, plus `extra` TOML
-/// (`[timeouts]`, `[limits]`).
-async fn echo_gateway(name: &str, extra: &str) -> TestGateway {
-    let echo = tcp_echo_backend().await;
-    spawn_gateway(&config_with(&format!(
-        "{}\n{extra}\n",
-        route(name, "/", &format!("tcp://{echo}"))
-    )))
-    .await
-}
-
 /// A normal client still gets its bytes echoed and a clean close.
 async fn assert_still_serves(gw: &TestGateway) {
     let mut ws = ws_client(&gw.url("/")).await;
@@ -69,30 +58,9 @@ async fn close_for(gw: &TestGateway, bytes: &[u8]) -> (u16, String) {
     close
 }
 
-/// Read until the server ends the connection (EOF or reset), at most `limit`.
-async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
-    let mut got = Vec::new();
-    tokio::time::timeout(limit, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .expect("the server ended the connection in time");
-    got
-}
-
 /// The one-line head of a raw HTTP answer, and its body.
 fn status_line(answer: &str) -> &str {
     answer.lines().next().unwrap_or_default()
-}
-
-fn body(answer: &str) -> &str {
-    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }
 
 /// A `/proc/self/status` figure in KiB (`VmRSS`).
@@ -154,7 +122,7 @@ async fn malformed_http_gets_hypers_400_and_the_connection_closes() {
             answer.to_ascii_lowercase().contains("connection: close"),
             "{answer}"
         );
-        assert_eq!(body(&answer), "", "{garbage:?}");
+        assert_eq!(answer_body(&answer), "", "{garbage:?}");
         assert_still_serves(&gw).await;
     }
     gw.stop().await.unwrap();
@@ -233,7 +201,7 @@ async fn bad_or_missing_key_is_400_and_a_wrong_version_is_426() {
     ] {
         let (got, answer) = raw_http(gw.addr, &req).await;
         assert_eq!(got, status, "{req:?}: {answer}");
-        assert_eq!(body(&answer), format!("{reason}\n"), "{req:?}");
+        assert_eq!(answer_body(&answer), format!("{reason}\n"), "{req:?}");
         if status == 426 {
             assert!(answer
                 .to_ascii_lowercase()
@@ -610,7 +578,7 @@ async fn many_connections_announcing_huge_frames_commit_little_memory() {
     const ANNOUNCED: u64 = 16 << 20;
     let gw = echo_gateway(
         "hostile_announced",
-        "[limits]\nmax_frame_bytes = 16777216\n",
+        "[limits]\nmax_frame_bytes = 16777216\nmax_connections_per_ip = 0\n",
     )
     .await;
     let (data_before, rss_before) = (proc_status_kib("VmData"), proc_status_kib("VmRSS"));
@@ -782,7 +750,7 @@ async fn thousands_of_idle_connections_are_bounded_and_cut_at_the_header_timeout
     let gw = echo_gateway(
         "hostile_idle_flood",
         &format!(
-            "[timeouts]\nheader_read_secs = 8\n[limits]\nmax_connections = {}\n",
+            "[timeouts]\nheader_read_secs = 8\n[limits]\nmax_connections = {}\nmax_connections_per_ip = 0\n",
             n + 50
         ),
     )
@@ -832,7 +800,7 @@ async fn idle_connections_beyond_max_connections_wait_in_the_backlog() {
     const IDLE: usize = 60;
     let gw = echo_gateway(
         "hostile_idle_backlog",
-        &format!("[timeouts]\nheader_read_secs = 1\n[limits]\nmax_connections = {MAX}\n"),
+        &format!("[timeouts]\nheader_read_secs = 1\n[limits]\nmax_connections = {MAX}\nmax_connections_per_ip = 0\n"),
     )
     .await;
     let base = connections_active(&gw).await;

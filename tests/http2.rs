@@ -212,11 +212,11 @@ async fn close_normally(ws: &mut H2Ws) {
     assert_eq!(close_code(ws).await, 1000);
 }
 
-fn sessions(route: &str, protocol: &str) -> String {
+fn sessions_over(route: &str, protocol: &str) -> String {
     format!("wsgate_sessions_total{{route=\"{route}\",protocol=\"{protocol}\"}}")
 }
 
-fn active(route: &str, protocol: &str) -> String {
+fn active_over(route: &str, protocol: &str) -> String {
     format!("wsgate_sessions_active{{route=\"{route}\",protocol=\"{protocol}\"}}")
 }
 
@@ -244,7 +244,7 @@ async fn h2_websocket_to_a_tcp_echo_beside_http1_wss_on_the_same_listener() {
     );
     let mut ws = ws.unwrap();
     echoes(&mut ws, &pattern(0, 100_000)).await;
-    expect_metric(admin, &active("h2_tcp", "h2"), 1.0).await;
+    expect_metric(admin, &active_over("h2_tcp", "h2"), 1.0).await;
 
     // HTTP/1.1 wss on the same listener, for a client that offers only http/1.1.
     let (mut ws1, resp) = tokio_tungstenite::connect_async_tls_with_config(
@@ -259,18 +259,18 @@ async fn h2_websocket_to_a_tcp_echo_beside_http1_wss_on_the_same_listener() {
     assert_echoes(&mut ws1, b"over http/1.1").await;
     let page = scrape(admin).await;
     assert_eq!(
-        metric(&page, &sessions("h2_tcp", "h2")),
+        metric(&page, &sessions_over("h2_tcp", "h2")),
         Some(1.0),
         "{page}"
     );
-    assert_eq!(metric(&page, &sessions("h2_tcp", "http1")), Some(1.0));
+    assert_eq!(metric(&page, &sessions_over("h2_tcp", "http1")), Some(1.0));
     assert_eq!(
         metric(&page, "wsgate_sessions_total{route=\"h2_tcp\"}"),
         Some(2.0)
     );
 
     close_normally(&mut ws).await;
-    expect_metric(admin, &active("h2_tcp", "h2"), 0.0).await;
+    expect_metric(admin, &active_over("h2_tcp", "h2"), 0.0).await;
     let page = scrape(admin).await;
     assert_eq!(
         metric(&page, "wsgate_closes_total{route=\"h2_tcp\",code=\"1000\"}"),
@@ -492,13 +492,13 @@ async fn a_reset_stream_ends_only_its_session() {
     let mut keep = h2.open("/").await;
     let mut gone = h2.open("/").await;
     echoes(&mut gone, b"before the reset").await;
-    expect_metric(admin, &active("h2_reset", "h2"), 2.0).await;
+    expect_metric(admin, &active_over("h2_reset", "h2"), 2.0).await;
     // Dropping both halves of the stream sends RST_STREAM(CANCEL).
     drop(gone);
-    expect_metric(admin, &active("h2_reset", "h2"), 1.0).await;
+    expect_metric(admin, &active_over("h2_reset", "h2"), 1.0).await;
     echoes(&mut keep, b"still here").await;
     close_normally(&mut keep).await;
-    expect_metric(admin, &active("h2_reset", "h2"), 0.0).await;
+    expect_metric(admin, &active_over("h2_reset", "h2"), 0.0).await;
     gw.stop().await.unwrap();
 }
 
@@ -554,8 +554,8 @@ async fn h2c_with_prior_knowledge_beside_http1_on_a_plain_listener() {
     let mut ws1 = ws_client(&gw.url("/")).await;
     assert_echoes(&mut ws1, b"over http/1.1").await;
     let page = scrape(gw.admin.unwrap()).await;
-    assert_eq!(metric(&page, &sessions("h2c", "h2")), Some(1.0));
-    assert_eq!(metric(&page, &sessions("h2c", "http1")), Some(1.0));
+    assert_eq!(metric(&page, &sessions_over("h2c", "h2")), Some(1.0));
+    assert_eq!(metric(&page, &sessions_over("h2c", "http1")), Some(1.0));
     close_normally(&mut ws).await;
     drop(ws1);
     gw.stop().await.unwrap();
@@ -669,11 +669,14 @@ async fn reload_switches_http2_and_its_limits_for_new_connections_only() {
 
     let page = scrape(admin).await;
     assert_eq!(
-        metric(&page, &sessions("h2_reload", "h2")),
+        metric(&page, &sessions_over("h2_reload", "h2")),
         Some(5.0),
         "{page}"
     );
-    assert_eq!(metric(&page, &sessions("h2_reload", "http1")), Some(1.0));
+    assert_eq!(
+        metric(&page, &sessions_over("h2_reload", "http1")),
+        Some(1.0)
+    );
     for ws in [&mut live, &mut second, &mut third, &mut next] {
         close_normally(ws).await;
     }

@@ -70,23 +70,6 @@ async fn close(mut ws: WsClient) {
     finish_close(&mut ws).await;
 }
 
-async fn echo_round_trip(ws: &mut WsClient) {
-    send_binary(ws, b"ping").await;
-    assert_eq!(read_bytes(ws, 4).await, b"ping");
-}
-
-fn rejections(route: &str, reason: &str) -> String {
-    format!("wsgate_upgrade_rejections_total{{route=\"{route}\",reason=\"{reason}\"}}")
-}
-
-/// The header `name` of a raw HTTP answer.
-fn header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
-    answer.split("\r\n\r\n").next()?.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
 // ---- Session caps --------------------------------------------------------------------------
 
 #[tokio::test]
@@ -104,7 +87,7 @@ async fn global_cap_is_503_with_retry_after_until_a_session_ends() {
     // Full on every route: the exact answer, with Retry-After and a reason in the body.
     let (status, answer) = raw_http(gw.addr, &upgrade_request("/a", "")).await;
     assert_eq!(status, 503, "{answer}");
-    assert_eq!(header(&answer, "retry-after"), Some("7"), "{answer}");
+    assert_eq!(answer_header(&answer, "retry-after"), Some("7"), "{answer}");
     assert!(
         answer.ends_with("\r\n\r\nthe gateway is at capacity\n"),
         "{answer}"
@@ -114,11 +97,11 @@ async fn global_cap_is_503_with_retry_after_until_a_session_ends() {
         Some((503, Some("7".into())))
     );
     // Sessions already admitted are untouched.
-    echo_round_trip(&mut first).await;
+    assert_echoes(&mut first, b"ping").await;
     // One ends: its slot is free again.
     close(second).await;
     let mut third = admitted(try_ws(&gw.url("/b")).await);
-    echo_round_trip(&mut third).await;
+    assert_echoes(&mut third, b"ping").await;
     let admin = gw.admin.unwrap();
     expect_metric(admin, &rejections("cap_a", "over_capacity"), 1.0).await;
     expect_metric(admin, &rejections("cap_b", "over_capacity"), 1.0).await;
@@ -157,7 +140,7 @@ async fn route_cap_is_503_and_other_routes_still_serve() {
         try_ws(&gw.url("/default")).await.err().map(|e| e.0),
         Some(503)
     );
-    echo_round_trip(&mut open[0]).await;
+    assert_echoes(&mut open[0], b"ping").await;
     let admin = gw.admin.unwrap();
     expect_metric(admin, &rejections("route_cap_full", "route_full"), 1.0).await;
     expect_metric(admin, &rejections("route_cap_default", "route_full"), 1.0).await;
@@ -179,7 +162,7 @@ async fn per_address_cap_is_429_and_other_addresses_still_serve() {
     let a2 = admitted(try_ws_from([127, 0, 0, 1], gw.addr, "/").await);
     let (status, answer) = raw_http(gw.addr, &upgrade_request("/", "")).await;
     assert_eq!(status, 429, "{answer}");
-    assert_eq!(header(&answer, "retry-after"), Some("3"), "{answer}");
+    assert_eq!(answer_header(&answer, "retry-after"), Some("3"), "{answer}");
     assert!(
         answer.ends_with("\r\n\r\ntoo many sessions from your address\n"),
         "{answer}"
@@ -191,7 +174,7 @@ async fn per_address_cap_is_429_and_other_addresses_still_serve() {
         try_ws_from([127, 0, 0, 2], gw.addr, "/").await.err(),
         Some((429, Some("3".into())))
     );
-    echo_round_trip(&mut b1).await;
+    assert_echoes(&mut b1, b"ping").await;
     close(a1).await;
     let a3 = admitted(try_ws_from([127, 0, 0, 1], gw.addr, "/").await);
     expect_metric(gw.admin.unwrap(), &rejections("ip_cap", "ip_limit"), 2.0).await;
@@ -229,7 +212,7 @@ async fn handshake_rate_is_429_with_the_wait_in_retry_after() {
     );
     // Other addresses are not affected.
     let mut other = admitted(try_ws_from([127, 0, 0, 4], gw.addr, "/").await);
-    echo_round_trip(&mut other).await;
+    assert_echoes(&mut other, b"ping").await;
     close(other).await;
     expect_metric(gw.admin.unwrap(), &rejections("rate", "rate_limited"), 2.0).await;
     gw.stop().await.unwrap();
@@ -249,7 +232,7 @@ async fn a_failed_dial_gives_its_slot_back() {
         assert_eq!(try_ws(&gw.url("/dead")).await.err().map(|e| e.0), Some(502));
     }
     let mut ws = admitted(try_ws(&gw.url("/live")).await);
-    echo_round_trip(&mut ws).await;
+    assert_echoes(&mut ws, b"ping").await;
     close(ws).await;
     gw.stop().await.unwrap();
 }

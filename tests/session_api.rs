@@ -6,7 +6,7 @@ mod support;
 
 use support::*;
 
-async fn echo_gateway(extra: &str) -> (TestGateway, std::net::SocketAddr) {
+async fn echo_route_gateway(extra: &str) -> (TestGateway, std::net::SocketAddr) {
     let echo = tcp_echo_backend().await;
     let gw = spawn_gateway(&config_with(&format!(
         "{extra}\n{}",
@@ -19,7 +19,7 @@ async fn echo_gateway(extra: &str) -> (TestGateway, std::net::SocketAddr) {
 
 #[tokio::test]
 async fn sessions_are_listed_with_their_route_client_and_bytes() {
-    let (gw, admin) = echo_gateway("").await;
+    let (gw, admin) = echo_route_gateway("").await;
     let mut ws = ws_client(&gw.url("/echo")).await;
     assert_echoes(&mut ws, b"twelve bytes").await;
     let local = match ws.get_ref() {
@@ -55,7 +55,7 @@ async fn sessions_are_listed_with_their_route_client_and_bytes() {
 
 #[tokio::test]
 async fn sessions_page_by_id() {
-    let (gw, admin) = echo_gateway("").await;
+    let (gw, admin) = echo_route_gateway("").await;
     let mut clients = Vec::new();
     for _ in 0..3 {
         clients.push(ws_client(&gw.url("/echo")).await);
@@ -73,7 +73,7 @@ async fn sessions_page_by_id() {
 
 #[tokio::test]
 async fn delete_closes_a_session_with_the_code_asked_for_or_1008() {
-    let (gw, admin) = echo_gateway("").await;
+    let (gw, admin) = echo_route_gateway("").await;
     for (query, code) in [("?code=4001", 4001), ("", 1008)] {
         let mut ws = ws_client(&gw.url("/echo")).await;
         assert_echoes(&mut ws, b"hi").await;
@@ -160,7 +160,7 @@ async fn backend_health_follows_the_handshakes() {
 
 #[tokio::test]
 async fn unknown_sessions_routes_and_bad_codes_are_refused() {
-    let (gw, admin) = echo_gateway("").await;
+    let (gw, admin) = echo_route_gateway("").await;
     for (method, path, want) in [
         ("GET", "/api/sessions/999", 404),
         ("DELETE", "/api/sessions/999", 404),
@@ -200,7 +200,7 @@ async fn unknown_sessions_routes_and_bad_codes_are_refused() {
 
 #[tokio::test]
 async fn a_drained_route_refuses_new_sessions_and_closes_live_ones_with_1001() {
-    let (gw, admin) = echo_gateway("").await;
+    let (gw, admin) = echo_route_gateway("").await;
     let mut live = ws_client(&gw.url("/echo")).await;
     assert_echoes(&mut live, b"before").await;
 
@@ -285,7 +285,7 @@ async fn the_api_and_pages_need_the_admin_token_when_one_is_set() {
 
 #[tokio::test]
 async fn pages_carry_strict_headers_and_the_config_has_no_secrets() {
-    let (gw, admin) = echo_gateway("").await;
+    let (gw, admin) = echo_route_gateway("").await;
     let (status, answer) = admin_request(admin, "GET", "/", &[]).await;
     assert_eq!(status, 200);
     let csp = answer_header(&answer, "content-security-policy").expect("CSP");

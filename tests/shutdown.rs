@@ -12,10 +12,6 @@ use tokio::time::timeout;
 
 use support::*;
 
-fn closes(route: &str, code: u16, initiator: &str) -> String {
-    format!("wsgate_closes_total{{route=\"{route}\",code=\"{code}\",initiator=\"{initiator}\"}}")
-}
-
 #[tokio::test]
 async fn shutdown_closes_sessions_1001_and_drains_when_they_answer() {
     let echo = tcp_echo_backend().await;

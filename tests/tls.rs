@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use rustls::{ClientConfig, RootCertStore};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -62,23 +62,6 @@ async fn echo_and_close(ws: &mut WsClient, data: &[u8]) {
     .await
     .unwrap();
     assert_eq!(expect_close(ws).await, (1000, String::new()));
-}
-
-/// Read until the server closes the connection (EOF or reset); panics after 10 s.
-async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .expect("the server closed the connection in time");
-    got
 }
 
 async fn failures(admin: SocketAddr) -> f64 {
@@ -220,7 +203,7 @@ async fn plain_http_and_garbage_on_the_tls_port_are_dropped_and_counted() {
     s.write_all(upgrade_request("/", "").as_bytes())
         .await
         .unwrap();
-    let answer = read_until_closed(&mut s).await;
+    let answer = read_until_closed(&mut s, Duration::from_secs(10)).await;
     assert!(
         !answer.starts_with(b"HTTP/"),
         "an HTTP answer on a TLS port: {}",
@@ -245,7 +228,7 @@ async fn plain_http_and_garbage_on_the_tls_port_are_dropped_and_counted() {
         .collect();
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(&garbage).await.unwrap();
-    let answer = read_until_closed(&mut s).await;
+    let answer = read_until_closed(&mut s, Duration::from_secs(10)).await;
     assert!(!answer.starts_with(b"HTTP/"));
     assert_eventually!(
         failures(admin).await == before + 2.0,
@@ -277,7 +260,7 @@ async fn silent_tls_client_is_cut_after_the_handshake_timeout() {
     let before = failures(admin).await;
 
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    let answer = read_until_closed(&mut s).await;
+    let answer = read_until_closed(&mut s, Duration::from_secs(10)).await;
     assert!(answer.is_empty(), "the server sent {answer:?}");
     assert_eventually!(
         failures(admin).await == before + 1.0,

@@ -22,20 +22,6 @@ const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 // ---------------------------------------------------------------------------------------------
 // Helpers local to this file.
 
-/// One header's value in a raw HTTP answer (name case-insensitive).
-fn header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
-    let head = answer.split("\r\n\r\n").next()?;
-    head.lines().skip(1).find_map(|line| {
-        let (k, v) = line.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-/// The body of a raw HTTP answer.
-fn body(answer: &str) -> &str {
-    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
-
 /// A request from its first line and header lines.
 fn request(first_line: &str, headers: &[(&str, &str)]) -> String {
     let mut r = format!("{first_line}\r\n");
@@ -89,25 +75,6 @@ async fn assert_echo_round_trip(url: &str) {
     send_binary(&mut ws, b"still serving").await;
     assert_eq!(read_bytes(&mut ws, 13).await, b"still serving");
     close_normally(&mut ws).await;
-}
-
-/// A backend that greets every connection with `name`, then echoes: tells which route served.
-async fn named_backend(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if s.write_all(name.as_bytes()).await.is_err() {
-                    return;
-                }
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 /// Which backend (by greeting) a WebSocket to `url` reaches.
@@ -174,12 +141,12 @@ async fn unknown_path_is_404_with_its_reason() {
     for path in ["/other", "/", "/vnc2", "/vnc/", "/apps", "/APPS/x"] {
         let (status, answer) = raw_http(gw.addr, &upgrade_request(path, "")).await;
         assert_eq!(status, 404, "{path}: {answer}");
-        assert_eq!(body(&answer), "no route for this path\n", "{path}");
+        assert_eq!(answer_body(&answer), "no route for this path\n", "{path}");
         assert_eq!(
-            header(&answer, "content-type"),
+            answer_header(&answer, "content-type"),
             Some("text/plain; charset=utf-8")
         );
-        assert_eq!(header(&answer, "upgrade"), None, "{path}: {answer}");
+        assert_eq!(answer_header(&answer, "upgrade"), None, "{path}: {answer}");
     }
     let page = scrape(gw.admin.unwrap()).await;
     assert!(
@@ -207,7 +174,7 @@ async fn exact_beats_prefix_longest_prefix_wins_query_ignored() {
         ("rt_apps_special", "/apps/special"),
         ("rt_vnc", "/vnc"),
     ] {
-        let backend = named_backend(name).await;
+        let backend = greeting_backend(name).await;
         routes.push_str(&route(name, path, &format!("tcp://{backend}")));
     }
     let gw = spawn_gateway(&config_with(&routes)).await;
@@ -318,23 +285,31 @@ async fn malformed_upgrades_get_exact_answers_and_the_gateway_keeps_serving() {
     for (what, req, status, reason) in &cases {
         let (got, answer) = raw_http(gw.addr, req).await;
         assert_eq!(got, *status, "{what}: {answer}");
-        assert_eq!(body(&answer), format!("{reason}\n"), "{what}: {answer}");
         assert_eq!(
-            header(&answer, "content-type"),
+            answer_body(&answer),
+            format!("{reason}\n"),
+            "{what}: {answer}"
+        );
+        assert_eq!(
+            answer_header(&answer, "content-type"),
             Some("text/plain; charset=utf-8"),
             "{what}"
         );
-        assert_eq!(header(&answer, "sec-websocket-accept"), None, "{what}");
+        assert_eq!(
+            answer_header(&answer, "sec-websocket-accept"),
+            None,
+            "{what}"
+        );
         if *status == 426 {
             bad_versions += 1.0;
             assert_eq!(
-                header(&answer, "sec-websocket-version"),
+                answer_header(&answer, "sec-websocket-version"),
                 Some("13"),
                 "{what}: {answer}"
             );
             // RFC 9110 §15.5.22: a 426 names the protocol to switch to.
             assert_eq!(
-                header(&answer, "upgrade"),
+                answer_header(&answer, "upgrade"),
                 Some("websocket"),
                 "{what}: {answer}"
             );
@@ -382,13 +357,13 @@ async fn connection_and_upgrade_tokens_are_case_insensitive_lists() {
         let headers = upgrade_headers_with(name, value);
         let (status, answer) = raw_http(gw.addr, &request("GET / HTTP/1.1", &headers)).await;
         assert_eq!(status, 101, "{name}: {value}: {answer}");
-        assert_eq!(header(&answer, "sec-websocket-accept"), Some(ACCEPT));
+        assert_eq!(answer_header(&answer, "sec-websocket-accept"), Some(ACCEPT));
         assert!(
-            header(&answer, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")),
+            answer_header(&answer, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")),
             "{answer}"
         );
         assert!(
-            header(&answer, "connection").is_some_and(|v| v.eq_ignore_ascii_case("upgrade")),
+            answer_header(&answer, "connection").is_some_and(|v| v.eq_ignore_ascii_case("upgrade")),
             "{answer}"
         );
     }
@@ -458,7 +433,7 @@ async fn subprotocol_is_the_clients_first_accepted_offer_and_never_invented() {
         let (status, answer) = raw_http(gw.addr, &upgrade_request(path, offer_lines)).await;
         assert_eq!(status, 101, "{path} {offer_lines:?}: {answer}");
         assert_eq!(
-            header(&answer, "sec-websocket-protocol"),
+            answer_header(&answer, "sec-websocket-protocol"),
             chosen,
             "{path} {offer_lines:?}: {answer}"
         );
@@ -475,9 +450,13 @@ async fn refused_backend_is_502_without_upgrade() {
     let gw = gateway_to("dial_refused", &format!("tcp://{refused}")).await;
     let (status, answer) = raw_http(gw.addr, &upgrade_request("/", "")).await;
     assert_eq!(status, 502, "{answer}");
-    assert_eq!(body(&answer), "backend refused the connection\n");
-    assert_eq!(header(&answer, "upgrade"), None, "{answer}");
-    assert_eq!(header(&answer, "sec-websocket-accept"), None, "{answer}");
+    assert_eq!(answer_body(&answer), "backend refused the connection\n");
+    assert_eq!(answer_header(&answer, "upgrade"), None, "{answer}");
+    assert_eq!(
+        answer_header(&answer, "sec-websocket-accept"),
+        None,
+        "{answer}"
+    );
     // A real client sees the HTTP error, not a WebSocket.
     match tokio_tungstenite::connect_async(gw.url("/")).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
@@ -516,8 +495,8 @@ async fn backend_connect_timeout_is_504() {
     .await;
     let (status, answer) = raw_http(gw.addr, &upgrade_request("/", "")).await;
     assert_eq!(status, 504, "{answer}");
-    assert_eq!(body(&answer), "backend did not answer in time\n");
-    assert_eq!(header(&answer, "upgrade"), None, "{answer}");
+    assert_eq!(answer_body(&answer), "backend did not answer in time\n");
+    assert_eq!(answer_header(&answer, "upgrade"), None, "{answer}");
     let page = scrape(gw.admin.unwrap()).await;
     assert_eq!(
         metric(
@@ -571,11 +550,15 @@ async fn admin_endpoints_answer_and_histograms_render_as_histograms() {
     let admin = gw.admin.unwrap();
 
     let (status, answer) = admin_get(admin, "/healthz").await;
-    assert_eq!((status, body(&answer)), (200, "ok\n"), "{answer}");
+    assert_eq!((status, answer_body(&answer)), (200, "ok\n"), "{answer}");
     let (status, answer) = admin_get(admin, "/readyz").await;
-    assert_eq!((status, body(&answer)), (200, "ready\n"), "{answer}");
+    assert_eq!((status, answer_body(&answer)), (200, "ready\n"), "{answer}");
     let (status, answer) = admin_get(admin, "/nope").await;
-    assert_eq!((status, body(&answer)), (404, "not found\n"), "{answer}");
+    assert_eq!(
+        (status, answer_body(&answer)),
+        (404, "not found\n"),
+        "{answer}"
+    );
     let (status, answer) = raw_http(
         admin,
         "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -590,7 +573,8 @@ async fn admin_endpoints_answer_and_histograms_render_as_histograms() {
     let (status, page) = admin_get(admin, "/metrics").await;
     assert_eq!(status, 200, "{page}");
     assert!(
-        header(&page, "content-type").is_some_and(|v| v.starts_with("text/plain; version=0.0.4")),
+        answer_header(&page, "content-type")
+            .is_some_and(|v| v.starts_with("text/plain; version=0.0.4")),
         "{page}"
     );
     let lines: Vec<&str> = page.lines().collect();
@@ -642,7 +626,7 @@ async fn readyz_is_503_while_draining() {
     assert_eventually!(
         {
             let (status, answer) = admin_get(admin, "/readyz").await;
-            status == 503 && body(&answer) == "draining\n"
+            status == 503 && answer_body(&answer) == "draining\n"
         },
         "/readyz never answered 503 draining"
     );

@@ -4,20 +4,12 @@
 
 mod support;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use tempfile::TempDir;
-use tokio::io::{
-    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, Lines,
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::ChildStdout;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -96,7 +88,7 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<S>) {
 }
 
 /// A tokio-tungstenite echo backend; the handshake request of each connection goes to the test.
-async fn ws_echo_backend(pick: Pick) -> (SocketAddr, mpsc::Receiver<Request>) {
+async fn ws_echo_backend_picking(pick: Pick) -> (SocketAddr, mpsc::Receiver<Request>) {
     let (addr, mut accepted) = ws_backend(pick).await;
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
@@ -238,25 +230,6 @@ async fn expect_ended<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStrea
     if let Some(m) = next_msg(ws).await {
         panic!("expected the connection to end, got {m:?}");
     }
-}
-
-/// `code` as labelled: registered codes by number, 3000-4999 folded into `3xxx`/`4xxx`.
-fn closes(route: &str, code: &str, initiator: &str) -> String {
-    format!("wsgate_closes_total{{route=\"{route}\",code=\"{code}\",initiator=\"{initiator}\"}}")
-}
-
-fn rejections(route: &str, reason: &str) -> String {
-    format!("wsgate_upgrade_rejections_total{{route=\"{route}\",reason=\"{reason}\"}}")
-}
-
-/// A gateway with one route `/` named `name` to `backend`, plus TOML after the route
-/// (keys continue the route table; `[timeouts]` starts a new one).
-async fn gateway_with(name: &str, backend: &str, extra: &str) -> TestGateway {
-    spawn_gateway(&config_with(&format!(
-        "{}{extra}\n",
-        route(name, "/", backend)
-    )))
-    .await
 }
 
 /// The upgrade of `path` failed with `status`: no `101`, no upgrade headers; returns the answer.
@@ -437,7 +410,7 @@ async fn fragments_stream_through_frame_by_frame_both_ways() {
 
 #[tokio::test]
 async fn maps_request_paths_onto_the_backend_url() {
-    let (backend, mut seen) = ws_echo_backend(pick_nothing).await;
+    let (backend, mut seen) = ws_echo_backend_picking(pick_nothing).await;
     let gw = spawn_gateway(&config_with(&format!(
         "{}{}{}",
         route("wsb_path_prefix", "/apps/", &format!("ws://{backend}/base")),
@@ -479,7 +452,7 @@ async fn maps_request_paths_onto_the_backend_url() {
 /// segments and encoded slashes are refused with 400 before routing; the backend sees nothing.
 #[tokio::test]
 async fn dot_segments_empty_segments_and_encoded_slashes_are_refused_before_routing() {
-    let (backend, mut seen) = ws_echo_backend(pick_nothing).await;
+    let (backend, mut seen) = ws_echo_backend_picking(pick_nothing).await;
     let gw = spawn_gateway(&config_with(&format!(
         "{}{}[route.auth]\nbearer_sha256 = [\"{}\"]\n",
         route(
@@ -559,7 +532,7 @@ fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn forwards_listed_headers_and_sets_x_forwarded() {
-    let (backend, mut seen) = ws_echo_backend(pick_nothing).await;
+    let (backend, mut seen) = ws_echo_backend_picking(pick_nothing).await;
     let gw = spawn_gateway(&config_with(&format!(
         "{}{}forward_headers = [\"X-Custom\"]\n",
         route("wsb_hdr_default", "/default", &format!("ws://{backend}/")),
@@ -625,7 +598,7 @@ async fn forwards_listed_headers_and_sets_x_forwarded() {
 
 #[tokio::test]
 async fn every_incoming_x_forwarded_for_line_is_kept() {
-    let (backend, mut seen) = ws_echo_backend(pick_nothing).await;
+    let (backend, mut seen) = ws_echo_backend_picking(pick_nothing).await;
     let gw = gateway_to("wsb_hdr_xff_lines", &format!("ws://{backend}/")).await;
     // Two header lines are one list (RFC 9110 §5.3), as proxies in front of us may send it.
     let (status, answer) = raw_http(
@@ -652,7 +625,7 @@ async fn every_incoming_x_forwarded_for_line_is_kept() {
 #[tokio::test]
 async fn checked_credentials_stay_with_the_gateway_unless_the_route_forwards_them() {
     const TOKEN: &str = "tok-fwd-0c2d9a7b";
-    let (backend, mut seen) = ws_echo_backend(pick_nothing).await;
+    let (backend, mut seen) = ws_echo_backend_picking(pick_nothing).await;
     let auth = |name: &str, path: &str, extra: &str| {
         format!(
             "{}{extra}[route.origin]\nallow = [\"https://app.example\"]\nallow_missing = true\n\
@@ -717,8 +690,8 @@ async fn checked_credentials_stay_with_the_gateway_unless_the_route_forwards_the
 
 #[tokio::test]
 async fn the_backend_chooses_the_subprotocol_from_the_clients_offer() {
-    let (picky, mut picky_seen) = ws_echo_backend(pick_chat_v1).await;
-    let (silent, mut silent_seen) = ws_echo_backend(pick_nothing).await;
+    let (picky, mut picky_seen) = ws_echo_backend_picking(pick_chat_v1).await;
+    let (silent, mut silent_seen) = ws_echo_backend_picking(pick_nothing).await;
     let gw = spawn_gateway(&config_with(&format!(
         "{}{}",
         route("wsb_proto_pick", "/pick", &format!("ws://{picky}/")),
@@ -1057,31 +1030,6 @@ async fn a_backend_that_closes_and_leaves_at_once_still_delivers_its_code() {
 }
 
 #[tokio::test]
-async fn gateway_shutdown_closes_both_hops_with_1001() {
-    let (backend, mut backends) = ws_backend(pick_nothing).await;
-    let gw = gateway_to("wsb_close_shutdown", &format!("ws://{backend}/")).await;
-    let mut client = ws_client(&gw.url("/")).await;
-    let (_, mut b) = accepted(&mut backends).await;
-
-    gw.shutdown.cancel();
-    let backend_side = tokio::spawn(async move {
-        let got = close_of(next_msg(&mut b).await);
-        expect_ended(&mut b).await;
-        got
-    });
-    assert_eq!(
-        expect_close(&mut client).await,
-        (1001, "gateway shutting down".into())
-    );
-    finish_close(&mut client).await;
-    assert_eq!(
-        backend_side.await.unwrap(),
-        (1001, "gateway shutting down".into())
-    );
-    gw.stop().await.unwrap();
-}
-
-#[tokio::test]
 async fn a_backend_that_vanishes_closes_the_client_with_1011() {
     let (backend, mut backends) = ws_backend(pick_nothing).await;
     let gw = gateway_to("wsb_close_backend_lost", &format!("ws://{backend}/")).await;
@@ -1097,28 +1045,6 @@ async fn a_backend_that_vanishes_closes_the_client_with_1011() {
     expect_metric(
         gw.admin.unwrap(),
         &closes("wsb_close_backend_lost", "1006", "backend"),
-        1.0,
-    )
-    .await;
-    gw.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn a_client_that_vanishes_closes_the_backend_with_1001() {
-    let (backend, mut backends) = ws_backend(pick_nothing).await;
-    let gw = gateway_to("wsb_close_client_lost", &format!("ws://{backend}/")).await;
-    let client = ws_client(&gw.url("/")).await;
-    let (_, mut b) = accepted(&mut backends).await;
-
-    drop(client); // TCP FIN, no Close frame
-    assert_eq!(
-        close_of(next_msg(&mut b).await),
-        (1001, "client went away".into())
-    );
-    expect_ended(&mut b).await;
-    expect_metric(
-        gw.admin.unwrap(),
-        &closes("wsb_close_client_lost", "1006", "client"),
         1.0,
     )
     .await;
@@ -1224,82 +1150,6 @@ async fn a_backend_that_stops_reading_is_closed_and_the_client_gets_1011() {
     gw.stop().await.unwrap();
 }
 
-/// Regression (issue 9 item 7), for the relay: while the client hop's reader waited on a
-/// backend slow to read, the client's pongs sat unread and the live client was closed 1001
-/// "keepalive timeout". The backend pauses reading for 5 s against ping 1 s / pong 2 s on
-/// both hops; the session survives and every byte arrives.
-#[tokio::test]
-async fn a_slow_websocket_backend_holds_the_client_back_without_killing_it() {
-    const N: usize = 16 << 20;
-    const CHUNK: usize = 64 * 1024;
-    let listener = small_window_listener().await;
-    let backend = listener.local_addr().unwrap();
-    let gw = gateway_with(
-        "wsb_slow_backend",
-        &format!("ws://{backend}/"),
-        "[timeouts]\nping_interval_secs = 1\npong_timeout_secs = 2\nbackend_stall_secs = 30\n",
-    )
-    .await;
-    let backend_side = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut b = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let mut got = Vec::with_capacity(N);
-        loop {
-            match b.next().await {
-                Some(Ok(Message::Binary(data))) => got.extend_from_slice(&data),
-                Some(Ok(Message::Close(_))) => {
-                    // Read on until the end, so tungstenite sends its reply.
-                    while let Ok(Some(_)) = timeout(WAIT, b.next()).await {}
-                    break;
-                }
-                Some(Ok(_)) => {}
-                other => panic!("backend: {other:?} after {} bytes", got.len()),
-            }
-        }
-        got
-    });
-    let (mut sink, mut stream) = ws_client(&gw.url("/")).await.split();
-    let reader = tokio::spawn(async move {
-        loop {
-            match stream.next().await {
-                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => {}
-                other => panic!("the client's session ended early: {other:?}"),
-            }
-        }
-    });
-    for offset in (0..N).step_by(CHUNK) {
-        sink.send(Message::binary(pattern(offset as u64, CHUNK)))
-            .await
-            .expect("the gateway keeps the client's session open");
-    }
-    sink.send(close_msg(1000, "done")).await.unwrap();
-    let got = timeout(Duration::from_secs(60), backend_side)
-        .await
-        .expect("the backend got everything in time")
-        .unwrap();
-    assert_eq!(got.len(), N, "every byte reached the backend");
-    assert!(got == pattern(0, N), "intact and in order");
-    let close = timeout(WAIT, reader).await.unwrap().unwrap();
-    assert_eq!(
-        close,
-        Some(1000),
-        "the backend's answer to the client's Close"
-    );
-    let admin = gw.admin.unwrap();
-    expect_metric(admin, &closes("wsb_slow_backend", "1000", "client"), 1.0).await;
-    assert_eq!(
-        metric(
-            &scrape(admin).await,
-            "wsgate_keepalive_timeouts_total{route=\"wsb_slow_backend\"}"
-        )
-        .unwrap_or(0.0),
-        0.0
-    );
-    gw.stop().await.unwrap();
-}
-
 /// Regression (issue 9 item 8): when the client hop's writer gave up (here: the client stopped
 /// reading), it told the backend's writer with a `try_send` on a one-frame channel that the
 /// client's own data kept full, so the signal was dropped and the session went on relaying
@@ -1371,57 +1221,14 @@ async def main():
 asyncio.run(main())
 "#;
 
-/// The next line the child printed (10 s limit).
-async fn next_line(out: &mut Lines<BufReader<ChildStdout>>) -> String {
-    timeout(WAIT, out.next_line())
-        .await
-        .expect("the echo server prints in time")
-        .unwrap()
-        .expect("the echo server is running")
-}
-
-/// The Python that runs the `websockets` backend: `WSGATE_PYTHON` when set (CI sets it, and then
-/// it must work), else `python3` if it can import `websockets`, else none and the test skips.
-fn python_with_websockets() -> Option<String> {
-    let (python, required) = match std::env::var("WSGATE_PYTHON") {
-        Ok(p) if !p.is_empty() => (p, true),
-        _ => ("python3".to_owned(), false),
-    };
-    let works = std::process::Command::new(&python)
-        .args(["-c", "import websockets"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        works || !required,
-        "WSGATE_PYTHON={python} cannot import websockets"
-    );
-    works.then_some(python)
-}
-
 #[tokio::test]
 async fn relays_to_a_python_websockets_backend() {
-    let Some(python) = python_with_websockets() else {
-        // Straight to stderr: the test harness captures `eprintln!` of passing tests.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED relays_to_a_python_websockets_backend: no python3 with the `websockets` \
-             module (pip install websockets, or set WSGATE_PYTHON)"
-        );
+    let Some(python) = python_with_websockets_or_skip("relays_to_a_python_websockets_backend")
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("echo.py");
-    std::fs::write(&script, PYTHON_ECHO).unwrap();
-    let mut child = tokio::process::Command::new(&python)
-        .arg(&script)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python starts");
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port: u16 = next_line(&mut out).await.parse().expect("the port");
+    let mut peer = PythonPeer::start(&python, PYTHON_ECHO, &[]);
+    let port = peer.port().await;
 
     let gw = gateway_with("wsb_python", &format!("ws://127.0.0.1:{port}/"), LONG_GRACE).await;
     let mut ws = ws_client(&gw.url("/")).await;
@@ -1441,7 +1248,7 @@ async fn relays_to_a_python_websockets_backend() {
     ws.send(close_msg(4000, "done")).await.unwrap();
     assert_eq!(close_of(next_msg(&mut ws).await), (4000, "done".into()));
     expect_ended(&mut ws).await;
-    assert_eq!(next_line(&mut out).await, "closed 4000 done");
+    assert_eq!(peer.next_line().await, "closed 4000 done");
     expect_metric(
         gw.admin.unwrap(),
         &closes("wsb_python", "4xxx", "client"),
@@ -1449,46 +1256,17 @@ async fn relays_to_a_python_websockets_backend() {
     )
     .await;
     gw.stop().await.unwrap();
-    child.kill().await.unwrap();
+    peer.kill().await;
 }
 
 // ---- 9. wss:// backends ------------------------------------------------------------------------
-
-/// A test CA (`ca.pem`) and a `localhost` leaf it signed (`leaf.pem`, `leaf-key.pem`).
-struct Pki {
-    dir: TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let ca = test_ca("wsgate backend test CA");
-
-        let leaf_key = KeyPair::generate().unwrap();
-        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        leaf.is_ca = IsCa::ExplicitNoCa;
-        leaf.distinguished_name
-            .push(DnType::CommonName, "localhost");
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf = leaf.signed_by(&leaf_key, &ca).unwrap();
-
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.path().join("leaf.pem"), leaf.pem()).unwrap();
-        std::fs::write(dir.path().join("leaf-key.pem"), leaf_key.serialize_pem()).unwrap();
-        Self { dir }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
 
 /// A tokio-tungstenite echo backend behind tokio-rustls, serving the PKI's leaf.
 async fn wss_echo_backend(pki: &Pki) -> SocketAddr {
     let config = wsgate::tls::server_config(
         &wsgate::config::TlsConfig {
-            cert_file: pki.file("leaf.pem"),
-            key_file: pki.file("leaf-key.pem"),
+            cert_file: pki.cert_file.clone(),
+            key_file: pki.key_file.clone(),
             client_ca_file: None,
             client_auth: None,
         },
@@ -1517,10 +1295,10 @@ async fn wss_echo_backend(pki: &Pki) -> SocketAddr {
 
 #[tokio::test]
 async fn wss_backends_are_verified_against_the_configured_roots() {
-    let pki = Pki::new();
+    let pki = pki();
     let backend = wss_echo_backend(&pki).await;
     let url = format!("wss://localhost:{}/", backend.port());
-    let ca = pki.file("ca.pem").display().to_string();
+    let ca = pki.ca_file.display().to_string();
     let gw = spawn_gateway(&config_with(&format!(
         "{}tls_ca_file = {ca:?}\n{}{}insecure_skip_verify = true\n",
         route("wsb_wss_ca", "/ca", &url),

@@ -229,6 +229,8 @@ async fn connect_checked(
     for addr in targets::resolve_allowed(host, port, egress).await? {
         match connect(addr, socket).await {
             Ok(stream) => return Ok(stream),
+            // The next address would fail the same way.
+            Err(e @ RejectError::NoDescriptors(_)) => return Err(e),
             Err(e) => last = Some(e),
         }
     }
@@ -259,9 +261,10 @@ async fn connect_udp_checked(
         SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
+    // EMFILE here is the descriptor budget's (503 no_descriptors), as for a TCP dial.
     let socket = UdpSocket::bind(local)
         .await
-        .map_err(RejectError::BackendUnreachable)?;
+        .map_err(unreachable_or_refused)?;
     socket.connect(addr).await.map_err(unreachable_or_refused)?;
     Ok(socket)
 }
@@ -281,6 +284,10 @@ async fn connect(addr: SocketAddr, socket: &SocketOptions) -> Result<TcpStream, 
 }
 
 fn unreachable_or_refused(e: io::Error) -> RejectError {
+    if crate::policy::descriptors::is_exhaustion(&e) {
+        crate::metrics::descriptors_exhausted("backend");
+        return RejectError::NoDescriptors(e);
+    }
     match e.kind() {
         io::ErrorKind::ConnectionRefused => RejectError::BackendRefused(e),
         _ => RejectError::BackendUnreachable(e),

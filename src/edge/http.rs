@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
 use super::console::Console;
-use super::shared::{ConnectionSlot, Shared};
+use super::shared::{ConnectionSlot, InUse, Shared};
 use crate::backend::{Backend, Handshake, ProxyAddrs};
 use crate::config::BackendAddr;
 use crate::error::RejectError;
@@ -54,7 +54,7 @@ pub(super) fn connection_service(
 > + Clone {
     service_fn(move |req| {
         let page = console.as_ref().and_then(|c| c.answer(&req));
-        let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.clone());
+        let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.enter());
         async move {
             match page {
                 Some(page) => Ok(page),
@@ -69,7 +69,7 @@ pub async fn handle(
     mut req: Request<hyper::body::Incoming>,
     conn: ConnInfo,
     shared: Arc<Shared>,
-    permit: Arc<ConnectionSlot>,
+    permit: InUse,
 ) -> Result<Response<Body>, Infallible> {
     // This request's config: a reload after this point does not change its session.
     let snapshot = shared.snapshot.load_full();
