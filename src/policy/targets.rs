@@ -44,6 +44,16 @@ impl Target {
     pub fn takes_token(&self) -> bool {
         matches!(self, Self::TokenFile(_))
     }
+
+    /// Whether this route's sessions may go to a `udp://` backend: a fixed one, or a target
+    /// a token file or claim names.
+    pub fn may_be_udp(&self) -> bool {
+        match self {
+            Self::Fixed(addr) => addr.is_datagrams(),
+            Self::TokenFile(_) | Self::Claim(_) => true,
+            Self::Pool => false,
+        }
+    }
     /// Resolve a route's `backend` or `[route.target]` (exactly one); errors name `at`.
     pub fn from_config(
         at: &str,
