@@ -137,6 +137,7 @@ impl RejectError {
         "rate_limited",
         "auth_rate_limited",
         "udp_full",
+        "no_descriptors",
     ];
 
     pub fn status(&self) -> StatusCode {
@@ -264,6 +265,7 @@ mod tests {
             RejectError::Forbidden("x"),
             RejectError::UnknownToken,
             RejectError::EgressDenied(Box::new(io())),
+            RejectError::NoDescriptors(io()),
         ];
         all.extend(refusals.map(|reason| RejectError::Limited {
             reason,
@@ -288,6 +290,7 @@ mod tests {
                 | RejectError::Forbidden(_)
                 | RejectError::UnknownToken
                 | RejectError::EgressDenied(_)
+                | RejectError::NoDescriptors(_)
                 | RejectError::Limited { .. } => {}
             }
         }
