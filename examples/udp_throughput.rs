@@ -1,7 +1,8 @@
 //! Datagrams per second and what gets dropped: a UDP echo on loopback reached directly, then
 //! through a gateway's `udp://` route, one run each with the same datagram size and time.
-//! Each sender sends as fast as it can; the figures say how many datagrams made it back and
-//! where the rest went (the gateway's drop counters, or the kernel's socket buffers).
+//! First in lockstep (one datagram in flight: the round trip's rate, nothing lost), then
+//! flooding (each sender as fast as it can): how many datagrams made it back and where the
+//! rest went (the gateway's drop counters, or the kernel's socket buffers).
 //!
 //! Run: `cargo run --release --example udp_throughput [-- SECONDS BYTES]` (default 3 s,
 //! 1,200-byte datagrams). Loopback only; ends by itself.
@@ -35,6 +36,50 @@ struct Run {
     sent: u64,
     received: u64,
     took: Duration,
+}
+
+/// One datagram in flight at a time, directly, for `time`: round trips done.
+async fn direct_lockstep(echo: SocketAddr, size: usize, time: Duration) -> anyhow::Result<Run> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    socket.connect(echo).await?;
+    let (datagram, mut buf) = (vec![0x5a; size], vec![0u8; 65_536]);
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < time {
+        socket.send(&datagram).await?;
+        tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await??;
+        n += 1;
+    }
+    Ok(Run {
+        sent: n,
+        received: n,
+        took: started.elapsed(),
+    })
+}
+
+/// The same through the gateway, on one session.
+async fn through_lockstep(url: &str, size: usize, time: Duration) -> anyhow::Result<Run> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let datagram = vec![0x5a; size];
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < time {
+        ws.send(Message::binary(datagram.clone())).await?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), ws.next()).await? {
+                Some(Ok(m)) if m.is_binary() => break,
+                Some(Ok(_)) => continue,
+                _ => anyhow::bail!("session ended"),
+            }
+        }
+        n += 1;
+    }
+    ws.close(None).await?;
+    Ok(Run {
+        sent: n,
+        received: n,
+        took: started.elapsed(),
+    })
 }
 
 /// Send to the echo directly for `time`, counting what comes back.
@@ -117,6 +162,11 @@ async fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
     Ok(page)
 }
 
+/// Sum of the series of `name` whose labels contain `label`, gained from `before` to `after`.
+fn gained((before, after): (&str, &str), name: &str, label: &str) -> u64 {
+    metric(after, name, label).saturating_sub(metric(before, name, label))
+}
+
 /// Sum of the series of `name` whose labels contain `label`.
 fn metric(page: &str, name: &str, label: &str) -> u64 {
     page.lines()
@@ -133,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
     let time = Duration::from_secs_f64(secs);
     let echo = echo_server().await?;
 
+    let dl = direct_lockstep(echo, size, time).await?;
     let d = direct(echo, size, time).await?;
 
     let config = Config::from_toml(&format!(
@@ -146,13 +197,22 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no admin listener"))?;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(gateway.run(shutdown.clone()));
+    let gl = through_lockstep(&format!("ws://{addr}/udp"), size, time).await?;
+    // The flood's own counts: what the counters gained during it.
+    let before = scrape(admin).await?;
     let g = through(&format!("ws://{addr}/udp"), size, time).await?;
-    let page = scrape(admin).await?;
+    let after = scrape(admin).await?;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
 
     let rate = |n: u64, t: Duration| n as f64 / t.as_secs_f64();
     println!("{size}-byte datagrams, {secs} s each, one sender, loopback:");
+    println!(
+        "lockstep (one in flight): direct {:.0} round trips/s, through the gateway {:.0}/s",
+        rate(dl.sent, dl.took),
+        rate(gl.sent, gl.took)
+    );
+    println!("flooding:");
     println!(
         "direct:  sent {} ({:.0}/s), echoed back {} ({:.0}/s), lost in socket buffers {}",
         d.sent,
@@ -161,13 +221,13 @@ async fn main() -> anyhow::Result<()> {
         rate(d.received, d.took),
         d.sent.saturating_sub(d.received)
     );
-    let to_backend = metric(
-        &page,
+    let to_backend = gained(
+        (&before, &after),
         "wsgate_udp_datagrams_total",
         "direction=\"client_to_backend\"",
     );
-    let to_client = metric(
-        &page,
+    let to_client = gained(
+        (&before, &after),
         "wsgate_udp_datagrams_total",
         "direction=\"backend_to_client\"",
     );
@@ -186,8 +246,8 @@ async fn main() -> anyhow::Result<()> {
         "unreachable",
         "send_error",
     ] {
-        let n = metric(
-            &page,
+        let n = gained(
+            (&before, &after),
             "wsgate_udp_dropped_total",
             &format!("cause=\"{cause}\""),
         );
@@ -196,7 +256,12 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  lost in socket buffers (the echo's or the gateway's): {}",
         to_backend.saturating_sub(
-            to_client + metric(&page, "wsgate_udp_dropped_total", "cause=\"client_slow\"")
+            to_client
+                + gained(
+                    (&before, &after),
+                    "wsgate_udp_dropped_total",
+                    "cause=\"client_slow\""
+                )
         )
     );
     Ok(())
