@@ -98,12 +98,12 @@ async fn direct(echo: SocketAddr, size: usize, time: Duration) -> anyhow::Result
     };
     let datagram = vec![0x5a; size];
     let started = Instant::now();
-    let mut sent = 0;
+    let mut sent = 0u64;
     while started.elapsed() < time {
         if socket.send(&datagram).await.is_ok() {
             sent += 1;
         }
-        if sent % 256 == 0 {
+        if sent.is_multiple_of(256) {
             tokio::task::yield_now().await;
         }
     }
@@ -138,7 +138,7 @@ async fn through(url: &str, size: usize, time: Duration) -> anyhow::Result<Run> 
     while started.elapsed() < time {
         sink.feed(Message::binary(datagram.clone())).await?;
         sent += 1;
-        if sent % 64 == 0 {
+        if sent.is_multiple_of(64) {
             sink.flush().await?;
         }
     }
