@@ -126,6 +126,7 @@ impl RejectError {
         "backend_handshake",
         "shutting_down",
         "draining",
+        "no_descriptors",
         "origin",
         "unauthorized",
         "forbidden",
@@ -260,6 +261,7 @@ mod tests {
             RejectError::BackendHandshake(Box::new(io())),
             RejectError::ShuttingDown,
             RejectError::Draining,
+            RejectError::NoDescriptors(io()),
             RejectError::Origin,
             RejectError::Unauthorized("x"),
             RejectError::Forbidden("x"),
@@ -285,6 +287,7 @@ mod tests {
                 | RejectError::BackendHandshake(_)
                 | RejectError::ShuttingDown
                 | RejectError::Draining
+                | RejectError::NoDescriptors(_)
                 | RejectError::Origin
                 | RejectError::Unauthorized(_)
                 | RejectError::Forbidden(_)
