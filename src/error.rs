@@ -138,7 +138,6 @@ impl RejectError {
         "rate_limited",
         "auth_rate_limited",
         "udp_full",
-        "no_descriptors",
     ];
 
     pub fn status(&self) -> StatusCode {
@@ -267,7 +266,6 @@ mod tests {
             RejectError::Forbidden("x"),
             RejectError::UnknownToken,
             RejectError::EgressDenied(Box::new(io())),
-            RejectError::NoDescriptors(io()),
         ];
         all.extend(refusals.map(|reason| RejectError::Limited {
             reason,
@@ -293,7 +291,6 @@ mod tests {
                 | RejectError::Forbidden(_)
                 | RejectError::UnknownToken
                 | RejectError::EgressDenied(_)
-                | RejectError::NoDescriptors(_)
                 | RejectError::Limited { .. } => {}
             }
         }
