@@ -371,7 +371,7 @@ async fn config_from_flags_refuses_what_check_refuses() {
             vec!["--cert", "missing.pem", "6080", "localhost:5900"],
             "missing.pem",
         ),
-        (vec!["6080", "udp://127.0.0.1:1"], "unknown scheme"),
+        (vec!["6080", "sctp://127.0.0.1:1"], "unknown scheme"),
     ] {
         let mut command = vec!["config", "--from-flags"];
         command.extend(&args);
