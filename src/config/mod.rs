@@ -824,7 +824,7 @@ mod tests {
                 "route[1].path",
             ),
             (
-                "[[route]]\nname=\"c\"\npath=\"/c\"\nbackend=\"udp://h:1\"\n",
+                "[[route]]\nname=\"c\"\npath=\"/c\"\nbackend=\"sctp://h:1\"\n",
                 "route[1].backend",
             ),
             ("[runtime]\nmode = \"percore\"\n", "per-core"),
