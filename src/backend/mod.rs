@@ -2,6 +2,7 @@
 //! socket options and an optional PROXY header; pools with health; the built-in echo service.
 
 pub mod pool;
+pub mod udp;
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,8 +37,8 @@ pub enum Backend {
     /// Raw bytes over a Unix domain socket.
     Unix(UnixStream),
     /// Datagrams: a UDP socket connected to the backend, this session's alone, so only the
-    /// backend's replies reach it (`session::udp`).
-    Udp(UdpSocket),
+    /// backend's replies reach it (`backend::udp`, carried by `session::udp`).
+    Udp(udp::UdpBackend),
     /// A WebSocket whose handshake completed; `protocol` is the backend's choice.
     WebSocket {
         io: TokioIo<Upgraded>,
@@ -132,6 +133,8 @@ pub struct Dialer {
     pub echo_addr: Option<SocketAddr>,
     /// `[egress] allow`, checked on every dial but the echo service's.
     pub egress: Option<Arc<Egress>>,
+    /// `[udp]`: the cap on `udp://` sessions.
+    pub udp: udp::UdpLimits,
 }
 
 impl Dialer {
@@ -155,7 +158,7 @@ impl Dialer {
                 }
                 // ---- udp:// (session::udp): one connected socket per session ----
                 BackendAddr::Udp { host, port } => {
-                    Backend::Udp(connect_udp_checked(host, *port, egress).await?)
+                    Backend::Udp(udp::dial(host, *port, egress, self.udp).await?)
                 }
                 BackendAddr::Unix { path } => Backend::Unix(
                     UnixStream::connect(path)
@@ -242,33 +245,6 @@ async fn connect_checked(
     }))
 }
 
-/// A UDP socket of the address's family on an ephemeral port, connected (so the kernel
-/// delivers only that address's datagrams, and ICMP errors surface on it) to the first
-/// address `[egress]` allows. Nothing is sent: a UDP dial cannot tell a live backend.
-async fn connect_udp_checked(
-    host: &str,
-    port: u16,
-    egress: Option<&Egress>,
-) -> Result<UdpSocket, RejectError> {
-    let addrs = targets::resolve_allowed(host, port, egress).await?;
-    let Some(addr) = addrs.into_iter().next() else {
-        return Err(RejectError::BackendUnreachable(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{host} resolved to no address"),
-        )));
-    };
-    let local: SocketAddr = match addr {
-        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    // EMFILE here is the descriptor budget's (503 no_descriptors), as for a TCP dial.
-    let socket = UdpSocket::bind(local)
-        .await
-        .map_err(unreachable_or_refused)?;
-    socket.connect(addr).await.map_err(unreachable_or_refused)?;
-    Ok(socket)
-}
-
 async fn connect(addr: SocketAddr, socket: &SocketOptions) -> Result<TcpStream, RejectError> {
     let stream = TcpStream::connect(addr)
         .await
@@ -283,7 +259,7 @@ async fn connect(addr: SocketAddr, socket: &SocketOptions) -> Result<TcpStream, 
     Ok(stream)
 }
 
-fn unreachable_or_refused(e: io::Error) -> RejectError {
+pub(crate) fn unreachable_or_refused(e: io::Error) -> RejectError {
     if crate::policy::descriptors::is_exhaustion(&e) {
         crate::metrics::descriptors_exhausted("backend");
         return RejectError::NoDescriptors(e);

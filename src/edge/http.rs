@@ -19,6 +19,7 @@ use tracing::{debug, info, warn, Instrument, Span};
 
 use super::console::Console;
 use super::shared::{ConnectionSlot, InUse, Shared};
+use crate::backend::udp::UdpBackend;
 use crate::backend::{Backend, Handshake, ProxyAddrs};
 use crate::config::BackendAddr;
 use crate::error::RejectError;
@@ -32,7 +33,7 @@ use crate::session::io::{websocket_halves, ClientStream};
 use crate::session::reader::ReadReady;
 use crate::session::registry::{Registered, SessionEntry, SessionInfo};
 use crate::session::relay::{self, RelayConfig};
-use crate::session::udp::{self, UdpSessionConfig, UdpSlot};
+use crate::session::udp::{self, UdpSessionConfig};
 use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
 
 /// Every answer the gateway writes itself: a short, complete body.
@@ -159,22 +160,8 @@ pub async fn handle(
         Err(e) => return Ok(reject(&req, Some(&route), e)),
     };
 
-    // ---- udp:// (session::udp): a place under `[udp] max_sessions`, and never deflate ----
+    // udp:// (session::udp): permessage-deflate is never negotiated.
     let is_udp = target.as_ref().is_some_and(BackendAddr::is_datagrams);
-    let udp_slot = match is_udp {
-        true => match UdpSlot::take(snapshot.config.udp.max_sessions) {
-            Some(slot) => Some(slot),
-            None => {
-                let e = RejectError::Limited {
-                    reason: crate::error::Refusal::UdpFull,
-                    retry_after_secs: snapshot.config.limits.retry_after_secs.into(),
-                };
-                return Ok(reject(&req, Some(&route), e));
-            }
-        },
-        false => None,
-    };
-    // ---- end udp:// ----
     // permessage-deflate on the client hop: the first acceptable offer, or none.
     let deflate = route
         .compression
@@ -275,7 +262,6 @@ pub async fn handle(
             let _permit = permit;
             let _slot = slot;
             let _lease = lease;
-            let _udp_slot = udp_slot;
             let protocol = upgrade.protocol();
             let client = match upgrade.wait().await {
                 Ok(client) => client,
@@ -411,9 +397,9 @@ where
         .map(|(a, p)| HopDeflate::server(&a, &p));
     // udp://: frames above the datagram limit are refused (1009) as they arrive.
     let max_frame_bytes = match &backend {
-        Backend::Udp(socket) => route
+        Backend::Udp(udp) => route
             .max_frame_bytes
-            .min(udp::datagram_limit(socket, &route.udp)),
+            .min(udp::datagram_limit(&udp.socket, &route.udp)),
         _ => route.max_frame_bytes,
     };
     let (mut client_read, client_write) = websocket_halves(
@@ -439,7 +425,12 @@ where
     };
     let outcome = match backend {
         // ---- udp:// (session::udp) ----
-        Backend::Udp(socket) => {
+        Backend::Udp(backend) => {
+            // The place under `[udp] max_sessions` is held until the pump ends.
+            let UdpBackend {
+                socket,
+                slot: _slot,
+            } = backend;
             let config = UdpSessionConfig {
                 settings: route.udp.clone(),
                 ping_interval: snapshot.ping_interval,

@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,33 +52,6 @@ pub struct UdpSessionConfig {
 /// A client message that is kept whole up to this capacity between messages; a larger
 /// buffer is given back (an idle session holds little).
 const KEEP_MESSAGE_BUFFER: usize = 16 * 1024;
-
-/// Sessions with a UDP socket open in this process, against `[udp] max_sessions`.
-static UDP_SESSIONS: AtomicUsize = AtomicUsize::new(0);
-
-/// A place under `[udp] max_sessions`, held from before the dial until the session ends;
-/// counted in `wsgate_udp_sessions_active`.
-#[derive(Debug)]
-pub struct UdpSlot(());
-
-impl UdpSlot {
-    /// A place, or `None` when `max_sessions` (0 = no cap) are open already.
-    pub fn take(max_sessions: usize) -> Option<Self> {
-        let admitted = UDP_SESSIONS.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (max_sessions == 0 || n < max_sessions).then_some(n + 1)
-        });
-        admitted.ok()?;
-        crate::metrics::udp_sessions_active().increment(1.0);
-        Some(Self(()))
-    }
-}
-
-impl Drop for UdpSlot {
-    fn drop(&mut self) {
-        UDP_SESSIONS.fetch_sub(1, Ordering::AcqRel);
-        crate::metrics::udp_sessions_active().decrement(1.0);
-    }
-}
 
 /// The largest datagram this socket's family carries under `settings`.
 pub fn datagram_limit(socket: &UdpSocket, settings: &UdpSettings) -> usize {
@@ -592,19 +565,6 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn udp_slots_respect_the_cap_and_come_back() {
-        // The counter is process-wide: only this test takes slots in the unit-test binary.
-        let cap = UDP_SESSIONS.load(Ordering::Acquire) + 2;
-        let a = UdpSlot::take(cap).expect("first");
-        let b = UdpSlot::take(cap).expect("second");
-        assert!(UdpSlot::take(cap).is_none(), "over the cap");
-        drop(a);
-        let c = UdpSlot::take(cap).expect("a freed slot is reused");
-        drop((b, c));
-        assert!(UdpSlot::take(0).is_some(), "0 = no cap");
-    }
 
     #[test]
     fn icmp_errors_count_in_a_row() {

@@ -149,6 +149,10 @@ impl Snapshot {
                 },
                 echo_addr,
                 egress,
+                udp: crate::backend::udp::UdpLimits {
+                    max_sessions: config.udp.max_sessions,
+                    retry_after_secs: config.limits.retry_after_secs.into(),
+                },
             },
             buffer_bytes: config.buffer_bytes,
             ping_interval: config.ping_interval,
