@@ -29,25 +29,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::bridge::{Initiator, Outcome, OVER_BUDGET};
-use super::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
 use super::keepalive::{Due, Keepalive};
-use super::reader::{FrameReader, ReadError, ReadReady};
 use super::registry::SessionControl;
-use super::writer::FrameWriter;
+use super::settings::SessionSettings;
 use crate::config::UdpSettings;
 use crate::error::close_code;
 use crate::metrics::{SessionMetrics, Tally, UdpMetrics};
-
-/// What a `udp://` session runs with: the route's datagram settings and the gateway's
-/// keepalive and close timing.
-#[derive(Debug, Clone)]
-pub struct UdpSessionConfig {
-    pub settings: UdpSettings,
-    /// `None` disables pings.
-    pub ping_interval: Option<Duration>,
-    pub pong_timeout: Duration,
-    pub close_grace: Duration,
-}
+use crate::ws::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
+use crate::ws::reader::{FrameReader, ReadError, ReadReady};
+use crate::ws::writer::FrameWriter;
 
 /// A client message that is kept whole up to this capacity between messages; a larger
 /// buffer is given back (an idle session holds little).
@@ -128,7 +118,7 @@ pub fn run<'a, CR, CW>(
     ws_read: FrameReader<CR>,
     ws_write: FrameWriter<CW>,
     socket: UdpSocket,
-    config: &'a UdpSessionConfig,
+    config: &'a SessionSettings,
     metrics: &'a SessionMetrics,
     udp_metrics: UdpMetrics,
     control: &'a SessionControl,
@@ -138,7 +128,7 @@ where
     CR: ReadReady + Send + 'static,
     CW: AsyncWrite + Unpin + 'a,
 {
-    let settings = &config.settings;
+    let settings = &config.udp;
     let sock = socket2::SockRef::from(&socket);
     if let Some(n) = settings.recv_buffer_bytes {
         let _ = sock.set_recv_buffer_size(n);
@@ -394,7 +384,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         &mut self,
         events: flume::Receiver<Event>,
         queue: flume::Receiver<Bytes>,
-        config: &UdpSessionConfig,
+        config: &SessionSettings,
         metrics: &SessionMetrics,
         udp: &UdpMetrics,
         activity: &Activity,
@@ -407,7 +397,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         tokio::pin!(timer);
         let asked_to_close = control.cancelled();
         tokio::pin!(asked_to_close);
-        let idle = config.settings.idle_timeout;
+        let idle = config.udp.idle_timeout;
         let mut closing: Option<Closing> = None;
         let stopped: Ending = (
             close_code::ABNORMAL,
