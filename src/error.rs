@@ -219,6 +219,9 @@ impl RejectError {
     }
 }
 
+/// Close codes the gateway sends (RFC 6455 §7.4.1); defined with the protocol.
+pub use crate::ws::close_code;
+
 #[cfg(test)]
 mod tests {
     use super::{Refusal, RejectError};
@@ -312,6 +315,3 @@ mod tests {
         );
     }
 }
-
-/// Close codes the gateway sends (RFC 6455 §7.4.1); defined with the protocol.
-pub use crate::ws::close_code;

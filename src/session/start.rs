@@ -286,6 +286,7 @@ mod tests {
             backend_stall: Duration::from_secs(30),
             bandwidth_bytes_per_sec: None,
             compression: None,
+            udp: Default::default(),
         }
     }
 
