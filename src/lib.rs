@@ -40,6 +40,8 @@
 //!              the embedded default (default.toml); imports nothing of ours
 //! error.rs     the boundary error: status and label before the upgrade, close codes after
 //! logsafe.rs   client-controlled text escaped for log lines
+//! record/      session recording: asciicast and raw formats, the bounded writer (files as
+//!              .part, 0600, metadata, caps, retention sweep), replay (print, TCP, WebSocket)
 //! metrics.rs   metric names, descriptions, recorder, per-route and per-session handles
 //! ```
 //!
@@ -62,6 +64,7 @@ pub mod logsafe;
 pub mod metrics;
 pub mod ops;
 pub mod policy;
+pub mod record;
 pub mod session;
 pub mod snapshot;
 pub mod tls;

@@ -30,6 +30,12 @@ pub const PROXY_HEADERS_REFUSED_TOTAL: &str = "wsgate_proxy_protocol_refused_tot
 pub const AUTH_FAILURES_TOTAL: &str = "wsgate_auth_failures_total";
 pub const BUILD_INFO: &str = "wsgate_build_info";
 pub const WORKER_SESSIONS_ACTIVE: &str = "wsgate_worker_sessions_active";
+pub const RECORDINGS_ACTIVE: &str = "wsgate_recordings_active";
+pub const RECORDING_BYTES_WRITTEN_TOTAL: &str = "wsgate_recording_bytes_written_total";
+pub const RECORDING_DROPPED_BYTES_TOTAL: &str = "wsgate_recording_dropped_bytes_total";
+pub const RECORDING_GAPS_TOTAL: &str = "wsgate_recording_gaps_total";
+pub const RECORDING_FAILURES_TOTAL: &str = "wsgate_recording_failures_total";
+pub const RECORDING_DELETIONS_TOTAL: &str = "wsgate_recording_deletions_total";
 
 /// Which HTTP carried a session's handshake: the `protocol` label of
 /// `wsgate_sessions_total` and `wsgate_sessions_active`.
@@ -166,6 +172,29 @@ fn describe() {
     describe_gauge!(
         WORKER_SESSIONS_ACTIVE,
         "Per-core mode: WebSocket sessions now bridged on each worker thread"
+    );
+    describe_gauge!(RECORDINGS_ACTIVE, "Session recordings now open, by route");
+    describe_counter!(
+        RECORDING_BYTES_WRITTEN_TOTAL,
+        Unit::Bytes,
+        "Bytes written to recording files (headers and framing included), by route"
+    );
+    describe_counter!(
+        RECORDING_DROPPED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Session bytes left out of recordings, by route and cause"
+    );
+    describe_counter!(
+        RECORDING_GAPS_TOTAL,
+        "Gaps and ends marked in recordings, by route and cause"
+    );
+    describe_counter!(
+        RECORDING_FAILURES_TOTAL,
+        "Recordings that could not be created or failed while written, by route and stage"
+    );
+    describe_counter!(
+        RECORDING_DELETIONS_TOTAL,
+        "Recordings deleted by the retention sweep, by route and reason (quota, age)"
     );
 }
 

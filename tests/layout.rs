@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     // Leaves: the file format, the boundary error, metric names and handles, log escaping.
     &["config", "error", "metrics", "logsafe"],
     // Certificates and keys, from config into rustls.
-    &["tls"],
+    &["tls", "record"],
     // Compiled per-route rules; the session machinery after the 101.
     &["policy", "session"],
     // Dialling backends (egress policy applies).

@@ -458,6 +458,9 @@ pub struct RouteConfig {
     /// zlib level for what the gateway compresses, 0..=9. Default 1 (fastest).
     #[serde(default = "default_compression_level")]
     pub compression_level: u8,
+    /// `[route.record]`: record this route's sessions. Default: not recorded.
+    #[serde(default)]
+    pub record: Option<super::RecordConfig>,
 }
 
 /// Whether a route negotiates permessage-deflate.
@@ -504,6 +507,9 @@ impl FileConfig {
             }
             if let Some(target) = &mut r.target {
                 target.token_file.iter_mut().for_each(fix);
+            }
+            if let Some(record) = &mut r.record {
+                fix(&mut record.dir);
             }
         }
         if let Some(web) = &mut self.web {
@@ -557,6 +563,7 @@ impl RouteConfig {
             compression_server_max_window_bits: default_window_bits(),
             compression_client_max_window_bits: default_window_bits(),
             compression_level: default_compression_level(),
+            record: None,
         }
     }
 }

@@ -9,6 +9,7 @@ mod backend_addr;
 mod file;
 mod http2;
 mod quick;
+mod record;
 mod target;
 
 use std::collections::HashSet;
@@ -27,6 +28,7 @@ pub use file::{
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
+pub use record::{RecordConfig, RecordFormat, RecordPolicy};
 pub use target::{EgressConfig, TargetConfig};
 
 /// The embedded default: `ws://127.0.0.1:8080/echo` to a built-in echo service, admin on 9089.
@@ -323,6 +325,9 @@ impl FileConfig {
             bail!("route[{i}].path: {:?} is used twice", r.path);
         }
         let at = format!("route[{i}]");
+        if let Some(record) = &r.record {
+            record.validate(&at, &r.name)?;
+        }
         let needs_client_cert = r
             .auth
             .as_ref()
