@@ -21,13 +21,14 @@ use tracing::{info, warn};
 use crate::backend::pool::Pool;
 use crate::backend::{bind_echo_service, serve_echo_service};
 use crate::config::{Config, RuntimeMode};
+use crate::edge::proxy_protocol::Refused;
 use crate::edge::{accept_loop, listener, workers, PublicListener, Shared, Workers};
 use crate::metrics;
 use crate::ops::admin;
 use crate::ops::api::{redact, ApiSettings, OpsApi, RouteSummary};
 use crate::ops::reload::{self, config_hash, Applied, Apply, ReloadHandle, ReloadRequests};
 use crate::policy::access::decode_sha256_hex;
-use crate::policy::UPKEEP_INTERVAL;
+use crate::policy::{descriptors, UPKEEP_INTERVAL};
 use crate::session::registry::Registry;
 use crate::snapshot::{ListenerKey, Snapshot};
 
@@ -136,6 +137,8 @@ impl Gateway {
         // Before the snapshot: pools register their gauges when built, and a handle taken
         // before the recorder exists would be a no-op forever.
         metrics::install();
+        // Before the snapshot: its session cap is what the descriptor limit leaves.
+        descriptors::init();
         let echo = if Snapshot::needs_echo(&config) {
             Some(
                 bind_echo_service()
@@ -218,7 +221,7 @@ impl Gateway {
         };
         let handle = metrics::install();
         let snapshot = self.snapshot;
-        metrics::register(snapshot.routes.iter().map(|r| &r.name));
+        register_metrics(&snapshot);
         let hard_stop = CancellationToken::new();
         // Helpers (admin, echo, metrics upkeep) outlive the drain and stop after it.
         let aux_stop = CancellationToken::new();
@@ -230,7 +233,30 @@ impl Gateway {
         // Active health checks, one task per pool that has them; each also ends when a
         // reload drops its pool.
         spawn_checks(&snapshot, None, &aux, &aux_stop);
-        let permits = Arc::new(Semaphore::new(snapshot.config.max_connections));
+        let fit = descriptors::fit(&snapshot.config.limits);
+        if fit.lowered {
+            warn!(
+                event = "start",
+                nofile = descriptors::limit(),
+                reserved = descriptors::RESERVED,
+                max_connections = snapshot.config.max_connections,
+                max_sessions = snapshot.config.limits.max_sessions,
+                connections = fit.connections,
+                sessions = fit.sessions,
+                "the descriptor limit (RLIMIT_NOFILE) cannot hold max_connections and a backend \
+                 socket per session: serving fewer; raise LimitNOFILE (ulimit -n) to at least \
+                 max_connections + sessions + reserved"
+            );
+        } else if let Some(nofile) = descriptors::limit() {
+            info!(
+                event = "start",
+                nofile,
+                connections = fit.connections,
+                sessions = fit.sessions,
+                "descriptor budget"
+            );
+        }
+        let permits = Arc::new(Semaphore::new(fit.connections));
         let initial = Applied {
             hash: self.hash,
             files: self.source.watched_files(&snapshot.config),
@@ -469,7 +495,7 @@ impl Apply for Reconfigure {
         }
         let snapshot = Arc::new(snapshot);
         self.shared.snapshot.store(snapshot.clone());
-        metrics::register(snapshot.routes.iter().map(|r| &r.name));
+        register_metrics(&snapshot);
         // Kept pools keep their check task; a dropped pool's task ends with its last Arc.
         spawn_checks(&snapshot, Some(&old), &self.aux, &self.aux_stop);
         if let Some(api) = &self.api {
@@ -612,4 +638,24 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
         config_json,
         drain_grace: config.drain_grace,
     })
+}
+
+/// Show at zero every series `snapshot`'s routes and listeners can produce.
+fn register_metrics(snapshot: &Snapshot) {
+    let listeners = &snapshot.config.listeners;
+    let reads_proxy_headers = listeners.iter().any(|l| l.proxy_protocol);
+    metrics::register(
+        snapshot.routes.iter().map(|r| &r.name),
+        &metrics::Registered {
+            rejection_reasons: crate::error::RejectError::LABELS,
+            h2: listeners
+                .iter()
+                .any(|l| (l.tls.is_some() && l.http2) || l.h2c),
+            proxy_refusals: if reads_proxy_headers {
+                Refused::LABELS
+            } else {
+                &[]
+            },
+        },
+    );
 }

@@ -10,7 +10,8 @@
 //!              bind/close listeners on every worker), drain on shutdown
 //! edge/        listener.rs: accept with permits, per-connection span, PROXY header, TLS, hyper
 //!              proxy_protocol.rs: PROXY v1/v2 from trusted load balancers only
-//!              h2.rs: HTTP/2 connections (ALPN h2, h2c) with extended CONNECT enabled
+//!              h2.rs: HTTP/2 connections (ALPN h2, h2c) with extended CONNECT enabled,
+//!              GOAWAY when unused (first request, idle timeout)
 //!              http.rs: one request → path rules (400) → forwarded client → route (404) → upgrade checks
 //!              (400/426) → access → limits (429/503) → dial (502/504) → 101 (h2: 200) → session task
 //!              extended_connect.rs: the RFC 8441 checks (426/501) and the 200
@@ -28,8 +29,9 @@
 //!              options, PROXY v2 to backends; pool.rs: pools, ejection, active checks;
 //!              the built-in echo
 //! policy/      access (origin, bearer, JWT, client certificates), identity (ConnInfo,
-//!              targets (token files, JWT claims, egress), admission (caps, handshake rate),
-//!              auth_failures (budget of failed credentials per address)
+//!              targets (token files, JWT claims, egress), admission (session caps, connections
+//!              per address, handshake rate), auth_failures (budget of failed credentials per
+//!              address), descriptors (RLIMIT_NOFILE budget, accept back-off on EMFILE)
 //! session/     after the 101: reader (RFC 6455 §5 per frame), frames (message rules,
 //!              guarded writes), utf8, keepalive, pacer, io, bridge (WS ↔ bytes), relay (WS ↔ WS),
 //!              registry (live sessions, each one's close request, route drains)

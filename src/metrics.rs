@@ -36,6 +36,16 @@ pub const RECORDING_DROPPED_BYTES_TOTAL: &str = "wsgate_recording_dropped_bytes_
 pub const RECORDING_GAPS_TOTAL: &str = "wsgate_recording_gaps_total";
 pub const RECORDING_FAILURES_TOTAL: &str = "wsgate_recording_failures_total";
 pub const RECORDING_DELETIONS_TOTAL: &str = "wsgate_recording_deletions_total";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "wsgate_connections_refused_total";
+pub const CONNECTION_TIMEOUTS_TOTAL: &str = "wsgate_connection_timeouts_total";
+pub const DESCRIPTORS_EXHAUSTED_TOTAL: &str = "wsgate_descriptors_exhausted_total";
+
+/// `reason` values of `wsgate_connections_refused_total`.
+const CONNECTION_REFUSALS: &[&str] = &["ip_limit"];
+/// `phase` values of `wsgate_connection_timeouts_total`.
+const CONNECTION_TIMEOUT_PHASES: &[&str] = &["first_request", "idle"];
+/// `stage` values of `wsgate_descriptors_exhausted_total`.
+const DESCRIPTOR_STAGES: &[&str] = &["accept", "admin_accept", "backend"];
 
 /// Which HTTP carried a session's handshake: the `protocol` label of
 /// `wsgate_sessions_total` and `wsgate_sessions_active`.
@@ -173,6 +183,18 @@ fn describe() {
         WORKER_SESSIONS_ACTIVE,
         "Per-core mode: WebSocket sessions now bridged on each worker thread"
     );
+    describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        "Client connections closed right after accept, by reason (ip_limit: max_connections_per_ip)"
+    );
+    describe_counter!(
+        CONNECTION_TIMEOUTS_TOTAL,
+        "HTTP/2 connections sent GOAWAY for having nothing open, by phase (first_request, idle)"
+    );
+    describe_counter!(
+        DESCRIPTORS_EXHAUSTED_TOTAL,
+        "Times the process ran out of file descriptors, by stage (accept, admin_accept, backend)"
+    );
     describe_gauge!(RECORDINGS_ACTIVE, "Session recordings now open, by route");
     describe_counter!(
         RECORDING_BYTES_WRITTEN_TOTAL,
@@ -196,6 +218,31 @@ fn describe() {
         RECORDING_DELETIONS_TOTAL,
         "Recordings deleted by the retention sweep, by route and reason (quota, age)"
     );
+    // Known label sets at zero, so the first event shows as an increase.
+    for reason in CONNECTION_REFUSALS {
+        counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => *reason).increment(0);
+    }
+    for phase in CONNECTION_TIMEOUT_PHASES {
+        counter!(CONNECTION_TIMEOUTS_TOTAL, "phase" => *phase).increment(0);
+    }
+    for stage in DESCRIPTOR_STAGES {
+        counter!(DESCRIPTORS_EXHAUSTED_TOTAL, "stage" => *stage).increment(0);
+    }
+}
+
+/// A connection closed after accept: `reason` is `ip_limit`.
+pub fn connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// An HTTP/2 connection with nothing open got GOAWAY: `phase` is `first_request` or `idle`.
+pub fn connection_timed_out(phase: &'static str) {
+    counter!(CONNECTION_TIMEOUTS_TOTAL, "phase" => phase).increment(1);
+}
+
+/// The process had no file descriptor left: `stage` is `accept`, `admin_accept` or `backend`.
+pub fn descriptors_exhausted(stage: &'static str) {
+    counter!(DESCRIPTORS_EXHAUSTED_TOTAL, "stage" => stage).increment(1);
 }
 
 /// Both reload counters at zero, so a fresh gateway shows them.
@@ -238,17 +285,46 @@ pub fn proxy_header_refused(reason: &'static str) {
     counter!(PROXY_HEADERS_REFUSED_TOTAL, "reason" => reason).increment(1);
 }
 
+/// What the running config can produce, so [`register`] shows exactly those series at zero.
+pub struct Registered<'a> {
+    /// Every `reason` of `wsgate_upgrade_rejections_total` (`RejectError::LABELS`).
+    pub rejection_reasons: &'a [&'static str],
+    /// Some listener serves HTTP/2 (TLS with `http2`, or `h2c`): `protocol="h2"` series.
+    pub h2: bool,
+    /// Every `reason` of `wsgate_proxy_protocol_refused_total` when some listener reads PROXY
+    /// headers; empty otherwise.
+    pub proxy_refusals: &'a [&'static str],
+}
+
 /// Make the gateway's series visible from the start, at zero: the process-wide ones, every
-/// configured route's, and `wsgate_build_info`. An empty `/metrics` page cannot tell "no
-/// traffic" from "not scraping the right process", and alerts on `rate()` need a series.
-pub fn register<'a>(routes: impl IntoIterator<Item = &'a Arc<str>>) {
+/// configured route's (and the `none` route's rejections), and `wsgate_build_info`. An empty
+/// `/metrics` page cannot tell "no traffic" from "not scraping the right process", and
+/// `increase()` in an alert misses the first event of a series that did not exist before.
+pub fn register<'a>(routes: impl IntoIterator<Item = &'a Arc<str>>, what: &Registered<'_>) {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(CONNECTIONS_ACTIVE).increment(0.0);
     counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(0);
+    for &reason in what.proxy_refusals {
+        counter!(PROXY_HEADERS_REFUSED_TOTAL, "reason" => reason).increment(0);
+    }
+    let mut rejecting = vec![NO_ROUTE.to_owned()];
     for route in routes {
-        route_handles(route);
+        let handles = route_handles(route);
+        if what.h2 {
+            handles.protocol(Protocol::H2);
+        }
+        rejecting.push(route.to_string());
+    }
+    for route in rejecting {
+        for &reason in what.rejection_reasons {
+            counter!(UPGRADE_REJECTIONS_TOTAL, "route" => route.clone(), "reason" => reason)
+                .increment(0);
+        }
     }
 }
+
+/// The `route` label of a rejection no route matched.
+pub const NO_ROUTE: &str = "none";
 
 /// The `code` label of `wsgate_closes_total`: registered codes (RFC 6455 §7.4.1 and the
 /// IANA registry) by number, 3000-3999 as `3xxx`, 4000-4999 as `4xxx`, anything else `other`.
@@ -299,9 +375,11 @@ pub fn backend_connected(route: &Arc<str>, took: Duration) {
 /// A route's fixed-label handles, registered once per route instead of once per session:
 /// a handshake then costs no registry lookup and no label allocation for them.
 struct RouteHandles {
-    /// Indexed by `Protocol as usize`.
-    sessions_total: [Counter; 2],
-    active: [Gauge; 2],
+    route: Arc<str>,
+    http1: ProtocolHandles,
+    /// Made when a listener can serve HTTP/2 or a session comes over it, so a gateway
+    /// without HTTP/2 shows no `protocol="h2"` series it can never use.
+    h2: OnceLock<ProtocolHandles>,
     bytes_to_backend: Counter,
     bytes_to_client: Counter,
     messages_to_backend: Counter,
@@ -311,6 +389,36 @@ struct RouteHandles {
     duration: Histogram,
     keepalive_timeouts: Counter,
     auth_failures: Counter,
+}
+
+/// `wsgate_sessions_total` and `wsgate_sessions_active` of one route and protocol.
+struct ProtocolHandles {
+    total: Counter,
+    active: Gauge,
+}
+
+impl ProtocolHandles {
+    fn new(route: &str, protocol: Protocol) -> Self {
+        let handles = Self {
+            total: counter!(SESSIONS_TOTAL, "route" => route.to_owned(), "protocol" => protocol.label()),
+            active: gauge!(SESSIONS_ACTIVE, "route" => route.to_owned(), "protocol" => protocol.label()),
+        };
+        // Registering is not enough for every exporter to render a series: touch each.
+        handles.total.increment(0);
+        handles.active.increment(0.0);
+        handles
+    }
+}
+
+impl RouteHandles {
+    fn protocol(&self, protocol: Protocol) -> &ProtocolHandles {
+        match protocol {
+            Protocol::Http1 => &self.http1,
+            Protocol::H2 => self
+                .h2
+                .get_or_init(|| ProtocolHandles::new(&self.route, Protocol::H2)),
+        }
+    }
 }
 
 fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
@@ -324,10 +432,9 @@ fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
         .or_insert_with(|| {
             let r = || route.to_string();
             let handles = Arc::new(RouteHandles {
-                sessions_total: [Protocol::Http1, Protocol::H2]
-                    .map(|p| counter!(SESSIONS_TOTAL, "route" => r(), "protocol" => p.label())),
-                active: [Protocol::Http1, Protocol::H2]
-                    .map(|p| gauge!(SESSIONS_ACTIVE, "route" => r(), "protocol" => p.label())),
+                route: route.clone(),
+                http1: ProtocolHandles::new(route, Protocol::Http1),
+                h2: OnceLock::new(),
                 bytes_to_backend: counter!(BYTES_TOTAL, "route" => r(), "direction" => CLIENT_TO_BACKEND),
                 bytes_to_client: counter!(BYTES_TOTAL, "route" => r(), "direction" => BACKEND_TO_CLIENT),
                 messages_to_backend: counter!(MESSAGES_TOTAL, "route" => r(), "direction" => CLIENT_TO_BACKEND),
@@ -338,11 +445,6 @@ fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
                 keepalive_timeouts: counter!(KEEPALIVE_TIMEOUTS_TOTAL, "route" => r()),
                 auth_failures: counter!(AUTH_FAILURES_TOTAL, "route" => r()),
             });
-            // Registering is not enough for every exporter to render a series: touch each.
-            for (total, active) in handles.sessions_total.iter().zip(&handles.active) {
-                total.increment(0);
-                active.increment(0.0);
-            }
             for c in [
                 &handles.bytes_to_backend,
                 &handles.bytes_to_client,
@@ -481,8 +583,9 @@ impl SessionMetrics {
     /// admin API shows per session): one more relaxed add per write, no lookups.
     pub fn start_counted(route: Arc<str>, protocol: Protocol, bytes: &Arc<ByteCounts>) -> Self {
         let handles = route_handles(&route);
-        handles.sessions_total[protocol as usize].increment(1);
-        handles.active[protocol as usize].increment(1.0);
+        let counts = handles.protocol(protocol);
+        counts.total.increment(1);
+        counts.active.increment(1.0);
         let messages = Arc::<ByteCounts>::default();
         Self {
             protocol,
@@ -520,7 +623,7 @@ impl SessionMetrics {
 
 impl Drop for SessionMetrics {
     fn drop(&mut self) {
-        self.handles.active[self.protocol as usize].decrement(1.0);
+        self.handles.protocol(self.protocol).active.decrement(1.0);
     }
 }
 

@@ -578,7 +578,7 @@ async fn many_connections_announcing_huge_frames_commit_little_memory() {
     const ANNOUNCED: u64 = 16 << 20;
     let gw = echo_gateway(
         "hostile_announced",
-        "[limits]\nmax_frame_bytes = 16777216\n",
+        "[limits]\nmax_frame_bytes = 16777216\nmax_connections_per_ip = 0\n",
     )
     .await;
     let (data_before, rss_before) = (proc_status_kib("VmData"), proc_status_kib("VmRSS"));
@@ -750,7 +750,7 @@ async fn thousands_of_idle_connections_are_bounded_and_cut_at_the_header_timeout
     let gw = echo_gateway(
         "hostile_idle_flood",
         &format!(
-            "[timeouts]\nheader_read_secs = 8\n[limits]\nmax_connections = {}\n",
+            "[timeouts]\nheader_read_secs = 8\n[limits]\nmax_connections = {}\nmax_connections_per_ip = 0\n",
             n + 50
         ),
     )
@@ -800,7 +800,7 @@ async fn idle_connections_beyond_max_connections_wait_in_the_backlog() {
     const IDLE: usize = 60;
     let gw = echo_gateway(
         "hostile_idle_backlog",
-        &format!("[timeouts]\nheader_read_secs = 1\n[limits]\nmax_connections = {MAX}\n"),
+        &format!("[timeouts]\nheader_read_secs = 1\n[limits]\nmax_connections = {MAX}\nmax_connections_per_ip = 0\n"),
     )
     .await;
     let base = connections_active(&gw).await;

@@ -222,6 +222,8 @@ async fn connect_checked(
     for addr in targets::resolve_allowed(host, port, egress).await? {
         match connect(addr, socket).await {
             Ok(stream) => return Ok(stream),
+            // The next address would fail the same way.
+            Err(e @ RejectError::NoDescriptors(_)) => return Err(e),
             Err(e) => last = Some(e),
         }
     }
@@ -248,6 +250,10 @@ async fn connect(addr: SocketAddr, socket: &SocketOptions) -> Result<TcpStream, 
 }
 
 fn unreachable_or_refused(e: io::Error) -> RejectError {
+    if crate::policy::descriptors::is_exhaustion(&e) {
+        crate::metrics::descriptors_exhausted("backend");
+        return RejectError::NoDescriptors(e);
+    }
     match e.kind() {
         io::ErrorKind::ConnectionRefused => RejectError::BackendRefused(e),
         _ => RejectError::BackendUnreachable(e),

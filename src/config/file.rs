@@ -292,8 +292,15 @@ impl Default for Timeouts {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Concurrent connections across public listeners (TLS, HTTP and sessions). Default 10,000.
+    /// Concurrent connections across public listeners (TLS, HTTP and sessions); lowered at
+    /// start when the descriptor limit (RLIMIT_NOFILE) cannot hold them and a session each.
+    /// Default 10,000.
     pub max_connections: usize,
+    /// Concurrent connections from one client address (IPv4, or IPv6 /64; the PROXY header's
+    /// address behind a trusted balancer; a listener's `trusted_proxies` are exempt when it
+    /// sets `forwarded_header`); over it, new connections are closed at once. 0 = no cap.
+    /// Default 100.
+    pub max_connections_per_ip: usize,
     /// Per-session buffer for each direction: the most bytes read from one side
     /// before they are written to the other. Default 64 KiB.
     pub buffer_bytes: usize,
@@ -307,7 +314,8 @@ pub struct Limits {
     /// with 1013 (Try Again Later). At least every route's `max_frame_bytes`. Default 256 MiB.
     pub frame_budget_bytes: usize,
     // ---- Admission, header size and pacing: used by `policy::admission` and the pacer ----
-    /// Concurrent sessions across all routes; over it, 503. 0 = no cap. Default 0.
+    /// Concurrent sessions across all routes; over it, 503. 0 = as many as the descriptor
+    /// limit leaves beside `max_connections` (one backend socket each). Default 0.
     pub max_sessions: usize,
     /// Concurrent sessions on each route (a route's `max_sessions` overrides it); over it,
     /// 503. 0 = no cap. Default 0.
@@ -340,6 +348,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_connections_per_ip: 100,
             buffer_bytes: 64 * 1024,
             max_frame_bytes: 16 * 1024 * 1024,
             max_message_bytes: 64 * 1024 * 1024,

@@ -33,6 +33,11 @@ pub struct Http2Config {
     /// Streams the gateway may reset for a client's protocol errors before it closes the
     /// connection with GOAWAY (CVE-2024-27316-style floods). Default 1024.
     pub max_local_error_reset_streams: usize,
+    /// How long a connection may have no open stream (no request, no session) before it gets
+    /// GOAWAY and is closed; PINGs do not count as use. Before its first request a connection
+    /// has `timeouts.header_read_secs` instead (the preface and SETTINGS included).
+    /// 0.1..=86400 s, default 60 s.
+    pub idle_timeout_secs: f64,
 }
 
 impl Default for Http2Config {
@@ -45,11 +50,17 @@ impl Default for Http2Config {
             max_send_buffer_bytes: 256 * 1024,
             max_pending_accept_reset_streams: 20,
             max_local_error_reset_streams: 1024,
+            idle_timeout_secs: 60.0,
         }
     }
 }
 
 impl Http2Config {
+    /// `idle_timeout_secs` as a duration (validated: finite and positive).
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.idle_timeout_secs)
+    }
+
     /// Every value within what HTTP/2 allows and what makes sense for a gateway.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.max_concurrent_streams == 0 {
@@ -84,6 +95,10 @@ impl Http2Config {
         }
         if self.max_local_error_reset_streams == 0 {
             bail!("http2.max_local_error_reset_streams: must be at least 1");
+        }
+        let idle = self.idle_timeout_secs;
+        if !(0.1..=86_400.0).contains(&idle) {
+            bail!("http2.idle_timeout_secs: must be 0.1..=86400, got {idle}");
         }
         Ok(())
     }

@@ -607,6 +607,7 @@ fn validate_limits(l: &Limits) -> anyhow::Result<()> {
     }
     cap("limits.max_sessions", l.max_sessions)?;
     cap("limits.max_sessions_per_ip", l.max_sessions_per_ip)?;
+    cap("limits.max_connections_per_ip", l.max_connections_per_ip)?;
     cap("limits.max_sessions_per_route", l.max_sessions_per_route)?;
     bandwidth("limits.bandwidth_bytes_per_sec", l.bandwidth_bytes_per_sec)?;
     Ok(())

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
 use super::console::Console;
-use super::shared::{ConnectionSlot, Shared};
+use super::shared::{ConnectionSlot, InUse, Shared};
 use crate::backend::{Backend, Handshake, ProxyAddrs};
 use crate::config::BackendAddr;
 use crate::error::RejectError;
@@ -53,7 +53,7 @@ pub(super) fn connection_service(
 > + Clone {
     service_fn(move |req| {
         let page = console.as_ref().and_then(|c| c.answer(&req));
-        let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.clone());
+        let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.enter());
         async move {
             match page {
                 Some(page) => Ok(page),
@@ -68,7 +68,7 @@ pub async fn handle(
     mut req: Request<hyper::body::Incoming>,
     conn: ConnInfo,
     shared: Arc<Shared>,
-    permit: Arc<ConnectionSlot>,
+    permit: InUse,
 ) -> Result<Response<Body>, Infallible> {
     // This request's config: a reload after this point does not change its session.
     let snapshot = shared.snapshot.load_full();
@@ -620,7 +620,7 @@ fn is_valid_key(key: &[u8]) -> bool {
 
 /// Turn a rejection into its HTTP answer, a metric and a log line.
 fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Response<Body> {
-    let route_name = route.map_or("none", |r| &*r.name);
+    let route_name = route.map_or(metrics::NO_ROUTE, |r| &*r.name);
     metrics::upgrade_rejected(route_name, e.label());
     // Query values are redacted: a token in the URL never reaches the log.
     let uri = access::log_uri(req.uri());

@@ -6,7 +6,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -22,7 +21,7 @@ use super::console::Console;
 use super::proxy_protocol::{self, Proxied};
 use super::shared::{ConnectionSlot, Shared};
 use crate::metrics;
-use crate::policy::{ClientCert, ClientSource, ConnInfo};
+use crate::policy::{descriptors, ClientCert, ClientSource, ConnInfo};
 use crate::snapshot::{ListenerKey, Snapshot};
 
 /// A bound public listener: its socket, the key its TLS config is found under in each
@@ -62,11 +61,11 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
-            Err(e) if is_per_connection(&e) => continue,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning; the listener stays up.
-                error!(error = %e, "accept failed; retrying in 100 ms");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Some(wait) = descriptors::after_accept_error(&e, "accept") {
+                    tokio::time::sleep(wait).await;
+                }
                 continue;
             }
         };
@@ -160,15 +159,6 @@ fn console_of(snapshot: &Snapshot, key: ListenerKey) -> Option<Arc<Console>> {
     })
 }
 
-fn is_per_connection(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    )
-}
-
 /// What a connection meets before HTTP, as its listener is configured in the snapshot
 /// current when it was accepted.
 struct Front {
@@ -227,6 +217,22 @@ async fn connection(
             Err(_) => {
                 metrics::proxy_header_refused("timeout");
                 debug!("PROXY header timed out");
+                return;
+            }
+        }
+    }
+    // One address may hold `max_connections_per_ip` of the slots; a balancer whose
+    // forwarded headers name its clients carries many and is capped per session instead.
+    let forwarding = conn
+        .trust_forwarded
+        .as_ref()
+        .is_some_and(|t| t.proxies.contains(conn.tcp_peer.ip()));
+    if !forwarding {
+        match snapshot.admission.admit_connection(conn.peer.ip()) {
+            Some(slot) => permit.hold_address(slot),
+            None => {
+                metrics::connection_refused("ip_limit");
+                debug!("connection closed: max_connections_per_ip reached for its address");
                 return;
             }
         }

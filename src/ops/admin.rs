@@ -20,6 +20,7 @@ use tracing::debug;
 
 use super::api::OpsApi;
 use super::reload::{ReloadHandle, Trigger};
+use crate::policy::descriptors;
 
 /// Serve admin requests until `stop`; each connection ends with `stop` too.
 pub async fn serve(
@@ -36,7 +37,19 @@ pub async fn serve(
             r = listener.accept() => r,
             () = stop.cancelled() => break,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors: wait as the public listeners do instead of spinning.
+                if let Some(wait) = descriptors::after_accept_error(&e, "admin_accept") {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = stop.cancelled() => break,
+                    }
+                }
+                continue;
+            }
+        };
         let (handle, ready, api, stop) = (handle.clone(), ready.clone(), api.clone(), stop.clone());
         let reload = reload.clone();
         tracker.spawn(async move {

@@ -5,7 +5,12 @@
 //! dial, and never waits: a request is admitted with a [`SessionSlot`] (held until the session
 //! ends, released on drop) or refused with a [`Refusal`] and a `Retry-After`. Checks run from
 //! the cheapest to refuse an abuser to the most global: handshake rate (429), sessions from the
-//! address (429), sessions on the route (503), sessions overall (503).
+//! address (429), sessions on the route (503), sessions overall (503; with `max_sessions = 0`
+//! the cap is what the descriptor budget leaves, `policy::descriptors`).
+//!
+//! Connections are admitted per address too ([`Admission::admit_connection`],
+//! `max_connections_per_ip`), once the client's address is known (after a PROXY header), so
+//! one address cannot hold every slot under `max_connections`.
 //!
 //! Client addresses are keyed per IPv4 address and per IPv6 /64 (one subscriber's usual
 //! allocation, so rotating addresses inside it does not escape the limits); an IPv4-mapped IPv6
@@ -60,6 +65,8 @@ struct Counts {
     global: Arc<AtomicUsize>,
     routes: Mutex<HashMap<Arc<str>, Arc<AtomicUsize>>>,
     per_ip: IpTable,
+    /// Open client connections per client key.
+    connections_per_ip: IpTable,
 }
 
 /// The admission state shared by every request of one snapshot.
@@ -72,6 +79,8 @@ pub struct Admission {
     routes: HashMap<Arc<str>, (usize, Arc<AtomicUsize>)>,
     /// 0: no cap.
     max_sessions_per_ip: usize,
+    /// 0: no cap.
+    max_connections_per_ip: usize,
     handshakes: Option<(Quota, Arc<DefaultKeyedRateLimiter<IpAddr>>)>,
     retry_after_secs: u32,
     /// Failed credentials per address, checked before a route's credentials.
@@ -131,9 +140,10 @@ impl Admission {
         });
         Self {
             counts,
-            max_sessions: l.max_sessions,
+            max_sessions: super::descriptors::fit(l).sessions,
             routes,
             max_sessions_per_ip: l.max_sessions_per_ip,
+            max_connections_per_ip: l.max_connections_per_ip,
             handshakes,
             retry_after_secs: l.retry_after_secs,
             auth_failures,
@@ -189,6 +199,25 @@ impl Admission {
         })
     }
 
+    /// Admit one client connection from `peer` under `max_connections_per_ip`, or refuse it
+    /// (`None`). The slot is held until the connection and its sessions end.
+    pub fn admit_connection(&self, peer: IpAddr) -> Option<ConnectionAddressSlot> {
+        let key = client_key(peer);
+        let table = &self.counts.connections_per_ip;
+        let mut counts = table.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.get(&key).copied().unwrap_or(0);
+        if self.max_connections_per_ip > 0 && count >= self.max_connections_per_ip {
+            return None;
+        }
+        counts.insert(key, count + 1);
+        Some(ConnectionAddressSlot {
+            _ip: IpSlot {
+                table: table.clone(),
+                key,
+            },
+        })
+    }
+
     /// Live sessions admitted by this admission and every one it succeeded.
     pub fn live_sessions(&self) -> usize {
         self.counts.global.load(Ordering::Acquire)
@@ -216,6 +245,12 @@ pub struct SessionSlot {
     _ip: IpSlot,
     _route: Option<Held>,
     _global: Held,
+}
+
+/// One open connection's place under its address's connection cap; released when dropped.
+#[derive(Debug)]
+pub struct ConnectionAddressSlot {
+    _ip: IpSlot,
 }
 
 /// One count of a live-session counter, given back on drop.
@@ -331,6 +366,24 @@ mod tests {
             "no entry outlives its sessions"
         );
         assert_eq!(adm.live_sessions(), 0);
+    }
+
+    #[test]
+    fn connections_per_address_are_capped_and_released_on_drop() {
+        let adm = Admission::new(&config("max_connections_per_ip = 2", ""));
+        let a = adm.admit_connection(ip("10.0.0.1")).unwrap();
+        let _b = adm.admit_connection(ip("10.0.0.1")).unwrap();
+        assert!(
+            adm.admit_connection(ip("10.0.0.1")).is_none(),
+            "third from one address"
+        );
+        let _other = adm.admit_connection(ip("10.0.0.2")).unwrap();
+        drop(a);
+        let _c = adm.admit_connection(ip("10.0.0.1")).unwrap();
+        let off = Admission::new(&config("max_connections_per_ip = 0", ""));
+        let _held: Vec<_> = (0..500)
+            .map(|_| off.admit_connection(ip("10.0.0.1")).unwrap())
+            .collect();
     }
 
     #[test]
