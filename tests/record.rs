@@ -172,7 +172,10 @@ async fn a_terminal_session_recorded_as_asciicast_plays_in_asciinema_as_the_clie
     let body = std::fs::read_to_string(cast).unwrap();
     assert!(!body.contains("secret-password"), "input recorded: {body}");
     let header: serde_json::Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
-    assert_eq!((header["version"].as_u64(), header["width"].as_u64()), (Some(2), Some(100)));
+    assert_eq!(
+        (header["version"].as_u64(), header["width"].as_u64()),
+        (Some(2), Some(100))
+    );
 
     let Some(asciinema) = asciinema() else { return };
     let out = tokio::process::Command::new(&asciinema[0])
@@ -285,8 +288,7 @@ async fn past_max_session_bytes_the_recording_stops_and_the_session_goes_on() {
 }
 
 #[tokio::test]
-async fn best_effort_with_a_tiny_queue_never_holds_the_session_back_and_accounts_for_every_byte(
-) {
+async fn best_effort_with_a_tiny_queue_never_holds_the_session_back_and_accounts_for_every_byte() {
     let dir = tempfile::tempdir().unwrap();
     let (backend, mut accepted) = tcp_backend().await;
     let gw = recorded_gateway(
@@ -364,7 +366,10 @@ async fn recordings_are_private_and_a_second_session_never_overwrites_the_first(
     let found = recordings(dir.path(), 2).await;
     assert_ne!(found[0].0, found[1].0);
     for (file, meta) in &found {
-        for path in [file.clone(), PathBuf::from(format!("{}.json", file.display()))] {
+        for path in [
+            file.clone(),
+            PathBuf::from(format!("{}.json", file.display())),
+        ] {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{path:?}");
         }

@@ -44,6 +44,11 @@ pub struct RecordConfig {
     /// 0 = kept forever. Default 0.
     #[serde(default)]
     pub max_age_secs: u64,
+    /// A recording starts only while the file system holding `dir` has at least this many
+    /// bytes free (else it is a recording that cannot be created). 0 = no check. Default
+    /// 104857600 (100 MiB).
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
     /// asciicast: the terminal width in the header, in columns. Default 80.
     #[serde(default = "default_width")]
     pub width: u16,
@@ -83,6 +88,10 @@ fn default_max_session_bytes() -> u64 {
     256 * 1024 * 1024
 }
 
+fn default_min_free_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+
 fn default_width() -> u16 {
     80
 }
@@ -104,6 +113,7 @@ impl RecordConfig {
             max_session_secs: 0,
             max_total_bytes: 0,
             max_age_secs: 0,
+            min_free_bytes: default_min_free_bytes(),
             width: default_width(),
             height: default_height(),
         }

@@ -7,48 +7,52 @@ use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A recording file being written.
 pub struct PartFile {
     pub file: File,
-    /// `….part`, while it is written.
-    pub part: PathBuf,
-    /// The name it gets on close.
-    pub final_path: PathBuf,
+    pub name: PartName,
 }
 
-/// Create `dir/DATE/ROUTE/STAMP-sSESSION.EXT.part` (a `-N` suffix if that name is taken).
-pub fn create(
-    dir: &Path,
-    route: &str,
-    session_id: u64,
-    ext: &str,
-    now: SystemTime,
-) -> io::Result<PartFile> {
+/// Where a recording is written, and what its final name is made of.
+#[derive(Debug, Clone)]
+pub struct PartName {
+    /// `….part`, while it is written.
+    pub part: PathBuf,
+    /// `DIR/DATE/ROUTE`.
+    pub folder: PathBuf,
+    /// `YYYYMMDDTHHMMSSZ` of the start: the final name begins with it.
+    pub stamp: String,
+    pub ext: &'static str,
+}
+
+/// Tells apart the `.part` files of sessions that start in the same second.
+static NEXT_PART: AtomicU64 = AtomicU64::new(0);
+
+/// Create `dir/DATE/ROUTE/STAMP-N.EXT.part` before the session has an id (it is refused or
+/// accepted on whether this works); [`publish`] names it after the session.
+pub fn create(dir: &Path, route: &str, ext: &'static str, now: SystemTime) -> io::Result<PartFile> {
     let (date, stamp) = date_and_stamp(now);
     let folder = dir.join(date).join(route);
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&folder)?;
-    for n in 0..100u32 {
-        let stem = if n == 0 {
-            format!("{stamp}-s{session_id}")
-        } else {
-            format!("{stamp}-s{session_id}-{n}")
-        };
-        let final_path = folder.join(format!("{stem}.{ext}"));
-        let part = folder.join(format!("{stem}.{ext}.part"));
-        if final_path.exists() {
-            continue;
-        }
+    for _ in 0..100 {
+        let n = NEXT_PART.fetch_add(1, Ordering::Relaxed);
+        let part = folder.join(format!("{stamp}-{}-{n}.{ext}.part", std::process::id()));
         match new_file(&part) {
             Ok(file) => {
                 return Ok(PartFile {
                     file,
-                    part,
-                    final_path,
+                    name: PartName {
+                        part,
+                        folder,
+                        stamp,
+                        ext,
+                    },
                 })
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -61,6 +65,56 @@ pub fn create(
     ))
 }
 
+/// Give a finished `.part` its final name, `STAMP-sSESSION.EXT` (a `-N` suffix when taken),
+/// without replacing anything (a hard link fails when the name exists), then drop the
+/// `.part` name. Returns the final path.
+pub fn publish(part: &PartName, session_id: u64) -> io::Result<PathBuf> {
+    for n in 0..100u32 {
+        let name = if n == 0 {
+            format!("{}-s{session_id}.{}", part.stamp, part.ext)
+        } else {
+            format!("{}-s{session_id}-{n}.{}", part.stamp, part.ext)
+        };
+        let final_path = part.folder.join(name);
+        match std::fs::hard_link(&part.part, &final_path) {
+            Ok(()) => {
+                std::fs::remove_file(&part.part)?;
+                return Ok(final_path);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("no free recording name in {}", part.folder.display()),
+    ))
+}
+
+/// Fail unless the file system holding `dir` (or its nearest existing parent) has at least
+/// `min_free` bytes available to the gateway's user. 0 checks nothing.
+pub fn check_free_space(dir: &Path, min_free: u64) -> io::Result<()> {
+    if min_free == 0 {
+        return Ok(());
+    }
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let st = rustix::fs::statvfs(existing).map_err(io::Error::from)?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < min_free {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!(
+                "{} has {free} bytes free, under min_free_bytes ({min_free})",
+                existing.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A new file, mode 0600; fails when the name exists (`O_EXCL`).
 pub fn new_file(path: &Path) -> io::Result<File> {
     OpenOptions::new()
@@ -68,13 +122,6 @@ pub fn new_file(path: &Path) -> io::Result<File> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-}
-
-/// Give a finished `.part` its final name without replacing anything there (a hard link
-/// fails when the name exists), then drop the `.part` name.
-pub fn publish(part: &Path, final_path: &Path) -> io::Result<()> {
-    std::fs::hard_link(part, final_path)?;
-    std::fs::remove_file(part)
 }
 
 /// The metadata beside a recording: `NAME.json`, created exclusively, mode 0600.
@@ -157,23 +204,31 @@ mod tests {
     fn files_are_private_exclusive_and_published_without_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let now = SystemTime::now();
-        let a = create(dir.path(), "term", 1, "cast", now).unwrap();
+        let a = create(dir.path(), "term", "cast", now).unwrap();
         let mode = a.file.metadata().unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let folder_mode = std::fs::metadata(a.part.parent().unwrap())
+        let folder_mode = std::fs::metadata(&a.name.folder)
             .unwrap()
             .permissions()
             .mode()
             & 0o777;
         assert_eq!(folder_mode, 0o700);
-        assert!(a.part.to_string_lossy().ends_with(".cast.part"));
-        // The same session id in the same second gets another name.
-        let b = create(dir.path(), "term", 1, "cast", now).unwrap();
-        assert_ne!(a.part, b.part);
-        publish(&a.part, &a.final_path).unwrap();
-        assert!(a.final_path.exists() && !a.part.exists());
-        // Publishing onto an existing name fails instead of replacing it.
-        assert!(publish(&b.part, &a.final_path).is_err());
-        assert!(new_file(&a.final_path).is_err());
+        assert!(a.name.part.to_string_lossy().ends_with(".cast.part"));
+        let b = create(dir.path(), "term", "cast", now).unwrap();
+        assert_ne!(a.name.part, b.name.part);
+        let first = publish(&a.name, 1).unwrap();
+        assert!(first.exists() && !a.name.part.exists());
+        // The same session id in the same second (a restarted gateway): another name.
+        let second = publish(&b.name, 1).unwrap();
+        assert_ne!(first, second);
+        assert!(new_file(&first).is_err());
+    }
+
+    #[test]
+    fn too_little_free_space_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        check_free_space(&dir.path().join("not/yet"), 1).unwrap();
+        let err = check_free_space(dir.path(), u64::MAX).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
     }
 }

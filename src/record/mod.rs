@@ -43,6 +43,7 @@ pub struct RecordSettings {
     pub max_session_duration: Option<Duration>,
     pub max_total_bytes: Option<u64>,
     pub max_age: Option<Duration>,
+    pub min_free_bytes: u64,
     pub width: u16,
     pub height: u16,
     /// One retention sweep at a time per route.
@@ -63,6 +64,7 @@ impl RecordSettings {
             max_session_duration: nonzero(c.max_session_secs).map(Duration::from_secs),
             max_total_bytes: nonzero(c.max_total_bytes),
             max_age: nonzero(c.max_age_secs).map(Duration::from_secs),
+            min_free_bytes: c.min_free_bytes,
             width: c.width,
             height: c.height,
             sweeping: AtomicBool::new(false),
@@ -150,60 +152,42 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Create the session's recording file and start its writer. A file that cannot be
-    /// created is an error under `required` (refuse the session) and `Ok(None)` under
-    /// `best_effort` (logged and counted; the session goes on unrecorded).
+    /// Create the session's recording file and start its writer: [`Recorder::prepare`] and
+    /// [`Pending::start`] at once.
     pub async fn start(
         settings: &Arc<RecordSettings>,
         meta: SessionMeta,
     ) -> Result<Option<Recorder>, RecordFailed> {
+        Ok(Self::prepare(settings).await?.map(|p| p.start(meta)))
+    }
+
+    /// Create a session's recording file, before the session is accepted (it has no id yet).
+    /// A file that cannot be created is an error under `required` (refuse the session) and
+    /// `Ok(None)` under `best_effort` (logged and counted; the session goes on unrecorded).
+    pub async fn prepare(settings: &Arc<RecordSettings>) -> Result<Option<Pending>, RecordFailed> {
         let started = Instant::now();
         let wall = SystemTime::now();
         let opened = {
             let settings = settings.clone();
-            let meta = meta.clone();
-            tokio::task::spawn_blocking(move || writer::open(&settings, &meta, wall)).await
+            tokio::task::spawn_blocking(move || writer::open(&settings, wall)).await
         };
-        let file = match opened {
-            Ok(Ok(file)) => file,
-            Ok(Err(e)) => return Self::not_created(settings, meta.session_id, e.to_string()),
-            Err(e) => return Self::not_created(settings, meta.session_id, e.to_string()),
-        };
-        let shared = Arc::new(Shared {
-            started,
-            recorded: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            stopped: AtomicBool::new(false),
-            truncated: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
-        });
-        let (tx, rx) = flume::bounded(settings.queue_chunks);
-        let writer = tokio::spawn(writer::run(
-            settings.clone(),
-            shared.clone(),
-            meta,
-            wall,
-            file,
-            rx,
-        ));
-        Ok(Some(Recorder {
-            settings: settings.clone(),
-            shared,
-            tx,
-            writer,
-        }))
+        match opened {
+            Ok(Ok(file)) => Ok(Some(Pending {
+                settings: settings.clone(),
+                file: Some(file),
+                started,
+                wall,
+            })),
+            Ok(Err(e)) => Self::not_created(settings, e.to_string()),
+            Err(e) => Self::not_created(settings, e.to_string()),
+        }
     }
 
-    fn not_created(
-        settings: &RecordSettings,
-        session_id: u64,
-        error: String,
-    ) -> Result<Option<Recorder>, RecordFailed> {
+    fn not_created<T>(settings: &RecordSettings, error: String) -> Result<Option<T>, RecordFailed> {
         counter!(RECORDING_FAILURES_TOTAL, "route" => settings.route.to_string(), "stage" => "create")
             .increment(1);
         tracing::warn!(
             route = &*settings.route,
-            session_id,
             dir = %settings.dir.display(),
             error,
             "session recording could not be created"
@@ -247,6 +231,55 @@ impl Recorder {
     /// Whether the recording failed (the writer could not write).
     pub fn failed(&self) -> bool {
         self.shared.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// A recording whose file exists, waiting for its session's id.
+pub struct Pending {
+    settings: Arc<RecordSettings>,
+    /// Taken by `start`; a pending recording dropped unstarted removes its file.
+    file: Option<files::PartFile>,
+    started: Instant,
+    wall: SystemTime,
+}
+
+impl Pending {
+    /// The session was accepted: start the writer.
+    pub fn start(mut self, meta: SessionMeta) -> Recorder {
+        let file = self.file.take().expect("a pending recording starts once");
+        let shared = Arc::new(Shared {
+            started: self.started,
+            recorded: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            truncated: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+        });
+        let settings = self.settings.clone();
+        let (tx, rx) = flume::bounded(settings.queue_chunks);
+        let writer = tokio::spawn(writer::run(
+            settings.clone(),
+            shared.clone(),
+            meta,
+            self.wall,
+            file,
+            rx,
+        ));
+        Recorder {
+            settings,
+            shared,
+            tx,
+            writer,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // The session never started (its upgrade failed): no empty recording is left.
+        if let Some(f) = self.file.take() {
+            let _ = std::fs::remove_file(&f.name.part);
+        }
     }
 }
 

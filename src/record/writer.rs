@@ -25,16 +25,13 @@ use crate::metrics::{
 const BATCH_CHUNKS: usize = 64;
 
 /// Create the `.part` file for a session (blocking).
-pub(super) fn open(
-    settings: &RecordSettings,
-    meta: &SessionMeta,
-    now: SystemTime,
-) -> std::io::Result<PartFile> {
+pub(super) fn open(settings: &RecordSettings, now: SystemTime) -> std::io::Result<PartFile> {
     let ext = match settings.format {
         RecordFormat::Asciicast => "cast",
         RecordFormat::Raw => "wsrec",
     };
-    files::create(&settings.dir, &settings.route, meta.session_id, ext, now)
+    files::check_free_space(&settings.dir, settings.min_free_bytes)?;
+    files::create(&settings.dir, &settings.route, ext, now)
 }
 
 /// The file and what is known about what went into it; moved to the blocking pool and back.
@@ -154,11 +151,7 @@ pub(super) async fn run(
     let active = gauge!(RECORDINGS_ACTIVE, "route" => route.clone());
     active.increment(1.0);
     let written_total = counter!(RECORDING_BYTES_WRITTEN_TOTAL, "route" => route.clone());
-    let PartFile {
-        file,
-        part,
-        final_path,
-    } = file;
+    let PartFile { file, name } = file;
     let mut sink = Sink {
         out: BufWriter::with_capacity(64 * 1024, file),
         sha256: digest::Context::new(&digest::SHA256),
@@ -269,9 +262,9 @@ pub(super) async fn run(
             .increment(1);
     }
     let ended = SystemTime::now();
-    let (part_c, final_c) = (part.clone(), final_path.clone());
+    let part = name.clone();
+    let session_id = meta.session_id;
     let finished = tokio::task::spawn_blocking(move || {
-        let (part, final_path) = (part_c, final_c);
         let mut sink = sink;
         let flushed = sink
             .out
@@ -283,7 +276,7 @@ pub(super) async fn run(
         let digest = sink.sha256.finish();
         let sha256: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         drop(sink.out);
-        let published = files::publish(&part, &final_path);
+        let published = files::publish(&part, session_id);
         (sink.written, sha256, failure, published)
     })
     .await;
@@ -300,16 +293,16 @@ pub(super) async fn run(
         );
     }
     let final_path = match published {
-        Ok(()) => final_path,
+        Ok(path) => path,
         Err(e) => {
             tracing::warn!(
                 route = &*settings.route,
                 session_id = meta.session_id,
                 error = %e,
-                file = %part.display(),
+                file = %name.part.display(),
                 "session recording could not be renamed; kept as .part"
             );
-            part
+            name.part
         }
     };
     let mut metadata = start_metadata(&settings, &meta, wall_start);
