@@ -173,6 +173,8 @@ impl Recorder {
         };
         match opened {
             Ok(Ok(file)) => Ok(Some(Pending {
+                identity: None,
+                user_agent: None,
                 settings: settings.clone(),
                 file: Some(file),
                 started,
@@ -236,6 +238,10 @@ impl Recorder {
 
 /// A recording whose file exists, waiting for its session's id.
 pub struct Pending {
+    /// What the edge knew of the client, for [`SessionMeta`]: the name its credential
+    /// proved (never the credential) and its `User-Agent`.
+    pub identity: Option<String>,
+    pub user_agent: Option<String>,
     settings: Arc<RecordSettings>,
     /// Taken by `start`; a pending recording dropped unstarted removes its file.
     file: Option<files::PartFile>,
