@@ -49,6 +49,28 @@ pub struct WebConfig {
     /// The folder; must exist. URL paths cannot leave it (`..` is refused); a folder's
     /// `index.html` answers for the folder. A listener's console keeps `/` for itself.
     pub root: PathBuf,
+    /// File answers in flight at once, over every listener; more get `503`. Each holds at
+    /// most one 64 KiB piece of its file. 1..=100000, default 64.
+    #[serde(default = "default_web_max_responses")]
+    pub max_responses: usize,
+    /// Serve symlinks inside the folder whose target is outside it. Default false (`404`).
+    #[serde(default)]
+    pub follow_external_symlinks: bool,
+}
+
+impl WebConfig {
+    /// `root` with every other key at its default.
+    pub fn at(root: PathBuf) -> Self {
+        Self {
+            root,
+            max_responses: default_web_max_responses(),
+            follow_external_symlinks: false,
+        }
+    }
+}
+
+fn default_web_max_responses() -> usize {
+    64
 }
 
 /// Reload on a change of the config file or of a listener's certificate, key or client CA
@@ -232,6 +254,11 @@ pub struct AdminConfig {
     /// and `/api/` require. Default: none (the listener is open; keep it on loopback).
     #[serde(default)]
     pub bearer_sha256: Option<String>,
+    /// Names (`admin.example.com`, `wsgate-admin:9090`) requests may carry in `Host`
+    /// besides the listener's own address (its IP literal, and `localhost` on loopback);
+    /// other `Host`s get `421` (DNS rebinding guard). Default: none.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Every timeout, in seconds (fractions allowed).
@@ -641,10 +668,11 @@ pub struct HealthConfig {
     pub eject_secs: f64,
     /// The longest ejection. Default 300 s.
     pub max_eject_secs: f64,
-    /// Active checks: a TCP (or Unix socket) connect to every backend this often; a failure
-    /// ejects, a success ends an ejection. 0 disables. Default 0.
+    /// Active checks: every backend this often gets the dial a session makes (a connect;
+    /// for `ws://`/`wss://` also TLS and the WebSocket handshake); a failure ejects, a
+    /// success ends an ejection. 0 disables. Default 0.
     pub check_interval_secs: f64,
-    /// How long an active check's connect may take. Default 2 s.
+    /// How long one active check (connect and handshake) may take. Default 2 s.
     pub check_timeout_secs: f64,
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
-pub use backend_addr::{BackendAddr, BACKEND_URL_FORMS};
+pub use backend_addr::{redact_query, BackendAddr, BACKEND_URL_FORMS};
 pub use file::{
     AdminConfig, Balance, CompressionMode, FileConfig, ForwardedHeader, HealthConfig, Limits,
     ListenerConfig, LogConfig, LogFormat, MessageType, ProxyProtocolVersion, ReloadConfig,
@@ -82,6 +82,13 @@ pub struct Config {
     pub log: LogConfig,
     /// `[web] root`: static files for non-upgrade GETs; `None`: such requests get 400.
     pub web_root: Option<PathBuf>,
+    /// `[web] max_responses`: file answers in flight at once.
+    pub web_max_responses: usize,
+    /// `[web] follow_external_symlinks`.
+    pub web_follow_external_symlinks: bool,
+    /// `[admin] allowed_hosts`: `Host` values the admin listener accepts besides its own
+    /// address, lower-cased.
+    pub admin_allowed_hosts: Vec<String>,
 }
 
 impl Config {
@@ -252,6 +259,17 @@ impl FileConfig {
             if !web.root.is_dir() {
                 bail!("web.root: {} is not a directory", web.root.display());
             }
+            if !(1..=100_000).contains(&web.max_responses) {
+                bail!(
+                    "web.max_responses: {} is not in 1..=100000",
+                    web.max_responses
+                );
+            }
+        }
+        for host in self.admin.iter().flat_map(|a| &a.allowed_hosts) {
+            if host.is_empty() || host.contains(|c: char| c.is_whitespace() || "/@?#".contains(c)) {
+                bail!("admin.allowed_hosts: {host:?} is not a host name (with an optional :port)");
+            }
         }
         let t = &self.timeouts;
         let ping = secs("ping_interval_secs", t.ping_interval_secs, true)?;
@@ -288,6 +306,17 @@ impl FileConfig {
             http2: self.http2,
             reload: self.reload,
             log: self.log,
+            admin_allowed_hosts: self
+                .admin
+                .iter()
+                .flat_map(|a| &a.allowed_hosts)
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            web_max_responses: self.web.as_ref().map_or(0, |w| w.max_responses),
+            web_follow_external_symlinks: self
+                .web
+                .as_ref()
+                .is_some_and(|w| w.follow_external_symlinks),
             web_root: self.web.map(|w| w.root),
         })
     }

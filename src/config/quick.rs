@@ -219,6 +219,7 @@ impl QuickMode {
                 address: listen_addr(spec, Ipv4Addr::LOCALHOST.into())
                     .with_context(|| format!("admin address {spec:?}"))?,
                 bearer_sha256: None,
+                allowed_hosts: Vec::new(),
             }),
             None => None,
         };
@@ -244,7 +245,7 @@ impl QuickMode {
                 mode: self.runtime_mode,
                 worker_threads: self.worker_threads,
             },
-            web: self.web.clone().map(|root| WebConfig { root }),
+            web: self.web.clone().map(WebConfig::at),
         })
     }
 

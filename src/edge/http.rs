@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fastwebsockets::Role;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::service::{service_fn, Service};
 use hyper::upgrade::Upgraded;
@@ -37,6 +37,10 @@ use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
 /// Every answer the gateway writes itself: a short, complete body.
 pub type Body = Full<Bytes>;
 
+/// What a public listener's connection answers with: one of ours, or a static file
+/// (`edge::web`, streamed).
+pub type ConnectionBody = super::web::WebBody;
+
 /// What a connection's requests go to, over HTTP/1.1 and HTTP/2 alike: the console answers
 /// plain requests for its pages (so a browser's page and its WebSockets share the
 /// connection); the rest go to the routes.
@@ -47,18 +51,30 @@ pub(super) fn connection_service(
     shared: Arc<Shared>,
 ) -> impl Service<
     Request<hyper::body::Incoming>,
-    Response = Response<Body>,
+    Response = Response<ConnectionBody>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<ConnectionBody>, Infallible>> + Send,
 > + Clone {
-    service_fn(move |req| {
+    service_fn(move |req: Request<hyper::body::Incoming>| {
         let page = console.as_ref().and_then(|c| c.answer(&req));
         let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.enter());
         async move {
-            match page {
-                Some(page) => Ok(page),
-                None => handle(req, conn, shared, permit).await,
+            if let Some(page) = page {
+                return Ok(page.map(Either::Left));
             }
+            // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the
+            // routes.
+            let snapshot = shared.snapshot.load_full();
+            if let Some(web) = &snapshot.web {
+                if matches!(*req.method(), Method::GET | Method::HEAD)
+                    && !header_has_token(&req, header::UPGRADE, "websocket")
+                {
+                    return Ok(super::web::serve(web, req).await);
+                }
+            }
+            drop(snapshot);
+            let answer = handle(req, conn, shared, permit).await;
+            answer.map(|r| r.map(Either::Left))
         }
     })
 }
@@ -72,14 +88,6 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     // This request's config: a reload after this point does not change its session.
     let snapshot = shared.snapshot.load_full();
-    // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the routes.
-    if let Some(root) = &snapshot.config.web_root {
-        if matches!(*req.method(), Method::GET | Method::HEAD)
-            && !header_has_token(&req, header::UPGRADE, "websocket")
-        {
-            return Ok(super::web::serve(root, req).await);
-        }
-    }
     // Path rules (400) before routing: the router matches the path a backend will get.
     if let Err(e) = check_path(req.uri().path()) {
         return Ok(reject(&req, None, e));

@@ -5,6 +5,7 @@
 
 mod route;
 mod router;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::session::reader::FrameBudget;
 
 pub use route::{Route, RouteLimits};
 pub use router::{check_path, select_subprotocol, Router};
+pub use web::WebFiles;
 
 /// Everything a connection or a session needs from the configuration it started with.
 #[derive(Debug)]
@@ -48,6 +50,8 @@ pub struct Snapshot {
     pub admission: Arc<Admission>,
     /// Frame payload bytes all sessions' readers may hold at once (`session::reader`).
     pub frame_budget: Arc<FrameBudget>,
+    /// `[web]`: static files, when configured.
+    pub web: Option<WebFiles>,
 }
 
 /// A public listener's identity across reloads: its configured address and, for addresses
@@ -166,6 +170,14 @@ impl Snapshot {
                 }
                 _ => FrameBudget::new(config.limits.frame_budget_bytes),
             },
+            web: config.web_root.clone().map(|root| {
+                WebFiles::new(
+                    root,
+                    config.web_follow_external_symlinks,
+                    config.web_max_responses,
+                    previous.and_then(|p| p.web.as_ref()),
+                )
+            }),
             config,
         })
     }
