@@ -30,8 +30,9 @@ async fn source(bytes: usize) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        let chunk = vec![0x5au8; 64 * 1024];
+        let chunk: std::sync::Arc<[u8]> = vec![0x5au8; 64 * 1024].into();
         while let Ok((mut s, _)) = listener.accept().await {
+            let chunk = chunk.clone();
             tokio::spawn(async move {
                 let mut left = bytes;
                 while left > 0 {

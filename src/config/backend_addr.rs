@@ -185,6 +185,8 @@ mod tests {
                 assert!(err.contains(form), "{bad}: {err}");
             }
         }
+    }
+
     #[test]
     fn query_values_are_never_shown() {
         let b = BackendAddr::parse("wss://api.example:8443/feed?api_key=s3cret&v=2&flag").unwrap();
