@@ -21,7 +21,12 @@ fn cpu_secs() -> f64 {
     // Fields after the command name's closing parenthesis: utime is the 12th, stime the 13th.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -52,7 +57,9 @@ async fn source(bytes: usize) -> std::net::SocketAddr {
 /// One session: read everything; (seconds, CPU seconds).
 async fn run(url: &str, bytes: usize) -> (f64, f64) {
     let (cpu, start) = (cpu_secs(), Instant::now());
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("upgrade");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
     let mut got = 0;
     while let Some(Ok(m)) = ws.next().await {
         match m {

@@ -356,6 +356,12 @@ impl FileConfig {
         let at = format!("route[{i}]");
         if let Some(record) = &r.record {
             record.validate(&at, &r.name)?;
+            let websocket = |u: &str| u.starts_with("ws://") || u.starts_with("wss://");
+            if r.backend.as_deref().is_some_and(websocket)
+                || r.backends.iter().any(|b| websocket(b))
+            {
+                bail!("{at}.record: WebSocket backends (ws://, wss://) are not recorded yet; only byte backends (tcp://, unix:, targets)");
+            }
         }
         let needs_client_cert = r
             .auth

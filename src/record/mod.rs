@@ -222,6 +222,14 @@ impl Recorder {
         }
     }
 
+    /// Both taps, boxed for a pump to hold (an unrecorded session's pump holds two `None`s).
+    pub fn taps(&self) -> Taps {
+        Taps {
+            input: self.input_tap().map(Box::new),
+            output: Some(Box::new(self.output_tap())),
+        }
+    }
+
     /// The session ended: queue its ending (waiting for room), and wait until the file is
     /// closed, renamed and its metadata written.
     pub async fn finish(self, ending: Ending) {
@@ -287,6 +295,15 @@ impl Drop for Pending {
             let _ = std::fs::remove_file(&f.name.part);
         }
     }
+}
+
+/// A session's taps as its pump holds them: `None` where that direction is not recorded.
+#[derive(Default)]
+pub struct Taps {
+    /// Client→backend bytes (`input = true`).
+    pub input: Option<Box<Tap>>,
+    /// Backend→client bytes.
+    pub output: Option<Box<Tap>>,
 }
 
 /// One direction's entry into a recording, held by the pump that moves those bytes.
