@@ -123,6 +123,122 @@ async fn write_pieces(backend: &mut TcpStream, pieces: &[&[u8]]) {
     }
 }
 
+/// A recording made by the recorder itself (no gateway): `chunks` as backend→client bytes.
+async fn recorded(dir: &Path, format: &str, chunks: &[&[u8]]) -> (PathBuf, serde_json::Value) {
+    use wsgate::record::{Ending, RecordSettings, Recorder, SessionMeta};
+    let mut c: wsgate::config::RecordConfig = toml::from_str(&format!(
+        "dir = {:?}\nformat = {format:?}\nmin_free_bytes = 0\n",
+        dir.display().to_string()
+    ))
+    .unwrap();
+    c.width = 80;
+    let settings = std::sync::Arc::new(RecordSettings::new("lib".into(), &c));
+    let meta = SessionMeta {
+        session_id: 1,
+        backend: "tcp://127.0.0.1:1".into(),
+        client: "127.0.0.1:2".parse().unwrap(),
+        identity: None,
+        user_agent: None,
+        subprotocol: None,
+    };
+    let rec = Recorder::start(&settings, meta).await.unwrap().unwrap();
+    let mut tap = rec.output_tap();
+    for c in chunks {
+        tap.record(c).await.unwrap();
+    }
+    drop(tap);
+    rec.finish(Ending::default()).await;
+    recordings(dir, 1).await.remove(0)
+}
+
+/// Start `wsgate replay FILE ARGS…` serving on a free port; the URL it printed.
+async fn replay_server(file: &Path, args: &[&str]) -> (tokio::process::Child, String) {
+    let mut replay = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .arg("replay")
+        .arg(file)
+        .args(args)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(replay.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("replay prints its address")
+        .unwrap()
+        .unwrap();
+    let url = first
+        .strip_prefix("replaying on ")
+        .unwrap_or_else(|| panic!("first line: {first}"))
+        .to_owned();
+    (replay, url)
+}
+
+#[tokio::test]
+async fn the_recorders_asciicast_plays_in_asciinema_with_split_characters_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "héllo → 𝄞\r\n";
+    let b = text.as_bytes();
+    let (cast, _) = recorded(
+        dir.path(),
+        "asciicast",
+        &[&b[..2], &b[2..9], &b[9..13], &b[13..]],
+    )
+    .await;
+    let Some(asciinema) = asciinema() else { return };
+    let out = std::process::Command::new(&asciinema[0])
+        .args(&asciinema[1..])
+        .arg("cat")
+        .arg(&cast)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "asciinema cat: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+}
+
+#[tokio::test]
+async fn wsgate_replay_lists_cats_and_serves_a_raw_recording_over_websocket_and_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
+    let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+    let (file, _) = recorded(dir.path(), "raw", &refs).await;
+    let all: Vec<u8> = chunks.concat();
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .arg("replay")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(list.status.success());
+    let listing = String::from_utf8_lossy(&list.stdout);
+    assert_eq!(listing.matches("backend>client").count(), 5, "{listing}");
+    let cat = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .arg("replay")
+        .arg(&file)
+        .arg("--cat")
+        .output()
+        .unwrap();
+    assert_eq!(cat.stdout, all);
+    // A WebSocket client gets one binary message per recorded chunk, then a normal close.
+    let (mut server, url) =
+        replay_server(&file, &["--ws", "127.0.0.1:0", "--speed", "0", "--once"]).await;
+    let (mut viewer, chosen) = ws_client_offering(&url, "binary").await;
+    assert_eq!(chosen.as_deref(), Some("binary"));
+    for c in &chunks {
+        assert_eq!(next_data(&mut viewer).await.as_ref(), Some(c));
+    }
+    assert_eq!(expect_close(&mut viewer).await.0, 1000);
+    assert!(server.wait().await.unwrap().success());
+    // The same bytes as a TCP stream.
+    let (mut server, url) =
+        replay_server(&file, &["--tcp", "127.0.0.1:0", "--speed", "0", "--once"]).await;
+    let addr = url.trim_start_matches("tcp://").trim_end_matches('/');
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, all);
+    assert!(server.wait().await.unwrap().success());
+}
+
 #[tokio::test]
 async fn a_terminal_session_recorded_as_asciicast_plays_in_asciinema_as_the_client_saw_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -223,24 +339,9 @@ async fn a_binary_session_recorded_raw_is_replayed_by_wsgate_replay_to_a_websock
     assert_eq!(meta["truncated"], false);
     assert_eq!(meta["dropped_bytes"], 0);
 
-    let mut replay = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .arg("replay")
-        .arg(file)
-        .args(["--ws", "127.0.0.1:0", "--speed", "0", "--once"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(replay.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .expect("replay prints its address")
-        .unwrap()
-        .unwrap();
-    let url = first
-        .strip_prefix("replaying on ")
-        .unwrap_or_else(|| panic!("first line: {first}"));
-    let mut viewer = ws_client(url).await;
+    let (mut replay, url) =
+        replay_server(file, &["--ws", "127.0.0.1:0", "--speed", "0", "--once"]).await;
+    let mut viewer = ws_client(&url).await;
     let replayed = read_to_close(&mut viewer).await;
     assert_eq!(replayed.len(), all.len());
     assert!(replayed == all, "the replay differs from the session");
