@@ -128,6 +128,7 @@ impl RejectError {
         "recording_unavailable",
         "shutting_down",
         "draining",
+        "no_descriptors",
         "origin",
         "unauthorized",
         "forbidden",
@@ -262,6 +263,7 @@ mod tests {
             RejectError::RecordingUnavailable,
             RejectError::ShuttingDown,
             RejectError::Draining,
+            RejectError::NoDescriptors(io()),
             RejectError::Origin,
             RejectError::Unauthorized("x"),
             RejectError::Forbidden("x"),
@@ -288,6 +290,7 @@ mod tests {
                 | RejectError::RecordingUnavailable
                 | RejectError::ShuttingDown
                 | RejectError::Draining
+                | RejectError::NoDescriptors(_)
                 | RejectError::Origin
                 | RejectError::Unauthorized(_)
                 | RejectError::Forbidden(_)
