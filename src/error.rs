@@ -124,7 +124,6 @@ impl RejectError {
         "backend_timeout",
         "backend_rejected",
         "backend_handshake",
-        "no_descriptors",
         "recording_unavailable",
         "shutting_down",
         "draining",
@@ -259,7 +258,6 @@ mod tests {
             RejectError::BackendTimeout,
             RejectError::BackendRejected(StatusCode::FORBIDDEN),
             RejectError::BackendHandshake(Box::new(io())),
-            RejectError::NoDescriptors(io()),
             RejectError::RecordingUnavailable,
             RejectError::ShuttingDown,
             RejectError::Draining,
@@ -286,7 +284,6 @@ mod tests {
                 | RejectError::BackendTimeout
                 | RejectError::BackendRejected(_)
                 | RejectError::BackendHandshake(_)
-                | RejectError::NoDescriptors(_)
                 | RejectError::RecordingUnavailable
                 | RejectError::ShuttingDown
                 | RejectError::Draining
