@@ -23,13 +23,13 @@ use crate::backend::{bind_echo_service, serve_echo_service};
 use crate::config::{Config, RuntimeMode};
 use crate::edge::proxy_protocol::Refused;
 use crate::edge::{accept_loop, listener, workers, PublicListener, Shared, Workers};
+use crate::http_util::decode_sha256_hex;
 use crate::metrics;
 use crate::ops::admin;
 use crate::ops::api::{redact, ApiSettings, OpsApi, RouteSummary};
 use crate::ops::reload::{
     self, config_hash, Applied, Apply, ReloadHandle, ReloadRequests, Trigger,
 };
-use crate::policy::access::decode_sha256_hex;
 use crate::policy::{descriptors, UPKEEP_INTERVAL};
 use crate::session::registry::Registry;
 use crate::snapshot::{ListenerKey, Snapshot};

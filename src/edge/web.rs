@@ -206,13 +206,7 @@ fn percent_decoded(s: &str) -> Option<String> {
 
 fn text(status: StatusCode, reason: &str) -> Response<WebBody> {
     debug!(%status, "web: {reason}");
-    let mut response = Response::new(Either::Left(Full::from(format!("{reason}\n"))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    crate::http_util::text(status, format!("{reason}\n")).map(Either::Left)
 }
 
 #[cfg(test)]
