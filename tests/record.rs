@@ -240,7 +240,6 @@ async fn wsgate_replay_lists_cats_and_serves_a_raw_recording_over_websocket_and_
 }
 
 #[tokio::test]
-#[ignore = "needs the session tap (the recorder is hooked into the pump after the session front door lands)"]
 async fn a_terminal_session_recorded_as_asciicast_plays_in_asciinema_as_the_client_saw_it() {
     let dir = tempfile::tempdir().unwrap();
     let (backend, mut accepted) = tcp_backend().await;
@@ -312,7 +311,6 @@ async fn a_terminal_session_recorded_as_asciicast_plays_in_asciinema_as_the_clie
 }
 
 #[tokio::test]
-#[ignore = "needs the session tap (the recorder is hooked into the pump after the session front door lands)"]
 async fn a_binary_session_recorded_raw_is_replayed_by_wsgate_replay_to_a_websocket_client() {
     let dir = tempfile::tempdir().unwrap();
     let (backend, mut accepted) = tcp_backend().await;
@@ -356,7 +354,6 @@ async fn a_binary_session_recorded_raw_is_replayed_by_wsgate_replay_to_a_websock
 }
 
 #[tokio::test]
-#[ignore = "needs the session tap (the recorder is hooked into the pump after the session front door lands)"]
 async fn past_max_session_bytes_the_recording_stops_and_the_session_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let (backend, mut accepted) = tcp_backend().await;
@@ -392,7 +389,6 @@ async fn past_max_session_bytes_the_recording_stops_and_the_session_goes_on() {
 }
 
 #[tokio::test]
-#[ignore = "needs the session tap (the recorder is hooked into the pump after the session front door lands)"]
 async fn best_effort_with_a_tiny_queue_never_holds_the_session_back_and_accounts_for_every_byte() {
     let dir = tempfile::tempdir().unwrap();
     let (backend, mut accepted) = tcp_backend().await;
@@ -435,7 +431,6 @@ async fn best_effort_with_a_tiny_queue_never_holds_the_session_back_and_accounts
 }
 
 #[tokio::test]
-#[ignore = "needs the session tap (the recorder is hooked into the pump after the session front door lands)"]
 async fn the_required_policy_refuses_a_session_whose_recording_cannot_be_created() {
     let dir = tempfile::tempdir().unwrap();
     // A regular file where the folder should be: nothing can be created under it.
@@ -460,7 +455,6 @@ async fn the_required_policy_refuses_a_session_whose_recording_cannot_be_created
 }
 
 #[tokio::test]
-#[ignore = "needs the session tap (the recorder is hooked into the pump after the session front door lands)"]
 async fn recordings_are_private_and_a_second_session_never_overwrites_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let echo = tcp_echo_backend().await;
@@ -468,6 +462,7 @@ async fn recordings_are_private_and_a_second_session_never_overwrites_the_first(
     for n in 0..2u8 {
         let mut ws = ws_client(&gw.url("/")).await;
         assert_echoes(&mut ws, &[n; 10]).await;
+        ws.close(None).await.unwrap();
         finish_close(&mut ws).await;
     }
     let found = recordings(dir.path(), 2).await;
