@@ -221,6 +221,9 @@ impl RejectError {
     }
 }
 
+/// Close codes the gateway sends (RFC 6455 §7.4.1); defined with the protocol.
+pub use crate::ws::close_code;
+
 #[cfg(test)]
 mod tests {
     use super::{Refusal, RejectError};
@@ -314,6 +317,3 @@ mod tests {
         );
     }
 }
-
-/// Close codes the gateway sends (RFC 6455 §7.4.1); defined with the protocol.
-pub use crate::ws::close_code;
