@@ -235,6 +235,14 @@ impl Gateway {
         // Active health checks, one task per pool that has them; each also ends when a
         // reload drops its pool.
         spawn_checks(&snapshot, None, &aux, &aux_stop);
+        // `[acme]` as it was at start; its certificates outlive reloads.
+        if let (Some(config), Some(store)) = (&snapshot.config.acme, &snapshot.acme) {
+            aux.spawn(crate::ops::acme::run(
+                config.clone(),
+                store.clone(),
+                aux_stop.clone(),
+            ));
+        }
         let fit = descriptors::fit(&snapshot.config.limits);
         if fit.lowered {
             warn!(

@@ -200,10 +200,9 @@ impl QuickMode {
         };
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), key) => Some(TlsConfig {
-                cert_file: cert.clone(),
-                key_file: key.clone().unwrap_or_else(|| cert.clone()),
                 client_auth: client_ca_file.as_ref().map(|_| ClientAuth::Required),
                 client_ca_file,
+                ..TlsConfig::new(cert.clone(), key.clone().unwrap_or_else(|| cert.clone()))
             }),
             (None, _) if client_ca_file.is_some() => {
                 bail!("--verify-client needs --cert FILE: client certificates need TLS")
@@ -238,6 +237,7 @@ impl QuickMode {
             limits: Default::default(),
             routes,
             egress: None,
+            acme: None,
             http2: Default::default(),
             reload: Default::default(),
             log: Default::default(),

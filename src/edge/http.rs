@@ -87,7 +87,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     // This request's config: a reload after this point does not change its session.
     let snapshot = shared.snapshot.load_full();
-    let route = match route(&req, &snapshot) {
+    let route = match route(&req, &snapshot, &conn) {
         Ok(route) => route,
         Err(e) => return Ok(reject(&req, None, e)),
     };
@@ -150,13 +150,13 @@ async fn upgrade(
 
 /// Route: path rules (400) before routing, since the router matches the path a backend will
 /// get; then the route (404).
-fn route<B>(req: &Request<B>, snapshot: &Snapshot) -> Result<Arc<Route>, RejectError> {
+fn route<B>(
+    req: &Request<B>,
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+) -> Result<Arc<Route>, RejectError> {
     check_path(req.uri().path())?;
-    let route = snapshot
-        .router
-        .find(req.uri().path())
-        .cloned()
-        .ok_or(RejectError::NoRoute)?;
+    let route = snapshot.router.route(req, conn)?.clone();
     Span::current().record("route", &*route.name);
     Ok(route)
 }
