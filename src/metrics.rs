@@ -33,6 +33,9 @@ pub const WORKER_SESSIONS_ACTIVE: &str = "wsgate_worker_sessions_active";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "wsgate_connections_refused_total";
 pub const CONNECTION_TIMEOUTS_TOTAL: &str = "wsgate_connection_timeouts_total";
 pub const DESCRIPTORS_EXHAUSTED_TOTAL: &str = "wsgate_descriptors_exhausted_total";
+pub const RESUMES_TOTAL: &str = "wsgate_resumes_total";
+pub const RESUME_DETACHED_SESSIONS: &str = "wsgate_resume_detached_sessions";
+pub const RESUME_REPLAYED_BYTES_TOTAL: &str = "wsgate_resume_replayed_bytes_total";
 
 /// `reason` values of `wsgate_connections_refused_total`.
 const CONNECTION_REFUSALS: &[&str] = &["ip_limit"];

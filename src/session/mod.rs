@@ -16,5 +16,6 @@ pub mod pacer;
 pub mod reader;
 pub mod registry;
 pub mod relay;
+pub mod resume;
 pub mod utf8;
 pub mod writer;
