@@ -39,6 +39,58 @@ pub struct FileConfig {
     /// Static files on the public listeners (websockify's `--web`). Default: none.
     #[serde(default)]
     pub web: Option<WebConfig>,
+    /// `[resume]`: gateway-wide bounds on resumable sessions (docs/resume.md).
+    #[serde(default)]
+    pub resume: ResumeLimitsConfig,
+}
+
+/// `[resume]`: how many resumable sessions the gateway holds at once, attached or waiting
+/// for their client to come back, and how much replay buffer they may reserve.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResumeLimitsConfig {
+    /// Resumable sessions at once (so also detached ones). Default 1000.
+    pub max_sessions: usize,
+    /// Resumable sessions at once from one client address. Default 32.
+    pub max_sessions_per_address: usize,
+    /// Replay-buffer bytes all resumable sessions may reserve (each its route's
+    /// `window_bytes`). Default 1 GiB.
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for ResumeLimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: 1000,
+            max_sessions_per_address: 32,
+            max_buffered_bytes: 1 << 30,
+        }
+    }
+}
+
+/// `[route.resume]`: sessions on this route can survive a dropped client connection
+/// (docs/resume.md). Byte backends only (`tcp://`, `unix:`, targets).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResumeConfig {
+    /// How long a session whose client connection dropped keeps its backend connection,
+    /// waiting for a resume. Default 60 s.
+    pub grace_secs: f64,
+    /// Most backend→client bytes held until the client acknowledges them; reading the
+    /// backend pauses when it is full. Default 2 MiB.
+    pub window_bytes: usize,
+    /// The in-protocol heartbeat; a connection silent for three of them is dead. Default 5 s.
+    pub heartbeat_secs: f64,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        Self {
+            grace_secs: 60.0,
+            window_bytes: 2 << 20,
+            heartbeat_secs: 5.0,
+        }
+    }
 }
 
 /// `[web]`: a folder served to plain (non-upgrade) GET and HEAD requests on every public
@@ -467,6 +519,10 @@ pub struct RouteConfig {
     /// zlib level for what the gateway compresses, 0..=9. Default 1 (fastest).
     #[serde(default = "default_compression_level")]
     pub compression_level: u8,
+    /// `[route.resume]`: resumable sessions for clients that ask (`wsgate.resume.v1`).
+    /// Default: none (off).
+    #[serde(default)]
+    pub resume: Option<ResumeConfig>,
 }
 
 /// Whether a route negotiates permessage-deflate.
@@ -541,6 +597,7 @@ impl RouteConfig {
         Self {
             name: name.into(),
             path: path.into(),
+            resume: None,
             backend: Some(backend.into()),
             backends: Vec::new(),
             balance: Balance::default(),
