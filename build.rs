@@ -1,4 +1,6 @@
-//! Records the git revision for `wsgate --version`, falling back to "unknown" outside a git checkout.
+//! Records the git revision for `wsgate --version`: `WSGATE_GIT_REVISION` from the environment
+//! when set (a container build has no repository: `--build-arg GIT_REVISION=…`), else asked of
+//! git, else "unknown".
 
 use std::path::Path;
 use std::process::Command;
@@ -13,7 +15,11 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     // A packaged crate or a source tarball has no repository to ask. Uncommitted changes
     // are not marked: watching the index would rebuild the crate on every `git add`.
-    let revision = git(&["rev-parse", "--short=12", "HEAD"])
+    println!("cargo:rerun-if-env-changed=WSGATE_GIT_REVISION");
+    let revision = std::env::var("WSGATE_GIT_REVISION")
+        .ok()
+        .filter(|r| !r.trim().is_empty() && r != "unknown")
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .filter(|r| !r.is_empty())
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=WSGATE_GIT_REVISION={revision}");

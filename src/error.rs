@@ -107,6 +107,33 @@ impl Refusal {
 }
 
 impl RejectError {
+    /// Every `label()` a rejection can carry, so `wsgate_upgrade_rejections_total` can show
+    /// each reason at zero from the start and the docs can be checked against the code.
+    pub const LABELS: &'static [&'static str] = &[
+        "no_route",
+        "bad_request",
+        "bad_path",
+        "bad_version",
+        "bad_protocol",
+        "backend_refused",
+        "backend_unreachable",
+        "backend_timeout",
+        "backend_rejected",
+        "backend_handshake",
+        "shutting_down",
+        "draining",
+        "origin",
+        "unauthorized",
+        "forbidden",
+        "unknown_token",
+        "egress_denied",
+        "over_capacity",
+        "route_full",
+        "ip_limit",
+        "rate_limited",
+        "auth_rate_limited",
+    ];
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
@@ -183,6 +210,96 @@ impl RejectError {
     pub fn is_client_error(&self) -> bool {
         (self.status().is_client_error() && !matches!(self, Self::EgressDenied(_)))
             || matches!(self, Self::UnsupportedProtocol)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Refusal, RejectError};
+    use hyper::StatusCode;
+    use std::collections::BTreeSet;
+
+    /// One value of every variant. The `match` below has no wildcard, so a new variant
+    /// does not compile until it is listed here too.
+    fn every_rejection() -> Vec<RejectError> {
+        let io = || std::io::Error::other("x");
+        let refusals = [
+            Refusal::OverCapacity,
+            Refusal::RouteFull,
+            Refusal::IpLimit,
+            Refusal::RateLimited,
+            Refusal::AuthRateLimited,
+        ];
+        for r in refusals {
+            match r {
+                Refusal::OverCapacity
+                | Refusal::RouteFull
+                | Refusal::IpLimit
+                | Refusal::RateLimited
+                | Refusal::AuthRateLimited => {}
+            }
+        }
+        let mut all = vec![
+            RejectError::NoRoute,
+            RejectError::BadRequest("x"),
+            RejectError::BadPath("x"),
+            RejectError::UnsupportedVersion,
+            RejectError::UnsupportedProtocol,
+            RejectError::BackendRefused(io()),
+            RejectError::BackendUnreachable(io()),
+            RejectError::BackendTimeout,
+            RejectError::BackendRejected(StatusCode::FORBIDDEN),
+            RejectError::BackendHandshake(Box::new(io())),
+            RejectError::ShuttingDown,
+            RejectError::Draining,
+            RejectError::Origin,
+            RejectError::Unauthorized("x"),
+            RejectError::Forbidden("x"),
+            RejectError::UnknownToken,
+            RejectError::EgressDenied(Box::new(io())),
+        ];
+        all.extend(refusals.map(|reason| RejectError::Limited {
+            reason,
+            retry_after_secs: 1,
+        }));
+        for e in &all {
+            match e {
+                RejectError::NoRoute
+                | RejectError::BadRequest(_)
+                | RejectError::BadPath(_)
+                | RejectError::UnsupportedVersion
+                | RejectError::UnsupportedProtocol
+                | RejectError::BackendRefused(_)
+                | RejectError::BackendUnreachable(_)
+                | RejectError::BackendTimeout
+                | RejectError::BackendRejected(_)
+                | RejectError::BackendHandshake(_)
+                | RejectError::ShuttingDown
+                | RejectError::Draining
+                | RejectError::Origin
+                | RejectError::Unauthorized(_)
+                | RejectError::Forbidden(_)
+                | RejectError::UnknownToken
+                | RejectError::EgressDenied(_)
+                | RejectError::Limited { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn labels_lists_exactly_the_labels_rejections_carry() {
+        let carried: BTreeSet<&str> = every_rejection().iter().map(RejectError::label).collect();
+        let listed: BTreeSet<&str> = RejectError::LABELS.iter().copied().collect();
+        assert_eq!(
+            listed.len(),
+            RejectError::LABELS.len(),
+            "a label is listed twice"
+        );
+        assert_eq!(
+            carried, listed,
+            "RejectError::LABELS must list every label() and nothing else"
+        );
     }
 }
 

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::backend::pool::Pool;
 use crate::backend::{bind_echo_service, serve_echo_service};
 use crate::config::{Config, RuntimeMode};
+use crate::edge::proxy_protocol::Refused;
 use crate::edge::{accept_loop, listener, workers, PublicListener, Shared, Workers};
 use crate::metrics;
 use crate::ops::admin;
@@ -220,7 +221,7 @@ impl Gateway {
         };
         let handle = metrics::install();
         let snapshot = self.snapshot;
-        metrics::register(snapshot.routes.iter().map(|r| &r.name));
+        register_metrics(&snapshot);
         let hard_stop = CancellationToken::new();
         // Helpers (admin, echo, metrics upkeep) outlive the drain and stop after it.
         let aux_stop = CancellationToken::new();
@@ -494,7 +495,7 @@ impl Apply for Reconfigure {
         }
         let snapshot = Arc::new(snapshot);
         self.shared.snapshot.store(snapshot.clone());
-        metrics::register(snapshot.routes.iter().map(|r| &r.name));
+        register_metrics(&snapshot);
         // Kept pools keep their check task; a dropped pool's task ends with its last Arc.
         spawn_checks(&snapshot, Some(&old), &self.aux, &self.aux_stop);
         if let Some(api) = &self.api {
@@ -637,4 +638,24 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
         config_json,
         drain_grace: config.drain_grace,
     })
+}
+
+/// Show at zero every series `snapshot`'s routes and listeners can produce.
+fn register_metrics(snapshot: &Snapshot) {
+    let listeners = &snapshot.config.listeners;
+    let reads_proxy_headers = listeners.iter().any(|l| l.proxy_protocol);
+    metrics::register(
+        snapshot.routes.iter().map(|r| &r.name),
+        &metrics::Registered {
+            rejection_reasons: crate::error::RejectError::LABELS,
+            h2: listeners
+                .iter()
+                .any(|l| (l.tls.is_some() && l.http2) || l.h2c),
+            proxy_refusals: if reads_proxy_headers {
+                Refused::LABELS
+            } else {
+                &[]
+            },
+        },
+    );
 }

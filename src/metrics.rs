@@ -259,17 +259,46 @@ pub fn proxy_header_refused(reason: &'static str) {
     counter!(PROXY_HEADERS_REFUSED_TOTAL, "reason" => reason).increment(1);
 }
 
+/// What the running config can produce, so [`register`] shows exactly those series at zero.
+pub struct Registered<'a> {
+    /// Every `reason` of `wsgate_upgrade_rejections_total` (`RejectError::LABELS`).
+    pub rejection_reasons: &'a [&'static str],
+    /// Some listener serves HTTP/2 (TLS with `http2`, or `h2c`): `protocol="h2"` series.
+    pub h2: bool,
+    /// Every `reason` of `wsgate_proxy_protocol_refused_total` when some listener reads PROXY
+    /// headers; empty otherwise.
+    pub proxy_refusals: &'a [&'static str],
+}
+
 /// Make the gateway's series visible from the start, at zero: the process-wide ones, every
-/// configured route's, and `wsgate_build_info`. An empty `/metrics` page cannot tell "no
-/// traffic" from "not scraping the right process", and alerts on `rate()` need a series.
-pub fn register<'a>(routes: impl IntoIterator<Item = &'a Arc<str>>) {
+/// configured route's (and the `none` route's rejections), and `wsgate_build_info`. An empty
+/// `/metrics` page cannot tell "no traffic" from "not scraping the right process", and
+/// `increase()` in an alert misses the first event of a series that did not exist before.
+pub fn register<'a>(routes: impl IntoIterator<Item = &'a Arc<str>>, what: &Registered<'_>) {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(CONNECTIONS_ACTIVE).increment(0.0);
     counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(0);
+    for &reason in what.proxy_refusals {
+        counter!(PROXY_HEADERS_REFUSED_TOTAL, "reason" => reason).increment(0);
+    }
+    let mut rejecting = vec![NO_ROUTE.to_owned()];
     for route in routes {
-        route_handles(route);
+        let handles = route_handles(route);
+        if what.h2 {
+            handles.protocol(Protocol::H2);
+        }
+        rejecting.push(route.to_string());
+    }
+    for route in rejecting {
+        for &reason in what.rejection_reasons {
+            counter!(UPGRADE_REJECTIONS_TOTAL, "route" => route.clone(), "reason" => reason)
+                .increment(0);
+        }
     }
 }
+
+/// The `route` label of a rejection no route matched.
+pub const NO_ROUTE: &str = "none";
 
 /// The `code` label of `wsgate_closes_total`: registered codes (RFC 6455 §7.4.1 and the
 /// IANA registry) by number, 3000-3999 as `3xxx`, 4000-4999 as `4xxx`, anything else `other`.
@@ -320,9 +349,11 @@ pub fn backend_connected(route: &Arc<str>, took: Duration) {
 /// A route's fixed-label handles, registered once per route instead of once per session:
 /// a handshake then costs no registry lookup and no label allocation for them.
 struct RouteHandles {
-    /// Indexed by `Protocol as usize`.
-    sessions_total: [Counter; 2],
-    active: [Gauge; 2],
+    route: Arc<str>,
+    http1: ProtocolHandles,
+    /// Made when a listener can serve HTTP/2 or a session comes over it, so a gateway
+    /// without HTTP/2 shows no `protocol="h2"` series it can never use.
+    h2: OnceLock<ProtocolHandles>,
     bytes_to_backend: Counter,
     bytes_to_client: Counter,
     messages_to_backend: Counter,
@@ -332,6 +363,36 @@ struct RouteHandles {
     duration: Histogram,
     keepalive_timeouts: Counter,
     auth_failures: Counter,
+}
+
+/// `wsgate_sessions_total` and `wsgate_sessions_active` of one route and protocol.
+struct ProtocolHandles {
+    total: Counter,
+    active: Gauge,
+}
+
+impl ProtocolHandles {
+    fn new(route: &str, protocol: Protocol) -> Self {
+        let handles = Self {
+            total: counter!(SESSIONS_TOTAL, "route" => route.to_owned(), "protocol" => protocol.label()),
+            active: gauge!(SESSIONS_ACTIVE, "route" => route.to_owned(), "protocol" => protocol.label()),
+        };
+        // Registering is not enough for every exporter to render a series: touch each.
+        handles.total.increment(0);
+        handles.active.increment(0.0);
+        handles
+    }
+}
+
+impl RouteHandles {
+    fn protocol(&self, protocol: Protocol) -> &ProtocolHandles {
+        match protocol {
+            Protocol::Http1 => &self.http1,
+            Protocol::H2 => self
+                .h2
+                .get_or_init(|| ProtocolHandles::new(&self.route, Protocol::H2)),
+        }
+    }
 }
 
 fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
@@ -345,10 +406,9 @@ fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
         .or_insert_with(|| {
             let r = || route.to_string();
             let handles = Arc::new(RouteHandles {
-                sessions_total: [Protocol::Http1, Protocol::H2]
-                    .map(|p| counter!(SESSIONS_TOTAL, "route" => r(), "protocol" => p.label())),
-                active: [Protocol::Http1, Protocol::H2]
-                    .map(|p| gauge!(SESSIONS_ACTIVE, "route" => r(), "protocol" => p.label())),
+                route: route.clone(),
+                http1: ProtocolHandles::new(route, Protocol::Http1),
+                h2: OnceLock::new(),
                 bytes_to_backend: counter!(BYTES_TOTAL, "route" => r(), "direction" => CLIENT_TO_BACKEND),
                 bytes_to_client: counter!(BYTES_TOTAL, "route" => r(), "direction" => BACKEND_TO_CLIENT),
                 messages_to_backend: counter!(MESSAGES_TOTAL, "route" => r(), "direction" => CLIENT_TO_BACKEND),
@@ -359,11 +419,6 @@ fn route_handles(route: &Arc<str>) -> Arc<RouteHandles> {
                 keepalive_timeouts: counter!(KEEPALIVE_TIMEOUTS_TOTAL, "route" => r()),
                 auth_failures: counter!(AUTH_FAILURES_TOTAL, "route" => r()),
             });
-            // Registering is not enough for every exporter to render a series: touch each.
-            for (total, active) in handles.sessions_total.iter().zip(&handles.active) {
-                total.increment(0);
-                active.increment(0.0);
-            }
             for c in [
                 &handles.bytes_to_backend,
                 &handles.bytes_to_client,
@@ -502,8 +557,9 @@ impl SessionMetrics {
     /// admin API shows per session): one more relaxed add per write, no lookups.
     pub fn start_counted(route: Arc<str>, protocol: Protocol, bytes: &Arc<ByteCounts>) -> Self {
         let handles = route_handles(&route);
-        handles.sessions_total[protocol as usize].increment(1);
-        handles.active[protocol as usize].increment(1.0);
+        let counts = handles.protocol(protocol);
+        counts.total.increment(1);
+        counts.active.increment(1.0);
         let messages = Arc::<ByteCounts>::default();
         Self {
             protocol,
@@ -541,7 +597,7 @@ impl SessionMetrics {
 
 impl Drop for SessionMetrics {
     fn drop(&mut self) {
-        self.handles.active[self.protocol as usize].decrement(1.0);
+        self.handles.protocol(self.protocol).active.decrement(1.0);
     }
 }
 

@@ -190,9 +190,11 @@ fn every_relative_link_and_anchor_resolves() {
     let mut parsed: BTreeMap<PathBuf, Page> = BTreeMap::new();
     let mut broken = Vec::new();
     let mut checked = 0;
-    // README.md and docs/ are checked link by link; other pages they link to are only
-    // parsed for their anchors.
-    for path in pages() {
+    // README.md, docs/, deploy/README.md and certs/README.md are checked link by link;
+    // other pages they link to are only parsed for their anchors.
+    let mut checked_pages = pages();
+    checked_pages.extend(["deploy/README.md", "certs/README.md"].map(|p| root().join(p)));
+    for path in checked_pages {
         if !parsed.contains_key(&path) {
             let page = parse(&read(&path));
             parsed.insert(path.clone(), page);

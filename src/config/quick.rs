@@ -295,7 +295,9 @@ impl QuickMode {
         if let Some(admin) = &file.admin {
             let _ = writeln!(
                 w,
-                "\n# /metrics, /healthz, /readyz. No authentication: loopback or a private network.\n\
+                "\n# /metrics, /healthz, /readyz (always open), the status page and /api/. Add\n\
+                 # bearer_sha256 = \"<printf %s \"$TOKEN\" | sha256sum>\" to require a token for\n\
+                 # the status page and /api/. Loopback or a private network only.\n\
                  [admin]\naddress = {}",
                 quote(&admin.address.to_string())
             );

@@ -620,7 +620,7 @@ fn is_valid_key(key: &[u8]) -> bool {
 
 /// Turn a rejection into its HTTP answer, a metric and a log line.
 fn reject<B>(req: &Request<B>, route: Option<&Route>, e: RejectError) -> Response<Body> {
-    let route_name = route.map_or("none", |r| &*r.name);
+    let route_name = route.map_or(metrics::NO_ROUTE, |r| &*r.name);
     metrics::upgrade_rejected(route_name, e.label());
     // Query values are redacted: a token in the URL never reaches the log.
     let uri = access::log_uri(req.uri());

@@ -55,6 +55,16 @@ pub enum Refused {
 }
 
 impl Refused {
+    /// Every `reason` of `wsgate_proxy_protocol_refused_total`: each `label()`, and `timeout`,
+    /// which the listener records when no header came within the header read timeout.
+    pub const LABELS: &'static [&'static str] = &[
+        "untrusted_header",
+        "missing_header",
+        "bad_header",
+        "closed",
+        "timeout",
+    ];
+
     /// The `reason` label of `wsgate_proxy_protocol_refused_total`.
     pub fn label(&self) -> &'static str {
         match self {
@@ -176,6 +186,19 @@ fn parse(bytes: &[u8]) -> Result<Option<(usize, Proxied)>, Refused> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_lists_every_refusal_label() {
+        for refused in [
+            Refused::Untrusted,
+            Refused::Missing,
+            Refused::Malformed("x".into()),
+            Refused::Closed,
+            Refused::Io(io::Error::other("x")),
+        ] {
+            assert!(Refused::LABELS.contains(&refused.label()), "{refused:?}");
+        }
+    }
 
     #[test]
     fn signatures_are_told_apart_from_http_and_tls() {
