@@ -257,6 +257,7 @@ mod tests {
             RejectError::Forbidden("x"),
             RejectError::UnknownToken,
             RejectError::EgressDenied(Box::new(io())),
+            RejectError::NoDescriptors(io()),
         ];
         all.extend(refusals.map(|reason| RejectError::Limited {
             reason,
@@ -281,6 +282,7 @@ mod tests {
                 | RejectError::Forbidden(_)
                 | RejectError::UnknownToken
                 | RejectError::EgressDenied(_)
+                | RejectError::NoDescriptors(_)
                 | RejectError::Limited { .. } => {}
             }
         }

@@ -255,3 +255,6 @@ async fn refuse_hello<W: AsyncWrite + Unpin>(
         attachment::refuse(writer, close::PROTOCOL, reason, close_grace).await;
     }
 }
+
+#[cfg(test)]
+mod tests;
