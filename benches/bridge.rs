@@ -33,8 +33,9 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use wsgate::config::Config;
 use wsgate::metrics::{Protocol, SessionMetrics};
-use wsgate::session::bridge::{self, BridgeConfig, Outcome};
+use wsgate::session::bridge::{self, Outcome};
 use wsgate::session::registry::SessionControl;
+use wsgate::session::settings::SessionSettings;
 
 /// In-memory pipe capacity per direction (a loopback socket buffers more; this keeps both
 /// pumps and the echo taking turns on realistic chunk sizes).
@@ -112,11 +113,12 @@ struct Session {
 }
 
 /// The gateway's defaults, from the embedded config.
-fn default_settings() -> (BridgeConfig, usize) {
+fn default_settings() -> (SessionSettings, usize) {
     let config = Config::embedded_default();
     let route = &config.routes[0];
-    let bridge = BridgeConfig {
+    let settings = SessionSettings {
         buffer_bytes: config.buffer_bytes,
+        max_frame_bytes: config.max_frame_bytes(route),
         max_message_bytes: config.max_message_bytes(route),
         message_type: route.message_type,
         ping_interval: config.ping_interval,
@@ -124,13 +126,13 @@ fn default_settings() -> (BridgeConfig, usize) {
         close_grace: config.close_grace,
         backend_stall: config.backend_stall,
         bandwidth_bytes_per_sec: None,
-        deflate: None,
+        compression: None,
     };
-    (bridge, config.max_frame_bytes(route))
+    (settings, config.max_frame_bytes(route))
 }
 
 /// Start a session; call inside the runtime.
-fn open(config: &BridgeConfig, max_frame_bytes: usize) -> Session {
+fn open(config: &SessionSettings, max_frame_bytes: usize) -> Session {
     let (client, gateway_client_side) = tokio::io::duplex(PIPE_BYTES);
     let (gateway_backend_side, backend) = tokio::io::duplex(PIPE_BYTES);
 
@@ -148,7 +150,7 @@ fn open(config: &BridgeConfig, max_frame_bytes: usize) -> Session {
         cw,
         Role::Server,
         max_frame_bytes,
-        &wsgate::session::reader::FrameBudget::unlimited(),
+        &wsgate::ws::reader::FrameBudget::unlimited(),
     );
     let (br, bw) = tokio::io::split(gateway_backend_side);
     // An in-memory backend is read through a buffer, as the gateway reads any backend
@@ -161,7 +163,7 @@ fn open(config: &BridgeConfig, max_frame_bytes: usize) -> Session {
         let hard_stop = CancellationToken::new();
         let control = SessionControl::new(&CancellationToken::new());
         bridge::run(
-            ws_read, ws_write, br, bw, &config, &metrics, &control, &hard_stop,
+            ws_read, ws_write, br, bw, &config, None, &metrics, &control, &hard_stop,
         )
         .await
     });
@@ -213,7 +215,7 @@ fn runtime() -> Runtime {
 }
 
 /// Before timing anything: one message of each size comes back byte for byte.
-fn check_echo(rt: &Runtime, config: &BridgeConfig, max_frame: usize) {
+fn check_echo(rt: &Runtime, config: &SessionSettings, max_frame: usize) {
     rt.block_on(async {
         let mut s = open(config, max_frame);
         for len in [32, 64 * 1024, 300 * 1024] {

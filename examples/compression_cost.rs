@@ -8,7 +8,7 @@
 
 use std::hint::black_box;
 
-use wsgate::session::deflate::{Deflater, Inflater};
+use wsgate::ws::deflate::{Deflater, Inflater};
 
 /// Nanoseconds this thread has run.
 fn cpu_ns() -> u64 {

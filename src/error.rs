@@ -213,6 +213,9 @@ impl RejectError {
     }
 }
 
+/// Close codes the gateway sends (RFC 6455 §7.4.1); defined with the protocol.
+pub use crate::ws::close_code;
+
 #[cfg(test)]
 mod tests {
     use super::{Refusal, RejectError};
@@ -303,20 +306,4 @@ mod tests {
             "RejectError::LABELS must list every label() and nothing else"
         );
     }
-}
-
-/// Close codes the gateway sends (RFC 6455 §7.4.1).
-pub mod close_code {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    /// Not sent on the wire: recorded when a peer vanished without a Close.
-    pub const ABNORMAL: u16 = 1006;
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    pub const TOO_BIG: u16 = 1009;
-    /// The gateway is short of a shared resource (the frame memory budget): a retry may work.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    pub const INTERNAL_ERROR: u16 = 1011;
-    /// A WebSocket backend broke the protocol (the gateway got a bad answer upstream).
-    pub const BAD_GATEWAY: u16 = 1014;
 }

@@ -12,37 +12,49 @@
 //!              proxy_protocol.rs: PROXY v1/v2 from trusted load balancers only
 //!              h2.rs: HTTP/2 connections (ALPN h2, h2c) with extended CONNECT enabled,
 //!              GOAWAY when unused (first request, idle timeout)
-//!              http.rs: one request → path rules (400) → forwarded client → route (404) → upgrade checks
-//!              (400/426) → access → limits (429/503) → dial (502/504) → 101 (h2: 200) → session task
+//!              graceful.rs: an HTTP/1.1 connection's graceful end at shutdown
+//!              http.rs: one request as named stages: route (400/404) → forwarded client →
+//!              upgrade checks (400/426) → check_open (503) → authorize (429/403/401/404)
+//!              → admit (429/503) → dial (403/502/504) → accept (101, h2: 200), which hands
+//!              over to session::start — the one session item edge imports
+//!              upgrade.rs: what makes a request an upgrade, the 101/200, the client stream
 //!              extended_connect.rs: the RFC 8441 checks (426/501) and the 200
 //!              console.rs: the browser console (plain GETs on listeners that serve it)
+//!              web.rs: static files (`[web] root`)
 //!              workers.rs: the per-core mode's threads, one single-threaded runtime each,
 //!              each accepting on its own SO_REUSEPORT socket of every listener
 //! ops/         admin.rs: /metrics, /healthz, /readyz, POST /reload; api.rs: status page and
 //!              session API (list, close, drain, config); shutdown.rs: signals → one token;
 //!              reload.rs: SIGHUP, file watch, POST /reload → one reload at a time
-//! snapshot/    the immutable value the running gateway reads: routes with compiled policy,
+//! snapshot/    the immutable value the running gateway reads: routes with compiled policy
+//!              and their SessionSettings (compiled once, read by the pumps as they are),
 //!              router (path rules, path → route, subprotocol choice), listener TLS and
 //!              trust, admission, dialer, pools; held in an ArcSwap: connections and requests
 //!              take the current one
+//! session/     after the 101: start.rs, the front door (a client side joined to a backend
+//!              side, the pump chosen by the backend's kind, access log, close metrics);
+//!              settings (SessionSettings), keepalive, pacer, io (client streams → frame
+//!              halves), bridge (WS ↔ bytes), relay (WS ↔ WS), registry (live sessions,
+//!              each one's close request, route drains, backend health by handshakes)
 //! backend/     dial TCP / unix / WebSocket (ws, wss) backends under a timeout, socket
-//!              options, PROXY v2 to backends; pool.rs: pools, ejection, active checks;
-//!              the built-in echo
+//!              options, PROXY v2 to backends, the subprotocol a backend answers; pool.rs:
+//!              pools, ejection, active checks; the built-in echo
 //! policy/      access (origin, bearer, JWT, client certificates), identity (ConnInfo,
 //!              targets (token files, JWT claims, egress), admission (session caps, connections
 //!              per address, handshake rate), auth_failures (budget of failed credentials per
 //!              address), descriptors (RLIMIT_NOFILE budget, accept back-off on EMFILE)
-//! session/     after the 101: reader (RFC 6455 §5 per frame), frames (message rules,
-//!              guarded writes), utf8, keepalive, pacer, io, bridge (WS ↔ bytes), relay (WS ↔ WS),
-//!              registry (live sessions, each one's close request, route drains)
-//!              writer (frames out, RSV1), extensions (permessage-deflate negotiation),
-//!              deflate (its codec: chunked inflate, deflate per message, context rules)
 //! tls.rs       PEM → rustls server configs (mTLS) and backend client configs
 //! config/      the file format only: serde structs, defaults, validation, quick mode,
 //!              the embedded default (default.toml); imports nothing of ours
 //! error.rs     the boundary error: status and label before the upgrade, close codes after
+//! http_util.rs the gateway's own answers (Body, text, JSON), query values, header tokens,
+//!              URIs made safe for logs
 //! logsafe.rs   client-controlled text escaped for log lines
 //! metrics.rs   metric names, descriptions, recorder, per-route and per-session handles
+//! ws/          the WebSocket protocol, a leaf that knows no route, backend or session:
+//!              reader (RFC 6455 §5 per frame), writer (frames out, RSV1), frames (message
+//!              rules, guarded writes), utf8, extensions (permessage-deflate negotiation),
+//!              deflate (its codec); close codes
 //! ```
 //!
 //! # Data flow
@@ -60,6 +72,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod gateway;
+pub mod http_util;
 pub mod logsafe;
 pub mod metrics;
 pub mod ops;
@@ -67,6 +80,7 @@ pub mod policy;
 pub mod session;
 pub mod snapshot;
 pub mod tls;
+pub mod ws;
 
 pub use config::Config;
 pub use gateway::Gateway;

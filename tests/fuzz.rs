@@ -25,9 +25,9 @@ use proptest::test_runner::Config as ProptestConfig;
 use tokio::io::{AsyncRead, ReadBuf};
 use wsgate::config::BackendAddr;
 use wsgate::edge::http::check_upgrade;
-use wsgate::session::frames::MessageCheck;
-use wsgate::session::reader::{FrameBudget, FrameReader, ReadError, ReadReady};
-use wsgate::session::utf8::{complete_prefix, Utf8Stream};
+use wsgate::ws::frames::MessageCheck;
+use wsgate::ws::reader::{FrameBudget, FrameReader, ReadError, ReadReady};
+use wsgate::ws::utf8::{complete_prefix, Utf8Stream};
 use wsgate::Config;
 
 /// The run for a target `weight` times faster per case than the slowest one.

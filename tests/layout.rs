@@ -11,14 +11,19 @@ use std::path::{Path, PathBuf};
 /// Top-level modules from the bottom up. A module may depend only on modules of a lower
 /// layer (or on itself). Keep this table and the map in `src/lib.rs` in step.
 const LAYERS: &[&[&str]] = &[
-    // Leaves: the file format, the boundary error, metric names and handles, log escaping.
-    &["config", "error", "metrics", "logsafe"],
+    // The WebSocket protocol: frames, message rules, UTF-8, permessage-deflate.
+    &["ws"],
+    // Leaves: the file format, the boundary error, metric names and handles, log escaping,
+    // HTTP answers and parsing.
+    &["config", "error", "metrics", "logsafe", "http_util"],
     // Certificates and keys, from config into rustls.
     &["tls"],
-    // Compiled per-route rules; the session machinery after the 101.
-    &["policy", "session"],
+    // Compiled per-route rules.
+    &["policy"],
     // Dialling backends (egress policy applies).
     &["backend"],
+    // After the 101: a dialled backend and a client stream, pumped until the end.
+    &["session"],
     // One immutable value built from a validated config.
     &["snapshot"],
     // Listeners and requests; admin, signals, reload triggers.
@@ -351,6 +356,49 @@ fn config_imports_nothing_of_ours() {
         outside.is_empty(),
         "config is plain data and imports no runtime module:\n  {}",
         outside.join("\n  ")
+    );
+}
+
+/// Imports of `from`'s files that land outside `allowed` (top-level modules).
+fn imports_outside(from: &str, allowed: &[&str]) -> Vec<String> {
+    file_graph()
+        .into_iter()
+        .filter(|(f, _)| top(f) == from)
+        .flat_map(|(f, deps)| {
+            deps.into_iter()
+                .filter(|to| !allowed.contains(&top(to)))
+                .map(move |to| format!("{f} -> {to}"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_protocol_leaf_imports_no_stage() {
+    let outside = imports_outside("ws", &["ws"]);
+    assert!(
+        outside.is_empty(),
+        "ws is the WebSocket protocol alone; it knows no route, backend or session:\n  {}",
+        outside.join("\n  ")
+    );
+}
+
+/// `edge` hands a session over once (`session::start`); the pumps, the registry and the
+/// session's plumbing are the session's own business.
+#[test]
+fn edge_reaches_session_through_its_front_door_only() {
+    let wrong: Vec<String> = file_graph()
+        .into_iter()
+        .filter(|(from, _)| top(from) == "edge")
+        .flat_map(|(from, deps)| {
+            deps.into_iter()
+                .filter(|to| top(to) == "session" && to != "session::start")
+                .map(move |to| format!("{from} -> {to}"))
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "edge may import session::start only:\n  {}",
+        wrong.join("\n  ")
     );
 }
 

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::BackendAddr;
 use crate::error::RejectError;
 use crate::policy::targets::{self, Egress};
-use crate::session::extensions::{self, Agreement};
+use crate::ws::extensions::{self, Agreement};
 
 /// A connected backend. An enum, not a TCP stream, so more kinds can join it.
 #[derive(Debug)]
@@ -43,6 +43,28 @@ pub enum Backend {
         /// hop agreed on it).
         deflate: Option<Agreement>,
     },
+}
+
+impl Backend {
+    /// The `Sec-WebSocket-Protocol` to answer the client with: a WebSocket backend's own
+    /// choice from the client's offer; for a byte backend, `route_choice` (the route's pick).
+    pub fn subprotocol(
+        &self,
+        route_choice: impl FnOnce() -> Option<HeaderValue>,
+    ) -> Option<HeaderValue> {
+        match self {
+            Self::WebSocket { protocol, .. } => protocol.clone(),
+            Self::Tcp(_) | Self::Unix(_) => route_choice(),
+        }
+    }
+}
+
+/// The path a backend's WebSocket handshake requests, for the kinds that have one.
+pub fn handshake_path(target: &BackendAddr) -> Option<&str> {
+    match target {
+        BackendAddr::WebSocket { path, .. } => Some(path),
+        BackendAddr::Tcp { .. } | BackendAddr::Unix { .. } | BackendAddr::BuiltinEcho => None,
+    }
 }
 
 /// What the backend's WebSocket handshake carries over from the client's request.

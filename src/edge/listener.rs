@@ -297,16 +297,11 @@ async fn serve_http<IO>(
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = shared.shutdown.cancelled() => {
-            // Finish the request in flight (its upgrade included), then close.
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                r = conn.as_mut() => r,
-                () = shared.hard_stop.cancelled() => return,
-            }
-        }
+    // At shutdown: finish the request in flight (its upgrade included), then close.
+    let served =
+        super::graceful::serve_until_shutdown(conn.as_mut(), |c| c.graceful_shutdown(), &shared);
+    let Some(result) = served.await else {
+        return;
     };
     if let Err(e) = result {
         debug!(error = %e, "connection ended with an error");

@@ -4,11 +4,13 @@
 
 pub mod console;
 pub mod extended_connect;
+mod graceful;
 pub mod h2;
 pub mod http;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod shared;
+pub mod upgrade;
 pub mod urls;
 pub mod web;
 pub mod workers;

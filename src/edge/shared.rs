@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::ConnectionGuard;
 use crate::policy::ConnectionAddressSlot;
-use crate::session::registry::Registry;
+use crate::session::start::Registry;
 use crate::snapshot::Snapshot;
 
 /// What every connection task shares.

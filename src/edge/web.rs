@@ -3,14 +3,12 @@
 
 use std::path::Path;
 
-use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::{header, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use tower_http::services::ServeDir;
 use tracing::{debug, warn};
 
-/// The same complete-body type as `edge::http`'s answers.
-type Body = Full<Bytes>;
+use crate::http_util::Body;
 
 /// Largest file served. Answers are buffered whole (the gateway's answers are complete
 /// bodies); noVNC's largest file is well under 1 MiB.
@@ -57,11 +55,5 @@ where
 
 fn text(status: StatusCode, reason: &str) -> Response<Body> {
     debug!(%status, "web: {reason}");
-    let mut response = Response::new(Full::from(format!("{reason}\n")));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    crate::http_util::text(status, format!("{reason}\n"))
 }

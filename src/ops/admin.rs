@@ -6,11 +6,9 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{header, Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -20,6 +18,7 @@ use tracing::debug;
 
 use super::api::OpsApi;
 use super::reload::{ReloadHandle, Trigger};
+use crate::http_util::{text, typed, Body};
 use crate::policy::descriptors;
 
 /// Serve admin requests until `stop`; each connection ends with `stop` too.
@@ -83,7 +82,7 @@ pub async fn serve(
 
 /// `POST /reload`: 200 with what changed, or 422 with why the new config was refused (the
 /// running config stays). Open like `/metrics`: it only reads the files on disk again.
-async fn reload_answer(method: &Method, reload: &ReloadHandle) -> Response<Full<Bytes>> {
+async fn reload_answer(method: &Method, reload: &ReloadHandle) -> Response<Body> {
     let (status, body) = if method != Method::POST {
         (StatusCode::METHOD_NOT_ALLOWED, "POST only\n".to_owned())
     } else {
@@ -95,24 +94,10 @@ async fn reload_answer(method: &Method, reload: &ReloadHandle) -> Response<Full<
             ),
         }
     };
-    text(status, "text/plain; charset=utf-8", body)
+    text(status, body)
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    response
-}
-
-fn answer<B>(
-    req: &Request<B>,
-    handle: &PrometheusHandle,
-    ready: &AtomicBool,
-) -> Response<Full<Bytes>> {
+fn answer<B>(req: &Request<B>, handle: &PrometheusHandle, ready: &AtomicBool) -> Response<Body> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
@@ -139,5 +124,5 @@ fn answer<B>(
             "GET only (POST for /reload)\n".to_owned(),
         ),
     };
-    text(status, content_type, body)
+    typed(status, content_type, body)
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
@@ -20,10 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::policy::access::query_value;
+use crate::http_util::{json as json_response, query_value, text, Body};
 use crate::session::registry::{is_sendable_close_code, Registry, SessionEntry};
-
-type Body = Full<Bytes>;
 
 const INDEX_HTML: &str = include_str!("status/index.html");
 const STATUS_JS: &str = include_str!("status/status.js");
@@ -522,28 +519,8 @@ fn asset(body: &'static str, content_type: &'static str) -> Response<Body> {
     r
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
-    let mut r = Response::new(Body::new(Bytes::from(v.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
 fn not_found(what: &'static str) -> Response<Body> {
     json_response(StatusCode::NOT_FOUND, &json!({ "error": what }))
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
 }
 
 /// Config keys whose values are secrets, or digests of them (a weak token's SHA-256 can be

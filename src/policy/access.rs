@@ -10,20 +10,21 @@ use std::borrow::Cow;
 
 use anyhow::{bail, Context};
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Request, Uri};
+use hyper::Request;
 use subtle::ConstantTimeEq;
 
 use super::identity::ConnInfo;
 use super::jwt::{Claims, JwtPolicy};
 use crate::config::{AuthConfig, OriginConfig, TokenSource};
 use crate::error::RejectError;
+use crate::http_util::{decode_sha256_hex, percent_decode, query_value};
 
 /// The subprotocol prefix that carries a bearer token (`bearer.<token>`): browsers cannot
 /// set headers on `new WebSocket(url, protocols)`, but they can offer protocols.
 pub const SUBPROTOCOL_PREFIX: &str = "bearer.";
 
 /// What query values are replaced with in logs.
-pub const REDACTED: &str = "<redacted>";
+pub use crate::http_util::REDACTED;
 
 /// A route's resolved access rules. The default lets everyone in (no `[route.origin]`,
 /// no `[route.auth]`).
@@ -480,66 +481,6 @@ fn cookie<'r, B>(req: &'r Request<B>, name: &str) -> Option<&'r str> {
         })
 }
 
-/// The first value of query parameter `name`, percent-decoded; `None` when absent or empty.
-pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        if percent_decode(k).as_deref() != Some(name) {
-            return None;
-        }
-        percent_decode(v).filter(|v| !v.is_empty())
-    })
-}
-
-/// `%XX` decoding; `None` for a bad escape or a result that is not UTF-8.
-/// `+` stays `+` (tokens are often base64, where it is a digit).
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// The request's path and query for logs, every query value replaced by [`REDACTED`]:
-/// a token in the URL never reaches a log line.
-pub fn log_uri(uri: &Uri) -> String {
-    let mut out = uri.path().to_owned();
-    if let Some(query) = uri.query() {
-        out.push('?');
-        let redacted: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((k, _)) => format!("{k}={REDACTED}"),
-                None => pair.to_owned(),
-            })
-            .collect();
-        out.push_str(&redacted.join("&"));
-    }
-    out
-}
-
-pub fn decode_sha256_hex(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 fn hex_prefix(digest: &[u8; 32]) -> String {
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -815,31 +756,5 @@ mod tests {
                 .as_deref(),
             Some("access_token=t")
         );
-    }
-
-    #[test]
-    fn logged_uris_carry_no_query_values() {
-        let uri: Uri = "/websockify?token=SECRET123&access_token=abc.def&flag"
-            .parse()
-            .unwrap();
-        let logged = log_uri(&uri);
-        assert_eq!(
-            logged,
-            "/websockify?token=<redacted>&access_token=<redacted>&flag"
-        );
-        assert!(!logged.contains("SECRET123"));
-        assert_eq!(log_uri(&"/plain".parse().unwrap()), "/plain");
-    }
-
-    #[test]
-    fn query_values_are_percent_decoded() {
-        assert_eq!(
-            query_value(Some("token=a%2Bb+c"), "token").as_deref(),
-            Some("a+b+c")
-        );
-        assert_eq!(query_value(Some("token="), "token"), None);
-        assert_eq!(query_value(Some("token=%zz"), "token"), None);
-        assert_eq!(query_value(Some("x=1"), "token"), None);
-        assert_eq!(query_value(None, "token"), None);
     }
 }

@@ -18,9 +18,10 @@ use ipnet::IpNet;
 use tokio::time::Instant;
 use tracing::{error, info};
 
-use super::access::{query_value, Access, Granted};
+use super::access::{Access, Granted};
 use crate::config::{BackendAddr, EgressConfig, TargetConfig};
 use crate::error::RejectError;
+use crate::http_util::query_value;
 
 /// How often, at most, a token file's mtime is checked (on lookups; no background task).
 pub const TOKEN_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);

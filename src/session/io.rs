@@ -14,8 +14,8 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use super::reader::{FrameBudget, FrameReader, ReadReady};
-use super::writer::FrameWriter;
+use crate::ws::reader::{FrameBudget, FrameReader, ReadReady};
+use crate::ws::writer::FrameWriter;
 
 /// A read half that first yields bytes already read past the HTTP request
 /// (a client may send its first frame together with the upgrade request).

@@ -7,15 +7,11 @@
 //! close request (admin API) to its pump.
 
 pub mod bridge;
-pub mod deflate;
-pub mod extensions;
-pub mod frames;
 pub mod io;
 pub mod keepalive;
 pub mod pacer;
-pub mod reader;
 pub mod registry;
 pub mod relay;
 pub mod resume;
-pub mod utf8;
-pub mod writer;
+pub mod settings;
+pub mod start;

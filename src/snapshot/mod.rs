@@ -16,8 +16,9 @@ use crate::backend::pool::Pool;
 use crate::backend::{Dialer, SocketOptions};
 use crate::config::{is_hop_header, BackendAddr, CompressionMode, Config};
 use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
-use crate::session::extensions::DeflatePolicy;
-use crate::session::reader::FrameBudget;
+use crate::session::settings::SessionSettings;
+use crate::ws::extensions::DeflatePolicy;
+use crate::ws::reader::FrameBudget;
 
 pub use route::{Route, RouteLimits};
 pub use router::{check_path, select_subprotocol, Router};
@@ -35,18 +36,16 @@ pub struct Snapshot {
     /// Each public listener's PROXY protocol and forwarded-header rules, in the same order.
     pub listener_trust: Vec<ListenerTrust>,
     pub dialer: Dialer,
-    pub buffer_bytes: usize,
+    /// The HTTP/2 connection's keepalive (sessions take theirs from their route's
+    /// `session` settings).
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
-    pub close_grace: Duration,
-    /// A backend write without progress for this long closes the session (1011).
-    pub backend_stall: Duration,
     pub header_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub max_header_bytes: usize,
     /// Session caps and handshake rate, shared by every request.
     pub admission: Arc<Admission>,
-    /// Frame payload bytes all sessions' readers may hold at once (`session::reader`).
+    /// Frame payload bytes all sessions' readers may hold at once (`ws::reader`).
     pub frame_budget: Arc<FrameBudget>,
 }
 
@@ -146,11 +145,8 @@ impl Snapshot {
                 echo_addr,
                 egress,
             },
-            buffer_bytes: config.buffer_bytes,
             ping_interval: config.ping_interval,
             pong_timeout: config.pong_timeout,
-            close_grace: config.close_grace,
-            backend_stall: config.backend_stall,
             header_read_timeout: config.header_read_timeout,
             tls_handshake_timeout: config.tls_handshake_timeout,
             max_header_bytes: config.max_header_bytes,
@@ -281,28 +277,35 @@ fn compile_route(
         path: r.path.clone(),
         backend,
         subprotocols: r.subprotocols.clone(),
-        message_type: r.message_type,
         forward_headers,
         forward_credentials: r.forward_credentials,
         strip_path_prefix: r.strip_path_prefix,
         backend_tls,
         pool,
         send_proxy_protocol: r.send_proxy_protocol.is_some(),
-        max_frame_bytes: config.max_frame_bytes(r),
-        max_message_bytes: config.max_message_bytes(r),
         access,
         limits: RouteLimits {
             max_sessions: config.max_sessions(r),
-            bandwidth_bytes_per_sec: config.bandwidth_bytes_per_sec(r),
         },
-        // Ranges were checked by config.
-        compression: (r.compression == CompressionMode::On).then_some(DeflatePolicy {
-            server_context_takeover: r.compression_server_context_takeover,
-            client_context_takeover: r.compression_client_context_takeover,
-            server_max_window_bits: r.compression_server_max_window_bits,
-            client_max_window_bits: r.compression_client_max_window_bits,
-            level: r.compression_level,
-        }),
+        session: SessionSettings {
+            buffer_bytes: config.buffer_bytes,
+            max_frame_bytes: config.max_frame_bytes(r),
+            max_message_bytes: config.max_message_bytes(r),
+            message_type: r.message_type,
+            ping_interval: config.ping_interval,
+            pong_timeout: config.pong_timeout,
+            close_grace: config.close_grace,
+            backend_stall: config.backend_stall,
+            bandwidth_bytes_per_sec: config.bandwidth_bytes_per_sec(r),
+            // Ranges were checked by config.
+            compression: (r.compression == CompressionMode::On).then_some(DeflatePolicy {
+                server_context_takeover: r.compression_server_context_takeover,
+                client_context_takeover: r.compression_client_context_takeover,
+                server_max_window_bits: r.compression_server_max_window_bits,
+                client_max_window_bits: r.compression_client_max_window_bits,
+                level: r.compression_level,
+            }),
+        },
     })
 }
 

@@ -4,17 +4,14 @@
 use std::sync::Arc;
 
 use crate::backend::pool::Pool;
-use crate::config::MessageType;
 use crate::policy::{Access, Target};
-use crate::session::extensions::DeflatePolicy;
+use crate::session::settings::SessionSettings;
 
-/// A route's resolved caps: its own keys, else the `[limits]` defaults.
+/// A route's resolved admission caps: its own keys, else the `[limits]` defaults.
 #[derive(Debug, Clone, Default)]
 pub struct RouteLimits {
     /// Sessions on this route; `None`: no cap.
     pub max_sessions: Option<usize>,
-    /// Pacing of each direction of each session, in bytes per second; `None`: unpaced.
-    pub bandwidth_bytes_per_sec: Option<u64>,
 }
 
 /// A validated route, shared by every session that uses it.
@@ -25,7 +22,6 @@ pub struct Route {
     /// The fixed backend, or where each session's target comes from.
     pub backend: Target,
     pub subprotocols: Vec<String>,
-    pub message_type: MessageType,
     /// Lower-case header names copied to a WebSocket backend's handshake.
     pub forward_headers: Vec<hyper::header::HeaderName>,
     /// Forward the credential the gateway checked (bearer `Authorization`, the auth cookie)
@@ -38,14 +34,12 @@ pub struct Route {
     pub pool: Option<Arc<Pool>>,
     /// Byte backends get a PROXY v2 header with the client's address first.
     pub send_proxy_protocol: bool,
-    pub max_frame_bytes: usize,
-    pub max_message_bytes: usize,
     /// Origin allowlist and credentials.
     pub access: Access,
-    /// Session cap and bandwidth.
+    /// Session cap.
     pub limits: RouteLimits,
-    /// permessage-deflate on the client hop; `None`: offers are declined.
-    pub compression: Option<DeflatePolicy>,
+    /// What the route's sessions run with: sizes, keepalive, pacing, compression.
+    pub session: SessionSettings,
 }
 
 impl Route {
@@ -99,18 +93,26 @@ impl Route {
             path: path.into(),
             backend: Target::Fixed(crate::config::BackendAddr::BuiltinEcho),
             subprotocols: vec!["binary".into(), "mqtt".into()],
-            message_type: MessageType::Binary,
             forward_headers: vec![],
             forward_credentials: false,
             strip_path_prefix: true,
             backend_tls: None,
             pool: None,
             send_proxy_protocol: false,
-            max_frame_bytes: 1 << 20,
-            max_message_bytes: 1 << 20,
             access: Access::default(),
             limits: Default::default(),
-            compression: None,
+            session: SessionSettings {
+                buffer_bytes: 64 * 1024,
+                max_frame_bytes: 1 << 20,
+                max_message_bytes: 1 << 20,
+                message_type: crate::config::MessageType::Binary,
+                ping_interval: None,
+                pong_timeout: std::time::Duration::from_secs(10),
+                close_grace: std::time::Duration::from_secs(5),
+                backend_stall: std::time::Duration::from_secs(30),
+                bandwidth_bytes_per_sec: None,
+                compression: None,
+            },
         }
     }
 }

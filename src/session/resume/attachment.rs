@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::core::{Event, Feed, Link, Out, OUT_MESSAGES};
 use super::protocol::{self, FromClient};
-use crate::session::reader::{FrameReader, ReadError, ReadReady};
-use crate::session::writer::FrameWriter;
+use crate::ws::reader::{FrameReader, ReadError, ReadReady};
+use crate::ws::writer::FrameWriter;
 
 /// The connection's half of a [`Link`]: what its reader and writer hold.
 pub struct Ends {

@@ -25,9 +25,9 @@ pub use self::core::ResumeSettings;
 use self::protocol::close;
 pub use self::store::{ResumeLimits, ResumeStore};
 use crate::metrics::{RESUMES_TOTAL, RESUME_DETACHED_SESSIONS, RESUME_REPLAYED_BYTES_TOTAL};
-use crate::session::reader::{FrameReader, ReadReady};
+use crate::ws::reader::{FrameReader, ReadReady};
 use crate::session::registry::SessionControl;
-use crate::session::writer::FrameWriter;
+use crate::ws::writer::FrameWriter;
 
 /// A route's resumable-session metrics.
 #[derive(Clone)]

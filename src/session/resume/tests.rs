@@ -13,7 +13,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::session::reader::FrameBudget;
+use crate::ws::reader::FrameBudget;
 
 type Client = WebSocketStream<TcpStream>;
 

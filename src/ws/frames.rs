@@ -8,9 +8,9 @@ use fastwebsockets::{Frame, OpCode};
 use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
+use super::close_code;
 use super::utf8::Utf8Stream;
 use super::writer::FrameWriter;
-use crate::error::close_code;
 
 /// A peer broke the protocol: the close code and a short reason for it.
 pub type Violation = (u16, &'static str);

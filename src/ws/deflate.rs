@@ -10,9 +10,9 @@
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
+use super::close_code;
 use super::extensions::{Agreement, DeflatePolicy};
 use super::frames::Violation;
-use crate::error::close_code;
 
 /// The most inflated bytes handed out at once.
 pub const CHUNK: usize = 16 * 1024;
@@ -501,7 +501,7 @@ mod tests {
 
     #[test]
     fn pass_through_only_where_the_receiver_can_decode() {
-        use crate::session::extensions::{check_answer, negotiate};
+        use crate::ws::extensions::{check_answer, negotiate};
         let policy = DeflatePolicy::default();
         let client = |offer: &str| negotiate([offer], &policy).unwrap();
         let backend = |answer: &str, c| check_answer([answer], c).unwrap();

@@ -18,8 +18,8 @@ use bytes::BytesMut;
 use fastwebsockets::{Frame, OpCode, Payload, Role};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::close_code;
 use super::frames::Violation;
-use crate::error::close_code;
 
 /// Header bytes and small frames arrive here: one read usually brings a whole small frame.
 const INLINE: usize = 512;
@@ -701,7 +701,7 @@ mod tests {
     async fn frames_read_back_with_their_rsv1_bit() {
         for (role, peer) in [(Role::Server, Role::Client), (Role::Client, Role::Server)] {
             let (a, b) = tokio::io::duplex(1 << 20);
-            let mut w = crate::session::writer::FrameWriter::new(a, role);
+            let mut w = crate::ws::writer::FrameWriter::new(a, role);
             let big = vec![7u8; 70_000];
             w.write_frame(Frame::text(fastwebsockets::Payload::Borrowed(b"hi")), true)
                 .await

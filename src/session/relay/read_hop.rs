@@ -1,0 +1,271 @@
+//! A hop's reader: frames from its peer, checked (sizes, UTF-8, sequencing), inflated or
+//! passed through as they are, to the other hop's writer; control frames to its own writer.
+
+use super::*;
+
+pub(super) struct Counts {
+    pub(super) max_message_bytes: usize,
+    pub(super) bytes: Tally,
+    pub(super) messages: Tally,
+    pub(super) total: Arc<AtomicU64>,
+    pub(super) pacer: Pacer,
+    /// For this hop's compressed messages (permessage-deflate negotiated on it).
+    pub(super) inflater: Option<Inflater>,
+    /// Compressed messages go to the other hop as they are (only checked here).
+    pub(super) as_is: bool,
+    /// Marked while the other hop's writer cannot take this reader's frames.
+    pub(super) held: Arc<Held>,
+}
+
+/// One hop's reader: frames from its peer, checked, to the other hop (data, Close)
+/// or to its own writer (ping, pong, violations).
+pub(super) async fn read_hop<R: ReadReady>(
+    mut ws: FrameReader<R>,
+    hop: Hop,
+    own: mpsc::Sender<Own>,
+    relay: mpsc::Sender<Relayed>,
+    mut counts: Counts,
+    first: FirstEnd,
+    stop: CancellationToken,
+) {
+    // Dropping the loop is cancel-safe: nothing reads `ws` afterwards.
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = pump_hop(&mut ws, hop, &own, &relay, &mut counts, &first) => {}
+    }
+}
+
+async fn pump_hop<R: ReadReady>(
+    ws: &mut FrameReader<R>,
+    hop: Hop,
+    own: &mpsc::Sender<Own>,
+    relay: &mpsc::Sender<Relayed>,
+    counts: &mut Counts,
+    first: &FirstEnd,
+) {
+    let mut messages = MessageCheck::new(counts.max_message_bytes);
+    // The message being read is compressed (RSV1 on its first frame).
+    let mut compressed = false;
+    loop {
+        counts.pacer.ready().await;
+        let violation = match ws.read_frame().await {
+            Err(ReadError::Violation(v)) => v,
+            Err(ReadError::OverBudget) => {
+                let (code, reason) = (close_code::TRY_AGAIN_LATER, OVER_BUDGET);
+                record(first, code, Initiator::Gateway, reason);
+                let _ = own.send(Own::Violation(code, reason)).await;
+                let _ = relay.send(Relayed::Lost(code, reason)).await;
+                return;
+            }
+            Err(ReadError::Gone(_)) => {
+                let side = if hop == Hop::Client {
+                    "client"
+                } else {
+                    "backend"
+                };
+                record(
+                    first,
+                    close_code::ABNORMAL,
+                    hop.initiator(),
+                    format!("{side} vanished without a Close"),
+                );
+                let (code, reason) = hop.lost();
+                let _ = relay.send(Relayed::Lost(code, reason)).await;
+                return;
+            }
+            Ok(frame) => {
+                if matches!(frame.opcode, OpCode::Text | OpCode::Binary) {
+                    compressed = ws.compressed();
+                }
+                let data = matches!(
+                    frame.opcode,
+                    OpCode::Text | OpCode::Binary | OpCode::Continuation
+                );
+                // The cap counts message data as it is, not as it travels: a compressed
+                // frame is charged its inflated bytes (in `relay_compressed`).
+                if !(compressed && data && counts.inflater.is_some()) {
+                    counts.pacer.spent(frame.payload.len());
+                }
+                if let (true, true, Some(inflater)) = (compressed, data, counts.inflater.as_mut()) {
+                    let as_is = counts.as_is;
+                    let relayed = relay_compressed(
+                        frame,
+                        inflater,
+                        as_is,
+                        &mut messages,
+                        relay,
+                        &counts.held,
+                        &mut counts.pacer,
+                    );
+                    match relayed.await {
+                        Ok((ends_message, n)) => {
+                            counts.bytes.increment(n);
+                            counts.total.fetch_add(n, Ordering::Relaxed);
+                            if ends_message {
+                                counts.messages.increment(1);
+                            }
+                            continue;
+                        }
+                        Err(v) => {
+                            let (code, reason) = v;
+                            record(first, code, hop.initiator(), reason);
+                            let _ = own.send(Own::Violation(code, reason)).await;
+                            let (code, reason) = hop.violated();
+                            let _ = relay.send(Relayed::Lost(code, reason)).await;
+                            return;
+                        }
+                    }
+                }
+                let checked = messages.data_frame(frame.opcode, frame.fin, &frame.payload);
+                match (checked, frame.opcode) {
+                    (Err(v), _) => v,
+                    (Ok(_), OpCode::Ping) => {
+                        if own
+                            .send(Own::Ping(Bytes::copy_from_slice(&frame.payload)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    (Ok(_), OpCode::Pong) => {
+                        if own
+                            .send(Own::Pong(Bytes::copy_from_slice(&frame.payload)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    (Ok(_), OpCode::Close) => {
+                        let payload = Bytes::copy_from_slice(&frame.payload);
+                        let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default())
+                            .into_owned();
+                        record(first, close_payload_code(&payload), hop.initiator(), reason);
+                        let _ = relay.send(Relayed::Close(payload.clone())).await;
+                        let _ = own.send(Own::PeerClosed(payload)).await;
+                        return;
+                    }
+                    (Ok(ends_message), opcode) => {
+                        let n = frame.payload.len() as u64;
+                        let payload = match frame.payload {
+                            Payload::Bytes(b) => b,
+                            other => BytesMut::from(&other[..]),
+                        };
+                        let frame = Relayed::Frame {
+                            opcode,
+                            fin: frame.fin,
+                            payload,
+                            wire: Wire::Plain,
+                        };
+                        // Once the other hop's writer is gone, data is dropped but reading goes
+                        // on: this hop's close handshake still needs its peer's Close.
+                        if !deliver(relay, frame, &counts.held).await {
+                            continue;
+                        }
+                        counts.bytes.increment(n);
+                        counts.total.fetch_add(n, Ordering::Relaxed);
+                        if ends_message {
+                            counts.messages.increment(1);
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let (code, reason) = violation;
+        record(first, code, hop.initiator(), reason);
+        let _ = own.send(Own::Violation(code, reason)).await;
+        let (code, reason) = hop.violated();
+        let _ = relay.send(Relayed::Lost(code, reason)).await;
+        return;
+    }
+}
+
+/// Hand one frame to the other hop's writer; false once that writer is gone. When its
+/// channel is full (its peer reads slowly) this hop's reader is marked held meanwhile: this
+/// hop's peer waits too, and its late pongs are excused.
+async fn deliver(relay: &mpsc::Sender<Relayed>, frame: Relayed, held: &Held) -> bool {
+    match relay.try_send(frame) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(frame)) => {
+            held.hold();
+            let sent = relay.send(frame).await;
+            held.release();
+            sent.is_ok()
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+/// One frame of a compressed message: inflated piece by piece, each piece checked (size,
+/// UTF-8) before the next is made. Passed on as it is (`as_is`), or as its inflated pieces
+/// for the other hop's writer to send plain or recompress. `Ok((ends message, inflated
+/// bytes delivered))`, or the violation. Once the other hop's writer is gone the message is
+/// still checked but no longer delivered (the caller keeps reading for this hop's Close).
+async fn relay_compressed(
+    frame: Frame<'static>,
+    inflater: &mut Inflater,
+    as_is: bool,
+    messages: &mut MessageCheck,
+    relay: &mpsc::Sender<Relayed>,
+    held: &Held,
+    pacer: &mut Pacer,
+) -> Result<(bool, u64), Violation> {
+    let mut inflating = inflater.frame(&frame.payload, frame.fin);
+    let mut opcode = frame.opcode;
+    let (mut n, mut inflated) = (0u64, 0u64);
+    let mut delivering = true;
+    messages.data_frame(opcode, false, &[])?;
+    loop {
+        // Paced piece by piece: one small compressed frame may inflate to a large message.
+        pacer.ready().await;
+        let Some(chunk) = inflating.next_chunk()? else {
+            break;
+        };
+        pacer.spent(chunk.len());
+        messages.data_frame(OpCode::Continuation, false, chunk)?;
+        inflated += chunk.len() as u64;
+        if as_is || !delivering {
+            continue;
+        }
+        let piece = Relayed::Frame {
+            opcode,
+            fin: false,
+            payload: BytesMut::from(chunk),
+            wire: Wire::Plain,
+        };
+        delivering = deliver(relay, piece, held).await;
+        if delivering {
+            n += chunk.len() as u64;
+        }
+        opcode = OpCode::Continuation;
+    }
+    drop(inflating);
+    let ends = messages.data_frame(OpCode::Continuation, frame.fin, &[])?;
+    let last = if as_is {
+        let payload = match frame.payload {
+            Payload::Bytes(b) => b,
+            other => BytesMut::from(&other[..]),
+        };
+        Some((frame.opcode, payload, Wire::Deflated))
+    } else {
+        // The message's end, or its opcode when nothing came out of this frame.
+        (frame.fin || opcode != OpCode::Continuation)
+            .then(|| (opcode, BytesMut::new(), Wire::Plain))
+    };
+    if let Some((opcode, payload, wire)) = last.filter(|_| delivering) {
+        let frame = Relayed::Frame {
+            opcode,
+            fin: frame.fin,
+            payload,
+            wire,
+        };
+        if deliver(relay, frame, held).await && as_is {
+            n = inflated;
+        }
+    }
+    Ok((ends, n))
+}

@@ -1,0 +1,317 @@
+//! The session's one front door: `edge` hands over once, after the `101`/`200`, and the
+//! session does the rest — registers itself, frames both sides, picks the pump for the
+//! backend's kind, runs it, and writes the access log and close metrics.
+//!
+//! # The seam between a session and its client connection
+//! A session is two parts with different lives:
+//! - [`BackendSide`]: what must outlive one client connection — the backend connection, the
+//!   registry entry (id, byte counters, close request), the session's metrics, and (for a
+//!   WebSocket backend) the backend hop's deflate agreement and keepalive settings.
+//! - [`ClientSide`]: one client connection — its upgraded stream, its HTTP version, its
+//!   permessage-deflate agreement. Its reader, writer and keepalive are built from it by
+//!   the pump and end with it.
+//!
+//! Today a session ends when its client connection ends: [`start`] joins one client side to
+//! the backend side and runs them to the end. Resuming a session means keeping the backend
+//! side and joining a new client side to it; recording or watching a session means tapping
+//! the pump's two crossings, where every client→backend message is counted
+//! (`SessionMetrics::messages_to_backend`) and every backend→client one
+//! (`messages_to_client`): in `bridge` the client reader's backend write and the writer's
+//! framed send, in `relay` each hop's `read_hop` → `deliver`.
+
+use std::sync::Arc;
+
+use fastwebsockets::Role;
+use hyper::upgrade::Upgraded;
+use tokio::io::AsyncWrite;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, Span};
+
+use super::bridge;
+use super::io::{websocket_halves, ClientStream};
+use super::registry::Registered;
+use super::relay;
+use super::settings::SessionSettings;
+use crate::backend::Backend;
+use crate::logsafe::Escaped;
+use crate::metrics::{self, Protocol, SessionMetrics};
+use crate::ws::deflate::{HopDeflate, RelayDeflate};
+use crate::ws::extensions::Agreement;
+use crate::ws::reader::{FrameBudget, ReadReady};
+
+pub use super::registry::{Registry, SessionInfo};
+
+/// One client connection, as the edge accepted it.
+pub struct ClientSide {
+    /// The upgraded stream (`101`, or an HTTP/2 stream after its `200`).
+    pub stream: Upgraded,
+    pub protocol: Protocol,
+    /// permessage-deflate as agreed with this client.
+    pub deflate: Option<Agreement>,
+}
+
+/// What the session holds across its client connection: the dialled backend, and what it
+/// runs with.
+pub struct BackendSide<'a> {
+    pub backend: Backend,
+    /// The route's compiled settings (`snapshot::Route::session`).
+    pub settings: &'a SessionSettings,
+    /// What the registry lists for this session (route, client, backend, subprotocol).
+    pub info: SessionInfo,
+}
+
+/// The gateway-wide things a session answers to.
+pub struct Gateway<'a> {
+    pub registry: &'a Arc<Registry>,
+    /// The shutdown: every session closes with 1001.
+    pub shutdown: &'a CancellationToken,
+    /// The drain deadline passed: stop without waiting for close handshakes.
+    pub hard_stop: &'a CancellationToken,
+    /// Frame payload bytes all sessions' readers may hold at once.
+    pub frame_budget: &'a Arc<FrameBudget>,
+}
+
+/// Run a session from its hand-over to its end; the close code is recorded in the registry's
+/// recent closes, the access log and the close metrics.
+pub async fn start(client: ClientSide, backend: BackendSide<'_>, gateway: Gateway<'_>) {
+    // In the session's task: the thread it counts on is the one it runs on.
+    let _worker = metrics::WorkerSessionGuard::open();
+    let mut registered = gateway.registry.register(backend.info, gateway.shutdown);
+    Span::current().record("session", registered.entry().id);
+    let joined = Joined {
+        backend: backend.backend,
+        settings: backend.settings,
+        registered: &registered,
+        hard_stop: gateway.hard_stop,
+        frame_budget: gateway.frame_budget,
+        protocol: client.protocol,
+        deflate: client.deflate,
+    };
+    // Each client stream kind boxed, sized to itself: the task that waits for the upgrade
+    // stays small, and a TLS or h2 session does not also carry a plain session's state.
+    let code = match ClientStream::new(client.stream) {
+        ClientStream::Tcp(read, write) => Box::pin(joined.run(read, write)).await,
+        ClientStream::Other(read, write) => Box::pin(joined.run(read, write)).await,
+    };
+    registered.set_close_code(code);
+}
+
+/// One client connection joined to the backend side, ready to pump.
+struct Joined<'a> {
+    backend: Backend,
+    settings: &'a SessionSettings,
+    registered: &'a Registered,
+    hard_stop: &'a CancellationToken,
+    frame_budget: &'a Arc<FrameBudget>,
+    protocol: Protocol,
+    deflate: Option<Agreement>,
+}
+
+impl Joined<'_> {
+    /// Bridge or relay the session; returns the close code it ended with.
+    async fn run<CR, CW>(self, client_read: CR, client_write: CW) -> u16
+    where
+        CR: ReadReady + Send + 'static,
+        CW: AsyncWrite + Unpin,
+    {
+        let Self {
+            backend,
+            settings,
+            registered,
+            hard_stop,
+            frame_budget,
+            protocol,
+            deflate,
+        } = self;
+        let entry = registered.entry();
+        let started = Instant::now();
+        let metrics =
+            SessionMetrics::start_counted(entry.info.route.clone(), protocol, &entry.bytes);
+        let (mut client_read, client_write) = websocket_halves(
+            client_read,
+            client_write,
+            Role::Server,
+            settings.max_frame_bytes,
+            frame_budget,
+        );
+        let outcome = match backend {
+            Backend::Unix(stream) => {
+                let client_deflate = client_deflate(deflate, settings);
+                if client_deflate.is_some() {
+                    client_read.allow_rsv1();
+                }
+                let (backend_read, backend_write) = stream.into_split();
+                // Boxed: sessions on TCP routes should not carry a second bridge's state.
+                Box::pin(bridge::run(
+                    client_read,
+                    client_write,
+                    backend_read,
+                    backend_write,
+                    settings,
+                    client_deflate,
+                    &metrics,
+                    &entry.control,
+                    hard_stop,
+                ))
+                .await
+            }
+            Backend::Tcp(stream) => {
+                let client_deflate = client_deflate(deflate, settings);
+                if client_deflate.is_some() {
+                    client_read.allow_rsv1();
+                }
+                let (backend_read, backend_write) = stream.into_split();
+                bridge::run(
+                    client_read,
+                    client_write,
+                    backend_read,
+                    backend_write,
+                    settings,
+                    client_deflate,
+                    &metrics,
+                    &entry.control,
+                    hard_stop,
+                )
+                .await
+            }
+            Backend::WebSocket {
+                io,
+                deflate: backend_deflate,
+                ..
+            } => {
+                let deflate = RelayDeflate::new(deflate, backend_deflate, settings.compression);
+                if deflate.client.is_some() {
+                    client_read.allow_rsv1();
+                }
+                let (read, write) = tokio::io::split(io);
+                let mut backend = websocket_halves(
+                    read,
+                    write,
+                    Role::Client,
+                    settings.max_frame_bytes,
+                    frame_budget,
+                );
+                if deflate.backend.is_some() {
+                    backend.0.allow_rsv1();
+                }
+                // Boxed so that sessions on TCP routes do not carry the relay's larger state.
+                Box::pin(relay::run(
+                    (client_read, client_write),
+                    backend,
+                    settings,
+                    &deflate,
+                    &metrics,
+                    &entry.control,
+                    hard_stop,
+                ))
+                .await
+            }
+        };
+        let duration = started.elapsed();
+        metrics.closed(outcome.code, outcome.initiator.label(), duration);
+        let (messages_to_backend, messages_to_client) = metrics.messages();
+        // The access log: one line per session, every field named (one JSON object with
+        // `--log-format json`).
+        info!(
+            session_id = entry.id,
+            client = %entry.info.client,
+            route = &*entry.info.route,
+            backend = entry.info.backend.as_str(),
+            subprotocol = entry.info.subprotocol.as_deref(),
+            bytes_to_backend = outcome.bytes_to_backend,
+            bytes_to_client = outcome.bytes_to_client,
+            messages_to_backend,
+            messages_to_client,
+            duration_ms = duration.as_millis() as u64,
+            code = outcome.code,
+            closed_by = outcome.initiator.label(),
+            reason = %Escaped(&outcome.reason),
+            "session closed"
+        );
+        outcome.code
+    }
+}
+
+/// The client hop's permessage-deflate for the bridge, when agreed and the route allows it.
+fn client_deflate(agreed: Option<Agreement>, settings: &SessionSettings) -> Option<HopDeflate> {
+    agreed
+        .zip(settings.compression)
+        .map(|(a, p)| HopDeflate::server(&a, &p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MessageType;
+    use crate::session::io::Rewind;
+    use crate::session::registry::SessionControl;
+    use std::time::Duration;
+    use tokio::net::{TcpListener, TcpStream};
+
+    fn settings() -> SessionSettings {
+        SessionSettings {
+            buffer_bytes: 64 * 1024,
+            max_frame_bytes: 1 << 20,
+            max_message_bytes: 1 << 20,
+            message_type: MessageType::Binary,
+            ping_interval: Some(Duration::from_secs(30)),
+            pong_timeout: Duration::from_secs(10),
+            close_grace: Duration::from_secs(5),
+            backend_stall: Duration::from_secs(30),
+            bandwidth_bytes_per_sec: None,
+            compression: None,
+        }
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (a, l.accept().await.unwrap().0)
+    }
+
+    /// What an idle plain session's task holds: the bridge's and the relay's futures over
+    /// TCP, the types a real session has. Printed with `--nocapture`; the bounds keep the
+    /// idle-memory work from being undone by accident.
+    #[tokio::test]
+    async fn session_futures_stay_small() {
+        let settings = settings();
+        let budget = FrameBudget::unlimited();
+        let metrics = SessionMetrics::start("t".into(), Protocol::Http1);
+        let stop = CancellationToken::new();
+        let control = SessionControl::new(&stop);
+        let ((_c, client), (_b, backend)) = (pair().await, pair().await);
+        let (cr, cw) = client.into_split();
+        let (cr, cw) = websocket_halves(
+            Rewind::new(bytes::Bytes::new(), cr),
+            cw,
+            Role::Server,
+            1 << 20,
+            &budget,
+        );
+        let (br, bw) = backend.into_split();
+        let bridge = bridge::run(cr, cw, br, bw, &settings, None, &metrics, &control, &stop);
+        let bridge_size = std::mem::size_of_val(&bridge);
+        drop(bridge);
+        let ((_c, client), (_b, backend)) = (pair().await, pair().await);
+        let (cr, cw) = client.into_split();
+        let client = websocket_halves(cr, cw, Role::Server, 1 << 20, &budget);
+        let (br, bw) = backend.into_split();
+        let backend = websocket_halves(br, bw, Role::Client, 1 << 20, &budget);
+        let deflate = RelayDeflate::default();
+        let relay = relay::run(
+            client, backend, &settings, &deflate, &metrics, &control, &stop,
+        );
+        let relay_size = std::mem::size_of_val(&relay);
+        println!("bridge future: {bridge_size} bytes; relay future: {relay_size} bytes");
+        // Today (debug build): 1704 and 4600 bytes.
+        assert!(
+            bridge_size <= 1800,
+            "bridge future grew to {bridge_size} bytes"
+        );
+        assert!(
+            relay_size <= 4700,
+            "relay future grew to {relay_size} bytes"
+        );
+    }
+}
