@@ -30,4 +30,6 @@ pub struct SessionSettings {
     pub bandwidth_bytes_per_sec: Option<u64>,
     /// permessage-deflate on the client hop; `None`: offers are declined.
     pub compression: Option<DeflatePolicy>,
+    /// `[route.resume]`: sessions may survive their client connection; `None`: off.
+    pub resume: Option<crate::session::resume::ResumeSettings>,
 }

@@ -16,6 +16,7 @@ use crate::backend::pool::Pool;
 use crate::backend::{Dialer, SocketOptions};
 use crate::config::{is_hop_header, BackendAddr, CompressionMode, Config};
 use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
+use crate::session::resume::{ResumeLimits, ResumeSettings};
 use crate::session::settings::SessionSettings;
 use crate::ws::extensions::DeflatePolicy;
 use crate::ws::reader::FrameBudget;
@@ -304,6 +305,19 @@ fn compile_route(
                 server_max_window_bits: r.compression_server_max_window_bits,
                 client_max_window_bits: r.compression_client_max_window_bits,
                 level: r.compression_level,
+            }),
+            resume: r.resume.as_ref().map(|c| ResumeSettings {
+                grace: Duration::from_secs_f64(c.grace_secs),
+                window_bytes: c.window_bytes,
+                heartbeat: Duration::from_secs_f64(c.heartbeat_secs),
+                read_bytes: config.buffer_bytes,
+                backend_stall: config.backend_stall,
+                close_grace: config.close_grace,
+                limits: ResumeLimits {
+                    max_sessions: config.resume.max_sessions,
+                    max_sessions_per_address: config.resume.max_sessions_per_address,
+                    max_buffered_bytes: config.resume.max_buffered_bytes,
+                },
             }),
         },
     })

@@ -41,6 +41,8 @@ pub struct ResumeSettings {
     pub backend_stall: Duration,
     /// How long an ending session waits to hand its END and Close to the client.
     pub close_grace: Duration,
+    /// The gateway-wide bounds (`[resume]`), compiled into every resumable route.
+    pub limits: super::ResumeLimits,
 }
 
 /// What a client connection's writer sends.

@@ -147,3 +147,11 @@ impl ResumeStore {
         self.len() == 0
     }
 }
+
+impl std::fmt::Debug for ResumeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResumeStore")
+            .field("sessions", &self.len())
+            .finish()
+    }
+}
