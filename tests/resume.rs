@@ -198,7 +198,7 @@ async fn echo_session(extra: &str) -> (TestGateway, ResumeSession) {
 /// Send `data` and read it back through the session's echo.
 async fn echo_through(s: &mut ResumeSession, data: &[u8]) {
     s.send(data).await.unwrap();
-    let mut got = Vec::new();
+    let mut got: Vec<u8> = Vec::new();
     while got.len() < data.len() {
         got.extend(s.recv().await.expect("echo"));
     }
@@ -352,8 +352,9 @@ async fn a_client_without_the_subprotocol_gets_an_ordinary_session() {
     assert_echoes(&mut ws, b"\x03plain bytes, no framing").await;
     // And a route without [route.resume] does not answer the resume subprotocol.
     let gw2 = spawn_gateway(&config_with(&route("q", "/q", &format!("tcp://{echo}")))).await;
-    let (mut ws, chosen) = resume_connect(&gw2.url("/q?wsgate_session=x")).await.unwrap();
-    assert_eq!(chosen, None);
+    let (mut ws, chosen) =
+        ws_client_offering(&gw2.url("/q?wsgate_session=x"), "wsgate.resume.v1, binary").await;
+    assert_eq!(chosen.as_deref(), Some("binary"));
     assert_echoes(&mut ws, b"raw").await;
 }
 

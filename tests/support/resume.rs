@@ -310,8 +310,8 @@ impl ResumeSession {
         ws.send(Message::binary(data(bytes))).await.map_err(|_| ())
     }
 
-    /// The next DATA payload (handling ACK and PING on the way, and acknowledging received
-    /// bytes every 64 KiB). `Err(code)`: the connection closed or broke (1006).
+    /// The next DATA payload, or an empty one after an ACK (PINGs are answered on the way;
+    /// received bytes are acknowledged every 64 KiB). `Err(code)`: the connection closed or broke (1006).
     pub async fn recv(&mut self) -> Result<Vec<u8>, u16> {
         loop {
             let ws = self.ws.as_mut().ok_or(1006u16)?;
@@ -328,6 +328,7 @@ impl ResumeSession {
                     let offset = u64::from_be_bytes(m[1..9].try_into().unwrap());
                     assert!(offset <= self.sent, "ACK beyond what was sent");
                     self.release(offset);
+                    return Ok(Vec::new());
                 }
                 Some(&PONG) => {}
                 Some(&END) => return Err(close_code(ws).await),
