@@ -33,7 +33,13 @@ fn backend_pattern(offset: u64, len: usize) -> Vec<u8> {
 /// A backend that, on each connection, sends `n` bytes of `backend_pattern` while reading and
 /// checking `n` bytes of `pattern` from the client; it reports the connection count and, per
 /// connection, whether the client's stream was exact.
-async fn stream_backend(n: u64) -> (SocketAddr, Arc<AtomicUsize>, tokio::sync::mpsc::Receiver<Result<(), String>>) {
+async fn stream_backend(
+    n: u64,
+) -> (
+    SocketAddr,
+    Arc<AtomicUsize>,
+    tokio::sync::mpsc::Receiver<Result<(), String>>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -89,7 +95,10 @@ async fn stream_backend(n: u64) -> (SocketAddr, Arc<AtomicUsize>, tokio::sync::m
 }
 
 fn resume_route(name: &str, backend: &str, resume: &str) -> String {
-    format!("{}\n[route.resume]\n{resume}\n", route(name, &format!("/{name}"), backend))
+    format!(
+        "{}\n[route.resume]\n{resume}\n",
+        route(name, &format!("/{name}"), backend)
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -164,7 +173,11 @@ async fn a_checksummed_stream_each_way_survives_forced_drops_on_one_backend_conn
         .expect("the backend saw the end")
         .expect("a verdict");
     assert_eq!(verdict, Ok(()), "client→backend stream exact");
-    assert_eq!(connections.load(Ordering::SeqCst), 1, "one backend connection");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one backend connection"
+    );
     assert!(s.resumes >= drops.min(1), "drops happened and were resumed");
     let mut times = s.resume_times.clone();
     times.sort_unstable();
@@ -186,7 +199,11 @@ async fn echo_session(extra: &str) -> (TestGateway, ResumeSession) {
     let echo = tcp_echo_backend().await;
     let gw = spawn_gateway(&config_with(&format!(
         "{}{extra}",
-        resume_route("r", &format!("tcp://{echo}"), "grace_secs = 5\nheartbeat_secs = 1")
+        resume_route(
+            "r",
+            &format!("tcp://{echo}"),
+            "grace_secs = 5\nheartbeat_secs = 1"
+        )
     )))
     .await;
     let mut seed = 0x1234_5678_9abc_def1;
@@ -232,14 +249,22 @@ async fn a_wrong_token_is_refused_with_4404_and_the_session_carries_on() {
     assert_eq!(code, 4404);
     echo_through(&mut s, b"after").await;
     let text = scrape(gw.admin.unwrap()).await;
-    assert!(text.contains("wsgate_resumes_total{route=\"r\",result=\"bad_token\"} 1"), "{text}");
+    assert!(
+        text.contains("wsgate_resumes_total{route=\"r\",result=\"bad_token\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn an_offset_beyond_what_was_sent_is_refused_with_4416() {
     let (gw, mut s) = echo_session("").await;
     echo_through(&mut s, b"12345").await;
-    let code = resume_refusal(&gw.url("/r"), &s.id, hello(s.received + 100, Some(&s.token))).await;
+    let code = resume_refusal(
+        &gw.url("/r"),
+        &s.id,
+        hello(s.received + 100, Some(&s.token)),
+    )
+    .await;
     assert_eq!(code, 4416);
 }
 
@@ -253,7 +278,10 @@ async fn a_newer_attach_replaces_the_live_connection_with_4409() {
     assert_eq!(close_code(&mut old).await, 4409);
     echo_through(&mut s, b"two").await;
     let text = scrape(gw.admin.unwrap()).await;
-    assert!(text.contains("wsgate_resumes_total{route=\"r\",result=\"replaced\"} 1"), "{text}");
+    assert!(
+        text.contains("wsgate_resumes_total{route=\"r\",result=\"replaced\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -276,7 +304,10 @@ async fn a_session_whose_grace_ran_out_is_gone() {
     assert!(matches!(n, Ok(0) | Err(_)));
     assert_eq!(s.resume(Duration::from_secs(2)).await, Err(4404));
     let text = scrape(gw.admin.unwrap()).await;
-    assert!(text.contains("wsgate_resumes_total{route=\"g\",result=\"expired\"} 1"), "{text}");
+    assert!(
+        text.contains("wsgate_resumes_total{route=\"g\",result=\"expired\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -304,7 +335,9 @@ async fn resumable_session_caps_refuse_with_4429() {
         assert_eq!(close_code(&mut ws).await, 4429, "{limits}");
         let text = scrape(gw.admin.unwrap()).await;
         assert!(
-            text.contains(&format!("wsgate_resumes_total{{route=\"r\",result=\"{label}\"}} 1")),
+            text.contains(&format!(
+                "wsgate_resumes_total{{route=\"r\",result=\"{label}\"}} 1"
+            )),
             "{limits}: {text}"
         );
     }
@@ -335,7 +368,11 @@ async fn revoked_credentials_cannot_resume() {
     let refused = resume_connect(&session_url(&base, "revoked", true)).await;
     match refused {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert!(matches!(response.status().as_u16(), 401 | 403), "{}", response.status());
+            assert!(
+                matches!(response.status().as_u16(), 401 | 403),
+                "{}",
+                response.status()
+            );
         }
         other => panic!("a revoked token resumed: {:?}", other.map(|(_, p)| p)),
     }
@@ -346,7 +383,12 @@ async fn revoked_credentials_cannot_resume() {
 #[tokio::test]
 async fn a_client_without_the_subprotocol_gets_an_ordinary_session() {
     let echo = tcp_echo_backend().await;
-    let gw = spawn_gateway(&config_with(&resume_route("p", &format!("tcp://{echo}"), ""))).await;
+    let gw = spawn_gateway(&config_with(&resume_route(
+        "p",
+        &format!("tcp://{echo}"),
+        "",
+    )))
+    .await;
     let (mut ws, chosen) = ws_client_offering(&gw.url("/p?wsgate_session=x"), "binary").await;
     assert_eq!(chosen.as_deref(), Some("binary"));
     assert_echoes(&mut ws, b"\x03plain bytes, no framing").await;
@@ -362,7 +404,10 @@ async fn a_client_without_the_subprotocol_gets_an_ordinary_session() {
 async fn resume_on_a_websocket_backend_is_refused_at_config_check() {
     let toml = config_with(&resume_route("w", "ws://127.0.0.1:9/x", ""));
     let error = wsgate::Config::from_toml(&toml).unwrap_err().to_string();
-    assert!(error.contains("route[0].resume") && error.contains("WebSocket backend"), "{error}");
+    assert!(
+        error.contains("route[0].resume") && error.contains("WebSocket backend"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -375,6 +420,11 @@ async fn the_client_library_is_served_on_listeners() {
     )
     .await;
     assert_eq!(status, 200);
-    assert!(response.to_ascii_lowercase().contains("content-type: text/javascript"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("content-type: text/javascript"),
+        "{response}"
+    );
     assert!(response.contains("ResumableWebSocket") && response.contains("wsgate.resume.v1"));
 }

@@ -21,9 +21,10 @@ use anyhow::{bail, Context};
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
 pub use backend_addr::{BackendAddr, BACKEND_URL_FORMS};
 pub use file::{
-    AdminConfig, Balance, CompressionMode, ResumeConfig, ResumeLimitsConfig, FileConfig, ForwardedHeader, HealthConfig, Limits,
+    AdminConfig, Balance, CompressionMode, FileConfig, ForwardedHeader, HealthConfig, Limits,
     ListenerConfig, LogConfig, LogFormat, MessageType, ProxyProtocolVersion, ReloadConfig,
-    RouteConfig, RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig,
+    ResumeConfig, ResumeLimitsConfig, RouteConfig, RuntimeConfig, RuntimeMode, Timeouts, TlsConfig,
+    WebConfig,
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};

@@ -123,10 +123,15 @@ async fn upgrade(
     // resumable connection).
     let deflate = match resume {
         Some(_) => None,
-        None => matched.route.session.compression.as_ref().and_then(|policy| {
-            let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
-            extensions::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), policy)
-        }),
+        None => matched
+            .route
+            .session
+            .compression
+            .as_ref()
+            .and_then(|policy| {
+                let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+                extensions::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), policy)
+            }),
     };
     match resume {
         // A resume joins the session's backend connection: nothing to dial.
@@ -397,7 +402,10 @@ fn accept(
 /// A resumable-session request: the route resumes, and the client offered
 /// `wsgate.resume.v1`; then the URL must name the session (400 otherwise). The flag says
 /// whether it joins an existing session (`wsgate_resume=1`).
-fn resume_ask<B>(req: &Request<B>, route: &Route) -> Result<Option<(ResumeAsk, bool)>, RejectError> {
+fn resume_ask<B>(
+    req: &Request<B>,
+    route: &Route,
+) -> Result<Option<(ResumeAsk, bool)>, RejectError> {
     if route.session.resume.is_none()
         || !header_has_token(
             req.headers(),
@@ -477,10 +485,16 @@ const RESUME_JS: &str = include_str!("resume.js");
 
 /// `GET /.wsgate/resume.js`: the library; anything else is not for it.
 fn resume_library<B>(req: &Request<B>) -> Option<Response<Body>> {
-    if req.uri().path() != "/.wsgate/resume.js" || !matches!(*req.method(), Method::GET | Method::HEAD) {
+    if req.uri().path() != "/.wsgate/resume.js"
+        || !matches!(*req.method(), Method::GET | Method::HEAD)
+    {
         return None;
     }
-    let body = if req.method() == Method::HEAD { "" } else { RESUME_JS };
+    let body = if req.method() == Method::HEAD {
+        ""
+    } else {
+        RESUME_JS
+    };
     let mut response = typed(StatusCode::OK, "text/javascript; charset=utf-8", body);
     response
         .headers_mut()

@@ -31,14 +31,14 @@ use tracing::{info, Span};
 use super::bridge;
 use super::io::{websocket_halves, ClientStream};
 use super::registry::Registered;
-use super::relay;
 use super::registry::SessionEntry;
+use super::relay;
 use super::resume::{self, ResumeSettings};
 use super::settings::SessionSettings;
-use crate::ws::close_code;
 use crate::backend::Backend;
 use crate::logsafe::Escaped;
 use crate::metrics::{self, Protocol, SessionMetrics};
+use crate::ws::close_code;
 use crate::ws::deflate::{HopDeflate, RelayDeflate};
 use crate::ws::extensions::Agreement;
 use crate::ws::reader::{FrameBudget, ReadReady};
@@ -366,11 +366,13 @@ pub async fn join(
     let max_frame = settings.max_frame_bytes;
     match ClientStream::new(client.stream) {
         ClientStream::Tcp(read, write) => {
-            let (r, w) = websocket_halves(read, write, Role::Server, max_frame, gateway.frame_budget);
+            let (r, w) =
+                websocket_halves(read, write, Role::Server, max_frame, gateway.frame_budget);
             Box::pin(resume::resume(r, w, request)).await
         }
         ClientStream::Other(read, write) => {
-            let (r, w) = websocket_halves(read, write, Role::Server, max_frame, gateway.frame_budget);
+            let (r, w) =
+                websocket_halves(read, write, Role::Server, max_frame, gateway.frame_budget);
             Box::pin(resume::resume(r, w, request)).await
         }
     }
@@ -404,7 +406,7 @@ mod tests {
             backend_stall: Duration::from_secs(30),
             bandwidth_bytes_per_sec: None,
             compression: None,
-        resume: None,
+            resume: None,
         }
     }
 

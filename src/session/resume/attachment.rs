@@ -185,7 +185,9 @@ pub async fn run<R, W>(
                 Ok(Some(Ok(FromClient::Ping(n)))) => Event::Ping(n),
                 Ok(Some(Ok(FromClient::Pong(_)))) => continue,
                 Ok(Some(Ok(FromClient::End))) => Event::End,
-                Ok(Some(Ok(FromClient::Hello { .. }))) => Event::Violation("HELLO after the first message"),
+                Ok(Some(Ok(FromClient::Hello { .. }))) => {
+                    Event::Violation("HELLO after the first message")
+                }
                 Ok(Some(Err(reason))) | Err(reason) => Event::Violation(reason),
             };
             let last = matches!(event, Event::End | Event::Violation(_));
@@ -263,4 +265,3 @@ pub async fn refuse<W: AsyncWrite + Unpin>(
     })
     .await;
 }
-

@@ -412,10 +412,8 @@ where
                         } else if written_now > acked_sent || ack_due {
                             acked_sent = written_now;
                             ack_due = false;
-                            permit.send(Out::Message(protocol::numbered(
-                                protocol::ACK,
-                                written_now,
-                            )));
+                            permit
+                                .send(Out::Message(protocol::numbered(protocol::ACK, written_now)));
                         } else {
                             let message = replay.chunks[replay.sent].clone();
                             replay.sent += 1;

@@ -20,13 +20,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
 use self::attachment::HelloError;
-use self::core::{Attach, Core, Outcome};
 pub use self::core::ResumeSettings;
+use self::core::{Attach, Core, Outcome};
 use self::protocol::close;
 pub use self::store::{ResumeLimits, ResumeStore};
 use crate::metrics::{RESUMES_TOTAL, RESUME_DETACHED_SESSIONS, RESUME_REPLAYED_BYTES_TOTAL};
-use crate::ws::reader::{FrameReader, ReadReady};
 use crate::session::registry::SessionControl;
+use crate::ws::reader::{FrameReader, ReadReady};
 use crate::ws::writer::FrameWriter;
 
 /// A route's resumable-session metrics.
@@ -47,8 +47,7 @@ impl ResumeMetrics {
     }
 
     fn result(&self, result: &'static str) {
-        counter!(RESUMES_TOTAL, "route" => self.route.to_string(), "result" => result)
-            .increment(1);
+        counter!(RESUMES_TOTAL, "route" => self.route.to_string(), "result" => result).increment(1);
     }
 
     pub fn refused(&self, result: &'static str) {

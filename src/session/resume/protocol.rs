@@ -61,7 +61,9 @@ pub fn parse(mut message: Bytes) -> Result<FromClient, &'static str> {
     };
     let body = message.split_off(1);
     let number = |body: &Bytes| -> Result<u64, &'static str> {
-        let b: [u8; 8] = body[..].try_into().map_err(|_| "expected an 8-byte number")?;
+        let b: [u8; 8] = body[..]
+            .try_into()
+            .map_err(|_| "expected an 8-byte number")?;
         Ok(u64::from_be_bytes(b))
     };
     match kind {
@@ -92,7 +94,12 @@ pub fn parse(mut message: Bytes) -> Result<FromClient, &'static str> {
 
 /// WELCOME: what the gateway has received from the client, the heartbeat and grace it runs
 /// with, and the token for the next resume.
-pub fn welcome(received: u64, heartbeat_ms: u32, grace_ms: u32, token: &[u8; TOKEN_BYTES]) -> Bytes {
+pub fn welcome(
+    received: u64,
+    heartbeat_ms: u32,
+    grace_ms: u32,
+    token: &[u8; TOKEN_BYTES],
+) -> Bytes {
     let mut m = BytesMut::with_capacity(1 + 8 + 4 + 4 + TOKEN_BYTES);
     m.put_u8(WELCOME);
     m.put_u64(received);

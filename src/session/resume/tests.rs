@@ -121,9 +121,11 @@ async fn a_dropped_connection_resumes_on_the_same_backend_connection() {
                 received.extend_from_slice(&m[1..]);
             }
         }
-        ws.send(Message::binary(protocol::numbered(protocol::ACK, 20_000).to_vec()))
-            .await
-            .unwrap();
+        ws.send(Message::binary(
+            protocol::numbered(protocol::ACK, 20_000).to_vec(),
+        ))
+        .await
+        .unwrap();
         ws.send(Message::binary(protocol::data(b"abc").to_vec()))
             .await
             .unwrap();
@@ -141,7 +143,9 @@ async fn a_dropped_connection_resumes_on_the_same_backend_connection() {
         let (mut ws, reader, writer) = connection().await;
         let resumer = resume(reader, writer, request("s1"));
         let attempt = async {
-            ws.send(hello(received.len() as u64, Some(&[0u8; 32]))).await.unwrap();
+            ws.send(hello(received.len() as u64, Some(&[0u8; 32])))
+                .await
+                .unwrap();
             next(&mut ws).await
         };
         let (_, refused) = tokio::join!(resumer, attempt);
@@ -150,7 +154,9 @@ async fn a_dropped_connection_resumes_on_the_same_backend_connection() {
         let (mut ws, reader, writer) = connection().await;
         let resumer = resume(reader, writer, request("s1"));
         let carry_on = async {
-            ws.send(hello(received.len() as u64, Some(&token))).await.unwrap();
+            ws.send(hello(received.len() as u64, Some(&token)))
+                .await
+                .unwrap();
             let w = next(&mut ws).await.unwrap();
             assert_eq!(w[0], protocol::WELCOME);
             assert_eq!(&w[1..9], &3u64.to_be_bytes(), "the gateway has our 3 bytes");
@@ -166,7 +172,9 @@ async fn a_dropped_connection_resumes_on_the_same_backend_connection() {
             ws.send(Message::binary(protocol::data(b"def").to_vec()))
                 .await
                 .unwrap();
-            ws.send(Message::binary(protocol::end().to_vec())).await.unwrap();
+            ws.send(Message::binary(protocol::end().to_vec()))
+                .await
+                .unwrap();
             loop {
                 match next(&mut ws).await {
                     Ok(m) if m[0] == protocol::END => {}
