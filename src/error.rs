@@ -10,6 +10,11 @@ pub enum RejectError {
     NoRoute,
     #[error("{0}")]
     BadRequest(&'static str),
+    /// The request's `Host`/`:authority` names a host this connection's TLS name (SNI) would
+    /// not have led to (another certificate, or any other name where the listener is strict):
+    /// `421`, after which clients retry on a connection of their own for that host.
+    #[error("{0}")]
+    Misdirected(&'static str),
     /// A path with dot-segments, empty segments or encoded slashes: refused before routing
     /// so that no backend resolves it past the route it matched (`snapshot::check_path`).
     #[error("{0}")]
@@ -112,6 +117,7 @@ impl RejectError {
     pub const LABELS: &'static [&'static str] = &[
         "no_route",
         "bad_request",
+        "misdirected",
         "bad_path",
         "bad_version",
         "bad_protocol",
@@ -122,6 +128,7 @@ impl RejectError {
         "backend_handshake",
         "shutting_down",
         "draining",
+        "no_descriptors",
         "origin",
         "unauthorized",
         "forbidden",
@@ -138,6 +145,7 @@ impl RejectError {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BadRequest(_) | Self::BadPath(_) => StatusCode::BAD_REQUEST,
+            Self::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             Self::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             Self::UnsupportedProtocol => StatusCode::NOT_IMPLEMENTED,
             Self::BackendRefused(_)
@@ -160,6 +168,7 @@ impl RejectError {
         match self {
             Self::NoRoute => "no_route",
             Self::BadRequest(_) => "bad_request",
+            Self::Misdirected(_) => "misdirected",
             Self::BadPath(_) => "bad_path",
             Self::UnsupportedVersion => "bad_version",
             Self::UnsupportedProtocol => "bad_protocol",
@@ -255,6 +264,8 @@ mod tests {
             RejectError::BackendHandshake(Box::new(io())),
             RejectError::ShuttingDown,
             RejectError::Draining,
+            RejectError::NoDescriptors(io()),
+            RejectError::Misdirected("x"),
             RejectError::Origin,
             RejectError::Unauthorized("x"),
             RejectError::Forbidden("x"),
@@ -270,6 +281,7 @@ mod tests {
             match e {
                 RejectError::NoRoute
                 | RejectError::BadRequest(_)
+                | RejectError::Misdirected(_)
                 | RejectError::BadPath(_)
                 | RejectError::UnsupportedVersion
                 | RejectError::UnsupportedProtocol
@@ -280,6 +292,7 @@ mod tests {
                 | RejectError::BackendHandshake(_)
                 | RejectError::ShuttingDown
                 | RejectError::Draining
+                | RejectError::NoDescriptors(_)
                 | RejectError::Origin
                 | RejectError::Unauthorized(_)
                 | RejectError::Forbidden(_)

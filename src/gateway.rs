@@ -27,7 +27,9 @@ use crate::http_util::decode_sha256_hex;
 use crate::metrics;
 use crate::ops::admin;
 use crate::ops::api::{redact, ApiSettings, OpsApi, RouteSummary};
-use crate::ops::reload::{self, config_hash, Applied, Apply, ReloadHandle, ReloadRequests};
+use crate::ops::reload::{
+    self, config_hash, Applied, Apply, ReloadHandle, ReloadRequests, Trigger,
+};
 use crate::policy::{descriptors, UPKEEP_INTERVAL};
 use crate::session::registry::Registry;
 use crate::snapshot::{ListenerKey, Snapshot};
@@ -233,6 +235,14 @@ impl Gateway {
         // Active health checks, one task per pool that has them; each also ends when a
         // reload drops its pool.
         spawn_checks(&snapshot, None, &aux, &aux_stop);
+        // `[acme]` as it was at start; its certificates outlive reloads.
+        if let (Some(config), Some(store)) = (&snapshot.config.acme, &snapshot.acme) {
+            aux.spawn(crate::ops::acme::run(
+                config.clone(),
+                store.clone(),
+                aux_stop.clone(),
+            ));
+        }
         let fit = descriptors::fit(&snapshot.config.limits);
         if fit.lowered {
             warn!(
@@ -424,10 +434,16 @@ fn spawn_checks(
     aux: &TaskTracker,
     stop: &CancellationToken,
 ) {
-    for pool in snapshot.pools() {
+    for route in &snapshot.routes {
+        let Some(pool) = &route.pool else { continue };
         let running = previous.is_some_and(|p| p.pools().any(|q| Arc::ptr_eq(q, pool)));
         if pool.check_interval().is_some() && !running {
-            aux.spawn(Pool::run_checks(Arc::downgrade(pool), stop.clone()));
+            aux.spawn(Pool::run_checks(
+                Arc::downgrade(pool),
+                snapshot.dialer.clone(),
+                route.backend_tls.clone(),
+                stop.clone(),
+            ));
         }
     }
 }
@@ -461,12 +477,24 @@ impl Apply for Reconfigure {
     /// Everything that can fail (reading, validating, certificates, binding new listeners)
     /// happens before the swap; after it nothing fails. Live sessions keep the snapshot they
     /// started with; listeners the new config still has keep their sockets.
-    async fn apply(&mut self) -> anyhow::Result<Applied> {
+    async fn apply(&mut self, trigger: Trigger) -> anyhow::Result<Applied> {
         // File reads and certificate parsing run off the async workers: with one worker
         // thread they would otherwise stall every session for the length of the reload.
         let source = self.source.clone();
         let (config, hash) = blocking(move || source.load()).await?;
         let old = self.shared.snapshot.load_full();
+        // A file caught half-written can be valid and open; only an operator's reload may
+        // take access control away.
+        if trigger == Trigger::FileChange {
+            let removed = reload::access_removed(&old.config, &config);
+            if !removed.is_empty() {
+                anyhow::bail!(
+                    "a file change would remove access control ({}); if that is meant, reload \
+                     with SIGHUP, `wsgate reload` or POST /reload",
+                    removed.join("; ")
+                );
+            }
+        }
         let echo = match self.echo_addr {
             None if Snapshot::needs_echo(&config) => Some(
                 bind_echo_service()
@@ -605,6 +633,7 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
         "admin": config.admin.map(|address| serde_json::json!({
             "address": address,
             "bearer_sha256": config.admin_bearer_sha256,
+            "allowed_hosts": config.admin_allowed_hosts,
         })),
         "timeouts": {
             "tls_handshake_secs": config.tls_handshake_timeout.as_secs_f64(),
@@ -627,6 +656,7 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
     redact(&mut config_json);
     Ok(ApiSettings {
         token_sha256,
+        allowed_hosts: config.admin_allowed_hosts.clone(),
         routes: snapshot
             .routes
             .iter()

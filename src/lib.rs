@@ -25,10 +25,12 @@
 //!              each accepting on its own SO_REUSEPORT socket of every listener
 //! ops/         admin.rs: /metrics, /healthz, /readyz, POST /reload; api.rs: status page and
 //!              session API (list, close, drain, config); shutdown.rs: signals → one token;
-//!              reload.rs: SIGHUP, file watch, POST /reload → one reload at a time
+//!              reload.rs: SIGHUP, file watch, POST /reload → one reload at a time;
+//!              acme.rs: [acme] certificates ordered (TLS-ALPN-01), stored and renewed
 //! snapshot/    the immutable value the running gateway reads: routes with compiled policy
 //!              and their SessionSettings (compiled once, read by the pumps as they are),
-//!              router (path rules, path → route, subprotocol choice), listener TLS and
+//!              router (path rules, host and path → route, 421 for a host the connection's
+//!              SNI would not have led to, subprotocol choice), listener TLS and
 //!              trust, admission, dialer, pools; held in an ArcSwap: connections and requests
 //!              take the current one
 //! session/     after the 101: start.rs, the front door (a client side joined to a backend
@@ -43,7 +45,8 @@
 //!              targets (token files, JWT claims, egress), admission (session caps, connections
 //!              per address, handshake rate), auth_failures (budget of failed credentials per
 //!              address), descriptors (RLIMIT_NOFILE budget, accept back-off on EMFILE)
-//! tls.rs       PEM → rustls server configs (mTLS) and backend client configs
+//! tls.rs       PEM → rustls server configs (certificates by SNI, ACME's, mTLS) and backend
+//!              client configs
 //! config/      the file format only: serde structs, defaults, validation, quick mode,
 //!              the embedded default (default.toml); imports nothing of ours
 //! error.rs     the boundary error: status and label before the upgrade, close codes after
@@ -58,14 +61,15 @@
 //! ```
 //!
 //! # Data flow
-//! accept → PROXY header (trusted balancers; else closed) → TLS (client certificate verified
-//! when the listener asks) → HTTP (431, header timeout) → path rules (400) → client from
-//! forwarded headers (trusted balancers) → route (404) → upgrade checks (400/426) → origin
-//! (403) → credentials (401 missing/invalid, 403 not allowed; a spent failure budget 429) →
-//! target (token file: 404 unknown token; claim: 403) → limits (429/503) → egress check after
-//! DNS (403) → dial backend, the next pool member on failure (502/504) → `101` → bridge or
-//! relay → close (1000 normal, 1001 shutdown/keepalive, 1002 protocol, 1007 bad UTF-8, 1009
-//! too big, 1011 backend error, 1014 bad gateway), with metrics alongside every stage.
+//! accept → PROXY header (trusted balancers; else closed) → TLS (certificate by SNI; client
+//! certificate verified when the listener asks) → HTTP (431, header timeout) → path rules
+//! (400) → host against SNI (421) → route by host and path (404) → client from forwarded
+//! headers (trusted balancers) → upgrade checks (400/426) → origin (403) → credentials (401
+//! missing/invalid, 403 not allowed; a spent failure budget 429) → target (token file: 404
+//! unknown token; claim: 403) → limits (429/503) → egress check after DNS (403) → dial
+//! backend, the next pool member on failure (502/504) → `101` → bridge or relay → close
+//! (1000 normal, 1001 shutdown/keepalive, 1002 protocol, 1007 bad UTF-8, 1009 too big, 1011
+//! backend error, 1014 bad gateway), with metrics alongside every stage.
 
 pub mod backend;
 pub mod config;

@@ -272,6 +272,7 @@ enum Command {
     /// Ask a running gateway to reload its config: `POST /reload` on its admin listener.
     /// Exit 0 when the new config runs (the answer names keys that wait for a restart), 1 and
     /// why when it was refused (the old one still runs) or the gateway could not be asked.
+    /// When `[admin] bearer_sha256` is set, the token comes from `WSGATE_ADMIN_TOKEN`.
     Reload {
         /// The admin listener [default: the [admin] address of --config, else the embedded
         /// default's 127.0.0.1:9089].
@@ -643,9 +644,13 @@ async fn post_reload(
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let request = hyper::Request::post("/reload")
-            .header(hyper::header::HOST, addr.to_string())
-            .body(Empty::<bytes::Bytes>::new())?;
+        let mut request =
+            hyper::Request::post("/reload").header(hyper::header::HOST, addr.to_string());
+        // The admin token, when the listener has one (`[admin] bearer_sha256`).
+        if let Ok(token) = std::env::var("WSGATE_ADMIN_TOKEN") {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Empty::<bytes::Bytes>::new())?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();

@@ -30,6 +30,8 @@ pub const PROXY_HEADERS_REFUSED_TOTAL: &str = "wsgate_proxy_protocol_refused_tot
 pub const AUTH_FAILURES_TOTAL: &str = "wsgate_auth_failures_total";
 pub const BUILD_INFO: &str = "wsgate_build_info";
 pub const WORKER_SESSIONS_ACTIVE: &str = "wsgate_worker_sessions_active";
+pub const CERTIFICATE_NOT_AFTER: &str = "wsgate_certificate_not_after_timestamp_seconds";
+pub const ACME_ORDERS_TOTAL: &str = "wsgate_acme_orders_total";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "wsgate_connections_refused_total";
 pub const CONNECTION_TIMEOUTS_TOTAL: &str = "wsgate_connection_timeouts_total";
 pub const DESCRIPTORS_EXHAUSTED_TOTAL: &str = "wsgate_descriptors_exhausted_total";
@@ -100,6 +102,15 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
+    describe_counter!(
+        ACME_ORDERS_TOTAL,
+        "ACME certificate orders by result (issued, failed)"
+    );
+    describe_gauge!(
+        CERTIFICATE_NOT_AFTER,
+        Unit::Seconds,
+        "When the certificate a TLS listener serves for each name expires (Unix time)"
+    );
     describe_gauge!(SESSIONS_ACTIVE, "WebSocket sessions now bridged");
     describe_counter!(SESSIONS_TOTAL, "WebSocket sessions started (101 sent)");
     describe_counter!(
@@ -334,6 +345,17 @@ pub fn auth_failed(route: &Arc<str>) {
 pub fn upgrade_rejected(route: &str, reason: &'static str) {
     counter!(UPGRADE_REJECTIONS_TOTAL, "route" => route.to_owned(), "reason" => reason)
         .increment(1);
+}
+
+/// The expiry of the certificate a TLS listener serves for `name` (Unix seconds), set when a
+/// snapshot loads it.
+pub fn certificate_not_after(name: &str, not_after: i64) {
+    gauge!(CERTIFICATE_NOT_AFTER, "name" => name.to_owned()).set(not_after as f64);
+}
+
+/// One ACME order ended: `result` is `issued` or `failed`.
+pub fn acme_order(result: &'static str) {
+    counter!(ACME_ORDERS_TOTAL, "result" => result).increment(1);
 }
 
 pub fn tls_handshake_failed() {

@@ -1264,12 +1264,7 @@ async fn relays_to_a_python_websockets_backend() {
 /// A tokio-tungstenite echo backend behind tokio-rustls, serving the PKI's leaf.
 async fn wss_echo_backend(pki: &Pki) -> SocketAddr {
     let config = wsgate::tls::server_config(
-        &wsgate::config::TlsConfig {
-            cert_file: pki.cert_file.clone(),
-            key_file: pki.key_file.clone(),
-            client_ca_file: None,
-            client_auth: None,
-        },
+        &wsgate::config::TlsConfig::new(pki.cert_file.clone(), pki.key_file.clone()),
         false,
     )
     .unwrap();

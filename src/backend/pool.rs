@@ -9,10 +9,9 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use metrics::Gauge;
-use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Backend, Dialer, Handshake, ProxyAddrs};
 use crate::config::{BackendAddr, Balance, HealthConfig};
@@ -202,9 +201,17 @@ impl Pool {
             .then(|| Duration::from_secs_f64(self.health.check_interval_secs))
     }
 
-    /// Active checks until `stop`, or until the pool is dropped (a reload replaced it): a
-    /// connect to every backend each interval; a failure ejects, a success restores.
-    pub async fn run_checks(pool: Weak<Self>, stop: CancellationToken) {
+    /// Active checks until `stop`, or until the pool is dropped (a reload replaced it): every
+    /// backend each interval gets the dial a session would make ([`check`]); a failure ejects,
+    /// a success restores. A check is never shallower than the dial whose failure ejected a
+    /// backend, so it cannot undo that ejection while the failure stands (a `ws://` backend
+    /// that accepts TCP but never answers its handshake stays out).
+    pub async fn run_checks(
+        pool: Weak<Self>,
+        dialer: Dialer,
+        backend_tls: Option<Arc<rustls::ClientConfig>>,
+        stop: CancellationToken,
+    ) {
         let Some(interval) = pool.upgrade().and_then(|p| p.check_interval()) else {
             return;
         };
@@ -216,36 +223,59 @@ impl Pool {
                 () = stop.cancelled() => return,
             }
             let Some(pool) = pool.upgrade() else { return };
-            let timeout = Duration::from_secs_f64(pool.health.check_timeout_secs);
+            let dialer = Dialer {
+                connect_timeout: Duration::from_secs_f64(pool.health.check_timeout_secs),
+                ..dialer.clone()
+            };
             for i in 0..pool.members.len() {
-                let ok = tokio::select! {
-                    ok = probe(&pool.members[i].addr, timeout) => ok,
+                let addr = &pool.members[i].addr;
+                let checked = tokio::select! {
+                    r = check(&dialer, backend_tls.as_ref(), addr) => r,
                     () = stop.cancelled() => return,
                 };
-                if ok {
-                    pool.mark_up(i);
-                } else {
-                    pool.eject(i);
+                match checked {
+                    Ok(()) => pool.mark_up(i),
+                    Err(e) if is_backend_failure(&e) => {
+                        debug!(route = %pool.route, backend = %addr, error = %e, "active check failed");
+                        pool.eject(i);
+                    }
+                    // Refused by egress: not the backend's health; leave it as it is.
+                    Err(_) => {}
                 }
             }
         }
     }
 }
 
-/// A connect (and nothing more) to a backend's address under `timeout`.
-async fn probe(addr: &BackendAddr, timeout: Duration) -> bool {
-    let connect = async {
-        match addr {
-            BackendAddr::Tcp { host, port } | BackendAddr::WebSocket { host, port, .. } => {
-                TcpStream::connect((host.as_str(), *port)).await.is_ok()
-            }
-            BackendAddr::Unix { path } => UnixStream::connect(path).await.is_ok(),
-            BackendAddr::BuiltinEcho => true,
-        }
+/// One active check of `addr`: the dial a session makes, under the dialer's timeout (the
+/// check timeout) — a connect for byte backends; for `ws://` and `wss://` also TLS and the
+/// WebSocket handshake to the URL's own path, then a Close (1001). `Ok` also when a
+/// WebSocket backend answers the handshake with a `4xx`: it is serving, and a session's dial
+/// would not eject it for that either.
+async fn check(
+    dialer: &Dialer,
+    backend_tls: Option<&Arc<rustls::ClientConfig>>,
+    addr: &BackendAddr,
+) -> Result<(), RejectError> {
+    let handshake = match addr {
+        BackendAddr::WebSocket { path, .. } => Handshake {
+            path: path.clone(),
+            ..Handshake::default()
+        },
+        _ => Handshake::default(),
     };
-    tokio::time::timeout(timeout, connect)
-        .await
-        .unwrap_or(false)
+    match dialer.dial(backend_tls, addr, handshake, None).await {
+        Ok(Backend::WebSocket { io, .. }) => {
+            let mut ws =
+                fastwebsockets::WebSocket::after_handshake(io, fastwebsockets::Role::Client);
+            let close = ws.write_frame(fastwebsockets::Frame::close(1001, b"health check"));
+            let _ = tokio::time::timeout(dialer.connect_timeout, close).await;
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(RejectError::BackendRejected(status)) if status.is_client_error() => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Failures that say the backend is not serving (so another one should be tried), as opposed

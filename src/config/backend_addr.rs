@@ -38,6 +38,8 @@ pub enum BackendAddr {
 
 impl BackendAddr {
     pub fn parse(url: &str) -> anyhow::Result<Self> {
+        // Errors show the URL with its query values redacted: they may be secrets.
+        let shown = redact_query(url);
         if url == "builtin:echo" {
             return Ok(Self::BuiltinEcho);
         }
@@ -45,23 +47,23 @@ impl BackendAddr {
             // `unix:/p` and `unix:///p` both name /p; a relative path would depend on the cwd.
             let path = path.strip_prefix("//").unwrap_or(path);
             if !path.starts_with('/') || path.len() < 2 || path.contains('\0') {
-                bail!("backend {url:?}: expected unix:/absolute/path");
+                bail!("backend {shown:?}: expected unix:/absolute/path");
             }
             // sun_path holds 108 bytes with the terminating NUL.
             if path.len() > 107 {
-                bail!("backend {url:?}: a socket path is at most 107 bytes");
+                bail!("backend {shown:?}: a socket path is at most 107 bytes");
             }
             return Ok(Self::Unix { path: path.into() });
         }
         let (scheme, rest) = url
             .split_once("://")
-            .with_context(|| format!("backend {url:?}: expected {}", forms_phrase()))?;
+            .with_context(|| format!("backend {shown:?}: expected {}", forms_phrase()))?;
         let (authority, path) = match (scheme, rest.find(['/', '?'])) {
             ("tcp", _) => (rest.trim_end_matches('/'), ""),
             ("ws" | "wss", Some(i)) => (&rest[..i], &rest[i..]),
             ("ws" | "wss", None) => (rest, ""),
             _ => bail!(
-                "backend {url:?}: unknown scheme {scheme:?} (expected {})",
+                "backend {shown:?}: unknown scheme {scheme:?} (expected {})",
                 forms_phrase()
             ),
         };
@@ -69,20 +71,20 @@ impl BackendAddr {
             Some((h, p)) if !authority.starts_with('[') || h.ends_with(']') => (h, p),
             _ if scheme == "ws" => (authority, "80"),
             _ if scheme == "wss" => (authority, "443"),
-            _ => bail!("backend {url:?}: missing :PORT"),
+            _ => bail!("backend {shown:?}: missing :PORT"),
         };
         if host.contains(['/', '@', ' ']) {
-            bail!("backend {url:?}: bad host {host:?}");
+            bail!("backend {shown:?}: bad host {host:?}");
         }
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
-            bail!("backend {url:?}: missing host");
+            bail!("backend {shown:?}: missing host");
         }
         let port: u16 = port
             .parse()
             .ok()
             .filter(|p| *p != 0)
-            .with_context(|| format!("backend {url:?}: port must be 1-65535"))?;
+            .with_context(|| format!("backend {shown:?}: port must be 1-65535"))?;
         let host = host.to_owned();
         Ok(match scheme {
             "tcp" => Self::Tcp { host, port },
@@ -117,6 +119,8 @@ impl std::fmt::Display for BackendAddr {
                 path,
             } => {
                 let scheme = if *tls { "wss" } else { "ws" };
+                // Query values may be secrets (`?api_key=…`): never shown.
+                let path = redact_query(path);
                 if host.contains(':') {
                     write!(f, "{scheme}://[{host}]:{port}{path}")
                 } else {
@@ -127,6 +131,36 @@ impl std::fmt::Display for BackendAddr {
             Self::BuiltinEcho => f.write_str("builtin:echo"),
         }
     }
+}
+
+/// `url` with every query value replaced by `<redacted>` (`ws://h/p?api_key=<redacted>&flag`):
+/// how a backend URL is shown in logs, the start-up lines and the admin API.
+pub fn redact_query(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.into();
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let mut out = format!("{base}?");
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((k, _)) => {
+                out.push_str(k);
+                out.push_str("=<redacted>");
+            }
+            None => out.push_str(pair),
+        }
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out.into()
 }
 
 #[cfg(test)]
@@ -151,5 +185,17 @@ mod tests {
                 assert!(err.contains(form), "{bad}: {err}");
             }
         }
+    }
+
+    #[test]
+    fn query_values_are_never_shown() {
+        let b = BackendAddr::parse("wss://api.example:8443/feed?api_key=s3cret&v=2&flag").unwrap();
+        assert_eq!(
+            b.to_string(),
+            "wss://api.example:8443/feed?api_key=<redacted>&v=<redacted>&flag"
+        );
+        assert_eq!(redact_query("ws://h:1/p"), "ws://h:1/p");
+        let e = BackendAddr::parse("wss://h:0/?api_key=s3cret").unwrap_err();
+        assert!(!format!("{e:#}").contains("s3cret"), "{e:#}");
     }
 }

@@ -42,6 +42,9 @@ pub struct FileConfig {
     /// `[resume]`: gateway-wide bounds on resumable sessions (docs/resume.md).
     #[serde(default)]
     pub resume: ResumeLimitsConfig,
+    /// Automatic certificates over ACME (RFC 8555). Default: none.
+    #[serde(default)]
+    pub acme: Option<AcmeConfig>,
 }
 
 /// `[resume]`: how many resumable sessions the gateway holds at once, attached or waiting
@@ -93,6 +96,37 @@ impl Default for ResumeConfig {
     }
 }
 
+/// `[acme]`: certificates for `names` obtained from an ACME CA (Let's Encrypt, a private
+/// CA) with the TLS-ALPN-01 challenge on the TLS listeners, kept in `state_dir`, renewed at
+/// about two-thirds of their lifetime. Served on every TLS listener, for these exact names.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The CA's directory URL (`https://acme-v02.api.letsencrypt.org/directory`).
+    pub directory_url: String,
+    /// Host names to obtain certificates for, one certificate each; no wildcards
+    /// (TLS-ALPN-01 cannot prove them).
+    pub names: Vec<String>,
+    /// Folder for the account key and the certificates (created 0700, files 0600); used by
+    /// this gateway alone. Keep it across restarts and back it up.
+    pub state_dir: PathBuf,
+    /// Contact URIs for the account (`"mailto:ops@example.com"`). Default none.
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// PEM CA certificate that the ACME server's HTTPS certificate chains to (a private or
+    /// test CA). Default: the built-in Mozilla roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The first wait after a failed order, in seconds; it doubles after each failure up to
+    /// a day, and the current certificate keeps serving meanwhile. Default 60.
+    #[serde(default = "default_acme_retry_secs")]
+    pub retry_secs: f64,
+}
+
+fn default_acme_retry_secs() -> f64 {
+    60.0
+}
+
 /// `[web]`: a folder served to plain (non-upgrade) GET and HEAD requests on every public
 /// listener, e.g. noVNC's HTML and JavaScript beside its WebSocket route.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -101,6 +135,28 @@ pub struct WebConfig {
     /// The folder; must exist. URL paths cannot leave it (`..` is refused); a folder's
     /// `index.html` answers for the folder. A listener's console keeps `/` for itself.
     pub root: PathBuf,
+    /// File answers in flight at once, over every listener; more get `503`. Each holds at
+    /// most one 64 KiB piece of its file. 1..=100000, default 64.
+    #[serde(default = "default_web_max_responses")]
+    pub max_responses: usize,
+    /// Serve symlinks inside the folder whose target is outside it. Default false (`404`).
+    #[serde(default)]
+    pub follow_external_symlinks: bool,
+}
+
+impl WebConfig {
+    /// `root` with every other key at its default.
+    pub fn at(root: PathBuf) -> Self {
+        Self {
+            root,
+            max_responses: default_web_max_responses(),
+            follow_external_symlinks: false,
+        }
+    }
+}
+
+fn default_web_max_responses() -> usize {
+    64
 }
 
 /// Reload on a change of the config file or of a listener's certificate, key or client CA
@@ -260,6 +316,8 @@ impl ListenerConfig {
 }
 
 /// PEM files: a certificate chain (leaf first) and its private key (PKCS#8, PKCS#1 or SEC1).
+/// This one is the listener's default certificate: served to clients that ask for no name
+/// or a name no entry of `certificates` covers.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -272,6 +330,57 @@ pub struct TlsConfig {
     /// With `client_ca_file`: `required` (default) or `optional`.
     #[serde(default)]
     pub client_auth: Option<ClientAuth>,
+    /// `[[listener.tls.certificates]]`: more certificates on this listener, each served to
+    /// clients whose SNI names one of its names. Default none.
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+    /// Clients that send no SNI: `"default"` (the default certificate) or `"refuse"` (the
+    /// handshake fails). Default `"default"`.
+    #[serde(default)]
+    pub without_sni: WithoutSni,
+    /// `421` for every request whose host is not the connection's SNI name. Default: on when
+    /// a route requires client certificates, else off (a request is then misdirected only
+    /// when its host would select another certificate than the SNI did).
+    #[serde(default)]
+    pub strict_sni_host: Option<bool>,
+}
+
+impl TlsConfig {
+    /// A listener's default certificate and key, every other key at its default.
+    pub fn new(cert_file: PathBuf, key_file: PathBuf) -> Self {
+        Self {
+            cert_file,
+            key_file,
+            client_ca_file: None,
+            client_auth: None,
+            certificates: Vec::new(),
+            without_sni: WithoutSni::default(),
+            strict_sni_host: None,
+        }
+    }
+}
+
+/// One more certificate of a TLS listener, chosen by the client's SNI.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The names (`"a.example.com"`, `"*.example.com"`) this certificate is served for.
+    /// Default: the DNS names of the certificate's subjectAltName extension.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// `[listener.tls] without_sni`: what a client that names no host in its handshake gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WithoutSni {
+    /// The listener's default certificate (`cert_file`).
+    #[default]
+    Default,
+    /// No certificate: the handshake fails.
+    Refuse,
 }
 
 /// The admin listener: `/metrics`, `/healthz`, `/readyz`, the status page and the session
@@ -284,6 +393,11 @@ pub struct AdminConfig {
     /// and `/api/` require. Default: none (the listener is open; keep it on loopback).
     #[serde(default)]
     pub bearer_sha256: Option<String>,
+    /// Names (`admin.example.com`, `wsgate-admin:9090`) requests may carry in `Host`
+    /// besides the listener's own address (its IP literal, and `localhost` on loopback);
+    /// other `Host`s get `421` (DNS rebinding guard). Default: none.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Every timeout, in seconds (fractions allowed).
@@ -427,6 +541,12 @@ pub struct RouteConfig {
     pub name: String,
     /// Exact path (`/vnc`), or a prefix when it ends in `/` (`/apps/`, `/`). Query is ignored.
     pub path: String,
+    /// Host names this route serves (`"vnc.example.com"`, or `"*.example.com"` for exactly one
+    /// more label), compared case-insensitively and without the port with the request's
+    /// `Host` (HTTP/2: `:authority`). Requests for an exactly listed name try these routes
+    /// first, then wildcard routes, then routes without hosts. Default: none (any host).
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// `tcp://host:port`, `ws://host:port/path`, `wss://host:port/path`, or
     /// `builtin:echo` for the built-in echo service. Required unless `[route.target]` is set.
     #[serde(default)]
@@ -558,8 +678,16 @@ impl FileConfig {
             if let Some(tls) = &mut l.tls {
                 fix(&mut tls.cert_file);
                 fix(&mut tls.key_file);
+                for c in &mut tls.certificates {
+                    fix(&mut c.cert_file);
+                    fix(&mut c.key_file);
+                }
                 tls.client_ca_file.iter_mut().for_each(fix);
             }
+        }
+        if let Some(acme) = &mut self.acme {
+            fix(&mut acme.state_dir);
+            acme.ca_file.iter_mut().for_each(fix);
         }
         for r in &mut self.routes {
             r.tls_ca_file.iter_mut().for_each(fix);
@@ -598,6 +726,7 @@ impl RouteConfig {
             name: name.into(),
             path: path.into(),
             resume: None,
+            hosts: Vec::new(),
             backend: Some(backend.into()),
             backends: Vec::new(),
             balance: Balance::default(),
@@ -691,10 +820,11 @@ pub struct HealthConfig {
     pub eject_secs: f64,
     /// The longest ejection. Default 300 s.
     pub max_eject_secs: f64,
-    /// Active checks: a TCP (or Unix socket) connect to every backend this often; a failure
-    /// ejects, a success ends an ejection. 0 disables. Default 0.
+    /// Active checks: every backend this often gets the dial a session makes (a connect;
+    /// for `ws://`/`wss://` also TLS and the WebSocket handshake); a failure ejects, a
+    /// success ends an ejection. 0 disables. Default 0.
     pub check_interval_secs: f64,
-    /// How long an active check's connect may take. Default 2 s.
+    /// How long one active check (connect and handshake) may take. Default 2 s.
     pub check_timeout_secs: f64,
 }
 

@@ -11,7 +11,7 @@ mod http2;
 mod quick;
 mod target;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,12 +19,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
-pub use backend_addr::{BackendAddr, BACKEND_URL_FORMS};
+pub use backend_addr::{redact_query, BackendAddr, BACKEND_URL_FORMS};
 pub use file::{
-    AdminConfig, Balance, CompressionMode, FileConfig, ForwardedHeader, HealthConfig, Limits,
-    ListenerConfig, LogConfig, LogFormat, MessageType, ProxyProtocolVersion, ReloadConfig,
-    ResumeConfig, ResumeLimitsConfig, RouteConfig, RuntimeConfig, RuntimeMode, Timeouts, TlsConfig,
-    WebConfig,
+    AcmeConfig, AdminConfig, Balance, CertificateConfig, CompressionMode, FileConfig,
+    ForwardedHeader, HealthConfig, Limits, ListenerConfig, LogConfig, LogFormat, MessageType,
+    ProxyProtocolVersion, ReloadConfig, ResumeConfig, ResumeLimitsConfig, RouteConfig,
+    RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig, WithoutSni,
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
@@ -83,6 +83,15 @@ pub struct Config {
     pub web_root: Option<PathBuf>,
     /// `[resume]`: bounds on resumable sessions.
     pub resume: ResumeLimitsConfig,
+    /// `[web] max_responses`: file answers in flight at once.
+    pub web_max_responses: usize,
+    /// `[web] follow_external_symlinks`.
+    pub web_follow_external_symlinks: bool,
+    /// `[admin] allowed_hosts`: `Host` values the admin listener accepts besides its own
+    /// address, lower-cased.
+    pub admin_allowed_hosts: Vec<String>,
+    /// `[acme]` as written (and checked); `None`: no automatic certificates.
+    pub acme: Option<AcmeConfig>,
 }
 
 impl Config {
@@ -128,7 +137,7 @@ impl Config {
     }
 
     /// The files a change of which should reload the config, besides the config file itself:
-    /// each listener's certificate, key and client CA file.
+    /// each listener's certificates, keys and client CA file.
     pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
         self.listeners
             .iter()
@@ -141,6 +150,11 @@ impl Config {
                 ]
                 .into_iter()
                 .flatten()
+                .chain(
+                    t.certificates
+                        .iter()
+                        .flat_map(|c| [&c.cert_file, &c.key_file]),
+                )
                 .cloned()
             })
             .collect()
@@ -207,6 +221,13 @@ impl FileConfig {
                 if tls.client_ca_file.is_none() && tls.client_auth.is_some() {
                     bail!("listener[{i}].tls.client_auth: needs client_ca_file");
                 }
+                for (n, c) in tls.certificates.iter().enumerate() {
+                    for (k, name) in c.names.iter().enumerate() {
+                        host_pattern(name).with_context(|| {
+                            format!("listener[{i}].tls.certificates[{n}].names[{k}]")
+                        })?;
+                    }
+                }
             }
             validate_client_identity(i, l)?;
         }
@@ -226,9 +247,9 @@ impl FileConfig {
         }
         self.runtime.mode.supported().context("runtime.mode")?;
         let mut names = HashSet::new();
-        let mut paths = HashSet::new();
+        let mut claims = HashMap::new();
         for (i, r) in self.routes.iter().enumerate() {
-            self.validate_route(i, r, &mut names, &mut paths)?;
+            self.validate_route(i, r, &mut names, &mut claims)?;
         }
         if self.reload.watch_debounce_ms > 60_000 {
             bail!(
@@ -249,9 +270,23 @@ impl FileConfig {
                 );
             }
         }
+        if let Some(acme) = &self.acme {
+            validate_acme(acme, &self.listeners)?;
+        }
         if let Some(web) = &self.web {
             if !web.root.is_dir() {
                 bail!("web.root: {} is not a directory", web.root.display());
+            }
+            if !(1..=100_000).contains(&web.max_responses) {
+                bail!(
+                    "web.max_responses: {} is not in 1..=100000",
+                    web.max_responses
+                );
+            }
+        }
+        for host in self.admin.iter().flat_map(|a| &a.allowed_hosts) {
+            if host.is_empty() || host.contains(|c: char| c.is_whitespace() || "/@?#".contains(c)) {
+                bail!("admin.allowed_hosts: {host:?} is not a host name (with an optional :port)");
             }
         }
         let t = &self.timeouts;
@@ -289,8 +324,20 @@ impl FileConfig {
             http2: self.http2,
             reload: self.reload,
             log: self.log,
+            admin_allowed_hosts: self
+                .admin
+                .iter()
+                .flat_map(|a| &a.allowed_hosts)
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            web_max_responses: self.web.as_ref().map_or(0, |w| w.max_responses),
+            web_follow_external_symlinks: self
+                .web
+                .as_ref()
+                .is_some_and(|w| w.follow_external_symlinks),
             web_root: self.web.map(|w| w.root),
             resume: self.resume,
+            acme: self.acme,
         })
     }
 
@@ -301,7 +348,7 @@ impl FileConfig {
         i: usize,
         r: &RouteConfig,
         names: &mut HashSet<String>,
-        paths: &mut HashSet<String>,
+        claims: &mut HashMap<(String, String), usize>,
     ) -> anyhow::Result<()> {
         if r.name.is_empty()
             || !r
@@ -323,10 +370,37 @@ impl FileConfig {
                 r.path
             );
         }
-        if !paths.insert(r.path.clone()) {
-            bail!("route[{i}].path: {:?} is used twice", r.path);
-        }
         let at = format!("route[{i}]");
+        // Two routes that could match one request at the same precedence: same path, and
+        // the same exact name, the same wildcard, or no hosts at all.
+        let mut patterns = Vec::with_capacity(r.hosts.len());
+        for (n, host) in r.hosts.iter().enumerate() {
+            let pattern = host_pattern(host).with_context(|| format!("{at}.hosts[{n}]"))?;
+            if patterns.contains(&pattern) {
+                bail!("{at}.hosts[{n}]: {host:?} is listed twice");
+            }
+            patterns.push(pattern);
+        }
+        if patterns.is_empty() {
+            patterns.push(String::new());
+        }
+        for pattern in patterns {
+            let key = (pattern, r.path.clone());
+            if let Some(&j) = claims.get(&key) {
+                let other = &self.routes[j].name;
+                let host = match key.0.as_str() {
+                    "" => "any host (neither lists hosts)".to_owned(),
+                    h => format!("host {h:?}"),
+                };
+                bail!(
+                    "{at}.path: routes {other:?} (route[{j}]) and {:?} (route[{i}]) both match \
+                     {host} and path {:?}; give one of them other hosts or another path",
+                    r.name,
+                    r.path
+                );
+            }
+            claims.insert(key, i);
+        }
         let needs_client_cert = r
             .auth
             .as_ref()
@@ -452,6 +526,54 @@ fn parse_error(text: &str, e: toml::de::Error) -> anyhow::Error {
         ),
         None => anyhow::anyhow!("{e}"),
     }
+}
+
+/// A route's `hosts` entry in its compared form: lower case, without a trailing dot; a
+/// name of DNS labels (letters, digits, `-`), or `*.` and such a name (one label more). Ports,
+/// IP addresses in brackets and wildcards elsewhere are refused.
+pub fn host_pattern(host: &str) -> anyhow::Result<String> {
+    let lower = host.trim_end_matches('.').to_ascii_lowercase();
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        bail!(
+            "{host:?} is not a host name (labels of letters, digits and -, optionally after \
+             \"*.\" for exactly one more label; no port)"
+        );
+    }
+    Ok(lower)
+}
+
+/// `[acme]`: names it can prove with TLS-ALPN-01 on a TLS listener.
+fn validate_acme(acme: &AcmeConfig, listeners: &[ListenerConfig]) -> anyhow::Result<()> {
+    if !listeners.iter().any(|l| l.tls.is_some()) {
+        bail!(
+            "acme: needs a TLS listener ([listener.tls]), which answers the TLS-ALPN-01 challenges"
+        );
+    }
+    if acme.names.is_empty() {
+        bail!("acme.names: list at least one host name");
+    }
+    for (n, name) in acme.names.iter().enumerate() {
+        let pattern = host_pattern(name).with_context(|| format!("acme.names[{n}]"))?;
+        if pattern.starts_with("*.") {
+            bail!("acme.names[{n}]: {name:?}: wildcards need DNS-01, which wsgate does not do");
+        }
+    }
+    if !acme.directory_url.starts_with("https://") {
+        bail!(
+            "acme.directory_url: {:?} must be an https:// URL",
+            acme.directory_url
+        );
+    }
+    secs_at("acme.retry_secs", acme.retry_secs, false)?;
+    Ok(())
 }
 
 /// A listener's PROXY protocol and forwarded-header keys.

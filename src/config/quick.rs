@@ -200,10 +200,9 @@ impl QuickMode {
         };
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), key) => Some(TlsConfig {
-                cert_file: cert.clone(),
-                key_file: key.clone().unwrap_or_else(|| cert.clone()),
                 client_auth: client_ca_file.as_ref().map(|_| ClientAuth::Required),
                 client_ca_file,
+                ..TlsConfig::new(cert.clone(), key.clone().unwrap_or_else(|| cert.clone()))
             }),
             (None, _) if client_ca_file.is_some() => {
                 bail!("--verify-client needs --cert FILE: client certificates need TLS")
@@ -219,6 +218,7 @@ impl QuickMode {
                 address: listen_addr(spec, Ipv4Addr::LOCALHOST.into())
                     .with_context(|| format!("admin address {spec:?}"))?,
                 bearer_sha256: None,
+                allowed_hosts: Vec::new(),
             }),
             None => None,
         };
@@ -238,6 +238,7 @@ impl QuickMode {
             routes,
             egress: None,
             resume: Default::default(),
+            acme: None,
             http2: Default::default(),
             reload: Default::default(),
             log: Default::default(),
@@ -245,7 +246,7 @@ impl QuickMode {
                 mode: self.runtime_mode,
                 worker_threads: self.worker_threads,
             },
-            web: self.web.clone().map(|root| WebConfig { root }),
+            web: self.web.clone().map(WebConfig::at),
         })
     }
 

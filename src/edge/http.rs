@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::service::{service_fn, Service};
@@ -36,6 +37,10 @@ use crate::ws::extensions::{self, Agreement};
 
 pub use super::upgrade::check_upgrade;
 
+/// What a public listener's connection answers with: one of ours, or a static file
+/// (`edge::web`, streamed).
+pub type ConnectionBody = super::web::WebBody;
+
 /// What a connection's requests go to, over HTTP/1.1 and HTTP/2 alike: the console answers
 /// plain requests for its pages (so a browser's page and its WebSockets share the
 /// connection); the rest go to the routes.
@@ -46,18 +51,30 @@ pub(super) fn connection_service(
     shared: Arc<Shared>,
 ) -> impl Service<
     Request<hyper::body::Incoming>,
-    Response = Response<Body>,
+    Response = Response<ConnectionBody>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<ConnectionBody>, Infallible>> + Send,
 > + Clone {
-    service_fn(move |req| {
+    service_fn(move |req: Request<hyper::body::Incoming>| {
         let page = resume_library(&req).or_else(|| console.as_ref().and_then(|c| c.answer(&req)));
         let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.enter());
         async move {
-            match page {
-                Some(page) => Ok(page),
-                None => handle(req, conn, shared, permit).await,
+            if let Some(page) = page {
+                return Ok(page.map(Either::Left));
             }
+            // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the
+            // routes.
+            let snapshot = shared.snapshot.load_full();
+            if let Some(web) = &snapshot.web {
+                if matches!(*req.method(), Method::GET | Method::HEAD)
+                    && !header_has_token(req.headers(), header::UPGRADE, "websocket")
+                {
+                    return Ok(super::web::serve(web, req).await);
+                }
+            }
+            drop(snapshot);
+            let answer = handle(req, conn, shared, permit).await;
+            answer.map(|r| r.map(Either::Left))
         }
     })
 }
@@ -71,15 +88,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     // This request's config: a reload after this point does not change its session.
     let snapshot = shared.snapshot.load_full();
-    // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the routes.
-    if let Some(root) = &snapshot.config.web_root {
-        if matches!(*req.method(), Method::GET | Method::HEAD)
-            && !header_has_token(req.headers(), header::UPGRADE, "websocket")
-        {
-            return Ok(super::web::serve(root, req).await);
-        }
-    }
-    let route = match route(&req, &snapshot) {
+    let route = match route(&req, &snapshot, &conn) {
         Ok(route) => route,
         Err(e) => return Ok(reject(&req, None, e)),
     };
@@ -146,13 +155,13 @@ async fn upgrade(
 
 /// Route: path rules (400) before routing, since the router matches the path a backend will
 /// get; then the route (404).
-fn route<B>(req: &Request<B>, snapshot: &Snapshot) -> Result<Arc<Route>, RejectError> {
+fn route<B>(
+    req: &Request<B>,
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+) -> Result<Arc<Route>, RejectError> {
     check_path(req.uri().path())?;
-    let route = snapshot
-        .router
-        .find(req.uri().path())
-        .cloned()
-        .ok_or(RejectError::NoRoute)?;
+    let route = snapshot.router.route(req, conn)?.clone();
     Span::current().record("route", &*route.name);
     Ok(route)
 }

@@ -93,6 +93,7 @@ pub async fn accept_loop(l: PublicListener, permits: Arc<Semaphore>, shared: Arc
         let local = stream.local_addr().unwrap_or(peer);
         let conn = ConnInfo {
             trust_forwarded: trust.forwarded_headers.clone(),
+            host_check: snapshot.host_check(l.key),
             ..ConnInfo::direct(peer, local, tls.is_some())
         };
         let proxy = trust.proxy_protocol.as_ref().map(|t| t.contains(peer.ip()));
@@ -253,6 +254,11 @@ async fn connection(
                 Ok(Ok(stream)) => {
                     let conn = ConnInfo {
                         client_cert: ClientCert::of_connection(stream.get_ref().1),
+                        sni: stream
+                            .get_ref()
+                            .1
+                            .server_name()
+                            .map(|n| n.to_ascii_lowercase().into()),
                         ..conn
                     };
                     // The ALPN list came from the snapshot this connection was accepted

@@ -49,14 +49,19 @@ pub async fn serve(
                 continue;
             }
         };
+        // The address this connection arrived at: the name `Host` may carry (`OpsApi::refuse`).
+        let local = stream.local_addr().ok();
         let (handle, ready, api, stop) = (handle.clone(), ready.clone(), api.clone(), stop.clone());
         let reload = reload.clone();
         tracker.spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 // A reload is the one answer that waits; the rest are immediate.
-                let immediate = (req.uri().path() != "/reload").then(|| {
-                    api.answer(&req)
-                        .unwrap_or_else(|| answer(&req, &handle, &ready))
+                let refused = api.refuse(&req, local);
+                let immediate = refused.or_else(|| {
+                    (req.uri().path() != "/reload").then(|| {
+                        api.answer(&req)
+                            .unwrap_or_else(|| answer(&req, &handle, &ready))
+                    })
                 });
                 let reload = reload.clone();
                 async move {
@@ -81,7 +86,8 @@ pub async fn serve(
 }
 
 /// `POST /reload`: 200 with what changed, or 422 with why the new config was refused (the
-/// running config stays). Open like `/metrics`: it only reads the files on disk again.
+/// running config stays). Behind the admin token when one is set, and refused from another
+/// origin (`OpsApi::refuse`): a reload can change what the gateway serves.
 async fn reload_answer(method: &Method, reload: &ReloadHandle) -> Response<Body> {
     let (status, body) = if method != Method::POST {
         (StatusCode::METHOD_NOT_ALLOWED, "POST only\n".to_owned())

@@ -1,10 +1,13 @@
 //! The admin listener's session API and live status page: list, inspect and close sessions,
 //! drain routes, show the running config; optionally behind a bearer token.
 //!
-//! `/metrics`, `/healthz` and `/readyz` stay open (scrapers and orchestrators); `/`, `/assets/`
-//! and `/api/` need the token when `[admin] token_sha256` is set.
+//! `/metrics`, `/healthz` and `/readyz` stay open (scrapers and orchestrators); `/`, `/assets/`,
+//! `/api/` and `POST /reload` need the token when `[admin] bearer_sha256` is set, a `Host`
+//! naming this listener (DNS rebinding guard, [`OpsApi::refuse`]) and, to change state, no
+//! other site's `Origin`.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,6 +81,8 @@ pub struct OpsApi {
 struct View {
     /// SHA-256 of the admin bearer token; `None`: no token needed.
     token_sha256: Option<[u8; 32]>,
+    /// `[admin] allowed_hosts`, lower-case.
+    allowed_hosts: Vec<String>,
     routes: Vec<RouteSummary>,
     /// The running config as JSON, secrets already redacted.
     config_json: Bytes,
@@ -88,6 +93,7 @@ impl From<ApiSettings> for View {
     fn from(settings: ApiSettings) -> Self {
         Self {
             token_sha256: settings.token_sha256,
+            allowed_hosts: settings.allowed_hosts,
             routes: settings.routes,
             config_json: Bytes::from(settings.config_json.to_string()),
             drain_grace: settings.drain_grace,
@@ -99,6 +105,8 @@ impl From<ApiSettings> for View {
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     pub token_sha256: Option<[u8; 32]>,
+    /// `Host` names accepted besides the listener's own address (`[admin] allowed_hosts`).
+    pub allowed_hosts: Vec<String>,
     pub routes: Vec<RouteSummary>,
     pub config_json: Value,
     /// How long a drained route's live sessions get before their 1001, unless the request
@@ -159,6 +167,54 @@ impl OpsApi {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The refusal of a request that must not be served, checked before any other answer:
+    /// `421` for a `Host` that does not name this listener (`local`, the address the
+    /// connection arrived at) or an `[admin] allowed_hosts` entry, so a web page whose name
+    /// was rebound to this address is not served; for `/reload`, `401` without the admin
+    /// token and `403` from another origin. Only the paths that show or change state are
+    /// guarded (the page, `/assets/`, `/api/`, `/reload`): `/metrics`, `/healthz` and
+    /// `/readyz` answer any `Host`, since scrapers and probes reach them by names the gateway
+    /// cannot know, and they change nothing.
+    pub fn refuse<B>(&self, req: &Request<B>, local: Option<SocketAddr>) -> Option<Response<Body>> {
+        let path = req.uri().path();
+        let guarded = path == "/"
+            || path == "/reload"
+            || path.starts_with("/assets/")
+            || path.starts_with("/api/");
+        if !guarded {
+            return None;
+        }
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .map(|h| h.to_str().unwrap_or("\u{0}"));
+        if let Some(host) = host {
+            if !host_allowed(host, local, &self.view.load().allowed_hosts) {
+                info!(
+                    host = %crate::logsafe::Escaped(host),
+                    path = %crate::logsafe::Escaped(path),
+                    "admin request refused: its Host names neither this listener nor an [admin] allowed_hosts entry"
+                );
+                return Some(text(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "this Host is not a name of the admin listener; add it to [admin] allowed_hosts\n",
+                ));
+            }
+        }
+        if path == "/reload" {
+            if !self.authorized(req) {
+                return Some(unauthorized());
+            }
+            if !same_origin(req) {
+                return Some(text(
+                    StatusCode::FORBIDDEN,
+                    "cross-origin request refused\n",
+                ));
+            }
+        }
+        None
+    }
+
     /// The answer for a request this module serves, or `None` (the caller's 404 and the
     /// `/metrics` family).
     pub fn answer<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
@@ -197,13 +253,7 @@ impl OpsApi {
             }
         }
         if !self.authorized(req) {
-            let mut r = text(
-                StatusCode::UNAUTHORIZED,
-                "admin token required: Authorization: Bearer <token>, or open /?token=<token>\n",
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
+            return unauthorized();
         }
         if method != Method::GET && !same_origin(req) {
             return text(StatusCode::FORBIDDEN, "cross-origin request refused\n");
@@ -511,6 +561,49 @@ fn same_origin<B>(req: &Request<B>) -> bool {
     matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
+/// Whether `host` (a `Host` header: a name or IP literal, with an optional port) names the
+/// admin listener at `local`: its IP literal, `localhost` when it is a loopback address, or
+/// an `allowed` entry (an entry with a port must match with that port).
+fn host_allowed(host: &str, local: Option<SocketAddr>, allowed: &[String]) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    let name = match host.strip_prefix('[') {
+        // `[::1]:9090`, `[::1]`
+        Some(v6) => match v6.split_once(']') {
+            Some((ip, rest)) if rest.is_empty() || rest.starts_with(':') => ip,
+            _ => return false,
+        },
+        None => host
+            .rsplit_once(':')
+            .map_or(host.as_str(), |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.');
+    if allowed.iter().any(|a| *a == host || *a == name) {
+        return true;
+    }
+    let Some(local) = local else {
+        return false;
+    };
+    let ip = match local.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|n| n == ip || n == local.ip())
+        || (ip.is_loopback() && (name == "localhost" || name.ends_with(".localhost")))
+}
+
+fn unauthorized() -> Response<Body> {
+    let mut r = text(
+        StatusCode::UNAUTHORIZED,
+        "admin token required: Authorization: Bearer <token>, or open /?token=<token>\n",
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
 fn asset(body: &'static str, content_type: &'static str) -> Response<Body> {
     let mut r = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
     let h = r.headers_mut();
@@ -546,6 +639,10 @@ pub fn redact(value: &mut Value) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(redact),
+        // A URL's query values may be secrets (a backend's `?api_key=…`).
+        Value::String(text) if text.contains("://") && text.contains('?') => {
+            *text = crate::config::redact_query(text).into_owned();
+        }
         _ => {}
     }
 }
@@ -562,6 +659,7 @@ mod tests {
                                   "bearer_sha256": ["cd"],
                                   "token_sources": ["header"], "query_param": "token" } }],
             "listener": [{ "tls": { "key_file": "/x.key", "cert_file": "/x.pem" } }],
+            "backends": ["ws://h:1/p?api_key=s3cret"],
         });
         redact(&mut v);
         assert_eq!(v["admin"]["bearer_sha256"], "<redacted>");
@@ -571,6 +669,37 @@ mod tests {
         assert_eq!(v["route"][0]["auth"]["jwt"]["public_key_file"], "/k.pem");
         assert_eq!(v["route"][0]["auth"]["token_sources"][0], "header");
         assert_eq!(v["listener"][0]["tls"]["key_file"], "/x.key");
+        assert_eq!(v["backends"][0], "ws://h:1/p?api_key=<redacted>");
+    }
+
+    #[test]
+    fn only_the_listeners_own_names_are_accepted_as_host() {
+        let v4: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let v6: SocketAddr = "[::1]:9090".parse().unwrap();
+        let lan: SocketAddr = "10.0.0.5:9090".parse().unwrap();
+        let allowed = vec!["admin.example".to_owned(), "gw:8443".to_owned()];
+        for (host, local, ok) in [
+            ("127.0.0.1:9090", v4, true),
+            ("127.0.0.1", v4, true),
+            ("localhost:9090", v4, true),
+            ("LOCALHOST", v4, true),
+            ("[::1]:9090", v6, true),
+            ("localhost:9090", v6, true),
+            ("10.0.0.5:9090", lan, true),
+            ("localhost:9090", lan, false),
+            ("admin.example:9090", lan, true),
+            ("gw:8443", lan, true),
+            ("gw:9090", lan, false),
+            ("rebind.attacker.example:9090", v4, false),
+            ("127.0.0.2:9090", v4, false),
+            ("[::1]x", v6, false),
+        ] {
+            assert_eq!(
+                host_allowed(host, Some(local), &allowed),
+                ok,
+                "{host} on {local}"
+            );
+        }
     }
 
     #[test]

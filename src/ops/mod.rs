@@ -1,6 +1,7 @@
 //! Operating the gateway: the admin listener (`/metrics`, health, `POST /reload`), the status
-//! page and session API, process signals, reload triggers.
+//! page and session API, process signals, reload triggers, automatic certificates (ACME).
 
+pub mod acme;
 pub mod admin;
 pub mod api;
 pub mod reload;

@@ -3,6 +3,13 @@
 //! [`run`], which asks the gateway to [`Apply`] the config again and records the result: a log
 //! line, `wsgate_config_reloads_total{result}`, and on success the running config's hash and
 //! the files to watch next. What a reload changes is the gateway's business (src/gateway.rs).
+//!
+//! A file change reloads only a complete file: after the quiet time the watched files are
+//! read, and read again one quiet time later; the reload runs when both reads agree. And a
+//! reload a file change triggered may not take access control away ([`access_removed`]): a
+//! file cut short before its `[route.auth]` is still valid TOML, so a slow writer would
+//! otherwise open a route for a moment. Such a reload is refused and logged; SIGHUP,
+//! `wsgate reload` and `POST /reload` say the operator meant it, and apply it.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -56,9 +63,61 @@ pub struct Applied {
 }
 
 /// The gateway side of a reload: read the config again and, if it is valid, switch to it.
-/// On error nothing has changed.
+/// On error nothing has changed. `trigger` says who asked: a [`Trigger::FileChange`] must
+/// not remove access control ([`access_removed`]).
 pub trait Apply: Send {
-    fn apply(&mut self) -> impl Future<Output = anyhow::Result<Applied>> + Send;
+    fn apply(&mut self, trigger: Trigger) -> impl Future<Output = anyhow::Result<Applied>> + Send;
+}
+
+/// What `new` takes away of `old`'s access control, one line each: a route (by name) that
+/// had `[route.auth]`, `[route.origin]` or `[route.target]` and lost it, moved to another
+/// path or is gone (its requests may now match an open route); a listener that asked for
+/// client certificates and no longer does; the admin token. Empty: nothing removed.
+pub fn access_removed(old: &crate::config::Config, new: &crate::config::Config) -> Vec<String> {
+    let mut removed = Vec::new();
+    for r in &old.routes {
+        let guarded = [
+            ("auth", r.auth.is_some()),
+            ("origin", r.origin.is_some()),
+            ("target", r.target.is_some()),
+        ];
+        if guarded.iter().all(|(_, had)| !had) {
+            continue;
+        }
+        let Some(n) = new.routes.iter().find(|n| n.name == r.name) else {
+            removed.push(format!("route {:?} (with access control) is gone", r.name));
+            continue;
+        };
+        if n.path != r.path {
+            removed.push(format!(
+                "route {:?} (with access control) moved from {:?}",
+                r.name, r.path
+            ));
+        }
+        let kept = [n.auth.is_some(), n.origin.is_some(), n.target.is_some()];
+        for ((what, had), has) in guarded.iter().zip(kept) {
+            if *had && !has {
+                removed.push(format!("route {:?} loses [route.{what}]", r.name));
+            }
+        }
+    }
+    let asks_certs = |l: &crate::config::ListenerConfig| {
+        l.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some())
+    };
+    for l in old.listeners.iter().filter(|l| asks_certs(l)) {
+        let same = new.listeners.iter().find(|n| n.address == l.address);
+        if same.is_some_and(|n| !asks_certs(n)) {
+            removed.push(format!(
+                "listener {} stops asking for client certificates",
+                l.address
+            ));
+        }
+    }
+    if old.admin_bearer_sha256.is_some() && new.admin_bearer_sha256.is_none() && new.admin.is_some()
+    {
+        removed.push("the admin listener loses its token".to_owned());
+    }
+    removed
 }
 
 /// The first 16 hex digits of the SHA-256 of a config file's bytes: what
@@ -134,8 +193,10 @@ pub async fn run<A: Apply>(
     let mut running_hash = initial.hash.clone();
     let mut watch = FileWatch::new();
     watch.follow(&initial);
-    // When the last file change of a burst was seen plus the quiet time: reload then.
+    // When the last file change of a burst was seen plus the quiet time: read the files then.
     let mut due: Option<Instant> = None;
+    // What the files held at the last such read: the reload waits for two reads that agree.
+    let mut seen: Option<String> = None;
     loop {
         let (trigger, reply) = tokio::select! {
             () = stop.cancelled() => break,
@@ -148,11 +209,19 @@ pub async fn run<A: Apply>(
                 continue;
             }
             () = sleep_until(due), if due.is_some() => {
+                let now = watch.fingerprint().await;
+                if seen.as_ref() != Some(&now) {
+                    // Still being written, or first read of this burst: read again later.
+                    seen = Some(now);
+                    due = Some(Instant::now() + watch.debounce);
+                    continue;
+                }
                 due = None;
+                seen = None;
                 (Trigger::FileChange, None)
             }
         };
-        let result = match target.apply().await {
+        let result = match target.apply(trigger).await {
             Ok(applied) => {
                 metrics::config_reloaded("success");
                 metrics::config_running(&applied.hash, Some(&running_hash));
@@ -297,6 +366,30 @@ impl FileWatch {
             }
         }
         self.dirs = dirs;
+    }
+
+    /// The watched files' contents, hashed together (a missing file counts as such).
+    async fn fingerprint(&self) -> String {
+        let mut files: Vec<PathBuf> = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        files.sort();
+        let mut all = Vec::new();
+        for f in files {
+            all.extend_from_slice(f.as_os_str().as_encoded_bytes());
+            match tokio::fs::read(&f).await {
+                Ok(bytes) => {
+                    all.extend_from_slice(config_hash(&bytes).as_bytes());
+                    all.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                }
+                Err(e) => all.extend_from_slice(format!("unreadable: {e}").as_bytes()),
+            }
+        }
+        config_hash(&all)
     }
 
     fn start(&self) -> notify::Result<RecommendedWatcher> {

@@ -9,6 +9,7 @@ use anyhow::Context;
 use hyper::header::HeaderMap;
 
 use crate::config::ForwardedHeader;
+use crate::tls::HostCheck;
 use ipnet::IpNet;
 
 use x509_parser::extensions::GeneralName;
@@ -32,6 +33,10 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The client certificate the listener verified (mTLS), if one was sent.
     pub client_cert: Option<Arc<ClientCert>>,
+    /// TLS: the name the client's handshake asked for (SNI), lower case.
+    pub sni: Option<Arc<str>>,
+    /// TLS: the listener's rule for which hosts this connection may serve (`421`).
+    pub host_check: Option<Arc<HostCheck>>,
 }
 
 /// Where a connection's client address comes from.
@@ -56,6 +61,8 @@ impl ConnInfo {
             trust_forwarded: None,
             tls,
             client_cert: None,
+            sni: None,
+            host_check: None,
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod route;
 mod router;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,11 +19,13 @@ use crate::config::{is_hop_header, BackendAddr, CompressionMode, Config};
 use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
 use crate::session::resume::{ResumeLimits, ResumeSettings};
 use crate::session::settings::SessionSettings;
+use crate::tls::{AcmeCertificates, HostCheck};
 use crate::ws::extensions::DeflatePolicy;
 use crate::ws::reader::FrameBudget;
 
 pub use route::{Route, RouteLimits};
-pub use router::{check_path, select_subprotocol, Router};
+pub use router::{check_path, request_host, select_subprotocol, Router};
+pub use web::WebFiles;
 
 /// Everything a connection or a session needs from the configuration it started with.
 #[derive(Debug)]
@@ -34,6 +37,12 @@ pub struct Snapshot {
     /// Each public listener's key and rustls config (`None`: plain `ws`), in
     /// `config.listeners` order.
     pub listeners: Vec<(ListenerKey, Option<Arc<rustls::ServerConfig>>)>,
+    /// Each TLS listener's certificates by name and its `strict_sni_host` (`None`: plain),
+    /// in the same order: what a request's host is checked against (`421`).
+    pub host_checks: Vec<Option<Arc<HostCheck>>>,
+    /// `[acme]`'s certificates and challenge answers, which every TLS listener serves; the
+    /// same store across reloads.
+    pub acme: Option<Arc<AcmeCertificates>>,
     /// Each public listener's PROXY protocol and forwarded-header rules, in the same order.
     pub listener_trust: Vec<ListenerTrust>,
     pub dialer: Dialer,
@@ -48,6 +57,8 @@ pub struct Snapshot {
     pub admission: Arc<Admission>,
     /// Frame payload bytes all sessions' readers may hold at once (`ws::reader`).
     pub frame_budget: Arc<FrameBudget>,
+    /// `[web]`: static files, when configured.
+    pub web: Option<WebFiles>,
 }
 
 /// A public listener's identity across reloads: its configured address and, for addresses
@@ -97,6 +108,12 @@ impl Snapshot {
     ) -> anyhow::Result<Self> {
         crate::tls::install_crypto_provider();
         let mut listeners: Vec<(ListenerKey, _)> = Vec::with_capacity(config.listeners.len());
+        let mut host_checks = Vec::with_capacity(config.listeners.len());
+        // One store for the life of the process: certificates obtained survive reloads.
+        let acme = config
+            .acme
+            .as_ref()
+            .map(|_| previous.and_then(|p| p.acme.clone()).unwrap_or_default());
         for (i, l) in config.listeners.iter().enumerate() {
             let key = ListenerKey {
                 address: l.address,
@@ -106,11 +123,24 @@ impl Snapshot {
                     .count(),
             };
             let tls = match &l.tls {
-                Some(t) => Some(
-                    crate::tls::server_config(t, l.http2)
-                        .with_context(|| format!("listener[{i}].tls ({})", l.address))?,
-                ),
-                None => None,
+                Some(t) => {
+                    let (server, certificates) = crate::tls::listener_tls(t, l.http2, acme.clone())
+                        .with_context(|| format!("listener[{i}].tls ({})", l.address))?;
+                    for (name, not_after) in certificates.expiries() {
+                        crate::metrics::certificate_not_after(name, *not_after);
+                    }
+                    host_checks.push(Some(Arc::new(HostCheck {
+                        certificates,
+                        strict: t
+                            .strict_sni_host
+                            .unwrap_or_else(|| any_route_requires_client_certificates(&config)),
+                    })));
+                    Some(server)
+                }
+                None => {
+                    host_checks.push(None);
+                    None
+                }
             };
             listeners.push((key, tls));
         }
@@ -136,6 +166,8 @@ impl Snapshot {
             router: Router::new(&routes),
             routes,
             listeners,
+            host_checks,
+            acme,
             listener_trust,
             dialer: Dialer {
                 connect_timeout: config.backend_connect_timeout,
@@ -163,6 +195,14 @@ impl Snapshot {
                 }
                 _ => FrameBudget::new(config.limits.frame_budget_bytes),
             },
+            web: config.web_root.clone().map(|root| {
+                WebFiles::new(
+                    root,
+                    config.web_follow_external_symlinks,
+                    config.web_max_responses,
+                    previous.and_then(|p| p.web.as_ref()),
+                )
+            }),
             config,
         })
     }
@@ -189,6 +229,12 @@ impl Snapshot {
         self.listener_trust.get(i)
     }
 
+    /// The host rule of listener `key`'s connections (`None`: plain, or no such listener).
+    pub fn host_check(&self, key: ListenerKey) -> Option<Arc<HostCheck>> {
+        let i = self.listeners.iter().position(|(k, _)| *k == key)?;
+        self.host_checks.get(i)?.clone()
+    }
+
     /// Every route's backend pool.
     pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
         self.routes.iter().filter_map(|r| r.pool.as_ref())
@@ -201,6 +247,16 @@ impl Snapshot {
             .iter()
             .any(|r| r.backend.as_deref() == Some("builtin:echo"))
     }
+}
+
+/// Caddy's rule for `strict_sni_host`'s default: where a route asks for client certificates,
+/// a request must not reach it over a connection opened for another name.
+fn any_route_requires_client_certificates(config: &Config) -> bool {
+    config.routes.iter().any(|r| {
+        r.auth
+            .as_ref()
+            .is_some_and(|a| a.client_cert_required || !a.client_cert_names.is_empty())
+    })
 }
 
 /// Route `i` of `config` with its policy compiled.
@@ -276,6 +332,12 @@ fn compile_route(
     Ok(Route {
         name: r.name.as_str().into(),
         path: r.path.clone(),
+        // Validated by config.
+        hosts: r
+            .hosts
+            .iter()
+            .filter_map(|h| crate::config::host_pattern(h).ok())
+            .collect(),
         backend,
         subprotocols: r.subprotocols.clone(),
         forward_headers,

@@ -19,6 +19,9 @@ pub struct RouteLimits {
 pub struct Route {
     pub name: Arc<str>,
     pub path: String,
+    /// Host names in compared form (`config::host_pattern`): `vnc.example.com`, or
+    /// `*.example.com`; empty: any host.
+    pub hosts: Vec<String>,
     /// The fixed backend, or where each session's target comes from.
     pub backend: Target,
     pub subprotocols: Vec<String>,
@@ -91,6 +94,7 @@ impl Route {
         Self {
             name: name.into(),
             path: path.into(),
+            hosts: Vec::new(),
             backend: Target::Fixed(crate::config::BackendAddr::BuiltinEcho),
             subprotocols: vec!["binary".into(), "mqtt".into()],
             forward_headers: vec![],

@@ -1,10 +1,13 @@
-//! Request path → route: path rules first (400), then exact paths, then the longest
-//! `/`-terminated prefix.
+//! Request host and path → route: path rules first (400), then the host (exact names, then
+//! one-label wildcards, then routes without hosts), and within it exact paths, then the
+//! longest `/`-terminated prefix.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::route::Route;
 use crate::error::RejectError;
+use crate::policy::ConnInfo;
 
 /// The path rules, checked before routing: a path the router matches is the path a backend
 /// gets, with nothing for a backend to resolve, decode or strip into another route's path.
@@ -104,30 +107,113 @@ fn is_hex_pair(bytes: &[u8], i: usize) -> bool {
         .is_some_and(|p| p.iter().all(u8::is_ascii_hexdigit))
 }
 
-/// The routing table of one config snapshot, sorted once at load.
-#[derive(Debug, Clone)]
+/// The routing table of one config snapshot, sorted once at load: a path table per exactly
+/// named host, one per wildcard, and one for the routes without hosts.
+#[derive(Debug, Clone, Default)]
 pub struct Router {
+    /// Lower-case host name → the routes that list it.
+    exact: HashMap<String, PathTable>,
+    /// The part after `*.` (`example.com` for `*.example.com`) → the routes that list it.
+    wildcard: HashMap<String, PathTable>,
+    /// Routes without `hosts`.
+    any: PathTable,
+}
+
+/// The routes of one host rule, by path: exact paths, then the longest `/`-terminated prefix.
+#[derive(Debug, Clone, Default)]
+struct PathTable {
     exact: Vec<Arc<Route>>,
     /// Prefix routes, longest first.
     prefixes: Vec<Arc<Route>>,
 }
 
-impl Router {
-    pub fn new(routes: &[Arc<Route>]) -> Self {
-        let (mut prefixes, exact): (Vec<_>, Vec<_>) =
-            routes.iter().cloned().partition(|r| r.path.ends_with('/'));
-        prefixes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
-        Self { exact, prefixes }
+impl PathTable {
+    fn add(&mut self, route: &Arc<Route>) {
+        if route.path.ends_with('/') {
+            self.prefixes.push(route.clone());
+            self.prefixes
+                .sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        } else {
+            self.exact.push(route.clone());
+        }
     }
 
-    /// The route for a request path (query already stripped) that passed [`check_path`].
-    pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
+    fn find(&self, path: &str) -> Option<&Arc<Route>> {
         self.exact.iter().find(|r| r.path == path).or_else(|| {
             self.prefixes
                 .iter()
                 .find(|r| path.starts_with(r.path.as_str()))
         })
     }
+}
+
+impl Router {
+    /// Routes' `hosts` are in their compared form (`config::host_pattern`).
+    pub fn new(routes: &[Arc<Route>]) -> Self {
+        let mut router = Self::default();
+        for route in routes {
+            if route.hosts.is_empty() {
+                router.any.add(route);
+            }
+            for host in &route.hosts {
+                match host.strip_prefix("*.") {
+                    Some(parent) => router.wildcard.entry(parent.to_owned()),
+                    None => router.exact.entry(host.clone()),
+                }
+                .or_default()
+                .add(route);
+            }
+        }
+        router
+    }
+
+    /// The route for `req` on the connection `conn`: its host ([`request_host`]) checked
+    /// against the connection's TLS name (`421`, [`crate::tls::HostCheck`]), then
+    /// [`Self::find`] (`404`). The path passed [`check_path`].
+    pub fn route<B>(
+        &self,
+        req: &hyper::Request<B>,
+        conn: &ConnInfo,
+    ) -> Result<&Arc<Route>, RejectError> {
+        let host = request_host(req);
+        if let Some(check) = &conn.host_check {
+            check
+                .check(conn.sni.as_deref(), host.as_deref())
+                .map_err(RejectError::Misdirected)?;
+        }
+        self.find(host.as_deref(), req.uri().path())
+            .ok_or(RejectError::NoRoute)
+    }
+
+    /// The route for a request to `host` (from [`request_host`]; `None`: the request named
+    /// none) and `path` (query already stripped, passed [`check_path`]). Routes that list
+    /// the host exactly are tried first, then those whose wildcard covers it (one label:
+    /// `*.example.com` covers `a.example.com`, not `example.com` or `a.b.example.com`), then
+    /// the routes without hosts; within each, exact paths before the longest prefix.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        let by_name = host.and_then(|h| self.exact.get(h)?.find(path));
+        let by_wildcard = || {
+            let (_, parent) = host?.split_once('.')?;
+            self.wildcard.get(parent)?.find(path)
+        };
+        by_name.or_else(by_wildcard).or_else(|| self.any.find(path))
+    }
+}
+
+/// The host a request names, in compared form (lower case, no port, no trailing dot): its
+/// URI's authority (HTTP/2 `:authority`, or an HTTP/1.1 absolute-form target, which RFC 9112
+/// §3.2.2 puts before `Host`), else its `Host` header. `None` when it names none, or names
+/// one that does not parse.
+pub fn request_host<B>(req: &hyper::Request<B>) -> Option<String> {
+    let authority = match req.uri().authority() {
+        Some(a) => a.clone(),
+        None => {
+            let host = req.headers().get(hyper::header::HOST)?.to_str().ok()?;
+            host.parse::<hyper::http::uri::Authority>().ok()?
+        }
+    };
+    let host = authority.host().trim_end_matches('.');
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
 /// Pick the subprotocol: the client's first offer that the route accepts.
@@ -160,17 +246,74 @@ mod tests {
             route("apps", "/apps/"),
             route("vnc", "/vnc"),
         ]);
-        assert_eq!(&*r.find("/vnc").unwrap().name, "vnc");
-        assert_eq!(&*r.find("/vnc/x").unwrap().name, "root");
-        assert_eq!(&*r.find("/apps/a").unwrap().name, "apps");
-        assert_eq!(&*r.find("/other").unwrap().name, "root");
+        assert_eq!(&*r.find(None, "/vnc").unwrap().name, "vnc");
+        assert_eq!(&*r.find(None, "/vnc/x").unwrap().name, "root");
+        assert_eq!(&*r.find(None, "/apps/a").unwrap().name, "apps");
+        assert_eq!(
+            &*r.find(Some("any.example"), "/other").unwrap().name,
+            "root"
+        );
     }
 
     #[test]
     fn no_match_without_catch_all() {
         let r = Router::new(&[route("vnc", "/vnc")]);
-        assert!(r.find("/vnc2").is_none());
-        assert!(r.find("/").is_none());
+        assert!(r.find(None, "/vnc2").is_none());
+        assert!(r.find(None, "/").is_none());
+    }
+
+    fn hosted(name: &str, path: &str, hosts: &[&str]) -> Arc<Route> {
+        let mut r = Route::for_test(name, path);
+        r.hosts = hosts.iter().map(|h| h.to_string()).collect();
+        Arc::new(r)
+    }
+
+    #[test]
+    fn exact_hosts_beat_wildcards_which_beat_routes_without_hosts() {
+        let r = Router::new(&[
+            route("any", "/"),
+            hosted("desk", "/", &["*.desk.example"]),
+            hosted("vnc", "/", &["vnc.desk.example", "vnc.example"]),
+            hosted("vnc-api", "/api", &["vnc.example"]),
+        ]);
+        let name = |host, path| r.find(host, path).map(|r| r.name.to_string());
+        assert_eq!(name(Some("vnc.desk.example"), "/x").as_deref(), Some("vnc"));
+        assert_eq!(name(Some("a.desk.example"), "/x").as_deref(), Some("desk"));
+        // One label only, and not the parent itself.
+        assert_eq!(name(Some("a.b.desk.example"), "/x").as_deref(), Some("any"));
+        assert_eq!(name(Some("desk.example"), "/x").as_deref(), Some("any"));
+        assert_eq!(
+            name(Some("vnc.example"), "/api").as_deref(),
+            Some("vnc-api")
+        );
+        assert_eq!(name(Some("vnc.example"), "/apix").as_deref(), Some("vnc"));
+        assert_eq!(name(None, "/x").as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn request_host_is_lower_case_without_port_and_prefers_the_authority() {
+        let req = |uri: &str, host: Option<&str>| {
+            let mut b = hyper::Request::builder().uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            request_host(&b.body(()).unwrap())
+        };
+        assert_eq!(
+            req("/", Some("VNC.Example:8443")).as_deref(),
+            Some("vnc.example")
+        );
+        assert_eq!(
+            req("/", Some("vnc.example.")).as_deref(),
+            Some("vnc.example")
+        );
+        assert_eq!(req("/", Some("[::1]:80")).as_deref(), Some("[::1]"));
+        assert_eq!(
+            req("https://A.example:443/x", Some("b.example")).as_deref(),
+            Some("a.example")
+        );
+        assert_eq!(req("/", None), None);
+        assert_eq!(req("/", Some("bad host")), None);
     }
 
     #[test]
