@@ -271,7 +271,6 @@ mod tests {
             RejectError::Forbidden("x"),
             RejectError::UnknownToken,
             RejectError::EgressDenied(Box::new(io())),
-            RejectError::NoDescriptors(io()),
         ];
         all.extend(refusals.map(|reason| RejectError::Limited {
             reason,
@@ -298,7 +297,6 @@ mod tests {
                 | RejectError::Forbidden(_)
                 | RejectError::UnknownToken
                 | RejectError::EgressDenied(_)
-                | RejectError::NoDescriptors(_)
                 | RejectError::Limited { .. } => {}
             }
         }

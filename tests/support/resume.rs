@@ -57,8 +57,8 @@ impl FaultRelay {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = cut.cancelled() => {
                             // A reset, as a dead network or a killed proxy leaves it.
-                            let _ = client.set_linger(Some(Duration::ZERO));
-                            let _ = server.set_linger(Some(Duration::ZERO));
+                            let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                            let _ = socket2::SockRef::from(&server).set_linger(Some(Duration::ZERO));
                         }
                     }
                 });

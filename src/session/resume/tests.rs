@@ -25,6 +25,7 @@ fn settings() -> ResumeSettings {
         read_bytes: 16 * 1024,
         backend_stall: Duration::from_secs(5),
         close_grace: Duration::from_secs(1),
+        limits: ResumeLimits::default(),
     }
 }
 
