@@ -167,7 +167,10 @@ impl Joined<'_> {
                     backend_read,
                     backend_write,
                     request,
-                    &entry.control,
+                    async {
+                        entry.control.cancelled().await;
+                        entry.control.reason()
+                    },
                 );
                 return resumable_ended(Box::pin(ran).await, entry, &metrics, started);
             }
@@ -180,7 +183,10 @@ impl Joined<'_> {
                     backend_read,
                     backend_write,
                     request,
-                    &entry.control,
+                    async {
+                        entry.control.cancelled().await;
+                        entry.control.reason()
+                    },
                 );
                 return resumable_ended(Box::pin(ran).await, entry, &metrics, started);
             }

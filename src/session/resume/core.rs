@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, close, TOKEN_BYTES};
 use super::ResumeMetrics;
-use crate::session::registry::SessionControl;
 
 /// How a resumable session runs (the route's `[route.resume]` and session settings).
 #[derive(Debug, Clone)]
@@ -209,7 +208,7 @@ where
         first: Link,
         first_feed: oneshot::Sender<Feed>,
         mut attaches: mpsc::Receiver<Attach>,
-        control: &SessionControl,
+        stop: impl std::future::Future<Output = (u16, &'static str)>,
     ) -> Outcome {
         let Self {
             mut backend_read,
@@ -217,6 +216,7 @@ where
             settings,
             metrics,
         } = self;
+        tokio::pin!(stop);
         let started = Instant::now();
         let (to_backend, to_backend_rx) = mpsc::channel::<Bytes>(TO_BACKEND_MESSAGES);
         let (events_tx, mut events) = mpsc::channel::<(u64, Event)>(OUT_MESSAGES);
@@ -305,7 +305,7 @@ where
                 let mut limited = (&mut chunk).limit(read_limit);
                 let step = tokio::select! {
                     biased;
-                    _ = control.cancelled() => Step::End(control.reason()),
+                    end = &mut stop => Step::End(end),
                     _ = write_failed.cancelled() => Step::End((1011, "backend write failed")),
                     Some((n, event)) = events.recv() => Step::Event(n, event),
                     Some(attach) = attaches.recv() => Step::Attach(attach),

@@ -25,7 +25,6 @@ use self::core::{Attach, Core, Outcome};
 use self::protocol::close;
 pub use self::store::{ResumeLimits, ResumeStore};
 use crate::metrics::{RESUMES_TOTAL, RESUME_DETACHED_SESSIONS, RESUME_REPLAYED_BYTES_TOTAL};
-use crate::session::registry::SessionControl;
 use crate::ws::reader::{FrameReader, ReadReady};
 use crate::ws::writer::FrameWriter;
 
@@ -104,6 +103,8 @@ pub struct Request<'a> {
 
 /// Run a client connection that starts a new resumable session with this backend; the
 /// session lives on in this task until it ends (`None` if it was refused at its HELLO).
+/// `stop` resolves with the close code and reason when the session must end (shutdown,
+/// an operator's close).
 #[allow(clippy::too_many_arguments)]
 pub async fn start<R, W, BR, BW>(
     mut reader: FrameReader<R>,
@@ -111,7 +112,7 @@ pub async fn start<R, W, BR, BW>(
     backend_read: BR,
     backend_write: BW,
     request: Request<'_>,
-    control: &SessionControl,
+    stop: impl std::future::Future<Output = (u16, &'static str)>,
 ) -> Option<Outcome>
 where
     R: ReadReady + Send,
@@ -163,7 +164,7 @@ where
         metrics,
     };
     let (feed_tx, feed_rx) = oneshot::channel();
-    let (outcome, ()) = tokio::join!(core.run(link, feed_tx, attach_rx, control), async {
+    let (outcome, ()) = tokio::join!(core.run(link, feed_tx, attach_rx, stop), async {
         let feed = feed_rx.await.ok();
         attachment::run(
             reader,

@@ -13,6 +13,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::session::registry::SessionControl;
 use crate::ws::reader::FrameBudget;
 
 type Client = WebSocketStream<TcpStream>;
@@ -107,7 +108,13 @@ async fn a_dropped_connection_resumes_on_the_same_backend_connection() {
     let session = {
         let request = request("s1");
         let control = &control;
-        async move { start(reader, writer, br, bw, request, control).await }
+        async move {
+            let stop = async {
+                control.cancelled().await;
+                control.reason()
+            };
+            start(reader, writer, br, bw, request, stop).await
+        }
     };
     let client = async {
         ws.send(hello(0, None)).await.unwrap();
