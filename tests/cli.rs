@@ -15,7 +15,6 @@ use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::timeout;
 use tokio_tungstenite::Connector;
@@ -55,32 +54,7 @@ impl Wsgate {
 
 /// Start the binary with `args` and read its stdout until a line contains `until`.
 async fn wsgate(args: &[&str], until: &str) -> Wsgate {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("wsgate starts");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut lines = Vec::new();
-    let found = timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = out.next_line().await {
-            let done = line.contains(until);
-            lines.push(line);
-            if done {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert!(
-        matches!(found, Ok(true)),
-        "wsgate {args:?} never printed {until:?}; printed {lines:?}"
-    );
+    let (child, lines) = start_binary(None, args, until).await;
     Wsgate { child, lines }
 }
 

@@ -19,7 +19,6 @@ use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use serde_json::json;
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::timeout;
 use tokio_tungstenite::Connector;
@@ -61,33 +60,7 @@ impl Running {
 
 /// Start the binary in `cwd` with `args`; read stdout until a line contains `until`.
 async fn start_in(cwd: &Path, args: &[&str], until: &str) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("wsgate starts");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut lines = Vec::new();
-    let found = timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = out.next_line().await {
-            let done = line.contains(until);
-            lines.push(line);
-            if done {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert!(
-        matches!(found, Ok(true)),
-        "wsgate {args:?} never printed {until:?}; printed {lines:?}"
-    );
+    let (child, lines) = start_binary(Some(cwd), args, until).await;
     Running { child, lines }
 }
 

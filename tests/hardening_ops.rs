@@ -7,12 +7,11 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::time::{timeout, Instant};
 
 use support::*;
@@ -110,33 +109,7 @@ async fn web_symlink_out_of_the_root_is_not_followed() {
 
 /// The real binary, started with `args`; its stdout lines up to one containing `until`.
 async fn start_wsgate(args: &[&str], until: &str) -> (Child, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("wsgate starts");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut lines = Vec::new();
-    let found = timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = out.next_line().await {
-            let done = line.contains(until);
-            lines.push(line);
-            if done {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert!(
-        matches!(found, Ok(true)),
-        "never printed {until:?}: {lines:?}"
-    );
-    (child, lines)
+    start_binary(None, args, until).await
 }
 
 /// The address in a start-up line `wsgate: http://IP:PORT/ -> …`.

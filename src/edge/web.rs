@@ -155,7 +155,7 @@ fn stays_on_origin(path: &str) -> bool {
 /// place outside `root`. Paths `ServeDir` will refuse or not find answer `false` (it
 /// answers them).
 async fn leaves_root(root: &Path, url_path: &str) -> bool {
-    let Some(decoded) = percent_decoded(url_path) else {
+    let Some(decoded) = crate::http_util::percent_decode(url_path) else {
         return false;
     };
     let mut candidate = root.to_path_buf();
@@ -184,24 +184,6 @@ async fn leaves_root(root: &Path, url_path: &str) -> bool {
         }
     }
     false
-}
-
-/// `%XX` escapes decoded; `None` for a bad escape or bytes that are not UTF-8.
-fn percent_decoded(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn text(status: StatusCode, reason: &str) -> Response<WebBody> {

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod backends;
+pub mod binary;
 pub mod clients;
 pub mod deflate;
 pub mod frames;
@@ -19,6 +20,7 @@ pub mod python;
 
 pub use admin::*;
 pub use backends::*;
+pub use binary::*;
 pub use clients::*;
 pub use deflate::*;
 pub use frames::*;
