@@ -127,6 +127,7 @@ fn default_settings() -> (SessionSettings, usize) {
         backend_stall: config.backend_stall,
         bandwidth_bytes_per_sec: None,
         compression: None,
+        udp: Default::default(),
     };
     (settings, config.max_frame_bytes(route))
 }

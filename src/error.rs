@@ -87,12 +87,15 @@ pub enum Refusal {
     /// credential is looked at.
     #[error("too many failed credentials from your address")]
     AuthRateLimited,
+    /// `[udp] max_sessions` reached (a `udp://` session holds a socket): 503.
+    #[error("the gateway is at its UDP session capacity")]
+    UdpFull,
 }
 
 impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
-            Self::OverCapacity | Self::RouteFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::OverCapacity | Self::RouteFull | Self::UdpFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::IpLimit | Self::RateLimited | Self::AuthRateLimited => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -107,6 +110,7 @@ impl Refusal {
             Self::IpLimit => "ip_limit",
             Self::RateLimited => "rate_limited",
             Self::AuthRateLimited => "auth_rate_limited",
+            Self::UdpFull => "udp_full",
         }
     }
 }
@@ -139,6 +143,7 @@ impl RejectError {
         "ip_limit",
         "rate_limited",
         "auth_rate_limited",
+        "udp_full",
     ];
 
     pub fn status(&self) -> StatusCode {
@@ -241,6 +246,7 @@ mod tests {
             Refusal::IpLimit,
             Refusal::RateLimited,
             Refusal::AuthRateLimited,
+            Refusal::UdpFull,
         ];
         for r in refusals {
             match r {
@@ -248,7 +254,8 @@ mod tests {
                 | Refusal::RouteFull
                 | Refusal::IpLimit
                 | Refusal::RateLimited
-                | Refusal::AuthRateLimited => {}
+                | Refusal::AuthRateLimited
+                | Refusal::UdpFull => {}
             }
         }
         let mut all = vec![

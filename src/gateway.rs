@@ -674,6 +674,13 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
 fn register_metrics(snapshot: &Snapshot) {
     let listeners = &snapshot.config.listeners;
     let reads_proxy_headers = listeners.iter().any(|l| l.proxy_protocol);
+    // udp:// (session::udp): routes whose sessions may carry datagrams.
+    let udp_routes: Vec<Arc<str>> = snapshot
+        .routes
+        .iter()
+        .filter(|r| r.backend.may_be_udp())
+        .map(|r| r.name.clone())
+        .collect();
     metrics::register(
         snapshot.routes.iter().map(|r| &r.name),
         &metrics::Registered {
@@ -686,6 +693,7 @@ fn register_metrics(snapshot: &Snapshot) {
             } else {
                 &[]
             },
+            udp_routes: &udp_routes,
         },
     );
 }

@@ -28,6 +28,7 @@ fn version() -> &'static str {
 const AFTER_HELP: &str = "\
 Backend URLs (TARGET, --route PATH=URL):
   HOST:PORT, tcp://HOST:PORT          raw TCP (VNC, MQTT, SSH, ...); HOST is a name, IPv4 or [IPv6]
+  udp://HOST:PORT                     UDP: one binary message = one datagram (WireGuard, DNS, games)
   ws://HOST[:PORT][/PATH][?QUERY]     a WebSocket backend, frames relayed end to end
   wss://HOST[:PORT][/PATH][?QUERY]    the same over TLS, verified against the Mozilla roots
   unix:/PATH                          raw bytes over a Unix domain socket (absolute path)
@@ -42,6 +43,7 @@ Examples:
   wsgate --cert full.pem --key key.pem --ssl-only 443 localhost:5900
   wsgate --token-plugin TokenFile --token-source tokens.cfg 6080
   wsgate --listen 127.0.0.1:8080 --route /ssh=tcp://10.0.0.5:22
+  wsgate --listen 127.0.0.1:8080 --route /wg=udp://127.0.0.1:51820
   wsgate --listen 127.0.0.1:8080 --route /mqtt=tcp://127.0.0.1:1883 --subprotocol mqtt
                                            MQTT.js and other clients that offer a subprotocol
   wsgate --config /etc/wsgate/wsgate.toml  everything else (access control, limits): a file

@@ -30,6 +30,10 @@ pub const PROXY_HEADERS_REFUSED_TOTAL: &str = "wsgate_proxy_protocol_refused_tot
 pub const AUTH_FAILURES_TOTAL: &str = "wsgate_auth_failures_total";
 pub const BUILD_INFO: &str = "wsgate_build_info";
 pub const WORKER_SESSIONS_ACTIVE: &str = "wsgate_worker_sessions_active";
+pub const UDP_SESSIONS_ACTIVE: &str = "wsgate_udp_sessions_active";
+pub const UDP_DATAGRAMS_TOTAL: &str = "wsgate_udp_datagrams_total";
+pub const UDP_DROPPED_TOTAL: &str = "wsgate_udp_dropped_total";
+pub const UDP_ICMP_ERRORS_TOTAL: &str = "wsgate_udp_icmp_errors_total";
 pub const CERTIFICATE_NOT_AFTER: &str = "wsgate_certificate_not_after_timestamp_seconds";
 pub const ACME_ORDERS_TOTAL: &str = "wsgate_acme_orders_total";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "wsgate_connections_refused_total";
@@ -188,6 +192,22 @@ fn describe() {
         WORKER_SESSIONS_ACTIVE,
         "Per-core mode: WebSocket sessions now bridged on each worker thread"
     );
+    describe_gauge!(
+        UDP_SESSIONS_ACTIVE,
+        "udp:// sessions now open, each holding one UDP socket"
+    );
+    describe_counter!(
+        UDP_DATAGRAMS_TOTAL,
+        "udp:// routes: datagrams delivered, by direction (one per WebSocket message)"
+    );
+    describe_counter!(
+        UDP_DROPPED_TOTAL,
+        "udp:// routes: datagrams dropped, by cause (client_slow, backend_busy, oversize, unreachable, send_error)"
+    );
+    describe_counter!(
+        UDP_ICMP_ERRORS_TOTAL,
+        "udp:// routes: ICMP errors (port unreachable) reported by sessions' sockets"
+    );
     describe_counter!(
         CONNECTIONS_REFUSED_TOTAL,
         "Client connections closed right after accept, by reason (ip_limit: max_connections_per_ip)"
@@ -210,6 +230,47 @@ fn describe() {
     for stage in DESCRIPTOR_STAGES {
         counter!(DESCRIPTORS_EXHAUSTED_TOTAL, "stage" => *stage).increment(0);
     }
+}
+
+/// One `udp://` session's counters (clones of its route's series): datagrams each way,
+/// drops by cause, ICMP errors. Bytes and messages count in [`SessionMetrics`] as on
+/// every route.
+#[derive(Clone)]
+pub struct UdpMetrics {
+    pub to_backend: Counter,
+    pub to_client: Counter,
+    /// The queue towards a client that cannot take more was full.
+    pub dropped_client_slow: Counter,
+    /// The backend socket's send buffer was full.
+    pub dropped_backend_busy: Counter,
+    /// A backend datagram above the route's `max_datagram_bytes`.
+    pub dropped_oversize: Counter,
+    /// A client datagram refused by an ICMP error (nothing listening).
+    pub dropped_unreachable: Counter,
+    /// Any other send failure (the kernel refused the datagram).
+    pub dropped_send_error: Counter,
+    pub icmp_errors: Counter,
+}
+
+impl UdpMetrics {
+    pub fn for_route(route: &str) -> Self {
+        let dropped = |cause: &'static str| counter!(UDP_DROPPED_TOTAL, "route" => route.to_owned(), "cause" => cause);
+        Self {
+            to_backend: counter!(UDP_DATAGRAMS_TOTAL, "route" => route.to_owned(), "direction" => CLIENT_TO_BACKEND),
+            to_client: counter!(UDP_DATAGRAMS_TOTAL, "route" => route.to_owned(), "direction" => BACKEND_TO_CLIENT),
+            dropped_client_slow: dropped("client_slow"),
+            dropped_backend_busy: dropped("backend_busy"),
+            dropped_oversize: dropped("oversize"),
+            dropped_unreachable: dropped("unreachable"),
+            dropped_send_error: dropped("send_error"),
+            icmp_errors: counter!(UDP_ICMP_ERRORS_TOTAL, "route" => route.to_owned()),
+        }
+    }
+}
+
+/// `wsgate_udp_sessions_active`, the process-wide count behind `[udp] max_sessions`.
+pub fn udp_sessions_active() -> Gauge {
+    gauge!(UDP_SESSIONS_ACTIVE)
 }
 
 /// A connection closed after accept: `reason` is `ip_limit`.
@@ -276,6 +337,9 @@ pub struct Registered<'a> {
     /// Every `reason` of `wsgate_proxy_protocol_refused_total` when some listener reads PROXY
     /// headers; empty otherwise.
     pub proxy_refusals: &'a [&'static str],
+    /// Routes whose sessions may be `udp://` (a `udp://` backend, a token-file or claim
+    /// target): their `wsgate_udp_*` series.
+    pub udp_routes: &'a [Arc<str>],
 }
 
 /// Make the gateway's series visible from the start, at zero: the process-wide ones, every
@@ -291,6 +355,24 @@ pub fn register<'a>(routes: impl IntoIterator<Item = &'a Arc<str>>, what: &Regis
     }
     for &reason in what.proxy_refusals {
         counter!(PROXY_HEADERS_REFUSED_TOTAL, "reason" => reason).increment(0);
+    }
+    if !what.udp_routes.is_empty() {
+        udp_sessions_active().increment(0.0);
+    }
+    for route in what.udp_routes {
+        let udp = UdpMetrics::for_route(route);
+        for c in [
+            &udp.to_backend,
+            &udp.to_client,
+            &udp.dropped_client_slow,
+            &udp.dropped_backend_busy,
+            &udp.dropped_oversize,
+            &udp.dropped_unreachable,
+            &udp.dropped_send_error,
+            &udp.icmp_errors,
+        ] {
+            c.increment(0);
+        }
     }
     let mut rejecting = vec![NO_ROUTE.to_owned()];
     for route in routes {

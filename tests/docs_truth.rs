@@ -117,7 +117,8 @@ async fn every_exported_metric_is_in_the_metrics_table_and_every_row_is_exported
              [[listener]]\naddress = \"127.0.0.1:0\"\nproxy_protocol = true\n\
              trusted_proxies = [\"192.0.2.1\"]\n\n\
              [runtime]\nmode = \"per-core\"\nworker_threads = 2\n\n\
-             [[route]]\nname = \"pool\"\npath = \"/\"\nbackends = [\"tcp://{one}\", \"tcp://{two}\"]\n"
+             [[route]]\nname = \"pool\"\npath = \"/\"\nbackends = [\"tcp://{one}\", \"tcp://{two}\"]\n\n\
+             [[route]]\nname = \"udp\"\npath = \"/udp\"\nbackend = \"udp://127.0.0.1:9\"\n"
         ),
     );
     let gw = spawn_gateway(&toml).await;

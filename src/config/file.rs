@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::access::{AuthConfig, ClientAuth, OriginConfig};
 use super::http2::Http2Config;
 use super::target::{EgressConfig, TargetConfig};
+use super::udp::{UdpGlobalConfig, UdpRouteConfig};
 
 /// The file as written: every field optional where a default exists, unknown keys rejected.
 #[derive(Debug, Deserialize, Serialize)]
@@ -39,6 +40,9 @@ pub struct FileConfig {
     /// Static files on the public listeners (websockify's `--web`). Default: none.
     #[serde(default)]
     pub web: Option<WebConfig>,
+    /// `[udp]`: caps shared by all `udp://` sessions (`config::udp`).
+    #[serde(default)]
+    pub udp: UdpGlobalConfig,
     /// Automatic certificates over ACME (RFC 8555). Default: none.
     #[serde(default)]
     pub acme: Option<AcmeConfig>,
@@ -587,6 +591,10 @@ pub struct RouteConfig {
     /// zlib level for what the gateway compresses, 0..=9. Default 1 (fastest).
     #[serde(default = "default_compression_level")]
     pub compression_level: u8,
+    /// `[route.udp]`: datagram settings of `udp://` sessions. Default: none (the defaults of
+    /// `config::udp`).
+    #[serde(default)]
+    pub udp: Option<UdpRouteConfig>,
 }
 
 /// Whether a route negotiates permessage-deflate.
@@ -695,6 +703,7 @@ impl RouteConfig {
             compression_server_max_window_bits: default_window_bits(),
             compression_client_max_window_bits: default_window_bits(),
             compression_level: default_compression_level(),
+            udp: None,
         }
     }
 }

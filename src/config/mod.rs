@@ -10,6 +10,7 @@ mod file;
 mod http2;
 mod quick;
 mod target;
+mod udp;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ pub use file::{
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
 pub use target::{EgressConfig, TargetConfig};
+pub use udp::{UdpGlobalConfig, UdpRouteConfig, UdpSettings, MAX_DATAGRAM_V4, MAX_DATAGRAM_V6};
 
 /// The embedded default: `ws://127.0.0.1:8080/echo` to a built-in echo service, admin on 9089.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -88,6 +90,8 @@ pub struct Config {
     /// `[admin] allowed_hosts`: `Host` values the admin listener accepts besides its own
     /// address, lower-cased.
     pub admin_allowed_hosts: Vec<String>,
+    /// `[udp]`: what all `udp://` sessions share.
+    pub udp: UdpGlobalConfig,
     /// `[acme]` as written (and checked); `None`: no automatic certificates.
     pub acme: Option<AcmeConfig>,
 }
@@ -166,6 +170,15 @@ impl Config {
     /// Route `r`'s largest message: its own key, else `[limits]`.
     pub fn max_message_bytes(&self, r: &RouteConfig) -> usize {
         r.max_message_bytes.unwrap_or(self.limits.max_message_bytes)
+    }
+
+    /// Route `r`'s `udp://` session settings: `[route.udp]`, else the defaults (checked at
+    /// load, so this cannot fail on a validated config).
+    pub fn udp_settings(&self, r: &RouteConfig) -> UdpSettings {
+        r.udp
+            .as_ref()
+            .and_then(|u| u.resolve("route.udp").ok())
+            .unwrap_or_default()
     }
 
     /// Route `r`'s session cap (`None`: no cap): its own key, else `[limits]`.
@@ -334,6 +347,7 @@ impl FileConfig {
                 .as_ref()
                 .is_some_and(|w| w.follow_external_symlinks),
             web_root: self.web.map(|w| w.root),
+            udp: self.udp,
             acme: self.acme,
         })
     }
@@ -430,7 +444,19 @@ impl FileConfig {
         if !is_wss && (r.tls_ca_file.is_some() || r.insecure_skip_verify) {
             bail!("{at}: tls_ca_file and insecure_skip_verify apply to wss:// backends only");
         }
-        // Token-file and claim targets are always tcp://, so bytes.
+        // udp:// (`[route.udp]`, no pools, no compression); token-file and claim targets may
+        // name udp:// too.
+        let udp_possible = r.target.is_some() || backends.iter().any(BackendAddr::is_datagrams);
+        if let Some(u) = &r.udp {
+            if !udp_possible {
+                bail!("{at}.udp: applies to routes with udp:// backends (or targets) only");
+            }
+            u.resolve(&format!("{at}.udp"))?;
+        }
+        if r.compression == CompressionMode::On && backends.iter().any(BackendAddr::is_datagrams) {
+            bail!("{at}.compression: never negotiated on udp:// routes (a datagram is one message as sent)");
+        }
+        // Token-file and claim targets are tcp:// or udp://, so never WebSocket.
         if r.send_proxy_protocol.is_some()
             && backends
                 .iter()
@@ -602,6 +628,9 @@ fn validate_pool(at: &str, r: &RouteConfig) -> anyhow::Result<Vec<BackendAddr>> 
         let b = BackendAddr::parse(url).with_context(|| format!("{at}.backends[{n}]"))?;
         if b == BackendAddr::BuiltinEcho {
             bail!("{at}.backends[{n}]: builtin:echo cannot be pooled");
+        }
+        if b.is_datagrams() {
+            bail!("{at}.backends[{n}]: udp:// backends cannot be pooled (use one backend)");
         }
         if out.contains(&b) {
             bail!("{at}.backends[{n}]: {b} is listed twice");
@@ -889,7 +918,7 @@ mod tests {
                 "route[1].path",
             ),
             (
-                "[[route]]\nname=\"c\"\npath=\"/c\"\nbackend=\"udp://h:1\"\n",
+                "[[route]]\nname=\"c\"\npath=\"/c\"\nbackend=\"sctp://h:1\"\n",
                 "route[1].backend",
             ),
             ("[runtime]\nmode = \"percore\"\n", "per-core"),

@@ -136,6 +136,8 @@ async fn upgrade(
             extensions::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), policy)
         });
     let dialed = dial(req, &matched, shared, target, deflate).await?;
+    // A kind that carries messages as they are sent (udp://) takes no permessage-deflate.
+    let deflate = deflate.filter(|_| dialed.backend.takes_deflate());
     accept(req, matched, shared, (permit, slot), dialed, deflate)
 }
 

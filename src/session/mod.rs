@@ -14,3 +14,4 @@ pub mod registry;
 pub mod relay;
 pub mod settings;
 pub mod start;
+pub mod udp;

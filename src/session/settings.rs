@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::config::MessageType;
+use crate::config::{MessageType, UdpSettings};
 use crate::ws::extensions::DeflatePolicy;
 
 /// Everything a session's pumps need to know about its route, from one config snapshot.
@@ -30,4 +30,6 @@ pub struct SessionSettings {
     pub bandwidth_bytes_per_sec: Option<u64>,
     /// permessage-deflate on the client hop; `None`: offers are declined.
     pub compression: Option<DeflatePolicy>,
+    /// `udp://` sessions (`session::udp`): `[route.udp]` resolved, the defaults elsewhere.
+    pub udp: UdpSettings,
 }

@@ -33,9 +33,11 @@ use super::io::{websocket_halves, ClientStream};
 use super::registry::Registered;
 use super::relay;
 use super::settings::SessionSettings;
+use super::udp;
+use crate::backend::udp::UdpBackend;
 use crate::backend::Backend;
 use crate::logsafe::Escaped;
-use crate::metrics::{self, Protocol, SessionMetrics};
+use crate::metrics::{self, Protocol, SessionMetrics, UdpMetrics};
 use crate::ws::deflate::{HopDeflate, RelayDeflate};
 use crate::ws::extensions::Agreement;
 use crate::ws::reader::{FrameBudget, ReadReady};
@@ -128,14 +130,37 @@ impl Joined<'_> {
         let started = Instant::now();
         let metrics =
             SessionMetrics::start_counted(entry.info.route.clone(), protocol, &entry.bytes);
+        // udp://: frames above the datagram limit are refused (1009) as they arrive.
+        let max_frame_bytes = match &backend {
+            Backend::Udp(b) => settings
+                .max_frame_bytes
+                .min(udp::datagram_limit(&b.socket, &settings.udp)),
+            _ => settings.max_frame_bytes,
+        };
         let (mut client_read, client_write) = websocket_halves(
             client_read,
             client_write,
             Role::Server,
-            settings.max_frame_bytes,
+            max_frame_bytes,
             frame_budget,
         );
         let outcome = match backend {
+            // Datagrams: one message per datagram (never deflated; the edge declined it).
+            Backend::Udp(UdpBackend { socket, slot }) => {
+                // The place under `[udp] max_sessions` is held until the pump ends.
+                let _slot = slot;
+                Box::pin(udp::run(
+                    client_read,
+                    client_write,
+                    socket,
+                    settings,
+                    &metrics,
+                    UdpMetrics::for_route(&entry.info.route),
+                    &entry.control,
+                    hard_stop,
+                ))
+                .await
+            }
             Backend::Unix(stream) => {
                 let client_deflate = client_deflate(deflate, settings);
                 if client_deflate.is_some() {
@@ -261,6 +286,7 @@ mod tests {
             backend_stall: Duration::from_secs(30),
             bandwidth_bytes_per_sec: None,
             compression: None,
+            udp: Default::default(),
         }
     }
 

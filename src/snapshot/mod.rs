@@ -176,6 +176,10 @@ impl Snapshot {
                 },
                 echo_addr,
                 egress,
+                udp: crate::backend::udp::UdpLimits {
+                    max_sessions: config.udp.max_sessions,
+                    retry_after_secs: config.limits.retry_after_secs.into(),
+                },
             },
             ping_interval: config.ping_interval,
             pong_timeout: config.pong_timeout,
@@ -359,6 +363,7 @@ fn compile_route(
             close_grace: config.close_grace,
             backend_stall: config.backend_stall,
             bandwidth_bytes_per_sec: config.bandwidth_bytes_per_sec(r),
+            udp: config.udp_settings(r),
             // Ranges were checked by config.
             compression: (r.compression == CompressionMode::On).then_some(DeflatePolicy {
                 server_context_takeover: r.compression_server_context_takeover,
