@@ -128,6 +128,7 @@ fn default_settings() -> (SessionSettings, usize) {
         bandwidth_bytes_per_sec: None,
         compression: None,
         udp: Default::default(),
+        record: None,
     };
     (settings, config.max_frame_bytes(route))
 }
@@ -164,7 +165,16 @@ fn open(config: &SessionSettings, max_frame_bytes: usize) -> Session {
         let hard_stop = CancellationToken::new();
         let control = SessionControl::new(&CancellationToken::new());
         bridge::run(
-            ws_read, ws_write, br, bw, &config, None, &metrics, &control, &hard_stop,
+            ws_read,
+            ws_write,
+            br,
+            bw,
+            &config,
+            None,
+            &metrics,
+            &control,
+            &hard_stop,
+            wsgate::record::Taps::default(),
         )
         .await
     });

@@ -39,6 +39,10 @@ pub enum RejectError {
     /// backend's fault (it is not ejected from its pool).
     #[error("the gateway is out of file descriptors")]
     NoDescriptors(#[source] std::io::Error),
+    /// The route requires a recording (`[route.record] policy = "required"`) and it could not
+    /// be created: the session is refused rather than run unrecorded.
+    #[error("the session recording could not be started")]
+    RecordingUnavailable,
     #[error("gateway is shutting down")]
     ShuttingDown,
     /// An operator drained the route (admin API): no new sessions until it is reopened.
@@ -130,6 +134,7 @@ impl RejectError {
         "backend_timeout",
         "backend_rejected",
         "backend_handshake",
+        "recording_unavailable",
         "shutting_down",
         "draining",
         "no_descriptors",
@@ -158,9 +163,10 @@ impl RejectError {
             | Self::BackendRejected(_)
             | Self::BackendHandshake(_) => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::ShuttingDown | Self::Draining | Self::NoDescriptors(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::ShuttingDown
+            | Self::Draining
+            | Self::NoDescriptors(_)
+            | Self::RecordingUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Origin | Self::Forbidden(_) | Self::EgressDenied(_) => StatusCode::FORBIDDEN,
             Self::UnknownToken => StatusCode::NOT_FOUND,
@@ -183,6 +189,7 @@ impl RejectError {
             Self::BackendRejected(_) => "backend_rejected",
             Self::BackendHandshake(_) => "backend_handshake",
             Self::NoDescriptors(_) => "no_descriptors",
+            Self::RecordingUnavailable => "recording_unavailable",
             Self::ShuttingDown => "shutting_down",
             Self::Draining => "draining",
             Self::Origin => "origin",
@@ -269,6 +276,7 @@ mod tests {
             RejectError::BackendTimeout,
             RejectError::BackendRejected(StatusCode::FORBIDDEN),
             RejectError::BackendHandshake(Box::new(io())),
+            RejectError::RecordingUnavailable,
             RejectError::ShuttingDown,
             RejectError::Draining,
             RejectError::NoDescriptors(io()),
@@ -296,6 +304,7 @@ mod tests {
                 | RejectError::BackendTimeout
                 | RejectError::BackendRejected(_)
                 | RejectError::BackendHandshake(_)
+                | RejectError::RecordingUnavailable
                 | RejectError::ShuttingDown
                 | RejectError::Draining
                 | RejectError::NoDescriptors(_)

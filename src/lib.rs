@@ -55,6 +55,8 @@
 //! http_util.rs the gateway's own answers (Body, text, JSON), query values, header tokens,
 //!              URIs made safe for logs
 //! logsafe.rs   client-controlled text escaped for log lines
+//! record/      session recording: asciicast and raw formats, the bounded writer (files as
+//!              .part, 0600, metadata, caps, retention sweep), replay (print, TCP, WebSocket)
 //! metrics.rs   metric names, descriptions, recorder, per-route and per-session handles
 //! ws/          the WebSocket protocol, a leaf that knows no route, backend or session:
 //!              reader (RFC 6455 §5 per frame), writer (frames out, RSV1), frames (message
@@ -84,6 +86,7 @@ pub mod logsafe;
 pub mod metrics;
 pub mod ops;
 pub mod policy;
+pub mod record;
 pub mod session;
 pub mod snapshot;
 pub mod tls;

@@ -34,6 +34,12 @@ pub const UDP_SESSIONS_ACTIVE: &str = "wsgate_udp_sessions_active";
 pub const UDP_DATAGRAMS_TOTAL: &str = "wsgate_udp_datagrams_total";
 pub const UDP_DROPPED_TOTAL: &str = "wsgate_udp_dropped_total";
 pub const UDP_ICMP_ERRORS_TOTAL: &str = "wsgate_udp_icmp_errors_total";
+pub const RECORDINGS_ACTIVE: &str = "wsgate_recordings_active";
+pub const RECORDING_BYTES_WRITTEN_TOTAL: &str = "wsgate_recording_bytes_written_total";
+pub const RECORDING_DROPPED_BYTES_TOTAL: &str = "wsgate_recording_dropped_bytes_total";
+pub const RECORDING_GAPS_TOTAL: &str = "wsgate_recording_gaps_total";
+pub const RECORDING_FAILURES_TOTAL: &str = "wsgate_recording_failures_total";
+pub const RECORDING_DELETIONS_TOTAL: &str = "wsgate_recording_deletions_total";
 pub const CERTIFICATE_NOT_AFTER: &str = "wsgate_certificate_not_after_timestamp_seconds";
 pub const ACME_ORDERS_TOTAL: &str = "wsgate_acme_orders_total";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "wsgate_connections_refused_total";
@@ -219,6 +225,29 @@ fn describe() {
     describe_counter!(
         DESCRIPTORS_EXHAUSTED_TOTAL,
         "Times the process ran out of file descriptors, by stage (accept, admin_accept, backend)"
+    );
+    describe_gauge!(RECORDINGS_ACTIVE, "Session recordings now open, by route");
+    describe_counter!(
+        RECORDING_BYTES_WRITTEN_TOTAL,
+        Unit::Bytes,
+        "Bytes written to recording files (headers and framing included), by route"
+    );
+    describe_counter!(
+        RECORDING_DROPPED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Session bytes left out of recordings, by route and cause"
+    );
+    describe_counter!(
+        RECORDING_GAPS_TOTAL,
+        "Gaps and ends marked in recordings, by route and cause"
+    );
+    describe_counter!(
+        RECORDING_FAILURES_TOTAL,
+        "Recordings that could not be created or failed while written, by route and stage"
+    );
+    describe_counter!(
+        RECORDING_DELETIONS_TOTAL,
+        "Recordings deleted by the retention sweep, by route and reason (quota, age)"
     );
     // Known label sets at zero, so the first event shows as an increase.
     for reason in CONNECTION_REFUSALS {

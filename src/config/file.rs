@@ -595,6 +595,9 @@ pub struct RouteConfig {
     /// `config::udp`).
     #[serde(default)]
     pub udp: Option<UdpRouteConfig>,
+    /// `[route.record]`: record this route's sessions. Default: not recorded.
+    #[serde(default)]
+    pub record: Option<super::RecordConfig>,
 }
 
 /// Whether a route negotiates permessage-deflate.
@@ -650,6 +653,9 @@ impl FileConfig {
             if let Some(target) = &mut r.target {
                 target.token_file.iter_mut().for_each(fix);
             }
+            if let Some(record) = &mut r.record {
+                fix(&mut record.dir);
+            }
         }
         if let Some(web) = &mut self.web {
             fix(&mut web.root);
@@ -704,6 +710,7 @@ impl RouteConfig {
             compression_client_max_window_bits: default_window_bits(),
             compression_level: default_compression_level(),
             udp: None,
+            record: None,
         }
     }
 }

@@ -9,6 +9,7 @@ mod backend_addr;
 mod file;
 mod http2;
 mod quick;
+mod record;
 mod target;
 mod udp;
 
@@ -29,6 +30,7 @@ pub use file::{
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
+pub use record::{RecordConfig, RecordFormat, RecordPolicy};
 pub use target::{EgressConfig, TargetConfig};
 pub use udp::{UdpGlobalConfig, UdpRouteConfig, UdpSettings, MAX_DATAGRAM_V4, MAX_DATAGRAM_V6};
 
@@ -382,6 +384,18 @@ impl FileConfig {
             );
         }
         let at = format!("route[{i}]");
+        if let Some(record) = &r.record {
+            record.validate(&at, &r.name)?;
+            let websocket = |u: &str| u.starts_with("ws://") || u.starts_with("wss://");
+            if r.backend.as_deref().is_some_and(websocket)
+                || r.backends.iter().any(|b| websocket(b))
+            {
+                bail!("{at}.record: WebSocket backends (ws://, wss://) are not recorded yet; only byte backends (tcp://, unix:, targets)");
+            }
+            if r.backend.as_deref().is_some_and(|u| u.starts_with("udp://")) {
+                bail!("{at}.record: udp:// backends are not recorded (datagrams are not a byte stream); only byte backends (tcp://, unix:, targets)");
+            }
+        }
         // Two routes that could match one request at the same precedence: same path, and
         // the same exact name, the same wildcard, or no hosts at all.
         let mut patterns = Vec::with_capacity(r.hosts.len());

@@ -29,6 +29,7 @@ use crate::http_util::{header_has_token, log_uri, Body};
 use crate::logsafe::Escaped;
 use crate::metrics;
 use crate::policy::{ClientSource, ConnInfo, SessionSlot};
+use crate::record::{Pending, Recorder};
 use crate::session::start::{self as session, BackendSide, ClientSide, SessionInfo};
 use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
 use crate::ws::extensions::{self, Agreement};
@@ -123,7 +124,7 @@ async fn upgrade(
 ) -> Result<Response<Body>, RejectError> {
     check_upgrade(req)?;
     check_open(shared, &matched.route)?;
-    let target = authorize(req, &matched).await?;
+    let (target, principal) = authorize(req, &matched).await?;
     let slot = admit(&matched)?;
     // permessage-deflate on the client hop: the first acceptable offer, or none.
     let deflate = matched
@@ -138,7 +139,15 @@ async fn upgrade(
     let dialed = dial(req, &matched, shared, target, deflate).await?;
     // A kind that carries messages as they are sent (udp://) takes no permessage-deflate.
     let deflate = deflate.filter(|_| dialed.backend.takes_deflate());
-    accept(req, matched, shared, (permit, slot), dialed, deflate)
+    let recording = record(req, &matched, principal).await?;
+    accept(
+        req,
+        matched,
+        shared,
+        (permit, slot),
+        (dialed, recording),
+        deflate,
+    )
 }
 
 /// Route: path rules (400) before routing, since the router matches the path a backend will
@@ -184,7 +193,7 @@ fn check_open(shared: &Shared, route: &Route) -> Result<(), RejectError> {
 async fn authorize<B>(
     req: &Request<B>,
     matched: &Matched,
-) -> Result<Option<BackendAddr>, RejectError> {
+) -> Result<(Option<BackendAddr>, Option<String>), RejectError> {
     let Matched {
         conn,
         route,
@@ -207,14 +216,38 @@ async fn authorize<B>(
         Span::current().record("user", tracing::field::display(Escaped(user)));
     }
     if route.pool.is_some() {
-        return Ok(None);
+        return Ok((None, granted.principal));
     }
     let target = route.backend.resolve(req, &granted).await.map_err(failed)?;
     Span::current().record(
         "backend",
         tracing::field::display(Escaped(&target.to_string())),
     );
-    Ok(Some(target))
+    Ok((Some(target), granted.principal))
+}
+
+/// Record: the session's recording file (`[route.record]`), created before the `101` so that
+/// a route that requires a recording refuses the session (503) when it cannot be made.
+async fn record<B>(
+    req: &Request<B>,
+    matched: &Matched,
+    principal: Option<String>,
+) -> Result<Option<Pending>, RejectError> {
+    let Some(settings) = &matched.route.session.record else {
+        return Ok(None);
+    };
+    let mut pending = Recorder::prepare(settings)
+        .await
+        .map_err(|_| RejectError::RecordingUnavailable)?;
+    if let Some(p) = &mut pending {
+        p.identity = principal;
+        p.user_agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(256).collect());
+    }
+    Ok(pending)
 }
 
 /// Admit: a slot under every session cap, held until the session ends (429/503).
@@ -321,7 +354,7 @@ fn accept(
     matched: Matched,
     shared: &Arc<Shared>,
     held: Held,
-    dialed: Dialed,
+    (dialed, recording): (Dialed, Option<Pending>),
     deflate: Option<Agreement>,
 ) -> Result<Response<Body>, RejectError> {
     let (mut response, upgrade) = PendingUpgrade::accept(req)?;
@@ -376,6 +409,7 @@ fn accept(
                     backend,
                     settings: &route.session,
                     info,
+                    recording,
                 },
                 session::Gateway {
                     registry: &shared.registry,

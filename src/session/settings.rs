@@ -2,9 +2,11 @@
 //! and the relay as they are: adding a per-session setting means one field here, its config
 //! key, and the line in `snapshot::compile_route` that fills it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{MessageType, UdpSettings};
+use crate::record::RecordSettings;
 use crate::ws::extensions::DeflatePolicy;
 
 /// Everything a session's pumps need to know about its route, from one config snapshot.
@@ -32,4 +34,6 @@ pub struct SessionSettings {
     pub compression: Option<DeflatePolicy>,
     /// `udp://` sessions (`session::udp`): `[route.udp]` resolved, the defaults elsewhere.
     pub udp: UdpSettings,
+    /// `[route.record]`: this route's sessions are recorded; `None`: not recorded.
+    pub record: Option<Arc<RecordSettings>>,
 }

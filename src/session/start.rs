@@ -38,6 +38,7 @@ use crate::backend::udp::UdpBackend;
 use crate::backend::Backend;
 use crate::logsafe::Escaped;
 use crate::metrics::{self, Protocol, SessionMetrics, UdpMetrics};
+use crate::record::{Ending as RecordEnding, Pending, Recorder, SessionMeta};
 use crate::ws::deflate::{HopDeflate, RelayDeflate};
 use crate::ws::extensions::Agreement;
 use crate::ws::reader::{FrameBudget, ReadReady};
@@ -61,6 +62,8 @@ pub struct BackendSide<'a> {
     pub settings: &'a SessionSettings,
     /// What the registry lists for this session (route, client, backend, subprotocol).
     pub info: SessionInfo,
+    /// The session's recording file, created before the `101` (`[route.record]`).
+    pub recording: Option<Pending>,
 }
 
 /// The gateway-wide things a session answers to.
@@ -81,7 +84,9 @@ pub async fn start(client: ClientSide, backend: BackendSide<'_>, gateway: Gatewa
     let _worker = metrics::WorkerSessionGuard::open();
     let mut registered = gateway.registry.register(backend.info, gateway.shutdown);
     Span::current().record("session", registered.entry().id);
+    let recording = backend.recording;
     let joined = Joined {
+        recording,
         backend: backend.backend,
         settings: backend.settings,
         registered: &registered,
@@ -101,6 +106,7 @@ pub async fn start(client: ClientSide, backend: BackendSide<'_>, gateway: Gatewa
 
 /// One client connection joined to the backend side, ready to pump.
 struct Joined<'a> {
+    recording: Option<Pending>,
     backend: Backend,
     settings: &'a SessionSettings,
     registered: &'a Registered,
@@ -118,6 +124,7 @@ impl Joined<'_> {
         CW: AsyncWrite + Unpin,
     {
         let Self {
+            recording,
             backend,
             settings,
             registered,
@@ -128,6 +135,20 @@ impl Joined<'_> {
         } = self;
         let entry = registered.entry();
         let started = Instant::now();
+        // The tap: when the route records, both directions are copied from the pump's two
+        // crossings; when it does not, the pump holds two `None`s and nothing else.
+        let recorder = recording.map(|pending| {
+            let meta = SessionMeta {
+                session_id: entry.id,
+                backend: entry.info.backend.clone(),
+                client: entry.info.client,
+                identity: pending.identity.clone(),
+                user_agent: pending.user_agent.clone(),
+                subprotocol: entry.info.subprotocol.clone(),
+            };
+            pending.start(meta)
+        });
+        let taps = recorder.as_ref().map(Recorder::taps).unwrap_or_default();
         let metrics =
             SessionMetrics::start_counted(entry.info.route.clone(), protocol, &entry.bytes);
         // udp://: frames above the datagram limit are refused (1009) as they arrive.
@@ -178,6 +199,7 @@ impl Joined<'_> {
                     &metrics,
                     &entry.control,
                     hard_stop,
+                    taps,
                 ))
                 .await
             }
@@ -197,6 +219,7 @@ impl Joined<'_> {
                     &metrics,
                     &entry.control,
                     hard_stop,
+                    taps,
                 )
                 .await
             }
@@ -234,6 +257,16 @@ impl Joined<'_> {
             }
         };
         let duration = started.elapsed();
+        if let Some(recorder) = recorder {
+            recorder
+                .finish(RecordEnding {
+                    bytes_to_backend: outcome.bytes_to_backend,
+                    bytes_to_client: outcome.bytes_to_client,
+                    close_code: outcome.code,
+                    closed_by: outcome.initiator.label(),
+                })
+                .await;
+        }
         metrics.closed(outcome.code, outcome.initiator.label(), duration);
         let (messages_to_backend, messages_to_client) = metrics.messages();
         // The access log: one line per session, every field named (one JSON object with
@@ -269,6 +302,7 @@ fn client_deflate(agreed: Option<Agreement>, settings: &SessionSettings) -> Opti
 mod tests {
     use super::*;
     use crate::config::MessageType;
+    use crate::record::Taps;
     use crate::session::io::Rewind;
     use crate::session::registry::SessionControl;
     use std::time::Duration;
@@ -287,6 +321,7 @@ mod tests {
             bandwidth_bytes_per_sec: None,
             compression: None,
             udp: Default::default(),
+            record: None,
         }
     }
 
@@ -316,7 +351,18 @@ mod tests {
             &budget,
         );
         let (br, bw) = backend.into_split();
-        let bridge = bridge::run(cr, cw, br, bw, &settings, None, &metrics, &control, &stop);
+        let bridge = bridge::run(
+            cr,
+            cw,
+            br,
+            bw,
+            &settings,
+            None,
+            &metrics,
+            &control,
+            &stop,
+            Taps::default(),
+        );
         let bridge_size = std::mem::size_of_val(&bridge);
         drop(bridge);
         let ((_c, client), (_b, backend)) = (pair().await, pair().await);

@@ -17,6 +17,7 @@ use crate::backend::pool::Pool;
 use crate::backend::{Dialer, SocketOptions};
 use crate::config::{is_hop_header, BackendAddr, CompressionMode, Config};
 use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
+use crate::record::RecordSettings;
 use crate::session::settings::SessionSettings;
 use crate::tls::{AcmeCertificates, HostCheck};
 use crate::ws::extensions::DeflatePolicy;
@@ -372,6 +373,10 @@ fn compile_route(
                 client_max_window_bits: r.compression_client_max_window_bits,
                 level: r.compression_level,
             }),
+            record: r
+                .record
+                .as_ref()
+                .map(|c| Arc::new(RecordSettings::new(r.name.as_str().into(), c))),
         },
     })
 }

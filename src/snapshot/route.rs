@@ -117,6 +117,7 @@ impl Route {
                 bandwidth_bytes_per_sec: None,
                 compression: None,
                 udp: Default::default(),
+                record: None,
             },
         }
     }
