@@ -129,6 +129,7 @@ fn default_settings() -> (SessionSettings, usize) {
         compression: None,
         udp: Default::default(),
         record: None,
+        resume: None,
     };
     (settings, config.max_frame_bytes(route))
 }

@@ -681,6 +681,16 @@ fn register_metrics(snapshot: &Snapshot) {
         .filter(|r| r.backend.may_be_udp())
         .map(|r| r.name.clone())
         .collect();
+    let named = |keep: fn(&crate::snapshot::Route) -> bool| -> Vec<Arc<str>> {
+        snapshot
+            .routes
+            .iter()
+            .filter(|r| keep(r))
+            .map(|r| r.name.clone())
+            .collect()
+    };
+    let record_routes = named(|r| r.session.record.is_some());
+    let resume_routes = named(|r| r.session.resume.is_some());
     metrics::register(
         snapshot.routes.iter().map(|r| &r.name),
         &metrics::Registered {
@@ -694,6 +704,8 @@ fn register_metrics(snapshot: &Snapshot) {
                 &[]
             },
             udp_routes: &udp_routes,
+            record_routes: &record_routes,
+            resume_routes: &resume_routes,
         },
     );
 }

@@ -45,6 +45,9 @@ pub const ACME_ORDERS_TOTAL: &str = "wsgate_acme_orders_total";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "wsgate_connections_refused_total";
 pub const CONNECTION_TIMEOUTS_TOTAL: &str = "wsgate_connection_timeouts_total";
 pub const DESCRIPTORS_EXHAUSTED_TOTAL: &str = "wsgate_descriptors_exhausted_total";
+pub const RESUMES_TOTAL: &str = "wsgate_resumes_total";
+pub const RESUME_DETACHED_SESSIONS: &str = "wsgate_resume_detached_sessions";
+pub const RESUME_REPLAYED_BYTES_TOTAL: &str = "wsgate_resume_replayed_bytes_total";
 
 /// `reason` values of `wsgate_connections_refused_total`.
 const CONNECTION_REFUSALS: &[&str] = &["ip_limit"];
@@ -369,6 +372,64 @@ pub struct Registered<'a> {
     /// Routes whose sessions may be `udp://` (a `udp://` backend, a token-file or claim
     /// target): their `wsgate_udp_*` series.
     pub udp_routes: &'a [Arc<str>],
+    /// Routes with `[route.record]`: their `wsgate_recording*` series.
+    pub record_routes: &'a [Arc<str>],
+    /// Routes with `[route.resume]`: their `wsgate_resume*` series.
+    pub resume_routes: &'a [Arc<str>],
+}
+
+/// `result` values of `wsgate_resumes_total`.
+pub const RESUME_RESULTS: &[&str] = &[
+    "resumed",
+    "replaced",
+    "expired",
+    "unknown_session",
+    "bad_token",
+    "offset_out_of_range",
+    "bad_hello",
+    "id_in_use",
+    "limit_sessions",
+    "limit_address",
+    "limit_buffer",
+];
+
+/// `cause` values of `wsgate_recording_dropped_bytes_total`.
+pub const RECORDING_DROP_CAUSES: &[&str] = &["queue_full", "cap", "write_error"];
+/// `cause` values of `wsgate_recording_gaps_total`.
+pub const RECORDING_GAP_CAUSES: &[&str] = &["queue_full", "cap"];
+/// `stage` values of `wsgate_recording_failures_total`.
+pub const RECORDING_FAILURE_STAGES: &[&str] = &["create", "write"];
+/// `reason` values of `wsgate_recording_deletions_total`.
+pub const RECORDING_DELETION_REASONS: &[&str] = &["age", "quota"];
+
+/// The recording and resume series of the routes that have them, at zero.
+fn register_record_and_resume(what: &Registered<'_>) {
+    for route in what.record_routes {
+        let r = || route.to_string();
+        gauge!(RECORDINGS_ACTIVE, "route" => r()).increment(0.0);
+        counter!(RECORDING_BYTES_WRITTEN_TOTAL, "route" => r()).increment(0);
+        for &cause in RECORDING_DROP_CAUSES {
+            counter!(RECORDING_DROPPED_BYTES_TOTAL, "route" => r(), "cause" => cause).increment(0);
+        }
+        for &cause in RECORDING_GAP_CAUSES {
+            counter!(RECORDING_GAPS_TOTAL, "route" => r(), "cause" => cause).increment(0);
+        }
+        for &stage in RECORDING_FAILURE_STAGES {
+            counter!(RECORDING_FAILURES_TOTAL, "route" => r(), "stage" => stage).increment(0);
+        }
+        for &reason in RECORDING_DELETION_REASONS {
+            counter!(RECORDING_DELETIONS_TOTAL, "route" => r(), "reason" => reason).increment(0);
+        }
+    }
+    if !what.resume_routes.is_empty() {
+        gauge!(RESUME_DETACHED_SESSIONS).increment(0.0);
+    }
+    for route in what.resume_routes {
+        counter!(RESUME_REPLAYED_BYTES_TOTAL, "route" => route.to_string()).increment(0);
+        for &result in RESUME_RESULTS {
+            counter!(RESUMES_TOTAL, "route" => route.to_string(), "result" => result).increment(0);
+        }
+    }
 }
 
 /// Make the gateway's series visible from the start, at zero: the process-wide ones, every
@@ -385,6 +446,7 @@ pub fn register<'a>(routes: impl IntoIterator<Item = &'a Arc<str>>, what: &Regis
     for &reason in what.proxy_refusals {
         counter!(PROXY_HEADERS_REFUSED_TOTAL, "reason" => reason).increment(0);
     }
+    register_record_and_resume(what);
     if !what.udp_routes.is_empty() {
         udp_sessions_active().increment(0.0);
     }

@@ -109,6 +109,7 @@ async fn every_exported_metric_is_in_the_metrics_table_and_every_row_is_exported
     let pki = pki();
     let one = tcp_echo_backend().await;
     let two = tcp_echo_backend().await;
+    let recordings = tempfile::tempdir().expect("recordings folder");
     let toml = tls_config(
         &pki.cert_file,
         &pki.key_file,
@@ -118,7 +119,12 @@ async fn every_exported_metric_is_in_the_metrics_table_and_every_row_is_exported
              trusted_proxies = [\"192.0.2.1\"]\n\n\
              [runtime]\nmode = \"per-core\"\nworker_threads = 2\n\n\
              [[route]]\nname = \"pool\"\npath = \"/\"\nbackends = [\"tcp://{one}\", \"tcp://{two}\"]\n\n\
-             [[route]]\nname = \"udp\"\npath = \"/udp\"\nbackend = \"udp://127.0.0.1:9\"\n"
+             [[route]]\nname = \"udp\"\npath = \"/udp\"\nbackend = \"udp://127.0.0.1:9\"\n\n\
+             [[route]]\nname = \"recorded\"\npath = \"/recorded\"\nbackend = \"tcp://{one}\"\n\
+             [route.record]\ndir = \"{recordings}\"\n\n\
+             [[route]]\nname = \"resumable\"\npath = \"/resumable\"\nbackend = \"tcp://{one}\"\n\
+             [route.resume]\n",
+            recordings = recordings.path().display()
         ),
     );
     let gw = spawn_gateway(&toml).await;

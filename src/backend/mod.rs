@@ -67,6 +67,11 @@ impl Backend {
     pub fn takes_deflate(&self) -> bool {
         !matches!(self, Self::Udp(_))
     }
+
+    /// A byte stream the resume protocol can count offsets in (`tcp://`, `unix:`).
+    pub fn resumes(&self) -> bool {
+        matches!(self, Self::Tcp(_) | Self::Unix(_))
+    }
 }
 
 /// The path a backend's WebSocket handshake requests, for the kinds that have one.

@@ -43,9 +43,61 @@ pub struct FileConfig {
     /// `[udp]`: caps shared by all `udp://` sessions (`config::udp`).
     #[serde(default)]
     pub udp: UdpGlobalConfig,
+    /// `[resume]`: gateway-wide bounds on resumable sessions (docs/resume.md).
+    #[serde(default)]
+    pub resume: ResumeLimitsConfig,
     /// Automatic certificates over ACME (RFC 8555). Default: none.
     #[serde(default)]
     pub acme: Option<AcmeConfig>,
+}
+
+/// `[resume]`: how many resumable sessions the gateway holds at once, attached or waiting
+/// for their client to come back, and how much replay buffer they may reserve.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResumeLimitsConfig {
+    /// Resumable sessions at once (so also detached ones). Default 1000.
+    pub max_sessions: usize,
+    /// Resumable sessions at once from one client address. Default 32.
+    pub max_sessions_per_address: usize,
+    /// Replay-buffer bytes all resumable sessions may reserve (each its route's
+    /// `window_bytes`). Default 1 GiB.
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for ResumeLimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: 1000,
+            max_sessions_per_address: 32,
+            max_buffered_bytes: 1 << 30,
+        }
+    }
+}
+
+/// `[route.resume]`: sessions on this route can survive a dropped client connection
+/// (docs/resume.md). Byte backends only (`tcp://`, `unix:`, targets).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResumeConfig {
+    /// How long a session whose client connection dropped keeps its backend connection,
+    /// waiting for a resume. Default 60 s.
+    pub grace_secs: f64,
+    /// Most backend→client bytes held until the client acknowledges them; reading the
+    /// backend pauses when it is full. Default 2 MiB.
+    pub window_bytes: usize,
+    /// The in-protocol heartbeat; a connection silent for three of them is dead. Default 5 s.
+    pub heartbeat_secs: f64,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        Self {
+            grace_secs: 60.0,
+            window_bytes: 2 << 20,
+            heartbeat_secs: 5.0,
+        }
+    }
 }
 
 /// `[acme]`: certificates for `names` obtained from an ACME CA (Let's Encrypt, a private
@@ -598,6 +650,10 @@ pub struct RouteConfig {
     /// `[route.record]`: record this route's sessions. Default: not recorded.
     #[serde(default)]
     pub record: Option<super::RecordConfig>,
+    /// `[route.resume]`: resumable sessions for clients that ask (`wsgate.resume.v1`).
+    /// Default: none (off).
+    #[serde(default)]
+    pub resume: Option<ResumeConfig>,
 }
 
 /// Whether a route negotiates permessage-deflate.
@@ -683,6 +739,7 @@ impl RouteConfig {
         Self {
             name: name.into(),
             path: path.into(),
+            resume: None,
             hosts: Vec::new(),
             backend: Some(backend.into()),
             backends: Vec::new(),

@@ -25,8 +25,8 @@ pub use backend_addr::{redact_query, BackendAddr, BACKEND_URL_FORMS};
 pub use file::{
     AcmeConfig, AdminConfig, Balance, CertificateConfig, CompressionMode, FileConfig,
     ForwardedHeader, HealthConfig, Limits, ListenerConfig, LogConfig, LogFormat, MessageType,
-    ProxyProtocolVersion, ReloadConfig, RouteConfig, RuntimeConfig, RuntimeMode, Timeouts,
-    TlsConfig, WebConfig, WithoutSni,
+    ProxyProtocolVersion, ReloadConfig, ResumeConfig, ResumeLimitsConfig, RouteConfig,
+    RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig, WithoutSni,
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
@@ -85,6 +85,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[web] root`: static files for non-upgrade GETs; `None`: such requests get 400.
     pub web_root: Option<PathBuf>,
+    /// `[resume]`: bounds on resumable sessions.
+    pub resume: ResumeLimitsConfig,
     /// `[web] max_responses`: file answers in flight at once.
     pub web_max_responses: usize,
     /// `[web] follow_external_symlinks`.
@@ -350,6 +352,7 @@ impl FileConfig {
                 .is_some_and(|w| w.follow_external_symlinks),
             web_root: self.web.map(|w| w.root),
             udp: self.udp,
+            resume: self.resume,
             acme: self.acme,
         })
     }
@@ -392,7 +395,10 @@ impl FileConfig {
             {
                 bail!("{at}.record: WebSocket backends (ws://, wss://) are not recorded yet; only byte backends (tcp://, unix:, targets)");
             }
-            if r.backend.as_deref().is_some_and(|u| u.starts_with("udp://")) {
+            if r.backend
+                .as_deref()
+                .is_some_and(|u| u.starts_with("udp://"))
+            {
                 bail!("{at}.record: udp:// backends are not recorded (datagrams are not a byte stream); only byte backends (tcp://, unix:, targets)");
             }
         }
@@ -529,6 +535,9 @@ impl FileConfig {
                 bail!("{at}.{key}: must be 9..=15, got {bits}");
             }
         }
+        if let Some(resume) = &r.resume {
+            validate_resume(&at, r, resume, &backends, &self.limits)?;
+        }
         if r.compression_level > 9 {
             bail!(
                 "{at}.compression_level: must be 0..=9, got {}",
@@ -633,6 +642,42 @@ pub fn parse_cidr(text: &str) -> anyhow::Result<ipnet::IpNet> {
         .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
         .map(|n| n.trunc())
         .map_err(|_| anyhow::anyhow!("{text:?} is not an address or CIDR"))
+}
+
+/// `[route.resume]`: sane numbers, and a backend kind whose bytes can be counted.
+fn validate_resume(
+    at: &str,
+    r: &RouteConfig,
+    resume: &ResumeConfig,
+    backends: &[BackendAddr],
+    limits: &Limits,
+) -> anyhow::Result<()> {
+    if backends.iter().any(|b| !b.is_bytes()) {
+        bail!(
+            "{at}.resume: needs a byte backend (tcp:// or unix:); a WebSocket backend's \
+             messages are not resumed (the gateway cannot replay what it has no offsets for); \
+             nor is a udp:// backend's"
+        );
+    }
+    if r.record.is_some() {
+        bail!("{at}.resume: resumable sessions are not recorded yet; drop [route.record] or [route.resume] on this route");
+    }
+    if !(resume.grace_secs.is_finite() && (0.1..=86_400.0).contains(&resume.grace_secs)) {
+        bail!("{at}.resume.grace_secs: must be 0.1..=86400");
+    }
+    if !(resume.heartbeat_secs.is_finite() && (0.1..=3600.0).contains(&resume.heartbeat_secs)) {
+        bail!("{at}.resume.heartbeat_secs: must be 0.1..=3600");
+    }
+    if !(4096..=(1 << 30)).contains(&resume.window_bytes) {
+        bail!("{at}.resume.window_bytes: must be 4096..=1073741824");
+    }
+    if r.bandwidth_bytes_per_sec
+        .unwrap_or(limits.bandwidth_bytes_per_sec)
+        > 0
+    {
+        bail!("{at}.resume: resumable sessions are not paced; set bandwidth_bytes_per_sec = 0 on this route");
+    }
+    Ok(())
 }
 
 /// A route's `backends` and `[route.health]`.

@@ -36,4 +36,6 @@ pub struct SessionSettings {
     pub udp: UdpSettings,
     /// `[route.record]`: this route's sessions are recorded; `None`: not recorded.
     pub record: Option<Arc<RecordSettings>>,
+    /// `[route.resume]`: sessions may survive their client connection; `None`: off.
+    pub resume: Option<crate::session::resume::ResumeSettings>,
 }

@@ -31,7 +31,9 @@ use tracing::{info, Span};
 use super::bridge;
 use super::io::{websocket_halves, ClientStream};
 use super::registry::Registered;
+use super::registry::SessionEntry;
 use super::relay;
+use super::resume::{self, ResumeSettings};
 use super::settings::SessionSettings;
 use super::udp;
 use crate::backend::udp::UdpBackend;
@@ -39,11 +41,14 @@ use crate::backend::Backend;
 use crate::logsafe::Escaped;
 use crate::metrics::{self, Protocol, SessionMetrics, UdpMetrics};
 use crate::record::{Ending as RecordEnding, Pending, Recorder, SessionMeta};
+use crate::ws::close_code;
 use crate::ws::deflate::{HopDeflate, RelayDeflate};
 use crate::ws::extensions::Agreement;
 use crate::ws::reader::{FrameBudget, ReadReady};
 
 pub use super::registry::{Registry, SessionInfo};
+/// The resume protocol's names the edge checks a request for.
+pub use super::resume::protocol as resume_protocol;
 
 /// One client connection, as the edge accepted it.
 pub struct ClientSide {
@@ -52,6 +57,15 @@ pub struct ClientSide {
     pub protocol: Protocol,
     /// permessage-deflate as agreed with this client.
     pub deflate: Option<Agreement>,
+    /// The client asked for a resumable session (`wsgate.resume.v1`) with this id.
+    pub resume: Option<ResumeAsk>,
+}
+
+/// A client connection's resume request, from its URL (docs/resume.md).
+#[derive(Debug, Clone)]
+pub struct ResumeAsk {
+    /// The client-chosen session id (`wsgate_session`).
+    pub id: String,
 }
 
 /// What the session holds across its client connection: the dialled backend, and what it
@@ -94,6 +108,8 @@ pub async fn start(client: ClientSide, backend: BackendSide<'_>, gateway: Gatewa
         frame_budget: gateway.frame_budget,
         protocol: client.protocol,
         deflate: client.deflate,
+        resume: client.resume,
+        registry: gateway.registry,
     };
     // Each client stream kind boxed, sized to itself: the task that waits for the upgrade
     // stays small, and a TLS or h2 session does not also carry a plain session's state.
@@ -114,6 +130,8 @@ struct Joined<'a> {
     frame_budget: &'a Arc<FrameBudget>,
     protocol: Protocol,
     deflate: Option<Agreement>,
+    resume: Option<ResumeAsk>,
+    registry: &'a Arc<Registry>,
 }
 
 impl Joined<'_> {
@@ -132,6 +150,8 @@ impl Joined<'_> {
             frame_budget,
             protocol,
             deflate,
+            resume: resume_ask,
+            registry,
         } = self;
         let entry = registered.entry();
         let started = Instant::now();
@@ -158,13 +178,50 @@ impl Joined<'_> {
                 .min(udp::datagram_limit(&b.socket, &settings.udp)),
             _ => settings.max_frame_bytes,
         };
-        let (mut client_read, client_write) = websocket_halves(
+        let (client_read, client_write) = websocket_halves(
             client_read,
             client_write,
             Role::Server,
             max_frame_bytes,
             frame_budget,
         );
+        // A resumable session on a byte backend: the resume pump instead of the bridge.
+        let resumable = resume_ask.zip(settings.resume.clone());
+        let (backend, mut client_read, client_write) = match (backend, resumable) {
+            (Backend::Tcp(stream), Some((ask, resume_settings))) => {
+                let (backend_read, backend_write) = stream.into_split();
+                let request = resume_request(registry, entry, ask, resume_settings, settings);
+                let ran = resume::start(
+                    client_read,
+                    client_write,
+                    backend_read,
+                    backend_write,
+                    request,
+                    async {
+                        entry.control.cancelled().await;
+                        entry.control.reason()
+                    },
+                );
+                return resumable_ended(Box::pin(ran).await, entry, &metrics, started);
+            }
+            (Backend::Unix(stream), Some((ask, resume_settings))) => {
+                let (backend_read, backend_write) = stream.into_split();
+                let request = resume_request(registry, entry, ask, resume_settings, settings);
+                let ran = resume::start(
+                    client_read,
+                    client_write,
+                    backend_read,
+                    backend_write,
+                    request,
+                    async {
+                        entry.control.cancelled().await;
+                        entry.control.reason()
+                    },
+                );
+                return resumable_ended(Box::pin(ran).await, entry, &metrics, started);
+            }
+            (backend, _) => (backend, client_read, client_write),
+        };
         let outcome = match backend {
             // Datagrams: one message per datagram (never deflated; the edge declined it).
             Backend::Udp(UdpBackend { socket, slot }) => {
@@ -291,6 +348,100 @@ impl Joined<'_> {
     }
 }
 
+/// What a resumable session's first connection brings to the resume pump.
+fn resume_request<'a>(
+    registry: &'a Arc<Registry>,
+    entry: &SessionEntry,
+    ask: ResumeAsk,
+    resume_settings: ResumeSettings,
+    settings: &SessionSettings,
+) -> resume::Request<'a> {
+    resume::Request {
+        store: &registry.resume,
+        route: entry.info.route.clone(),
+        id: ask.id,
+        address: entry.info.client.ip(),
+        limits: resume_settings.limits,
+        settings: resume_settings,
+        max_message_bytes: settings.max_message_bytes,
+    }
+}
+
+/// A resumable session ended (or was refused at its HELLO): metrics and the access log.
+fn resumable_ended(
+    outcome: Option<resume::core::Outcome>,
+    entry: &SessionEntry,
+    metrics: &SessionMetrics,
+    started: Instant,
+) -> u16 {
+    let Some(outcome) = outcome else {
+        // Refused before it began: the close code says why (see docs/resume.md).
+        return close_code::NORMAL;
+    };
+    metrics.bytes_to_backend.increment(outcome.bytes_to_backend);
+    metrics.bytes_to_client.increment(outcome.bytes_to_client);
+    let duration = started.elapsed();
+    let initiator = match outcome.code {
+        1000 if outcome.reason.starts_with("client") => "client",
+        1000 | 1011 => "backend",
+        _ => "gateway",
+    };
+    metrics.closed(outcome.code, initiator, duration);
+    info!(
+        session_id = entry.id,
+        client = %entry.info.client,
+        route = &*entry.info.route,
+        backend = entry.info.backend.as_str(),
+        subprotocol = entry.info.subprotocol.as_deref(),
+        bytes_to_backend = outcome.bytes_to_backend,
+        bytes_to_client = outcome.bytes_to_client,
+        resumes = outcome.resumes,
+        duration_ms = duration.as_millis() as u64,
+        code = outcome.code,
+        closed_by = initiator,
+        reason = %Escaped(outcome.reason),
+        "session closed"
+    );
+    outcome.code
+}
+
+/// Join a client connection to the resumable session it names (`wsgate_resume=1`): no
+/// backend is dialled; the session checks the token and the offset, and the connection
+/// carries its messages until it ends or is replaced.
+pub async fn join(
+    client: ClientSide,
+    client_address: std::net::IpAddr,
+    route: Arc<str>,
+    settings: &SessionSettings,
+    gateway: Gateway<'_>,
+) {
+    let (Some(ask), Some(resume_settings)) = (client.resume, settings.resume.clone()) else {
+        return;
+    };
+    let request = resume::Request {
+        store: &gateway.registry.resume,
+        route,
+        id: ask.id,
+        address: client_address,
+        limits: resume_settings.limits,
+        settings: resume_settings,
+        max_message_bytes: settings.max_message_bytes,
+    };
+    let max_frame = settings.max_frame_bytes;
+    match ClientStream::new(client.stream) {
+        ClientStream::Tcp(read, write) => {
+            let (r, w) =
+                websocket_halves(read, write, Role::Server, max_frame, gateway.frame_budget);
+            Box::pin(resume::resume(r, w, request)).await
+        }
+        ClientStream::Other(read, write) => {
+            let (r, w) =
+                websocket_halves(read, write, Role::Server, max_frame, gateway.frame_budget);
+            Box::pin(resume::resume(r, w, request)).await
+        }
+    }
+}
+
 /// The client hop's permessage-deflate for the bridge, when agreed and the route allows it.
 fn client_deflate(agreed: Option<Agreement>, settings: &SessionSettings) -> Option<HopDeflate> {
     agreed
@@ -322,6 +473,7 @@ mod tests {
             compression: None,
             udp: Default::default(),
             record: None,
+            resume: None,
         }
     }
 

@@ -18,6 +18,7 @@ use crate::backend::{Dialer, SocketOptions};
 use crate::config::{is_hop_header, BackendAddr, CompressionMode, Config};
 use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
 use crate::record::RecordSettings;
+use crate::session::resume::{ResumeLimits, ResumeSettings};
 use crate::session::settings::SessionSettings;
 use crate::tls::{AcmeCertificates, HostCheck};
 use crate::ws::extensions::DeflatePolicy;
@@ -377,6 +378,19 @@ fn compile_route(
                 .record
                 .as_ref()
                 .map(|c| Arc::new(RecordSettings::new(r.name.as_str().into(), c))),
+            resume: r.resume.as_ref().map(|c| ResumeSettings {
+                grace: Duration::from_secs_f64(c.grace_secs),
+                window_bytes: c.window_bytes,
+                heartbeat: Duration::from_secs_f64(c.heartbeat_secs),
+                read_bytes: config.buffer_bytes,
+                backend_stall: config.backend_stall,
+                close_grace: config.close_grace,
+                limits: ResumeLimits {
+                    max_sessions: config.resume.max_sessions,
+                    max_sessions_per_address: config.resume.max_sessions_per_address,
+                    max_buffered_bytes: config.resume.max_buffered_bytes,
+                },
+            }),
         },
     })
 }

@@ -118,6 +118,7 @@ impl Route {
                 compression: None,
                 udp: Default::default(),
                 record: None,
+                resume: None,
             },
         }
     }
