@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
@@ -243,30 +244,7 @@ impl Gateway {
                 aux_stop.clone(),
             ));
         }
-        let fit = descriptors::fit(&snapshot.config.limits);
-        if fit.lowered {
-            warn!(
-                event = "start",
-                nofile = descriptors::limit(),
-                reserved = descriptors::RESERVED,
-                max_connections = snapshot.config.max_connections,
-                max_sessions = snapshot.config.limits.max_sessions,
-                connections = fit.connections,
-                sessions = fit.sessions,
-                "the descriptor limit (RLIMIT_NOFILE) cannot hold max_connections and a backend \
-                 socket per session: serving fewer; raise LimitNOFILE (ulimit -n) to at least \
-                 max_connections + sessions + reserved"
-            );
-        } else if let Some(nofile) = descriptors::limit() {
-            info!(
-                event = "start",
-                nofile,
-                connections = fit.connections,
-                sessions = fit.sessions,
-                "descriptor budget"
-            );
-        }
-        let permits = Arc::new(Semaphore::new(fit.connections));
+        let permits = Arc::new(Semaphore::new(descriptor_budget(&snapshot.config)));
         let initial = Applied {
             hash: self.hash,
             files: self.source.watched_files(&snapshot.config),
@@ -293,42 +271,17 @@ impl Gateway {
         });
 
         let ready = Arc::new(AtomicBool::new(false));
-        let mut api = None;
-        if let Some(listener) = self.admin {
-            let ops_api = Arc::new(OpsApi::new(
+        let api = self.admin.map(|listener| {
+            let admin = AdminParts {
                 registry,
-                self.api_settings,
-                aux.clone(),
-                aux_stop.clone(),
-            ));
-            aux.spawn(ops_api.clone().run_sampler());
-            aux.spawn(admin::serve(
-                listener,
-                handle.clone(),
-                ready.clone(),
-                ops_api.clone(),
-                self.reload.clone(),
-                aux_stop.clone(),
-            ));
-            api = Some(ops_api);
-        }
-        aux.spawn({
-            let stop = aux_stop.clone();
-            let shared = shared.clone();
-            async move {
-                let mut metrics_tick = tokio::time::interval(Duration::from_secs(5));
-                // Keeps the handshake limiter's memory bounded, whichever snapshot runs.
-                let mut admission_tick = tokio::time::interval(UPKEEP_INTERVAL);
-                admission_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = metrics_tick.tick() => handle.run_upkeep(),
-                        _ = admission_tick.tick() => shared.snapshot.load().admission.upkeep(),
-                        () = stop.cancelled() => break,
-                    }
-                }
-            }
+                settings: self.api_settings,
+                handle: handle.clone(),
+                ready: ready.clone(),
+                reload: self.reload.clone(),
+            };
+            start_admin(listener, admin, &aux, &aux_stop)
         });
+        spawn_upkeep(handle, &shared, &aux, &aux_stop);
 
         let places: Vec<Handle> = workers
             .as_ref()
@@ -362,27 +315,7 @@ impl Gateway {
 
         shutdown.cancelled().await;
         ready.store(false, Ordering::Relaxed);
-        let shutdown_grace = shared.snapshot.load().config.shutdown_grace;
-        let active = shared.tracker.len();
-        info!(
-            event = "shutdown",
-            tasks = active,
-            grace_secs = shutdown_grace.as_secs_f64(),
-            "shutting down: closing sessions with 1001"
-        );
-        shared.tracker.close();
-        if tokio::time::timeout(shutdown_grace, shared.tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                event = "shutdown",
-                left = shared.tracker.len(),
-                "drain deadline passed: dropping what is left"
-            );
-            hard_stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(2), shared.tracker.wait()).await;
-        }
+        drain(&shared, &hard_stop).await;
         if let Some(workers) = workers {
             // Their accept loops and sessions have ended (or are dropped now).
             workers.stop().await;
@@ -392,6 +325,122 @@ impl Gateway {
         aux.wait().await;
         info!(event = "shutdown", "shutdown complete");
         Ok(())
+    }
+}
+
+/// The connection permits: `max_connections`, lowered (with a warning) when the descriptor
+/// limit cannot hold them and a backend socket per session.
+fn descriptor_budget(config: &Config) -> usize {
+    let fit = descriptors::fit(&config.limits);
+    if fit.lowered {
+        warn!(
+            event = "start",
+            nofile = descriptors::limit(),
+            reserved = descriptors::RESERVED,
+            max_connections = config.max_connections,
+            max_sessions = config.limits.max_sessions,
+            connections = fit.connections,
+            sessions = fit.sessions,
+            "the descriptor limit (RLIMIT_NOFILE) cannot hold max_connections and a backend \
+                 socket per session: serving fewer; raise LimitNOFILE (ulimit -n) to at least \
+                 max_connections + sessions + reserved"
+        );
+    } else if let Some(nofile) = descriptors::limit() {
+        info!(
+            event = "start",
+            nofile,
+            connections = fit.connections,
+            sessions = fit.sessions,
+            "descriptor budget"
+        );
+    }
+    fit.connections
+}
+
+/// What the admin listener serves besides its socket.
+struct AdminParts {
+    registry: Arc<Registry>,
+    settings: ApiSettings,
+    handle: PrometheusHandle,
+    ready: Arc<AtomicBool>,
+    reload: ReloadHandle,
+}
+
+/// Serve the admin listener (metrics, health, the API) and its API's sampler on `aux`.
+fn start_admin(
+    listener: TcpListener,
+    parts: AdminParts,
+    aux: &TaskTracker,
+    aux_stop: &CancellationToken,
+) -> Arc<OpsApi> {
+    let ops_api = Arc::new(OpsApi::new(
+        parts.registry,
+        parts.settings,
+        aux.clone(),
+        aux_stop.clone(),
+    ));
+    aux.spawn(ops_api.clone().run_sampler());
+    aux.spawn(admin::serve(
+        listener,
+        parts.handle,
+        parts.ready,
+        ops_api.clone(),
+        parts.reload,
+        aux_stop.clone(),
+    ));
+    ops_api
+}
+
+/// The periodic upkeep: the metrics exporter's, and the handshake limiter's (whichever
+/// snapshot runs), until `stop`.
+fn spawn_upkeep(
+    handle: PrometheusHandle,
+    shared: &Arc<Shared>,
+    aux: &TaskTracker,
+    stop: &CancellationToken,
+) {
+    aux.spawn({
+        let stop = stop.clone();
+        let shared = shared.clone();
+        async move {
+            let mut metrics_tick = tokio::time::interval(Duration::from_secs(5));
+            // Keeps the handshake limiter's memory bounded, whichever snapshot runs.
+            let mut admission_tick = tokio::time::interval(UPKEEP_INTERVAL);
+            admission_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = metrics_tick.tick() => handle.run_upkeep(),
+                    _ = admission_tick.tick() => shared.snapshot.load().admission.upkeep(),
+                    () = stop.cancelled() => break,
+                }
+            }
+        }
+    });
+}
+
+/// The drain: close every session with 1001 and wait up to `shutdown_grace` (of the config
+/// running now); past it, stop what is left without waiting for close handshakes.
+async fn drain(shared: &Shared, hard_stop: &CancellationToken) {
+    let shutdown_grace = shared.snapshot.load().config.shutdown_grace;
+    let active = shared.tracker.len();
+    info!(
+        event = "shutdown",
+        tasks = active,
+        grace_secs = shutdown_grace.as_secs_f64(),
+        "shutting down: closing sessions with 1001"
+    );
+    shared.tracker.close();
+    if tokio::time::timeout(shutdown_grace, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            event = "shutdown",
+            left = shared.tracker.len(),
+            "drain deadline passed: dropping what is left"
+        );
+        hard_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), shared.tracker.wait()).await;
     }
 }
 

@@ -111,7 +111,25 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Every metric's description, and known label sets at zero.
 fn describe() {
+    describe_sessions();
+    describe_operations();
+    describe_recordings();
+    // Known label sets at zero, so the first event shows as an increase.
+    for reason in CONNECTION_REFUSALS {
+        counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => *reason).increment(0);
+    }
+    for phase in CONNECTION_TIMEOUT_PHASES {
+        counter!(CONNECTION_TIMEOUTS_TOTAL, "phase" => *phase).increment(0);
+    }
+    for stage in DESCRIPTOR_STAGES {
+        counter!(DESCRIPTORS_EXHAUSTED_TOTAL, "stage" => *stage).increment(0);
+    }
+}
+
+/// Sessions, connections and their traffic.
+fn describe_sessions() {
     describe_counter!(
         ACME_ORDERS_TOTAL,
         "ACME certificate orders by result (issued, failed)"
@@ -167,6 +185,10 @@ fn describe() {
         CONNECTIONS_ACTIVE,
         "Open client connections on public listeners"
     );
+}
+
+/// Reloads, backends, refusals, UDP and resources.
+fn describe_operations() {
     describe_counter!(
         CONFIG_RELOADS_TOTAL,
         "Config reloads, by result (success, or error: the running config stayed)"
@@ -229,6 +251,10 @@ fn describe() {
         DESCRIPTORS_EXHAUSTED_TOTAL,
         "Times the process ran out of file descriptors, by stage (accept, admin_accept, backend)"
     );
+}
+
+/// Session recordings.
+fn describe_recordings() {
     describe_gauge!(RECORDINGS_ACTIVE, "Session recordings now open, by route");
     describe_counter!(
         RECORDING_BYTES_WRITTEN_TOTAL,
@@ -252,16 +278,6 @@ fn describe() {
         RECORDING_DELETIONS_TOTAL,
         "Recordings deleted by the retention sweep, by route and reason (quota, age)"
     );
-    // Known label sets at zero, so the first event shows as an increase.
-    for reason in CONNECTION_REFUSALS {
-        counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => *reason).increment(0);
-    }
-    for phase in CONNECTION_TIMEOUT_PHASES {
-        counter!(CONNECTION_TIMEOUTS_TOTAL, "phase" => *phase).increment(0);
-    }
-    for stage in DESCRIPTOR_STAGES {
-        counter!(DESCRIPTORS_EXHAUSTED_TOTAL, "stage" => *stage).increment(0);
-    }
 }
 
 /// One `udp://` session's counters (clones of its route's series): datagrams each way,

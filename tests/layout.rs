@@ -445,3 +445,176 @@ fn the_checker_reads_imports_as_rustc_does() {
         "a -> b -> c -> a"
     );
 }
+
+/// The longest a function outside tests may be, in lines from `fn` to its closing brace.
+/// Longer ones read better as named steps (docs/development.md).
+const MAX_FN_LINES: usize = 120;
+
+/// The functions of `text` (one source file) longer than `max` lines, as `(name, first
+/// line, lines)`. Comments, strings and char literals are skipped; test code is not counted
+/// (an item after `#[cfg(test)]`, which is how test modules are written here).
+fn long_functions(text: &str, max: usize) -> Vec<(String, usize, usize)> {
+    let b = text.as_bytes();
+    let is_ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let (mut i, mut line, mut depth) = (0, 1, 0usize);
+    // Functions whose body is open: (name, first line, depth inside the body).
+    let mut open: Vec<(String, usize, usize)> = Vec::new();
+    // A `fn` seen whose body has not opened yet: (name, line, depth at the `fn`).
+    let mut pending: Option<(String, usize, usize)> = None;
+    let mut test_item_next = false;
+    let mut skipping_at: Option<usize> = None;
+    let mut found = Vec::new();
+    while i < b.len() {
+        let rest = &b[i..];
+        if rest.starts_with(b"//") {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+            continue;
+        }
+        if rest.starts_with(b"/*") {
+            let mut nest = 0;
+            while i < b.len() {
+                if b[i..].starts_with(b"/*") {
+                    nest += 1;
+                    i += 2;
+                } else if b[i..].starts_with(b"*/") {
+                    nest -= 1;
+                    i += 2;
+                    if nest == 0 {
+                        break;
+                    }
+                } else {
+                    line += usize::from(b[i] == b'\n');
+                    i += 1;
+                }
+            }
+            continue;
+        }
+        // Raw strings: r"…", r#"…"#, br#"…"#.
+        if (rest.starts_with(b"r\"") || rest.starts_with(b"r#") || rest.starts_with(b"br"))
+            && (i == 0 || !is_ident(b[i - 1]))
+        {
+            let start = if rest[0] == b'b' { 2 } else { 1 };
+            let hashes = rest[start..].iter().take_while(|&&c| c == b'#').count();
+            if rest.get(start + hashes) == Some(&b'"') {
+                let mut close = vec![b'"'];
+                close.extend(std::iter::repeat_n(b'#', hashes));
+                i += start + hashes + 1;
+                while i < b.len() && !b[i..].starts_with(&close) {
+                    line += usize::from(b[i] == b'\n');
+                    i += 1;
+                }
+                i += close.len();
+                continue;
+            }
+        }
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    line += usize::from(b.get(i) == Some(&b'\n'));
+                    i += 1;
+                }
+                i += 1;
+                continue;
+            }
+            b'\'' if i + 2 < b.len() && (b[i + 2] == b'\'' || b[i + 1] == b'\\') => {
+                // A char literal ('"', '\'', '{'); lifetimes ('a) pass through below.
+                i = if b[i + 1] == b'\\' {
+                    // '\'', '\n', '\u{…}': the closing quote comes after the escape.
+                    b[i + 3..]
+                        .iter()
+                        .position(|&c| c == b'\'')
+                        .map_or(b.len(), |p| i + 3 + p + 1)
+                } else {
+                    i + 3
+                };
+                continue;
+            }
+            b'\n' => line += 1,
+            b'#' if depth == 0 && rest.starts_with(b"#[cfg(test)]") => test_item_next = true,
+            b';' if depth == 0 && test_item_next => test_item_next = false,
+            b';' if pending.as_ref().is_some_and(|p| p.2 == depth) => pending = None,
+            b'{' => {
+                if depth == 0 && test_item_next {
+                    test_item_next = false;
+                    skipping_at = Some(depth);
+                }
+                if let Some((name, first, _)) = pending.take_if(|p| p.2 == depth) {
+                    open.push((name, first, depth + 1));
+                }
+                depth += 1;
+            }
+            b'}' => {
+                depth = depth.saturating_sub(1);
+                if skipping_at == Some(depth) {
+                    skipping_at = None;
+                }
+                if let Some((name, first, _)) = open.pop_if(|f| f.2 == depth + 1) {
+                    let lines = line - first + 1;
+                    if lines > max {
+                        found.push((name, first, lines));
+                    }
+                }
+            }
+            b'f' if rest.starts_with(b"fn ")
+                && (i == 0 || !is_ident(b[i - 1]))
+                && skipping_at.is_none() =>
+            {
+                let name: String = rest[3..]
+                    .iter()
+                    .skip_while(|c| c.is_ascii_whitespace())
+                    .take_while(|&&c| is_ident(c))
+                    .map(|&c| c as char)
+                    .collect();
+                if !name.is_empty() {
+                    pending = Some((name, line, depth));
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    found
+}
+
+/// Every source file's functions (tests aside) stay under [`MAX_FN_LINES`]: a function that
+/// grows past it is split into named steps, as `session::relay`'s hop writer is.
+#[test]
+fn no_function_outside_tests_is_longer_than_120_lines() {
+    let mut files: Vec<PathBuf> = modules().into_values().collect();
+    files.push(src().join("main.rs"));
+    files.push(src().join("lib.rs"));
+    let mut long = Vec::new();
+    for path in files {
+        if path.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("reading source");
+        for (name, line, lines) in long_functions(&text, MAX_FN_LINES) {
+            let file = path.strip_prefix(src()).unwrap_or(&path).display();
+            long.push(format!("src/{file}:{line} fn {name}: {lines} lines"));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions longer than {MAX_FN_LINES} lines; split them into named steps:\n  {}",
+        long.join("\n  ")
+    );
+}
+
+/// The length checker itself: it counts bodies, skips braces in strings, chars and
+/// comments, skips test modules, and sees nested functions.
+#[test]
+fn the_length_checker_counts_function_bodies() {
+    let text = "fn short() {\n    let s = \"}}}\";\n    let c = '{';\n    let q = '\\'';\n}\n\
+                fn long() {\n    // }\n    inner();\n    fn inner() {\n    }\n    let r = r#\"}\"#;\n}\n\
+                fn decl();\n\
+                #[cfg(test)]\nmod tests {\n    fn very_long() {\n\n\n\n\n\n\n\n\n    }\n}\n";
+    let got = long_functions(text, 5);
+    assert_eq!(got, vec![("long".to_owned(), 6, 7)], "{text}");
+}

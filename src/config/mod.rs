@@ -224,33 +224,7 @@ impl FileConfig {
         if self.routes.is_empty() {
             bail!("route: at least one [[route]] is required");
         }
-        let mut addrs = HashSet::new();
-        for (i, l) in self.listeners.iter().enumerate() {
-            if l.address.port() != 0 && !addrs.insert(l.address) {
-                bail!("listener[{i}].address: {} is used twice", l.address);
-            }
-            if l.tls.is_some() && l.h2c {
-                bail!("listener[{i}].h2c: for plain listeners; a TLS listener offers h2 by ALPN (`http2`)");
-            }
-            if let Some(tls) = &l.tls {
-                if tls.client_ca_file.is_none() && tls.client_auth.is_some() {
-                    bail!("listener[{i}].tls.client_auth: needs client_ca_file");
-                }
-                for (n, c) in tls.certificates.iter().enumerate() {
-                    for (k, name) in c.names.iter().enumerate() {
-                        host_pattern(name).with_context(|| {
-                            format!("listener[{i}].tls.certificates[{n}].names[{k}]")
-                        })?;
-                    }
-                }
-            }
-            validate_client_identity(i, l)?;
-        }
-        if let Some(admin) = &self.admin {
-            if admin.address.port() != 0 && addrs.contains(&admin.address) {
-                bail!("admin.address: {} is also a public listener", admin.address);
-            }
-        }
+        self.check_listeners_and_admin()?;
         // Before the routes, which inherit its values: a bad default is named as such.
         validate_limits(&self.limits)?;
         self.http2.validate()?;
@@ -266,44 +240,7 @@ impl FileConfig {
         for (i, r) in self.routes.iter().enumerate() {
             self.validate_route(i, r, &mut names, &mut claims)?;
         }
-        if self.reload.watch_debounce_ms > 60_000 {
-            bail!(
-                "reload.watch_debounce_ms: must be 0..=60000, got {}",
-                self.reload.watch_debounce_ms
-            );
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
-            bail!(
-                "log.level: {:?} is not a level or filter: {e}",
-                self.log.level
-            );
-        }
-        if let Some(egress) = &self.egress {
-            if egress.allow.is_empty() {
-                bail!(
-                    "egress.allow: an empty list would refuse every dial; remove [egress] to allow all"
-                );
-            }
-        }
-        if let Some(acme) = &self.acme {
-            validate_acme(acme, &self.listeners)?;
-        }
-        if let Some(web) = &self.web {
-            if !web.root.is_dir() {
-                bail!("web.root: {} is not a directory", web.root.display());
-            }
-            if !(1..=100_000).contains(&web.max_responses) {
-                bail!(
-                    "web.max_responses: {} is not in 1..=100000",
-                    web.max_responses
-                );
-            }
-        }
-        for host in self.admin.iter().flat_map(|a| &a.allowed_hosts) {
-            if host.is_empty() || host.contains(|c: char| c.is_whitespace() || "/@?#".contains(c)) {
-                bail!("admin.allowed_hosts: {host:?} is not a host name (with an optional :port)");
-            }
-        }
+        self.check_services()?;
         let t = &self.timeouts;
         let ping = secs("ping_interval_secs", t.ping_interval_secs, true)?;
         let keepalive = secs("backend_keepalive_secs", t.backend_keepalive_secs, true)?;
@@ -357,6 +294,82 @@ impl FileConfig {
         })
     }
 
+    /// Listener addresses unique, TLS and client identity settings, and an admin address
+    /// apart from them.
+    fn check_listeners_and_admin(&self) -> anyhow::Result<()> {
+        let mut addrs = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.address.port() != 0 && !addrs.insert(l.address) {
+                bail!("listener[{i}].address: {} is used twice", l.address);
+            }
+            if l.tls.is_some() && l.h2c {
+                bail!("listener[{i}].h2c: for plain listeners; a TLS listener offers h2 by ALPN (`http2`)");
+            }
+            if let Some(tls) = &l.tls {
+                if tls.client_ca_file.is_none() && tls.client_auth.is_some() {
+                    bail!("listener[{i}].tls.client_auth: needs client_ca_file");
+                }
+                for (n, c) in tls.certificates.iter().enumerate() {
+                    for (k, name) in c.names.iter().enumerate() {
+                        host_pattern(name).with_context(|| {
+                            format!("listener[{i}].tls.certificates[{n}].names[{k}]")
+                        })?;
+                    }
+                }
+            }
+            validate_client_identity(i, l)?;
+        }
+        if let Some(admin) = &self.admin {
+            if admin.address.port() != 0 && addrs.contains(&admin.address) {
+                bail!("admin.address: {} is also a public listener", admin.address);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reload, log, egress, ACME, `[web]` and the admin's allowed hosts.
+    fn check_services(&self) -> anyhow::Result<()> {
+        if self.reload.watch_debounce_ms > 60_000 {
+            bail!(
+                "reload.watch_debounce_ms: must be 0..=60000, got {}",
+                self.reload.watch_debounce_ms
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            bail!(
+                "log.level: {:?} is not a level or filter: {e}",
+                self.log.level
+            );
+        }
+        if let Some(egress) = &self.egress {
+            if egress.allow.is_empty() {
+                bail!(
+                    "egress.allow: an empty list would refuse every dial; remove [egress] to allow all"
+                );
+            }
+        }
+        if let Some(acme) = &self.acme {
+            validate_acme(acme, &self.listeners)?;
+        }
+        if let Some(web) = &self.web {
+            if !web.root.is_dir() {
+                bail!("web.root: {} is not a directory", web.root.display());
+            }
+            if !(1..=100_000).contains(&web.max_responses) {
+                bail!(
+                    "web.max_responses: {} is not in 1..=100000",
+                    web.max_responses
+                );
+            }
+        }
+        for host in self.admin.iter().flat_map(|a| &a.allowed_hosts) {
+            if host.is_empty() || host.contains(|c: char| c.is_whitespace() || "/@?#".contains(c)) {
+                bail!("admin.allowed_hosts: {host:?} is not a host name (with an optional :port)");
+            }
+        }
+        Ok(())
+    }
+
     /// The checks of route `i` that need nothing but the file; `policy` checks the rest
     /// (origins, digests, key files, token files) when it compiles the route.
     fn validate_route(
@@ -366,44 +379,36 @@ impl FileConfig {
         names: &mut HashSet<String>,
         claims: &mut HashMap<(String, String), usize>,
     ) -> anyhow::Result<()> {
-        if r.name.is_empty()
-            || !r
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        {
-            bail!(
-                "route[{i}].name: {:?} must be non-empty [A-Za-z0-9_.-]",
-                r.name
-            );
-        }
-        if !names.insert(r.name.clone()) {
-            bail!("route[{i}].name: {:?} is used twice", r.name);
-        }
-        if !r.path.starts_with('/') || r.path.contains(['?', '#', ' ']) {
-            bail!(
-                "route[{i}].path: {:?} must start with / and hold no query",
-                r.path
-            );
-        }
+        check_name_and_path(i, r, names)?;
         let at = format!("route[{i}]");
         if let Some(record) = &r.record {
-            record.validate(&at, &r.name)?;
-            let websocket = |u: &str| u.starts_with("ws://") || u.starts_with("wss://");
-            if r.backend.as_deref().is_some_and(websocket)
-                || r.backends.iter().any(|b| websocket(b))
-            {
-                bail!("{at}.record: WebSocket backends (ws://, wss://) are not recorded yet; only byte backends (tcp://, unix:, targets)");
-            }
-            if r.backend
-                .as_deref()
-                .is_some_and(|u| u.starts_with("udp://"))
-            {
-                bail!("{at}.record: udp:// backends are not recorded (datagrams are not a byte stream); only byte backends (tcp://, unix:, targets)");
-            }
+            check_record(&at, r, record)?;
         }
-        // Two routes that could match one request at the same precedence: same path, and
-        // the same exact name, the same wildcard, or no hosts at all.
+        self.claim_hosts_and_path(&at, i, r, claims)?;
+        let backends = self.route_backends(&at, r)?;
+        check_backend_options(&at, r, &backends)?;
+        self.check_route_limits(&at, r)?;
+        if let Some(resume) = &r.resume {
+            validate_resume(&at, r, resume, &backends, &self.limits)?;
+        }
+        if r.compression_level > 9 {
+            bail!(
+                "{at}.compression_level: must be 0..=9, got {}",
+                r.compression_level
+            );
+        }
+        Ok(())
+    }
+
+    /// Two routes that could match one request at the same precedence: same path, and the
+    /// same exact name, the same wildcard, or no hosts at all.
+    fn claim_hosts_and_path(
+        &self,
+        at: &str,
+        i: usize,
+        r: &RouteConfig,
+        claims: &mut HashMap<(String, String), usize>,
+    ) -> anyhow::Result<()> {
         let mut patterns = Vec::with_capacity(r.hosts.len());
         for (n, host) in r.hosts.iter().enumerate() {
             let pattern = host_pattern(host).with_context(|| format!("{at}.hosts[{n}]"))?;
@@ -432,6 +437,12 @@ impl FileConfig {
             }
             claims.insert(key, i);
         }
+        Ok(())
+    }
+
+    /// The route's backends as parsed (none for a target table), with the client
+    /// certificate and wss:// options they need checked.
+    fn route_backends(&self, at: &str, r: &RouteConfig) -> anyhow::Result<Vec<BackendAddr>> {
         let needs_client_cert = r
             .auth
             .as_ref()
@@ -450,7 +461,7 @@ impl FileConfig {
             (Some(url), None, true) => {
                 vec![BackendAddr::parse(url).with_context(|| format!("{at}.backend"))?]
             }
-            (None, None, false) => validate_pool(&at, r)?,
+            (None, None, false) => validate_pool(at, r)?,
             (Some(_), Some(_), _) => bail!("{at}: backend and [route.target] exclude each other"),
             (_, _, false) => bail!("{at}.backends: excludes backend and [route.target]"),
             (None, None, true) => {
@@ -464,42 +475,12 @@ impl FileConfig {
         if !is_wss && (r.tls_ca_file.is_some() || r.insecure_skip_verify) {
             bail!("{at}: tls_ca_file and insecure_skip_verify apply to wss:// backends only");
         }
-        // udp:// (`[route.udp]`, no pools, no compression); token-file and claim targets may
-        // name udp:// too.
-        let udp_possible = r.target.is_some() || backends.iter().any(BackendAddr::is_datagrams);
-        if let Some(u) = &r.udp {
-            if !udp_possible {
-                bail!("{at}.udp: applies to routes with udp:// backends (or targets) only");
-            }
-            u.resolve(&format!("{at}.udp"))?;
-        }
-        if r.compression == CompressionMode::On && backends.iter().any(BackendAddr::is_datagrams) {
-            bail!("{at}.compression: never negotiated on udp:// routes (a datagram is one message as sent)");
-        }
-        // Token-file and claim targets are tcp:// or udp://, so never WebSocket.
-        if r.send_proxy_protocol.is_some()
-            && backends
-                .iter()
-                .any(|b| !b.is_bytes() || *b == BackendAddr::BuiltinEcho)
-        {
-            bail!(
-                "{at}.send_proxy_protocol: applies to tcp:// and unix: backends only \
-                 (WebSocket backends get X-Forwarded-For)"
-            );
-        }
-        for h in &r.forward_headers {
-            hyper::header::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
-                .ok()
-                .filter(|n| !is_hop_header(n))
-                .with_context(|| {
-                    format!(
-                        "{at}.forward_headers: {h:?} is not a forwardable header (hop-by-hop, \
-                         handshake and client-address headers never are: the gateway writes \
-                         X-Forwarded-For, -Proto and -Host itself)"
-                    )
-                })?;
-        }
-        check_sizes(&at, r, &self.limits)?;
+        Ok(backends)
+    }
+
+    /// Sizes, frame budget, session and bandwidth caps, subprotocol names, window bits.
+    fn check_route_limits(&self, at: &str, r: &RouteConfig) -> anyhow::Result<()> {
+        check_sizes(at, r, &self.limits)?;
         let frame = r.max_frame_bytes.unwrap_or(self.limits.max_frame_bytes);
         if frame > self.limits.frame_budget_bytes {
             bail!(
@@ -535,17 +516,97 @@ impl FileConfig {
                 bail!("{at}.{key}: must be 9..=15, got {bits}");
             }
         }
-        if let Some(resume) = &r.resume {
-            validate_resume(&at, r, resume, &backends, &self.limits)?;
-        }
-        if r.compression_level > 9 {
-            bail!(
-                "{at}.compression_level: must be 0..=9, got {}",
-                r.compression_level
-            );
-        }
         Ok(())
     }
+}
+
+/// A route's name: unique, `[A-Za-z0-9_.-]`; its path: absolute, no query.
+fn check_name_and_path(
+    i: usize,
+    r: &RouteConfig,
+    names: &mut HashSet<String>,
+) -> anyhow::Result<()> {
+    if r.name.is_empty()
+        || !r
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        bail!(
+            "route[{i}].name: {:?} must be non-empty [A-Za-z0-9_.-]",
+            r.name
+        );
+    }
+    if !names.insert(r.name.clone()) {
+        bail!("route[{i}].name: {:?} is used twice", r.name);
+    }
+    if !r.path.starts_with('/') || r.path.contains(['?', '#', ' ']) {
+        bail!(
+            "route[{i}].path: {:?} must start with / and hold no query",
+            r.path
+        );
+    }
+    Ok(())
+}
+
+/// `[route.record]`: its own keys, and a byte backend to record.
+fn check_record(at: &str, r: &RouteConfig, record: &RecordConfig) -> anyhow::Result<()> {
+    record.validate(at, &r.name)?;
+    let websocket = |u: &str| u.starts_with("ws://") || u.starts_with("wss://");
+    if r.backend.as_deref().is_some_and(websocket) || r.backends.iter().any(|b| websocket(b)) {
+        bail!("{at}.record: WebSocket backends (ws://, wss://) are not recorded yet; only byte backends (tcp://, unix:, targets)");
+    }
+    if r.backend
+        .as_deref()
+        .is_some_and(|u| u.starts_with("udp://"))
+    {
+        bail!("{at}.record: udp:// backends are not recorded (datagrams are not a byte stream); only byte backends (tcp://, unix:, targets)");
+    }
+    Ok(())
+}
+
+/// What the backends allow: `[route.udp]`, compression, the PROXY header, forwarded headers.
+fn check_backend_options(
+    at: &str,
+    r: &RouteConfig,
+    backends: &[BackendAddr],
+) -> anyhow::Result<()> {
+    // udp:// (`[route.udp]`, no pools, no compression); token-file and claim targets may
+    // name udp:// too.
+    let udp_possible = r.target.is_some() || backends.iter().any(BackendAddr::is_datagrams);
+    if let Some(u) = &r.udp {
+        if !udp_possible {
+            bail!("{at}.udp: applies to routes with udp:// backends (or targets) only");
+        }
+        u.resolve(&format!("{at}.udp"))?;
+    }
+    if r.compression == CompressionMode::On && backends.iter().any(BackendAddr::is_datagrams) {
+        bail!("{at}.compression: never negotiated on udp:// routes (a datagram is one message as sent)");
+    }
+    // Token-file and claim targets are tcp:// or udp://, so never WebSocket.
+    if r.send_proxy_protocol.is_some()
+        && backends
+            .iter()
+            .any(|b| !b.is_bytes() || *b == BackendAddr::BuiltinEcho)
+    {
+        bail!(
+            "{at}.send_proxy_protocol: applies to tcp:// and unix: backends only \
+             (WebSocket backends get X-Forwarded-For)"
+        );
+    }
+    for h in &r.forward_headers {
+        hyper::header::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+            .ok()
+            .filter(|n| !is_hop_header(n))
+            .with_context(|| {
+                format!(
+                    "{at}.forward_headers: {h:?} is not a forwardable header (hop-by-hop, \
+                     handshake and client-address headers never are: the gateway writes \
+                     X-Forwarded-For, -Proto and -Host itself)"
+                )
+            })?;
+    }
+    Ok(())
 }
 
 /// A TOML or serde error, or, for a listener that still has the replaced `forwarded_headers`

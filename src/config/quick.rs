@@ -101,6 +101,50 @@ impl QuickMode {
     }
 
     fn to_file_config_unresolved(&self, cwd: &Path) -> anyhow::Result<FileConfig> {
+        let (address, target) = self.listen_address()?;
+        let routes = self.routes(target, cwd)?;
+        let tls = self.tls()?;
+        let admin = match &self.admin {
+            Some(spec) => Some(AdminConfig {
+                address: listen_addr(spec, Ipv4Addr::LOCALHOST.into())
+                    .with_context(|| format!("admin address {spec:?}"))?,
+                bearer_sha256: None,
+                allowed_hosts: Vec::new(),
+            }),
+            None => None,
+        };
+        let mut timeouts = super::file::Timeouts::default();
+        if let Some(secs) = self.heartbeat_secs {
+            timeouts.ping_interval_secs = secs;
+        }
+        Ok(FileConfig {
+            listeners: vec![ListenerConfig {
+                tls,
+                console: self.console,
+                ..ListenerConfig::new(address)
+            }],
+            admin,
+            timeouts,
+            limits: Default::default(),
+            routes,
+            egress: None,
+            resume: Default::default(),
+            acme: None,
+            http2: Default::default(),
+            reload: Default::default(),
+            log: Default::default(),
+            runtime: RuntimeConfig {
+                mode: self.runtime_mode,
+                worker_threads: self.worker_threads,
+            },
+            web: self.web.clone().map(WebConfig::at),
+            udp: Default::default(),
+        })
+    }
+
+    /// The listen address (`[LISTEN_HOST:]LISTEN_PORT` or `--listen`), and the target
+    /// argument if one was given.
+    fn listen_address(&self) -> anyhow::Result<(SocketAddr, Option<&str>)> {
         let (listen, target) = match self.positional.as_slice() {
             [] => (self.listen.as_deref(), None),
             [listen] => (Some(listen.as_str()), None),
@@ -123,7 +167,12 @@ impl QuickMode {
             None if self.prefer_ipv6 => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 8080),
             None => DEFAULT_LISTEN,
         };
+        Ok((address, target))
+    }
 
+    /// The routes: the positional target or `--unix-target`, the token file route, and
+    /// every `--route PATH=URL`, each with `--subprotocol`s.
+    fn routes(&self, target: Option<&str>, cwd: &Path) -> anyhow::Result<Vec<RouteConfig>> {
         let mut routes = Vec::new();
         let target = match (target, &self.unix_target) {
             (Some(_), Some(_)) => {
@@ -189,7 +238,11 @@ impl QuickMode {
                 route.subprotocols = self.subprotocols.clone();
             }
         }
+        Ok(routes)
+    }
 
+    /// `[listener.tls]` from `--cert`, `--key`, `--verify-client` and `--cafile`.
+    fn tls(&self) -> anyhow::Result<Option<TlsConfig>> {
         let client_ca_file = match (self.verify_client, &self.cafile) {
             (true, Some(ca)) => Some(ca.clone()),
             (true, None) => bail!(
@@ -213,42 +266,7 @@ impl QuickMode {
             }
             (None, None) => None,
         };
-        let admin = match &self.admin {
-            Some(spec) => Some(AdminConfig {
-                address: listen_addr(spec, Ipv4Addr::LOCALHOST.into())
-                    .with_context(|| format!("admin address {spec:?}"))?,
-                bearer_sha256: None,
-                allowed_hosts: Vec::new(),
-            }),
-            None => None,
-        };
-        let mut timeouts = super::file::Timeouts::default();
-        if let Some(secs) = self.heartbeat_secs {
-            timeouts.ping_interval_secs = secs;
-        }
-        Ok(FileConfig {
-            listeners: vec![ListenerConfig {
-                tls,
-                console: self.console,
-                ..ListenerConfig::new(address)
-            }],
-            admin,
-            timeouts,
-            limits: Default::default(),
-            routes,
-            egress: None,
-            resume: Default::default(),
-            acme: None,
-            http2: Default::default(),
-            reload: Default::default(),
-            log: Default::default(),
-            runtime: RuntimeConfig {
-                mode: self.runtime_mode,
-                worker_threads: self.worker_threads,
-            },
-            web: self.web.clone().map(WebConfig::at),
-            udp: Default::default(),
-        })
+        Ok(tls)
     }
 
     /// The config file these arguments stand for, commented; `command` is the quick-mode
@@ -266,34 +284,7 @@ impl QuickMode {
              # Every key, with its default: docs/configuration.md. Keys left out keep their\n\
              # defaults (timeouts, limits)."
         );
-        for l in &file.listeners {
-            let _ = writeln!(
-                w,
-                "\n# Where clients connect. 0.0.0.0 = every IPv4 interface."
-            );
-            let _ = writeln!(
-                w,
-                "[[listener]]\naddress = {}",
-                quote(&l.address.to_string())
-            );
-            if let Some(tls) = &l.tls {
-                let _ = writeln!(
-                    w,
-                    "\n# wss://: the PEM certificate chain (leaf first) and its private key.\n\
-                     [listener.tls]\ncert_file = {}\nkey_file = {}",
-                    quote_path(&tls.cert_file),
-                    quote_path(&tls.key_file)
-                );
-                if let Some(ca) = &tls.client_ca_file {
-                    let _ = writeln!(
-                        w,
-                        "# Clients must present a certificate chaining to this CA bundle.\n\
-                         client_ca_file = {}\nclient_auth = \"required\"",
-                        quote_path(ca)
-                    );
-                }
-            }
-        }
+        write_listeners(w, &file.listeners);
         if let Some(admin) = &file.admin {
             let _ = writeln!(
                 w,
@@ -331,49 +322,86 @@ impl QuickMode {
             }
         }
         for r in &file.routes {
-            let _ = writeln!(w, "\n[[route]]\nname = {}", quote(&r.name));
-            let _ = writeln!(
-                w,
-                "# A path ending in / is a prefix: {} matches every path under it.",
-                r.path
-            );
-            let _ = writeln!(w, "path = {}", quote(&r.path));
-            if let Some(backend) = &r.backend {
-                let _ = writeln!(w, "backend = {}", quote(backend));
-            }
-            if !self.subprotocols.is_empty() {
-                let names: Vec<String> = r.subprotocols.iter().map(|p| quote(p)).collect();
-                let _ = writeln!(
-                    w,
-                    "# The subprotocols a client may offer; it gets the first it offers back.\n\
-                     subprotocols = [{}]",
-                    names.join(", ")
-                );
-            }
-            if let Some(TargetConfig {
-                token_file: Some(file),
-                token_param,
-                ..
-            }) = &r.target
-            {
-                let _ = writeln!(
-                    w,
-                    "\n# The target comes from a websockify token file (`token: host:port` lines),\n\
-                     # chosen by the ?{token_param}= query parameter.\n\
-                     [route.target]\ntoken_file = {}\ntoken_param = {}",
-                    quote_path(file),
-                    quote(token_param)
-                );
-            }
-            let _ = writeln!(
-                w,
-                "# Before exposing this route to the internet: allow only your pages' origins\n\
-                 # and require credentials (docs/security.md), e.g.\n\
-                 #[route.origin]\n\
-                 #allow = [\"https://vnc.example.com\"]"
-            );
+            self.write_route(w, r);
         }
         Ok(out)
+    }
+
+    /// One `[[route]]` table, commented.
+    fn write_route(&self, w: &mut String, r: &RouteConfig) {
+        let _ = writeln!(w, "\n[[route]]\nname = {}", quote(&r.name));
+        let _ = writeln!(
+            w,
+            "# A path ending in / is a prefix: {} matches every path under it.",
+            r.path
+        );
+        let _ = writeln!(w, "path = {}", quote(&r.path));
+        if let Some(backend) = &r.backend {
+            let _ = writeln!(w, "backend = {}", quote(backend));
+        }
+        if !self.subprotocols.is_empty() {
+            let names: Vec<String> = r.subprotocols.iter().map(|p| quote(p)).collect();
+            let _ = writeln!(
+                w,
+                "# The subprotocols a client may offer; it gets the first it offers back.\n\
+                 subprotocols = [{}]",
+                names.join(", ")
+            );
+        }
+        if let Some(TargetConfig {
+            token_file: Some(file),
+            token_param,
+            ..
+        }) = &r.target
+        {
+            let _ = writeln!(
+                w,
+                "\n# The target comes from a websockify token file (`token: host:port` lines),\n\
+                 # chosen by the ?{token_param}= query parameter.\n\
+                 [route.target]\ntoken_file = {}\ntoken_param = {}",
+                quote_path(file),
+                quote(token_param)
+            );
+        }
+        let _ = writeln!(
+            w,
+            "# Before exposing this route to the internet: allow only your pages' origins\n\
+             # and require credentials (docs/security.md), e.g.\n\
+             #[route.origin]\n\
+             #allow = [\"https://vnc.example.com\"]"
+        );
+    }
+}
+
+/// The `[[listener]]` tables, commented.
+fn write_listeners(w: &mut String, listeners: &[ListenerConfig]) {
+    for l in listeners {
+        let _ = writeln!(
+            w,
+            "\n# Where clients connect. 0.0.0.0 = every IPv4 interface."
+        );
+        let _ = writeln!(
+            w,
+            "[[listener]]\naddress = {}",
+            quote(&l.address.to_string())
+        );
+        if let Some(tls) = &l.tls {
+            let _ = writeln!(
+                w,
+                "\n# wss://: the PEM certificate chain (leaf first) and its private key.\n\
+                 [listener.tls]\ncert_file = {}\nkey_file = {}",
+                quote_path(&tls.cert_file),
+                quote_path(&tls.key_file)
+            );
+            if let Some(ca) = &tls.client_ca_file {
+                let _ = writeln!(
+                    w,
+                    "# Clients must present a certificate chaining to this CA bundle.\n\
+                     client_ca_file = {}\nclient_auth = \"required\"",
+                    quote_path(ca)
+                );
+            }
+        }
     }
 }
 

@@ -150,9 +150,8 @@ pub(super) async fn run(
     let route = settings.route.to_string();
     let active = gauge!(RECORDINGS_ACTIVE, "route" => route.clone());
     active.increment(1.0);
-    let written_total = counter!(RECORDING_BYTES_WRITTEN_TOTAL, "route" => route.clone());
     let PartFile { file, name } = file;
-    let mut sink = Sink {
+    let sink = Sink {
         out: BufWriter::with_capacity(64 * 1024, file),
         sha256: digest::Context::new(&digest::SHA256),
         written: 0,
@@ -166,93 +165,15 @@ pub(super) async fn run(
         gap_bytes_marked: 0,
         route: route.clone(),
     };
-    let title = format!("wsgate {} session {}", settings.route, meta.session_id);
-    let header = match settings.format {
-        RecordFormat::Asciicast => {
-            let mut h = asciicast::header(
-                settings.width,
-                settings.height,
-                files::unix_ms(wall_start) / 1000,
-                &title,
-            )
-            .into_bytes();
-            h.push(b'\n');
-            h
-        }
-        RecordFormat::Raw => raw::header(&start_metadata(&settings, &meta, wall_start)),
+    let header = file_header(&settings, &meta, wall_start);
+    let written = write_chunks(sink, &mut encoder, header, &rx, &shared, &route).await;
+    let Some((sink, failure, ending)) = written else {
+        // The blocking task died, and the file with it.
+        shared.failed.store(true, Ordering::Relaxed);
+        shared.stopped.store(true, Ordering::Relaxed);
+        active.decrement(1.0);
+        return;
     };
-    let mut failure: Option<String> = None;
-    let mut ending: Option<Ending> = None;
-    let mut buf = header;
-    let mut batch = Vec::with_capacity(BATCH_CHUNKS);
-    'run: loop {
-        let first = match rx.recv_async().await {
-            Ok(c) => c,
-            Err(_) => break,
-        };
-        batch.push(first);
-        while batch.len() < BATCH_CHUNKS {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
-            }
-        }
-        let mut end_now = false;
-        for chunk in batch.drain(..) {
-            match chunk {
-                Chunk::Data {
-                    direction,
-                    at,
-                    bytes,
-                    dropped_before,
-                } => {
-                    if dropped_before > 0 {
-                        encoder.gap(at, direction, dropped_before, &mut buf);
-                    }
-                    encoder.data(direction, at, &bytes, &mut buf);
-                }
-                Chunk::Marker { at, text } => {
-                    counter!(RECORDING_GAPS_TOTAL, "route" => route.clone(), "cause" => "cap")
-                        .increment(1);
-                    encoder.marker(at, &text, &mut buf);
-                }
-                Chunk::End(e) => {
-                    ending = Some(*e);
-                    end_now = true;
-                    break;
-                }
-            }
-        }
-        batch.clear();
-        if end_now {
-            let dropped = shared.dropped.load(Ordering::Relaxed);
-            let unmarked = dropped.saturating_sub(encoder.gap_bytes_marked);
-            if unmarked > 0 && !shared.truncated.load(Ordering::Relaxed) {
-                let at = shared.started.elapsed();
-                encoder.gap(at, Direction::BackendToClient, unmarked, &mut buf);
-            }
-            encoder.end(&mut buf);
-        }
-        if !buf.is_empty() {
-            let out = std::mem::replace(&mut buf, Vec::with_capacity(16 * 1024));
-            let len = out.len() as u64;
-            let Some((s, r)) = write(sink, out).await else {
-                shared.failed.store(true, Ordering::Relaxed);
-                shared.stopped.store(true, Ordering::Relaxed);
-                active.decrement(1.0);
-                return;
-            };
-            sink = s;
-            if let Err(e) = r {
-                failure = Some(e.to_string());
-                break 'run;
-            }
-            written_total.increment(len);
-        }
-        if end_now {
-            break;
-        }
-    }
     if failure.is_some() {
         shared.failed.store(true, Ordering::Relaxed);
         shared.stopped.store(true, Ordering::Relaxed);
@@ -262,29 +183,12 @@ pub(super) async fn run(
             .increment(1);
     }
     let ended = SystemTime::now();
-    let part = name.clone();
-    let session_id = meta.session_id;
-    let finished = tokio::task::spawn_blocking(move || {
-        let mut sink = sink;
-        let flushed = sink
-            .out
-            .flush()
-            .and_then(|()| sink.out.get_ref().sync_all());
-        if let (Err(e), None) = (&flushed, &failure) {
-            failure = Some(e.to_string());
-        }
-        let digest = sink.sha256.finish();
-        let sha256: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        drop(sink.out);
-        let published = files::publish(&part, session_id);
-        (sink.written, sha256, failure, published)
-    })
-    .await;
-    let Ok((file_bytes, sha256, failure, published)) = finished else {
+    let Some((closed, published)) = close_file(sink, failure, name.clone(), meta.session_id).await
+    else {
         active.decrement(1.0);
         return;
     };
-    if let Some(error) = &failure {
+    if let Some(error) = &closed.failure {
         tracing::warn!(
             route = &*settings.route,
             session_id = meta.session_id,
@@ -305,8 +209,201 @@ pub(super) async fn run(
             name.part
         }
     };
-    let mut metadata = start_metadata(&settings, &meta, wall_start);
-    let ending = ending.unwrap_or_default();
+    let ends = Ends {
+        final_path: &final_path,
+        ended,
+        ending: ending.unwrap_or_default(),
+        gaps: encoder.gaps,
+        closed,
+    };
+    let metadata = end_metadata(&settings, &meta, wall_start, &shared, ends);
+    let meta_path = final_path.clone();
+    let sweep_settings = settings.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(e) = files::write_metadata(&meta_path, &metadata) {
+            tracing::warn!(file = %meta_path.display(), error = %e, "recording metadata not written");
+        }
+        sweep::run(&sweep_settings, SystemTime::now());
+    })
+    .await;
+    active.decrement(1.0);
+}
+
+/// The file's first line(s): an asciicast header, or the raw format's metadata line.
+fn file_header(settings: &RecordSettings, meta: &SessionMeta, wall_start: SystemTime) -> Vec<u8> {
+    match settings.format {
+        RecordFormat::Asciicast => {
+            let title = format!("wsgate {} session {}", settings.route, meta.session_id);
+            let mut h = asciicast::header(
+                settings.width,
+                settings.height,
+                files::unix_ms(wall_start) / 1000,
+                &title,
+            )
+            .into_bytes();
+            h.push(b'\n');
+            h
+        }
+        RecordFormat::Raw => raw::header(&start_metadata(settings, meta, wall_start)),
+    }
+}
+
+/// Encode and write chunks in batches until the session's end (or the queue closes or a
+/// write fails). `None`: the blocking task died; else the sink, the write error if any, and
+/// how the session ended.
+async fn write_chunks(
+    mut sink: Sink,
+    encoder: &mut Encoder,
+    header: Vec<u8>,
+    rx: &flume::Receiver<Chunk>,
+    shared: &Shared,
+    route: &str,
+) -> Option<(Sink, Option<String>, Option<Ending>)> {
+    let written_total = counter!(RECORDING_BYTES_WRITTEN_TOTAL, "route" => route.to_owned());
+    let mut ending: Option<Ending> = None;
+    let mut buf = header;
+    let mut batch = Vec::with_capacity(BATCH_CHUNKS);
+    loop {
+        let first = match rx.recv_async().await {
+            Ok(c) => c,
+            Err(_) => break,
+        };
+        batch.push(first);
+        while batch.len() < BATCH_CHUNKS {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let end_now = encode_batch(&mut batch, encoder, &mut buf, route, &mut ending);
+        if end_now {
+            let dropped = shared.dropped.load(Ordering::Relaxed);
+            let unmarked = dropped.saturating_sub(encoder.gap_bytes_marked);
+            if unmarked > 0 && !shared.truncated.load(Ordering::Relaxed) {
+                let at = shared.started.elapsed();
+                encoder.gap(at, Direction::BackendToClient, unmarked, &mut buf);
+            }
+            encoder.end(&mut buf);
+        }
+        if !buf.is_empty() {
+            let out = std::mem::replace(&mut buf, Vec::with_capacity(16 * 1024));
+            let len = out.len() as u64;
+            let (s, r) = write(sink, out).await?;
+            sink = s;
+            if let Err(e) = r {
+                return Some((sink, Some(e.to_string()), ending));
+            }
+            written_total.increment(len);
+        }
+        if end_now {
+            break;
+        }
+    }
+    Some((sink, None, ending))
+}
+
+/// Encode one batch into `buf`, emptying it; true when it held the session's end.
+fn encode_batch(
+    batch: &mut Vec<Chunk>,
+    encoder: &mut Encoder,
+    buf: &mut Vec<u8>,
+    route: &str,
+    ending: &mut Option<Ending>,
+) -> bool {
+    let mut end_now = false;
+    for chunk in batch.drain(..) {
+        match chunk {
+            Chunk::Data {
+                direction,
+                at,
+                bytes,
+                dropped_before,
+            } => {
+                if dropped_before > 0 {
+                    encoder.gap(at, direction, dropped_before, buf);
+                }
+                encoder.data(direction, at, &bytes, buf);
+            }
+            Chunk::Marker { at, text } => {
+                counter!(RECORDING_GAPS_TOTAL, "route" => route.to_owned(), "cause" => "cap")
+                    .increment(1);
+                encoder.marker(at, &text, buf);
+            }
+            Chunk::End(e) => {
+                *ending = Some(*e);
+                end_now = true;
+                break;
+            }
+        }
+    }
+    batch.clear();
+    end_now
+}
+
+/// A recording file, flushed and synced.
+struct Closed {
+    file_bytes: u64,
+    sha256: String,
+    failure: Option<String>,
+}
+
+/// Flush, sync and publish the file on the blocking pool (its final name, or why it has
+/// none); `None` if that task died.
+async fn close_file(
+    sink: Sink,
+    mut failure: Option<String>,
+    part: files::PartName,
+    session_id: u64,
+) -> Option<(Closed, std::io::Result<std::path::PathBuf>)> {
+    tokio::task::spawn_blocking(move || {
+        let mut sink = sink;
+        let flushed = sink
+            .out
+            .flush()
+            .and_then(|()| sink.out.get_ref().sync_all());
+        if let (Err(e), None) = (&flushed, &failure) {
+            failure = Some(e.to_string());
+        }
+        let digest = sink.sha256.finish();
+        let sha256: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        drop(sink.out);
+        let published = files::publish(&part, session_id);
+        let closed = Closed {
+            file_bytes: sink.written,
+            sha256,
+            failure,
+        };
+        (closed, published)
+    })
+    .await
+    .ok()
+}
+
+/// How a recording ended, for its metadata file.
+struct Ends<'a> {
+    final_path: &'a std::path::Path,
+    ended: SystemTime,
+    ending: Ending,
+    gaps: u64,
+    closed: Closed,
+}
+
+/// The metadata file's content: the start's fields and the end's.
+fn end_metadata(
+    settings: &RecordSettings,
+    meta: &SessionMeta,
+    wall_start: SystemTime,
+    shared: &Shared,
+    ends: Ends<'_>,
+) -> serde_json::Value {
+    let Ends {
+        final_path,
+        ended,
+        ending,
+        gaps,
+        closed,
+    } = ends;
+    let mut metadata = start_metadata(settings, meta, wall_start);
     if let Some(m) = metadata.as_object_mut() {
         let extra = serde_json::json!({
             "file": final_path.file_name().map(|n| n.to_string_lossy().into_owned()),
@@ -320,26 +417,17 @@ pub(super) async fn run(
             "recorded_bytes": shared.recorded.load(Ordering::Relaxed)
                 .saturating_sub(shared.dropped.load(Ordering::Relaxed)),
             "dropped_bytes": shared.dropped.load(Ordering::Relaxed),
-            "gaps": encoder.gaps,
-            "truncated": shared.truncated.load(Ordering::Relaxed) || failure.is_some(),
-            "error": failure,
-            "file_bytes": file_bytes,
-            "sha256": sha256,
+            "gaps": gaps,
+            "truncated": shared.truncated.load(Ordering::Relaxed) || closed.failure.is_some(),
+            "error": closed.failure,
+            "file_bytes": closed.file_bytes,
+            "sha256": closed.sha256,
         });
         if let Some(extra) = extra.as_object() {
             m.extend(extra.clone());
         }
     }
-    let meta_path = final_path.clone();
-    let sweep_settings = settings.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        if let Err(e) = files::write_metadata(&meta_path, &metadata) {
-            tracing::warn!(file = %meta_path.display(), error = %e, "recording metadata not written");
-        }
-        sweep::run(&sweep_settings, SystemTime::now());
-    })
-    .await;
-    active.decrement(1.0);
+    metadata
 }
 
 /// What the metadata says from the session's start (the raw format's header line, and the

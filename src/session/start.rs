@@ -23,12 +23,12 @@ use std::sync::Arc;
 
 use fastwebsockets::Role;
 use hyper::upgrade::Upgraded;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Span};
 
-use super::bridge;
+use super::bridge::{self, Outcome};
 use super::io::{websocket_halves, ClientStream};
 use super::registry::Registered;
 use super::registry::SessionEntry;
@@ -40,11 +40,12 @@ use crate::backend::udp::UdpBackend;
 use crate::backend::Backend;
 use crate::logsafe::Escaped;
 use crate::metrics::{self, Protocol, SessionMetrics, UdpMetrics};
-use crate::record::{Ending as RecordEnding, Pending, Recorder, SessionMeta};
+use crate::record::{Ending as RecordEnding, Pending, Recorder, SessionMeta, Taps};
 use crate::ws::close_code;
 use crate::ws::deflate::{HopDeflate, RelayDeflate};
 use crate::ws::extensions::Agreement;
-use crate::ws::reader::{FrameBudget, ReadReady};
+use crate::ws::reader::{FrameBudget, FrameReader, ReadReady};
+use crate::ws::writer::FrameWriter;
 
 pub use super::registry::{Registry, SessionInfo};
 /// The resume protocol's names the edge checks a request for.
@@ -157,72 +158,139 @@ impl Joined<'_> {
         let started = Instant::now();
         // The tap: when the route records, both directions are copied from the pump's two
         // crossings; when it does not, the pump holds two `None`s and nothing else.
-        let recorder = recording.map(|pending| {
-            let meta = SessionMeta {
-                session_id: entry.id,
-                backend: entry.info.backend.clone(),
-                client: entry.info.client,
-                identity: pending.identity.clone(),
-                user_agent: pending.user_agent.clone(),
-                subprotocol: entry.info.subprotocol.clone(),
-            };
-            pending.start(meta)
-        });
+        let recorder = recording.map(|pending| start_recording(pending, entry));
         let taps = recorder.as_ref().map(Recorder::taps).unwrap_or_default();
         let metrics =
             SessionMetrics::start_counted(entry.info.route.clone(), protocol, &entry.bytes);
-        // udp://: frames above the datagram limit are refused (1009) as they arrive.
-        let max_frame_bytes = match &backend {
-            Backend::Udp(b) => settings
-                .max_frame_bytes
-                .min(udp::datagram_limit(&b.socket, &settings.udp)),
-            _ => settings.max_frame_bytes,
-        };
         let (client_read, client_write) = websocket_halves(
             client_read,
             client_write,
             Role::Server,
-            max_frame_bytes,
+            client_frame_limit(&backend, settings),
             frame_budget,
         );
         // A resumable session on a byte backend: the resume pump instead of the bridge.
         let resumable = resume_ask.zip(settings.resume.clone());
-        let (backend, mut client_read, client_write) = match (backend, resumable) {
+        let backend = match (backend, resumable) {
             (Backend::Tcp(stream), Some((ask, resume_settings))) => {
                 let (backend_read, backend_write) = stream.into_split();
                 let request = resume_request(registry, entry, ask, resume_settings, settings);
-                let ran = resume::start(
-                    client_read,
-                    client_write,
-                    backend_read,
-                    backend_write,
-                    request,
-                    async {
-                        entry.control.cancelled().await;
-                        entry.control.reason()
-                    },
-                );
-                return resumable_ended(Box::pin(ran).await, entry, &metrics, started);
+                let halves = (client_read, client_write, backend_read, backend_write);
+                return run_resumable(halves, request, entry, &metrics, started).await;
             }
             (Backend::Unix(stream), Some((ask, resume_settings))) => {
                 let (backend_read, backend_write) = stream.into_split();
                 let request = resume_request(registry, entry, ask, resume_settings, settings);
-                let ran = resume::start(
-                    client_read,
-                    client_write,
-                    backend_read,
-                    backend_write,
-                    request,
-                    async {
-                        entry.control.cancelled().await;
-                        entry.control.reason()
-                    },
-                );
-                return resumable_ended(Box::pin(ran).await, entry, &metrics, started);
+                let halves = (client_read, client_write, backend_read, backend_write);
+                return run_resumable(halves, request, entry, &metrics, started).await;
             }
-            (backend, _) => (backend, client_read, client_write),
+            (backend, _) => backend,
         };
-        let outcome = match backend {
+        let pumping = Pumping {
+            settings,
+            deflate,
+            metrics: &metrics,
+            entry,
+            hard_stop,
+            frame_budget,
+            taps,
+        };
+        let outcome = pumping.run(backend, client_read, client_write).await;
+        ended(outcome, recorder, &metrics, entry, started).await
+    }
+}
+
+/// Start recording a session, with what the registry knows of it.
+fn start_recording(pending: Pending, entry: &SessionEntry) -> Recorder {
+    let meta = SessionMeta {
+        session_id: entry.id,
+        backend: entry.info.backend.clone(),
+        client: entry.info.client,
+        identity: pending.identity.clone(),
+        user_agent: pending.user_agent.clone(),
+        subprotocol: entry.info.subprotocol.clone(),
+    };
+    pending.start(meta)
+}
+
+/// The largest frame the client may send: the route's, and for udp:// no more than a
+/// datagram (bigger frames are refused with 1009 as they arrive).
+fn client_frame_limit(backend: &Backend, settings: &SessionSettings) -> usize {
+    match backend {
+        Backend::Udp(b) => settings
+            .max_frame_bytes
+            .min(udp::datagram_limit(&b.socket, &settings.udp)),
+        _ => settings.max_frame_bytes,
+    }
+}
+
+/// A resumable session on a byte backend, from its first connection to its end.
+async fn run_resumable<R, W, BR, BW>(
+    (client_read, client_write, backend_read, backend_write): (
+        FrameReader<R>,
+        FrameWriter<W>,
+        BR,
+        BW,
+    ),
+    request: resume::Request<'_>,
+    entry: &SessionEntry,
+    metrics: &SessionMetrics,
+    started: Instant,
+) -> u16
+where
+    R: ReadReady + Send,
+    W: AsyncWrite + Unpin,
+    BR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin,
+{
+    let ran = resume::start(
+        client_read,
+        client_write,
+        backend_read,
+        backend_write,
+        request,
+        async {
+            entry.control.cancelled().await;
+            entry.control.reason()
+        },
+    );
+    resumable_ended(Box::pin(ran).await, entry, metrics, started)
+}
+
+/// What a pump runs with, beside the two connections.
+struct Pumping<'a> {
+    settings: &'a SessionSettings,
+    /// permessage-deflate as agreed with the client.
+    deflate: Option<Agreement>,
+    metrics: &'a SessionMetrics,
+    entry: &'a SessionEntry,
+    hard_stop: &'a CancellationToken,
+    frame_budget: &'a Arc<FrameBudget>,
+    taps: Taps,
+}
+
+impl Pumping<'_> {
+    /// The pump for the backend's kind, run to the end.
+    async fn run<CR, CW>(
+        self,
+        backend: Backend,
+        mut client_read: FrameReader<CR>,
+        client_write: FrameWriter<CW>,
+    ) -> Outcome
+    where
+        CR: ReadReady + Send + 'static,
+        CW: AsyncWrite + Unpin,
+    {
+        let Self {
+            settings,
+            deflate,
+            metrics,
+            entry,
+            hard_stop,
+            frame_budget,
+            taps,
+        } = self;
+        match backend {
             // Datagrams: one message per datagram (never deflated; the edge declined it).
             Backend::Udp(UdpBackend { socket, slot }) => {
                 // The place under `[udp] max_sessions` is held until the pump ends.
@@ -232,7 +300,7 @@ impl Joined<'_> {
                     client_write,
                     socket,
                     settings,
-                    &metrics,
+                    metrics,
                     UdpMetrics::for_route(&entry.info.route),
                     &entry.control,
                     hard_stop,
@@ -253,7 +321,7 @@ impl Joined<'_> {
                     backend_write,
                     settings,
                     client_deflate,
-                    &metrics,
+                    metrics,
                     &entry.control,
                     hard_stop,
                     taps,
@@ -273,7 +341,7 @@ impl Joined<'_> {
                     backend_write,
                     settings,
                     client_deflate,
-                    &metrics,
+                    metrics,
                     &entry.control,
                     hard_stop,
                     taps,
@@ -306,46 +374,56 @@ impl Joined<'_> {
                     backend,
                     settings,
                     &deflate,
-                    &metrics,
+                    metrics,
                     &entry.control,
                     hard_stop,
                 ))
                 .await
             }
-        };
-        let duration = started.elapsed();
-        if let Some(recorder) = recorder {
-            recorder
-                .finish(RecordEnding {
-                    bytes_to_backend: outcome.bytes_to_backend,
-                    bytes_to_client: outcome.bytes_to_client,
-                    close_code: outcome.code,
-                    closed_by: outcome.initiator.label(),
-                })
-                .await;
         }
-        metrics.closed(outcome.code, outcome.initiator.label(), duration);
-        let (messages_to_backend, messages_to_client) = metrics.messages();
-        // The access log: one line per session, every field named (one JSON object with
-        // `--log-format json`).
-        info!(
-            session_id = entry.id,
-            client = %entry.info.client,
-            route = &*entry.info.route,
-            backend = entry.info.backend.as_str(),
-            subprotocol = entry.info.subprotocol.as_deref(),
-            bytes_to_backend = outcome.bytes_to_backend,
-            bytes_to_client = outcome.bytes_to_client,
-            messages_to_backend,
-            messages_to_client,
-            duration_ms = duration.as_millis() as u64,
-            code = outcome.code,
-            closed_by = outcome.initiator.label(),
-            reason = %Escaped(&outcome.reason),
-            "session closed"
-        );
-        outcome.code
     }
+}
+
+/// A session ended: the recording finished, close metrics, and the access log.
+async fn ended(
+    outcome: Outcome,
+    recorder: Option<Recorder>,
+    metrics: &SessionMetrics,
+    entry: &SessionEntry,
+    started: Instant,
+) -> u16 {
+    let duration = started.elapsed();
+    if let Some(recorder) = recorder {
+        recorder
+            .finish(RecordEnding {
+                bytes_to_backend: outcome.bytes_to_backend,
+                bytes_to_client: outcome.bytes_to_client,
+                close_code: outcome.code,
+                closed_by: outcome.initiator.label(),
+            })
+            .await;
+    }
+    metrics.closed(outcome.code, outcome.initiator.label(), duration);
+    let (messages_to_backend, messages_to_client) = metrics.messages();
+    // The access log: one line per session, every field named (one JSON object with
+    // `--log-format json`).
+    info!(
+        session_id = entry.id,
+        client = %entry.info.client,
+        route = &*entry.info.route,
+        backend = entry.info.backend.as_str(),
+        subprotocol = entry.info.subprotocol.as_deref(),
+        bytes_to_backend = outcome.bytes_to_backend,
+        bytes_to_client = outcome.bytes_to_client,
+        messages_to_backend,
+        messages_to_client,
+        duration_ms = duration.as_millis() as u64,
+        code = outcome.code,
+        closed_by = outcome.initiator.label(),
+        reason = %Escaped(&outcome.reason),
+        "session closed"
+    );
+    outcome.code
 }
 
 /// What a resumable session's first connection brings to the resume pump.

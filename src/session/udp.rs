@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -399,56 +400,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         tokio::pin!(asked_to_close);
         let idle = config.udp.idle_timeout;
         let mut closing: Option<Closing> = None;
-        let stopped: Ending = (
-            close_code::ABNORMAL,
-            Initiator::Gateway,
-            "drain deadline passed".into(),
-        );
-        macro_rules! send_or_end {
-            ($write:expr) => {
-                match $write.await {
-                    Ok(()) => {
-                        if self.ws.take_waited() {
-                            if let Some(k) = self.keepalive.as_mut() {
-                                k.excuse(Instant::now());
-                            }
-                        }
-                    }
-                    Err(WriteFailed::Io) => {
-                        return (
-                            close_code::ABNORMAL,
-                            Initiator::Client,
-                            "client connection lost".into(),
-                        )
-                    }
-                    Err(WriteFailed::Stalled) => {
-                        metrics.keepalive_timed_out();
-                        return (
-                            close_code::ABNORMAL,
-                            Initiator::Gateway,
-                            "client stopped reading".into(),
-                        );
-                    }
-                    Err(WriteFailed::Stopped) => return stopped,
-                }
-            };
-        }
-        macro_rules! close_with {
-            ($code:expr, $initiator:expr, $reason:expr) => {{
-                if closing.is_some() {
-                    continue;
-                }
-                let reason: Cow<'static, str> = $reason.into();
-                send_or_end!(self.ws.send_close($code, &reason));
-                closing = Some(Closing {
-                    code: $code,
-                    initiator: $initiator,
-                    reason,
-                    deadline: Instant::now() + config.close_grace,
-                });
-                continue;
-            }};
-        }
+        let grace = config.close_grace;
         loop {
             let open = closing.is_none();
             let ping_at = match (open, &self.keepalive) {
@@ -463,93 +415,250 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                     timer.as_mut().reset(at);
                 }
             }
-            tokio::select! {
+            let flow = tokio::select! {
                 biased;
-                () = hard_stop.cancelled(), if !open => return stopped,
+                () = hard_stop.cancelled(), if !open => ControlFlow::Break(stopped()),
                 () = &mut timer, if next.is_some() => {
-                    let now = Instant::now();
-                    if let Some(c) = closing.take_if(|c| c.deadline <= now) {
-                        return (c.code, c.initiator, c.reason);
-                    }
-                    if idle_at.is_some_and(|at| at <= now) {
-                        close_with!(close_code::NORMAL, Initiator::Gateway, "idle timeout");
-                    }
-                    if ping_at.is_none_or(|at| at > now) {
-                        continue;
-                    }
-                    let Some(k) = self.keepalive.as_mut() else { continue };
-                    match k.on_deadline(now) {
-                        Due::Ping(seq) => send_or_end!(self.ws.send(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&seq)))),
-                        Due::TimedOut => {
-                            metrics.keepalive_timed_out();
-                            Box::pin(self.ws.try_close(close_code::GOING_AWAY, "keepalive timeout")).await;
-                            return (close_code::GOING_AWAY, Initiator::Gateway, "keepalive timeout".into());
-                        }
-                    }
+                    self.on_timer((ping_at, idle_at), &mut closing, grace, metrics).await
                 }
-                event = events.next() => match event {
-                    Some(Event::Ping(payload)) => {
-                        if open {
-                            send_or_end!(self.ws.send(Frame::pong(Payload::Borrowed(&payload))));
-                        }
-                    }
-                    Some(Event::Pong(payload)) => {
-                        if let Some(rtt) = self.keepalive.as_mut().and_then(|k| k.on_pong(&payload, Instant::now())) {
-                            metrics.ping_rtt.record(rtt.as_secs_f64());
-                        }
-                    }
-                    Some(Event::Close(echo)) => {
-                        if let Some(c) = closing {
-                            return (c.code, c.initiator, c.reason);
-                        }
-                        send_or_end!(self.ws.send(Frame::close_raw(Payload::Borrowed(&echo))));
-                        let code = close_payload_code(&echo);
-                        let reason = String::from_utf8_lossy(echo.get(2..).unwrap_or_default()).into_owned();
-                        return (code, Initiator::Client, reason.into());
-                    }
-                    Some(Event::Violation(code, reason)) => {
-                        if let Some(c) = closing {
-                            return (c.code, c.initiator, c.reason);
-                        }
-                        Box::pin(self.ws.try_close(code, reason)).await;
-                        return (code, Initiator::Client, reason.into());
-                    }
-                    Some(Event::OverBudget) => {
-                        if let Some(c) = closing {
-                            return (c.code, c.initiator, c.reason);
-                        }
-                        Box::pin(self.ws.try_close(close_code::TRY_AGAIN_LATER, OVER_BUDGET)).await;
-                        return (close_code::TRY_AGAIN_LATER, Initiator::Gateway, OVER_BUDGET.into());
-                    }
-                    Some(Event::Unreachable) => {
-                        close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend unreachable (ICMP errors)");
-                    }
-                    Some(Event::BackendFailed) => {
-                        close_with!(close_code::INTERNAL_ERROR, Initiator::Backend, "backend socket failed");
-                    }
-                    Some(Event::Gone) | None => {
-                        return match closing {
-                            Some(c) => (c.code, c.initiator, c.reason),
-                            None => (close_code::ABNORMAL, Initiator::Client, "client vanished without a Close".into()),
-                        };
-                    }
-                },
+                event = events.next() => self.on_event(event, &mut closing, grace, metrics).await,
                 () = &mut asked_to_close, if open => {
                     let (code, reason) = control.reason();
-                    close_with!(code, Initiator::Gateway, reason);
+                    self.close_with(&mut closing, (code, Initiator::Gateway, reason.into()), grace, metrics).await
                 }
-                datagram = queue.next(), if open => {
-                    let Some(datagram) = datagram else { continue };
-                    let n = datagram.len() as u64;
-                    send_or_end!(self.ws.send(Frame::binary(Payload::Borrowed(&datagram))));
-                    self.sent += n;
-                    metrics.bytes_to_client.increment(n);
-                    metrics.messages_to_client.increment(1);
-                    udp.to_client.increment(1);
-                }
+                datagram = queue.next(), if open => match datagram {
+                    Some(datagram) => self.on_datagram(datagram, metrics, udp).await,
+                    None => ControlFlow::Continue(()),
+                },
+            };
+            if let ControlFlow::Break(ending) = flow {
+                return ending;
             }
         }
     }
+
+    /// After a send: excuse a ping that sat behind it, or end the session for the failure.
+    #[inline]
+    fn sent(
+        &mut self,
+        result: Result<(), WriteFailed>,
+        metrics: &SessionMetrics,
+    ) -> ControlFlow<Ending> {
+        match result {
+            Ok(()) => {
+                if self.ws.take_waited() {
+                    if let Some(k) = self.keepalive.as_mut() {
+                        k.excuse(Instant::now());
+                    }
+                }
+                ControlFlow::Continue(())
+            }
+            Err(WriteFailed::Io) => ControlFlow::Break((
+                close_code::ABNORMAL,
+                Initiator::Client,
+                "client connection lost".into(),
+            )),
+            Err(WriteFailed::Stalled) => {
+                metrics.keepalive_timed_out();
+                ControlFlow::Break((
+                    close_code::ABNORMAL,
+                    Initiator::Gateway,
+                    "client stopped reading".into(),
+                ))
+            }
+            Err(WriteFailed::Stopped) => ControlFlow::Break(stopped()),
+        }
+    }
+
+    /// Send the gateway's Close (once) and wait for the client's until the grace runs out.
+    async fn close_with(
+        &mut self,
+        closing: &mut Option<Closing>,
+        (code, initiator, reason): Ending,
+        grace: Duration,
+        metrics: &SessionMetrics,
+    ) -> ControlFlow<Ending> {
+        if closing.is_some() {
+            return ControlFlow::Continue(());
+        }
+        let result = self.ws.send_close(code, &reason).await;
+        self.sent(result, metrics)?;
+        *closing = Some(Closing {
+            code,
+            initiator,
+            reason,
+            deadline: Instant::now() + grace,
+        });
+        ControlFlow::Continue(())
+    }
+
+    /// The timer fired: the close handshake's deadline, the idle timeout, or the keepalive.
+    async fn on_timer(
+        &mut self,
+        (ping_at, idle_at): (Option<Instant>, Option<Instant>),
+        closing: &mut Option<Closing>,
+        grace: Duration,
+        metrics: &SessionMetrics,
+    ) -> ControlFlow<Ending> {
+        let now = Instant::now();
+        if let Some(c) = closing.take_if(|c| c.deadline <= now) {
+            return ControlFlow::Break((c.code, c.initiator, c.reason));
+        }
+        if idle_at.is_some_and(|at| at <= now) {
+            let idle = (
+                close_code::NORMAL,
+                Initiator::Gateway,
+                "idle timeout".into(),
+            );
+            return self.close_with(closing, idle, grace, metrics).await;
+        }
+        if ping_at.is_none_or(|at| at > now) {
+            return ControlFlow::Continue(());
+        }
+        let Some(k) = self.keepalive.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        match k.on_deadline(now) {
+            Due::Ping(seq) => {
+                let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&seq));
+                let result = self.ws.send(ping).await;
+                self.sent(result, metrics)
+            }
+            Due::TimedOut => {
+                metrics.keepalive_timed_out();
+                Box::pin(
+                    self.ws
+                        .try_close(close_code::GOING_AWAY, "keepalive timeout"),
+                )
+                .await;
+                ControlFlow::Break((
+                    close_code::GOING_AWAY,
+                    Initiator::Gateway,
+                    "keepalive timeout".into(),
+                ))
+            }
+        }
+    }
+
+    /// What the client reader or the backend reader reported.
+    async fn on_event(
+        &mut self,
+        event: Option<Event>,
+        closing: &mut Option<Closing>,
+        grace: Duration,
+        metrics: &SessionMetrics,
+    ) -> ControlFlow<Ending> {
+        match event {
+            Some(Event::Ping(payload)) => {
+                if closing.is_some() {
+                    return ControlFlow::Continue(());
+                }
+                let result = self.ws.send(Frame::pong(Payload::Borrowed(&payload))).await;
+                self.sent(result, metrics)
+            }
+            Some(Event::Pong(payload)) => {
+                let rtt = self
+                    .keepalive
+                    .as_mut()
+                    .and_then(|k| k.on_pong(&payload, Instant::now()));
+                if let Some(rtt) = rtt {
+                    metrics.ping_rtt.record(rtt.as_secs_f64());
+                }
+                ControlFlow::Continue(())
+            }
+            Some(Event::Close(echo)) => {
+                if let Some(end) = answered(closing) {
+                    return ControlFlow::Break(end);
+                }
+                let result = self
+                    .ws
+                    .send(Frame::close_raw(Payload::Borrowed(&echo)))
+                    .await;
+                self.sent(result, metrics)?;
+                let code = close_payload_code(&echo);
+                let reason =
+                    String::from_utf8_lossy(echo.get(2..).unwrap_or_default()).into_owned();
+                ControlFlow::Break((code, Initiator::Client, reason.into()))
+            }
+            Some(Event::Violation(code, reason)) => {
+                if let Some(end) = answered(closing) {
+                    return ControlFlow::Break(end);
+                }
+                Box::pin(self.ws.try_close(code, reason)).await;
+                ControlFlow::Break((code, Initiator::Client, reason.into()))
+            }
+            Some(Event::OverBudget) => {
+                if let Some(end) = answered(closing) {
+                    return ControlFlow::Break(end);
+                }
+                Box::pin(self.ws.try_close(close_code::TRY_AGAIN_LATER, OVER_BUDGET)).await;
+                ControlFlow::Break((
+                    close_code::TRY_AGAIN_LATER,
+                    Initiator::Gateway,
+                    OVER_BUDGET.into(),
+                ))
+            }
+            Some(Event::Unreachable) => {
+                let reason = "backend unreachable (ICMP errors)";
+                let ending = (
+                    close_code::INTERNAL_ERROR,
+                    Initiator::Backend,
+                    reason.into(),
+                );
+                self.close_with(closing, ending, grace, metrics).await
+            }
+            Some(Event::BackendFailed) => {
+                let reason = "backend socket failed";
+                let ending = (
+                    close_code::INTERNAL_ERROR,
+                    Initiator::Backend,
+                    reason.into(),
+                );
+                self.close_with(closing, ending, grace, metrics).await
+            }
+            Some(Event::Gone) | None => {
+                ControlFlow::Break(answered(closing).unwrap_or_else(|| {
+                    let reason = "client vanished without a Close";
+                    (close_code::ABNORMAL, Initiator::Client, reason.into())
+                }))
+            }
+        }
+    }
+
+    /// One datagram from the backend, as one binary message to the client.
+    async fn on_datagram(
+        &mut self,
+        datagram: Bytes,
+        metrics: &SessionMetrics,
+        udp: &UdpMetrics,
+    ) -> ControlFlow<Ending> {
+        let n = datagram.len() as u64;
+        let result = self
+            .ws
+            .send(Frame::binary(Payload::Borrowed(&datagram)))
+            .await;
+        self.sent(result, metrics)?;
+        self.sent += n;
+        metrics.bytes_to_client.increment(n);
+        metrics.messages_to_client.increment(1);
+        udp.to_client.increment(1);
+        ControlFlow::Continue(())
+    }
+}
+
+/// The end when the drain deadline passed.
+fn stopped() -> Ending {
+    (
+        close_code::ABNORMAL,
+        Initiator::Gateway,
+        "drain deadline passed".into(),
+    )
+}
+
+/// Once the gateway has sent its Close, the client's answer (or end) ends the session as
+/// the gateway's close.
+fn answered(closing: &mut Option<Closing>) -> Option<Ending> {
+    closing.take().map(|c| (c.code, c.initiator, c.reason))
 }
 
 #[cfg(test)]

@@ -277,29 +277,7 @@ fn compile_route(
         anyhow::anyhow!("{at}.path: {:?}: {e}, so no request could match it", r.path)
     })?;
     let access = Access::from_config(&at, r.origin.as_ref(), r.auth.as_ref())?;
-    let pool = if r.backends.is_empty() {
-        None
-    } else {
-        let backends = r
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(n, url)| BackendAddr::parse(url).with_context(|| format!("{at}.backends[{n}]")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let kept = previous
-            .into_iter()
-            .flat_map(|p| p.pools())
-            .find(|p| p.same_config(&r.name, &backends, r.balance, &r.health));
-        Some(match kept {
-            Some(p) => p.clone(),
-            None => Arc::new(Pool::new(
-                r.name.as_str().into(),
-                backends,
-                r.balance,
-                r.health.clone(),
-            )),
-        })
-    };
+    let pool = route_pool(&at, r, previous)?;
     let backend = Target::from_config(
         &at,
         r.backend.as_deref(),
@@ -313,27 +291,7 @@ fn compile_route(
             "insecure_skip_verify is set: this route's backend certificates are NOT verified (development only)"
         );
     }
-    let wss = matches!(
-        &backend,
-        Target::Fixed(BackendAddr::WebSocket { tls: true, .. })
-    ) || pool.as_ref().is_some_and(|p| p.has_wss());
-    let backend_tls = if wss {
-        Some(
-            crate::tls::client_config(r.tls_ca_file.as_deref(), r.insecure_skip_verify)
-                .with_context(|| format!("{at}.tls_ca_file"))?,
-        )
-    } else {
-        None
-    };
-    // Validated by config: every name parses and none is a hop-by-hop header.
-    let forward_headers = r
-        .forward_headers
-        .iter()
-        .filter_map(|h| {
-            hyper::header::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok()
-        })
-        .filter(|n| !is_hop_header(n))
-        .collect();
+    let backend_tls = backend_tls(&at, r, &backend, pool.as_ref())?;
     Ok(Route {
         name: r.name.as_str().into(),
         path: r.path.clone(),
@@ -345,7 +303,7 @@ fn compile_route(
             .collect(),
         backend,
         subprotocols: r.subprotocols.clone(),
-        forward_headers,
+        forward_headers: forward_headers(r),
         forward_credentials: r.forward_credentials,
         strip_path_prefix: r.strip_path_prefix,
         backend_tls,
@@ -355,44 +313,118 @@ fn compile_route(
         limits: RouteLimits {
             max_sessions: config.max_sessions(r),
         },
-        session: SessionSettings {
-            buffer_bytes: config.buffer_bytes,
-            max_frame_bytes: config.max_frame_bytes(r),
-            max_message_bytes: config.max_message_bytes(r),
-            message_type: r.message_type,
-            ping_interval: config.ping_interval,
-            pong_timeout: config.pong_timeout,
-            close_grace: config.close_grace,
-            backend_stall: config.backend_stall,
-            bandwidth_bytes_per_sec: config.bandwidth_bytes_per_sec(r),
-            udp: config.udp_settings(r),
-            // Ranges were checked by config.
-            compression: (r.compression == CompressionMode::On).then_some(DeflatePolicy {
-                server_context_takeover: r.compression_server_context_takeover,
-                client_context_takeover: r.compression_client_context_takeover,
-                server_max_window_bits: r.compression_server_max_window_bits,
-                client_max_window_bits: r.compression_client_max_window_bits,
-                level: r.compression_level,
-            }),
-            record: r
-                .record
-                .as_ref()
-                .map(|c| Arc::new(RecordSettings::new(r.name.as_str().into(), c))),
-            resume: r.resume.as_ref().map(|c| ResumeSettings {
-                grace: Duration::from_secs_f64(c.grace_secs),
-                window_bytes: c.window_bytes,
-                heartbeat: Duration::from_secs_f64(c.heartbeat_secs),
-                read_bytes: config.buffer_bytes,
-                backend_stall: config.backend_stall,
-                close_grace: config.close_grace,
-                limits: ResumeLimits {
-                    max_sessions: config.resume.max_sessions,
-                    max_sessions_per_address: config.resume.max_sessions_per_address,
-                    max_buffered_bytes: config.resume.max_buffered_bytes,
-                },
-            }),
-        },
+        session: session_settings(config, r),
     })
+}
+
+/// A route's pool: the previous snapshot's when its config is the same (it keeps its
+/// health and counters), else a new one; `None` without `backends`.
+fn route_pool(
+    at: &str,
+    r: &crate::config::RouteConfig,
+    previous: Option<&Snapshot>,
+) -> anyhow::Result<Option<Arc<Pool>>> {
+    if r.backends.is_empty() {
+        return Ok(None);
+    }
+    let backends = r
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(n, url)| BackendAddr::parse(url).with_context(|| format!("{at}.backends[{n}]")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let kept = previous
+        .into_iter()
+        .flat_map(|p| p.pools())
+        .find(|p| p.same_config(&r.name, &backends, r.balance, &r.health));
+    Ok(Some(match kept {
+        Some(p) => p.clone(),
+        None => Arc::new(Pool::new(
+            r.name.as_str().into(),
+            backends,
+            r.balance,
+            r.health.clone(),
+        )),
+    }))
+}
+
+/// The TLS client config for a route with wss:// backends (warning when it skips
+/// verification).
+fn backend_tls(
+    at: &str,
+    r: &crate::config::RouteConfig,
+    backend: &Target,
+    pool: Option<&Arc<Pool>>,
+) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    if r.insecure_skip_verify {
+        tracing::warn!(
+            route = %r.name,
+            "insecure_skip_verify is set: this route's backend certificates are NOT verified (development only)"
+        );
+    }
+    let wss = matches!(
+        backend,
+        Target::Fixed(BackendAddr::WebSocket { tls: true, .. })
+    ) || pool.is_some_and(|p| p.has_wss());
+    if !wss {
+        return Ok(None);
+    }
+    let tls = crate::tls::client_config(r.tls_ca_file.as_deref(), r.insecure_skip_verify)
+        .with_context(|| format!("{at}.tls_ca_file"))?;
+    Ok(Some(tls))
+}
+
+/// The request headers a route passes on. Validated by config: every name parses and none
+/// is a hop-by-hop header.
+fn forward_headers(r: &crate::config::RouteConfig) -> Vec<hyper::header::HeaderName> {
+    r.forward_headers
+        .iter()
+        .filter_map(|h| {
+            hyper::header::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok()
+        })
+        .filter(|n| !is_hop_header(n))
+        .collect()
+}
+
+/// A route's session settings, compiled once: what bridge, relay and the udp pump read.
+fn session_settings(config: &Config, r: &crate::config::RouteConfig) -> SessionSettings {
+    SessionSettings {
+        buffer_bytes: config.buffer_bytes,
+        max_frame_bytes: config.max_frame_bytes(r),
+        max_message_bytes: config.max_message_bytes(r),
+        message_type: r.message_type,
+        ping_interval: config.ping_interval,
+        pong_timeout: config.pong_timeout,
+        close_grace: config.close_grace,
+        backend_stall: config.backend_stall,
+        bandwidth_bytes_per_sec: config.bandwidth_bytes_per_sec(r),
+        udp: config.udp_settings(r),
+        // Ranges were checked by config.
+        compression: (r.compression == CompressionMode::On).then_some(DeflatePolicy {
+            server_context_takeover: r.compression_server_context_takeover,
+            client_context_takeover: r.compression_client_context_takeover,
+            server_max_window_bits: r.compression_server_max_window_bits,
+            client_max_window_bits: r.compression_client_max_window_bits,
+            level: r.compression_level,
+        }),
+        record: r
+            .record
+            .as_ref()
+            .map(|c| Arc::new(RecordSettings::new(r.name.as_str().into(), c))),
+        resume: r.resume.as_ref().map(|c| ResumeSettings {
+            grace: Duration::from_secs_f64(c.grace_secs),
+            window_bytes: c.window_bytes,
+            heartbeat: Duration::from_secs_f64(c.heartbeat_secs),
+            read_bytes: config.buffer_bytes,
+            backend_stall: config.backend_stall,
+            close_grace: config.close_grace,
+            limits: ResumeLimits {
+                max_sessions: config.resume.max_sessions,
+                max_sessions_per_address: config.resume.max_sessions_per_address,
+                max_buffered_bytes: config.resume.max_buffered_bytes,
+            },
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -224,8 +224,54 @@ impl<R: ReadReady> FrameReader<R> {
         if self.charged > 0 {
             self.budget.give(std::mem::take(&mut self.charged));
         }
+        let header = self.read_header().await?;
+        let mut payload = self.read_payload(header.length).await?;
+        if let Some(mask) = header.mask {
+            fastwebsockets::unmask(&mut payload, mask);
+        }
+        if header.opcode == OpCode::Close {
+            check_close(&payload)?;
+        }
+        Ok(Frame::new(
+            header.fin,
+            header.opcode,
+            None,
+            Payload::Bytes(payload),
+        ))
+    }
+
+    /// A frame's header, read and checked, and consumed from the buffer.
+    async fn read_header(&mut self) -> Result<Header, ReadError> {
         self.fill(2).await?;
         let [b0, b1] = [self.buffered()[0], self.buffered()[1]];
+        let (fin, opcode, masked) = self.first_two_bytes(b0, b1)?;
+        let extended = match b1 & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let header_len = 2 + extended + if masked { 4 } else { 0 };
+        self.fill(header_len).await?;
+        let header = &self.buffered()[..header_len];
+        let length = payload_length(b1, extended, header)?;
+        let mask = masked.then(|| {
+            let m = &header[2 + extended..2 + extended + 4];
+            [m[0], m[1], m[2], m[3]]
+        });
+        self.check_frame_rules(opcode, fin, length)?;
+        self.start += header_len;
+        Ok(Header {
+            fin,
+            opcode,
+            mask,
+            length,
+        })
+    }
+
+    /// FIN, the opcode and the mask bit, with the reserved bits, opcode and masking rule
+    /// checked (RSV1 is remembered for [`FrameReader::compressed`]).
+    #[inline]
+    fn first_two_bytes(&mut self, b0: u8, b1: u8) -> Result<(bool, OpCode, bool), ReadError> {
         let fin = b0 & 0x80 != 0;
         if b0 & 0x30 != 0 || b0 & 0x40 != 0 && !self.rsv1_allowed {
             return Err(violation(close_code::PROTOCOL_ERROR, "reserved bits set"));
@@ -249,42 +295,13 @@ impl<R: ReadReady> FrameReader<R> {
             };
             return Err(violation(close_code::PROTOCOL_ERROR, reason));
         }
-        let extended = match b1 & 0x7f {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let header_len = 2 + extended + if masked { 4 } else { 0 };
-        self.fill(header_len).await?;
-        let header = &self.buffered()[..header_len];
-        let length = match extended {
-            0 => u64::from(b1 & 0x7f),
-            2 => u64::from(u16::from_be_bytes([header[2], header[3]])),
-            _ => u64::from_be_bytes([
-                header[2], header[3], header[4], header[5], header[6], header[7], header[8],
-                header[9],
-            ]),
-        };
-        // §5.2: "the minimal number of bytes MUST be used to encode the length", and the
-        // most significant bit of a 64-bit length MUST be 0. Both are protocol errors, checked
-        // before the size limit so a bad header is never reported as a big frame.
-        match extended {
-            2 if length < 126 => return Err(violation(close_code::PROTOCOL_ERROR, NON_MINIMAL)),
-            8 if length >> 63 != 0 => {
-                return Err(violation(
-                    close_code::PROTOCOL_ERROR,
-                    "frame length with the top bit set",
-                ))
-            }
-            8 if length <= 0xffff => {
-                return Err(violation(close_code::PROTOCOL_ERROR, NON_MINIMAL))
-            }
-            _ => {}
-        }
-        let mask = masked.then(|| {
-            let m = &header[2 + extended..2 + extended + 4];
-            [m[0], m[1], m[2], m[3]]
-        });
+        Ok((fin, opcode, masked))
+    }
+
+    /// The rules of one frame that need its opcode, FIN, RSV1 and length: compression marks,
+    /// control frames whole and small, the frame size limit.
+    #[inline]
+    fn check_frame_rules(&self, opcode: OpCode, fin: bool, length: u64) -> Result<(), ReadError> {
         let control = matches!(opcode, OpCode::Close | OpCode::Ping | OpCode::Pong);
         // RFC 7692 §6.1: compression is per message, marked on its first frame only.
         if self.rsv1 && control {
@@ -314,10 +331,13 @@ impl<R: ReadReady> FrameReader<R> {
         if length > self.max_frame_bytes as u64 {
             return Err(violation(close_code::TOO_BIG, "frame too big"));
         }
-        self.start += header_len;
+        Ok(())
+    }
 
-        let announced = length;
-        let length = length as usize;
+    /// A payload of `length` bytes (already checked against the limit): what is buffered,
+    /// then straight from the stream into a buffer grown as bytes arrive, within the budget.
+    async fn read_payload(&mut self, announced: u64) -> Result<BytesMut, ReadError> {
+        let length = announced as usize;
         let first = length.min(FIRST_STEP);
         if length > INLINE {
             self.charge(first, announced)?;
@@ -349,13 +369,40 @@ impl<R: ReadReady> FrameReader<R> {
                 return Err(ReadError::Gone(None));
             }
         }
-        if let Some(mask) = mask {
-            fastwebsockets::unmask(&mut payload, mask);
-        }
-        if opcode == OpCode::Close {
-            check_close(&payload)?;
-        }
-        Ok(Frame::new(fin, opcode, None, Payload::Bytes(payload)))
+        Ok(payload)
+    }
+}
+
+/// A checked frame header.
+#[derive(Clone, Copy)]
+struct Header {
+    fin: bool,
+    opcode: OpCode,
+    mask: Option<[u8; 4]>,
+    length: u64,
+}
+
+/// The payload length from the header's second byte and its `extended` length bytes,
+/// checked: §5.2 "the minimal number of bytes MUST be used to encode the length", and the
+/// most significant bit of a 64-bit length MUST be 0. Both are protocol errors, checked
+/// before the size limit so a bad header is never reported as a big frame.
+#[inline]
+fn payload_length(b1: u8, extended: usize, header: &[u8]) -> Result<u64, ReadError> {
+    let length = match extended {
+        0 => u64::from(b1 & 0x7f),
+        2 => u64::from(u16::from_be_bytes([header[2], header[3]])),
+        _ => u64::from_be_bytes([
+            header[2], header[3], header[4], header[5], header[6], header[7], header[8], header[9],
+        ]),
+    };
+    match extended {
+        2 if length < 126 => Err(violation(close_code::PROTOCOL_ERROR, NON_MINIMAL)),
+        8 if length >> 63 != 0 => Err(violation(
+            close_code::PROTOCOL_ERROR,
+            "frame length with the top bit set",
+        )),
+        8 if length <= 0xffff => Err(violation(close_code::PROTOCOL_ERROR, NON_MINIMAL)),
+        _ => Ok(length),
     }
 }
 

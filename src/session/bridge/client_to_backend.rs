@@ -2,7 +2,11 @@
 //! compressed, written with a stall limit); control frames and the client's end go to the
 //! writer over the channel.
 
+use std::ops::ControlFlow;
+
 use super::*;
+use crate::ws::deflate::Inflating;
+use crate::ws::frames::Violation;
 
 pub(super) struct ClientCounters {
     pub(super) max_message_bytes: usize,
@@ -57,12 +61,30 @@ where
     CR: ReadReady,
     BW: AsyncWrite + Unpin,
 {
-    let mut messages = MessageCheck::new(counters.max_message_bytes);
-    let mut backend_alive = true;
+    let ClientCounters {
+        max_message_bytes,
+        bytes,
+        messages: message_count,
+        pacer,
+        inflater,
+        held,
+        backend_stall,
+        record,
+    } = counters;
+    let mut messages = MessageCheck::new(*max_message_bytes);
+    let mut out = ToBackend {
+        backend,
+        alive: true,
+        tx,
+        held,
+        stall: *backend_stall,
+        bytes,
+        record,
+    };
     // The message being read is compressed (RSV1 on its first frame).
     let mut compressed = false;
     loop {
-        counters.pacer.ready().await;
+        pacer.ready().await;
         let frame = match ws.read_frame().await {
             Ok(frame) => frame,
             Err(ReadError::Violation((code, reason))) => {
@@ -77,13 +99,13 @@ where
         // The cap counts what the backend receives: a compressed message's inflated bytes,
         // charged piece by piece as they are written below, anything else as read.
         let inflates = compressed
-            && counters.inflater.is_some()
+            && inflater.is_some()
             && matches!(
                 frame.opcode,
                 OpCode::Text | OpCode::Binary | OpCode::Continuation
             );
         if !inflates {
-            counters.pacer.spent(frame.payload.len());
+            pacer.spent(frame.payload.len());
         }
         match frame.opcode {
             OpCode::Ping | OpCode::Pong => {
@@ -102,77 +124,113 @@ where
             OpCode::Close => return FromClient::Close(frame.payload[..].into()),
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {}
         }
-        if let (true, Some(inflater)) = (compressed, counters.inflater.as_mut()) {
-            let mut inflating = inflater.frame(&frame.payload, frame.fin);
-            // Sequencing first; then each inflated piece is checked and written before the
-            // next is made, so a message is never held whole however far it inflates.
-            let mut checked = messages.data_frame(frame.opcode, false, &[]);
-            while checked.is_ok() {
-                counters.pacer.ready().await;
-                let chunk = match inflating.next_chunk() {
-                    Ok(Some(chunk)) => chunk,
-                    Ok(None) => break,
-                    Err(v) => {
-                        checked = Err(v);
-                        break;
-                    }
-                };
-                counters.pacer.spent(chunk.len());
-                checked = messages.data_frame(OpCode::Continuation, false, chunk);
-                if checked.is_err() || !backend_alive {
-                    continue;
-                }
-                let written = write_watched(backend, chunk, &counters.held, counters.backend_stall);
-                if let Err(e) = written.await {
-                    backend_alive = false;
-                    if tx.send_async(backend_failed(&e)).await.is_err() {
-                        return FromClient::Gone;
-                    }
-                    continue;
-                }
-                counters.bytes.increment(chunk.len() as u64);
-                if let Some(tap) = counters.record.as_mut() {
-                    if tap.record(chunk).await.is_err() {
-                        return FromClient::Violation(close_code::INTERNAL_ERROR, RECORDING_FAILED);
-                    }
-                }
-            }
-            match checked.and_then(|_| messages.data_frame(OpCode::Continuation, frame.fin, &[])) {
-                Ok(true) => counters.messages.increment(1),
-                Ok(false) => {}
-                Err((code, reason)) => return FromClient::Violation(code, reason),
+        if let (true, Some(inflater)) = (compressed, inflater.as_mut()) {
+            let inflating = inflater.frame(&frame.payload, frame.fin);
+            let checked = match out
+                .inflated(inflating, (frame.opcode, frame.fin), &mut messages, pacer)
+                .await
+            {
+                ControlFlow::Continue(checked) => checked,
+                ControlFlow::Break(end) => return end,
+            };
+            if let Err(end) = count_message(checked, message_count) {
+                return end;
             }
             continue;
         }
-        match messages.data_frame(frame.opcode, frame.fin, &frame.payload) {
-            Ok(true) => counters.messages.increment(1),
-            Ok(false) => {}
-            Err((code, reason)) => return FromClient::Violation(code, reason),
+        let checked = messages.data_frame(frame.opcode, frame.fin, &frame.payload);
+        if let Err(end) = count_message(checked, message_count) {
+            return end;
         }
-        if frame.payload.is_empty() || !backend_alive {
+        if frame.payload.is_empty() {
             continue;
         }
-        let written = write_watched(
-            backend,
-            &frame.payload,
-            &counters.held,
-            counters.backend_stall,
-        );
+        if let ControlFlow::Break(end) = out.forward(&frame.payload).await {
+            return end;
+        }
+    }
+}
+
+/// A data frame's check: a message it ended is counted; a violation ends the pump.
+#[inline]
+fn count_message(checked: Result<bool, Violation>, count: &Tally) -> Result<(), FromClient> {
+    match checked {
+        Ok(true) => count.increment(1),
+        Ok(false) => {}
+        Err((code, reason)) => return Err(FromClient::Violation(code, reason)),
+    }
+    Ok(())
+}
+
+/// Where the client's data goes: the backend (until a write fails), counted and recorded.
+struct ToBackend<'a, BW> {
+    backend: &'a mut BW,
+    /// No write has failed yet: after one, data is checked but dropped.
+    alive: bool,
+    tx: &'a flume::Sender<FromClient>,
+    held: &'a Held,
+    stall: Duration,
+    bytes: &'a Tally,
+    record: &'a mut Option<Box<Tap>>,
+}
+
+impl<BW: AsyncWrite + Unpin> ToBackend<'_, BW> {
+    /// One piece of client data to the backend: written (unless a write already failed),
+    /// counted and recorded. `Break` ends the pump with its message.
+    #[inline]
+    async fn forward(&mut self, data: &[u8]) -> ControlFlow<FromClient> {
+        if !self.alive {
+            return ControlFlow::Continue(());
+        }
+        let written = write_watched(self.backend, data, self.held, self.stall);
         if let Err(e) = written.await {
             // Keep reading: the client's answer to our Close 1011 still has to arrive.
-            backend_alive = false;
-            if tx.send_async(backend_failed(&e)).await.is_err() {
-                return FromClient::Gone;
+            self.alive = false;
+            if self.tx.send_async(backend_failed(&e)).await.is_err() {
+                return ControlFlow::Break(FromClient::Gone);
             }
-            continue;
+            return ControlFlow::Continue(());
         }
-        let n = frame.payload.len() as u64;
-        counters.bytes.increment(n);
-        if let Some(tap) = counters.record.as_mut() {
-            if tap.record(&frame.payload).await.is_err() {
-                return FromClient::Violation(close_code::INTERNAL_ERROR, RECORDING_FAILED);
+        self.bytes.increment(data.len() as u64);
+        if let Some(tap) = self.record.as_mut() {
+            if tap.record(data).await.is_err() {
+                let failed = FromClient::Violation(close_code::INTERNAL_ERROR, RECORDING_FAILED);
+                return ControlFlow::Break(failed);
             }
         }
+        ControlFlow::Continue(())
+    }
+
+    /// One frame of a compressed message: sequencing first; then each inflated piece is
+    /// checked and written before the next is made, so a message is never held whole however
+    /// far it inflates. `Continue` holds the check of the frame (whether it ended a message).
+    async fn inflated(
+        &mut self,
+        mut inflating: Inflating<'_>,
+        (opcode, fin): (OpCode, bool),
+        messages: &mut MessageCheck,
+        pacer: &mut Pacer,
+    ) -> ControlFlow<FromClient, Result<bool, Violation>> {
+        let mut checked = messages.data_frame(opcode, false, &[]);
+        while checked.is_ok() {
+            pacer.ready().await;
+            let chunk = match inflating.next_chunk() {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(v) => {
+                    checked = Err(v);
+                    break;
+                }
+            };
+            pacer.spent(chunk.len());
+            checked = messages.data_frame(OpCode::Continuation, false, chunk);
+            if checked.is_ok() {
+                self.forward(chunk).await?;
+            }
+        }
+        ControlFlow::Continue(
+            checked.and_then(|_| messages.data_frame(OpCode::Continuation, fin, &[])),
+        )
     }
 }
 

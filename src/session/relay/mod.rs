@@ -28,7 +28,7 @@ use super::registry::SessionControl;
 use super::settings::SessionSettings;
 use crate::error::close_code;
 use crate::metrics::{SessionMetrics, Tally};
-use crate::ws::deflate::{Deflater, Inflater, RelayDeflate, MIN_COMPRESS};
+use crate::ws::deflate::{Deflater, HopDeflate, Inflater, RelayDeflate, MIN_COMPRESS};
 use crate::ws::frames::{close_payload_code, GuardedWriter, MessageCheck, Violation, WriteFailed};
 use crate::ws::reader::{FrameReader, ReadError, ReadReady};
 use crate::ws::writer::FrameWriter;
@@ -248,11 +248,7 @@ where
         first: first.clone(),
         rtt: Some(metrics.ping_rtt.clone()),
         metrics,
-        // Frames passed through keep the backend's context: ours must not interleave with it.
-        deflater: (!deflate.backend_to_client_as_is)
-            .then_some(deflate.client)
-            .flatten()
-            .map(|d| d.deflater()),
+        deflater: hop_deflater(deflate.backend_to_client_as_is, deflate.client),
         compressing: false,
     };
     let backend_writer = HopWriter {
@@ -269,10 +265,7 @@ where
         first: first.clone(),
         rtt: None,
         metrics,
-        deflater: (!deflate.client_to_backend_as_is)
-            .then_some(deflate.backend)
-            .flatten()
-            .map(|d| d.deflater()),
+        deflater: hop_deflater(deflate.client_to_backend_as_is, deflate.backend),
         compressing: false,
     };
     tokio::join!(
@@ -294,6 +287,20 @@ where
     stop_readers.cancel();
     let _ = tokio::join!(client_reader, backend_reader);
 
+    outcome(&first, &up, &down)
+}
+
+/// A hop writer's compressor: none when the other hop's compressed frames pass through as
+/// they are (ours must not interleave with their context), or when the hop did not agree.
+fn hop_deflater(passing_through: bool, hop: Option<HopDeflate>) -> Option<Deflater> {
+    (!passing_through)
+        .then_some(hop)
+        .flatten()
+        .map(|d| d.deflater())
+}
+
+/// How the relay ended: the first end recorded, and the bytes each way.
+fn outcome(first: &FirstEnd, up: &AtomicU64, down: &AtomicU64) -> Outcome {
     let (code, initiator, reason) =
         first
             .get()

@@ -35,6 +35,28 @@ pub(super) async fn read_hop<R: ReadReady>(
     }
 }
 
+/// What a hop's reader does after one frame.
+enum Next {
+    /// Read the next frame.
+    Read,
+    /// Stop reading (the end was recorded and passed on).
+    Stop,
+    /// The peer broke a rule: close both hops for it.
+    Violated(Violation),
+}
+
+impl Counts {
+    /// Count `n` bytes delivered to the other hop (and a message when it ended one).
+    #[inline]
+    fn delivered(&mut self, n: u64, ends_message: bool) {
+        self.bytes.increment(n);
+        self.total.fetch_add(n, Ordering::Relaxed);
+        if ends_message {
+            self.messages.increment(1);
+        }
+    }
+}
+
 async fn pump_hop<R: ReadReady>(
     ws: &mut FrameReader<R>,
     hop: Hop,
@@ -48,139 +70,174 @@ async fn pump_hop<R: ReadReady>(
     let mut compressed = false;
     loop {
         counts.pacer.ready().await;
-        let violation = match ws.read_frame().await {
-            Err(ReadError::Violation(v)) => v,
-            Err(ReadError::OverBudget) => {
-                let (code, reason) = (close_code::TRY_AGAIN_LATER, OVER_BUDGET);
-                record(first, code, Initiator::Gateway, reason);
-                let _ = own.send(Own::Violation(code, reason)).await;
-                let _ = relay.send(Relayed::Lost(code, reason)).await;
-                return;
-            }
-            Err(ReadError::Gone(_)) => {
-                let side = if hop == Hop::Client {
-                    "client"
-                } else {
-                    "backend"
-                };
-                record(
-                    first,
-                    close_code::ABNORMAL,
-                    hop.initiator(),
-                    format!("{side} vanished without a Close"),
-                );
-                let (code, reason) = hop.lost();
-                let _ = relay.send(Relayed::Lost(code, reason)).await;
-                return;
-            }
+        let next = match ws.read_frame().await {
             Ok(frame) => {
                 if matches!(frame.opcode, OpCode::Text | OpCode::Binary) {
                     compressed = ws.compressed();
                 }
-                let data = matches!(
-                    frame.opcode,
-                    OpCode::Text | OpCode::Binary | OpCode::Continuation
-                );
-                // The cap counts message data as it is, not as it travels: a compressed
-                // frame is charged its inflated bytes (in `relay_compressed`).
-                if !(compressed && data && counts.inflater.is_some()) {
-                    counts.pacer.spent(frame.payload.len());
-                }
-                if let (true, true, Some(inflater)) = (compressed, data, counts.inflater.as_mut()) {
-                    let as_is = counts.as_is;
-                    let relayed = relay_compressed(
-                        frame,
-                        inflater,
-                        as_is,
-                        &mut messages,
-                        relay,
-                        &counts.held,
-                        &mut counts.pacer,
-                    );
-                    match relayed.await {
-                        Ok((ends_message, n)) => {
-                            counts.bytes.increment(n);
-                            counts.total.fetch_add(n, Ordering::Relaxed);
-                            if ends_message {
-                                counts.messages.increment(1);
-                            }
-                            continue;
-                        }
-                        Err(v) => {
-                            let (code, reason) = v;
-                            record(first, code, hop.initiator(), reason);
-                            let _ = own.send(Own::Violation(code, reason)).await;
-                            let (code, reason) = hop.violated();
-                            let _ = relay.send(Relayed::Lost(code, reason)).await;
-                            return;
-                        }
-                    }
-                }
-                let checked = messages.data_frame(frame.opcode, frame.fin, &frame.payload);
-                match (checked, frame.opcode) {
-                    (Err(v), _) => v,
-                    (Ok(_), OpCode::Ping) => {
-                        if own
-                            .send(Own::Ping(Bytes::copy_from_slice(&frame.payload)))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        continue;
-                    }
-                    (Ok(_), OpCode::Pong) => {
-                        if own
-                            .send(Own::Pong(Bytes::copy_from_slice(&frame.payload)))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        continue;
-                    }
-                    (Ok(_), OpCode::Close) => {
-                        let payload = Bytes::copy_from_slice(&frame.payload);
-                        let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default())
-                            .into_owned();
-                        record(first, close_payload_code(&payload), hop.initiator(), reason);
-                        let _ = relay.send(Relayed::Close(payload.clone())).await;
-                        let _ = own.send(Own::PeerClosed(payload)).await;
-                        return;
-                    }
-                    (Ok(ends_message), opcode) => {
-                        let n = frame.payload.len() as u64;
-                        let payload = match frame.payload {
-                            Payload::Bytes(b) => b,
-                            other => BytesMut::from(&other[..]),
-                        };
-                        let frame = Relayed::Frame {
-                            opcode,
-                            fin: frame.fin,
-                            payload,
-                            wire: Wire::Plain,
-                        };
-                        // Once the other hop's writer is gone, data is dropped but reading goes
-                        // on: this hop's close handshake still needs its peer's Close.
-                        if !deliver(relay, frame, &counts.held).await {
-                            continue;
-                        }
-                        counts.bytes.increment(n);
-                        counts.total.fetch_add(n, Ordering::Relaxed);
-                        if ends_message {
-                            counts.messages.increment(1);
-                        }
-                        continue;
-                    }
-                }
+                let hop_frame = HopFrame {
+                    hop,
+                    own,
+                    relay,
+                    first,
+                };
+                hop_frame
+                    .pass_on(frame, compressed, counts, &mut messages)
+                    .await
             }
+            Err(e) => read_failed(e, hop, own, relay, first).await,
         };
-        let (code, reason) = violation;
-        record(first, code, hop.initiator(), reason);
-        let _ = own.send(Own::Violation(code, reason)).await;
-        let (code, reason) = hop.violated();
-        let _ = relay.send(Relayed::Lost(code, reason)).await;
-        return;
+        match next {
+            Next::Read => continue,
+            Next::Stop => return,
+            Next::Violated((code, reason)) => {
+                record(first, code, hop.initiator(), reason);
+                let _ = own.send(Own::Violation(code, reason)).await;
+                let (code, reason) = hop.violated();
+                let _ = relay.send(Relayed::Lost(code, reason)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// A read that gave no frame: a violation to close for, or an end passed on here.
+async fn read_failed(
+    error: ReadError,
+    hop: Hop,
+    own: &mpsc::Sender<Own>,
+    relay: &mpsc::Sender<Relayed>,
+    first: &FirstEnd,
+) -> Next {
+    match error {
+        ReadError::Violation(v) => Next::Violated(v),
+        ReadError::OverBudget => {
+            let (code, reason) = (close_code::TRY_AGAIN_LATER, OVER_BUDGET);
+            record(first, code, Initiator::Gateway, reason);
+            let _ = own.send(Own::Violation(code, reason)).await;
+            let _ = relay.send(Relayed::Lost(code, reason)).await;
+            Next::Stop
+        }
+        ReadError::Gone(_) => {
+            let side = if hop == Hop::Client {
+                "client"
+            } else {
+                "backend"
+            };
+            record(
+                first,
+                close_code::ABNORMAL,
+                hop.initiator(),
+                format!("{side} vanished without a Close"),
+            );
+            let (code, reason) = hop.lost();
+            let _ = relay.send(Relayed::Lost(code, reason)).await;
+            Next::Stop
+        }
+    }
+}
+
+/// Where one hop's frames go: its own writer, the other hop's writer, the session's end.
+struct HopFrame<'a> {
+    hop: Hop,
+    own: &'a mpsc::Sender<Own>,
+    relay: &'a mpsc::Sender<Relayed>,
+    first: &'a FirstEnd,
+}
+
+impl HopFrame<'_> {
+    /// One frame read from this hop's peer, checked and passed on: data to the other hop
+    /// (inflated when compressed), ping and pong to this hop's writer, Close to both.
+    async fn pass_on(
+        &self,
+        frame: Frame<'static>,
+        compressed: bool,
+        counts: &mut Counts,
+        messages: &mut MessageCheck,
+    ) -> Next {
+        let data = matches!(
+            frame.opcode,
+            OpCode::Text | OpCode::Binary | OpCode::Continuation
+        );
+        // The cap counts message data as it is, not as it travels: a compressed
+        // frame is charged its inflated bytes (in `relay_compressed`).
+        if !(compressed && data && counts.inflater.is_some()) {
+            counts.pacer.spent(frame.payload.len());
+        }
+        if let (true, true, Some(inflater)) = (compressed, data, counts.inflater.as_mut()) {
+            let as_is = counts.as_is;
+            let relayed = relay_compressed(
+                frame,
+                inflater,
+                as_is,
+                messages,
+                self.relay,
+                &counts.held,
+                &mut counts.pacer,
+            );
+            return match relayed.await {
+                Ok((ends_message, n)) => {
+                    counts.delivered(n, ends_message);
+                    Next::Read
+                }
+                Err(v) => Next::Violated(v),
+            };
+        }
+        let ends_message = match messages.data_frame(frame.opcode, frame.fin, &frame.payload) {
+            Ok(ends) => ends,
+            Err(v) => return Next::Violated(v),
+        };
+        match frame.opcode {
+            OpCode::Ping => {
+                self.to_own(Own::Ping(Bytes::copy_from_slice(&frame.payload)))
+                    .await
+            }
+            OpCode::Pong => {
+                self.to_own(Own::Pong(Bytes::copy_from_slice(&frame.payload)))
+                    .await
+            }
+            OpCode::Close => {
+                let payload = Bytes::copy_from_slice(&frame.payload);
+                let reason =
+                    String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).into_owned();
+                record(
+                    self.first,
+                    close_payload_code(&payload),
+                    self.hop.initiator(),
+                    reason,
+                );
+                let _ = self.relay.send(Relayed::Close(payload.clone())).await;
+                let _ = self.own.send(Own::PeerClosed(payload)).await;
+                Next::Stop
+            }
+            opcode => {
+                let n = frame.payload.len() as u64;
+                let payload = match frame.payload {
+                    Payload::Bytes(b) => b,
+                    other => BytesMut::from(&other[..]),
+                };
+                let frame = Relayed::Frame {
+                    opcode,
+                    fin: frame.fin,
+                    payload,
+                    wire: Wire::Plain,
+                };
+                // Once the other hop's writer is gone, data is dropped but reading goes
+                // on: this hop's close handshake still needs its peer's Close.
+                if deliver(self.relay, frame, &counts.held).await {
+                    counts.delivered(n, ends_message);
+                }
+                Next::Read
+            }
+        }
+    }
+
+    /// A control frame for this hop's own writer; stop once that writer is gone.
+    async fn to_own(&self, message: Own) -> Next {
+        match self.own.send(message).await {
+            Ok(()) => Next::Read,
+            Err(_) => Next::Stop,
+        }
     }
 }
 

@@ -207,21 +207,24 @@ where
         self,
         first: Link,
         first_feed: oneshot::Sender<Feed>,
-        mut attaches: mpsc::Receiver<Attach>,
+        attaches: mpsc::Receiver<Attach>,
         stop: impl std::future::Future<Output = (u16, &'static str)>,
     ) -> Outcome {
         let Self {
-            mut backend_read,
+            backend_read,
             backend_write,
             settings,
             metrics,
         } = self;
-        tokio::pin!(stop);
-        let started = Instant::now();
         let (to_backend, to_backend_rx) = mpsc::channel::<Bytes>(TO_BACKEND_MESSAGES);
-        let (events_tx, mut events) = mpsc::channel::<(u64, Event)>(OUT_MESSAGES);
-        let (written_tx, mut written) = watch::channel(0u64);
-        let accepted = Arc::new(AtomicU64::new(0));
+        let (events_tx, events) = mpsc::channel::<(u64, Event)>(OUT_MESSAGES);
+        let (written_tx, written) = watch::channel(0u64);
+        let feeds = Feeds {
+            to_backend,
+            accepted: Arc::new(AtomicU64::new(0)),
+            events: events_tx,
+            started: Instant::now(),
+        };
         let write_failed = CancellationToken::new();
         let finish = CancellationToken::new();
         let writer = write_backend(
@@ -232,238 +235,21 @@ where
             finish.clone(),
             write_failed.clone(),
         );
-        let feed = |attach: u64| Feed {
-            attach,
-            to_backend: to_backend.clone(),
-            accepted: accepted.clone(),
-            events: events_tx.clone(),
-            started,
-        };
-        let heartbeat_ms = settings.heartbeat.as_millis().min(u32::MAX as u128) as u32;
-        let grace_ms = settings.grace.as_millis().min(u32::MAX as u128) as u32;
-        let mut token = new_token();
-        let _ = first.out.try_send(Out::Message(protocol::welcome(
-            0,
-            heartbeat_ms,
-            grace_ms,
-            &token,
-        )));
-        let _ = first_feed.send(feed(0));
-
-        let pump = async {
-            let mut replay = Replay {
-                chunks: VecDeque::new(),
-                base: 0,
-                read: 0,
-                acked: 0,
-                sent: 0,
-            };
-            let Link {
-                out,
-                kicked,
-                stopped: first_stopped,
-                heard,
-            } = first;
-            let mut attached = Some(Attached { out, kicked, heard });
-            let mut stopped = Some(first_stopped);
-            let mut attach_no = 0u64;
-            let mut resumes = 0u64;
-            let mut bytes_to_client = 0u64;
-            let mut backend_done = false;
-            let mut ack_due = false;
-            let mut acked_sent = 0u64;
-            let mut pong_due: Option<u64> = None;
-            let mut grace_until: Option<Instant> = None;
-            let mut chunk = BytesMut::new();
-            let mut heartbeat = tokio::time::interval(settings.heartbeat);
-            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut pings = 0u64;
-            let silent_limit = settings.heartbeat.as_millis() as u64 * 3;
-
-            let (code, reason) = loop {
-                if backend_done && replay.acked == replay.read && attached.is_some() {
-                    break (1000, "backend closed");
-                }
-                let room = settings.window_bytes.saturating_sub(replay.held());
-                let can_read = !backend_done && room > 0;
-                if can_read && chunk.is_empty() {
-                    let want = room.min(settings.read_bytes).min(MAX_DATA_BYTES);
-                    chunk.reserve(1 + want);
-                    chunk.put_u8(protocol::DATA);
-                }
-                let read_limit = room.min(settings.read_bytes).min(MAX_DATA_BYTES);
-                let written_now = *written.borrow();
-                let wants_send = attached.is_some()
-                    && (pong_due.is_some()
-                        || written_now > acked_sent
-                        || ack_due
-                        || replay.sent < replay.chunks.len());
-                let out_for_send = match (&attached, wants_send) {
-                    (Some(link), true) => Some(link.out.clone()),
-                    _ => None,
-                };
-                let mut limited = (&mut chunk).limit(read_limit);
-                let step = tokio::select! {
-                    biased;
-                    end = &mut stop => Step::End(end),
-                    _ = write_failed.cancelled() => Step::End((1011, "backend write failed")),
-                    Some((n, event)) = events.recv() => Step::Event(n, event),
-                    Some(attach) = attaches.recv() => Step::Attach(attach),
-                    _ = async { stopped.as_mut().expect("guarded").await }, if stopped.is_some() => Step::Detached,
-                    _ = async { sleep_until(grace_until.expect("guarded")).await }, if grace_until.is_some() && attached.is_none() => Step::Expired,
-                    _ = written.changed() => Step::Nothing,
-                    permit = async { out_for_send.expect("guarded").reserve_owned().await }, if wants_send => match permit {
-                        Ok(permit) => Step::Send(permit),
-                        Err(_) => Step::Nothing,
-                    },
-                    read = backend_read.read_buf(&mut limited), if can_read => Step::Read(read),
-                    _ = heartbeat.tick() => Step::Heartbeat,
-                };
-                match step {
-                    Step::Nothing => {}
-                    Step::End(end) => break end,
-                    Step::Event(n, event) => {
-                        if n != attach_no || attached.is_none() {
-                            continue;
-                        }
-                        match event {
-                            Event::Ack(offset) => {
-                                if offset > replay.read {
-                                    break (close::PROTOCOL, "acknowledged bytes never sent");
-                                }
-                                replay.release(offset);
-                            }
-                            Event::Ping(nonce) => pong_due = Some(nonce),
-                            Event::End => break (1000, "client ended the session"),
-                            Event::Violation(reason) => break (close::PROTOCOL, reason),
-                        }
-                    }
-                    Step::Attach(attach) => {
-                        let valid_token: bool = attach.token.ct_eq(&token).into();
-                        if !valid_token {
-                            metrics.refused("bad_token");
-                            let _ = attach.reply.send(Err(close::UNKNOWN_SESSION));
-                            continue;
-                        }
-                        if attach.received < replay.acked || attach.received > replay.read {
-                            metrics.refused("offset_out_of_range");
-                            let _ = attach.reply.send(Err(close::OFFSET_OUT_OF_RANGE));
-                            continue;
-                        }
-                        if let Some(old) = attached.take() {
-                            metrics.replaced();
-                            let _ = old.out.try_send(Out::Close(
-                                close::REPLACED,
-                                "replaced by a newer connection",
-                            ));
-                            old.kicked.cancel();
-                            // Its reader stops at the kick; only then is `accepted` final.
-                            if let Some(old_stopped) = stopped.take() {
-                                let _ =
-                                    tokio::time::timeout(settings.close_grace, old_stopped).await;
-                            }
-                        } else {
-                            metrics.reattached();
-                        }
-                        grace_until = None;
-                        metrics.replayed(replay.read - attach.received);
-                        replay.rewind_to(attach.received);
-                        token = new_token();
-                        let welcome = protocol::welcome(
-                            accepted.load(Ordering::Acquire),
-                            heartbeat_ms,
-                            grace_ms,
-                            &token,
-                        );
-                        let Link {
-                            out,
-                            kicked,
-                            stopped: link_stopped,
-                            heard,
-                        } = attach.link;
-                        heard.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                        let _ = out.try_send(Out::Message(welcome));
-                        attach_no += 1;
-                        if attach.reply.send(Ok(feed(attach_no))).is_ok() {
-                            resumes += 1;
-                            metrics.resumed();
-                            attached = Some(Attached { out, kicked, heard });
-                            stopped = Some(link_stopped);
-                            ack_due = true;
-                            pong_due = None;
-                        } else {
-                            metrics.detached();
-                            grace_until = Some(Instant::now() + settings.grace);
-                        }
-                    }
-                    Step::Detached => {
-                        attached = None;
-                        stopped = None;
-                        metrics.detached();
-                        grace_until = Some(Instant::now() + settings.grace);
-                    }
-                    Step::Expired => {
-                        metrics.expired();
-                        break (1001, "no client came back within the grace period");
-                    }
-                    Step::Send(permit) => {
-                        if let Some(nonce) = pong_due.take() {
-                            permit.send(Out::Message(protocol::numbered(protocol::PONG, nonce)));
-                        } else if written_now > acked_sent || ack_due {
-                            acked_sent = written_now;
-                            ack_due = false;
-                            permit
-                                .send(Out::Message(protocol::numbered(protocol::ACK, written_now)));
-                        } else {
-                            let message = replay.chunks[replay.sent].clone();
-                            replay.sent += 1;
-                            bytes_to_client += (message.len() - 1) as u64;
-                            permit.send(Out::Message(message));
-                        }
-                    }
-                    Step::Read(read) => match read {
-                        Ok(0) => {
-                            backend_done = true;
-                            chunk.clear();
-                        }
-                        Ok(n) => {
-                            replay.read += n as u64;
-                            replay.chunks.push_back(chunk.split().freeze());
-                        }
-                        Err(_) => break (1011, "backend read failed"),
-                    },
-                    Step::Heartbeat => {
-                        if let Some(link) = &attached {
-                            let heard = link.heard.load(Ordering::Relaxed);
-                            let now = started.elapsed().as_millis() as u64;
-                            if now.saturating_sub(heard) > silent_limit {
-                                link.kicked.cancel();
-                            } else {
-                                pings += 1;
-                                let ping = protocol::numbered(protocol::PING, pings);
-                                let _ = link.out.try_send(Out::Message(ping));
-                            }
-                        }
-                    }
-                }
-            };
-            // The end: say so to the attached connection (END, then Close), so its client
-            // does not try to resume a session that is gone.
-            if let Some(link) = attached.take() {
-                let send = async {
-                    link.out.send(Out::Message(protocol::end())).await.ok()?;
-                    link.out.send(Out::Close(code, reason)).await.ok()
-                };
-                let _ = tokio::time::timeout(settings.close_grace, send).await;
-                link.kicked.cancel();
-            } else {
-                metrics.reattached();
-            }
-            (code, reason, bytes_to_client, resumes)
+        let session = Session::new(&settings, &metrics, &feeds, first);
+        if let Some(link) = &session.attached {
+            let _ = link.out.try_send(Out::Message(session.welcome(0)));
+        }
+        let _ = first_feed.send(feeds.feed(0));
+        let inputs = Inputs {
+            backend_read,
+            events,
+            attaches,
+            written: written.clone(),
+            write_failed,
         };
         let ((code, reason, bytes_to_client, resumes), ()) = tokio::join!(
             async {
-                let ended = pump.await;
+                let ended = session.pump(inputs, stop).await;
                 finish.cancel();
                 ended
             },
@@ -476,6 +262,358 @@ where
             bytes_to_backend,
             bytes_to_client,
             resumes,
+        }
+    }
+}
+
+/// What hands a client connection its [`Feed`] on attaching.
+struct Feeds {
+    to_backend: mpsc::Sender<Bytes>,
+    accepted: Arc<AtomicU64>,
+    events: mpsc::Sender<(u64, Event)>,
+    started: Instant,
+}
+
+impl Feeds {
+    fn feed(&self, attach: u64) -> Feed {
+        Feed {
+            attach,
+            to_backend: self.to_backend.clone(),
+            accepted: self.accepted.clone(),
+            events: self.events.clone(),
+            started: self.started,
+        }
+    }
+}
+
+/// What the session's loop waits on besides its own state.
+struct Inputs<R> {
+    backend_read: R,
+    events: mpsc::Receiver<(u64, Event)>,
+    attaches: mpsc::Receiver<Attach>,
+    /// Client bytes that reached the backend socket.
+    written: watch::Receiver<u64>,
+    write_failed: CancellationToken,
+}
+
+/// The session's loop state: the replay buffer, the attached connection, what it owes it.
+struct Session<'a> {
+    settings: &'a ResumeSettings,
+    metrics: &'a ResumeMetrics,
+    feeds: &'a Feeds,
+    heartbeat_ms: u32,
+    grace_ms: u32,
+    token: [u8; TOKEN_BYTES],
+    replay: Replay,
+    attached: Option<Attached>,
+    /// The attached connection's reader has stopped (kept apart: it is awaited).
+    stopped: Option<oneshot::Receiver<()>>,
+    attach_no: u64,
+    resumes: u64,
+    bytes_to_client: u64,
+    backend_done: bool,
+    ack_due: bool,
+    acked_sent: u64,
+    pong_due: Option<u64>,
+    grace_until: Option<Instant>,
+    pings: u64,
+    /// A connection silent for this long (milliseconds) is dead.
+    silent_limit: u64,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        settings: &'a ResumeSettings,
+        metrics: &'a ResumeMetrics,
+        feeds: &'a Feeds,
+        first: Link,
+    ) -> Self {
+        let Link {
+            out,
+            kicked,
+            stopped,
+            heard,
+        } = first;
+        Session {
+            settings,
+            metrics,
+            feeds,
+            heartbeat_ms: settings.heartbeat.as_millis().min(u32::MAX as u128) as u32,
+            grace_ms: settings.grace.as_millis().min(u32::MAX as u128) as u32,
+            token: new_token(),
+            replay: Replay {
+                chunks: VecDeque::new(),
+                base: 0,
+                read: 0,
+                acked: 0,
+                sent: 0,
+            },
+            attached: Some(Attached { out, kicked, heard }),
+            stopped: Some(stopped),
+            attach_no: 0,
+            resumes: 0,
+            bytes_to_client: 0,
+            backend_done: false,
+            ack_due: false,
+            acked_sent: 0,
+            pong_due: None,
+            grace_until: None,
+            pings: 0,
+            silent_limit: settings.heartbeat.as_millis() as u64 * 3,
+        }
+    }
+
+    /// A WELCOME with the current token, reporting `accepted` client bytes.
+    fn welcome(&self, accepted: u64) -> Bytes {
+        protocol::welcome(accepted, self.heartbeat_ms, self.grace_ms, &self.token)
+    }
+
+    /// The loop: until the session ends; then the attached connection is told. Returns the
+    /// close code and reason, the bytes sent to clients and the resumes.
+    async fn pump<R: AsyncRead + Unpin>(
+        mut self,
+        mut inputs: Inputs<R>,
+        stop: impl std::future::Future<Output = (u16, &'static str)>,
+    ) -> (u16, &'static str, u64, u64) {
+        tokio::pin!(stop);
+        let mut chunk = BytesMut::new();
+        let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (code, reason) = loop {
+            if self.backend_done && self.replay.acked == self.replay.read && self.attached.is_some()
+            {
+                break (1000, "backend closed");
+            }
+            let room = self
+                .settings
+                .window_bytes
+                .saturating_sub(self.replay.held());
+            let can_read = !self.backend_done && room > 0;
+            if can_read && chunk.is_empty() {
+                let want = room.min(self.settings.read_bytes).min(MAX_DATA_BYTES);
+                chunk.reserve(1 + want);
+                chunk.put_u8(protocol::DATA);
+            }
+            let read_limit = room.min(self.settings.read_bytes).min(MAX_DATA_BYTES);
+            let written_now = *inputs.written.borrow();
+            let wants_send = self.attached.is_some()
+                && (self.pong_due.is_some()
+                    || written_now > self.acked_sent
+                    || self.ack_due
+                    || self.replay.sent < self.replay.chunks.len());
+            let out_for_send = match (&self.attached, wants_send) {
+                (Some(link), true) => Some(link.out.clone()),
+                _ => None,
+            };
+            let grace_until = self.grace_until.filter(|_| self.attached.is_none());
+            let stopped = &mut self.stopped;
+            let mut limited = (&mut chunk).limit(read_limit);
+            let step = tokio::select! {
+                biased;
+                end = &mut stop => Step::End(end),
+                _ = inputs.write_failed.cancelled() => Step::End((1011, "backend write failed")),
+                Some((n, event)) = inputs.events.recv() => Step::Event(n, event),
+                Some(attach) = inputs.attaches.recv() => Step::Attach(attach),
+                _ = async { stopped.as_mut().expect("guarded").await }, if stopped.is_some() => Step::Detached,
+                _ = async { sleep_until(grace_until.expect("guarded")).await }, if grace_until.is_some() => Step::Expired,
+                _ = inputs.written.changed() => Step::Nothing,
+                permit = async { out_for_send.expect("guarded").reserve_owned().await }, if wants_send => match permit {
+                    Ok(permit) => Step::Send(permit),
+                    Err(_) => Step::Nothing,
+                },
+                read = inputs.backend_read.read_buf(&mut limited), if can_read => Step::Read(read),
+                _ = heartbeat.tick() => Step::Heartbeat,
+            };
+            let end = match step {
+                Step::Nothing => None,
+                Step::End(end) => Some(end),
+                Step::Event(n, event) => self.on_event(n, event),
+                Step::Attach(attach) => {
+                    self.on_attach(attach).await;
+                    None
+                }
+                Step::Detached => {
+                    self.attached = None;
+                    self.stopped = None;
+                    self.detached();
+                    None
+                }
+                Step::Expired => {
+                    self.metrics.expired();
+                    Some((1001, "no client came back within the grace period"))
+                }
+                Step::Send(permit) => {
+                    self.send(permit, written_now);
+                    None
+                }
+                Step::Read(read) => self.on_read(read, &mut chunk),
+                Step::Heartbeat => {
+                    self.heartbeat();
+                    None
+                }
+            };
+            if let Some(end) = end {
+                break end;
+            }
+        };
+        self.say_end(code, reason).await;
+        (code, reason, self.bytes_to_client, self.resumes)
+    }
+
+    /// A message from a client connection's reader; `Some` ends the session.
+    fn on_event(&mut self, n: u64, event: Event) -> Option<(u16, &'static str)> {
+        if n != self.attach_no || self.attached.is_none() {
+            return None;
+        }
+        match event {
+            Event::Ack(offset) => {
+                if offset > self.replay.read {
+                    return Some((close::PROTOCOL, "acknowledged bytes never sent"));
+                }
+                self.replay.release(offset);
+                None
+            }
+            Event::Ping(nonce) => {
+                self.pong_due = Some(nonce);
+                None
+            }
+            Event::End => Some((1000, "client ended the session")),
+            Event::Violation(reason) => Some((close::PROTOCOL, reason)),
+        }
+    }
+
+    /// A connection asks to resume: check its token and offset, replace the attached one,
+    /// replay from its offset with a new token.
+    async fn on_attach(&mut self, attach: Attach) {
+        let valid_token: bool = attach.token.ct_eq(&self.token).into();
+        if !valid_token {
+            self.metrics.refused("bad_token");
+            let _ = attach.reply.send(Err(close::UNKNOWN_SESSION));
+            return;
+        }
+        if attach.received < self.replay.acked || attach.received > self.replay.read {
+            self.metrics.refused("offset_out_of_range");
+            let _ = attach.reply.send(Err(close::OFFSET_OUT_OF_RANGE));
+            return;
+        }
+        if let Some(old) = self.attached.take() {
+            self.metrics.replaced();
+            let _ = old.out.try_send(Out::Close(
+                close::REPLACED,
+                "replaced by a newer connection",
+            ));
+            old.kicked.cancel();
+            // Its reader stops at the kick; only then is `accepted` final.
+            if let Some(old_stopped) = self.stopped.take() {
+                let _ = tokio::time::timeout(self.settings.close_grace, old_stopped).await;
+            }
+        } else {
+            self.metrics.reattached();
+        }
+        self.grace_until = None;
+        self.metrics.replayed(self.replay.read - attach.received);
+        self.replay.rewind_to(attach.received);
+        self.token = new_token();
+        let welcome = self.welcome(self.feeds.accepted.load(Ordering::Acquire));
+        let Link {
+            out,
+            kicked,
+            stopped: link_stopped,
+            heard,
+        } = attach.link;
+        heard.store(
+            self.feeds.started.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        let _ = out.try_send(Out::Message(welcome));
+        self.attach_no += 1;
+        if attach
+            .reply
+            .send(Ok(self.feeds.feed(self.attach_no)))
+            .is_ok()
+        {
+            self.resumes += 1;
+            self.metrics.resumed();
+            self.attached = Some(Attached { out, kicked, heard });
+            self.stopped = Some(link_stopped);
+            self.ack_due = true;
+            self.pong_due = None;
+        } else {
+            self.detached();
+        }
+    }
+
+    /// No connection attached: the grace period starts.
+    fn detached(&mut self) {
+        self.metrics.detached();
+        self.grace_until = Some(Instant::now() + self.settings.grace);
+    }
+
+    /// Room in the attached connection's queue: a pong, an ACK, or the next replay chunk.
+    fn send(&mut self, permit: mpsc::OwnedPermit<Out>, written_now: u64) {
+        if let Some(nonce) = self.pong_due.take() {
+            permit.send(Out::Message(protocol::numbered(protocol::PONG, nonce)));
+        } else if written_now > self.acked_sent || self.ack_due {
+            self.acked_sent = written_now;
+            self.ack_due = false;
+            permit.send(Out::Message(protocol::numbered(protocol::ACK, written_now)));
+        } else {
+            let message = self.replay.chunks[self.replay.sent].clone();
+            self.replay.sent += 1;
+            self.bytes_to_client += (message.len() - 1) as u64;
+            permit.send(Out::Message(message));
+        }
+    }
+
+    /// A backend read into `chunk`: a DATA message for the replay buffer, or the backend's
+    /// end; `Some` ends the session.
+    fn on_read(
+        &mut self,
+        read: io::Result<usize>,
+        chunk: &mut BytesMut,
+    ) -> Option<(u16, &'static str)> {
+        match read {
+            Ok(0) => {
+                self.backend_done = true;
+                chunk.clear();
+                None
+            }
+            Ok(n) => {
+                self.replay.read += n as u64;
+                self.replay.chunks.push_back(chunk.split().freeze());
+                None
+            }
+            Err(_) => Some((1011, "backend read failed")),
+        }
+    }
+
+    /// Ping the attached connection, or drop it when it has been silent too long.
+    fn heartbeat(&mut self) {
+        if let Some(link) = &self.attached {
+            let heard = link.heard.load(Ordering::Relaxed);
+            let now = self.feeds.started.elapsed().as_millis() as u64;
+            if now.saturating_sub(heard) > self.silent_limit {
+                link.kicked.cancel();
+            } else {
+                self.pings += 1;
+                let ping = protocol::numbered(protocol::PING, self.pings);
+                let _ = link.out.try_send(Out::Message(ping));
+            }
+        }
+    }
+
+    /// The end: say so to the attached connection (END, then Close), so its client does
+    /// not try to resume a session that is gone.
+    async fn say_end(&mut self, code: u16, reason: &'static str) {
+        if let Some(link) = self.attached.take() {
+            let send = async {
+                link.out.send(Out::Message(protocol::end())).await.ok()?;
+                link.out.send(Out::Close(code, reason)).await.ok()
+            };
+            let _ = tokio::time::timeout(self.settings.close_grace, send).await;
+            link.kicked.cancel();
+        } else {
+            self.metrics.reattached();
         }
     }
 }
