@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::backend::health::RouteState;
 use crate::backend::pool::Pool;
 use crate::backend::{bind_echo_service, serve_echo_service};
 use crate::config::{Config, RuntimeMode};
@@ -262,18 +263,21 @@ impl Gateway {
             "gateway starting"
         );
         let registry = Arc::new(Registry::default());
+        let routes = Arc::new(RouteState::default());
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::new(snapshot),
             shutdown: shutdown.clone(),
             hard_stop: hard_stop.clone(),
             tracker: TaskTracker::new(),
             registry: registry.clone(),
+            routes: routes.clone(),
         });
 
         let ready = Arc::new(AtomicBool::new(false));
         let api = self.admin.map(|listener| {
             let admin = AdminParts {
                 registry,
+                routes,
                 settings: self.api_settings,
                 handle: handle.clone(),
                 ready: ready.clone(),
@@ -360,6 +364,7 @@ fn descriptor_budget(config: &Config) -> usize {
 /// What the admin listener serves besides its socket.
 struct AdminParts {
     registry: Arc<Registry>,
+    routes: Arc<RouteState>,
     settings: ApiSettings,
     handle: PrometheusHandle,
     ready: Arc<AtomicBool>,
@@ -375,6 +380,7 @@ fn start_admin(
 ) -> Arc<OpsApi> {
     let ops_api = Arc::new(OpsApi::new(
         parts.registry,
+        parts.routes,
         parts.settings,
         aux.clone(),
         aux_stop.clone(),

@@ -37,12 +37,13 @@
 //!              side, the pump chosen by the backend's kind, access log, close metrics);
 //!              settings (SessionSettings), keepalive, pacer, io (client streams → frame
 //!              halves), bridge (WS ↔ bytes), relay (WS ↔ WS), udp (WS ↔ datagrams,
-//!              one message per datagram, drops instead of queues), registry (live sessions,
-//!              each one's close request, route drains, backend health by handshakes)
+//!              one message per datagram, drops instead of queues), registry (live sessions
+//!              and each one's close request; sessions only)
 //! backend/     dial TCP / unix / WebSocket (ws, wss) backends under a timeout, socket
 //!              options, PROXY v2 to backends, the subprotocol a backend answers; pool.rs:
-//!              pools, ejection, active checks; udp.rs: a connected UDP socket per session
-//!              under `[udp] max_sessions`; the built-in echo
+//!              pools, ejection, active checks; health.rs: each route's backend health as
+//!              handshakes see it, and route drains; udp.rs: a connected UDP socket per
+//!              session under `[udp] max_sessions`; the built-in echo
 //! policy/      access (origin, bearer, JWT, client certificates), identity (ConnInfo,
 //!              targets (token files, JWT claims, egress), admission (session caps, connections
 //!              per address, handshake rate), auth_failures (budget of failed credentials per

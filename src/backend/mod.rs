@@ -1,6 +1,8 @@
 //! Dialing backends under a timeout (TCP, UDP, Unix sockets, WebSocket over TCP or TLS), with
-//! socket options and an optional PROXY header; pools with health; the built-in echo service.
+//! socket options and an optional PROXY header; pools with health; each route's health as
+//! handshakes see it and its drain; the built-in echo service.
 
+pub mod health;
 pub mod pool;
 pub mod udp;
 

@@ -202,7 +202,7 @@ fn check_open(shared: &Shared, route: &Route) -> Result<(), RejectError> {
     if shared.shutdown.is_cancelled() {
         return Err(RejectError::ShuttingDown);
     }
-    if shared.registry.is_draining(&route.name) {
+    if shared.routes.is_draining(&route.name) {
         return Err(RejectError::Draining);
     }
     Ok(())
@@ -342,10 +342,10 @@ async fn dial(
             e.status(),
             StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
         ) {
-            shared.registry.backend_failed(&route.name, e.label());
+            shared.routes.backend_failed(&route.name, e.label());
         }
     })?;
-    shared.registry.backend_reached(&route.name);
+    shared.routes.backend_reached(&route.name);
     metrics::backend_connected(&route.name, dial_started.elapsed());
     // A WebSocket backend chose from the client's offer; for a byte backend the route decides.
     let subprotocol = backend.subprotocol(|| {

@@ -9,6 +9,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backend::health::RouteState;
 use crate::metrics::ConnectionGuard;
 use crate::policy::ConnectionAddressSlot;
 use crate::session::start::Registry;
@@ -27,6 +28,8 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Live sessions, for the admin API (list, close, drain).
     pub registry: Arc<Registry>,
+    /// Route drains (admission refuses) and backend health (dials report).
+    pub routes: Arc<RouteState>,
 }
 
 /// A client connection's place under `max_connections` (and its address's under

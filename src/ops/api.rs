@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use crate::backend::health::RouteState;
 use crate::http_util::{json as json_response, query_value, text, Body};
 use crate::session::registry::{is_sendable_close_code, Registry, SessionEntry};
 
@@ -67,6 +68,8 @@ struct Sample {
 #[derive(Debug)]
 pub struct OpsApi {
     registry: Arc<Registry>,
+    /// Route drains and backend health.
+    routes: Arc<RouteState>,
     /// What the running config says; a reload replaces it ([`OpsApi::update`]).
     view: ArcSwap<View>,
     started: Instant,
@@ -117,12 +120,14 @@ pub struct ApiSettings {
 impl OpsApi {
     pub fn new(
         registry: Arc<Registry>,
+        routes: Arc<RouteState>,
         settings: ApiSettings,
         tasks: TaskTracker,
         stop: CancellationToken,
     ) -> Self {
         Self {
             registry,
+            routes,
             view: ArcSwap::from_pointee(View::from(settings)),
             started: Instant::now(),
             history: Mutex::default(),
@@ -405,7 +410,7 @@ impl OpsApi {
                 _ => return text(StatusCode::BAD_REQUEST, "grace_secs: 0 to 86400\n"),
             },
         };
-        let drain = self.registry.start_drain(&route.name);
+        let drain = self.routes.start_drain(&route.name);
         let live = self
             .registry
             .per_route()
@@ -413,13 +418,14 @@ impl OpsApi {
             .copied()
             .unwrap_or(0);
         info!(route = %route.name, grace_secs = grace.as_secs_f64(), live, "route draining");
-        let (registry, name, stop) = (self.registry.clone(), route.name.clone(), self.stop.clone());
+        let (registry, routes) = (self.registry.clone(), self.routes.clone());
+        let (name, stop) = (route.name.clone(), self.stop.clone());
         self.tasks.spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(grace) => {
                     // Only if this drain still holds: an undrain during the grace calls the
                     // closes off, and a later drain has its own grace.
-                    if registry.drain_is_current(&name, drain) {
+                    if routes.drain_is_current(&name, drain) {
                         let n = registry.close_route(&name, 1001, "route drained");
                         info!(route = %name, closed = n, "drain grace over: sessions closed with 1001");
                     }
@@ -444,7 +450,7 @@ impl OpsApi {
         let Some(route) = view.routes.iter().find(|r| &*r.name == name) else {
             return not_found("no such route");
         };
-        let was = self.registry.end_drain(&route.name);
+        let was = self.routes.end_drain(&route.name);
         info!(route = %route.name, "route open again");
         json_response(
             StatusCode::OK,
@@ -462,13 +468,13 @@ impl OpsApi {
             .routes
             .iter()
             .map(|r| {
-                let h = self.registry.backend_health(&r.name);
+                let h = self.routes.backend_health(&r.name);
                 let ago = |t: Instant| t.elapsed().as_secs_f64();
                 json!({
                     "name": &*r.name,
                     "path": r.path,
                     "sessions": per_route.get(&r.name).copied().unwrap_or(0),
-                    "draining": self.registry.is_draining(&r.name),
+                    "draining": self.routes.is_draining(&r.name),
                     "backend": {
                         "state": match (h.consecutive_failures, h.last_ok) {
                             (0, None) => "unknown",

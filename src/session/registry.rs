@@ -1,10 +1,11 @@
 //! Live sessions by id, so operators can list and close them: what the admin API reads, each
-//! session's close request, route drains, and the recent closes the status page shows.
+//! session's close request, and the recent closes the status page shows. (Route drains and
+//! backend health are the backend side's: `backend::health`.)
 //!
 //! Everything here happens at session start and end or on an API call; the data path only adds
 //! to a session's byte counts (through its metric counters, see `metrics::SessionMetrics`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -111,12 +112,7 @@ pub struct ClosedSession {
 pub struct Registry {
     next_id: AtomicU64,
     sessions: Mutex<BTreeMap<u64, Arc<SessionEntry>>>,
-    /// Draining routes, each with the drain it is in (see [`Drain`]).
-    draining: Mutex<HashMap<Arc<str>, u64>>,
-    drains: AtomicU64,
     recent: Mutex<VecDeque<ClosedSession>>,
-    /// Each route's last backend dials, as seen by handshakes (no probing).
-    backends: Mutex<HashMap<Arc<str>, BackendHealth>>,
     /// Bytes of sessions that ended, so totals never go down as sessions leave.
     closed_to_backend: AtomicU64,
     closed_to_client: AtomicU64,
@@ -129,9 +125,6 @@ impl Default for Registry {
         Self {
             next_id: AtomicU64::new(1),
             sessions: Mutex::default(),
-            draining: Mutex::default(),
-            drains: AtomicU64::new(0),
-            backends: Mutex::default(),
             recent: Mutex::default(),
             closed_to_backend: AtomicU64::new(0),
             closed_to_client: AtomicU64::new(0),
@@ -225,54 +218,6 @@ impl Registry {
         lock(&self.recent).iter().rev().cloned().collect()
     }
 
-    /// Stop admitting sessions on `route` (they get 503). Draining a draining route joins
-    /// the drain already running.
-    pub fn start_drain(&self, route: &str) -> Drain {
-        let mut draining = lock(&self.draining);
-        let fresh = !draining.contains_key(route);
-        let id = *draining
-            .entry(Arc::from(route))
-            .or_insert_with(|| self.drains.fetch_add(1, Ordering::Relaxed));
-        Drain { id, fresh }
-    }
-
-    /// Admit sessions on `route` again; true if it was draining.
-    pub fn end_drain(&self, route: &str) -> bool {
-        lock(&self.draining).remove(route).is_some()
-    }
-
-    pub fn is_draining(&self, route: &str) -> bool {
-        let draining = lock(&self.draining);
-        !draining.is_empty() && draining.contains_key(route)
-    }
-
-    /// Whether `drain` is still the route's current drain: not ended, and not ended and
-    /// started again (whose grace is its own).
-    pub fn drain_is_current(&self, route: &str, drain: Drain) -> bool {
-        lock(&self.draining).get(route) == Some(&drain.id)
-    }
-
-    /// A handshake on `route` reached its backend.
-    pub fn backend_reached(&self, route: &str) {
-        let mut backends = lock(&self.backends);
-        let h = health_entry(&mut backends, route);
-        h.consecutive_failures = 0;
-        h.last_ok = Some(Instant::now());
-    }
-
-    /// A handshake on `route` could not reach its backend (`label`: the error's metric label).
-    pub fn backend_failed(&self, route: &str, label: &'static str) {
-        let mut backends = lock(&self.backends);
-        let h = health_entry(&mut backends, route);
-        h.consecutive_failures += 1;
-        h.last_failure = Some((Instant::now(), label));
-    }
-
-    /// What the last dials of `route` say; default (nothing seen) before the first handshake.
-    pub fn backend_health(&self, route: &str) -> BackendHealth {
-        lock(&self.backends).get(route).cloned().unwrap_or_default()
-    }
-
     /// Ask every live session on `route` to close; returns how many were asked.
     pub fn close_route(&self, route: &str, code: u16, reason: &'static str) -> usize {
         let entries: Vec<_> = lock(&self.sessions)
@@ -285,35 +230,6 @@ impl Registry {
             .filter(|e| e.control.close(code, reason))
             .count()
     }
-}
-
-/// A route's backend as its handshakes found it.
-#[derive(Debug, Clone, Default)]
-pub struct BackendHealth {
-    /// Failed dials since the last one that worked.
-    pub consecutive_failures: u64,
-    pub last_ok: Option<Instant>,
-    pub last_failure: Option<(Instant, &'static str)>,
-}
-
-fn health_entry<'a>(
-    backends: &'a mut HashMap<Arc<str>, BackendHealth>,
-    route: &str,
-) -> &'a mut BackendHealth {
-    if !backends.contains_key(route) {
-        backends.insert(Arc::from(route), BackendHealth::default());
-    }
-    backends
-        .get_mut(route)
-        .expect("inserted above when it was missing")
-}
-
-/// One drain of a route, from `start_drain` to `end_drain`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Drain {
-    id: u64,
-    /// The route was not draining before.
-    pub fresh: bool,
 }
 
 /// A session's place in the registry; dropping it removes the session and records its close.
@@ -437,39 +353,14 @@ mod tests {
     }
 
     #[test]
-    fn drains_close_only_their_route() {
+    fn closing_a_route_closes_only_its_sessions() {
         let r = Arc::new(Registry::default());
         let stop = CancellationToken::new();
         let a = r.register(info("echo"), &stop);
         let b = r.register(info("vnc"), &stop);
-        let first = r.start_drain("echo");
-        assert!(first.fresh);
-        assert!(!r.start_drain("echo").fresh);
-        assert!(r.is_draining("echo") && !r.is_draining("vnc"));
         assert_eq!(r.close_route("echo", 1001, "route drained"), 1);
         assert!(a.entry().control.is_cancelled());
         assert!(!b.entry().control.is_cancelled());
-        assert!(r.end_drain("echo"));
-        assert!(!r.is_draining("echo"));
-        // A drain ended and started again is a new drain: the old one's timer must not act.
-        let second = r.start_drain("echo");
-        assert!(r.drain_is_current("echo", second));
-        assert!(!r.drain_is_current("echo", first));
-    }
-
-    #[test]
-    fn backend_health_counts_failures_since_the_last_success() {
-        let r = Registry::default();
-        assert_eq!(r.backend_health("echo").consecutive_failures, 0);
-        r.backend_failed("echo", "backend_connect");
-        r.backend_failed("echo", "backend_timeout");
-        let h = r.backend_health("echo");
-        assert_eq!(h.consecutive_failures, 2);
-        assert_eq!(h.last_failure.map(|f| f.1), Some("backend_timeout"));
-        r.backend_reached("echo");
-        let h = r.backend_health("echo");
-        assert_eq!(h.consecutive_failures, 0);
-        assert!(h.last_ok.is_some() && h.last_failure.is_some());
     }
 
     #[test]
