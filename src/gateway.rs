@@ -28,7 +28,8 @@ use crate::edge::{accept_loop, listener, workers, PublicListener, Shared, Worker
 use crate::http_util::decode_sha256_hex;
 use crate::metrics;
 use crate::ops::admin;
-use crate::ops::api::{redact, ApiSettings, OpsApi, RouteSummary};
+use crate::ops::api::{ApiSettings, OpsApi, RouteSummary};
+use crate::ops::config_view::ConfigView;
 use crate::ops::reload::{
     self, config_hash, Applied, Apply, ReloadHandle, ReloadRequests, Trigger,
 };
@@ -683,32 +684,6 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
         }
         None => None,
     };
-    let mut config_json = serde_json::json!({
-        "listener": config.listeners,
-        "admin": config.admin.map(|address| serde_json::json!({
-            "address": address,
-            "bearer_sha256": config.admin_bearer_sha256,
-            "allowed_hosts": config.admin_allowed_hosts,
-        })),
-        "timeouts": {
-            "tls_handshake_secs": config.tls_handshake_timeout.as_secs_f64(),
-            "header_read_secs": config.header_read_timeout.as_secs_f64(),
-            "backend_connect_secs": config.backend_connect_timeout.as_secs_f64(),
-            "ping_interval_secs": config.ping_interval.map_or(0.0, |d| d.as_secs_f64()),
-            "pong_timeout_secs": config.pong_timeout.as_secs_f64(),
-            "close_grace_secs": config.close_grace.as_secs_f64(),
-            "shutdown_grace_secs": config.shutdown_grace.as_secs_f64(),
-            "drain_grace_secs": config.drain_grace.as_secs_f64(),
-        },
-        "limits": config.limits,
-        "route": config.routes,
-        "egress": config.egress,
-        "runtime": { "mode": config.runtime_mode, "worker_threads": config.worker_threads },
-        "http2": config.http2,
-        "reload": config.reload,
-        "log": config.log,
-    });
-    redact(&mut config_json);
     Ok(ApiSettings {
         token_sha256,
         allowed_hosts: config.admin_allowed_hosts.clone(),
@@ -720,7 +695,7 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
                 path: r.path.to_string(),
             })
             .collect(),
-        config_json,
+        config_json: ConfigView::of(config).to_json(),
         drain_grace: config.drain_grace,
     })
 }

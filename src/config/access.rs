@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::Secret;
+
 /// `[route.origin]`: which web pages may open sessions (cross-site WebSocket hijacking guard).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -57,7 +59,7 @@ pub struct AuthConfig {
     /// Static bearer tokens, as SHA-256 digests in hex (`printf %s "$TOKEN" | sha256sum`).
     /// Default: none.
     #[serde(default)]
-    pub bearer_sha256: Vec<String>,
+    pub bearer_sha256: Secret<Vec<String>>,
     /// JWT bearer tokens. Default: none.
     #[serde(default)]
     pub jwt: Option<JwtConfig>,

@@ -553,12 +553,12 @@ pub struct RouteConfig {
     pub hosts: Vec<String>,
     /// `tcp://host:port`, `ws://host:port/path`, `wss://host:port/path`, or
     /// `builtin:echo` for the built-in echo service. Required unless `[route.target]` is set.
-    #[serde(default)]
+    #[serde(default, serialize_with = "super::secret::url_with_query_redacted")]
     pub backend: Option<String>,
     /// A pool instead of one `backend`: several URLs of one kind (all `tcp://`/`unix:`, or
     /// all `ws://`/`wss://`). A failed dial tries the next one before the client's `101`.
     /// Default none.
-    #[serde(default)]
+    #[serde(default, serialize_with = "super::secret::urls_with_query_redacted")]
     pub backends: Vec<String>,
     /// With `backends`: `round_robin` (default) or `least_sessions`.
     #[serde(default)]

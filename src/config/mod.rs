@@ -10,6 +10,7 @@ mod file;
 mod http2;
 mod quick;
 mod record;
+mod secret;
 mod target;
 mod udp;
 
@@ -31,6 +32,7 @@ pub use file::{
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
 pub use record::{RecordConfig, RecordFormat, RecordPolicy};
+pub use secret::{Secret, REDACTED};
 pub use target::{EgressConfig, TargetConfig};
 pub use udp::{UdpGlobalConfig, UdpRouteConfig, UdpSettings, MAX_DATAGRAM_V4, MAX_DATAGRAM_V6};
 

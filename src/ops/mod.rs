@@ -4,5 +4,6 @@
 pub mod acme;
 pub mod admin;
 pub mod api;
+pub mod config_view;
 pub mod reload;
 pub mod shutdown;
