@@ -4,7 +4,8 @@
 //! One folder per stage of the pipeline; dependencies point down this list only (checked by
 //! `tests/layout.rs`, which also prints the graph: `cargo test --test layout -- --nocapture`).
 //! ```text
-//! main.rs      CLI → config → gateway, until a signal
+//! main.rs      the binary: logging, config, runtime → gateway, until a signal; its command
+//!              line is cli/ (args.rs: clap; commands.rs: check, config, replay, reload, man)
 //! gateway.rs   build the snapshot, bind, serve edge and ops (edge on the per-core workers
 //!              when `[runtime] mode = "per-core"`), apply reloads (swap the snapshot,
 //!              bind/close listeners on every worker), drain on shutdown

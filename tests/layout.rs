@@ -36,8 +36,12 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-/// Every `.rs` file under `src/` except the binary's `main.rs` and `lib.rs`, as module
-/// paths (`session::bridge`, `config` for `config/mod.rs`).
+/// The binary's own modules (`src/main.rs` declares them; the library does not): they use
+/// the library as `wsgate::…`, so they sit outside its layers.
+const BINARY: &[&str] = &["main", "cli"];
+
+/// Every `.rs` file under `src/` except the binary's (`main.rs`, `cli/`) and `lib.rs`, as
+/// module paths (`session::bridge`, `config` for `config/mod.rs`).
 fn modules() -> BTreeMap<String, PathBuf> {
     fn walk(dir: &Path, prefix: &[String], out: &mut BTreeMap<String, PathBuf>) {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
@@ -60,7 +64,7 @@ fn modules() -> BTreeMap<String, PathBuf> {
                 if name != "mod" {
                     p.push(name);
                 }
-                if p == ["main"] || p == ["lib"] || p.is_empty() {
+                if p == ["lib"] || p.is_empty() || BINARY.contains(&p[0].as_str()) {
                     continue;
                 }
                 out.insert(p.join("::"), path);
@@ -582,13 +586,24 @@ fn long_functions(text: &str, max: usize) -> Vec<(String, usize, usize)> {
     found
 }
 
-/// Every source file's functions (tests aside) stay under [`MAX_FN_LINES`]: a function that
+/// Every source file's functions (the binary's too; tests aside) stay under
+/// [`MAX_FN_LINES`]: a function that
 /// grows past it is split into named steps, as `session::relay`'s hop writer is.
 #[test]
 fn no_function_outside_tests_is_longer_than_120_lines() {
-    let mut files: Vec<PathBuf> = modules().into_values().collect();
-    files.push(src().join("main.rs"));
-    files.push(src().join("lib.rs"));
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("reading src") {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&src(), &mut files);
+    files.sort();
     let mut long = Vec::new();
     for path in files {
         if path.file_name().is_some_and(|n| n == "tests.rs") {
