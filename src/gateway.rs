@@ -30,6 +30,7 @@ use crate::ops::api::{redact, ApiSettings, OpsApi, RouteSummary};
 use crate::ops::reload::{
     self, config_hash, Applied, Apply, ReloadHandle, ReloadRequests, Trigger,
 };
+use crate::policy::jwks::KeySet;
 use crate::policy::{descriptors, UPKEEP_INTERVAL};
 use crate::session::registry::Registry;
 use crate::snapshot::{ListenerKey, Snapshot};
@@ -156,6 +157,8 @@ impl Gateway {
             RuntimeMode::PerCore => Some(workers::count(config.worker_threads)),
         };
         let snapshot = Snapshot::build(config, echo_addr)?;
+        // JWT key sets before the first client: a failure is logged and retried later.
+        snapshot.fetch_keys().await;
         let mut listeners = Vec::with_capacity(snapshot.listeners.len());
         let mut addrs = HashMap::new();
         for (key, _) in &snapshot.listeners {
@@ -243,6 +246,7 @@ impl Gateway {
                 aux_stop.clone(),
             ));
         }
+        spawn_key_refreshers(&snapshot, &aux, &aux_stop);
         let fit = descriptors::fit(&snapshot.config.limits);
         if fit.lowered {
             warn!(
@@ -448,6 +452,16 @@ fn spawn_checks(
     }
 }
 
+/// Spawn [`KeySet::run_refresher`] for every JWT key set of `snapshot` without one (a kept
+/// set keeps its task; a dropped set's task ends with its last snapshot).
+fn spawn_key_refreshers(snapshot: &Snapshot, aux: &TaskTracker, stop: &CancellationToken) {
+    for set in snapshot.key_sets() {
+        if set.claim_refresher() {
+            aux.spawn(KeySet::run_refresher(Arc::downgrade(set), stop.clone()));
+        }
+    }
+}
+
 /// Watch files only when running from a file (or from flags naming certificates).
 fn watch_setting(config: &Config, source: &Source) -> Option<Duration> {
     let has_files = matches!(source, Source::File(_)) || !config.watched_files().is_empty();
@@ -508,6 +522,8 @@ impl Apply for Reconfigure {
             .or_else(|| echo.as_ref().and_then(|l| l.local_addr().ok()));
         let previous = old.clone();
         let snapshot = blocking(move || Snapshot::succeed(config, echo_addr, &previous)).await?;
+        // New JWT key sets are fetched before the swap; kept ones keep their keys.
+        snapshot.fetch_keys().await;
         let api_settings = api_settings(&snapshot)?;
         let mut added = Vec::new();
         for (key, _) in &snapshot.listeners {
@@ -526,6 +542,7 @@ impl Apply for Reconfigure {
         register_metrics(&snapshot);
         // Kept pools keep their check task; a dropped pool's task ends with its last Arc.
         spawn_checks(&snapshot, Some(&old), &self.aux, &self.aux_stop);
+        spawn_key_refreshers(&snapshot, &self.aux, &self.aux_stop);
         if let Some(api) = &self.api {
             api.update(api_settings);
         }

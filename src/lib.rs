@@ -41,7 +41,9 @@
 //! backend/     dial TCP / unix / WebSocket (ws, wss) backends under a timeout, socket
 //!              options, PROXY v2 to backends, the subprotocol a backend answers; pool.rs:
 //!              pools, ejection, active checks; the built-in echo
-//! policy/      access (origin, bearer, JWT, client certificates), identity (ConnInfo,
+//! policy/      access (origin, bearer, JWT, client certificates), jwks (key sets from
+//!              OpenID providers: discovery, refresh, rotation), sealed and signin (browser
+//!              sign-in: cookies, the authorization code flow), identity (ConnInfo,
 //!              targets (token files, JWT claims, egress), admission (session caps, connections
 //!              per address, handshake rate), auth_failures (budget of failed credentials per
 //!              address), descriptors (RLIMIT_NOFILE budget, accept back-off on EMFILE)

@@ -243,9 +243,14 @@ impl RunArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Validate a config file and exit: 0 if valid, 1 with the bad key named if not.
+    /// Offline unless --fetch-keys.
     Check {
         /// The TOML file to check.
         file: PathBuf,
+        /// Also fetch every route's JWT key set from its OpenID provider (discovery or
+        /// jwks_url); a fetch that fails or finds no usable key fails the check.
+        #[arg(long)]
+        fetch_keys: bool,
     },
     /// Print the config file a quick-mode command line stands for, commented, once it passes
     /// what `wsgate check` checks (else exit 2 and why, nothing printed). Relative paths in
@@ -339,9 +344,9 @@ fn main() -> ExitCode {
             let wait = Duration::from_secs(*timeout_secs);
             return reload_command(*admin, config.as_deref(), wait);
         }
-        Some(Command::Check { file }) => {
+        Some(Command::Check { file, fetch_keys }) => {
             init_logging(&cli, &LogConfig::default());
-            return check(file);
+            return check(file, *fetch_keys);
         }
         Some(Command::Config { args, .. }) => return config_from_flags(args),
         Some(Command::Completions { shell }) => {
@@ -405,9 +410,15 @@ fn main() -> ExitCode {
 }
 
 /// `wsgate check FILE`: the same build as a start, minus the sockets (certificates, keys,
-/// token files and JWT keys are read and checked).
-fn check(file: &std::path::Path) -> ExitCode {
-    match Config::load(file).and_then(|c| Snapshot::build(c, None)) {
+/// token files and JWT key files are read and checked). Offline: JWT key sets are fetched
+/// only with `--fetch-keys`, so a check in a build pipeline needs no network.
+fn check(file: &std::path::Path, fetch_keys: bool) -> ExitCode {
+    let built = Config::load(file).and_then(|c| Snapshot::build(c, None));
+    let built = match built {
+        Ok(snapshot) if fetch_keys => fetch_key_sets(snapshot),
+        other => other,
+    };
+    match built {
         Ok(Snapshot { config: c, .. }) => {
             println!(
                 "{}: ok ({} listener(s), {} route(s))",
@@ -422,6 +433,26 @@ fn check(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `wsgate check --fetch-keys`: fetch every route's key set once; any failure fails the check.
+fn fetch_key_sets(snapshot: Snapshot) -> anyhow::Result<Snapshot> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for the key set fetches")?;
+    let results = runtime.block_on(snapshot.fetch_keys());
+    let mut failed = Vec::new();
+    for (route, result) in results {
+        match result {
+            Ok(n) => println!("route {route}: key set fetched, {n} usable key(s)"),
+            Err(e) => failed.push(format!("route {route}: {e:#}")),
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("JWT key sets: {}", failed.join("; "));
+    }
+    Ok(snapshot)
 }
 
 /// `wsgate config --from-flags ARGS…`: parse ARGS as a run would, print the file.

@@ -9,6 +9,7 @@ mod backend_addr;
 mod file;
 mod http2;
 mod quick;
+mod signin;
 mod target;
 
 use std::collections::{HashMap, HashSet};
@@ -28,6 +29,7 @@ pub use file::{
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
+pub use signin::{RouteSigninConfig, SigninConfig};
 pub use target::{EgressConfig, TargetConfig};
 
 /// The embedded default: `ws://127.0.0.1:8080/echo` to a built-in echo service, admin on 9089.
@@ -90,6 +92,8 @@ pub struct Config {
     pub admin_allowed_hosts: Vec<String>,
     /// `[acme]` as written (and checked); `None`: no automatic certificates.
     pub acme: Option<AcmeConfig>,
+    /// `[signin]` as written; `policy::signin` checks the rest.
+    pub signin: Option<SigninConfig>,
 }
 
 impl Config {
@@ -335,6 +339,7 @@ impl FileConfig {
                 .is_some_and(|w| w.follow_external_symlinks),
             web_root: self.web.map(|w| w.root),
             acme: self.acme,
+            signin: self.signin,
         })
     }
 

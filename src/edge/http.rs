@@ -63,10 +63,24 @@ pub(super) fn connection_service(
             // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the
             // routes.
             let snapshot = shared.snapshot.load_full();
+            // `[signin]`: its own paths (start, callback, sign-out) before the files.
+            if let Some(signin) = snapshot
+                .signin
+                .as_ref()
+                .filter(|s| s.is_endpoint(req.uri().path()))
+            {
+                return Ok(signin.serve(&req).await.map(Either::Left));
+            }
             if let Some(web) = &snapshot.web {
                 if matches!(*req.method(), Method::GET | Method::HEAD)
                     && !header_has_token(req.headers(), header::UPGRADE, "websocket")
                 {
+                    // `[signin] protect_web`: a browser not signed in goes to sign in first.
+                    if let Some(signin) = snapshot.signin.as_ref().filter(|s| s.protects_web()) {
+                        if signin.identity(&req).is_none() {
+                            return Ok(signin.to_signin(&req).map(Either::Left));
+                        }
+                    }
                     return Ok(super::web::serve(web, req).await);
                 }
             }
@@ -123,7 +137,7 @@ async fn upgrade(
 ) -> Result<Response<Body>, RejectError> {
     check_upgrade(req)?;
     check_open(shared, &matched.route)?;
-    let target = authorize(req, &matched).await?;
+    let Authorized { target, user } = authorize(req, &matched).await?;
     let slot = admit(&matched)?;
     // permessage-deflate on the client hop: the first acceptable offer, or none.
     let deflate = matched
@@ -136,7 +150,7 @@ async fn upgrade(
             extensions::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), policy)
         });
     let dialed = dial(req, &matched, shared, target, deflate).await?;
-    accept(req, matched, shared, (permit, slot), dialed, deflate)
+    accept(req, matched, shared, (permit, slot), (dialed, user), deflate)
 }
 
 /// Route: path rules (400) before routing, since the router matches the path a backend will
@@ -179,10 +193,7 @@ fn check_open(shared: &Shared, route: &Route) -> Result<(), RejectError> {
 /// tried), origin (403), credentials (401/403), then this session's target (404 for an
 /// unknown token). A pool picks its backend at the dial (`None` here). The egress check
 /// (403) is part of the dial.
-async fn authorize<B>(
-    req: &Request<B>,
-    matched: &Matched,
-) -> Result<Option<BackendAddr>, RejectError> {
+async fn authorize<B>(req: &Request<B>, matched: &Matched) -> Result<Authorized, RejectError> {
     let Matched {
         conn,
         route,
@@ -200,19 +211,33 @@ async fn authorize<B>(
         }
         e
     };
-    let granted = route.access.check(req, conn).map_err(failed)?;
+    let granted = route.access.check(req, conn).await.map_err(failed)?;
     if let Some(user) = &granted.principal {
         Span::current().record("user", tracing::field::display(Escaped(user)));
     }
     if route.pool.is_some() {
-        return Ok(None);
+        return Ok(Authorized {
+            target: None,
+            user: granted.principal,
+        });
     }
     let target = route.backend.resolve(req, &granted).await.map_err(failed)?;
     Span::current().record(
         "backend",
         tracing::field::display(Escaped(&target.to_string())),
     );
-    Ok(Some(target))
+    Ok(Authorized {
+        target: Some(target),
+        user: granted.principal,
+    })
+}
+
+/// What [`authorize`] lets through: this session's target (`None`: the route's pool picks
+/// at the dial) and who the credentials named (a JWT's `sub`, a signed-in email, a
+/// certificate name), for the registry and the access log.
+struct Authorized {
+    target: Option<BackendAddr>,
+    user: Option<String>,
 }
 
 /// Admit: a slot under every session cap, held until the session ends (429/503).
@@ -319,7 +344,7 @@ fn accept(
     matched: Matched,
     shared: &Arc<Shared>,
     held: Held,
-    dialed: Dialed,
+    (dialed, user): (Dialed, Option<String>),
     deflate: Option<Agreement>,
 ) -> Result<Response<Body>, RejectError> {
     let (mut response, upgrade) = PendingUpgrade::accept(req)?;
@@ -337,6 +362,7 @@ fn accept(
             .as_ref()
             .and_then(|p| p.to_str().ok())
             .map(str::to_owned),
+        user,
     };
     if let Some(p) = subprotocol {
         response
