@@ -1012,3 +1012,69 @@ async fn sign_in_rules_protected_pages_and_return_paths() {
     gw.stop().await.unwrap();
     provider.stop().await;
 }
+
+/// Regression: the sign-in's session cookie went, with every other cookie in the default
+/// `forward_headers`, to the WebSocket backends of routes that never checked it, so such a
+/// backend held a cookie that signed it in as the user on every `[route.auth.signin]`
+/// route. Now neither the session cookie nor the flow cookie reaches a backend; only a
+/// route that checks the session cookie and sets `forward_credentials` passes it on.
+#[tokio::test]
+async fn the_signins_cookies_reach_no_websocket_backend() {
+    use wsgate::policy::sealed::CookieKeys;
+    use wsgate::policy::signin::Identity;
+    let (backend, mut seen) = ws_echo_backend().await;
+    let files = SigninFiles::new();
+    // No provider is needed: the cookie is sealed here, with the gateway's key.
+    let issuer = format!("http://{}", refused_addr().await);
+    let origin = "http://app.example";
+    let signin_route = |name: &str, path: &str, extra: &str| {
+        format!(
+            "{}{extra}[route.origin]\nallow = [\"{origin}\"]\n\n[route.auth.signin]\n\n",
+            route(name, path, &format!("ws://{backend}/"))
+        )
+    };
+    let gw = spawn_gateway(&config_with(&format!(
+        "[signin]\nissuer = \"{issuer}\"\nclient_id = \"wsgate-test\"\n\
+         client_secret_file = {secret:?}\n\
+         redirect_url = \"http://127.0.0.1:9/.wsgate/callback\"\n\
+         cookie_keys_file = {keys:?}\n\n{open}{checked}{forwarded}",
+        secret = files.path("client-secret"),
+        keys = files.path("cookie-keys"),
+        open = route("open", "/open", &format!("ws://{backend}/")),
+        checked = signin_route("checked", "/checked", ""),
+        forwarded = signin_route("forwarded", "/forwarded", "forward_credentials = true\n"),
+    )))
+    .await;
+    let keys = CookieKeys::load(Path::new(&files.path("cookie-keys"))).unwrap();
+    let who = Identity {
+        sub: "ann".into(),
+        email: Some("ann@example.com".into()),
+        email_verified: true,
+        name: None,
+        groups: vec![],
+        exp: u64::MAX / 2,
+    };
+    let session = keys
+        .seal("wsgate_session", &serde_json::to_vec(&who).unwrap())
+        .unwrap();
+    let cookie = format!("theme=dark; wsgate_session={session}; wsgate_session_flow=f; lang=en");
+    let headers = [("Origin", origin), ("Cookie", cookie.as_str())];
+    for (path, expected) in [
+        ("/open", "theme=dark; lang=en".to_owned()),
+        ("/checked", "theme=dark; lang=en".to_owned()),
+        (
+            "/forwarded",
+            format!("theme=dark; wsgate_session={session}; lang=en"),
+        ),
+    ] {
+        let (_ws, _) = ws_client_with(&gw.url(path), &headers)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let got = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .expect("the backend's handshake within 10 s")
+            .expect("a handshake");
+        assert_eq!(got.cookie.as_deref(), Some(expected.as_str()), "{path}");
+    }
+    gw.stop().await.unwrap();
+}

@@ -150,7 +150,14 @@ async fn upgrade(
             extensions::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), policy)
         });
     let dialed = dial(req, &matched, shared, target, deflate).await?;
-    accept(req, matched, shared, (permit, slot), (dialed, user), deflate)
+    accept(
+        req,
+        matched,
+        shared,
+        (permit, slot),
+        (dialed, user),
+        deflate,
+    )
 }
 
 /// Route: path rules (400) before routing, since the router matches the path a backend will
@@ -283,7 +290,7 @@ async fn dial(
     let handshake = |target: &BackendAddr| match handshake_path(target) {
         Some(path) => Handshake {
             deflate,
-            ..backend_handshake(req, route, path, conn, &offered)
+            ..backend_handshake(req, route, snapshot, path, conn, &offered)
         },
         None => Handshake::default(),
     };
@@ -415,11 +422,13 @@ fn accept(
     Ok(response)
 }
 
-/// The backend handshake for a WebSocket route: mapped path, forwarded headers,
-/// `X-Forwarded-*`, and the client's subprotocol offer (`offered`, credentials removed).
+/// The backend handshake for a WebSocket route: mapped path, forwarded headers (without
+/// the credentials the gateway checked and the sign-in's cookies), `X-Forwarded-*`, and the
+/// client's subprotocol offer (`offered`, credentials removed).
 fn backend_handshake<B>(
     req: &Request<B>,
     route: &Route,
+    snapshot: &Snapshot,
     backend_path: &str,
     conn: &ConnInfo,
     offered: &[&str],
@@ -433,6 +442,10 @@ fn backend_handshake<B>(
     drop_connection_listed(&mut headers, req.headers());
     if !route.forward_credentials {
         route.access.withhold_credentials(&mut headers);
+    }
+    if let Some(signin) = &snapshot.signin {
+        let keep_session = route.forward_credentials && route.access.takes_signin();
+        signin.withhold_cookies(&mut headers, keep_session);
     }
     // The hop before us: the balancer when its headers named the client, else the client.
     let hop = match conn.source {

@@ -20,7 +20,7 @@ use super::jwt::{Claims, JwtPolicy};
 use super::signin::{RouteSignin, Signin};
 use crate::config::{AuthConfig, OriginConfig, TokenSource};
 use crate::error::RejectError;
-use crate::http_util::{decode_sha256_hex, percent_decode, query_value};
+use crate::http_util::{decode_sha256_hex, percent_decode, query_value, remove_cookies};
 
 /// The subprotocol prefix that carries a bearer token (`bearer.<token>`): browsers cannot
 /// set headers on `new WebSocket(url, protocols)`, but they can offer protocols.
@@ -144,16 +144,10 @@ impl Access {
     /// source; other cookies stay). Like `bearer.` entries and query tokens, a credential the
     /// gateway consumed is not passed on unless the route sets `forward_credentials`.
     pub fn withhold_credentials(&self, headers: &mut HeaderMap) {
-        let Some(auth) = self
-            .auth
-            .as_ref()
-            .filter(|a| a.takes_tokens() || a.signin.is_some())
-        else {
+        let Some(auth) = self.auth.as_ref().filter(|a| a.takes_tokens()) else {
             return;
         };
-        let session_cookie = auth.signin.as_ref().map(|(s, _)| s.cookie_name());
-        let token_cookie = auth.takes_tokens() && auth.sources.contains(&TokenSource::Cookie);
-        if auth.takes_tokens() && auth.sources.contains(&TokenSource::Header) {
+        if auth.sources.contains(&TokenSource::Header) {
             let kept: Vec<HeaderValue> = headers
                 .get_all(header::AUTHORIZATION)
                 .iter()
@@ -162,33 +156,14 @@ impl Access {
                 .collect();
             replace_all(headers, header::AUTHORIZATION, kept);
         }
-        if token_cookie || session_cookie.is_some() {
-            let kept: Vec<HeaderValue> = headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| {
-                    let Ok(text) = v.to_str() else {
-                        return Some(v.clone());
-                    };
-                    let pairs: Vec<&str> = text
-                        .split(';')
-                        .map(str::trim)
-                        .filter(|pair| {
-                            !pair.is_empty()
-                                && pair.split_once('=').is_none_or(|(k, _)| {
-                                    let k = k.trim();
-                                    !(token_cookie && k == auth.cookie_name
-                                        || Some(k) == session_cookie)
-                                })
-                        })
-                        .collect();
-                    (!pairs.is_empty())
-                        .then(|| HeaderValue::from_str(&pairs.join("; ")).ok())
-                        .flatten()
-                })
-                .collect();
-            replace_all(headers, header::COOKIE, kept);
+        if auth.sources.contains(&TokenSource::Cookie) {
+            remove_cookies(headers, |name| name == auth.cookie_name);
         }
+    }
+
+    /// The route accepts the `[signin]` session cookie (`[route.auth.signin]`).
+    pub fn takes_signin(&self) -> bool {
+        self.auth.as_ref().is_some_and(|a| a.signin.is_some())
     }
 
     /// The client's query as forwarded to a WebSocket backend: without the token

@@ -439,7 +439,8 @@ fn fetchable_url(text: &str) -> anyhow::Result<Uri> {
     Ok(uri)
 }
 
-fn is_loopback(host: &str) -> bool {
+/// `localhost` or a loopback address (IPv6 in brackets or not).
+pub(super) fn is_loopback(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     bare.eq_ignore_ascii_case("localhost")
         || bare

@@ -11,18 +11,17 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
-use super::jwks::{post_form, KeySet};
+use super::jwks::{is_loopback, post_form, KeySet};
 use super::jwt::{Claims, JwtPolicy};
 use super::sealed::CookieKeys;
 use crate::config::{JwtAlgorithm, JwtConfig, RouteSigninConfig, SigninConfig};
+use crate::http_util::{query_value, remove_cookies, text, Body};
 use crate::logsafe::Escaped;
 use crate::metrics;
 
@@ -185,13 +184,23 @@ impl Signin {
         &self.config.cookie_name
     }
 
+    /// Drop the sign-in's cookies from headers bound for a backend: they are the gateway's
+    /// (a backend holding the session cookie could sign in as its user on every route). The
+    /// session cookie alone stays when `keep_session` (a route that checked it and sets
+    /// `forward_credentials`).
+    pub fn withhold_cookies(&self, headers: &mut HeaderMap, keep_session: bool) {
+        remove_cookies(headers, |name| {
+            name == self.flow_cookie || (!keep_session && name == self.config.cookie_name)
+        });
+    }
+
     /// A path the sign-in answers itself (start, callback, sign-out).
     pub fn is_endpoint(&self, path: &str) -> bool {
         path == SIGNIN_PATH || path == SIGNOUT_PATH || path == self.callback_path
     }
 
     /// Answer a request to one of [`Signin::is_endpoint`]'s paths.
-    pub async fn serve<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+    pub async fn serve<B>(&self, req: &Request<B>) -> Response<Body> {
         let path = req.uri().path();
         let query = req.uri().query();
         if path == SIGNIN_PATH {
@@ -232,7 +241,7 @@ impl Signin {
     }
 
     /// To the provider: a fresh state, nonce and PKCE verifier in the flow cookie.
-    async fn start(&self, back: &str) -> anyhow::Result<Response<Full<Bytes>>> {
+    async fn start(&self, back: &str) -> anyhow::Result<Response<Body>> {
         let endpoints = self.endpoints().await?;
         let flow = Flow {
             state: self.cookies.random_token(32)?,
@@ -293,7 +302,7 @@ impl Signin {
     async fn callback<B>(
         &self,
         req: &Request<B>,
-    ) -> Result<Response<Full<Bytes>>, (StatusCode, &'static str, String)> {
+    ) -> Result<Response<Body>, (StatusCode, &'static str, String)> {
         let refused = |why: &'static str, detail: String| (StatusCode::BAD_REQUEST, why, detail);
         let query = req.uri().query();
         if let Some(error) = query_value(query, "error") {
@@ -446,7 +455,7 @@ impl Signin {
     }
 
     /// A `302` to the sign-in, to come back to this request's path and query.
-    pub fn to_signin<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+    pub fn to_signin<B>(&self, req: &Request<B>) -> Response<Body> {
         let back = req
             .uri()
             .path_and_query()
@@ -472,7 +481,7 @@ impl Signin {
 
     fn set_cookie(
         &self,
-        response: &mut Response<Full<Bytes>>,
+        response: &mut Response<Body>,
         name: &str,
         value: &str,
         max_age: u64,
@@ -557,8 +566,8 @@ pub fn safe_return(back: Option<&str>) -> String {
     }
 }
 
-fn redirect(location: &str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
+fn redirect(location: &str) -> Response<Body> {
+    let mut response = Response::new(Body::default());
     *response.status_mut() = StatusCode::FOUND;
     if let Ok(v) = HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, v);
@@ -569,52 +578,12 @@ fn redirect(location: &str) -> Response<Full<Bytes>> {
     response
 }
 
-fn page(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+fn page(status: StatusCode, message: &str) -> Response<Body> {
+    let mut response = text(status, format!("{message}\n"));
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-/// The first value of query parameter `name`, `%XX`- and `+`-decoded (form encoding, as
-/// providers and browsers send it); `None` when absent, empty or not UTF-8.
-fn query_value(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (form_decode(k)? == name)
-            .then(|| form_decode(v))
-            .flatten()
-            .filter(|v| !v.is_empty())
-    })
-}
-
-fn form_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                out.push(u8::from_str_radix(text.get(i + 1..i + 3)?, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value.
@@ -628,14 +597,6 @@ fn form_encode(value: &str) -> String {
         }
     }
     out
-}
-
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.eq_ignore_ascii_case("localhost")
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn now() -> u64 {
