@@ -557,83 +557,8 @@ async fn a_reload_keeps_unchanged_key_sets_and_fetches_changed_ones() {
 // ---------------------------------------------------------------------------------------------
 // Browser sign-in: Debian's Chromium through the provider's development login form.
 
-/// A headless Chromium session and its chromedriver (as in tests/browser.rs); `None` when
-/// they are missing outside CI.
-struct Browser {
-    client: Option<fantoccini::Client>,
-    driver: std::process::Child,
-    _profile: tempfile::TempDir,
-}
-
+/// The sign-in's steps in the browser (support::browser has the rest).
 impl Browser {
-    async fn start(test: &str) -> Option<Browser> {
-        let find = |env: &str, name: &str| {
-            std::env::var_os(env).map(PathBuf::from).or_else(|| {
-                std::env::split_paths(&std::env::var_os("PATH")?)
-                    .map(|dir| dir.join(name))
-                    .find(|p| p.is_file())
-            })
-        };
-        let (Some(chromium), Some(driver)) = (
-            find("WSGATE_CHROMIUM", "chromium"),
-            find("WSGATE_CHROMEDRIVER", "chromedriver"),
-        ) else {
-            let msg = "chromium and chromedriver are not installed";
-            if std::env::var_os("CI").is_some() {
-                panic!("{test}: {msg}; CI must run the browser tests");
-            }
-            eprintln!("SKIPPED {test}: {msg}");
-            return None;
-        };
-        let port = free_port();
-        let driver = std::process::Command::new(&driver)
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("chromedriver starts");
-        let profile = tempfile::tempdir().expect("profile dir");
-        let mut browser = Browser {
-            client: None,
-            driver,
-            _profile: profile,
-        };
-        wait_for_listener(([127, 0, 0, 1], port).into()).await;
-        let args = vec![
-            "--headless".to_owned(),
-            "--no-sandbox".to_owned(),
-            "--disable-gpu".to_owned(),
-            "--disable-background-networking".to_owned(),
-            "--disable-component-update".to_owned(),
-            "--disable-sync".to_owned(),
-            "--no-first-run".to_owned(),
-            "--disable-dev-shm-usage".to_owned(),
-            format!("--user-data-dir={}", browser._profile.path().display()),
-        ];
-        let mut caps = fantoccini::wd::Capabilities::new();
-        caps.insert(
-            "goog:chromeOptions".to_owned(),
-            serde_json::json!({ "binary": chromium, "args": args }),
-        );
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let client = tokio::time::timeout(
-            Duration::from_secs(60),
-            fantoccini::ClientBuilder::new(connector)
-                .capabilities(caps)
-                .connect(&format!("http://127.0.0.1:{port}")),
-        )
-        .await
-        .expect("chromium starts within 60 s")
-        .expect("WebDriver session");
-        browser.client = Some(client);
-        Some(browser)
-    }
-
-    fn client(&self) -> &fantoccini::Client {
-        self.client.as_ref().expect("session open")
-    }
-
     /// The text of `#out` once it is no longer `connecting`, for up to 15 s.
     async fn outcome(&self) -> String {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -705,19 +630,6 @@ impl Browser {
             button.click().await.expect("submit");
             submitted = url;
         }
-    }
-
-    async fn quit(mut self) {
-        if let Some(client) = self.client.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), client.close()).await;
-        }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
@@ -821,7 +733,7 @@ async fn a_browser_signs_in_at_the_provider_and_its_websocket_works_until_sign_o
     let Some(provider) = Provider::start(test, &[("REDIRECT_URI", &redirect)]).await else {
         return;
     };
-    let Some(browser) = Browser::start(test).await else {
+    let Some(browser) = Browser::start(test, None).await else {
         return;
     };
     let files = SigninFiles::new();
