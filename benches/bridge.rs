@@ -127,6 +127,9 @@ fn default_settings() -> (SessionSettings, usize) {
         backend_stall: config.backend_stall,
         bandwidth_bytes_per_sec: None,
         compression: None,
+        udp: Default::default(),
+        record: None,
+        resume: None,
     };
     (settings, config.max_frame_bytes(route))
 }
@@ -163,7 +166,16 @@ fn open(config: &SessionSettings, max_frame_bytes: usize) -> Session {
         let hard_stop = CancellationToken::new();
         let control = SessionControl::new(&CancellationToken::new());
         bridge::run(
-            ws_read, ws_write, br, bw, &config, None, &metrics, &control, &hard_stop,
+            ws_read,
+            ws_write,
+            br,
+            bw,
+            &config,
+            None,
+            &metrics,
+            &control,
+            &hard_stop,
+            wsgate::record::Taps::default(),
         )
         .await
     });

@@ -39,6 +39,10 @@ pub enum RejectError {
     /// backend's fault (it is not ejected from its pool).
     #[error("the gateway is out of file descriptors")]
     NoDescriptors(#[source] std::io::Error),
+    /// The route requires a recording (`[route.record] policy = "required"`) and it could not
+    /// be created: the session is refused rather than run unrecorded.
+    #[error("the session recording could not be started")]
+    RecordingUnavailable,
     #[error("gateway is shutting down")]
     ShuttingDown,
     /// An operator drained the route (admin API): no new sessions until it is reopened.
@@ -87,12 +91,15 @@ pub enum Refusal {
     /// credential is looked at.
     #[error("too many failed credentials from your address")]
     AuthRateLimited,
+    /// `[udp] max_sessions` reached (a `udp://` session holds a socket): 503.
+    #[error("the gateway is at its UDP session capacity")]
+    UdpFull,
 }
 
 impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
-            Self::OverCapacity | Self::RouteFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::OverCapacity | Self::RouteFull | Self::UdpFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::IpLimit | Self::RateLimited | Self::AuthRateLimited => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -107,6 +114,7 @@ impl Refusal {
             Self::IpLimit => "ip_limit",
             Self::RateLimited => "rate_limited",
             Self::AuthRateLimited => "auth_rate_limited",
+            Self::UdpFull => "udp_full",
         }
     }
 }
@@ -126,6 +134,7 @@ impl RejectError {
         "backend_timeout",
         "backend_rejected",
         "backend_handshake",
+        "recording_unavailable",
         "shutting_down",
         "draining",
         "no_descriptors",
@@ -139,6 +148,7 @@ impl RejectError {
         "ip_limit",
         "rate_limited",
         "auth_rate_limited",
+        "udp_full",
     ];
 
     pub fn status(&self) -> StatusCode {
@@ -153,9 +163,10 @@ impl RejectError {
             | Self::BackendRejected(_)
             | Self::BackendHandshake(_) => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::ShuttingDown | Self::Draining | Self::NoDescriptors(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::ShuttingDown
+            | Self::Draining
+            | Self::NoDescriptors(_)
+            | Self::RecordingUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Origin | Self::Forbidden(_) | Self::EgressDenied(_) => StatusCode::FORBIDDEN,
             Self::UnknownToken => StatusCode::NOT_FOUND,
@@ -178,6 +189,7 @@ impl RejectError {
             Self::BackendRejected(_) => "backend_rejected",
             Self::BackendHandshake(_) => "backend_handshake",
             Self::NoDescriptors(_) => "no_descriptors",
+            Self::RecordingUnavailable => "recording_unavailable",
             Self::ShuttingDown => "shutting_down",
             Self::Draining => "draining",
             Self::Origin => "origin",
@@ -241,6 +253,7 @@ mod tests {
             Refusal::IpLimit,
             Refusal::RateLimited,
             Refusal::AuthRateLimited,
+            Refusal::UdpFull,
         ];
         for r in refusals {
             match r {
@@ -248,7 +261,8 @@ mod tests {
                 | Refusal::RouteFull
                 | Refusal::IpLimit
                 | Refusal::RateLimited
-                | Refusal::AuthRateLimited => {}
+                | Refusal::AuthRateLimited
+                | Refusal::UdpFull => {}
             }
         }
         let mut all = vec![
@@ -262,6 +276,7 @@ mod tests {
             RejectError::BackendTimeout,
             RejectError::BackendRejected(StatusCode::FORBIDDEN),
             RejectError::BackendHandshake(Box::new(io())),
+            RejectError::RecordingUnavailable,
             RejectError::ShuttingDown,
             RejectError::Draining,
             RejectError::NoDescriptors(io()),
@@ -289,6 +304,7 @@ mod tests {
                 | RejectError::BackendTimeout
                 | RejectError::BackendRejected(_)
                 | RejectError::BackendHandshake(_)
+                | RejectError::RecordingUnavailable
                 | RejectError::ShuttingDown
                 | RejectError::Draining
                 | RejectError::NoDescriptors(_)

@@ -691,6 +691,23 @@ fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
 fn register_metrics(snapshot: &Snapshot) {
     let listeners = &snapshot.config.listeners;
     let reads_proxy_headers = listeners.iter().any(|l| l.proxy_protocol);
+    // udp:// (session::udp): routes whose sessions may carry datagrams.
+    let udp_routes: Vec<Arc<str>> = snapshot
+        .routes
+        .iter()
+        .filter(|r| r.backend.may_be_udp())
+        .map(|r| r.name.clone())
+        .collect();
+    let named = |keep: fn(&crate::snapshot::Route) -> bool| -> Vec<Arc<str>> {
+        snapshot
+            .routes
+            .iter()
+            .filter(|r| keep(r))
+            .map(|r| r.name.clone())
+            .collect()
+    };
+    let record_routes = named(|r| r.session.record.is_some());
+    let resume_routes = named(|r| r.session.resume.is_some());
     metrics::register(
         snapshot.routes.iter().map(|r| &r.name),
         &metrics::Registered {
@@ -703,6 +720,9 @@ fn register_metrics(snapshot: &Snapshot) {
             } else {
                 &[]
             },
+            udp_routes: &udp_routes,
+            record_routes: &record_routes,
+            resume_routes: &resume_routes,
         },
     );
 }

@@ -36,11 +36,13 @@
 //! session/     after the 101: start.rs, the front door (a client side joined to a backend
 //!              side, the pump chosen by the backend's kind, access log, close metrics);
 //!              settings (SessionSettings), keepalive, pacer, io (client streams → frame
-//!              halves), bridge (WS ↔ bytes), relay (WS ↔ WS), registry (live sessions,
+//!              halves), bridge (WS ↔ bytes), relay (WS ↔ WS), udp (WS ↔ datagrams,
+//!              one message per datagram, drops instead of queues), registry (live sessions,
 //!              each one's close request, route drains, backend health by handshakes)
 //! backend/     dial TCP / unix / WebSocket (ws, wss) backends under a timeout, socket
 //!              options, PROXY v2 to backends, the subprotocol a backend answers; pool.rs:
-//!              pools, ejection, active checks; the built-in echo
+//!              pools, ejection, active checks; udp.rs: a connected UDP socket per session
+//!              under `[udp] max_sessions`; the built-in echo
 //! policy/      access (origin, bearer, JWT, client certificates), jwks (key sets from
 //!              OpenID providers: discovery, refresh, rotation), sealed and signin (browser
 //!              sign-in: cookies, the authorization code flow), identity (ConnInfo,
@@ -55,6 +57,8 @@
 //! http_util.rs the gateway's own answers (Body, text, JSON), query values, header tokens,
 //!              URIs made safe for logs
 //! logsafe.rs   client-controlled text escaped for log lines
+//! record/      session recording: asciicast and raw formats, the bounded writer (files as
+//!              .part, 0600, metadata, caps, retention sweep), replay (print, TCP, WebSocket)
 //! metrics.rs   metric names, descriptions, recorder, per-route and per-session handles
 //! ws/          the WebSocket protocol, a leaf that knows no route, backend or session:
 //!              reader (RFC 6455 §5 per frame), writer (frames out, RSV1), frames (message
@@ -69,9 +73,10 @@
 //! headers (trusted balancers) → upgrade checks (400/426) → origin (403) → credentials (401
 //! missing/invalid, 403 not allowed; a spent failure budget 429) → target (token file: 404
 //! unknown token; claim: 403) → limits (429/503) → egress check after DNS (403) → dial
-//! backend, the next pool member on failure (502/504) → `101` → bridge or relay → close
-//! (1000 normal, 1001 shutdown/keepalive, 1002 protocol, 1007 bad UTF-8, 1009 too big, 1011
-//! backend error, 1014 bad gateway), with metrics alongside every stage.
+//! backend, the next pool member on failure (502/504) → `101` → bridge, relay or udp →
+//! close (1000 normal, 1001 shutdown/keepalive, 1002 protocol, 1003 text on a udp:// route,
+//! 1007 bad UTF-8, 1009 too big, 1011 backend error, 1014 bad gateway), with metrics
+//! alongside every stage.
 
 pub mod backend;
 pub mod config;
@@ -83,6 +88,7 @@ pub mod logsafe;
 pub mod metrics;
 pub mod ops;
 pub mod policy;
+pub mod record;
 pub mod session;
 pub mod snapshot;
 pub mod tls;

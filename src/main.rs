@@ -2,7 +2,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ fn version() -> &'static str {
 const AFTER_HELP: &str = "\
 Backend URLs (TARGET, --route PATH=URL):
   HOST:PORT, tcp://HOST:PORT          raw TCP (VNC, MQTT, SSH, ...); HOST is a name, IPv4 or [IPv6]
+  udp://HOST:PORT                     UDP: one binary message = one datagram (WireGuard, DNS, games)
   ws://HOST[:PORT][/PATH][?QUERY]     a WebSocket backend, frames relayed end to end
   wss://HOST[:PORT][/PATH][?QUERY]    the same over TLS, verified against the Mozilla roots
   unix:/PATH                          raw bytes over a Unix domain socket (absolute path)
@@ -42,6 +43,7 @@ Examples:
   wsgate --cert full.pem --key key.pem --ssl-only 443 localhost:5900
   wsgate --token-plugin TokenFile --token-source tokens.cfg 6080
   wsgate --listen 127.0.0.1:8080 --route /ssh=tcp://10.0.0.5:22
+  wsgate --listen 127.0.0.1:8080 --route /wg=udp://127.0.0.1:51820
   wsgate --listen 127.0.0.1:8080 --route /mqtt=tcp://127.0.0.1:1883 --subprotocol mqtt
                                            MQTT.js and other clients that offer a subprotocol
   wsgate --config /etc/wsgate/wsgate.toml  everything else (access control, limits): a file
@@ -274,6 +276,32 @@ enum Command {
     },
     /// Print the manual page (roff), e.g. `wsgate man > /usr/local/share/man/man1/wsgate.1`.
     Man,
+    /// Read a session recording (raw `.wsrec` or asciicast `.cast`): list it (default), write
+    /// what the backend sent (`--cat`), or play it again to clients that connect, as a TCP
+    /// stream (`--tcp`) or a WebSocket server (`--ws`) that a client connects to as if live.
+    Replay {
+        /// The recording.
+        file: PathBuf,
+        /// Write the backend→client bytes to stdout, as sent, without timing.
+        #[arg(long, conflicts_with_all = ["tcp", "ws"])]
+        cat: bool,
+        /// Serve the recording as a TCP stream on this address (port 0: any free port).
+        #[arg(long, value_name = "ADDR", conflicts_with = "ws")]
+        tcp: Option<SocketAddr>,
+        /// Serve the recording as a WebSocket server on this address (any path; port 0: any
+        /// free port). The address it listens on is printed first.
+        #[arg(long, value_name = "ADDR")]
+        ws: Option<SocketAddr>,
+        /// Playback speed: 1 = as recorded, 4 = four times as fast, 0 = no waiting.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Idle stretches longer than this are cut to it, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+        max_wait_secs: f64,
+        /// Exit after the first client's replay instead of serving every client that comes.
+        #[arg(long)]
+        once: bool,
+    },
     /// Ask a running gateway to reload its config: `POST /reload` on its admin listener.
     /// Exit 0 when the new config runs (the answer names keys that wait for a restart), 1 and
     /// why when it was refused (the old one still runs) or the gateway could not be asked.
@@ -290,6 +318,69 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 30)]
         timeout_secs: u64,
     },
+}
+
+/// `wsgate replay`: exit 0 when the listing, the bytes or the replays were given, 1 and why
+/// when the file could not be read or the address not bound.
+fn replay(
+    file: &Path,
+    cat: bool,
+    tcp: Option<SocketAddr>,
+    ws: Option<SocketAddr>,
+    pace: wsgate::record::replay::Pace,
+    once: bool,
+) -> ExitCode {
+    use wsgate::record::replay;
+    if let Err(e) = replay::Recording::open(file) {
+        eprintln!("error: {}: {e}", file.display());
+        return ExitCode::FAILURE;
+    }
+    let Some((addr, websocket)) = tcp.map(|a| (a, false)).or(ws.map(|a| (a, true))) else {
+        let mut out = std::io::stdout().lock();
+        let done = if cat {
+            replay::cat(file, &mut out)
+        } else {
+            replay::print_listing(file, &mut out)
+        };
+        return match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}: {e}", file.display());
+                ExitCode::FAILURE
+            }
+        };
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let file = file.to_path_buf();
+    let served = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let scheme = if websocket { "ws" } else { "tcp" };
+        println!("replaying on {scheme}://{bound}/");
+        let _ = std::io::stdout().flush();
+        if websocket {
+            replay::serve_websocket(listener, file, pace, once).await
+        } else {
+            replay::serve_tcp(listener, file, pace, once).await
+        }
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: replay on {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Logging to stderr: `--log-format`/`--log-level` first, then `RUST_LOG` (level only), then
@@ -357,6 +448,21 @@ fn main() -> ExitCode {
                 &mut std::io::stdout(),
             );
             return ExitCode::SUCCESS;
+        }
+        Some(Command::Replay {
+            file,
+            cat,
+            tcp,
+            ws,
+            speed,
+            max_wait_secs,
+            once,
+        }) => {
+            let pace = wsgate::record::replay::Pace {
+                speed: *speed,
+                max_wait: Duration::try_from_secs_f64(*max_wait_secs).unwrap_or(Duration::ZERO),
+            };
+            return replay(file, *cat, *tcp, *ws, pace, *once);
         }
         Some(Command::Man) => {
             let mut out = Vec::new();

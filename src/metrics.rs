@@ -30,11 +30,24 @@ pub const PROXY_HEADERS_REFUSED_TOTAL: &str = "wsgate_proxy_protocol_refused_tot
 pub const AUTH_FAILURES_TOTAL: &str = "wsgate_auth_failures_total";
 pub const BUILD_INFO: &str = "wsgate_build_info";
 pub const WORKER_SESSIONS_ACTIVE: &str = "wsgate_worker_sessions_active";
+pub const UDP_SESSIONS_ACTIVE: &str = "wsgate_udp_sessions_active";
+pub const UDP_DATAGRAMS_TOTAL: &str = "wsgate_udp_datagrams_total";
+pub const UDP_DROPPED_TOTAL: &str = "wsgate_udp_dropped_total";
+pub const UDP_ICMP_ERRORS_TOTAL: &str = "wsgate_udp_icmp_errors_total";
+pub const RECORDINGS_ACTIVE: &str = "wsgate_recordings_active";
+pub const RECORDING_BYTES_WRITTEN_TOTAL: &str = "wsgate_recording_bytes_written_total";
+pub const RECORDING_DROPPED_BYTES_TOTAL: &str = "wsgate_recording_dropped_bytes_total";
+pub const RECORDING_GAPS_TOTAL: &str = "wsgate_recording_gaps_total";
+pub const RECORDING_FAILURES_TOTAL: &str = "wsgate_recording_failures_total";
+pub const RECORDING_DELETIONS_TOTAL: &str = "wsgate_recording_deletions_total";
 pub const CERTIFICATE_NOT_AFTER: &str = "wsgate_certificate_not_after_timestamp_seconds";
 pub const ACME_ORDERS_TOTAL: &str = "wsgate_acme_orders_total";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "wsgate_connections_refused_total";
 pub const CONNECTION_TIMEOUTS_TOTAL: &str = "wsgate_connection_timeouts_total";
 pub const DESCRIPTORS_EXHAUSTED_TOTAL: &str = "wsgate_descriptors_exhausted_total";
+pub const RESUMES_TOTAL: &str = "wsgate_resumes_total";
+pub const RESUME_DETACHED_SESSIONS: &str = "wsgate_resume_detached_sessions";
+pub const RESUME_REPLAYED_BYTES_TOTAL: &str = "wsgate_resume_replayed_bytes_total";
 
 /// `reason` values of `wsgate_connections_refused_total`.
 const CONNECTION_REFUSALS: &[&str] = &["ip_limit"];
@@ -192,6 +205,22 @@ fn describe() {
         WORKER_SESSIONS_ACTIVE,
         "Per-core mode: WebSocket sessions now bridged on each worker thread"
     );
+    describe_gauge!(
+        UDP_SESSIONS_ACTIVE,
+        "udp:// sessions now open, each holding one UDP socket"
+    );
+    describe_counter!(
+        UDP_DATAGRAMS_TOTAL,
+        "udp:// routes: datagrams delivered, by direction (one per WebSocket message)"
+    );
+    describe_counter!(
+        UDP_DROPPED_TOTAL,
+        "udp:// routes: datagrams dropped, by cause (client_slow, backend_busy, oversize, unreachable, send_error)"
+    );
+    describe_counter!(
+        UDP_ICMP_ERRORS_TOTAL,
+        "udp:// routes: ICMP errors (port unreachable) reported by sessions' sockets"
+    );
     describe_counter!(
         JWKS_REFRESHES_TOTAL,
         "Fetches of a route's JWT key set, by result (ok, error: the last good keys stay)"
@@ -218,6 +247,29 @@ fn describe() {
         DESCRIPTORS_EXHAUSTED_TOTAL,
         "Times the process ran out of file descriptors, by stage (accept, admin_accept, backend)"
     );
+    describe_gauge!(RECORDINGS_ACTIVE, "Session recordings now open, by route");
+    describe_counter!(
+        RECORDING_BYTES_WRITTEN_TOTAL,
+        Unit::Bytes,
+        "Bytes written to recording files (headers and framing included), by route"
+    );
+    describe_counter!(
+        RECORDING_DROPPED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Session bytes left out of recordings, by route and cause"
+    );
+    describe_counter!(
+        RECORDING_GAPS_TOTAL,
+        "Gaps and ends marked in recordings, by route and cause"
+    );
+    describe_counter!(
+        RECORDING_FAILURES_TOTAL,
+        "Recordings that could not be created or failed while written, by route and stage"
+    );
+    describe_counter!(
+        RECORDING_DELETIONS_TOTAL,
+        "Recordings deleted by the retention sweep, by route and reason (quota, age)"
+    );
     // Known label sets at zero, so the first event shows as an increase.
     for reason in CONNECTION_REFUSALS {
         counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => *reason).increment(0);
@@ -228,6 +280,47 @@ fn describe() {
     for stage in DESCRIPTOR_STAGES {
         counter!(DESCRIPTORS_EXHAUSTED_TOTAL, "stage" => *stage).increment(0);
     }
+}
+
+/// One `udp://` session's counters (clones of its route's series): datagrams each way,
+/// drops by cause, ICMP errors. Bytes and messages count in [`SessionMetrics`] as on
+/// every route.
+#[derive(Clone)]
+pub struct UdpMetrics {
+    pub to_backend: Counter,
+    pub to_client: Counter,
+    /// The queue towards a client that cannot take more was full.
+    pub dropped_client_slow: Counter,
+    /// The backend socket's send buffer was full.
+    pub dropped_backend_busy: Counter,
+    /// A backend datagram above the route's `max_datagram_bytes`.
+    pub dropped_oversize: Counter,
+    /// A client datagram refused by an ICMP error (nothing listening).
+    pub dropped_unreachable: Counter,
+    /// Any other send failure (the kernel refused the datagram).
+    pub dropped_send_error: Counter,
+    pub icmp_errors: Counter,
+}
+
+impl UdpMetrics {
+    pub fn for_route(route: &str) -> Self {
+        let dropped = |cause: &'static str| counter!(UDP_DROPPED_TOTAL, "route" => route.to_owned(), "cause" => cause);
+        Self {
+            to_backend: counter!(UDP_DATAGRAMS_TOTAL, "route" => route.to_owned(), "direction" => CLIENT_TO_BACKEND),
+            to_client: counter!(UDP_DATAGRAMS_TOTAL, "route" => route.to_owned(), "direction" => BACKEND_TO_CLIENT),
+            dropped_client_slow: dropped("client_slow"),
+            dropped_backend_busy: dropped("backend_busy"),
+            dropped_oversize: dropped("oversize"),
+            dropped_unreachable: dropped("unreachable"),
+            dropped_send_error: dropped("send_error"),
+            icmp_errors: counter!(UDP_ICMP_ERRORS_TOTAL, "route" => route.to_owned()),
+        }
+    }
+}
+
+/// `wsgate_udp_sessions_active`, the process-wide count behind `[udp] max_sessions`.
+pub fn udp_sessions_active() -> Gauge {
+    gauge!(UDP_SESSIONS_ACTIVE)
 }
 
 /// A connection closed after accept: `reason` is `ip_limit`.
@@ -327,6 +420,67 @@ pub struct Registered<'a> {
     /// Every `reason` of `wsgate_proxy_protocol_refused_total` when some listener reads PROXY
     /// headers; empty otherwise.
     pub proxy_refusals: &'a [&'static str],
+    /// Routes whose sessions may be `udp://` (a `udp://` backend, a token-file or claim
+    /// target): their `wsgate_udp_*` series.
+    pub udp_routes: &'a [Arc<str>],
+    /// Routes with `[route.record]`: their `wsgate_recording*` series.
+    pub record_routes: &'a [Arc<str>],
+    /// Routes with `[route.resume]`: their `wsgate_resume*` series.
+    pub resume_routes: &'a [Arc<str>],
+}
+
+/// `result` values of `wsgate_resumes_total`.
+pub const RESUME_RESULTS: &[&str] = &[
+    "resumed",
+    "replaced",
+    "expired",
+    "unknown_session",
+    "bad_token",
+    "offset_out_of_range",
+    "bad_hello",
+    "id_in_use",
+    "limit_sessions",
+    "limit_address",
+    "limit_buffer",
+];
+
+/// `cause` values of `wsgate_recording_dropped_bytes_total`.
+pub const RECORDING_DROP_CAUSES: &[&str] = &["queue_full", "cap", "write_error"];
+/// `cause` values of `wsgate_recording_gaps_total`.
+pub const RECORDING_GAP_CAUSES: &[&str] = &["queue_full", "cap"];
+/// `stage` values of `wsgate_recording_failures_total`.
+pub const RECORDING_FAILURE_STAGES: &[&str] = &["create", "write"];
+/// `reason` values of `wsgate_recording_deletions_total`.
+pub const RECORDING_DELETION_REASONS: &[&str] = &["age", "quota"];
+
+/// The recording and resume series of the routes that have them, at zero.
+fn register_record_and_resume(what: &Registered<'_>) {
+    for route in what.record_routes {
+        let r = || route.to_string();
+        gauge!(RECORDINGS_ACTIVE, "route" => r()).increment(0.0);
+        counter!(RECORDING_BYTES_WRITTEN_TOTAL, "route" => r()).increment(0);
+        for &cause in RECORDING_DROP_CAUSES {
+            counter!(RECORDING_DROPPED_BYTES_TOTAL, "route" => r(), "cause" => cause).increment(0);
+        }
+        for &cause in RECORDING_GAP_CAUSES {
+            counter!(RECORDING_GAPS_TOTAL, "route" => r(), "cause" => cause).increment(0);
+        }
+        for &stage in RECORDING_FAILURE_STAGES {
+            counter!(RECORDING_FAILURES_TOTAL, "route" => r(), "stage" => stage).increment(0);
+        }
+        for &reason in RECORDING_DELETION_REASONS {
+            counter!(RECORDING_DELETIONS_TOTAL, "route" => r(), "reason" => reason).increment(0);
+        }
+    }
+    if !what.resume_routes.is_empty() {
+        gauge!(RESUME_DETACHED_SESSIONS).increment(0.0);
+    }
+    for route in what.resume_routes {
+        counter!(RESUME_REPLAYED_BYTES_TOTAL, "route" => route.to_string()).increment(0);
+        for &result in RESUME_RESULTS {
+            counter!(RESUMES_TOTAL, "route" => route.to_string(), "result" => result).increment(0);
+        }
+    }
 }
 
 /// Make the gateway's series visible from the start, at zero: the process-wide ones, every
@@ -342,6 +496,25 @@ pub fn register<'a>(routes: impl IntoIterator<Item = &'a Arc<str>>, what: &Regis
     }
     for &reason in what.proxy_refusals {
         counter!(PROXY_HEADERS_REFUSED_TOTAL, "reason" => reason).increment(0);
+    }
+    register_record_and_resume(what);
+    if !what.udp_routes.is_empty() {
+        udp_sessions_active().increment(0.0);
+    }
+    for route in what.udp_routes {
+        let udp = UdpMetrics::for_route(route);
+        for c in [
+            &udp.to_backend,
+            &udp.to_client,
+            &udp.dropped_client_slow,
+            &udp.dropped_backend_busy,
+            &udp.dropped_oversize,
+            &udp.dropped_unreachable,
+            &udp.dropped_send_error,
+            &udp.icmp_errors,
+        ] {
+            c.increment(0);
+        }
     }
     let mut rejecting = vec![NO_ROUTE.to_owned()];
     for route in routes {

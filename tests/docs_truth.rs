@@ -116,6 +116,7 @@ async fn every_exported_metric_is_in_the_metrics_table_and_every_row_is_exported
     let keys = files.path().join("cookie-keys");
     std::fs::write(&secret, "docs-truth-secret\n").expect("secret written");
     std::fs::write(&keys, format!("{}\n", "ab".repeat(32))).expect("cookie keys written");
+    let recordings = tempfile::tempdir().expect("recordings folder");
     let toml = tls_config(
         &pki.cert_file,
         &pki.key_file,
@@ -125,11 +126,17 @@ async fn every_exported_metric_is_in_the_metrics_table_and_every_row_is_exported
              trusted_proxies = [\"192.0.2.1\"]\n\n\
              [runtime]\nmode = \"per-core\"\nworker_threads = 2\n\n\
              [[route]]\nname = \"pool\"\npath = \"/\"\nbackends = [\"tcp://{one}\", \"tcp://{two}\"]\n\n\
+             [[route]]\nname = \"udp\"\npath = \"/udp\"\nbackend = \"udp://127.0.0.1:9\"\n\n\
+             [[route]]\nname = \"recorded\"\npath = \"/recorded\"\nbackend = \"tcp://{one}\"\n\
+             [route.record]\ndir = \"{recordings}\"\n\n\
+             [[route]]\nname = \"resumable\"\npath = \"/resumable\"\nbackend = \"tcp://{one}\"\n\
+             [route.resume]\n\n\
              [[route]]\nname = \"keys\"\npath = \"/keys\"\nbackend = \"builtin:echo\"\n\
              [route.auth.jwt]\njwks_url = \"http://{provider}/jwks\"\naudience = \"a\"\n\n\
              [signin]\nissuer = \"http://{provider}\"\nclient_id = \"c\"\n\
              client_secret_file = {secret:?}\nredirect_url = \"http://127.0.0.1:9/cb\"\n\
-             cookie_keys_file = {keys:?}\n"
+             cookie_keys_file = {keys:?}\n",
+            recordings = recordings.path().display()
         ),
     );
     let gw = spawn_gateway(&toml).await;

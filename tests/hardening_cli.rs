@@ -344,7 +344,7 @@ async fn config_from_flags_refuses_what_check_refuses() {
             vec!["--cert", "missing.pem", "6080", "localhost:5900"],
             "missing.pem",
         ),
-        (vec!["6080", "udp://127.0.0.1:1"], "unknown scheme"),
+        (vec!["6080", "sctp://127.0.0.1:1"], "unknown scheme"),
     ] {
         let mut command = vec!["config", "--from-flags"];
         command.extend(&args);
@@ -412,7 +412,7 @@ async fn every_backend_url_form_is_in_help_the_url_table_and_the_error() {
     assert!(!table.is_empty(), "no table under ## Backend URLs");
     let (_, _, error) = run_in(
         &repo(),
-        &["config", "--from-flags", "6080", "udp://127.0.0.1:1"],
+        &["config", "--from-flags", "6080", "sctp://127.0.0.1:1"],
     )
     .await;
     for form in forms {

@@ -16,8 +16,8 @@ const LAYERS: &[&[&str]] = &[
     // Leaves: the file format, the boundary error, metric names and handles, log escaping,
     // HTTP answers and parsing.
     &["config", "error", "metrics", "logsafe", "http_util"],
-    // Certificates and keys, from config into rustls.
-    &["tls"],
+    // Certificates and keys; session recording (files, formats, replay).
+    &["tls", "record"],
     // Compiled per-route rules.
     &["policy"],
     // Dialling backends (egress policy applies).

@@ -1,7 +1,8 @@
-//! Dialing backends under a timeout (TCP, Unix sockets, WebSocket over TCP or TLS), with
+//! Dialing backends under a timeout (TCP, UDP, Unix sockets, WebSocket over TCP or TLS), with
 //! socket options and an optional PROXY header; pools with health; the built-in echo service.
 
 pub mod pool;
+pub mod udp;
 
 use std::io;
 use std::net::SocketAddr;
@@ -35,6 +36,9 @@ pub enum Backend {
     Tcp(TcpStream),
     /// Raw bytes over a Unix domain socket.
     Unix(UnixStream),
+    /// Datagrams: a UDP socket connected to the backend, this session's alone, so only the
+    /// backend's replies reach it (`backend::udp`, carried by `session::udp`).
+    Udp(udp::UdpBackend),
     /// A WebSocket whose handshake completed; `protocol` is the backend's choice.
     WebSocket {
         io: TokioIo<Upgraded>,
@@ -54,8 +58,19 @@ impl Backend {
     ) -> Option<HeaderValue> {
         match self {
             Self::WebSocket { protocol, .. } => protocol.clone(),
-            Self::Tcp(_) | Self::Unix(_) => route_choice(),
+            Self::Tcp(_) | Self::Unix(_) | Self::Udp(_) => route_choice(),
         }
+    }
+
+    /// Whether the client's hop may use permessage-deflate: not for `udp://`, whose messages
+    /// are datagrams exactly as sent.
+    pub fn takes_deflate(&self) -> bool {
+        !matches!(self, Self::Udp(_))
+    }
+
+    /// A byte stream the resume protocol can count offsets in (`tcp://`, `unix:`).
+    pub fn resumes(&self) -> bool {
+        matches!(self, Self::Tcp(_) | Self::Unix(_))
     }
 }
 
@@ -63,7 +78,10 @@ impl Backend {
 pub fn handshake_path(target: &BackendAddr) -> Option<&str> {
     match target {
         BackendAddr::WebSocket { path, .. } => Some(path),
-        BackendAddr::Tcp { .. } | BackendAddr::Unix { .. } | BackendAddr::BuiltinEcho => None,
+        BackendAddr::Tcp { .. }
+        | BackendAddr::Udp { .. }
+        | BackendAddr::Unix { .. }
+        | BackendAddr::BuiltinEcho => None,
     }
 }
 
@@ -151,6 +169,8 @@ pub struct Dialer {
     pub echo_addr: Option<SocketAddr>,
     /// `[egress] allow`, checked on every dial but the echo service's.
     pub egress: Option<Arc<Egress>>,
+    /// `[udp]`: the cap on `udp://` sessions.
+    pub udp: udp::UdpLimits,
 }
 
 impl Dialer {
@@ -171,6 +191,10 @@ impl Dialer {
             let mut backend = match target {
                 BackendAddr::Tcp { host, port } => {
                     Backend::Tcp(connect_checked(host, *port, egress, socket).await?)
+                }
+                // ---- udp:// (session::udp): one connected socket per session ----
+                BackendAddr::Udp { host, port } => {
+                    Backend::Udp(udp::dial(host, *port, egress, self.udp).await?)
                 }
                 BackendAddr::Unix { path } => Backend::Unix(
                     UnixStream::connect(path)
@@ -221,7 +245,7 @@ impl Dialer {
                 let written = match &mut backend {
                     Backend::Tcp(s) => s.write_all(&header).await,
                     Backend::Unix(s) => s.write_all(&header).await,
-                    Backend::WebSocket { .. } => Ok(()),
+                    Backend::WebSocket { .. } | Backend::Udp(_) => Ok(()),
                 };
                 written.map_err(RejectError::BackendUnreachable)?;
             }
@@ -271,7 +295,7 @@ async fn connect(addr: SocketAddr, socket: &SocketOptions) -> Result<TcpStream, 
     Ok(stream)
 }
 
-fn unreachable_or_refused(e: io::Error) -> RejectError {
+pub(crate) fn unreachable_or_refused(e: io::Error) -> RejectError {
     if crate::policy::descriptors::is_exhaustion(&e) {
         crate::metrics::descriptors_exhausted("backend");
         return RejectError::NoDescriptors(e);

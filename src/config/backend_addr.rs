@@ -1,4 +1,4 @@
-//! Backend URLs (`tcp://`, `unix:`, `ws://`, `wss://`, `builtin:echo`) parsed into a plain address.
+//! Backend URLs (`tcp://`, `udp://`, `unix:`, `ws://`, `wss://`, `builtin:echo`) parsed into a plain address.
 
 use std::path::PathBuf;
 
@@ -7,7 +7,14 @@ use anyhow::{bail, Context};
 /// Every backend URL form the parser accepts, as users write its start. `--help`, the
 /// backend URL table of docs/configuration.md and the parser's errors list them all (tests
 /// check the first two).
-pub const BACKEND_URL_FORMS: &[&str] = &["tcp://", "unix:", "ws://", "wss://", "builtin:echo"];
+pub const BACKEND_URL_FORMS: &[&str] = &[
+    "tcp://",
+    "udp://",
+    "unix:",
+    "ws://",
+    "wss://",
+    "builtin:echo",
+];
 
 /// The forms as one phrase for error messages: `tcp://, unix:, ws://, wss:// or builtin:echo`.
 fn forms_phrase() -> String {
@@ -22,6 +29,9 @@ fn forms_phrase() -> String {
 pub enum BackendAddr {
     /// A raw TCP service, dialed by name on every session (DNS is re-resolved).
     Tcp { host: String, port: u16 },
+    /// A UDP service: one binary message is one datagram, over one connected socket per
+    /// session (`session::udp`). Dialed by name on every session, like `Tcp`.
+    Udp { host: String, port: u16 },
     /// A WebSocket service; `path` holds the URL's path and query (at least `/`).
     WebSocket {
         tls: bool,
@@ -59,7 +69,7 @@ impl BackendAddr {
             .split_once("://")
             .with_context(|| format!("backend {shown:?}: expected {}", forms_phrase()))?;
         let (authority, path) = match (scheme, rest.find(['/', '?'])) {
-            ("tcp", _) => (rest.trim_end_matches('/'), ""),
+            ("tcp" | "udp", _) => (rest.trim_end_matches('/'), ""),
             ("ws" | "wss", Some(i)) => (&rest[..i], &rest[i..]),
             ("ws" | "wss", None) => (rest, ""),
             _ => bail!(
@@ -88,6 +98,7 @@ impl BackendAddr {
         let host = host.to_owned();
         Ok(match scheme {
             "tcp" => Self::Tcp { host, port },
+            "udp" => Self::Udp { host, port },
             _ => Self::WebSocket {
                 tls: scheme == "wss",
                 host,
@@ -101,9 +112,15 @@ impl BackendAddr {
         })
     }
 
-    /// Raw bytes (`tcp://`, `unix:`, the echo service), as opposed to a WebSocket backend.
+    /// Raw bytes (`tcp://`, `unix:`, the echo service), as opposed to a WebSocket backend
+    /// or datagrams.
     pub fn is_bytes(&self) -> bool {
-        !matches!(self, Self::WebSocket { .. })
+        !matches!(self, Self::WebSocket { .. } | Self::Udp { .. })
+    }
+
+    /// Datagrams (`udp://`): messages map one to one onto datagrams.
+    pub fn is_datagrams(&self) -> bool {
+        matches!(self, Self::Udp { .. })
     }
 }
 
@@ -112,6 +129,8 @@ impl std::fmt::Display for BackendAddr {
         match self {
             Self::Tcp { host, port } if host.contains(':') => write!(f, "tcp://[{host}]:{port}"),
             Self::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Self::Udp { host, port } if host.contains(':') => write!(f, "udp://[{host}]:{port}"),
+            Self::Udp { host, port } => write!(f, "udp://{host}:{port}"),
             Self::WebSocket {
                 tls,
                 host,
@@ -179,7 +198,7 @@ mod tests {
             };
             BackendAddr::parse(&url).unwrap_or_else(|e| panic!("{url}: {e:#}"));
         }
-        for bad in ["udp://h:1", "h:1", "http://h:80"] {
+        for bad in ["sctp://h:1", "h:1", "http://h:80"] {
             let err = format!("{:#}", BackendAddr::parse(bad).unwrap_err());
             for form in BACKEND_URL_FORMS {
                 assert!(err.contains(form), "{bad}: {err}");
@@ -197,5 +216,33 @@ mod tests {
         assert_eq!(redact_query("ws://h:1/p"), "ws://h:1/p");
         let e = BackendAddr::parse("wss://h:0/?api_key=s3cret").unwrap_err();
         assert!(!format!("{e:#}").contains("s3cret"), "{e:#}");
+    }
+
+    #[test]
+    fn udp_urls_parse_and_print_back() {
+        for (url, host) in [
+            ("udp://127.0.0.1:53", "127.0.0.1"),
+            ("udp://[::1]:51820/", "::1"),
+        ] {
+            let addr = BackendAddr::parse(url).unwrap();
+            assert_eq!(
+                addr,
+                BackendAddr::Udp {
+                    host: host.into(),
+                    port: addr_port(&addr)
+                }
+            );
+            assert!(addr.is_datagrams() && !addr.is_bytes());
+            assert_eq!(BackendAddr::parse(&addr.to_string()).unwrap(), addr);
+        }
+        assert!(BackendAddr::parse("udp://h").is_err());
+        assert!(BackendAddr::parse("udp://h:0").is_err());
+    }
+
+    fn addr_port(addr: &BackendAddr) -> u16 {
+        match addr {
+            BackendAddr::Udp { port, .. } => *port,
+            _ => 0,
+        }
     }
 }

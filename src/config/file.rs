@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::access::{AuthConfig, ClientAuth, OriginConfig};
 use super::http2::Http2Config;
 use super::target::{EgressConfig, TargetConfig};
+use super::udp::{UdpGlobalConfig, UdpRouteConfig};
 
 /// The file as written: every field optional where a default exists, unknown keys rejected.
 #[derive(Debug, Deserialize, Serialize)]
@@ -39,12 +40,67 @@ pub struct FileConfig {
     /// Static files on the public listeners (websockify's `--web`). Default: none.
     #[serde(default)]
     pub web: Option<WebConfig>,
+    /// `[udp]`: caps shared by all `udp://` sessions (`config::udp`).
+    #[serde(default)]
+    pub udp: UdpGlobalConfig,
+    /// `[resume]`: gateway-wide bounds on resumable sessions (docs/resume.md).
+    #[serde(default)]
+    pub resume: ResumeLimitsConfig,
     /// Automatic certificates over ACME (RFC 8555). Default: none.
     #[serde(default)]
     pub acme: Option<AcmeConfig>,
     /// Browser sign-in at an OpenID provider (`config::signin`). Default: none.
     #[serde(default)]
     pub signin: Option<super::SigninConfig>,
+}
+
+/// `[resume]`: how many resumable sessions the gateway holds at once, attached or waiting
+/// for their client to come back, and how much replay buffer they may reserve.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResumeLimitsConfig {
+    /// Resumable sessions at once (so also detached ones). Default 1000.
+    pub max_sessions: usize,
+    /// Resumable sessions at once from one client address. Default 32.
+    pub max_sessions_per_address: usize,
+    /// Replay-buffer bytes all resumable sessions may reserve (each its route's
+    /// `window_bytes`). Default 1 GiB.
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for ResumeLimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: 1000,
+            max_sessions_per_address: 32,
+            max_buffered_bytes: 1 << 30,
+        }
+    }
+}
+
+/// `[route.resume]`: sessions on this route can survive a dropped client connection
+/// (docs/resume.md). Byte backends only (`tcp://`, `unix:`, targets).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResumeConfig {
+    /// How long a session whose client connection dropped keeps its backend connection,
+    /// waiting for a resume. Default 60 s.
+    pub grace_secs: f64,
+    /// Most backend→client bytes held until the client acknowledges them; reading the
+    /// backend pauses when it is full. Default 2 MiB.
+    pub window_bytes: usize,
+    /// The in-protocol heartbeat; a connection silent for three of them is dead. Default 5 s.
+    pub heartbeat_secs: f64,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        Self {
+            grace_secs: 60.0,
+            window_bytes: 2 << 20,
+            heartbeat_secs: 5.0,
+        }
+    }
 }
 
 /// `[acme]`: certificates for `names` obtained from an ACME CA (Let's Encrypt, a private
@@ -590,6 +646,17 @@ pub struct RouteConfig {
     /// zlib level for what the gateway compresses, 0..=9. Default 1 (fastest).
     #[serde(default = "default_compression_level")]
     pub compression_level: u8,
+    /// `[route.udp]`: datagram settings of `udp://` sessions. Default: none (the defaults of
+    /// `config::udp`).
+    #[serde(default)]
+    pub udp: Option<UdpRouteConfig>,
+    /// `[route.record]`: record this route's sessions. Default: not recorded.
+    #[serde(default)]
+    pub record: Option<super::RecordConfig>,
+    /// `[route.resume]`: resumable sessions for clients that ask (`wsgate.resume.v1`).
+    /// Default: none (off).
+    #[serde(default)]
+    pub resume: Option<ResumeConfig>,
 }
 
 /// Whether a route negotiates permessage-deflate.
@@ -651,6 +718,9 @@ impl FileConfig {
             if let Some(target) = &mut r.target {
                 target.token_file.iter_mut().for_each(fix);
             }
+            if let Some(record) = &mut r.record {
+                fix(&mut record.dir);
+            }
         }
         if let Some(web) = &mut self.web {
             fix(&mut web.root);
@@ -678,6 +748,7 @@ impl RouteConfig {
         Self {
             name: name.into(),
             path: path.into(),
+            resume: None,
             hosts: Vec::new(),
             backend: Some(backend.into()),
             backends: Vec::new(),
@@ -704,6 +775,8 @@ impl RouteConfig {
             compression_server_max_window_bits: default_window_bits(),
             compression_client_max_window_bits: default_window_bits(),
             compression_level: default_compression_level(),
+            udp: None,
+            record: None,
         }
     }
 }

@@ -9,8 +9,10 @@ mod backend_addr;
 mod file;
 mod http2;
 mod quick;
+mod record;
 mod signin;
 mod target;
+mod udp;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -24,13 +26,15 @@ pub use backend_addr::{redact_query, BackendAddr, BACKEND_URL_FORMS};
 pub use file::{
     AcmeConfig, AdminConfig, Balance, CertificateConfig, CompressionMode, FileConfig,
     ForwardedHeader, HealthConfig, Limits, ListenerConfig, LogConfig, LogFormat, MessageType,
-    ProxyProtocolVersion, ReloadConfig, RouteConfig, RuntimeConfig, RuntimeMode, Timeouts,
-    TlsConfig, WebConfig, WithoutSni,
+    ProxyProtocolVersion, ReloadConfig, ResumeConfig, ResumeLimitsConfig, RouteConfig,
+    RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig, WithoutSni,
 };
 pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
+pub use record::{RecordConfig, RecordFormat, RecordPolicy};
 pub use signin::{RouteSigninConfig, SigninConfig};
 pub use target::{EgressConfig, TargetConfig};
+pub use udp::{UdpGlobalConfig, UdpRouteConfig, UdpSettings, MAX_DATAGRAM_V4, MAX_DATAGRAM_V6};
 
 /// The embedded default: `ws://127.0.0.1:8080/echo` to a built-in echo service, admin on 9089.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -83,6 +87,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[web] root`: static files for non-upgrade GETs; `None`: such requests get 400.
     pub web_root: Option<PathBuf>,
+    /// `[resume]`: bounds on resumable sessions.
+    pub resume: ResumeLimitsConfig,
     /// `[web] max_responses`: file answers in flight at once.
     pub web_max_responses: usize,
     /// `[web] follow_external_symlinks`.
@@ -90,6 +96,8 @@ pub struct Config {
     /// `[admin] allowed_hosts`: `Host` values the admin listener accepts besides its own
     /// address, lower-cased.
     pub admin_allowed_hosts: Vec<String>,
+    /// `[udp]`: what all `udp://` sessions share.
+    pub udp: UdpGlobalConfig,
     /// `[acme]` as written (and checked); `None`: no automatic certificates.
     pub acme: Option<AcmeConfig>,
     /// `[signin]` as written; `policy::signin` checks the rest.
@@ -170,6 +178,15 @@ impl Config {
     /// Route `r`'s largest message: its own key, else `[limits]`.
     pub fn max_message_bytes(&self, r: &RouteConfig) -> usize {
         r.max_message_bytes.unwrap_or(self.limits.max_message_bytes)
+    }
+
+    /// Route `r`'s `udp://` session settings: `[route.udp]`, else the defaults (checked at
+    /// load, so this cannot fail on a validated config).
+    pub fn udp_settings(&self, r: &RouteConfig) -> UdpSettings {
+        r.udp
+            .as_ref()
+            .and_then(|u| u.resolve("route.udp").ok())
+            .unwrap_or_default()
     }
 
     /// Route `r`'s session cap (`None`: no cap): its own key, else `[limits]`.
@@ -338,6 +355,8 @@ impl FileConfig {
                 .as_ref()
                 .is_some_and(|w| w.follow_external_symlinks),
             web_root: self.web.map(|w| w.root),
+            udp: self.udp,
+            resume: self.resume,
             acme: self.acme,
             signin: self.signin,
         })
@@ -373,6 +392,21 @@ impl FileConfig {
             );
         }
         let at = format!("route[{i}]");
+        if let Some(record) = &r.record {
+            record.validate(&at, &r.name)?;
+            let websocket = |u: &str| u.starts_with("ws://") || u.starts_with("wss://");
+            if r.backend.as_deref().is_some_and(websocket)
+                || r.backends.iter().any(|b| websocket(b))
+            {
+                bail!("{at}.record: WebSocket backends (ws://, wss://) are not recorded yet; only byte backends (tcp://, unix:, targets)");
+            }
+            if r.backend
+                .as_deref()
+                .is_some_and(|u| u.starts_with("udp://"))
+            {
+                bail!("{at}.record: udp:// backends are not recorded (datagrams are not a byte stream); only byte backends (tcp://, unix:, targets)");
+            }
+        }
         // Two routes that could match one request at the same precedence: same path, and
         // the same exact name, the same wildcard, or no hosts at all.
         let mut patterns = Vec::with_capacity(r.hosts.len());
@@ -435,7 +469,19 @@ impl FileConfig {
         if !is_wss && (r.tls_ca_file.is_some() || r.insecure_skip_verify) {
             bail!("{at}: tls_ca_file and insecure_skip_verify apply to wss:// backends only");
         }
-        // Token-file and claim targets are always tcp://, so bytes.
+        // udp:// (`[route.udp]`, no pools, no compression); token-file and claim targets may
+        // name udp:// too.
+        let udp_possible = r.target.is_some() || backends.iter().any(BackendAddr::is_datagrams);
+        if let Some(u) = &r.udp {
+            if !udp_possible {
+                bail!("{at}.udp: applies to routes with udp:// backends (or targets) only");
+            }
+            u.resolve(&format!("{at}.udp"))?;
+        }
+        if r.compression == CompressionMode::On && backends.iter().any(BackendAddr::is_datagrams) {
+            bail!("{at}.compression: never negotiated on udp:// routes (a datagram is one message as sent)");
+        }
+        // Token-file and claim targets are tcp:// or udp://, so never WebSocket.
         if r.send_proxy_protocol.is_some()
             && backends
                 .iter()
@@ -493,6 +539,9 @@ impl FileConfig {
             if !(9..=15).contains(&bits) {
                 bail!("{at}.{key}: must be 9..=15, got {bits}");
             }
+        }
+        if let Some(resume) = &r.resume {
+            validate_resume(&at, r, resume, &backends, &self.limits)?;
         }
         if r.compression_level > 9 {
             bail!(
@@ -600,6 +649,42 @@ pub fn parse_cidr(text: &str) -> anyhow::Result<ipnet::IpNet> {
         .map_err(|_| anyhow::anyhow!("{text:?} is not an address or CIDR"))
 }
 
+/// `[route.resume]`: sane numbers, and a backend kind whose bytes can be counted.
+fn validate_resume(
+    at: &str,
+    r: &RouteConfig,
+    resume: &ResumeConfig,
+    backends: &[BackendAddr],
+    limits: &Limits,
+) -> anyhow::Result<()> {
+    if backends.iter().any(|b| !b.is_bytes()) {
+        bail!(
+            "{at}.resume: needs a byte backend (tcp:// or unix:); a WebSocket backend's \
+             messages are not resumed (the gateway cannot replay what it has no offsets for); \
+             nor is a udp:// backend's"
+        );
+    }
+    if r.record.is_some() {
+        bail!("{at}.resume: resumable sessions are not recorded yet; drop [route.record] or [route.resume] on this route");
+    }
+    if !(resume.grace_secs.is_finite() && (0.1..=86_400.0).contains(&resume.grace_secs)) {
+        bail!("{at}.resume.grace_secs: must be 0.1..=86400");
+    }
+    if !(resume.heartbeat_secs.is_finite() && (0.1..=3600.0).contains(&resume.heartbeat_secs)) {
+        bail!("{at}.resume.heartbeat_secs: must be 0.1..=3600");
+    }
+    if !(4096..=(1 << 30)).contains(&resume.window_bytes) {
+        bail!("{at}.resume.window_bytes: must be 4096..=1073741824");
+    }
+    if r.bandwidth_bytes_per_sec
+        .unwrap_or(limits.bandwidth_bytes_per_sec)
+        > 0
+    {
+        bail!("{at}.resume: resumable sessions are not paced; set bandwidth_bytes_per_sec = 0 on this route");
+    }
+    Ok(())
+}
+
 /// A route's `backends` and `[route.health]`.
 fn validate_pool(at: &str, r: &RouteConfig) -> anyhow::Result<Vec<BackendAddr>> {
     let mut out = Vec::with_capacity(r.backends.len());
@@ -607,6 +692,9 @@ fn validate_pool(at: &str, r: &RouteConfig) -> anyhow::Result<Vec<BackendAddr>> 
         let b = BackendAddr::parse(url).with_context(|| format!("{at}.backends[{n}]"))?;
         if b == BackendAddr::BuiltinEcho {
             bail!("{at}.backends[{n}]: builtin:echo cannot be pooled");
+        }
+        if b.is_datagrams() {
+            bail!("{at}.backends[{n}]: udp:// backends cannot be pooled (use one backend)");
         }
         if out.contains(&b) {
             bail!("{at}.backends[{n}]: {b} is listed twice");
@@ -894,7 +982,7 @@ mod tests {
                 "route[1].path",
             ),
             (
-                "[[route]]\nname=\"c\"\npath=\"/c\"\nbackend=\"udp://h:1\"\n",
+                "[[route]]\nname=\"c\"\npath=\"/c\"\nbackend=\"sctp://h:1\"\n",
                 "route[1].backend",
             ),
             ("[runtime]\nmode = \"percore\"\n", "per-core"),

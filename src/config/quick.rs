@@ -237,6 +237,7 @@ impl QuickMode {
             limits: Default::default(),
             routes,
             egress: None,
+            resume: Default::default(),
             acme: None,
             http2: Default::default(),
             reload: Default::default(),
@@ -247,6 +248,7 @@ impl QuickMode {
             },
             web: self.web.clone().map(WebConfig::at),
             signin: None,
+            udp: Default::default(),
         })
     }
 

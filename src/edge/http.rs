@@ -25,11 +25,14 @@ use crate::backend::pool::Lease;
 use crate::backend::{handshake_path, Backend, Handshake, ProxyAddrs};
 use crate::config::BackendAddr;
 use crate::error::RejectError;
-use crate::http_util::{header_has_token, log_uri, Body};
+use crate::http_util::{header_has_token, log_uri, query_value, typed, Body};
 use crate::logsafe::Escaped;
 use crate::metrics;
 use crate::policy::{ClientSource, ConnInfo, SessionSlot};
-use crate::session::start::{self as session, BackendSide, ClientSide, SessionInfo};
+use crate::record::{Pending, Recorder};
+use crate::session::start::{
+    self as session, resume_protocol, BackendSide, ClientSide, ResumeAsk, SessionInfo,
+};
 use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
 use crate::ws::extensions::{self, Agreement};
 
@@ -54,7 +57,7 @@ pub(super) fn connection_service(
     Future = impl Future<Output = Result<Response<ConnectionBody>, Infallible>> + Send,
 > + Clone {
     service_fn(move |req: Request<hyper::body::Incoming>| {
-        let page = console.as_ref().and_then(|c| c.answer(&req));
+        let page = resume_library(&req).or_else(|| console.as_ref().and_then(|c| c.answer(&req)));
         let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.enter());
         async move {
             if let Some(page) = page {
@@ -137,27 +140,50 @@ async fn upgrade(
 ) -> Result<Response<Body>, RejectError> {
     check_upgrade(req)?;
     check_open(shared, &matched.route)?;
-    let Authorized { target, user } = authorize(req, &matched).await?;
+    let (target, principal) = authorize(req, &matched).await?;
     let slot = admit(&matched)?;
-    // permessage-deflate on the client hop: the first acceptable offer, or none.
-    let deflate = matched
-        .route
-        .session
-        .compression
-        .as_ref()
-        .and_then(|policy| {
-            let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
-            extensions::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), policy)
-        });
-    let dialed = dial(req, &matched, shared, target, deflate).await?;
-    accept(
-        req,
-        matched,
-        shared,
-        (permit, slot),
-        (dialed, user),
-        deflate,
-    )
+    let resume = resume_ask(req, &matched.route)?;
+    // permessage-deflate on the client hop: the first acceptable offer, or none (never on a
+    // resumable connection).
+    let deflate = match resume {
+        Some(_) => None,
+        None => matched
+            .route
+            .session
+            .compression
+            .as_ref()
+            .and_then(|policy| {
+                let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+                extensions::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), policy)
+            }),
+    };
+    match resume {
+        // A resume joins the session's backend connection: nothing to dial.
+        Some((ask, true)) => accept_join(req, matched, shared, (permit, slot), ask),
+        ask => {
+            let dialed = dial(req, &matched, shared, target, deflate).await?;
+            // A target file may name udp://: its datagrams carry no offsets to resume from.
+            if ask.is_some() && !dialed.backend.resumes() {
+                return Err(RejectError::BadRequest(
+                    "this target is not resumable (udp://); connect without wsgate.resume.v1",
+                ));
+            }
+            // A kind that carries messages as they are sent (udp://) takes no
+            // permessage-deflate.
+            let deflate = deflate.filter(|_| dialed.backend.takes_deflate());
+            let recording = record(req, &matched, principal.clone()).await?;
+            let ask = ask.map(|(ask, _)| ask);
+            accept(
+                req,
+                matched,
+                shared,
+                (permit, slot),
+                (dialed, recording, principal),
+                deflate,
+                ask,
+            )
+        }
+    }
 }
 
 /// Route: path rules (400) before routing, since the router matches the path a backend will
@@ -200,7 +226,10 @@ fn check_open(shared: &Shared, route: &Route) -> Result<(), RejectError> {
 /// tried), origin (403), credentials (401/403), then this session's target (404 for an
 /// unknown token). A pool picks its backend at the dial (`None` here). The egress check
 /// (403) is part of the dial.
-async fn authorize<B>(req: &Request<B>, matched: &Matched) -> Result<Authorized, RejectError> {
+async fn authorize<B>(
+    req: &Request<B>,
+    matched: &Matched,
+) -> Result<(Option<BackendAddr>, Option<String>), RejectError> {
     let Matched {
         conn,
         route,
@@ -223,28 +252,38 @@ async fn authorize<B>(req: &Request<B>, matched: &Matched) -> Result<Authorized,
         Span::current().record("user", tracing::field::display(Escaped(user)));
     }
     if route.pool.is_some() {
-        return Ok(Authorized {
-            target: None,
-            user: granted.principal,
-        });
+        return Ok((None, granted.principal));
     }
     let target = route.backend.resolve(req, &granted).await.map_err(failed)?;
     Span::current().record(
         "backend",
         tracing::field::display(Escaped(&target.to_string())),
     );
-    Ok(Authorized {
-        target: Some(target),
-        user: granted.principal,
-    })
+    Ok((Some(target), granted.principal))
 }
 
-/// What [`authorize`] lets through: this session's target (`None`: the route's pool picks
-/// at the dial) and who the credentials named (a JWT's `sub`, a signed-in email, a
-/// certificate name), for the registry and the access log.
-struct Authorized {
-    target: Option<BackendAddr>,
-    user: Option<String>,
+/// Record: the session's recording file (`[route.record]`), created before the `101` so that
+/// a route that requires a recording refuses the session (503) when it cannot be made.
+async fn record<B>(
+    req: &Request<B>,
+    matched: &Matched,
+    principal: Option<String>,
+) -> Result<Option<Pending>, RejectError> {
+    let Some(settings) = &matched.route.session.record else {
+        return Ok(None);
+    };
+    let mut pending = Recorder::prepare(settings)
+        .await
+        .map_err(|_| RejectError::RecordingUnavailable)?;
+    if let Some(p) = &mut pending {
+        p.identity = principal;
+        p.user_agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(256).collect());
+    }
+    Ok(pending)
 }
 
 /// Admit: a slot under every session cap, held until the session ends (429/503).
@@ -351,16 +390,20 @@ fn accept(
     matched: Matched,
     shared: &Arc<Shared>,
     held: Held,
-    (dialed, user): (Dialed, Option<String>),
+    (dialed, recording, user): (Dialed, Option<Pending>, Option<String>),
     deflate: Option<Agreement>,
+    resume: Option<ResumeAsk>,
 ) -> Result<Response<Body>, RejectError> {
     let (mut response, upgrade) = PendingUpgrade::accept(req)?;
     let Dialed {
         backend,
         lease,
         name,
-        subprotocol,
+        mut subprotocol,
     } = dialed;
+    if resume.is_some() {
+        subprotocol = Some(HeaderValue::from_static(resume_protocol::SUBPROTOCOL));
+    }
     let info = SessionInfo {
         route: matched.route.name.clone(),
         client: matched.conn.peer,
@@ -402,11 +445,13 @@ fn accept(
                     stream,
                     protocol,
                     deflate,
+                    resume,
                 },
                 BackendSide {
                     backend,
                     settings: &route.session,
                     info,
+                    recording,
                 },
                 session::Gateway {
                     registry: &shared.registry,
@@ -420,6 +465,113 @@ fn accept(
     };
     shared.tracker.spawn(session.instrument(Span::current()));
     Ok(response)
+}
+
+/// A resumable-session request: the route resumes, and the client offered
+/// `wsgate.resume.v1`; then the URL must name the session (400 otherwise). The flag says
+/// whether it joins an existing session (`wsgate_resume=1`).
+fn resume_ask<B>(
+    req: &Request<B>,
+    route: &Route,
+) -> Result<Option<(ResumeAsk, bool)>, RejectError> {
+    if route.session.resume.is_none()
+        || !header_has_token(
+            req.headers(),
+            header::SEC_WEBSOCKET_PROTOCOL,
+            resume_protocol::SUBPROTOCOL,
+        )
+    {
+        return Ok(None);
+    }
+    let query = req.uri().query();
+    let id = query_value(query, resume_protocol::SESSION_PARAM)
+        .filter(|id| resume_protocol::valid_id(id))
+        .ok_or(RejectError::BadRequest(
+            "a resumable session needs wsgate_session: 1-64 of [A-Za-z0-9_-]",
+        ))?;
+    let joining = query_value(query, resume_protocol::RESUME_PARAM).as_deref() == Some("1");
+    Ok(Some((ResumeAsk { id }, joining)))
+}
+
+/// Accept a connection that resumes a session: the `101` with `wsgate.resume.v1`, then the
+/// session (found by id) takes it or refuses it with a close code.
+fn accept_join(
+    req: &mut Request<Incoming>,
+    matched: Matched,
+    shared: &Arc<Shared>,
+    held: Held,
+    ask: ResumeAsk,
+) -> Result<Response<Body>, RejectError> {
+    let (mut response, upgrade) = PendingUpgrade::accept(req)?;
+    response.headers_mut().insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(resume_protocol::SUBPROTOCOL),
+    );
+    let Matched {
+        route,
+        snapshot,
+        conn,
+    } = matched;
+    let session = {
+        let shared = shared.clone();
+        async move {
+            let (_permit, _slot) = held;
+            let protocol = upgrade.protocol();
+            let stream = match upgrade.wait().await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    debug!(error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            session::join(
+                ClientSide {
+                    stream,
+                    protocol,
+                    deflate: None,
+                    resume: Some(ask),
+                },
+                conn.peer.ip(),
+                route.name.clone(),
+                &route.session,
+                session::Gateway {
+                    registry: &shared.registry,
+                    shutdown: &shared.shutdown,
+                    hard_stop: &shared.hard_stop,
+                    frame_budget: &snapshot.frame_budget,
+                },
+            )
+            .await;
+        }
+    };
+    shared.tracker.spawn(session.instrument(Span::current()));
+    Ok(response)
+}
+
+/// The resume client library (docs/resume.md), on every public listener.
+const RESUME_JS: &str = include_str!("resume.js");
+
+/// `GET /.wsgate/resume.js`: the library; anything else is not for it.
+fn resume_library<B>(req: &Request<B>) -> Option<Response<Body>> {
+    if req.uri().path() != "/.wsgate/resume.js"
+        || !matches!(*req.method(), Method::GET | Method::HEAD)
+    {
+        return None;
+    }
+    let body = if req.method() == Method::HEAD {
+        ""
+    } else {
+        RESUME_JS
+    };
+    let mut response = typed(StatusCode::OK, "text/javascript; charset=utf-8", body);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response.headers_mut().insert(
+        header::HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    );
+    Some(response)
 }
 
 /// The backend handshake for a WebSocket route: mapped path, forwarded headers (without

@@ -31,9 +31,9 @@ pub const TOKEN_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 pub enum Target {
     /// The route's `backend`.
     Fixed(BackendAddr),
-    /// A TCP target looked up in a token file.
+    /// A TCP (or `udp://`) target looked up in a token file.
     TokenFile(Arc<TokenFile>),
-    /// A TCP target from this claim of the verified JWT.
+    /// A TCP (or `udp://`) target from this claim of the verified JWT.
     Claim(String),
     /// The route's `backends` pool picks (`backend::pool`), not the policy.
     Pool,
@@ -44,6 +44,16 @@ impl Target {
     /// credential.
     pub fn takes_token(&self) -> bool {
         matches!(self, Self::TokenFile(_))
+    }
+
+    /// Whether this route's sessions may go to a `udp://` backend: a fixed one, or a target
+    /// a token file or claim names.
+    pub fn may_be_udp(&self) -> bool {
+        match self {
+            Self::Fixed(addr) => addr.is_datagrams(),
+            Self::TokenFile(_) | Self::Claim(_) => true,
+            Self::Pool => false,
+        }
     }
     /// Resolve a route's `backend` or `[route.target]` (exactly one); errors name `at`.
     pub fn from_config(
@@ -136,12 +146,20 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// `host:port` or `[v6]:port` from a token file or a claim: always a TCP target.
+/// `host:port` or `[v6]:port` from a token file or a claim: a TCP target; or
+/// `udp://host:port`, a UDP one (the only kind a target may name).
 fn parse_target(text: &str) -> anyhow::Result<BackendAddr> {
-    if text.contains("://") {
-        bail!("{text:?}: expected host:port");
+    let text = text.trim();
+    if let Some(rest) = text.strip_prefix("udp://") {
+        if rest.contains("://") {
+            bail!("{text:?}: expected host:port or udp://host:port");
+        }
+        return BackendAddr::parse(text);
     }
-    BackendAddr::parse(&format!("tcp://{}", text.trim()))
+    if text.contains("://") {
+        bail!("{text:?}: expected host:port or udp://host:port");
+    }
+    BackendAddr::parse(&format!("tcp://{text}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -552,6 +570,11 @@ mod tests {
             "tcp://db.internal:5432"
         );
         assert!(parse_target("ws://h:1").is_err());
+        assert_eq!(
+            parse_target(" udp://[::1]:53").unwrap().to_string(),
+            "udp://[::1]:53"
+        );
+        assert!(parse_target("udp://h").is_err());
         assert!(parse_target("h").is_err());
         assert!(parse_target("h:0").is_err());
     }

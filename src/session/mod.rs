@@ -12,5 +12,7 @@ pub mod keepalive;
 pub mod pacer;
 pub mod registry;
 pub mod relay;
+pub mod resume;
 pub mod settings;
 pub mod start;
+pub mod udp;

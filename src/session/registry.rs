@@ -122,6 +122,8 @@ pub struct Registry {
     /// Bytes of sessions that ended, so totals never go down as sessions leave.
     closed_to_backend: AtomicU64,
     closed_to_client: AtomicU64,
+    /// Resumable sessions by id, for the connections that resume them.
+    pub resume: Arc<crate::session::resume::ResumeStore>,
 }
 
 impl Default for Registry {
@@ -135,6 +137,7 @@ impl Default for Registry {
             recent: Mutex::default(),
             closed_to_backend: AtomicU64::new(0),
             closed_to_client: AtomicU64::new(0),
+            resume: Arc::default(),
         }
     }
 }

@@ -2,9 +2,11 @@
 //! and the relay as they are: adding a per-session setting means one field here, its config
 //! key, and the line in `snapshot::compile_route` that fills it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::MessageType;
+use crate::config::{MessageType, UdpSettings};
+use crate::record::RecordSettings;
 use crate::ws::extensions::DeflatePolicy;
 
 /// Everything a session's pumps need to know about its route, from one config snapshot.
@@ -30,4 +32,10 @@ pub struct SessionSettings {
     pub bandwidth_bytes_per_sec: Option<u64>,
     /// permessage-deflate on the client hop; `None`: offers are declined.
     pub compression: Option<DeflatePolicy>,
+    /// `udp://` sessions (`session::udp`): `[route.udp]` resolved, the defaults elsewhere.
+    pub udp: UdpSettings,
+    /// `[route.record]`: this route's sessions are recorded; `None`: not recorded.
+    pub record: Option<Arc<RecordSettings>>,
+    /// `[route.resume]`: sessions may survive their client connection; `None`: off.
+    pub resume: Option<crate::session::resume::ResumeSettings>,
 }

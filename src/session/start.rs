@@ -31,16 +31,24 @@ use tracing::{info, Span};
 use super::bridge;
 use super::io::{websocket_halves, ClientStream};
 use super::registry::Registered;
+use super::registry::SessionEntry;
 use super::relay;
+use super::resume::{self, ResumeSettings};
 use super::settings::SessionSettings;
+use super::udp;
+use crate::backend::udp::UdpBackend;
 use crate::backend::Backend;
 use crate::logsafe::Escaped;
-use crate::metrics::{self, Protocol, SessionMetrics};
+use crate::metrics::{self, Protocol, SessionMetrics, UdpMetrics};
+use crate::record::{Ending as RecordEnding, Pending, Recorder, SessionMeta};
+use crate::ws::close_code;
 use crate::ws::deflate::{HopDeflate, RelayDeflate};
 use crate::ws::extensions::Agreement;
 use crate::ws::reader::{FrameBudget, ReadReady};
 
 pub use super::registry::{Registry, SessionInfo};
+/// The resume protocol's names the edge checks a request for.
+pub use super::resume::protocol as resume_protocol;
 
 /// One client connection, as the edge accepted it.
 pub struct ClientSide {
@@ -49,6 +57,15 @@ pub struct ClientSide {
     pub protocol: Protocol,
     /// permessage-deflate as agreed with this client.
     pub deflate: Option<Agreement>,
+    /// The client asked for a resumable session (`wsgate.resume.v1`) with this id.
+    pub resume: Option<ResumeAsk>,
+}
+
+/// A client connection's resume request, from its URL (docs/resume.md).
+#[derive(Debug, Clone)]
+pub struct ResumeAsk {
+    /// The client-chosen session id (`wsgate_session`).
+    pub id: String,
 }
 
 /// What the session holds across its client connection: the dialled backend, and what it
@@ -59,6 +76,8 @@ pub struct BackendSide<'a> {
     pub settings: &'a SessionSettings,
     /// What the registry lists for this session (route, client, backend, subprotocol).
     pub info: SessionInfo,
+    /// The session's recording file, created before the `101` (`[route.record]`).
+    pub recording: Option<Pending>,
 }
 
 /// The gateway-wide things a session answers to.
@@ -79,7 +98,9 @@ pub async fn start(client: ClientSide, backend: BackendSide<'_>, gateway: Gatewa
     let _worker = metrics::WorkerSessionGuard::open();
     let mut registered = gateway.registry.register(backend.info, gateway.shutdown);
     Span::current().record("session", registered.entry().id);
+    let recording = backend.recording;
     let joined = Joined {
+        recording,
         backend: backend.backend,
         settings: backend.settings,
         registered: &registered,
@@ -87,6 +108,8 @@ pub async fn start(client: ClientSide, backend: BackendSide<'_>, gateway: Gatewa
         frame_budget: gateway.frame_budget,
         protocol: client.protocol,
         deflate: client.deflate,
+        resume: client.resume,
+        registry: gateway.registry,
     };
     // Each client stream kind boxed, sized to itself: the task that waits for the upgrade
     // stays small, and a TLS or h2 session does not also carry a plain session's state.
@@ -99,6 +122,7 @@ pub async fn start(client: ClientSide, backend: BackendSide<'_>, gateway: Gatewa
 
 /// One client connection joined to the backend side, ready to pump.
 struct Joined<'a> {
+    recording: Option<Pending>,
     backend: Backend,
     settings: &'a SessionSettings,
     registered: &'a Registered,
@@ -106,6 +130,8 @@ struct Joined<'a> {
     frame_budget: &'a Arc<FrameBudget>,
     protocol: Protocol,
     deflate: Option<Agreement>,
+    resume: Option<ResumeAsk>,
+    registry: &'a Arc<Registry>,
 }
 
 impl Joined<'_> {
@@ -116,6 +142,7 @@ impl Joined<'_> {
         CW: AsyncWrite + Unpin,
     {
         let Self {
+            recording,
             backend,
             settings,
             registered,
@@ -123,19 +150,95 @@ impl Joined<'_> {
             frame_budget,
             protocol,
             deflate,
+            resume: resume_ask,
+            registry,
         } = self;
         let entry = registered.entry();
         let started = Instant::now();
+        // The tap: when the route records, both directions are copied from the pump's two
+        // crossings; when it does not, the pump holds two `None`s and nothing else.
+        let recorder = recording.map(|pending| {
+            let meta = SessionMeta {
+                session_id: entry.id,
+                backend: entry.info.backend.clone(),
+                client: entry.info.client,
+                identity: pending.identity.clone(),
+                user_agent: pending.user_agent.clone(),
+                subprotocol: entry.info.subprotocol.clone(),
+            };
+            pending.start(meta)
+        });
+        let taps = recorder.as_ref().map(Recorder::taps).unwrap_or_default();
         let metrics =
             SessionMetrics::start_counted(entry.info.route.clone(), protocol, &entry.bytes);
-        let (mut client_read, client_write) = websocket_halves(
+        // udp://: frames above the datagram limit are refused (1009) as they arrive.
+        let max_frame_bytes = match &backend {
+            Backend::Udp(b) => settings
+                .max_frame_bytes
+                .min(udp::datagram_limit(&b.socket, &settings.udp)),
+            _ => settings.max_frame_bytes,
+        };
+        let (client_read, client_write) = websocket_halves(
             client_read,
             client_write,
             Role::Server,
-            settings.max_frame_bytes,
+            max_frame_bytes,
             frame_budget,
         );
+        // A resumable session on a byte backend: the resume pump instead of the bridge.
+        let resumable = resume_ask.zip(settings.resume.clone());
+        let (backend, mut client_read, client_write) = match (backend, resumable) {
+            (Backend::Tcp(stream), Some((ask, resume_settings))) => {
+                let (backend_read, backend_write) = stream.into_split();
+                let request = resume_request(registry, entry, ask, resume_settings, settings);
+                let ran = resume::start(
+                    client_read,
+                    client_write,
+                    backend_read,
+                    backend_write,
+                    request,
+                    async {
+                        entry.control.cancelled().await;
+                        entry.control.reason()
+                    },
+                );
+                return resumable_ended(Box::pin(ran).await, entry, &metrics, started);
+            }
+            (Backend::Unix(stream), Some((ask, resume_settings))) => {
+                let (backend_read, backend_write) = stream.into_split();
+                let request = resume_request(registry, entry, ask, resume_settings, settings);
+                let ran = resume::start(
+                    client_read,
+                    client_write,
+                    backend_read,
+                    backend_write,
+                    request,
+                    async {
+                        entry.control.cancelled().await;
+                        entry.control.reason()
+                    },
+                );
+                return resumable_ended(Box::pin(ran).await, entry, &metrics, started);
+            }
+            (backend, _) => (backend, client_read, client_write),
+        };
         let outcome = match backend {
+            // Datagrams: one message per datagram (never deflated; the edge declined it).
+            Backend::Udp(UdpBackend { socket, slot }) => {
+                // The place under `[udp] max_sessions` is held until the pump ends.
+                let _slot = slot;
+                Box::pin(udp::run(
+                    client_read,
+                    client_write,
+                    socket,
+                    settings,
+                    &metrics,
+                    UdpMetrics::for_route(&entry.info.route),
+                    &entry.control,
+                    hard_stop,
+                ))
+                .await
+            }
             Backend::Unix(stream) => {
                 let client_deflate = client_deflate(deflate, settings);
                 if client_deflate.is_some() {
@@ -153,6 +256,7 @@ impl Joined<'_> {
                     &metrics,
                     &entry.control,
                     hard_stop,
+                    taps,
                 ))
                 .await
             }
@@ -172,6 +276,7 @@ impl Joined<'_> {
                     &metrics,
                     &entry.control,
                     hard_stop,
+                    taps,
                 )
                 .await
             }
@@ -209,6 +314,16 @@ impl Joined<'_> {
             }
         };
         let duration = started.elapsed();
+        if let Some(recorder) = recorder {
+            recorder
+                .finish(RecordEnding {
+                    bytes_to_backend: outcome.bytes_to_backend,
+                    bytes_to_client: outcome.bytes_to_client,
+                    close_code: outcome.code,
+                    closed_by: outcome.initiator.label(),
+                })
+                .await;
+        }
         metrics.closed(outcome.code, outcome.initiator.label(), duration);
         let (messages_to_backend, messages_to_client) = metrics.messages();
         // The access log: one line per session, every field named (one JSON object with
@@ -234,6 +349,100 @@ impl Joined<'_> {
     }
 }
 
+/// What a resumable session's first connection brings to the resume pump.
+fn resume_request<'a>(
+    registry: &'a Arc<Registry>,
+    entry: &SessionEntry,
+    ask: ResumeAsk,
+    resume_settings: ResumeSettings,
+    settings: &SessionSettings,
+) -> resume::Request<'a> {
+    resume::Request {
+        store: &registry.resume,
+        route: entry.info.route.clone(),
+        id: ask.id,
+        address: entry.info.client.ip(),
+        limits: resume_settings.limits,
+        settings: resume_settings,
+        max_message_bytes: settings.max_message_bytes,
+    }
+}
+
+/// A resumable session ended (or was refused at its HELLO): metrics and the access log.
+fn resumable_ended(
+    outcome: Option<resume::core::Outcome>,
+    entry: &SessionEntry,
+    metrics: &SessionMetrics,
+    started: Instant,
+) -> u16 {
+    let Some(outcome) = outcome else {
+        // Refused before it began: the close code says why (see docs/resume.md).
+        return close_code::NORMAL;
+    };
+    metrics.bytes_to_backend.increment(outcome.bytes_to_backend);
+    metrics.bytes_to_client.increment(outcome.bytes_to_client);
+    let duration = started.elapsed();
+    let initiator = match outcome.code {
+        1000 if outcome.reason.starts_with("client") => "client",
+        1000 | 1011 => "backend",
+        _ => "gateway",
+    };
+    metrics.closed(outcome.code, initiator, duration);
+    info!(
+        session_id = entry.id,
+        client = %entry.info.client,
+        route = &*entry.info.route,
+        backend = entry.info.backend.as_str(),
+        subprotocol = entry.info.subprotocol.as_deref(),
+        bytes_to_backend = outcome.bytes_to_backend,
+        bytes_to_client = outcome.bytes_to_client,
+        resumes = outcome.resumes,
+        duration_ms = duration.as_millis() as u64,
+        code = outcome.code,
+        closed_by = initiator,
+        reason = %Escaped(outcome.reason),
+        "session closed"
+    );
+    outcome.code
+}
+
+/// Join a client connection to the resumable session it names (`wsgate_resume=1`): no
+/// backend is dialled; the session checks the token and the offset, and the connection
+/// carries its messages until it ends or is replaced.
+pub async fn join(
+    client: ClientSide,
+    client_address: std::net::IpAddr,
+    route: Arc<str>,
+    settings: &SessionSettings,
+    gateway: Gateway<'_>,
+) {
+    let (Some(ask), Some(resume_settings)) = (client.resume, settings.resume.clone()) else {
+        return;
+    };
+    let request = resume::Request {
+        store: &gateway.registry.resume,
+        route,
+        id: ask.id,
+        address: client_address,
+        limits: resume_settings.limits,
+        settings: resume_settings,
+        max_message_bytes: settings.max_message_bytes,
+    };
+    let max_frame = settings.max_frame_bytes;
+    match ClientStream::new(client.stream) {
+        ClientStream::Tcp(read, write) => {
+            let (r, w) =
+                websocket_halves(read, write, Role::Server, max_frame, gateway.frame_budget);
+            Box::pin(resume::resume(r, w, request)).await
+        }
+        ClientStream::Other(read, write) => {
+            let (r, w) =
+                websocket_halves(read, write, Role::Server, max_frame, gateway.frame_budget);
+            Box::pin(resume::resume(r, w, request)).await
+        }
+    }
+}
+
 /// The client hop's permessage-deflate for the bridge, when agreed and the route allows it.
 fn client_deflate(agreed: Option<Agreement>, settings: &SessionSettings) -> Option<HopDeflate> {
     agreed
@@ -245,6 +454,7 @@ fn client_deflate(agreed: Option<Agreement>, settings: &SessionSettings) -> Opti
 mod tests {
     use super::*;
     use crate::config::MessageType;
+    use crate::record::Taps;
     use crate::session::io::Rewind;
     use crate::session::registry::SessionControl;
     use std::time::Duration;
@@ -262,6 +472,9 @@ mod tests {
             backend_stall: Duration::from_secs(30),
             bandwidth_bytes_per_sec: None,
             compression: None,
+            udp: Default::default(),
+            record: None,
+            resume: None,
         }
     }
 
@@ -291,7 +504,18 @@ mod tests {
             &budget,
         );
         let (br, bw) = backend.into_split();
-        let bridge = bridge::run(cr, cw, br, bw, &settings, None, &metrics, &control, &stop);
+        let bridge = bridge::run(
+            cr,
+            cw,
+            br,
+            bw,
+            &settings,
+            None,
+            &metrics,
+            &control,
+            &stop,
+            Taps::default(),
+        );
         let bridge_size = std::mem::size_of_val(&bridge);
         drop(bridge);
         let ((_c, client), (_b, backend)) = (pair().await, pair().await);

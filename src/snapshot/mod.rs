@@ -19,6 +19,8 @@ use crate::config::{is_hop_header, BackendAddr, CompressionMode, Config};
 use crate::policy::jwks::KeySet;
 use crate::policy::signin::Signin;
 use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
+use crate::record::RecordSettings;
+use crate::session::resume::{ResumeLimits, ResumeSettings};
 use crate::session::settings::SessionSettings;
 use crate::tls::{AcmeCertificates, HostCheck};
 use crate::ws::extensions::DeflatePolicy;
@@ -185,6 +187,10 @@ impl Snapshot {
                 },
                 echo_addr,
                 egress,
+                udp: crate::backend::udp::UdpLimits {
+                    max_sessions: config.udp.max_sessions,
+                    retry_after_secs: config.limits.retry_after_secs.into(),
+                },
             },
             ping_interval: config.ping_interval,
             pong_timeout: config.pong_timeout,
@@ -410,6 +416,7 @@ fn compile_route(
             close_grace: config.close_grace,
             backend_stall: config.backend_stall,
             bandwidth_bytes_per_sec: config.bandwidth_bytes_per_sec(r),
+            udp: config.udp_settings(r),
             // Ranges were checked by config.
             compression: (r.compression == CompressionMode::On).then_some(DeflatePolicy {
                 server_context_takeover: r.compression_server_context_takeover,
@@ -417,6 +424,23 @@ fn compile_route(
                 server_max_window_bits: r.compression_server_max_window_bits,
                 client_max_window_bits: r.compression_client_max_window_bits,
                 level: r.compression_level,
+            }),
+            record: r
+                .record
+                .as_ref()
+                .map(|c| Arc::new(RecordSettings::new(r.name.as_str().into(), c))),
+            resume: r.resume.as_ref().map(|c| ResumeSettings {
+                grace: Duration::from_secs_f64(c.grace_secs),
+                window_bytes: c.window_bytes,
+                heartbeat: Duration::from_secs_f64(c.heartbeat_secs),
+                read_bytes: config.buffer_bytes,
+                backend_stall: config.backend_stall,
+                close_grace: config.close_grace,
+                limits: ResumeLimits {
+                    max_sessions: config.resume.max_sessions,
+                    max_sessions_per_address: config.resume.max_sessions_per_address,
+                    max_buffered_bytes: config.resume.max_buffered_bytes,
+                },
             }),
         },
     })

@@ -116,6 +116,9 @@ impl Route {
                 backend_stall: std::time::Duration::from_secs(30),
                 bandwidth_bytes_per_sec: None,
                 compression: None,
+                udp: Default::default(),
+                record: None,
+                resume: None,
             },
         }
     }

@@ -16,6 +16,8 @@ pub mod close_code {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A message type the route does not take (text on a `udp://` route).
+    pub const UNSUPPORTED_DATA: u16 = 1003;
     /// Not sent on the wire: recorded when a peer vanished without a Close.
     pub const ABNORMAL: u16 = 1006;
     pub const INVALID_PAYLOAD: u16 = 1007;

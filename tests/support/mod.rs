@@ -18,6 +18,7 @@ pub mod logs;
 pub mod metrics;
 pub mod pki;
 pub mod python;
+pub mod resume;
 
 pub use admin::*;
 pub use backends::*;

@@ -29,6 +29,8 @@ pub(super) struct Writer<'a, CW> {
     pub(super) sent: u64,
     /// For backend bytes to the client (permessage-deflate negotiated).
     pub(super) deflater: Option<Deflater>,
+    /// Recording of what the backend sends (`[route.record]`).
+    pub(super) record: Option<Box<Tap>>,
 }
 
 pub(super) type Ending = (u16, Initiator, Cow<'static, str>);
@@ -171,7 +173,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
                 ready = backend.ready(), if may_read_backend => {
                     match read_backend(ready, &mut backend, &mut reads, config.message_type) {
                         Ok(0) => Ok(()),
-                        Ok(n) => self.forward(&mut reads, n, config.message_type, metrics).await,
+                        Ok(n) => self.forward(&mut reads, n, config.message_type, metrics, control).await,
                         Err(end) => self.backend_ended(end, &mut st, config.close_grace, metrics).await,
                     }
                 }
@@ -440,6 +442,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         ready: usize,
         message_type: MessageType,
         metrics: &SessionMetrics,
+        control: &SessionControl,
     ) -> Step {
         let opcode = match message_type {
             MessageType::Binary => OpCode::Binary,
@@ -464,6 +467,13 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         self.sent += ready as u64;
         metrics.bytes_to_client.increment(ready as u64);
         metrics.messages_to_client.increment(1);
+        if let Some(tap) = self.record.as_mut() {
+            // Required recordings end the session when they fail: through its close request,
+            // so the close handshake runs as for an operator's close.
+            if tap.record(data).await.is_err() {
+                control.close(close_code::INTERNAL_ERROR, RECORDING_FAILED);
+            }
+        }
         // At most 3 bytes of a cut character stay for the next read.
         reads.buf.drain(..ready);
         reads.size.release_if_idle(&mut reads.buf);

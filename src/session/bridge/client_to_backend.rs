@@ -14,6 +14,8 @@ pub(super) struct ClientCounters {
     /// Marked while a backend write waits (read by the writer's keepalive).
     pub(super) held: Arc<Held>,
     pub(super) backend_stall: Duration,
+    /// Recording of what the client sends (`[route.record] input = true`).
+    pub(super) record: Option<Box<Tap>>,
 }
 
 /// Client frames → backend bytes: the reader task's state, kept in one place so the task's
@@ -129,6 +131,11 @@ where
                     continue;
                 }
                 counters.bytes.increment(chunk.len() as u64);
+                if let Some(tap) = counters.record.as_mut() {
+                    if tap.record(chunk).await.is_err() {
+                        return FromClient::Violation(close_code::INTERNAL_ERROR, RECORDING_FAILED);
+                    }
+                }
             }
             match checked.and_then(|_| messages.data_frame(OpCode::Continuation, frame.fin, &[])) {
                 Ok(true) => counters.messages.increment(1),
@@ -161,6 +168,11 @@ where
         }
         let n = frame.payload.len() as u64;
         counters.bytes.increment(n);
+        if let Some(tap) = counters.record.as_mut() {
+            if tap.record(&frame.payload).await.is_err() {
+                return FromClient::Violation(close_code::INTERNAL_ERROR, RECORDING_FAILED);
+            }
+        }
     }
 }
 

@@ -33,6 +33,7 @@ use super::settings::SessionSettings;
 use crate::config::MessageType;
 use crate::error::close_code;
 use crate::metrics::{SessionMetrics, Tally};
+use crate::record::{Tap, Taps};
 use crate::ws::deflate::{Deflater, HopDeflate, Inflater};
 use crate::ws::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
 use crate::ws::reader::{FrameReader, ReadError, ReadReady};
@@ -112,6 +113,7 @@ pub fn run<'a, CR, CW, BR, BW>(
     metrics: &'a SessionMetrics,
     control: &'a SessionControl,
     hard_stop: &'a CancellationToken,
+    taps: Taps,
 ) -> impl Future<Output = Outcome> + 'a
 where
     CR: ReadReady + Send + 'static,
@@ -136,6 +138,7 @@ where
             inflater: deflate.map(|d| d.inflater()),
             held: held.clone(),
             backend_stall: config.backend_stall,
+            record: taps.input,
         },
     };
     let reader = tokio::spawn(async move { pump.run().await });
@@ -152,6 +155,7 @@ where
         held,
         sent: 0,
         deflater: deflate.map(|d| d.deflater()),
+        record: taps.output,
     };
     async move {
         let (code, initiator, reason) = writer
@@ -171,6 +175,9 @@ where
         }
     }
 }
+
+/// The reason sent with 1011 when a required recording failed.
+pub(crate) const RECORDING_FAILED: &str = "session recording failed";
 
 /// The reason sent with 1013 when the frame budget is exhausted.
 pub(crate) const OVER_BUDGET: &str = "gateway busy: frame memory budget exhausted";
