@@ -42,9 +42,10 @@ pub use super::upgrade::check_upgrade;
 /// (`edge::web`, streamed).
 pub type ConnectionBody = super::web::WebBody;
 
-/// What a connection's requests go to, over HTTP/1.1 and HTTP/2 alike: the console answers
-/// plain requests for its pages (so a browser's page and its WebSockets share the
-/// connection); the rest go to the routes.
+/// What a connection's requests go to, over HTTP/1.1 and HTTP/2 alike, before any route:
+/// the resume library and the console's pages (so a browser's page and its WebSockets share
+/// the connection), the `[signin]` endpoints (start, callback, sign-out), then `[web]` files
+/// (behind the sign-in with `protect_web`); the rest go to the routes.
 pub(super) fn connection_service(
     console: Option<Arc<Console>>,
     conn: ConnInfo,
@@ -63,8 +64,6 @@ pub(super) fn connection_service(
             if let Some(page) = page {
                 return Ok(page.map(Either::Left));
             }
-            // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the
-            // routes.
             let snapshot = shared.snapshot.load_full();
             // `[signin]`: its own paths (start, callback, sign-out) before the files.
             if let Some(signin) = snapshot
@@ -74,6 +73,8 @@ pub(super) fn connection_service(
             {
                 return Ok(signin.serve(&req).await.map(Either::Left));
             }
+            // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the
+            // routes.
             if let Some(web) = &snapshot.web {
                 if matches!(*req.method(), Method::GET | Method::HEAD)
                     && !header_has_token(req.headers(), header::UPGRADE, "websocket")
