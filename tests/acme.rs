@@ -1,8 +1,8 @@
 //! Automatic certificates against a real ACME server: Debian's `pebble`, its challenge port
 //! pointed at the gateway's TLS listener, names resolved to 127.0.0.1 by
-//! `pebble-challtestsrv`. The gateway proves each name with TLS-ALPN-01, serves the issued
-//! certificates, keeps them in its state folder, and serves them again after a restart
-//! while pebble is stopped.
+//! `pebble-challtestsrv`. The gateway proves each name with TLS-ALPN-01 (or HTTP-01 on a
+//! plain listener), serves the issued certificates, keeps them in its state folder, and
+//! serves them again after a restart while pebble is stopped.
 
 mod support;
 
@@ -58,7 +58,8 @@ fn toml_path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
 }
 
-/// pebble and its DNS on loopback, validating TLS-ALPN-01 on `tls_port`.
+/// pebble and its DNS on loopback, validating TLS-ALPN-01 on `ports.0` and HTTP-01 on
+/// `ports.1`.
 struct Pebble {
     directory: String,
     management: SocketAddr,
@@ -72,7 +73,7 @@ impl Pebble {
         dir: &Path,
         cert: &Path,
         key: &Path,
-        tls_port: u16,
+        (tls_port, http_port): (u16, u16),
         validity_secs: Option<u64>,
     ) -> Self {
         let dns_port = free_port();
@@ -107,7 +108,7 @@ impl Pebble {
                 "managementListenAddress": management.to_string(),
                 "certificate": cert,
                 "privateKey": key,
-                "httpPort": free_port(),
+                "httpPort": http_port,
                 "tlsPort": tls_port,
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": false
@@ -253,7 +254,13 @@ async fn certificates_from_pebble_are_served_kept_and_served_again_after_a_resta
 
     // The gateway's TLS port is pebble's TLS-ALPN-01 port: validation is real.
     let port = free_port();
-    let mut pebble = Pebble::start(dir.path(), &pebble_cert, &pebble_key, port, None);
+    let mut pebble = Pebble::start(
+        dir.path(),
+        &pebble_cert,
+        &pebble_key,
+        (port, free_port()),
+        None,
+    );
     let root = pebble.root(&trust).await;
     let state = dir.path().join("state");
     let gw = spawn_gateway(&gateway_config(port, dir.path(), &pebble.directory, &state)).await;
@@ -354,7 +361,13 @@ async fn a_short_lived_certificate_is_renewed_while_a_session_stays_open() {
     }
     let port = free_port();
     // Twelve-second certificates: renewed about eight seconds after each order.
-    let pebble = Pebble::start(dir.path(), &pebble_cert, &pebble_key, port, Some(12));
+    let pebble = Pebble::start(
+        dir.path(),
+        &pebble_cert,
+        &pebble_key,
+        (port, free_port()),
+        Some(12),
+    );
     let root = pebble.root(&trust).await;
     let state = dir.path().join("state");
     let gw = spawn_gateway(&gateway_config(port, dir.path(), &pebble.directory, &state)).await;
@@ -407,5 +420,84 @@ async fn a_short_lived_certificate_is_renewed_while_a_session_stays_open() {
     let (_, echoed) = read_message(&mut session).await;
     assert_eq!(echoed, b"still here");
     echo_over(gw.addr, name, &root).await;
+    gw.stop().await.unwrap();
+}
+
+/// `challenge = "http-01"`: pebble validates each name over plain HTTP on the gateway's
+/// plain listener (`/.well-known/acme-challenge/TOKEN`), and the certificate is served on
+/// the TLS listener; a token nobody asked for is 404.
+#[tokio::test]
+async fn http_01_on_a_plain_listener_gets_a_certificate_served_on_the_tls_one() {
+    if !pebble_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = test_ca("wsgate acme http-01 test CA");
+    let (cert, key) = leaf_signed_by(&ca);
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+    let pebble_cert = write(dir.path(), "pebble.pem", &cert);
+    let pebble_key = write(dir.path(), "pebble-key.pem", &key);
+    write(dir.path(), "gateway.pem", &cert);
+    write(dir.path(), "gateway-key.pem", &key);
+    let mut trust = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca_file).unwrap() {
+        trust.add(c.unwrap()).unwrap();
+    }
+    // pebble's TLS-ALPN-01 port is nobody's: only HTTP-01 can succeed.
+    let (tls_port, plain_port) = (free_port(), free_port());
+    let pebble = Pebble::start(
+        dir.path(),
+        &pebble_cert,
+        &pebble_key,
+        (free_port(), plain_port),
+        None,
+    );
+    let root = pebble.root(&trust).await;
+    let state = dir.path().join("state");
+    let config = gateway_config(tls_port, dir.path(), &pebble.directory, &state).replace(
+        "retry_secs = 1\n",
+        &format!(
+            "retry_secs = 1\nchallenge = \"http-01\"\n\n[[listener]]\naddress = \"127.0.0.1:{plain_port}\"\n"
+        ),
+    );
+    let gw = spawn_gateway(&config).await;
+    let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let plain_addr: SocketAddr = format!("127.0.0.1:{plain_port}").parse().unwrap();
+
+    // A token no order asked for: 404 on the plain listener.
+    let mut tcp = TcpStream::connect(plain_addr).await.unwrap();
+    tcp.write_all(
+        b"GET /.well-known/acme-challenge/nobody-asked HTTP/1.1\r\nHost: a.acme.test\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+
+    for name in NAMES {
+        let issued = tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                if tls_for(tls_addr, name, &root).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        let log = std::fs::read_to_string(dir.path().join("pebble.log")).unwrap_or_default();
+        assert!(
+            issued.is_ok(),
+            "no certificate for {name} over HTTP-01; pebble's log:\n{log}"
+        );
+        echo_over(tls_addr, name, &root).await;
+    }
+    let log = std::fs::read_to_string(dir.path().join("pebble.log")).unwrap_or_default();
+    assert!(
+        log.contains("Attempting to validate w/ HTTP: http://a.acme.test:"),
+        "pebble validated over http-01; its log:\n{log}"
+    );
     gw.stop().await.unwrap();
 }
