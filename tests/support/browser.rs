@@ -51,6 +51,15 @@ impl Browser {
     /// server key Chromium should accept without a trusted root (the test CA's leaf). `None`
     /// when the tools are missing outside CI (the caller skips).
     pub async fn start(test: &str, trusted_spki: Option<&str>) -> Option<Browser> {
+        Self::start_with(test, trusted_spki, &[]).await
+    }
+
+    /// [`Browser::start`] with more Chromium flags (`--host-resolver-rules=...`).
+    pub async fn start_with(
+        test: &str,
+        trusted_spki: Option<&str>,
+        extra_args: &[String],
+    ) -> Option<Browser> {
         let chromium = find_tool("WSGATE_CHROMIUM", "chromium");
         let driver = find_tool("WSGATE_CHROMEDRIVER", "chromedriver");
         let (Some(chromium), Some(driver)) = (chromium, driver) else {
@@ -86,6 +95,7 @@ impl Browser {
         if let Some(spki) = trusted_spki {
             args.push(format!("--ignore-certificate-errors-spki-list={spki}"));
         }
+        args.extend(extra_args.iter().cloned());
         let mut caps = Capabilities::new();
         caps.insert(
             "goog:chromeOptions".to_owned(),
