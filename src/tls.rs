@@ -143,6 +143,18 @@ impl AcmeCertificates {
         }
     }
 
+    /// Stop serving the issued certificates of names not in `names` (`[acme] names` after a
+    /// reload).
+    pub fn retain_names(&self, names: &[String]) {
+        let keep: Vec<String> = names
+            .iter()
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        if let Ok(mut issued) = self.issued.write() {
+            issued.retain(|name, _| keep.contains(name));
+        }
+    }
+
     /// Answer HTTP-01 validation for `token` with `key_authorization` (`None`: stop).
     pub fn set_http_token(&self, token: &str, key_authorization: Option<String>) {
         if let Ok(mut tokens) = self.http_tokens.write() {

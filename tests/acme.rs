@@ -352,3 +352,82 @@ async fn http_01_on_a_plain_listener_gets_a_certificate_served_on_the_tls_one() 
     );
     gw.stop().await.unwrap();
 }
+
+/// A reload that changes `[acme]` restarts its client: a name added is ordered and served,
+/// a name removed stops being served (its clients get the default certificate again), and
+/// a name kept keeps its certificate.
+#[tokio::test]
+async fn a_reload_adds_and_removes_acme_names() {
+    if !pebble_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = test_ca("wsgate acme reload test CA");
+    let (cert, key) = leaf_signed_by(&ca);
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+    let pebble_cert = write(dir.path(), "pebble.pem", &cert);
+    let pebble_key = write(dir.path(), "pebble-key.pem", &key);
+    write(dir.path(), "gateway.pem", &cert);
+    write(dir.path(), "gateway-key.pem", &key);
+    let mut trust = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca_file).unwrap() {
+        trust.add(c.unwrap()).unwrap();
+    }
+    let port = free_port();
+    let pebble = Pebble::start(
+        dir.path(),
+        &pebble_cert,
+        &pebble_key,
+        (port, free_port()),
+        None,
+    );
+    let root = pebble.root(&trust).await;
+    let state = dir.path().join("state");
+    let both = gateway_config(port, dir.path(), &pebble.directory, &state);
+    let only = |name: &str| {
+        both.replace(
+            &format!("names = [\"{}\", \"{}\"]", NAMES[0], NAMES[1]),
+            &format!("names = [\"{name}\"]"),
+        )
+    };
+    let file = dir.path().join("wsgate.toml");
+    std::fs::write(&file, only(NAMES[0])).unwrap();
+    let gw = spawn_gateway_from_file(&file).await;
+    let addr = gw.addr;
+    let served = |name: &'static str, root: CertificateDer<'static>| async move {
+        tokio::time::timeout(Duration::from_secs(120), async {
+            while served_certificate(addr, name, &root).await.is_none() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .is_ok()
+    };
+    assert!(served(NAMES[0], root.clone()).await, "{} issued", NAMES[0]);
+    assert!(
+        served_certificate(addr, NAMES[1], &root).await.is_none(),
+        "{} is not an ACME name yet",
+        NAMES[1]
+    );
+    let first = served_certificate(addr, NAMES[0], &root).await;
+
+    std::fs::write(&file, both.clone()).unwrap();
+    let reloaded = gw.reload.reload(wsgate::ops::reload::Trigger::Signal).await;
+    assert!(reloaded.is_ok(), "{reloaded:?}");
+    assert!(served(NAMES[1], root.clone()).await, "{} added", NAMES[1]);
+    assert_eq!(
+        served_certificate(addr, NAMES[0], &root).await,
+        first,
+        "a kept name keeps its certificate"
+    );
+
+    std::fs::write(&file, only(NAMES[1])).unwrap();
+    let reloaded = gw.reload.reload(wsgate::ops::reload::Trigger::Signal).await;
+    assert!(reloaded.is_ok(), "{reloaded:?}");
+    assert!(
+        served_certificate(addr, NAMES[0], &root).await.is_none(),
+        "a removed name gets the default certificate"
+    );
+    echo_over(addr, NAMES[1], &root).await;
+    gw.stop().await.unwrap();
+}
