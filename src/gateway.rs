@@ -33,6 +33,7 @@ use crate::ops::config_view::ConfigView;
 use crate::ops::reload::{
     self, config_hash, Applied, Apply, ReloadHandle, ReloadRequests, Trigger,
 };
+use crate::policy::jwks::KeySet;
 use crate::policy::{descriptors, UPKEEP_INTERVAL};
 use crate::session::registry::Registry;
 use crate::snapshot::{ListenerKey, Snapshot};
@@ -159,6 +160,8 @@ impl Gateway {
             RuntimeMode::PerCore => Some(workers::count(config.worker_threads)),
         };
         let snapshot = Snapshot::build(config, echo_addr)?;
+        // JWT key sets before the first client: a failure is logged and retried later.
+        snapshot.fetch_keys().await;
         let mut listeners = Vec::with_capacity(snapshot.listeners.len());
         let mut addrs = HashMap::new();
         for (key, _) in &snapshot.listeners {
@@ -241,6 +244,7 @@ impl Gateway {
         // `[acme]`: its client runs until a reload changes `[acme]` (then a new one starts on
         // the same certificates) or the gateway stops.
         let acme = start_acme(&snapshot, &aux, &aux_stop);
+        spawn_key_refreshers(&snapshot, &aux, &aux_stop);
         let permits = Arc::new(Semaphore::new(descriptor_budget(&snapshot.config)));
         let initial = Applied {
             hash: self.hash,
@@ -500,6 +504,16 @@ fn spawn_checks(
     }
 }
 
+/// Spawn [`KeySet::run_refresher`] for every JWT key set of `snapshot` without one (a kept
+/// set keeps its task; a dropped set's task ends with its last snapshot).
+fn spawn_key_refreshers(snapshot: &Snapshot, aux: &TaskTracker, stop: &CancellationToken) {
+    for set in snapshot.key_sets() {
+        if set.claim_refresher() {
+            aux.spawn(KeySet::run_refresher(Arc::downgrade(set), stop.clone()));
+        }
+    }
+}
+
 /// Watch files only when running from a file (or from flags naming certificates).
 fn watch_setting(config: &Config, source: &Source) -> Option<Duration> {
     let has_files = matches!(source, Source::File(_)) || !config.watched_files().is_empty();
@@ -578,6 +592,8 @@ impl Apply for Reconfigure {
             .or_else(|| echo.as_ref().and_then(|l| l.local_addr().ok()));
         let previous = old.clone();
         let snapshot = blocking(move || Snapshot::succeed(config, echo_addr, &previous)).await?;
+        // New JWT key sets are fetched before the swap; kept ones keep their keys.
+        snapshot.fetch_keys().await;
         let api_settings = api_settings(&snapshot)?;
         let mut added = Vec::new();
         for (key, _) in &snapshot.listeners {
@@ -596,6 +612,7 @@ impl Apply for Reconfigure {
         register_metrics(&snapshot);
         // Kept pools keep their check task; a dropped pool's task ends with its last Arc.
         spawn_checks(&snapshot, Some(&old), &self.aux, &self.aux_stop);
+        spawn_key_refreshers(&snapshot, &self.aux, &self.aux_stop);
         // A changed `[acme]`: the old client stops mid-order if it must; the new one keeps the
         // certificates of names it still lists and orders the rest.
         if self.acme.as_ref().map(|(c, _)| c) != snapshot.config.acme.as_ref() {

@@ -1,6 +1,6 @@
 //! HTTP helpers every stage answers or parses with: the complete-body type, text and JSON
-//! answers, query values, header tokens, URIs made safe for logs, hex digests. Knows nothing
-//! of routes or sessions.
+//! answers, query values, header tokens, cookies dropped by name, URIs made safe for logs,
+//! hex digests. Knows nothing of routes or sessions.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -75,6 +75,37 @@ pub fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// Drop from `Cookie` headers every cookie whose name `unwanted` picks; the others stay, and a
+/// header left empty goes.
+pub fn remove_cookies(headers: &mut HeaderMap, unwanted: impl Fn(&str) -> bool) {
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| {
+            let Ok(text) = v.to_str() else {
+                return Some(v.clone());
+            };
+            let pairs: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|pair| {
+                    !pair.is_empty()
+                        && pair
+                            .split_once('=')
+                            .is_none_or(|(k, _)| !unwanted(k.trim()))
+                })
+                .collect();
+            (!pairs.is_empty())
+                .then(|| HeaderValue::from_str(&pairs.join("; ")).ok())
+                .flatten()
+        })
+        .collect();
+    headers.remove(header::COOKIE);
+    for v in kept {
+        headers.append(header::COOKIE, v);
+    }
 }
 
 /// The request's path and query for logs, every query value replaced by [`REDACTED`]:

@@ -45,7 +45,9 @@
 //!              pools, ejection, active checks; health.rs: each route's backend health as
 //!              handshakes see it, and route drains; udp.rs: a connected UDP socket per
 //!              session under `[udp] max_sessions`; the built-in echo
-//! policy/      access (origin, bearer, JWT, client certificates), identity (ConnInfo,
+//! policy/      access (origin, bearer, JWT, client certificates), jwks (key sets from
+//!              OpenID providers: discovery, refresh, rotation), sealed and signin (browser
+//!              sign-in: cookies, the authorization code flow), identity (ConnInfo,
 //!              targets (token files, JWT claims, egress), admission (session caps, connections
 //!              per address, handshake rate), auth_failures (budget of failed credentials per
 //!              address), descriptors (RLIMIT_NOFILE budget, accept back-off on EMFILE)

@@ -55,6 +55,10 @@ const CONNECTION_REFUSALS: &[&str] = &["ip_limit"];
 const CONNECTION_TIMEOUT_PHASES: &[&str] = &["first_request", "idle"];
 /// `stage` values of `wsgate_descriptors_exhausted_total`.
 const DESCRIPTOR_STAGES: &[&str] = &["accept", "admin_accept", "backend"];
+pub const JWKS_REFRESHES_TOTAL: &str = "wsgate_jwks_refreshes_total";
+pub const JWKS_AGE_SECONDS: &str = "wsgate_jwks_age_seconds";
+pub const JWKS_KEYS: &str = "wsgate_jwks_keys";
+pub const SIGNINS_TOTAL: &str = "wsgate_signins_total";
 
 /// Which HTTP carried a session's handshake: the `protocol` label of
 /// `wsgate_sessions_total` and `wsgate_sessions_active`.
@@ -240,6 +244,20 @@ fn describe_operations() {
         "udp:// routes: ICMP errors (port unreachable) reported by sessions' sockets"
     );
     describe_counter!(
+        JWKS_REFRESHES_TOTAL,
+        "Fetches of a route's JWT key set, by result (ok, error: the last good keys stay)"
+    );
+    describe_gauge!(
+        JWKS_AGE_SECONDS,
+        Unit::Seconds,
+        "Time since a route's JWT key set was last fetched successfully"
+    );
+    describe_gauge!(JWKS_KEYS, "Usable keys in a route's JWT key set");
+    describe_counter!(
+        SIGNINS_TOTAL,
+        "Browser sign-ins, by result (ok, refused, error: the provider could not be reached)"
+    );
+    describe_counter!(
         CONNECTIONS_REFUSED_TOTAL,
         "Client connections closed right after accept, by reason (ip_limit: max_connections_per_ip)"
     );
@@ -334,6 +352,39 @@ pub fn connection_timed_out(phase: &'static str) {
 /// The process had no file descriptor left: `stage` is `accept`, `admin_accept` or `backend`.
 pub fn descriptors_exhausted(stage: &'static str) {
     counter!(DESCRIPTORS_EXHAUSTED_TOTAL, "stage" => stage).increment(1);
+}
+
+/// A route's key set was fetched: `result` is `ok` or `error`.
+pub fn jwks_refreshed(route: &str, result: &'static str) {
+    counter!(JWKS_REFRESHES_TOTAL, "route" => route.to_owned(), "result" => result).increment(1);
+}
+
+/// Every result of the browser sign-in at zero, so a gateway with `[signin]` shows them.
+pub fn signins_registered() {
+    for result in ["ok", "refused", "error"] {
+        counter!(SIGNINS_TOTAL, "result" => result).increment(0);
+    }
+}
+
+/// A browser sign-in ended: `result` is `ok`, `refused` or `error`.
+pub fn signed_in(result: &'static str) {
+    counter!(SIGNINS_TOTAL, "result" => result).increment(1);
+}
+
+/// Both results of a route's key set fetches at zero, so a fresh gateway shows them.
+pub fn jwks_registered(route: &str) {
+    for result in ["ok", "error"] {
+        counter!(JWKS_REFRESHES_TOTAL, "route" => route.to_owned(), "result" => result)
+            .increment(0);
+    }
+}
+
+/// `wsgate_jwks_age_seconds{route}` and `wsgate_jwks_keys{route}` of one route's key set.
+pub fn jwks_gauges(route: &str) -> (Gauge, Gauge) {
+    (
+        gauge!(JWKS_AGE_SECONDS, "route" => route.to_owned()),
+        gauge!(JWKS_KEYS, "route" => route.to_owned()),
+    )
 }
 
 /// Both reload counters at zero, so a fresh gateway shows them.

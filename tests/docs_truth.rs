@@ -102,13 +102,20 @@ fn exported_metrics(page: &str) -> BTreeMap<String, (String, BTreeSet<String>)> 
 /// Every metric `/metrics` exports is in docs/metrics.md's table with the type and labels
 /// it has, and every row of the table is exported: a gateway with every kind of listener
 /// (plain with PROXY headers, TLS with HTTP/2, h2c), a pool, the per-core mode, one session
-/// and one rejection. A metric added without its row (or a row without its metric) fails
+/// and one rejection, a route whose JWT keys come from a (here unreachable) key set, and the
+/// browser sign-in. A metric added without its row (or a row without its metric) fails
 /// here with the names.
 #[tokio::test]
 async fn every_exported_metric_is_in_the_metrics_table_and_every_row_is_exported() {
     let pki = pki();
     let one = tcp_echo_backend().await;
     let two = tcp_echo_backend().await;
+    let provider = refused_addr().await;
+    let files = tempfile::tempdir().expect("temp dir");
+    let secret = files.path().join("client-secret");
+    let keys = files.path().join("cookie-keys");
+    std::fs::write(&secret, "docs-truth-secret\n").expect("secret written");
+    std::fs::write(&keys, format!("{}\n", "ab".repeat(32))).expect("cookie keys written");
     let recordings = tempfile::tempdir().expect("recordings folder");
     let toml = tls_config(
         &pki.cert_file,
@@ -123,7 +130,12 @@ async fn every_exported_metric_is_in_the_metrics_table_and_every_row_is_exported
              [[route]]\nname = \"recorded\"\npath = \"/recorded\"\nbackend = \"tcp://{one}\"\n\
              [route.record]\ndir = \"{recordings}\"\n\n\
              [[route]]\nname = \"resumable\"\npath = \"/resumable\"\nbackend = \"tcp://{one}\"\n\
-             [route.resume]\n",
+             [route.resume]\n\n\
+             [[route]]\nname = \"keys\"\npath = \"/keys\"\nbackend = \"builtin:echo\"\n\
+             [route.auth.jwt]\njwks_url = \"http://{provider}/jwks\"\naudience = \"a\"\n\n\
+             [signin]\nissuer = \"http://{provider}\"\nclient_id = \"c\"\n\
+             client_secret_file = {secret:?}\nredirect_url = \"http://127.0.0.1:9/cb\"\n\
+             cookie_keys_file = {keys:?}\n",
             recordings = recordings.path().display()
         ),
     );
@@ -143,13 +155,17 @@ async fn every_exported_metric_is_in_the_metrics_table_and_every_row_is_exported
     assert_eq!(status, 400, "the rejection this test wants");
 
     // The close is recorded when the session task ends, the reload metrics when its task
-    // starts: wait for both before comparing.
+    // starts, the key set's counters when its refresher starts: wait for them before comparing.
     let deadline = Instant::now() + Duration::from_secs(10);
     let page = loop {
         let page = answer_body(&scrape(admin).await).to_owned();
-        let ready = ["wsgate_closes_total", "wsgate_config_info"]
-            .iter()
-            .all(|m| page.contains(&format!("\n{m}{{")));
+        let ready = [
+            "wsgate_closes_total",
+            "wsgate_config_info",
+            "wsgate_jwks_refreshes_total",
+        ]
+        .iter()
+        .all(|m| page.contains(&format!("\n{m}{{")));
         if ready || Instant::now() > deadline {
             break page;
         }

@@ -237,9 +237,14 @@ impl RunArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate a config file and exit: 0 if valid, 1 with the bad key named if not.
+    /// Offline unless --fetch-keys.
     Check {
         /// The TOML file to check.
         file: PathBuf,
+        /// Also fetch every route's JWT key set from its OpenID provider (discovery or
+        /// jwks_url); a fetch that fails or finds no usable key fails the check.
+        #[arg(long)]
+        fetch_keys: bool,
     },
     /// Print the config file a quick-mode command line stands for, commented, once it passes
     /// what `wsgate check` checks (else exit 2 and why, nothing printed). Relative paths in

@@ -77,9 +77,15 @@ pub fn replay(
 }
 
 /// `wsgate check FILE`: the same build as a start, minus the sockets (certificates, keys,
-/// token files and JWT keys are read and checked).
-pub fn check(file: &std::path::Path) -> ExitCode {
-    match Config::load(file).and_then(|c| Snapshot::build(c, None)) {
+/// token files and JWT key files are read and checked). Offline: JWT key sets are fetched
+/// only with `--fetch-keys`, so a check in a build pipeline needs no network.
+pub fn check(file: &std::path::Path, fetch_keys: bool) -> ExitCode {
+    let built = Config::load(file).and_then(|c| Snapshot::build(c, None));
+    let built = match built {
+        Ok(snapshot) if fetch_keys => fetch_key_sets(snapshot),
+        other => other,
+    };
+    match built {
         Ok(Snapshot { config: c, .. }) => {
             println!(
                 "{}: ok ({} listener(s), {} route(s))",
@@ -94,6 +100,26 @@ pub fn check(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `wsgate check --fetch-keys`: fetch every route's key set once; any failure fails the check.
+fn fetch_key_sets(snapshot: Snapshot) -> anyhow::Result<Snapshot> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for the key set fetches")?;
+    let results = runtime.block_on(snapshot.fetch_keys());
+    let mut failed = Vec::new();
+    for (route, result) in results {
+        match result {
+            Ok(n) => println!("route {route}: key set fetched, {n} usable key(s)"),
+            Err(e) => failed.push(format!("route {route}: {e:#}")),
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("JWT key sets: {}", failed.join("; "));
+    }
+    Ok(snapshot)
 }
 
 /// `wsgate config --from-flags ARGS…`: parse ARGS as a run would, print the file.

@@ -26,9 +26,9 @@ pub fn subcommand(cli: &Cli, init_logging: fn(&Cli, &LogConfig)) -> Option<ExitC
             let wait = Duration::from_secs(*timeout_secs);
             reload_command(*admin, config.as_deref(), wait)
         }
-        Command::Check { file } => {
+        Command::Check { file, fetch_keys } => {
             init_logging(cli, &LogConfig::default());
-            check(file)
+            check(file, *fetch_keys)
         }
         Command::Config { args, .. } => config_from_flags(args),
         Command::Completions { shell } => {

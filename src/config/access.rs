@@ -80,23 +80,36 @@ pub struct AuthConfig {
     /// or an email SAN (ASCII case-insensitive). Implies `client_cert_required`. Default: none.
     #[serde(default)]
     pub client_cert_names: Vec<String>,
+    /// Accept the `[signin]` session cookie of a signed-in browser, for the users these
+    /// rules allow. Default: none.
+    #[serde(default)]
+    pub signin: Option<super::RouteSigninConfig>,
 }
 
-/// The signature algorithms a route can require. One per route: the token's `alg` header
-/// must name it, so a token cannot pick its own algorithm (no `none`, no HS/RS confusion).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+/// The signature algorithms a route can accept. The token's `alg` header must be one the
+/// route lists and fit the key it names, so a token cannot pick its own algorithm: no `none`,
+/// and no RSA or EC public key ever used as an HMAC secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 pub enum JwtAlgorithm {
     HS256,
     RS256,
     ES256,
 }
 
-/// `[route.auth.jwt]` as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `[route.auth.jwt]` as written. The keys come from exactly one place: `secret_file`
+/// (HS256), `public_key_file` (RS256 / ES256), `jwks_url`, or, with none of those, the
+/// `issuer`'s OpenID Connect discovery document (its `jwks_uri`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
-    /// `HS256`, `RS256` or `ES256`. Required.
-    pub algorithm: JwtAlgorithm,
+    /// The only algorithm accepted: `HS256`, `RS256` or `ES256`. Required with a key file;
+    /// with a key set, a shorthand for a one-entry `algorithms`.
+    #[serde(default)]
+    pub algorithm: Option<JwtAlgorithm>,
+    /// Key sets (`jwks_url`, discovery): the algorithms accepted, `RS256` and/or `ES256`.
+    /// Default `["RS256"]` (what OpenID Connect providers sign with unless told otherwise).
+    #[serde(default)]
+    pub algorithms: Vec<JwtAlgorithm>,
     /// HS256: a file holding the shared secret (at least 32 bytes; a trailing newline is
     /// ignored). Required for HS256, refused for the others.
     #[serde(default)]
@@ -105,20 +118,70 @@ pub struct JwtConfig {
     /// `openssl pkey -pubout` writes it; RSA at least 2048 bits, EC on P-256).
     #[serde(default)]
     pub public_key_file: Option<PathBuf>,
-    /// When set, the token must carry this `iss`. Default: not checked.
-    #[serde(default)]
+    /// A JSON Web Key Set URL (`https://`, or `http://` on a loopback host): the keys, by
+    /// `kid`, fetched at start and refreshed. Default: none.
+    #[serde(default, serialize_with = "super::secret::url_with_query_redacted")]
+    pub jwks_url: Option<String>,
+    /// When set, the token must carry this `iss`. With no key file and no `jwks_url`, also
+    /// where the keys are found: `{issuer}/.well-known/openid-configuration` names the
+    /// `jwks_uri`. Default: not checked.
+    #[serde(default, serialize_with = "super::secret::url_with_query_redacted")]
     pub issuer: Option<String>,
     /// When set, the token must carry this `aud`. Default: tokens that carry an `aud`
-    /// at all are refused (RFC 7519 §4.1.3), tokens without one pass.
+    /// at all are refused (RFC 7519 §4.1.3), tokens without one pass. Required with a key set.
     #[serde(default)]
     pub audience: Option<String>,
     /// Clock skew allowed on `exp` and `nbf`, in seconds. Default 30.
     #[serde(default = "default_leeway_secs")]
     pub leeway_secs: u64,
+    /// Key sets: a PEM bundle of the CAs the provider's HTTPS certificate must chain to.
+    /// Default: the built-in Mozilla roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Key sets: after a fetch, the shortest wait before a token with an unknown `kid` may
+    /// cause another one, in seconds (OpenID Connect Core §10.1.1). Default 30.
+    #[serde(default = "default_refresh_cooldown_secs")]
+    pub refresh_cooldown_secs: u64,
+    /// Key sets: the provider's `Cache-Control: max-age` is raised to at least this many
+    /// seconds before the next scheduled fetch. Default 60.
+    #[serde(default = "default_refresh_min_secs")]
+    pub refresh_min_secs: u64,
+    /// Key sets: and lowered to at most this many; also the interval when the provider sends
+    /// no `max-age`. Default 3600.
+    #[serde(default = "default_refresh_max_secs")]
+    pub refresh_max_secs: u64,
+    /// Key sets: time for one fetch (connect, TLS, answer), in seconds. Default 10.
+    #[serde(default = "default_fetch_timeout_secs")]
+    pub fetch_timeout_secs: u64,
 }
 
 fn default_leeway_secs() -> u64 {
     30
+}
+
+fn default_refresh_cooldown_secs() -> u64 {
+    30
+}
+
+fn default_refresh_min_secs() -> u64 {
+    60
+}
+
+fn default_refresh_max_secs() -> u64 {
+    3600
+}
+
+fn default_fetch_timeout_secs() -> u64 {
+    10
+}
+
+impl JwtConfig {
+    /// Where the keys come from is a key set (fetched over HTTP), not a file.
+    pub fn uses_key_set(&self) -> bool {
+        self.secret_file.is_none()
+            && self.public_key_file.is_none()
+            && (self.jwks_url.is_some() || self.issuer.is_some())
+    }
 }
 
 /// `[listener.tls] client_auth`: whether a listener with `client_ca_file` insists on a

@@ -49,6 +49,9 @@ pub struct FileConfig {
     /// Automatic certificates over ACME (RFC 8555). Default: none.
     #[serde(default)]
     pub acme: Option<AcmeConfig>,
+    /// Browser sign-in at an OpenID provider (`config::signin`). Default: none.
+    #[serde(default)]
+    pub signin: Option<super::SigninConfig>,
 }
 
 /// `[resume]`: how many resumable sessions the gateway holds at once, attached or waiting
@@ -716,11 +719,17 @@ impl FileConfig {
             fix(&mut acme.state_dir);
             acme.ca_file.iter_mut().for_each(fix);
         }
+        if let Some(s) = &mut self.signin {
+            fix(&mut s.client_secret_file);
+            fix(&mut s.cookie_keys_file);
+            s.ca_file.iter_mut().for_each(fix);
+        }
         for r in &mut self.routes {
             r.tls_ca_file.iter_mut().for_each(fix);
             if let Some(jwt) = r.auth.as_mut().and_then(|a| a.jwt.as_mut()) {
                 jwt.secret_file.iter_mut().for_each(fix);
                 jwt.public_key_file.iter_mut().for_each(fix);
+                jwt.ca_file.iter_mut().for_each(fix);
             }
             if let Some(target) = &mut r.target {
                 target.token_file.iter_mut().for_each(fix);

@@ -11,6 +11,7 @@ mod http2;
 mod quick;
 mod record;
 mod secret;
+mod signin;
 mod target;
 mod udp;
 
@@ -33,6 +34,7 @@ pub use http2::Http2Config;
 pub use quick::{route_name, QuickMode};
 pub use record::{RecordConfig, RecordFormat, RecordPolicy};
 pub use secret::{Secret, REDACTED};
+pub use signin::{RouteSigninConfig, SigninConfig};
 pub use target::{EgressConfig, TargetConfig};
 pub use udp::{UdpGlobalConfig, UdpRouteConfig, UdpSettings, MAX_DATAGRAM_V4, MAX_DATAGRAM_V6};
 
@@ -100,6 +102,8 @@ pub struct Config {
     pub udp: UdpGlobalConfig,
     /// `[acme]` as written (and checked); `None`: no automatic certificates.
     pub acme: Option<AcmeConfig>,
+    /// `[signin]` as written; `policy::signin` checks the rest.
+    pub signin: Option<SigninConfig>,
 }
 
 impl Config {
@@ -293,6 +297,7 @@ impl FileConfig {
             udp: self.udp,
             resume: self.resume,
             acme: self.acme,
+            signin: self.signin,
         })
     }
 

@@ -138,6 +138,7 @@ impl QuickMode {
                 worker_threads: self.worker_threads,
             },
             web: self.web.clone().map(WebConfig::at),
+            signin: None,
             udp: Default::default(),
         })
     }

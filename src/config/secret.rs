@@ -47,8 +47,9 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Secret<T> {
     }
 }
 
-/// A URL whose query values may be secrets (a backend's `?api_key=…`): serialised with them
-/// redacted, as the logs show it. For `#[serde(serialize_with)]` on URL fields.
+/// A URL whose query values may be secrets (a backend's or a key set's `?api_key=…`):
+/// serialised with them redacted, as the logs show it. For `#[serde(serialize_with)]` on URL
+/// fields.
 pub fn url_with_query_redacted<S: Serializer>(
     url: &Option<String>,
     serializer: S,

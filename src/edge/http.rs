@@ -42,9 +42,11 @@ pub use super::upgrade::check_upgrade;
 /// (`edge::web`, streamed).
 pub type ConnectionBody = super::web::WebBody;
 
-/// What a connection's requests go to, over HTTP/1.1 and HTTP/2 alike: the console answers
-/// plain requests for its pages (so a browser's page and its WebSockets share the
-/// connection); the rest go to the routes.
+/// What a connection's requests go to, over HTTP/1.1 and HTTP/2 alike, before any route:
+/// the resume library and the console's pages (so a browser's page and its WebSockets share
+/// the connection), ACME HTTP-01 answers, the `[signin]` endpoints (start, callback,
+/// sign-out), then `[web]` files (behind the sign-in with `protect_web`); the rest go to the
+/// routes.
 pub(super) fn connection_service(
     console: Option<Arc<Console>>,
     conn: ConnInfo,
@@ -67,12 +69,26 @@ pub(super) fn connection_service(
             if let Some(answer) = acme_http_challenge(&req, &snapshot) {
                 return Ok(answer.map(Either::Left));
             }
+            // `[signin]`: its own paths (start, callback, sign-out) before the files.
+            if let Some(signin) = snapshot
+                .signin
+                .as_ref()
+                .filter(|s| s.is_endpoint(req.uri().path()))
+            {
+                return Ok(signin.serve(&req).await.map(Either::Left));
+            }
             // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the
             // routes.
             if let Some(web) = &snapshot.web {
                 if matches!(*req.method(), Method::GET | Method::HEAD)
                     && !header_has_token(req.headers(), header::UPGRADE, "websocket")
                 {
+                    // `[signin] protect_web`: a browser not signed in goes to sign in first.
+                    if let Some(signin) = snapshot.signin.as_ref().filter(|s| s.protects_web()) {
+                        if signin.identity(&req).is_none() {
+                            return Ok(signin.to_signin(&req).map(Either::Left));
+                        }
+                    }
                     return Ok(super::web::serve(web, req).await);
                 }
             }
@@ -160,14 +176,14 @@ async fn upgrade(
             // A kind that carries messages as they are sent (udp://) takes no
             // permessage-deflate.
             let deflate = deflate.filter(|_| dialed.backend.takes_deflate());
-            let recording = record(req, &matched, principal).await?;
+            let recording = record(req, &matched, principal.clone()).await?;
             let ask = ask.map(|(ask, _)| ask);
             accept(
                 req,
                 matched,
                 shared,
                 (permit, slot),
-                (dialed, recording),
+                (dialed, recording, principal),
                 deflate,
                 ask,
             )
@@ -236,7 +252,7 @@ async fn authorize<B>(
         }
         e
     };
-    let granted = route.access.check(req, conn).map_err(failed)?;
+    let granted = route.access.check(req, conn).await.map_err(failed)?;
     if let Some(user) = &granted.principal {
         Span::current().record("user", tracing::field::display(Escaped(user)));
     }
@@ -318,7 +334,7 @@ async fn dial(
     let handshake = |target: &BackendAddr| match handshake_path(target) {
         Some(path) => Handshake {
             deflate,
-            ..backend_handshake(req, route, path, conn, &offered)
+            ..backend_handshake(req, route, snapshot, path, conn, &offered)
         },
         None => Handshake::default(),
     };
@@ -379,7 +395,7 @@ fn accept(
     matched: Matched,
     shared: &Arc<Shared>,
     held: Held,
-    (dialed, recording): (Dialed, Option<Pending>),
+    (dialed, recording, user): (Dialed, Option<Pending>, Option<String>),
     deflate: Option<Agreement>,
     resume: Option<ResumeAsk>,
 ) -> Result<Response<Body>, RejectError> {
@@ -401,6 +417,7 @@ fn accept(
             .as_ref()
             .and_then(|p| p.to_str().ok())
             .map(str::to_owned),
+        user,
     };
     if let Some(p) = subprotocol {
         response
@@ -583,11 +600,13 @@ fn resume_library<B>(req: &Request<B>) -> Option<Response<Body>> {
     Some(response)
 }
 
-/// The backend handshake for a WebSocket route: mapped path, forwarded headers,
-/// `X-Forwarded-*`, and the client's subprotocol offer (`offered`, credentials removed).
+/// The backend handshake for a WebSocket route: mapped path, forwarded headers (without
+/// the credentials the gateway checked and the sign-in's cookies), `X-Forwarded-*`, and the
+/// client's subprotocol offer (`offered`, credentials removed).
 fn backend_handshake<B>(
     req: &Request<B>,
     route: &Route,
+    snapshot: &Snapshot,
     backend_path: &str,
     conn: &ConnInfo,
     offered: &[&str],
@@ -601,6 +620,10 @@ fn backend_handshake<B>(
     drop_connection_listed(&mut headers, req.headers());
     if !route.forward_credentials {
         route.access.withhold_credentials(&mut headers);
+    }
+    if let Some(signin) = &snapshot.signin {
+        let keep_session = route.forward_credentials && route.access.takes_signin();
+        signin.withhold_cookies(&mut headers, keep_session);
     }
     // The hop before us: the balancer when its headers named the client, else the client.
     let hop = match conn.source {

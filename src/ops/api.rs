@@ -542,6 +542,7 @@ fn session_json(e: &SessionEntry) -> Value {
         "client": e.info.client.to_string(),
         "backend": e.info.backend,
         "subprotocol": e.info.subprotocol,
+        "user": e.info.user,
         "bytes_to_backend": e.bytes.to_backend.load(Relaxed),
         "bytes_to_client": e.bytes.to_client.load(Relaxed),
         "age_secs": e.age().as_secs_f64(),

@@ -111,12 +111,21 @@ mod tests {
              backend = \"ws://127.0.0.1:9/feed?api_key=s3cret-key&v=2\"\n\
              [route.auth]\nbearer_sha256 = [\"{ROUTE_DIGEST}\"]\n\n\
              [[route]]\nname = \"pool\"\npath = \"/pool\"\n\
-             backends = [\"ws://127.0.0.1:9/?token=pool-s3cret\", \"ws://127.0.0.1:10/\"]\n"
+             backends = [\"ws://127.0.0.1:9/?token=pool-s3cret\", \"ws://127.0.0.1:10/\"]\n\
+             [[route]]\nname = \"jwks\"\npath = \"/jwks\"\nbackend = \"tcp://127.0.0.1:9\"\n\
+             [route.auth.jwt]\njwks_url = \"https://idp.example/jwks?key=jwks-s3cret\"\n\
+             audience = \"wsgate\"\n"
         ))
         .expect("valid config");
         let json = ConfigView::of(&config).to_json();
         let text = json.to_string();
-        for secret in [ADMIN_DIGEST, ROUTE_DIGEST, "s3cret-key", "pool-s3cret"] {
+        for secret in [
+            ADMIN_DIGEST,
+            ROUTE_DIGEST,
+            "s3cret-key",
+            "pool-s3cret",
+            "jwks-s3cret",
+        ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         assert_eq!(json["admin"]["bearer_sha256"], "<redacted>");

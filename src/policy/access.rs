@@ -7,6 +7,7 @@
 //! Compiled from `[route.origin]` and `[route.auth]` (`config::access`).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -14,10 +15,12 @@ use hyper::Request;
 use subtle::ConstantTimeEq;
 
 use super::identity::ConnInfo;
+use super::jwks::KeySet;
 use super::jwt::{Claims, JwtPolicy};
+use super::signin::{RouteSignin, Signin};
 use crate::config::{AuthConfig, OriginConfig, TokenSource};
 use crate::error::RejectError;
-use crate::http_util::{decode_sha256_hex, percent_decode, query_value};
+use crate::http_util::{decode_sha256_hex, percent_decode, query_value, remove_cookies};
 
 /// The subprotocol prefix that carries a bearer token (`bearer.<token>`): browsers cannot
 /// set headers on `new WebSocket(url, protocols)`, but they can offer protocols.
@@ -42,19 +45,54 @@ pub struct Granted {
 }
 
 impl Access {
-    /// Resolve `[route.origin]` and `[route.auth]`; errors name `at` (`route[0]`).
+    /// Resolve `[route.origin]` and `[route.auth]` of route `route`; errors name `at`
+    /// (`route[0]`). The JWT key set of `previous` (the same route before a reload) is kept
+    /// when its settings are unchanged.
     pub fn from_config(
         at: &str,
+        route: &str,
         origin: Option<&OriginConfig>,
         auth: Option<&AuthConfig>,
+        previous: Option<&Access>,
+        signin: Option<&Arc<Signin>>,
     ) -> anyhow::Result<Self> {
         let origin = origin
             .map(|o| OriginPolicy::from_config(&format!("{at}.origin"), o))
             .transpose()?;
+        let kept = previous.and_then(Access::key_set);
         let auth = auth
-            .map(|a| AuthPolicy::from_config(&format!("{at}.auth"), a, origin.is_some()))
+            .map(|a| {
+                let mut policy = AuthPolicy::from_config(
+                    &format!("{at}.auth"),
+                    route,
+                    a,
+                    origin.is_some(),
+                    kept,
+                )?;
+                if let Some(rules) = &a.signin {
+                    let Some(signin) = signin else {
+                        bail!("{at}.auth.signin: needs a [signin] section");
+                    };
+                    if origin.is_none() {
+                        bail!(
+                            "{at}.auth.signin: needs [route.origin]: browsers send the session \
+                             cookie with cross-site WebSocket requests"
+                        );
+                    }
+                    policy.signin = Some((signin.clone(), RouteSignin::from_config(rules)));
+                }
+                Ok(policy)
+            })
             .transpose()?;
         Ok(Self { origin, auth })
+    }
+
+    /// The route's JWT key set, when its keys come from an OpenID provider.
+    pub fn key_set(&self) -> Option<&Arc<KeySet>> {
+        self.auth
+            .as_ref()
+            .and_then(|a| a.jwt.as_ref())
+            .and_then(JwtPolicy::key_set)
     }
 
     /// The route checks a credential (certificate or token), so failures spend the
@@ -73,13 +111,18 @@ impl Access {
         self.auth.as_ref().is_some_and(|a| a.jwt.is_some())
     }
 
-    /// Origin (403), then credentials (401 missing or invalid, 403 not allowed).
-    pub fn check<B>(&self, req: &Request<B>, conn: &ConnInfo) -> Result<Granted, RejectError> {
+    /// Origin (403), then credentials (401 missing or invalid, 403 not allowed). Waits only
+    /// when a JWT names a key its route's key set lacks (one rate-limited fetch).
+    pub async fn check<B>(
+        &self,
+        req: &Request<B>,
+        conn: &ConnInfo,
+    ) -> Result<Granted, RejectError> {
         if let Some(origin) = &self.origin {
             origin.check(req)?;
         }
         match &self.auth {
-            Some(auth) => auth.authenticate(req, conn),
+            Some(auth) => auth.authenticate(req, conn).await,
             None => Ok(Granted::default()),
         }
     }
@@ -114,30 +157,13 @@ impl Access {
             replace_all(headers, header::AUTHORIZATION, kept);
         }
         if auth.sources.contains(&TokenSource::Cookie) {
-            let kept: Vec<HeaderValue> = headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| {
-                    let Ok(text) = v.to_str() else {
-                        return Some(v.clone());
-                    };
-                    let pairs: Vec<&str> = text
-                        .split(';')
-                        .map(str::trim)
-                        .filter(|pair| {
-                            !pair.is_empty()
-                                && pair
-                                    .split_once('=')
-                                    .is_none_or(|(k, _)| k.trim() != auth.cookie_name)
-                        })
-                        .collect();
-                    (!pairs.is_empty())
-                        .then(|| HeaderValue::from_str(&pairs.join("; ")).ok())
-                        .flatten()
-                })
-                .collect();
-            replace_all(headers, header::COOKIE, kept);
+            remove_cookies(headers, |name| name == auth.cookie_name);
         }
+    }
+
+    /// The route accepts the `[signin]` session cookie (`[route.auth.signin]`).
+    pub fn takes_signin(&self) -> bool {
+        self.auth.as_ref().is_some_and(|a| a.signin.is_some())
     }
 
     /// The client's query as forwarded to a WebSocket backend: without the token
@@ -318,10 +344,18 @@ pub struct AuthPolicy {
     jwt: Option<JwtPolicy>,
     /// `Some` when a verified client certificate is required; names it must carry (empty: any).
     client_cert: Option<Vec<String>>,
+    /// `[route.auth.signin]`: the sign-in's session cookie, and who may use the route.
+    signin: Option<(Arc<Signin>, RouteSignin)>,
 }
 
 impl AuthPolicy {
-    fn from_config(at: &str, c: &AuthConfig, has_origin_check: bool) -> anyhow::Result<Self> {
+    fn from_config(
+        at: &str,
+        route: &str,
+        c: &AuthConfig,
+        has_origin_check: bool,
+        kept: Option<&Arc<KeySet>>,
+    ) -> anyhow::Result<Self> {
         let mut static_tokens = Vec::with_capacity(c.bearer_sha256.len());
         for (i, hex) in c.bearer_sha256.iter().enumerate() {
             let digest = decode_sha256_hex(hex).with_context(|| {
@@ -332,13 +366,14 @@ impl AuthPolicy {
         let jwt = c
             .jwt
             .as_ref()
-            .map(|j| JwtPolicy::load(&format!("{at}.jwt"), j))
+            .map(|j| JwtPolicy::load(&format!("{at}.jwt"), route, j, kept))
             .transpose()?;
         let client_cert = (c.client_cert_required || !c.client_cert_names.is_empty())
             .then(|| c.client_cert_names.clone());
-        if static_tokens.is_empty() && jwt.is_none() && client_cert.is_none() {
+        if static_tokens.is_empty() && jwt.is_none() && client_cert.is_none() && c.signin.is_none()
+        {
             bail!(
-                "{at}: set at least one of bearer_sha256, [jwt], client_cert_required, \
+                "{at}: set at least one of bearer_sha256, [jwt], [signin], client_cert_required, \
                  client_cert_names (or remove [route.auth])"
             );
         }
@@ -372,6 +407,7 @@ impl AuthPolicy {
             static_tokens,
             jwt,
             client_cert,
+            signin: None,
         })
     }
 
@@ -379,7 +415,11 @@ impl AuthPolicy {
         !self.static_tokens.is_empty() || self.jwt.is_some()
     }
 
-    fn authenticate<B>(&self, req: &Request<B>, conn: &ConnInfo) -> Result<Granted, RejectError> {
+    async fn authenticate<B>(
+        &self,
+        req: &Request<B>,
+        conn: &ConnInfo,
+    ) -> Result<Granted, RejectError> {
         let mut granted = Granted::default();
         if let Some(names) = &self.client_cert {
             let cert = conn
@@ -391,12 +431,28 @@ impl AuthPolicy {
             }
             granted.principal = Some(cert.label().to_owned());
         }
+        // A signed-in browser: its session cookie, then the route's rules.
+        if let Some((signin, rules)) = &self.signin {
+            match signin.identity(req) {
+                Some(who) if rules.allows(&who) => {
+                    granted.principal = Some(who.label());
+                    granted.claims = Some(who.as_claims());
+                    return Ok(granted);
+                }
+                Some(_) => return Err(RejectError::Forbidden("signed-in user not allowed")),
+                None if !self.takes_tokens() => {
+                    return Err(RejectError::Unauthorized("sign-in required"))
+                }
+                None => {}
+            }
+        }
         if !self.takes_tokens() {
             return Ok(granted);
         }
         let token = self
             .find_token(req)
-            .ok_or(RejectError::Unauthorized("missing bearer token"))?;
+            .ok_or(RejectError::Unauthorized("missing bearer token"))?
+            .into_owned();
         if let Some(digest) = self.static_match(&token) {
             granted.principal = Some(format!("sha256:{}", hex_prefix(&digest)));
             return Ok(granted);
@@ -404,7 +460,7 @@ impl AuthPolicy {
         let Some(jwt) = &self.jwt else {
             return Err(RejectError::Unauthorized("invalid token"));
         };
-        let claims = jwt.verify(&token)?;
+        let claims = jwt.verify(&token).await?;
         if let Some(sub) = claims.get("sub").and_then(|s| s.as_str()) {
             granted.principal = Some(sub.to_owned());
         }
@@ -599,9 +655,23 @@ mod tests {
         }
     }
 
+    impl AuthPolicy {
+        /// Static tokens and certificates never wait; a current-thread runtime runs the check.
+        fn authenticate_now<B>(
+            &self,
+            req: &Request<B>,
+            conn: &ConnInfo,
+        ) -> Result<Granted, RejectError> {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(self.authenticate(req, conn))
+        }
+    }
+
     fn auth(toml_text: &str) -> AuthPolicy {
         let c: AuthConfig = toml::from_str(toml_text).unwrap();
-        AuthPolicy::from_config("a", &c, true).unwrap()
+        AuthPolicy::from_config("a", "r", &c, true, None).unwrap()
     }
 
     fn digest_hex(token: &str) -> String {
@@ -636,15 +706,15 @@ mod tests {
         ] {
             let r = req(&headers, uri);
             let g = a
-                .authenticate(&r, &conn())
+                .authenticate_now(&r, &conn())
                 .unwrap_or_else(|e| panic!("{headers:?} {uri}: {e}"));
             assert!(g.principal.unwrap().starts_with("sha256:"));
         }
-        let missing = a.authenticate(&req(&[], "/"), &conn()).unwrap_err();
+        let missing = a.authenticate_now(&req(&[], "/"), &conn()).unwrap_err();
         assert_eq!(missing.status(), 401);
         assert_eq!(missing.to_string(), "missing bearer token");
         let wrong = a
-            .authenticate(&req(&[("authorization", "Bearer s3cre")], "/"), &conn())
+            .authenticate_now(&req(&[("authorization", "Bearer s3cre")], "/"), &conn())
             .unwrap_err();
         assert_eq!(wrong.to_string(), "invalid token");
     }
@@ -653,7 +723,7 @@ mod tests {
     fn sources_not_listed_are_ignored() {
         let a = auth(&format!("bearer_sha256 = [\"{}\"]\n", digest_hex("t")));
         assert!(a
-            .authenticate(
+            .authenticate_now(
                 &req(&[("cookie", "wsgate_token=t")], "/?access_token=t"),
                 &conn()
             )
@@ -667,20 +737,20 @@ mod tests {
             digest_hex("t")
         ))
         .unwrap();
-        let e = AuthPolicy::from_config("route[2].auth", &c, false).unwrap_err();
+        let e = AuthPolicy::from_config("route[2].auth", "r", &c, false, None).unwrap_err();
         assert!(
             format!("{e:#}").contains("route[2].auth.token_sources"),
             "{e:#}"
         );
         let c: AuthConfig = toml::from_str("bearer_sha256 = [\"abc\"]\n").unwrap();
-        let e = AuthPolicy::from_config("route[2].auth", &c, false).unwrap_err();
+        let e = AuthPolicy::from_config("route[2].auth", "r", &c, false, None).unwrap_err();
         assert!(
             format!("{e:#}").contains("route[2].auth.bearer_sha256[0]"),
             "{e:#}"
         );
         let c: AuthConfig = toml::from_str("token_sources = [\"header\"]\n").unwrap();
         assert!(
-            AuthPolicy::from_config("a", &c, false).is_err(),
+            AuthPolicy::from_config("a", "r", &c, false, None).is_err(),
             "no method at all"
         );
     }
@@ -689,7 +759,7 @@ mod tests {
     fn client_cert_names() {
         let a = auth("client_cert_names = [\"alice\", \"svc.example.com\"]\n");
         let mut c = conn();
-        let e = a.authenticate(&req(&[], "/"), &c).unwrap_err();
+        let e = a.authenticate_now(&req(&[], "/"), &c).unwrap_err();
         assert_eq!(e.status(), 401);
         c.client_cert = Some(Arc::new(ClientCert {
             common_names: vec!["mallory".into()],
@@ -697,7 +767,7 @@ mod tests {
             emails: vec![],
         }));
         assert_eq!(
-            a.authenticate(&req(&[], "/"), &c)
+            a.authenticate_now(&req(&[], "/"), &c)
                 .unwrap()
                 .principal
                 .as_deref(),
@@ -708,7 +778,7 @@ mod tests {
             ..Default::default()
         }));
         assert_eq!(
-            a.authenticate(&req(&[], "/"), &c).unwrap_err().status(),
+            a.authenticate_now(&req(&[], "/"), &c).unwrap_err().status(),
             403
         );
     }

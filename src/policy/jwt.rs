@@ -1,17 +1,20 @@
-//! JWT bearer tokens: keys read once at load, claims checked by `jsonwebtoken`
-//! (`exp` required; `nbf`, `iss`, `aud`), signatures verified by `ring`.
+//! JWT bearer tokens: keys read once at load (a secret or a public key file) or from the
+//! provider's key set (`policy::jwks`), claims checked by `jsonwebtoken` (`exp` required;
+//! `nbf`, `iss`, `aud`), signatures verified by `ring`.
 //!
 //! `jsonwebtoken` is built without a crypto feature; [`RING_PROVIDER`] plugs `ring` into it,
 //! so the process has one crypto library (the one rustls uses) and no RSA stack of its own.
 
 use std::path::Path;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 
 use anyhow::{bail, Context};
 use jsonwebtoken::crypto::{CryptoProvider, JwkUtils, JwtSigner, JwtVerifier};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind, EncodingKey};
-use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256};
+use ring::signature::{
+    RsaPublicKeyComponents, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::SubjectPublicKeyInfoDer;
 use tracing::debug;
@@ -19,6 +22,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
+use super::jwks::KeySet;
 use crate::config::{JwtAlgorithm, JwtConfig};
 use crate::error::RejectError;
 use crate::logsafe::Escaped;
@@ -29,38 +33,81 @@ pub type Claims = serde_json::Map<String, serde_json::Value>;
 /// The shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key as long as the hash.
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// Where a route's verification keys come from.
+#[derive(Debug, Clone)]
+enum Keys {
+    /// `secret_file` or `public_key_file`: one key, for the route's one algorithm.
+    Fixed(DecodingKey),
+    /// `jwks_url` or the issuer's discovery: keys by `kid`, refreshed.
+    Set(Arc<KeySet>),
+}
+
 /// A route's resolved JWT check.
 #[derive(Debug, Clone)]
 pub struct JwtPolicy {
-    key: DecodingKey,
-    validation: jsonwebtoken::Validation,
+    keys: Keys,
+    /// One validation per accepted algorithm: `jsonwebtoken` wants every algorithm of a
+    /// validation to fit the key, and the token's `alg` picks among these (never `none`).
+    validations: Vec<(Algorithm, jsonwebtoken::Validation)>,
+}
+
+fn algorithm(a: JwtAlgorithm) -> Algorithm {
+    match a {
+        JwtAlgorithm::HS256 => Algorithm::HS256,
+        JwtAlgorithm::RS256 => Algorithm::RS256,
+        JwtAlgorithm::ES256 => Algorithm::ES256,
+    }
 }
 
 impl JwtPolicy {
-    /// Read the key file and build the validation; errors name `at` (`route[0].auth.jwt`).
-    pub fn load(at: &str, config: &JwtConfig) -> anyhow::Result<Self> {
-        let (algorithm, key) = match (
-            config.algorithm,
-            &config.secret_file,
-            &config.public_key_file,
-        ) {
-            (JwtAlgorithm::HS256, Some(file), None) => (
-                Algorithm::HS256,
-                load_secret(file).with_context(|| format!("{at}.secret_file"))?,
-            ),
-            (JwtAlgorithm::HS256, _, _) => {
-                bail!("{at}: HS256 takes secret_file (and no public_key_file)")
+    /// Read the key file or set up the key set (not fetched yet: see
+    /// [`JwtPolicy::key_set`]) and build the validation; errors name `at`
+    /// (`route[0].auth.jwt`). A `previous` key set with the same settings is kept, keys and all.
+    pub fn load(
+        at: &str,
+        route: &str,
+        config: &JwtConfig,
+        previous: Option<&Arc<KeySet>>,
+    ) -> anyhow::Result<Self> {
+        let mut accepted: Vec<JwtAlgorithm> = config.algorithm.into_iter().collect();
+        for a in &config.algorithms {
+            if !accepted.contains(a) {
+                accepted.push(*a);
             }
-            (alg @ (JwtAlgorithm::RS256 | JwtAlgorithm::ES256), None, Some(file)) => {
-                let key =
-                    load_public_key(alg, file).with_context(|| format!("{at}.public_key_file"))?;
-                let algorithm = match alg {
-                    JwtAlgorithm::RS256 => Algorithm::RS256,
-                    _ => Algorithm::ES256,
-                };
-                (algorithm, key)
+        }
+        let keys = if config.uses_key_set() {
+            if accepted.is_empty() {
+                accepted.push(JwtAlgorithm::RS256);
             }
-            (alg, _, _) => bail!("{at}: {alg:?} takes public_key_file (and no secret_file)"),
+            if accepted.contains(&JwtAlgorithm::HS256) {
+                bail!(
+                    "{at}: HS256 takes a secret_file; keys from a key set are public keys \
+                     (RS256, ES256), never HMAC secrets"
+                );
+            }
+            Keys::Set(match previous.filter(|p| p.same_config(route, config)) {
+                Some(kept) => kept.clone(),
+                None => Arc::new(KeySet::new(at, route, config)?),
+            })
+        } else {
+            if config.jwks_url.is_some() {
+                bail!("{at}: jwks_url and a key file are exclusive");
+            }
+            let &[one] = accepted.as_slice() else {
+                bail!("{at}: a key file takes exactly one algorithm (set `algorithm`)");
+            };
+            Keys::Fixed(match (one, &config.secret_file, &config.public_key_file) {
+                (JwtAlgorithm::HS256, Some(file), None) => {
+                    load_secret(file).with_context(|| format!("{at}.secret_file"))?
+                }
+                (JwtAlgorithm::HS256, _, _) => {
+                    bail!("{at}: HS256 takes secret_file (and no public_key_file)")
+                }
+                (alg, None, Some(file)) => {
+                    load_public_key(alg, file).with_context(|| format!("{at}.public_key_file"))?
+                }
+                (alg, _, _) => bail!("{at}: {alg:?} takes public_key_file (and no secret_file)"),
+            })
         };
         if config.leeway_secs > 3600 {
             bail!(
@@ -68,42 +115,75 @@ impl JwtPolicy {
                 config.leeway_secs
             );
         }
-        let mut validation = jsonwebtoken::Validation::new(algorithm);
-        validation.leeway = config.leeway_secs;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        let mut required = vec!["exp"];
-        // jsonwebtoken checks `iss` and `aud` only when the token has them: make them required.
-        if let Some(issuer) = &config.issuer {
-            validation.set_issuer(&[issuer]);
-            required.push("iss");
+        let validations = accepted
+            .iter()
+            .map(|a| {
+                let alg = algorithm(*a);
+                let mut validation = jsonwebtoken::Validation::new(alg);
+                validation.leeway = config.leeway_secs;
+                validation.validate_exp = true;
+                validation.validate_nbf = true;
+                let mut required = vec!["exp"];
+                // jsonwebtoken checks `iss` and `aud` only when the token has them: make them
+                // required.
+                if let Some(issuer) = &config.issuer {
+                    validation.set_issuer(&[issuer]);
+                    required.push("iss");
+                }
+                if let Some(audience) = &config.audience {
+                    validation.set_audience(&[audience]);
+                    required.push("aud");
+                }
+                validation.set_required_spec_claims(&required);
+                (alg, validation)
+            })
+            .collect();
+        Ok(Self { keys, validations })
+    }
+
+    /// The route's key set, when its keys come from one.
+    pub fn key_set(&self) -> Option<&Arc<KeySet>> {
+        match &self.keys {
+            Keys::Set(set) => Some(set),
+            Keys::Fixed(_) => None,
         }
-        if let Some(audience) = &config.audience {
-            validation.set_audience(&[audience]);
-            required.push("aud");
-        }
-        validation.set_required_spec_claims(&required);
-        Ok(Self { key, validation })
     }
 
     /// Verify a token's signature and claims. Expired and not-yet-valid tokens say so;
-    /// every other failure is "invalid token" (the log has the detail, at debug).
-    pub fn verify(&self, token: &str) -> Result<Claims, RejectError> {
+    /// every other failure is "invalid token" (the log has the detail, at debug). With a key
+    /// set, a `kid` it does not have causes at most one fetch (rate-limited by the set).
+    pub async fn verify(&self, token: &str) -> Result<Claims, RejectError> {
         install_provider();
-        match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
-            Ok(data) => Ok(data.claims),
-            Err(e) => {
-                // The error can quote the token's claims: client text.
-                debug!(error = %Escaped(&e.to_string()), "JWT refused");
-                Err(match e.kind() {
-                    ErrorKind::ExpiredSignature => RejectError::Unauthorized("token expired"),
-                    ErrorKind::ImmatureSignature => {
-                        RejectError::Unauthorized("token not yet valid")
-                    }
-                    _ => RejectError::Unauthorized("invalid token"),
-                })
+        let header = jsonwebtoken::decode_header(token).map_err(|e| refused(&e))?;
+        let Some((alg, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg)
+        else {
+            debug!(alg = ?header.alg, "JWT refused: algorithm not accepted on this route");
+            return Err(RejectError::Unauthorized("invalid token"));
+        };
+        let result = match &self.keys {
+            Keys::Fixed(key) => jsonwebtoken::decode::<Claims>(token, key, validation),
+            Keys::Set(set) => {
+                let Some(key) = set.key_for(*alg, header.kid.as_deref()).await else {
+                    debug!(
+                        kid = ?header.kid.as_deref().map(Escaped),
+                        "JWT refused: no key in the key set for its kid and alg"
+                    );
+                    return Err(RejectError::Unauthorized("invalid token"));
+                };
+                jsonwebtoken::decode::<Claims>(token, &key.key, validation)
             }
-        }
+        };
+        result.map(|data| data.claims).map_err(|e| refused(&e))
+    }
+}
+
+/// The answer to a refused token; the error can quote the token's claims: client text.
+fn refused(e: &jsonwebtoken::errors::Error) -> RejectError {
+    debug!(error = %Escaped(&e.to_string()), "JWT refused");
+    match e.kind() {
+        ErrorKind::ExpiredSignature => RejectError::Unauthorized("token expired"),
+        ErrorKind::ImmatureSignature => RejectError::Unauthorized("token not yet valid"),
+        _ => RejectError::Unauthorized("invalid token"),
     }
 }
 
@@ -186,6 +266,8 @@ fn no_signer(_: &Algorithm, _: &EncodingKey) -> jsonwebtoken::errors::Result<Box
 enum RingKey {
     Hmac(ring::hmac::Key),
     Public(UnparsedPublicKey<Vec<u8>>),
+    /// An RSA key from a JWK's modulus and exponent.
+    RsaComponents(RsaPublicKeyComponents<Vec<u8>>),
 }
 
 struct RingVerifier {
@@ -199,8 +281,17 @@ fn ring_verifier(
 ) -> jsonwebtoken::errors::Result<Box<dyn JwtVerifier>> {
     let der = match key.kind() {
         DecodingKeyKind::SecretOrDer(bytes) => bytes.clone(),
-        DecodingKeyKind::RsaModulusExponent { .. } => {
-            return Err(ErrorKind::InvalidKeyFormat.into())
+        DecodingKeyKind::RsaModulusExponent { n, e } => {
+            if (*algorithm, key.family()) != (Algorithm::RS256, AlgorithmFamily::Rsa) {
+                return Err(ErrorKind::InvalidAlgorithm.into());
+            }
+            return Ok(Box::new(RingVerifier {
+                algorithm: *algorithm,
+                key: RingKey::RsaComponents(RsaPublicKeyComponents {
+                    n: n.clone(),
+                    e: e.clone(),
+                }),
+            }));
         }
     };
     let key = match (algorithm, key.family()) {
@@ -229,6 +320,9 @@ impl signature::Verifier<Vec<u8>> for RingVerifier {
             // ring compares HMAC tags in constant time.
             RingKey::Hmac(key) => ring::hmac::verify(key, message, signature),
             RingKey::Public(key) => key.verify(message, signature),
+            RingKey::RsaComponents(key) => {
+                key.verify(&RSA_PKCS1_2048_8192_SHA256, message, signature)
+            }
         }
         .map_err(|_| signature::Error::new())
     }
@@ -266,8 +360,16 @@ mod tests {
             file.display().to_string()
         ))
         .unwrap();
-        let p = JwtPolicy::load("jwt", &config).unwrap();
+        let p = JwtPolicy::load("jwt", "r", &config, None).unwrap();
         (dir, p)
+    }
+
+    /// The fixed-key check never waits; a current-thread runtime runs it.
+    fn verify(p: &JwtPolicy, token: &str) -> Result<Claims, RejectError> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(p.verify(token))
     }
 
     fn now() -> u64 {
@@ -282,7 +384,7 @@ mod tests {
             &format!(r#"{{"exp":{exp},"iss":"me","aud":"gw","sub":"u"}}"#),
             SECRET,
         );
-        assert_eq!(p.verify(&ok).unwrap()["sub"], "u");
+        assert_eq!(verify(&p, &ok).unwrap()["sub"], "u");
         for (claims, why) in [
             (r#"{"iss":"me","aud":"gw"}"#.to_owned(), "no exp"),
             (format!(r#"{{"exp":{exp},"aud":"gw"}}"#), "no iss"),
@@ -296,14 +398,17 @@ mod tests {
                 "wrong aud",
             ),
         ] {
-            let e = p.verify(&hs256(&claims, SECRET)).unwrap_err();
+            let e = verify(&p, &hs256(&claims, SECRET)).unwrap_err();
             assert_eq!(e.to_string(), "invalid token", "{why}");
         }
         let expired = hs256(
             &format!(r#"{{"exp":{},"iss":"me","aud":"gw"}}"#, now() - 600),
             SECRET,
         );
-        assert_eq!(p.verify(&expired).unwrap_err().to_string(), "token expired");
+        assert_eq!(
+            verify(&p, &expired).unwrap_err().to_string(),
+            "token expired"
+        );
         let early = hs256(
             &format!(
                 r#"{{"exp":{exp},"nbf":{},"iss":"me","aud":"gw"}}"#,
@@ -312,14 +417,17 @@ mod tests {
             SECRET,
         );
         assert_eq!(
-            p.verify(&early).unwrap_err().to_string(),
+            verify(&p, &early).unwrap_err().to_string(),
             "token not yet valid"
         );
         let forged = hs256(
             &format!(r#"{{"exp":{exp},"iss":"me","aud":"gw"}}"#),
             b"another secret of thirty-two bytes",
         );
-        assert_eq!(p.verify(&forged).unwrap_err().to_string(), "invalid token");
+        assert_eq!(
+            verify(&p, &forged).unwrap_err().to_string(),
+            "invalid token"
+        );
     }
 
     #[test]
@@ -327,21 +435,17 @@ mod tests {
         let (_dir, p) = policy("");
         let body = URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{}}}"#, now() + 600));
         let none = format!("{}.{body}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#));
-        assert!(p.verify(&none).is_err());
-        assert!(p.verify("not.a.jwt").is_err());
-        assert!(p.verify("").is_err());
+        assert!(verify(&p, &none).is_err());
+        assert!(verify(&p, "not.a.jwt").is_err());
+        assert!(verify(&p, "").is_err());
     }
 
     #[test]
     fn unlisted_audience_is_refused_when_none_is_configured() {
         let (_dir, p) = policy("");
         let exp = now() + 600;
-        assert!(p
-            .verify(&hs256(&format!(r#"{{"exp":{exp}}}"#), SECRET))
-            .is_ok());
-        assert!(p
-            .verify(&hs256(&format!(r#"{{"exp":{exp},"aud":"x"}}"#), SECRET))
-            .is_err());
+        assert!(verify(&p, &hs256(&format!(r#"{{"exp":{exp}}}"#), SECRET)).is_ok());
+        assert!(verify(&p, &hs256(&format!(r#"{{"exp":{exp},"aud":"x"}}"#), SECRET)).is_err());
     }
 
     #[test]
@@ -349,15 +453,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let short = dir.path().join("short");
         std::fs::write(&short, "too short\n").unwrap();
-        let config = JwtConfig {
-            algorithm: JwtAlgorithm::HS256,
-            secret_file: Some(short),
-            public_key_file: None,
-            issuer: None,
-            audience: None,
-            leeway_secs: 30,
-        };
-        let e = JwtPolicy::load("route[0].auth.jwt", &config).unwrap_err();
+        let config: JwtConfig = toml::from_str(&format!(
+            "algorithm = \"HS256\"\nsecret_file = {:?}",
+            short.display().to_string()
+        ))
+        .unwrap();
+        let e = JwtPolicy::load("route[0].auth.jwt", "r", &config, None).unwrap_err();
         assert!(
             format!("{e:#}").contains("route[0].auth.jwt.secret_file"),
             "{e:#}"
@@ -368,26 +469,26 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         std::fs::write(&pem, key.public_key_pem()).unwrap();
         let rs = JwtConfig {
-            algorithm: JwtAlgorithm::RS256,
+            algorithm: Some(JwtAlgorithm::RS256),
             secret_file: None,
             public_key_file: Some(pem.clone()),
             ..config.clone()
         };
-        let e = JwtPolicy::load("j", &rs).unwrap_err();
+        let e = JwtPolicy::load("j", "r", &rs, None).unwrap_err();
         assert!(format!("{e:#}").contains("not a RS256 public key"), "{e:#}");
         let private = dir.path().join("private.pem");
         std::fs::write(&private, key.serialize_pem()).unwrap();
         let es = JwtConfig {
-            algorithm: JwtAlgorithm::ES256,
+            algorithm: Some(JwtAlgorithm::ES256),
             public_key_file: Some(private),
             ..rs.clone()
         };
-        let e = JwtPolicy::load("j", &es).unwrap_err();
+        let e = JwtPolicy::load("j", "r", &es, None).unwrap_err();
         assert!(format!("{e:#}").contains("PUBLIC KEY"), "{e:#}");
         let es = JwtConfig {
             public_key_file: Some(pem),
             ..es
         };
-        assert!(JwtPolicy::load("j", &es).is_ok());
+        assert!(JwtPolicy::load("j", "r", &es, None).is_ok());
     }
 }

@@ -10,7 +10,10 @@ pub mod admission;
 pub mod auth_failures;
 pub mod descriptors;
 pub mod identity;
+pub mod jwks;
 pub mod jwt;
+pub mod sealed;
+pub mod signin;
 pub mod targets;
 
 pub use access::Access;

@@ -79,6 +79,8 @@ pub struct SessionInfo {
     /// The backend as dialled (`tcp://…`, `ws://…`), never with credentials.
     pub backend: String,
     pub subprotocol: Option<String>,
+    /// Who the credentials named (a JWT's `sub`, a signed-in email, a certificate name).
+    pub user: Option<String>,
 }
 
 /// One live session.
@@ -290,6 +292,7 @@ mod tests {
             client: SocketAddr::from(([127, 0, 0, 1], 5000)),
             backend: "tcp://127.0.0.1:7".to_owned(),
             subprotocol: None,
+            user: None,
         }
     }
 

@@ -413,6 +413,7 @@ async fn ended(
         route = &*entry.info.route,
         backend = entry.info.backend.as_str(),
         subprotocol = entry.info.subprotocol.as_deref(),
+        user = entry.info.user.as_deref().map(|u| tracing::field::display(Escaped(u))),
         bytes_to_backend = outcome.bytes_to_backend,
         bytes_to_client = outcome.bytes_to_client,
         messages_to_backend,

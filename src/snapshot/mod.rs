@@ -16,6 +16,8 @@ use anyhow::Context;
 use crate::backend::pool::Pool;
 use crate::backend::{Dialer, SocketOptions};
 use crate::config::{is_hop_header, BackendAddr, CompressionMode, Config};
+use crate::policy::jwks::KeySet;
+use crate::policy::signin::Signin;
 use crate::policy::{Access, Admission, Egress, ListenerTrust, Target};
 use crate::record::RecordSettings;
 use crate::session::resume::{ResumeLimits, ResumeSettings};
@@ -60,6 +62,8 @@ pub struct Snapshot {
     pub frame_budget: Arc<FrameBudget>,
     /// `[web]`: static files, when configured.
     pub web: Option<WebFiles>,
+    /// `[signin]`: browser sign-in at an OpenID provider.
+    pub signin: Option<Arc<Signin>>,
 }
 
 /// A public listener's identity across reloads: its configured address and, for addresses
@@ -151,11 +155,16 @@ impl Snapshot {
             .enumerate()
             .map(|(i, l)| ListenerTrust::from_config(i, l))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let signin = config
+            .signin
+            .as_ref()
+            .map(|s| Signin::load(s, previous.and_then(|p| p.signin.as_deref())).map(Arc::new))
+            .transpose()?;
         let routes = config
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| compile_route(&config, i, r, previous).map(Arc::new))
+            .map(|(i, r)| compile_route(&config, i, r, previous, signin.as_ref()).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let egress = config
             .egress
@@ -208,6 +217,7 @@ impl Snapshot {
                     previous.and_then(|p| p.web.as_ref()),
                 )
             }),
+            signin,
             config,
         })
     }
@@ -245,6 +255,36 @@ impl Snapshot {
         self.routes.iter().filter_map(|r| r.pool.as_ref())
     }
 
+    /// The JWT key sets of routes whose keys come from an OpenID provider.
+    pub fn key_sets(&self) -> impl Iterator<Item = &Arc<KeySet>> {
+        self.routes
+            .iter()
+            .filter_map(|r| r.access.key_set())
+            .chain(self.signin.as_ref().and_then(|s| s.key_set()))
+    }
+
+    /// Fetch, all at once, every key set that has no keys yet (at start and after a
+    /// reload, so the first client does not wait). A failure is logged by the set and
+    /// returned; the gateway starts anyway, and the set's refresher tries again.
+    pub async fn fetch_keys(&self) -> Vec<(String, anyhow::Result<usize>)> {
+        let mut fetches = tokio::task::JoinSet::new();
+        for set in self.key_sets().filter(|s| !s.has_keys()) {
+            let set = set.clone();
+            fetches.spawn(async move {
+                let result = set.fetch("start").await;
+                (set.route().to_owned(), result)
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(done) = fetches.join_next().await {
+            if let Ok(pair) = done {
+                results.push(pair);
+            }
+        }
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        results
+    }
+
     /// Whether a route uses the built-in echo service (so the gateway must start it).
     pub fn needs_echo(config: &Config) -> bool {
         config
@@ -270,13 +310,24 @@ fn compile_route(
     i: usize,
     r: &crate::config::RouteConfig,
     previous: Option<&Snapshot>,
+    signin: Option<&Arc<Signin>>,
 ) -> anyhow::Result<Route> {
     let at = format!("route[{i}]");
     // A route path the path rules refuse could never match a request.
     check_path(&r.path).map_err(|e| {
         anyhow::anyhow!("{at}.path: {:?}: {e}, so no request could match it", r.path)
     })?;
-    let access = Access::from_config(&at, r.origin.as_ref(), r.auth.as_ref())?;
+    let previous_access = previous
+        .and_then(|p| p.routes.iter().find(|x| *x.name == *r.name))
+        .map(|x| &x.access);
+    let access = Access::from_config(
+        &at,
+        &r.name,
+        r.origin.as_ref(),
+        r.auth.as_ref(),
+        previous_access,
+        signin,
+    )?;
     let pool = route_pool(&at, r, previous)?;
     let backend = Target::from_config(
         &at,

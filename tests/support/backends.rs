@@ -82,6 +82,8 @@ pub async fn greeting_backend(name: &'static str) -> SocketAddr {
 pub struct SeenHandshake {
     pub path: String,
     pub protocols: Option<String>,
+    /// The `Cookie` header, as the gateway forwarded it.
+    pub cookie: Option<String>,
 }
 
 /// A WebSocket echo backend that reports each handshake and selects `binary` when offered.
@@ -112,6 +114,11 @@ pub async fn ws_echo_backend() -> (SocketAddr, tokio::sync::mpsc::Receiver<SeenH
                     seen = Some(SeenHandshake {
                         path: req.uri().to_string(),
                         protocols,
+                        cookie: req
+                            .headers()
+                            .get("cookie")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned),
                     });
                     Ok(resp)
                 };

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod backends;
 pub mod binary;
+pub mod browser;
 pub mod clients;
 pub mod deflate;
 pub mod frames;
@@ -23,6 +24,7 @@ pub mod resume;
 pub use admin::*;
 pub use backends::*;
 pub use binary::*;
+pub use browser::*;
 pub use clients::*;
 pub use deflate::*;
 pub use frames::*;
