@@ -25,7 +25,9 @@
 //!              workers.rs: the per-core mode's threads, one single-threaded runtime each,
 //!              each accepting on its own SO_REUSEPORT socket of every listener
 //! ops/         admin.rs: /metrics, /healthz, /readyz, POST /reload; api.rs: status page and
-//!              session API (list, close, drain, config); shutdown.rs: signals → one token;
+//!              session API (list, close, drain, config); config_view.rs: the config as
+//!              GET /api/config shows it (its own types, secrets redacted by their type);
+//!              shutdown.rs: signals → one token;
 //!              reload.rs: SIGHUP, file watch, POST /reload → one reload at a time;
 //!              acme.rs: [acme] certificates ordered (TLS-ALPN-01), stored and renewed
 //! snapshot/    the immutable value the running gateway reads: routes with compiled policy
@@ -53,8 +55,9 @@
 //!              address), descriptors (RLIMIT_NOFILE budget, accept back-off on EMFILE)
 //! tls.rs       PEM → rustls server configs (certificates by SNI, ACME's, mTLS) and backend
 //!              client configs
-//! config/      the file format only: serde structs, defaults, validation, quick mode,
-//!              the embedded default (default.toml); imports nothing of ours
+//! config/      the file format only: serde structs, defaults, validation once at load
+//!              (validate/, validate/route.rs), secrets as Secret<T> (secret.rs), quick
+//!              mode, the embedded default (default.toml); imports nothing of ours
 //! error.rs     the boundary error: status and label before the upgrade, close codes after
 //! http_util.rs the gateway's own answers (Body, text, JSON), query values, header tokens,
 //!              URIs made safe for logs
