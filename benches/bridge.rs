@@ -165,6 +165,9 @@ fn open(config: &SessionSettings, max_frame_bytes: usize) -> Session {
         let metrics = SessionMetrics::start("bench".into(), Protocol::Http1);
         let hard_stop = CancellationToken::new();
         let control = SessionControl::new(&CancellationToken::new());
+        // Opened and unwatched, as every bridged session's.
+        let watch = wsgate::record::watch::WatchPoint::default();
+        watch.open(0);
         bridge::run(
             ws_read,
             ws_write,
@@ -176,6 +179,7 @@ fn open(config: &SessionSettings, max_frame_bytes: usize) -> Session {
             &control,
             &hard_stop,
             wsgate::record::Taps::default(),
+            &watch,
         )
         .await
     });

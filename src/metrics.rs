@@ -45,6 +45,8 @@ pub const ACME_ORDERS_TOTAL: &str = "wsgate_acme_orders_total";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "wsgate_connections_refused_total";
 pub const CONNECTION_TIMEOUTS_TOTAL: &str = "wsgate_connection_timeouts_total";
 pub const DESCRIPTORS_EXHAUSTED_TOTAL: &str = "wsgate_descriptors_exhausted_total";
+pub const WATCHERS_ACTIVE: &str = "wsgate_watchers_active";
+pub const WATCHERS_DROPPED_TOTAL: &str = "wsgate_watchers_dropped_total";
 pub const RESUMES_TOTAL: &str = "wsgate_resumes_total";
 pub const RESUME_DETACHED_SESSIONS: &str = "wsgate_resume_detached_sessions";
 pub const RESUME_REPLAYED_BYTES_TOTAL: &str = "wsgate_resume_replayed_bytes_total";
@@ -228,6 +230,14 @@ fn describe() {
     describe_counter!(
         DESCRIPTORS_EXHAUSTED_TOTAL,
         "Times the process ran out of file descriptors, by stage (accept, admin_accept, backend)"
+    );
+    describe_gauge!(
+        WATCHERS_ACTIVE,
+        "Live watches of sessions open on the admin listener"
+    );
+    describe_counter!(
+        WATCHERS_DROPPED_TOTAL,
+        "Watchers dropped for falling behind their session (close 1013)"
     );
     describe_gauge!(RECORDINGS_ACTIVE, "Session recordings now open, by route");
     describe_counter!(
@@ -440,6 +450,8 @@ pub fn register<'a>(routes: impl IntoIterator<Item = &'a Arc<str>>, what: &Regis
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(CONNECTIONS_ACTIVE).increment(0.0);
     counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(0);
+    gauge!(WATCHERS_ACTIVE).increment(0.0);
+    counter!(WATCHERS_DROPPED_TOTAL).increment(0);
     for result in ["issued", "failed"] {
         counter!(ACME_ORDERS_TOTAL, "result" => result).increment(0);
     }

@@ -38,8 +38,10 @@ use super::settings::SessionSettings;
 use super::udp;
 use crate::backend::udp::UdpBackend;
 use crate::backend::Backend;
+use crate::config::RecordFormat;
 use crate::logsafe::Escaped;
 use crate::metrics::{self, Protocol, SessionMetrics, UdpMetrics};
+use crate::record::watch::{WatchPoint, TERMINAL_BACKLOG_BYTES};
 use crate::record::{Ending as RecordEnding, Pending, Recorder, SessionMeta};
 use crate::ws::close_code;
 use crate::ws::deflate::{HopDeflate, RelayDeflate};
@@ -257,6 +259,7 @@ impl Joined<'_> {
                     &entry.control,
                     hard_stop,
                     taps,
+                    open_watch(entry, settings),
                 ))
                 .await
             }
@@ -277,6 +280,7 @@ impl Joined<'_> {
                     &entry.control,
                     hard_stop,
                     taps,
+                    open_watch(entry, settings),
                 )
                 .await
             }
@@ -442,6 +446,19 @@ pub async fn join(
     }
 }
 
+/// Open the session to watchers (the bridge taps every chunk it sends the client): a
+/// terminal route (recorded as asciicast) keeps the last output for watchers who join late.
+fn open_watch<'a>(entry: &'a SessionEntry, settings: &SessionSettings) -> &'a WatchPoint {
+    let terminal = settings
+        .record
+        .as_ref()
+        .is_some_and(|r| r.format == RecordFormat::Asciicast);
+    entry
+        .watch
+        .open(if terminal { TERMINAL_BACKLOG_BYTES } else { 0 });
+    &entry.watch
+}
+
 /// The client hop's permessage-deflate for the bridge, when agreed and the route allows it.
 fn client_deflate(agreed: Option<Agreement>, settings: &SessionSettings) -> Option<HopDeflate> {
     agreed
@@ -493,6 +510,7 @@ mod tests {
         let metrics = SessionMetrics::start("t".into(), Protocol::Http1);
         let stop = CancellationToken::new();
         let control = SessionControl::new(&stop);
+        let watch = WatchPoint::default();
         let ((_c, client), (_b, backend)) = (pair().await, pair().await);
         let (cr, cw) = client.into_split();
         let (cr, cw) = websocket_halves(
@@ -514,6 +532,7 @@ mod tests {
             &control,
             &stop,
             Taps::default(),
+            &watch,
         );
         let bridge_size = std::mem::size_of_val(&bridge);
         drop(bridge);
