@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod pki;
 pub mod python;
 pub mod resume;
+pub mod shell;
 
 pub use admin::*;
 pub use backends::*;
@@ -32,3 +33,4 @@ pub use logs::*;
 pub use metrics::*;
 pub use pki::*;
 pub use python::*;
+pub use shell::*;
