@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN: &str = "watch-test-admin-token";
@@ -271,4 +271,91 @@ async fn a_watch_needs_the_token_a_live_session_and_a_websocket() {
     client.send(Message::Close(None)).await.unwrap();
     while client.next().await.is_some() {}
     gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_session_on_a_websocket_backend_is_watched_message_by_message() {
+    let (backend, _handshakes) = ws_echo_backend().await;
+    let gw = spawn_gateway(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         bearer_sha256 = \"{}\"\n\n{}",
+        sha256_hex(TOKEN),
+        route("relayed", "/", &format!("ws://{backend}/")),
+    ))
+    .await;
+    let admin = gw.admin.unwrap();
+    let mut client = ws_client(&gw.url("/")).await;
+    assert_echoes(&mut client, b"before the watch").await;
+    let id = only_session(admin).await;
+    let mut watching = watcher(admin, id).await;
+    client
+        .send(Message::text("text through the relay"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_data(&mut client).await.unwrap(),
+        b"text through the relay"
+    );
+    assert_echoes(&mut client, &[0, 1, 2, 255]).await;
+    assert_eq!(
+        next_data(&mut watching).await.unwrap(),
+        b"text through the relay",
+        "what the backend sent after the watch began, and nothing from before it"
+    );
+    assert_eq!(next_data(&mut watching).await.unwrap(), [0, 1, 2, 255]);
+    watching
+        .send(Message::text("from the watcher"))
+        .await
+        .unwrap();
+    assert_eq!(expect_close(&mut watching).await.0, 1008);
+    assert_echoes(&mut client, b"still only the client's own").await;
+    gw.stop().await.unwrap();
+}
+
+/// Both hops compress, so the relay passes the backend's compressed frames through as they
+/// are: the watcher still gets the messages' text, inflated.
+#[tokio::test]
+async fn a_watcher_of_a_compressed_relay_gets_the_messages_inflated() {
+    let test = "a_watcher_of_a_compressed_relay_gets_the_messages_inflated";
+    let Some(python) = python_with_websockets_or_skip(test) else {
+        return;
+    };
+    let mut peer = PythonPeer::start(&python, PYTHON_WS_ECHO, &["on"]);
+    let port = peer.port().await;
+    let gw = spawn_gateway(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         bearer_sha256 = \"{}\"\n\n{}compression = \"on\"\n",
+        sha256_hex(TOKEN),
+        route("z", "/z", &format!("ws://127.0.0.1:{port}/")),
+    ))
+    .await;
+    let admin = gw.admin.unwrap();
+    let (mut ws, _) = raw_ws_client_with(
+        gw.addr,
+        "/z",
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+    )
+    .await;
+    let seen = peer.next_line().await;
+    assert!(seen.starts_with("extensions permessage-deflate"), "{seen}");
+    let id = only_session(admin).await;
+    let mut watching = watcher(admin, id).await;
+    let (mut def, mut inf) = (ClientDeflate::new(), ClientInflate::new());
+    let msg: Vec<u8> = b"{\"tick\":\"ACME\",\"price\":101.25}\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(50_000)
+        .collect();
+    ws.send(&client_frame(
+        frame_bits::FIN | frame_bits::RSV1 | frame_bits::TEXT,
+        &def.piece(&msg, true),
+    ))
+    .await;
+    let (back, compressed) = read_echo(&mut ws, &mut inf, msg.len()).await;
+    assert_eq!(back, msg);
+    assert!(compressed > 0, "the echo came compressed");
+    assert_eq!(read_bytes(&mut watching, msg.len()).await, msg);
+    gw.stop().await.unwrap();
+    peer.kill().await;
 }
