@@ -236,7 +236,8 @@ async fn a_watcher_that_never_reads_is_dropped_and_the_session_moves_every_byte(
 }
 
 #[tokio::test]
-async fn a_watch_needs_the_token_a_live_session_and_a_websocket() {
+async fn a_watch_needs_the_token_a_live_session_and_a_websocket_and_is_logged() {
+    let (logs, _guard) = capture_logs();
     let shell = shell_backend().await;
     let gw = watched_gateway(shell, "").await;
     let admin = gw.admin.unwrap();
@@ -266,8 +267,44 @@ async fn a_watch_needs_the_token_a_live_session_and_a_websocket() {
     )
     .await;
     assert_eq!(status, 403, "another site's page: {answer}");
-    let (status, answer) = upgrade_with(admin, &path, &[("Authorization", &auth)]).await;
-    assert_eq!(status, 101, "{answer}");
+
+    // A watch that works, logged with who watched: the connection's address, the credential
+    // it showed, its User-Agent; and its end.
+    let mut watch = TcpStream::connect(admin).await.unwrap();
+    let from = watch.local_addr().unwrap();
+    watch
+        .write_all(
+            upgrade_request(
+                &path,
+                &format!("Authorization: {auth}\r\nUser-Agent: on-call-laptop\r\n"),
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    watch.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    drop(watch);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !logs.text().contains("watch ended") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", logs.text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = logs.text();
+    let started = text
+        .lines()
+        .find(|l| l.contains("watch started"))
+        .expect("the watch's start is logged");
+    for field in [
+        format!("session={id}"),
+        format!("watcher={from}"),
+        "credential=\"bearer\"".to_owned(),
+        "user_agent=\"on-call-laptop\"".to_owned(),
+    ] {
+        assert!(started.contains(&field), "{field} in {started}");
+    }
+    assert!(!text.contains(TOKEN), "the token is never logged");
     client.send(Message::Close(None)).await.unwrap();
     while client.next().await.is_some() {}
     gw.stop().await.unwrap();
