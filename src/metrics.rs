@@ -233,11 +233,11 @@ fn describe() {
     );
     describe_gauge!(
         WATCHERS_ACTIVE,
-        "Live watches of sessions open on the admin listener"
+        "Live watches of sessions open on the admin listener, by route"
     );
     describe_counter!(
         WATCHERS_DROPPED_TOTAL,
-        "Watchers dropped for falling behind their session (close 1013)"
+        "Watchers dropped for falling behind their session (close 1013), by route"
     );
     describe_gauge!(RECORDINGS_ACTIVE, "Session recordings now open, by route");
     describe_counter!(
@@ -450,8 +450,6 @@ pub fn register<'a>(routes: impl IntoIterator<Item = &'a Arc<str>>, what: &Regis
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(CONNECTIONS_ACTIVE).increment(0.0);
     counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(0);
-    gauge!(WATCHERS_ACTIVE).increment(0.0);
-    counter!(WATCHERS_DROPPED_TOTAL).increment(0);
     for result in ["issued", "failed"] {
         counter!(ACME_ORDERS_TOTAL, "result" => result).increment(0);
     }
@@ -479,6 +477,8 @@ pub fn register<'a>(routes: impl IntoIterator<Item = &'a Arc<str>>, what: &Regis
     }
     let mut rejecting = vec![NO_ROUTE.to_owned()];
     for route in routes {
+        gauge!(WATCHERS_ACTIVE, "route" => route.to_string()).increment(0.0);
+        counter!(WATCHERS_DROPPED_TOTAL, "route" => route.to_string()).increment(0);
         let handles = route_handles(route);
         if what.h2 {
             handles.protocol(Protocol::H2);

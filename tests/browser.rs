@@ -538,7 +538,7 @@ async fn status_page_watch_shows_a_live_shell_sessions_output() {
         .await;
     browser.screenshot("status-watch-live-shell").await;
     // The page's own watch is one open watch.
-    expect_metric(admin, "wsgate_watchers_active", 1.0).await;
+    expect_metric(admin, "wsgate_watchers_active{route=\"shell\"}", 1.0).await;
     client
         .send(tokio_tungstenite::tungstenite::Message::Close(None))
         .await

@@ -17,14 +17,20 @@ use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN: &str = "watch-test-admin-token";
 
-/// A gateway with route `shell` at `/` to `backend`, the admin listener behind [`TOKEN`],
+/// `wsgate_watchers_active` of `route` (the metrics are the test process's: each test has
+/// its own route name).
+fn watchers_active(route: &str) -> String {
+    format!("wsgate_watchers_active{{route=\"{route}\"}}")
+}
+
+/// A gateway with route `name` at `/` to `backend`, the admin listener behind [`TOKEN`],
 /// plus `extra` TOML after the route.
-async fn watched_gateway(backend: SocketAddr, extra: &str) -> TestGateway {
+async fn watched_gateway(name: &str, backend: SocketAddr, extra: &str) -> TestGateway {
     spawn_gateway(&format!(
         "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\
          bearer_sha256 = \"{}\"\n\n{}{extra}\n",
         sha256_hex(TOKEN),
-        route("shell", "/", &format!("tcp://{backend}")),
+        route(name, "/", &format!("tcp://{backend}")),
     ))
     .await
 }
@@ -89,7 +95,7 @@ async fn read_until(ws: &mut WsClient, needle: &str) -> String {
 #[tokio::test]
 async fn two_watchers_see_the_shell_live_and_a_watcher_cannot_type_into_it() {
     let shell = shell_backend().await;
-    let gw = watched_gateway(shell, "").await;
+    let gw = watched_gateway("two_watchers", shell, "").await;
     let admin = gw.admin.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut client = ws_client(&gw.url("/")).await;
@@ -98,7 +104,7 @@ async fn two_watchers_see_the_shell_live_and_a_watcher_cannot_type_into_it() {
 
     let mut first = watcher(admin, id).await;
     let mut second = watcher(admin, id).await;
-    expect_metric(admin, "wsgate_watchers_active", 2.0).await;
+    expect_metric(admin, &watchers_active("two_watchers"), 2.0).await;
     let seen_by_client = run(&mut client, "echo live-$((6*7))", "live-42\n").await;
     assert!(seen_by_client.contains("live-42"));
     // Both watchers get the shell's output from the moment they joined (no backlog on a
@@ -123,7 +129,7 @@ async fn two_watchers_see_the_shell_live_and_a_watcher_cannot_type_into_it() {
         (1008, "a watch is read-only"),
         "a watcher that sends is refused"
     );
-    expect_metric(admin, "wsgate_watchers_active", 1.0).await;
+    expect_metric(admin, &watchers_active("two_watchers"), 1.0).await;
     let after = run(&mut client, "echo after-$((1+1))", "after-2\n").await;
     assert!(
         !after.contains("touch"),
@@ -151,7 +157,7 @@ async fn two_watchers_see_the_shell_live_and_a_watcher_cannot_type_into_it() {
     client.send(Message::Close(None)).await.unwrap();
     let (code, _) = expect_close(&mut second).await;
     assert_eq!(code, 1000);
-    expect_metric(admin, "wsgate_watchers_active", 0.0).await;
+    expect_metric(admin, &watchers_active("two_watchers"), 0.0).await;
     gw.stop().await.unwrap();
 }
 
@@ -160,6 +166,7 @@ async fn a_terminal_routes_watcher_gets_the_output_so_far_first() {
     let shell = shell_backend().await;
     let dir = tempfile::tempdir().unwrap();
     let gw = watched_gateway(
+        "terminal",
         shell,
         &format!(
             "[route.record]\ndir = {:?}\nformat = \"asciicast\"\n",
@@ -189,7 +196,7 @@ const BULK_BYTES: usize = 96 << 20;
 #[tokio::test]
 async fn a_watcher_that_never_reads_is_dropped_and_the_session_moves_every_byte() {
     let (backend, mut accepted) = tcp_backend().await;
-    let gw = watched_gateway(backend, "").await;
+    let gw = watched_gateway("bulk", backend, "").await;
     let admin = gw.admin.unwrap();
     let mut client = ws_client(&gw.url("/")).await;
     let mut conn = accepted.recv().await.unwrap();
@@ -210,7 +217,7 @@ async fn a_watcher_that_never_reads_is_dropped_and_the_session_moves_every_byte(
     let mut head = [0u8; 12];
     stalled.read_exact(&mut head).await.unwrap();
     assert_eq!(&head, b"HTTP/1.1 101");
-    expect_metric(admin, "wsgate_watchers_active", 1.0).await;
+    expect_metric(admin, &watchers_active("bulk"), 1.0).await;
 
     let writer = tokio::spawn(async move {
         let mut sent = 0;
@@ -229,8 +236,8 @@ async fn a_watcher_that_never_reads_is_dropped_and_the_session_moves_every_byte(
     }
     let _conn = writer.await.unwrap();
     assert_eq!(got, BULK_BYTES);
-    expect_metric(admin, "wsgate_watchers_dropped_total", 1.0).await;
-    expect_metric(admin, "wsgate_watchers_active", 0.0).await;
+    expect_metric(admin, "wsgate_watchers_dropped_total{route=\"bulk\"}", 1.0).await;
+    expect_metric(admin, &watchers_active("bulk"), 0.0).await;
     drop(stalled);
     gw.stop().await.unwrap();
 }
@@ -239,7 +246,7 @@ async fn a_watcher_that_never_reads_is_dropped_and_the_session_moves_every_byte(
 async fn a_watch_needs_the_token_a_live_session_and_a_websocket_and_is_logged() {
     let (logs, _guard) = capture_logs();
     let shell = shell_backend().await;
-    let gw = watched_gateway(shell, "").await;
+    let gw = watched_gateway("answers", shell, "").await;
     let admin = gw.admin.unwrap();
     let mut client = ws_client(&gw.url("/")).await;
     run(&mut client, "echo up", "up\n").await;
@@ -395,4 +402,28 @@ async fn a_watcher_of_a_compressed_relay_gets_the_messages_inflated() {
     assert_eq!(read_bytes(&mut watching, msg.len()).await, msg);
     gw.stop().await.unwrap();
     peer.kill().await;
+}
+
+/// A terminal route that is not recorded keeps a backlog when it sets
+/// `watch_backlog_bytes`; a late watcher gets the newest part of what was sent.
+#[tokio::test]
+async fn an_unrecorded_route_with_watch_backlog_bytes_keeps_that_much() {
+    let (backend, mut accepted) = tcp_backend().await;
+    let gw = watched_gateway("backlog", backend, "watch_backlog_bytes = 1000\n").await;
+    let admin = gw.admin.unwrap();
+    let mut client = ws_client(&gw.url("/")).await;
+    let mut conn = accepted.recv().await.unwrap();
+    let sent = pattern(0, 5000);
+    conn.write_all(&sent).await.unwrap();
+    assert_eq!(read_bytes(&mut client, sent.len()).await, sent);
+    let id = only_session(admin).await;
+    let mut late = watcher(admin, id).await;
+    assert_eq!(
+        next_data(&mut late).await.unwrap(),
+        &sent[sent.len() - 1000..],
+        "the last 1000 bytes, in one message"
+    );
+    conn.write_all(b"then live").await.unwrap();
+    assert_eq!(next_data(&mut late).await.unwrap(), b"then live");
+    gw.stop().await.unwrap();
 }

@@ -61,19 +61,20 @@ struct Ending {
 
 type Io = TokioIo<Upgraded>;
 
-/// `wsgate_watchers_active`, up for as long as a watch runs.
-struct Active;
+/// `wsgate_watchers_active` of the session's route, up for as long as a watch runs.
+struct Active(metrics::Gauge);
 
 impl Active {
-    fn open() -> Self {
-        gauge!(WATCHERS_ACTIVE).increment(1.0);
-        Self
+    fn open(route: &str) -> Self {
+        let gauge = gauge!(WATCHERS_ACTIVE, "route" => route.to_owned());
+        gauge.increment(1.0);
+        Self(gauge)
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        gauge!(WATCHERS_ACTIVE).decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 
@@ -85,7 +86,7 @@ pub async fn serve(
     who: Who,
     stop: CancellationToken,
 ) {
-    let _active = Active::open();
+    let _active = Active::open(&entry.info.route);
     info!(
         session = entry.id,
         route = &*entry.info.route,

@@ -5,8 +5,8 @@
 //! Every session has a [`WatchPoint`] (in its registry entry). The pump that can be watched
 //! opens it and calls [`WatchPoint::publish`] with every chunk it sends the client: one
 //! relaxed atomic load when nobody watches and no backlog is kept. A watcher
-//! ([`WatchPoint::subscribe`]) gets the backlog (terminal routes: the last
-//! [`TERMINAL_BACKLOG_BYTES`], so a terminal renders) and every chunk after it, in order,
+//! ([`WatchPoint::subscribe`]) gets the backlog (the route's `watch_backlog_bytes`, 64 KiB by
+//! default on terminal routes, so a terminal renders) and every chunk after it, in order,
 //! with no gap and no overlap (both are taken under the same lock). The admin listener's
 //! watch socket (`ops::watch`) sends them on.
 
@@ -25,8 +25,6 @@ pub const WATCHER_QUEUE_BYTES: usize = 1 << 20;
 /// How many chunks a watcher may have queued before it is dropped (a session sending many
 /// small messages).
 pub const WATCHER_QUEUE_CHUNKS: usize = 1024;
-/// How much recent output a terminal route's session keeps for a watcher that joins late.
-pub const TERMINAL_BACKLOG_BYTES: usize = 64 * 1024;
 /// How many watchers one session may have at once.
 pub const MAX_WATCHERS_PER_SESSION: usize = 16;
 
@@ -62,6 +60,8 @@ pub struct WatchPoint {
 #[derive(Debug, Default)]
 struct Hub {
     state: State,
+    /// The session's route, for `wsgate_watchers_dropped_total`.
+    route: Option<Arc<str>>,
     backlog_limit: usize,
     backlog: VecDeque<Bytes>,
     backlog_bytes: usize,
@@ -144,12 +144,13 @@ impl Hub {
 impl WatchPoint {
     /// The session's pump taps here from now on; `backlog_bytes` of recent output are kept
     /// for late watchers (0: none).
-    pub fn open(&self, backlog_bytes: usize) {
+    pub fn open(&self, route: &Arc<str>, backlog_bytes: usize) {
         let mut hub = lock(&self.hub);
         if hub.state != State::Untapped {
             return;
         }
         hub.state = State::Open;
+        hub.route = Some(route.clone());
         hub.backlog_limit = backlog_bytes;
         self.wanted.store(hub.wanted(), Ordering::Relaxed);
     }
@@ -259,7 +260,10 @@ impl WatchPoint {
                 }
             }
         }
-        hub.watchers.retain(|w| {
+        let Hub {
+            watchers, route, ..
+        } = &mut *hub;
+        watchers.retain(|w| {
             // Counted before the send: the watcher subtracts as it takes the chunk.
             let queued = w.queued.fetch_add(len, Ordering::Relaxed) + len;
             let sent = queued <= WATCHER_QUEUE_BYTES && w.tx.try_send(chunk.clone()).is_ok();
@@ -269,7 +273,8 @@ impl WatchPoint {
                     // Alive but behind: dropped, and told so.
                     w.too_slow.store(true, Ordering::Relaxed);
                     w.cut.cancel();
-                    counter!(WATCHERS_DROPPED_TOTAL).increment(1);
+                    let route = route.as_deref().unwrap_or_default().to_owned();
+                    counter!(WATCHERS_DROPPED_TOTAL, "route" => route).increment(1);
                 }
             }
             sent
@@ -297,7 +302,7 @@ mod tests {
     async fn watchers_get_what_follows_and_the_backlog_before_it() {
         let w = WatchPoint::default();
         assert_eq!(w.subscribe().err(), Some(NotWatchable::Kind));
-        w.open(8);
+        w.open(&"t".into(), 8);
         w.publish(b"0123");
         w.publish("456€".as_bytes()); // 6 bytes: the backlog keeps the last 8
         let a = w.subscribe().unwrap();
@@ -315,7 +320,7 @@ mod tests {
     #[test]
     fn a_backlog_never_starts_inside_a_character() {
         let w = WatchPoint::default();
-        w.open(5);
+        w.open(&"t".into(), 5);
         w.publish("ab€€".as_bytes()); // the last 5 bytes: 2 of the first €, then €
         let a = w.subscribe().unwrap();
         assert_eq!(&a.backlog[..], "€".as_bytes());
@@ -324,7 +329,7 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_that_does_not_read_is_dropped_and_the_others_keep_up() {
         let w = WatchPoint::default();
-        w.open(0);
+        w.open(&"t".into(), 0);
         assert!(!w.wanted.load(Ordering::Relaxed), "nobody watches: no work");
         let slow = w.subscribe().unwrap();
         let fast = w.subscribe().unwrap();
@@ -351,7 +356,7 @@ mod tests {
     #[test]
     fn a_session_takes_a_bounded_number_of_watchers() {
         let w = WatchPoint::default();
-        w.open(0);
+        w.open(&"t".into(), 0);
         let held: Vec<_> = (0..MAX_WATCHERS_PER_SESSION)
             .map(|_| w.subscribe().unwrap())
             .collect();

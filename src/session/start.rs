@@ -38,10 +38,9 @@ use super::settings::SessionSettings;
 use super::udp;
 use crate::backend::udp::UdpBackend;
 use crate::backend::Backend;
-use crate::config::RecordFormat;
 use crate::logsafe::Escaped;
 use crate::metrics::{self, Protocol, SessionMetrics, UdpMetrics};
-use crate::record::watch::{WatchPoint, TERMINAL_BACKLOG_BYTES};
+use crate::record::watch::WatchPoint;
 use crate::record::{Ending as RecordEnding, Pending, Recorder, SessionMeta};
 use crate::ws::close_code;
 use crate::ws::deflate::{HopDeflate, RelayDeflate};
@@ -450,16 +449,12 @@ pub async fn join(
 }
 
 /// Open the session to watchers (the bridge taps every chunk it sends the client, the relay
-/// every message's data from the backend): a terminal route (recorded as asciicast) keeps the
-/// last output for watchers who join late.
+/// every message's data from the backend), keeping the route's `watch_backlog_bytes` of
+/// recent output for watchers who join late.
 fn open_watch<'a>(entry: &'a SessionEntry, settings: &SessionSettings) -> &'a WatchPoint {
-    let terminal = settings
-        .record
-        .as_ref()
-        .is_some_and(|r| r.format == RecordFormat::Asciicast);
     entry
         .watch
-        .open(if terminal { TERMINAL_BACKLOG_BYTES } else { 0 });
+        .open(&entry.info.route, settings.watch_backlog_bytes);
     &entry.watch
 }
 
@@ -486,6 +481,7 @@ mod tests {
             max_frame_bytes: 1 << 20,
             max_message_bytes: 1 << 20,
             message_type: MessageType::Binary,
+            watch_backlog_bytes: 0,
             ping_interval: Some(Duration::from_secs(30)),
             pong_timeout: Duration::from_secs(10),
             close_grace: Duration::from_secs(5),
