@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::backend::pool::Pool;
 use crate::backend::{bind_echo_service, serve_echo_service};
-use crate::config::{Config, RuntimeMode};
+use crate::config::{AcmeConfig, Config, RuntimeMode};
 use crate::edge::proxy_protocol::Refused;
 use crate::edge::{accept_loop, listener, workers, PublicListener, Shared, Workers};
 use crate::http_util::decode_sha256_hex;
@@ -235,14 +235,9 @@ impl Gateway {
         // Active health checks, one task per pool that has them; each also ends when a
         // reload drops its pool.
         spawn_checks(&snapshot, None, &aux, &aux_stop);
-        // `[acme]` as it was at start; its certificates outlive reloads.
-        if let (Some(config), Some(store)) = (&snapshot.config.acme, &snapshot.acme) {
-            aux.spawn(crate::ops::acme::run(
-                config.clone(),
-                store.clone(),
-                aux_stop.clone(),
-            ));
-        }
+        // `[acme]`: its client runs until a reload changes `[acme]` (then a new one starts on
+        // the same certificates) or the gateway stops.
+        let acme = start_acme(&snapshot, &aux, &aux_stop);
         let fit = descriptors::fit(&snapshot.config.limits);
         if fit.lowered {
             warn!(
@@ -354,6 +349,7 @@ impl Gateway {
                 api,
                 aux: aux.clone(),
                 aux_stop: aux_stop.clone(),
+                acme,
             },
             initial,
             shutdown.clone(),
@@ -471,6 +467,24 @@ struct Reconfigure {
     api: Option<Arc<OpsApi>>,
     aux: TaskTracker,
     aux_stop: CancellationToken,
+    /// The running ACME client's `[acme]` and its stop.
+    acme: Option<(AcmeConfig, CancellationToken)>,
+}
+
+/// Start the ACME client for `snapshot`'s `[acme]` (if any) on its certificate store.
+fn start_acme(
+    snapshot: &Snapshot,
+    aux: &TaskTracker,
+    aux_stop: &CancellationToken,
+) -> Option<(AcmeConfig, CancellationToken)> {
+    let (config, store) = (snapshot.config.acme.as_ref()?, snapshot.acme.as_ref()?);
+    let stop = aux_stop.child_token();
+    aux.spawn(crate::ops::acme::run(
+        config.clone(),
+        store.clone(),
+        stop.clone(),
+    ));
+    Some((config.clone(), stop))
 }
 
 impl Apply for Reconfigure {
@@ -526,6 +540,18 @@ impl Apply for Reconfigure {
         register_metrics(&snapshot);
         // Kept pools keep their check task; a dropped pool's task ends with its last Arc.
         spawn_checks(&snapshot, Some(&old), &self.aux, &self.aux_stop);
+        // A changed `[acme]`: the old client stops mid-order if it must; the new one keeps the
+        // certificates of names it still lists and orders the rest.
+        if self.acme.as_ref().map(|(c, _)| c) != snapshot.config.acme.as_ref() {
+            if let Some((_, stop)) = self.acme.take() {
+                stop.cancel();
+            }
+            if let (Some(config), Some(store)) = (&snapshot.config.acme, &snapshot.acme) {
+                store.retain_names(&config.names);
+            }
+            self.acme = start_acme(&snapshot, &self.aux, &self.aux_stop);
+            info!(event = "reload", "[acme] changed: its client restarted");
+        }
         if let Some(api) = &self.api {
             api.update(api_settings);
         }

@@ -121,6 +121,8 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 pub struct AcmeCertificates {
     issued: std::sync::RwLock<HashMap<String, Arc<CertifiedKey>>>,
     challenges: std::sync::RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// HTTP-01: token → key authorization, answered at `/.well-known/acme-challenge/TOKEN`.
+    http_tokens: std::sync::RwLock<HashMap<String, String>>,
 }
 
 impl AcmeCertificates {
@@ -139,6 +141,33 @@ impl AcmeCertificates {
                 None => challenges.remove(name),
             };
         }
+    }
+
+    /// Stop serving the issued certificates of names not in `names` (`[acme] names` after a
+    /// reload).
+    pub fn retain_names(&self, names: &[String]) {
+        let keep: Vec<String> = names
+            .iter()
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        if let Ok(mut issued) = self.issued.write() {
+            issued.retain(|name, _| keep.contains(name));
+        }
+    }
+
+    /// Answer HTTP-01 validation for `token` with `key_authorization` (`None`: stop).
+    pub fn set_http_token(&self, token: &str, key_authorization: Option<String>) {
+        if let Ok(mut tokens) = self.http_tokens.write() {
+            match key_authorization {
+                Some(answer) => tokens.insert(token.to_owned(), answer),
+                None => tokens.remove(token),
+            };
+        }
+    }
+
+    /// The key authorization for an HTTP-01 `token` being validated now.
+    pub fn http_answer(&self, token: &str) -> Option<String> {
+        self.http_tokens.read().ok()?.get(token).cloned()
     }
 
     fn issued(&self, name: &str) -> Option<Arc<CertifiedKey>> {

@@ -1,15 +1,13 @@
 //! Automatic certificates against a real ACME server: Debian's `pebble`, its challenge port
 //! pointed at the gateway's TLS listener, names resolved to 127.0.0.1 by
-//! `pebble-challtestsrv`. The gateway proves each name with TLS-ALPN-01, serves the issued
-//! certificates, keeps them in its state folder, and serves them again after a restart
-//! while pebble is stopped.
+//! `pebble-challtestsrv`. The gateway proves each name with TLS-ALPN-01 (or HTTP-01 on a
+//! plain listener), serves the issued certificates, keeps them in its state folder, and
+//! serves them again after a restart while pebble is stopped.
 
 mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -18,35 +16,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
-
-/// A process of this test's, killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Whether Debian's pebble is installed; under `CI=true` its absence fails the test.
-fn pebble_installed() -> bool {
-    let found = Command::new("pebble")
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "pebble is not installed: apt-get install pebble (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: pebble is not installed (apt-get install pebble)");
-    }
-    found
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -56,123 +25,6 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 fn toml_path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
-}
-
-/// pebble and its DNS on loopback, validating TLS-ALPN-01 on `tls_port`.
-struct Pebble {
-    directory: String,
-    management: SocketAddr,
-    _dns: Running,
-    process: Option<Running>,
-}
-
-impl Pebble {
-    /// `validity_secs`: the lifetime of the certificates it issues (`None`: pebble's five years).
-    fn start(
-        dir: &Path,
-        cert: &Path,
-        key: &Path,
-        tls_port: u16,
-        validity_secs: Option<u64>,
-    ) -> Self {
-        let dns_port = free_port();
-        let dns = Running(
-            Command::new("pebble-challtestsrv")
-                .args([
-                    "-defaultIPv4",
-                    "127.0.0.1",
-                    "-defaultIPv6",
-                    "",
-                    "-dns01",
-                    &format!("127.0.0.1:{dns_port}"),
-                    "-http01",
-                    "",
-                    "-https01",
-                    "",
-                    "-tlsalpn01",
-                    "",
-                    "-management",
-                    &format!("127.0.0.1:{}", free_port()),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("pebble-challtestsrv starts"),
-        );
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let management: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut config = serde_json::json!({
-            "pebble": {
-                "listenAddress": listen.to_string(),
-                "managementListenAddress": management.to_string(),
-                "certificate": cert,
-                "privateKey": key,
-                "httpPort": free_port(),
-                "tlsPort": tls_port,
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": false
-            }
-        });
-        if let Some(secs) = validity_secs {
-            config["pebble"]["certificateValidityPeriod"] = secs.into();
-        }
-        let config_file = write(dir, "pebble.json", &config.to_string());
-        let log = std::fs::File::create(dir.join("pebble.log")).unwrap();
-        let process = Running(
-            Command::new("pebble")
-                .arg("-config")
-                .arg(&config_file)
-                .arg("-dnsserver")
-                .arg(format!("127.0.0.1:{dns_port}"))
-                // Validation at once instead of after a random sleep of up to 15 s. Its
-                // default badNonce rejections (5 % of requests) stay on.
-                .env("PEBBLE_VA_NOSLEEP", "1")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("pebble starts"),
-        );
-        Self {
-            directory: format!("https://{listen}/dir"),
-            management,
-            _dns: dns,
-            process: Some(process),
-        }
-    }
-
-    /// The root that pebble's issued certificates chain to (it makes a new one each start).
-    async fn root(&self, trust: &rustls::RootCertStore) -> CertificateDer<'static> {
-        wait_for_listener(self.management).await;
-        let tcp = TcpStream::connect(self.management).await.unwrap();
-        let mut tls = client(trust.clone())
-            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-            .await
-            .expect("TLS to pebble's management port");
-        tls.write_all(b"GET /roots/0 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        let _ = tls.read_to_end(&mut answer).await;
-        CertificateDer::pem_slice_iter(&answer)
-            .next()
-            .expect("a root certificate in the answer")
-            .expect("PEM")
-    }
-
-    fn stop(&mut self) {
-        self.process = None;
-    }
-}
-
-fn client(roots: rustls::RootCertStore) -> TlsConnector {
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
 }
 
 /// A TLS connection to `addr` for `name`, verified against `root`.
@@ -253,7 +105,13 @@ async fn certificates_from_pebble_are_served_kept_and_served_again_after_a_resta
 
     // The gateway's TLS port is pebble's TLS-ALPN-01 port: validation is real.
     let port = free_port();
-    let mut pebble = Pebble::start(dir.path(), &pebble_cert, &pebble_key, port, None);
+    let mut pebble = Pebble::start(
+        dir.path(),
+        &pebble_cert,
+        &pebble_key,
+        (port, free_port()),
+        None,
+    );
     let root = pebble.root(&trust).await;
     let state = dir.path().join("state");
     let gw = spawn_gateway(&gateway_config(port, dir.path(), &pebble.directory, &state)).await;
@@ -354,7 +212,13 @@ async fn a_short_lived_certificate_is_renewed_while_a_session_stays_open() {
     }
     let port = free_port();
     // Twelve-second certificates: renewed about eight seconds after each order.
-    let pebble = Pebble::start(dir.path(), &pebble_cert, &pebble_key, port, Some(12));
+    let pebble = Pebble::start(
+        dir.path(),
+        &pebble_cert,
+        &pebble_key,
+        (port, free_port()),
+        Some(12),
+    );
     let root = pebble.root(&trust).await;
     let state = dir.path().join("state");
     let gw = spawn_gateway(&gateway_config(port, dir.path(), &pebble.directory, &state)).await;
@@ -407,5 +271,163 @@ async fn a_short_lived_certificate_is_renewed_while_a_session_stays_open() {
     let (_, echoed) = read_message(&mut session).await;
     assert_eq!(echoed, b"still here");
     echo_over(gw.addr, name, &root).await;
+    gw.stop().await.unwrap();
+}
+
+/// `challenge = "http-01"`: pebble validates each name over plain HTTP on the gateway's
+/// plain listener (`/.well-known/acme-challenge/TOKEN`), and the certificate is served on
+/// the TLS listener; a token nobody asked for is 404.
+#[tokio::test]
+async fn http_01_on_a_plain_listener_gets_a_certificate_served_on_the_tls_one() {
+    if !pebble_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = test_ca("wsgate acme http-01 test CA");
+    let (cert, key) = leaf_signed_by(&ca);
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+    let pebble_cert = write(dir.path(), "pebble.pem", &cert);
+    let pebble_key = write(dir.path(), "pebble-key.pem", &key);
+    write(dir.path(), "gateway.pem", &cert);
+    write(dir.path(), "gateway-key.pem", &key);
+    let mut trust = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca_file).unwrap() {
+        trust.add(c.unwrap()).unwrap();
+    }
+    // pebble's TLS-ALPN-01 port is nobody's: only HTTP-01 can succeed.
+    let (tls_port, plain_port) = (free_port(), free_port());
+    let pebble = Pebble::start(
+        dir.path(),
+        &pebble_cert,
+        &pebble_key,
+        (free_port(), plain_port),
+        None,
+    );
+    let root = pebble.root(&trust).await;
+    let state = dir.path().join("state");
+    let config = gateway_config(tls_port, dir.path(), &pebble.directory, &state).replace(
+        "retry_secs = 1\n",
+        &format!(
+            "retry_secs = 1\nchallenge = \"http-01\"\n\n[[listener]]\naddress = \"127.0.0.1:{plain_port}\"\n"
+        ),
+    );
+    let gw = spawn_gateway(&config).await;
+    let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let plain_addr: SocketAddr = format!("127.0.0.1:{plain_port}").parse().unwrap();
+
+    // A token no order asked for: 404 on the plain listener.
+    let mut tcp = TcpStream::connect(plain_addr).await.unwrap();
+    tcp.write_all(
+        b"GET /.well-known/acme-challenge/nobody-asked HTTP/1.1\r\nHost: a.acme.test\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+
+    for name in NAMES {
+        let issued = tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                if tls_for(tls_addr, name, &root).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        let log = std::fs::read_to_string(dir.path().join("pebble.log")).unwrap_or_default();
+        assert!(
+            issued.is_ok(),
+            "no certificate for {name} over HTTP-01; pebble's log:\n{log}"
+        );
+        echo_over(tls_addr, name, &root).await;
+    }
+    let log = std::fs::read_to_string(dir.path().join("pebble.log")).unwrap_or_default();
+    assert!(
+        log.contains("Attempting to validate w/ HTTP: http://a.acme.test:"),
+        "pebble validated over http-01; its log:\n{log}"
+    );
+    gw.stop().await.unwrap();
+}
+
+/// A reload that changes `[acme]` restarts its client: a name added is ordered and served,
+/// a name removed stops being served (its clients get the default certificate again), and
+/// a name kept keeps its certificate.
+#[tokio::test]
+async fn a_reload_adds_and_removes_acme_names() {
+    if !pebble_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = test_ca("wsgate acme reload test CA");
+    let (cert, key) = leaf_signed_by(&ca);
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+    let pebble_cert = write(dir.path(), "pebble.pem", &cert);
+    let pebble_key = write(dir.path(), "pebble-key.pem", &key);
+    write(dir.path(), "gateway.pem", &cert);
+    write(dir.path(), "gateway-key.pem", &key);
+    let mut trust = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca_file).unwrap() {
+        trust.add(c.unwrap()).unwrap();
+    }
+    let port = free_port();
+    let pebble = Pebble::start(
+        dir.path(),
+        &pebble_cert,
+        &pebble_key,
+        (port, free_port()),
+        None,
+    );
+    let root = pebble.root(&trust).await;
+    let state = dir.path().join("state");
+    let both = gateway_config(port, dir.path(), &pebble.directory, &state);
+    let only = |name: &str| {
+        both.replace(
+            &format!("names = [\"{}\", \"{}\"]", NAMES[0], NAMES[1]),
+            &format!("names = [\"{name}\"]"),
+        )
+    };
+    let file = dir.path().join("wsgate.toml");
+    std::fs::write(&file, only(NAMES[0])).unwrap();
+    let gw = spawn_gateway_from_file(&file).await;
+    let addr = gw.addr;
+    let served = |name: &'static str, root: CertificateDer<'static>| async move {
+        tokio::time::timeout(Duration::from_secs(120), async {
+            while served_certificate(addr, name, &root).await.is_none() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .is_ok()
+    };
+    assert!(served(NAMES[0], root.clone()).await, "{} issued", NAMES[0]);
+    assert!(
+        served_certificate(addr, NAMES[1], &root).await.is_none(),
+        "{} is not an ACME name yet",
+        NAMES[1]
+    );
+    let first = served_certificate(addr, NAMES[0], &root).await;
+
+    std::fs::write(&file, both.clone()).unwrap();
+    let reloaded = gw.reload.reload(wsgate::ops::reload::Trigger::Signal).await;
+    assert!(reloaded.is_ok(), "{reloaded:?}");
+    assert!(served(NAMES[1], root.clone()).await, "{} added", NAMES[1]);
+    assert_eq!(
+        served_certificate(addr, NAMES[0], &root).await,
+        first,
+        "a kept name keeps its certificate"
+    );
+
+    std::fs::write(&file, only(NAMES[1])).unwrap();
+    let reloaded = gw.reload.reload(wsgate::ops::reload::Trigger::Signal).await;
+    assert!(reloaded.is_ok(), "{reloaded:?}");
+    assert!(
+        served_certificate(addr, NAMES[0], &root).await.is_none(),
+        "a removed name gets the default certificate"
+    );
+    echo_over(addr, NAMES[1], &root).await;
     gw.stop().await.unwrap();
 }

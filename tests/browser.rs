@@ -56,6 +56,15 @@ impl Browser {
     /// server key Chromium should accept without a trusted root (the test CA's leaf). `None`
     /// when the tools are missing outside CI (the caller skips).
     async fn start(test: &str, trusted_spki: Option<&str>) -> Option<Browser> {
+        Self::start_with(test, trusted_spki, &[]).await
+    }
+
+    /// [`Browser::start`] with more Chromium flags (`--host-resolver-rules=...`).
+    async fn start_with(
+        test: &str,
+        trusted_spki: Option<&str>,
+        extra_args: &[String],
+    ) -> Option<Browser> {
         let chromium = find_tool("WSGATE_CHROMIUM", "chromium");
         let driver = find_tool("WSGATE_CHROMEDRIVER", "chromedriver");
         let (Some(chromium), Some(driver)) = (chromium, driver) else {
@@ -91,6 +100,7 @@ impl Browser {
         if let Some(spki) = trusted_spki {
             args.push(format!("--ignore-certificate-errors-spki-list={spki}"));
         }
+        args.extend(extra_args.iter().cloned());
         let mut caps = Capabilities::new();
         caps.insert(
             "goog:chromeOptions".to_owned(),
@@ -727,6 +737,101 @@ async fn chromium_negotiates_permessage_deflate_and_its_echo_works() {
         from_browser < (MESSAGE_BYTES / 5) as u64 && to_browser < (MESSAGE_BYTES / 5) as u64,
         "{MESSAGE_BYTES} B message: {from_browser} B from the browser, {to_browser} B to it"
     );
+    browser.quit().await;
+    gw.stop().await.unwrap();
+}
+
+/// The console page and its WebSocket on a name whose certificate came from an ACME CA
+/// (Debian's pebble, validated over TLS-ALPN-01 on the gateway's listener): Chromium reaches
+/// `https://a.acme.test:PORT/` (the name mapped to 127.0.0.1) and is accepted only by the
+/// issued certificate's key, so the page and the echo prove the ACME certificate is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_on_an_acme_name_echoes_over_the_issued_certificate() {
+    use rustls::pki_types::pem::PemObject;
+    let test = "console_on_an_acme_name_echoes_over_the_issued_certificate";
+    if !pebble_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = test_pki();
+    // pebble's own HTTPS listener: a leaf for 127.0.0.1 from a CA the gateway is told of.
+    let ca = test_ca("wsgate browser acme test CA");
+    let (cert, key) = leaf_signed_by(&ca);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let pebble_cert = dir.path().join("pebble.pem");
+    let pebble_key = dir.path().join("pebble-key.pem");
+    std::fs::write(&pebble_cert, &cert).unwrap();
+    std::fs::write(&pebble_key, &key).unwrap();
+    let mut trust = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&ca_file).unwrap() {
+        trust.add(c.unwrap()).unwrap();
+    }
+    let port = free_port();
+    let pebble = Pebble::start(
+        dir.path(),
+        &pebble_cert,
+        &pebble_key,
+        (port, free_port()),
+        None,
+    );
+    let _root = pebble.root(&trust).await;
+    let state = dir.path().join("state");
+    let name = "a.acme.test";
+    let gw = spawn_gateway(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:{port}\"\nconsole = true\n\n[listener.tls]\n\
+         cert_file = {:?}\nkey_file = {:?}\n\n[acme]\ndirectory_url = \"{}\"\n\
+         names = [\"{name}\"]\nstate_dir = {:?}\nca_file = {:?}\nretry_secs = 1\n\n\
+         [[route]]\nname = \"echo\"\npath = \"/echo\"\nbackend = \"builtin:echo\"\n",
+        pki.cert_file.display().to_string(),
+        pki.key_file.display().to_string(),
+        pebble.directory,
+        state.display().to_string(),
+        ca_file.display().to_string(),
+    ))
+    .await;
+    // The issued key, once the certificate is in the state folder.
+    let key_file = state.join(format!("{name}-key.pem"));
+    let cert_file = state.join(format!("{name}.pem"));
+    let issued = tokio::time::timeout(Duration::from_secs(120), async {
+        while !cert_file.exists() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let log = std::fs::read_to_string(dir.path().join("pebble.log")).unwrap_or_default();
+    assert!(
+        issued.is_ok(),
+        "no certificate for {name} from pebble; its log:\n{log}"
+    );
+    // Installed for serving right after its files are written.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let key = KeyPair::from_pem(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &key.subject_public_key_info());
+    let spki = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+
+    let Some(browser) = Browser::start_with(
+        test,
+        Some(&spki),
+        &[format!("--host-resolver-rules=MAP {name} 127.0.0.1")],
+    )
+    .await
+    else {
+        return;
+    };
+    let origin = format!("https://{name}:{port}");
+    browser.console_connect(&origin, "/echo", None).await;
+    browser.type_into("message", "hello over ACME").await;
+    browser.click("send").await;
+    browser
+        .eventually(
+            "the echo shows in the log",
+            "const l = Array.from(document.querySelectorAll('#log li.in')).find(li => li.textContent.includes(arguments[0])); \
+             return l ? l.textContent : null;",
+            json!("hello over ACME"),
+        )
+        .await;
+    browser.screenshot("console-acme-name").await;
     browser.quit().await;
     gw.stop().await.unwrap();
 }

@@ -101,8 +101,9 @@ impl Default for ResumeConfig {
 }
 
 /// `[acme]`: certificates for `names` obtained from an ACME CA (Let's Encrypt, a private
-/// CA) with the TLS-ALPN-01 challenge on the TLS listeners, kept in `state_dir`, renewed at
-/// about two-thirds of their lifetime. Served on every TLS listener, for these exact names.
+/// CA) with the TLS-ALPN-01 challenge on the TLS listeners (or HTTP-01 on a plain one),
+/// kept in `state_dir`, renewed at about two-thirds of their lifetime. Served on every TLS
+/// listener, for these exact names.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcmeConfig {
@@ -125,6 +126,21 @@ pub struct AcmeConfig {
     /// a day, and the current certificate keeps serving meanwhile. Default 60.
     #[serde(default = "default_acme_retry_secs")]
     pub retry_secs: f64,
+    /// How the CA checks that this gateway answers for a name: `"tls-alpn-01"` (the
+    /// default: on the TLS listeners, which the CA reaches on port 443) or `"http-01"` (a
+    /// plain listener answers `/.well-known/acme-challenge/`; the CA reaches it on port 80).
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+}
+
+/// The ACME challenge type `[acme]` answers (RFC 8737 TLS-ALPN-01 or RFC 8555 HTTP-01).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum AcmeChallenge {
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    #[serde(rename = "http-01")]
+    Http01,
 }
 
 fn default_acme_retry_secs() -> f64 {

@@ -23,9 +23,9 @@ use anyhow::{bail, Context};
 pub use access::{AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, OriginConfig, TokenSource};
 pub use backend_addr::{redact_query, BackendAddr, BACKEND_URL_FORMS};
 pub use file::{
-    AcmeConfig, AdminConfig, Balance, CertificateConfig, CompressionMode, FileConfig,
-    ForwardedHeader, HealthConfig, Limits, ListenerConfig, LogConfig, LogFormat, MessageType,
-    ProxyProtocolVersion, ReloadConfig, ResumeConfig, ResumeLimitsConfig, RouteConfig,
+    AcmeChallenge, AcmeConfig, AdminConfig, Balance, CertificateConfig, CompressionMode,
+    FileConfig, ForwardedHeader, HealthConfig, Limits, ListenerConfig, LogConfig, LogFormat,
+    MessageType, ProxyProtocolVersion, ReloadConfig, ResumeConfig, ResumeLimitsConfig, RouteConfig,
     RuntimeConfig, RuntimeMode, Timeouts, TlsConfig, WebConfig, WithoutSni,
 };
 pub use http2::Http2Config;
@@ -621,11 +621,17 @@ pub fn host_pattern(host: &str) -> anyhow::Result<String> {
     Ok(lower)
 }
 
-/// `[acme]`: names it can prove with TLS-ALPN-01 on a TLS listener.
+/// `[acme]`: names it can prove with its challenge: TLS-ALPN-01 on a TLS listener, HTTP-01
+/// on a plain one; and a TLS listener to serve the certificates on.
 fn validate_acme(acme: &AcmeConfig, listeners: &[ListenerConfig]) -> anyhow::Result<()> {
     if !listeners.iter().any(|l| l.tls.is_some()) {
         bail!(
-            "acme: needs a TLS listener ([listener.tls]), which answers the TLS-ALPN-01 challenges"
+            "acme: needs a TLS listener ([listener.tls]), which serves the certificates and answers the TLS-ALPN-01 challenges"
+        );
+    }
+    if acme.challenge == AcmeChallenge::Http01 && listeners.iter().all(|l| l.tls.is_some()) {
+        bail!(
+            "acme.challenge: \"http-01\" needs a plain listener (no [listener.tls]), which the CA reaches on port 80"
         );
     }
     if acme.names.is_empty() {

@@ -16,7 +16,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::service::{service_fn, Service};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::time::Instant;
-use tracing::{debug, warn, Instrument, Span};
+use tracing::{debug, info, warn, Instrument, Span};
 
 use super::console::Console;
 use super::shared::{ConnectionSlot, InUse, Shared};
@@ -25,7 +25,7 @@ use crate::backend::pool::Lease;
 use crate::backend::{handshake_path, Backend, Handshake, ProxyAddrs};
 use crate::config::BackendAddr;
 use crate::error::RejectError;
-use crate::http_util::{header_has_token, log_uri, query_value, typed, Body};
+use crate::http_util::{header_has_token, log_uri, query_value, text, typed, Body};
 use crate::logsafe::Escaped;
 use crate::metrics;
 use crate::policy::{ClientSource, ConnInfo, SessionSlot};
@@ -63,9 +63,12 @@ pub(super) fn connection_service(
             if let Some(page) = page {
                 return Ok(page.map(Either::Left));
             }
+            let snapshot = shared.snapshot.load_full();
+            if let Some(answer) = acme_http_challenge(&req, &snapshot) {
+                return Ok(answer.map(Either::Left));
+            }
             // `[web] root`: a plain GET (a page, a script) is a file; only upgrades reach the
             // routes.
-            let snapshot = shared.snapshot.load_full();
             if let Some(web) = &snapshot.web {
                 if matches!(*req.method(), Method::GET | Method::HEAD)
                     && !header_has_token(req.headers(), header::UPGRADE, "websocket")
@@ -537,6 +540,27 @@ fn accept_join(
 const RESUME_JS: &str = include_str!("resume.js");
 
 /// `GET /.wsgate/resume.js`: the library; anything else is not for it.
+/// `[acme] challenge = "http-01"`: the CA's `GET /.well-known/acme-challenge/TOKEN` answered
+/// with the key authorization while that token's order is being validated, `404` otherwise.
+/// `None` when the gateway does no ACME (the path is then a route's or `[web]`'s, as any).
+fn acme_http_challenge<B>(req: &Request<B>, snapshot: &Snapshot) -> Option<Response<Body>> {
+    let token = req
+        .uri()
+        .path()
+        .strip_prefix("/.well-known/acme-challenge/")?;
+    let store = snapshot.acme.as_ref()?;
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    Some(match store.http_answer(token) {
+        Some(answer) => {
+            info!(token, "answered an ACME HTTP-01 challenge");
+            typed(StatusCode::OK, "application/octet-stream", answer)
+        }
+        None => text(StatusCode::NOT_FOUND, "no such ACME challenge\n"),
+    })
+}
+
 fn resume_library<B>(req: &Request<B>) -> Option<Response<Body>> {
     if req.uri().path() != "/.wsgate/resume.js"
         || !matches!(*req.method(), Method::GET | Method::HEAD)

@@ -1,6 +1,6 @@
 //! Automatic certificates over ACME (RFC 8555, through instant-acme): an account kept in the
-//! state folder, one order per name proved with TLS-ALPN-01 on the TLS listeners (RFC 8737),
-//! renewal at about two-thirds of a certificate's lifetime, back-off after failures while
+//! state folder, one order per name proved with TLS-ALPN-01 on the TLS listeners (RFC 8737)
+//! or HTTP-01 on a plain listener (RFC 8555 §8.3), renewal at about two-thirds of a certificate's lifetime, back-off after failures while
 //! the current certificate keeps serving.
 
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::AcmeConfig;
+use crate::config::{AcmeChallenge, AcmeConfig};
 use crate::metrics;
 use crate::tls::AcmeCertificates;
 
@@ -118,16 +118,36 @@ async fn obtain(
         .await
         .context("creating the order")?;
     let mut authorizations = order.authorizations();
+    // Challenge answers for this order, withdrawn when it is validated or fails.
+    let mut answered = Answered {
+        store,
+        name,
+        tokens: Vec::new(),
+    };
     while let Some(authz) = authorizations.next().await {
         let mut authz = authz.context("reading an authorization")?;
         if authz.status == AuthorizationStatus::Valid {
             continue;
         }
-        let mut challenge = authz
-            .challenge(ChallengeType::TlsAlpn01)
-            .context("the CA offers no tls-alpn-01 challenge")?;
-        let answer = challenge_certificate(name, challenge.key_authorization().digest().as_ref())?;
-        store.set_challenge(name, Some(answer));
+        let mut challenge = match config.challenge {
+            AcmeChallenge::TlsAlpn01 => {
+                let challenge = authz
+                    .challenge(ChallengeType::TlsAlpn01)
+                    .context("the CA offers no tls-alpn-01 challenge")?;
+                let digest = challenge.key_authorization().digest();
+                store.set_challenge(name, Some(challenge_certificate(name, digest.as_ref())?));
+                challenge
+            }
+            AcmeChallenge::Http01 => {
+                let challenge = authz
+                    .challenge(ChallengeType::Http01)
+                    .context("the CA offers no http-01 challenge")?;
+                let answer = challenge.key_authorization().as_str().to_owned();
+                store.set_http_token(&challenge.token, Some(answer));
+                answered.tokens.push(challenge.token.clone());
+                challenge
+            }
+        };
         challenge
             .set_ready()
             .await
@@ -135,7 +155,7 @@ async fn obtain(
     }
     let polling = RetryPolicy::new().timeout(Duration::from_secs(120));
     let status = order.poll_ready(&polling).await;
-    store.set_challenge(name, None);
+    drop(answered);
     match status.context("waiting for validation")? {
         OrderStatus::Ready => {}
         other => bail!("the order is {other:?} after validation"),
@@ -151,6 +171,23 @@ async fn obtain(
     let (key, renew_at) = load_stored(&config.state_dir, name)?;
     store.install(name, key);
     Ok(renew_at)
+}
+
+/// The challenge answers one order put in the store, taken out when it is dropped (the
+/// order validated, failed or was cancelled), so failed orders leave nothing behind.
+struct Answered<'a> {
+    store: &'a AcmeCertificates,
+    name: &'a str,
+    tokens: Vec<String>,
+}
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        self.store.set_challenge(self.name, None);
+        for token in &self.tokens {
+            self.store.set_http_token(token, None);
+        }
+    }
 }
 
 /// The account of `state_dir/account.json`, or a new one saved there.
