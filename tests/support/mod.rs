@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod backends;
 pub mod binary;
+pub mod browser;
 pub mod clients;
 pub mod deflate;
 pub mod frames;
