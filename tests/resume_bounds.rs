@@ -144,10 +144,7 @@ async fn many_detached_sessions_with_full_windows_stay_within_the_caps_and_expir
     )
     .await;
     let dialled = accepted.load(Ordering::SeqCst);
-    assert!(
-        dialled as u64 >= SESSIONS + 1,
-        "{dialled} backend connections"
-    );
+    assert!(dialled as u64 > SESSIONS, "{dialled} backend connections");
 
     // Nobody comes back: after the grace period every backend connection is closed and the
     // sessions are forgotten.
