@@ -15,6 +15,7 @@ use base64::Engine;
 use fantoccini::Locator;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, PublicKeyData};
 use serde_json::json;
+use support::browser::*;
 use support::*;
 
 /// A server certificate for `127.0.0.1` and `localhost` from a CA made for the test, written
