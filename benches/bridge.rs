@@ -121,6 +121,7 @@ fn default_settings() -> (SessionSettings, usize) {
         max_frame_bytes: config.max_frame_bytes(route),
         max_message_bytes: config.max_message_bytes(route),
         message_type: route.message_type,
+        watch_backlog_bytes: config.watch_backlog_bytes(route),
         ping_interval: config.ping_interval,
         pong_timeout: config.pong_timeout,
         close_grace: config.close_grace,
@@ -165,6 +166,9 @@ fn open(config: &SessionSettings, max_frame_bytes: usize) -> Session {
         let metrics = SessionMetrics::start("bench".into(), Protocol::Http1);
         let hard_stop = CancellationToken::new();
         let control = SessionControl::new(&CancellationToken::new());
+        // Opened and unwatched, as every bridged session's.
+        let watch = wsgate::record::watch::WatchPoint::default();
+        watch.open(&"bench".into(), 0);
         bridge::run(
             ws_read,
             ws_write,
@@ -176,6 +180,7 @@ fn open(config: &SessionSettings, max_frame_bytes: usize) -> Session {
             &control,
             &hard_stop,
             wsgate::record::Taps::default(),
+            &watch,
         )
         .await
     });

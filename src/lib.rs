@@ -27,6 +27,7 @@
 //! ops/         admin.rs: /metrics, /healthz, /readyz, POST /reload; api.rs: status page and
 //!              session API (list, close, drain, config); config_view.rs: the config as
 //!              GET /api/config shows it (its own types, secrets redacted by their type);
+//!              watch.rs: a session's read-only watch WebSocket (/api/sessions/{id}/watch);
 //!              shutdown.rs: signals → one token;
 //!              reload.rs: SIGHUP, file watch, POST /reload → one reload at a time;
 //!              acme.rs: [acme] certificates ordered (TLS-ALPN-01), stored and renewed
@@ -63,7 +64,9 @@
 //!              URIs made safe for logs
 //! logsafe.rs   client-controlled text escaped for log lines
 //! record/      session recording: asciicast and raw formats, the bounded writer (files as
-//!              .part, 0600, metadata, caps, retention sweep), replay (print, TCP, WebSocket)
+//!              .part, 0600, metadata, caps, retention sweep), replay (print, TCP, WebSocket);
+//!              watch.rs: a session's output fanned out to live watchers (bounded queues,
+//!              the terminal backlog, slow watchers dropped)
 //! metrics.rs   metric names, descriptions, recorder, per-route and per-session handles
 //! ws/          the WebSocket protocol, a leaf that knows no route, backend or session:
 //!              reader (RFC 6455 §5 per frame), writer (frames out, RSV1), frames (message

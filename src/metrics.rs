@@ -45,6 +45,8 @@ pub const ACME_ORDERS_TOTAL: &str = "wsgate_acme_orders_total";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "wsgate_connections_refused_total";
 pub const CONNECTION_TIMEOUTS_TOTAL: &str = "wsgate_connection_timeouts_total";
 pub const DESCRIPTORS_EXHAUSTED_TOTAL: &str = "wsgate_descriptors_exhausted_total";
+pub const WATCHERS_ACTIVE: &str = "wsgate_watchers_active";
+pub const WATCHERS_DROPPED_TOTAL: &str = "wsgate_watchers_dropped_total";
 pub const RESUMES_TOTAL: &str = "wsgate_resumes_total";
 pub const RESUME_DETACHED_SESSIONS: &str = "wsgate_resume_detached_sessions";
 pub const RESUME_REPLAYED_BYTES_TOTAL: &str = "wsgate_resume_replayed_bytes_total";
@@ -268,6 +270,14 @@ fn describe_operations() {
     describe_counter!(
         DESCRIPTORS_EXHAUSTED_TOTAL,
         "Times the process ran out of file descriptors, by stage (accept, admin_accept, backend)"
+    );
+    describe_gauge!(
+        WATCHERS_ACTIVE,
+        "Live watches of sessions open on the admin listener, by route"
+    );
+    describe_counter!(
+        WATCHERS_DROPPED_TOTAL,
+        "Watchers dropped for falling behind their session (close 1013), by route"
     );
 }
 
@@ -534,6 +544,8 @@ pub fn register<'a>(routes: impl IntoIterator<Item = &'a Arc<str>>, what: &Regis
     }
     let mut rejecting = vec![NO_ROUTE.to_owned()];
     for route in routes {
+        gauge!(WATCHERS_ACTIVE, "route" => route.to_string()).increment(0.0);
+        counter!(WATCHERS_DROPPED_TOTAL, "route" => route.to_string()).increment(0);
         let handles = route_handles(route);
         if what.h2 {
             handles.protocol(Protocol::H2);

@@ -15,6 +15,7 @@ use base64::Engine;
 use fantoccini::Locator;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, PublicKeyData};
 use serde_json::json;
+use support::browser::*;
 use support::*;
 
 /// A server certificate for `127.0.0.1` and `localhost` from a CA made for the test, written
@@ -303,6 +304,90 @@ async fn status_page_shows_a_session_until_the_api_closes_it_with_the_code_asked
     let (code, reason) = browser.console_close().await;
     assert_eq!((code, reason.as_str()), (4242, "closed by the operator"));
     browser.screenshot("console-closed-by-operator").await;
+    browser.quit().await;
+    gw.stop().await.unwrap();
+}
+
+/// The status page's watch button shows a live shell session's output: the browser signs in
+/// with the admin token (`/?token=`, then the cookie), opens the session's watch WebSocket
+/// from the page, and what a WebSocket client makes a real `/bin/sh` print appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_watch_shows_a_live_shell_sessions_output() {
+    let test = "status_page_watch_shows_a_live_shell_sessions_output";
+    let Some(browser) = Browser::start(test, None).await else {
+        return;
+    };
+    const ADMIN_TOKEN: &str = "browser-watch-admin-token";
+    let shell = shell_backend().await;
+    let gw = spawn_gateway(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         bearer_sha256 = \"{}\"\n\n{}",
+        sha256_hex(ADMIN_TOKEN),
+        route("shell", "/shell", &format!("tcp://{shell}")),
+    ))
+    .await;
+    let admin = gw.admin.unwrap();
+    let mut client = ws_client(&gw.url("/shell")).await;
+    let run = |command: &str| {
+        tokio_tungstenite::tungstenite::Message::binary(format!("{command}\n").into_bytes())
+    };
+    use futures_util::SinkExt;
+    client.send(run("echo ready")).await.unwrap();
+    assert!(String::from_utf8_lossy(&next_data(&mut client).await.unwrap()).contains("ready"));
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (status, answer) =
+        admin_request(admin, "GET", "/api/sessions", &[("Authorization", &auth)]).await;
+    assert_eq!(status, 200, "{answer}");
+    let list: serde_json::Value = serde_json::from_str(answer_body(&answer)).unwrap();
+    let id = list["sessions"][0]["id"]
+        .as_u64()
+        .expect("the session is listed");
+
+    browser
+        .client()
+        .goto(&format!("http://{admin}/?token={ADMIN_TOKEN}"))
+        .await
+        .expect("status page");
+    browser
+        .eventually(
+            "the session's watch button is clicked",
+            "const b = document.querySelector(`#session-rows tr[data-session-id=\"${arguments[0]}\"] button.watch`); \
+             if (b) b.click(); return !!b;",
+            json!(id),
+        )
+        .await;
+    browser
+        .eventually(
+            "the watch opens",
+            "return document.getElementById('watch-state').textContent === 'watching (read-only)';",
+            json!(null),
+        )
+        .await;
+    client
+        .send(run("echo from-the-shell-$((6*7))"))
+        .await
+        .unwrap();
+    browser
+        .eventually(
+            "the shell's output shows in the watch view",
+            "return document.getElementById('watch-output').textContent.includes('from-the-shell-42');",
+            json!(null),
+        )
+        .await;
+    browser.screenshot("status-watch-live-shell").await;
+    // The page's own watch is one open watch.
+    expect_metric(admin, "wsgate_watchers_active{route=\"shell\"}", 1.0).await;
+    client
+        .send(tokio_tungstenite::tungstenite::Message::Close(None))
+        .await
+        .unwrap();
+    browser
+        .eventually(
+            "the watch view says the session ended",
+            "return document.getElementById('watch-state').textContent.startsWith('ended: 1000');",
+            json!(null),
+        )
+        .await;
     browser.quit().await;
     gw.stop().await.unwrap();
 }

@@ -382,28 +382,6 @@ async fn ws_route_recompresses_for_a_backend_without_compression() {
     gw.stop().await.unwrap();
 }
 
-const PYTHON_ECHO: &str = r#"
-import asyncio, sys
-import websockets
-
-compression = None if sys.argv[1] == "off" else "deflate"
-
-async def echo(ws):
-    print("extensions", ws.response.headers.get("Sec-WebSocket-Extensions", "none"), flush=True)
-    try:
-        async for message in ws:
-            await ws.send(message)
-    except websockets.ConnectionClosed:
-        pass
-
-async def main():
-    async with websockets.serve(echo, "127.0.0.1", 0, max_size=None, compression=compression) as server:
-        print(server.sockets[0].getsockname()[1], flush=True)
-        await asyncio.get_running_loop().create_future()
-
-asyncio.run(main())
-"#;
-
 /// Through a Python `websockets` backend, with its compression on (both hops agree: frames
 /// pass through) and off (the gateway inflates and recompresses): echoes come back intact
 /// and compressed, and the backend reports what its hop negotiated.
@@ -415,7 +393,7 @@ async fn ws_route_to_python_websockets_with_and_without_compression() {
         return;
     };
     for (mode, backend_ext) in [("on", "permessage-deflate"), ("off", "none")] {
-        let mut peer = PythonPeer::start(&python, PYTHON_ECHO, &[mode]);
+        let mut peer = PythonPeer::start(&python, PYTHON_WS_ECHO, &[mode]);
         let port = peer.port().await;
         let gw = spawn_gateway(&two_routes(&format!("ws://127.0.0.1:{port}/"), "")).await;
         let (mut ws, _) = raw_ws_client_with(gw.addr, "/z", OFFER).await;

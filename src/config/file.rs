@@ -596,6 +596,11 @@ pub struct RouteConfig {
     /// Frame type for backend bytes: `binary` (default) or `text` (UTF-8 never split across frames).
     #[serde(default)]
     pub message_type: MessageType,
+    /// Recent backend→client output kept in memory for the session's watchers who join
+    /// late, so a terminal's screen can be drawn; 0..=16777216 bytes. Default: 65536 on a
+    /// route recorded as asciicast (a terminal route), else 0 (watchers get what follows).
+    #[serde(default)]
+    pub watch_backlog_bytes: Option<usize>,
     /// WebSocket backends: request headers copied to the backend handshake.
     /// Default `["cookie", "authorization", "user-agent"]`.
     #[serde(default = "default_forward_headers")]
@@ -773,6 +778,7 @@ impl RouteConfig {
             send_proxy_protocol: None,
             subprotocols: default_subprotocols(),
             message_type: MessageType::default(),
+            watch_backlog_bytes: None,
             forward_headers: default_forward_headers(),
             forward_credentials: false,
             strip_path_prefix: true,

@@ -46,6 +46,12 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 /// Largest session cap accepted (a semaphore holds at most `usize::MAX >> 3`).
 pub const MAX_CAP: usize = 100_000_000;
 
+/// `watch_backlog_bytes` of a route recorded as asciicast (a terminal route) that does not
+/// set it.
+pub const TERMINAL_WATCH_BACKLOG_BYTES: usize = 64 * 1024;
+/// The most `watch_backlog_bytes` may be.
+pub const MAX_WATCH_BACKLOG_BYTES: usize = 16 << 20;
+
 /// A validated configuration: every value checked, durations as `Duration`, no `Option` that
 /// "must be set". Routes keep their file form; `snapshot` compiles them.
 #[derive(Debug, Clone)]
@@ -177,6 +183,22 @@ impl Config {
     /// Route `r`'s largest frame: its own key, else `[limits]`.
     pub fn max_frame_bytes(&self, r: &RouteConfig) -> usize {
         r.max_frame_bytes.unwrap_or(self.limits.max_frame_bytes)
+    }
+
+    /// Route `r`'s backlog for late watchers: its own key, else
+    /// [`TERMINAL_WATCH_BACKLOG_BYTES`] when it is recorded as asciicast, else none.
+    pub fn watch_backlog_bytes(&self, r: &RouteConfig) -> usize {
+        r.watch_backlog_bytes.unwrap_or_else(|| {
+            let terminal = r
+                .record
+                .as_ref()
+                .is_some_and(|c| c.format == RecordFormat::Asciicast);
+            if terminal {
+                TERMINAL_WATCH_BACKLOG_BYTES
+            } else {
+                0
+            }
+        })
     }
 
     /// Route `r`'s largest message: its own key, else `[limits]`.

@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` for Prometheus, `/healthz` and `/readyz` for orchestrators,
 //! `POST /reload` for `wsgate reload` and deploy hooks; the status page and session API
-//! (src/ops/api.rs) take `/`, `/assets/` and `/api/`.
+//! (src/ops/api.rs) take `/`, `/assets/` and `/api/`, the session watch WebSocket included
+//! (src/ops/watch.rs).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,8 +37,8 @@ pub async fn serve(
             r = listener.accept() => r,
             () = stop.cancelled() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
             Err(e) => {
                 // Out of descriptors: wait as the public listeners do instead of spinning.
                 if let Some(wait) = descriptors::after_accept_error(&e, "admin_accept") {
@@ -54,10 +55,12 @@ pub async fn serve(
         let (handle, ready, api, stop) = (handle.clone(), ready.clone(), api.clone(), stop.clone());
         let reload = reload.clone();
         tracker.spawn(async move {
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                // A reload is the one answer that waits; the rest are immediate.
+            let service = service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                // A reload is the one answer that waits; the rest are immediate. A watch
+                // (`/api/sessions/{id}/watch`) is a WebSocket: its `101` is immediate, and
+                // the watch runs on the API's tasks.
                 let refused = api.refuse(&req, local);
-                let immediate = refused.or_else(|| {
+                let immediate = refused.or_else(|| api.watch(&mut req, peer)).or_else(|| {
                     (req.uri().path() != "/reload").then(|| {
                         api.answer(&req)
                             .unwrap_or_else(|| answer(&req, &handle, &ready))
@@ -74,7 +77,8 @@ pub async fn serve(
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::select! {
                 r = conn => if let Err(e) = r { debug!(error = %e, "admin connection") },
                 () = stop.cancelled() => {}

@@ -1,5 +1,5 @@
-//! The admin listener's session API and live status page: list, inspect and close sessions,
-//! drain routes, show the running config; optionally behind a bearer token.
+//! The admin listener's session API and live status page: list, inspect, watch and close
+//! sessions, drain routes, show the running config; optionally behind a bearer token.
 //!
 //! `/metrics`, `/healthz` and `/readyz` stay open (scrapers and orchestrators); `/`, `/assets/`,
 //! `/api/` and `POST /reload` need the token when `[admin] bearer_sha256` is set, a `Host`
@@ -22,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use super::watch::{self, Who};
 use crate::backend::health::RouteState;
 use crate::http_util::{json as json_response, query_value, text, Body};
+use crate::record::watch::NotWatchable;
 use crate::session::registry::{is_sendable_close_code, Registry, SessionEntry};
 
 const INDEX_HTML: &str = include_str!("status/index.html");
@@ -316,8 +318,14 @@ impl OpsApi {
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
+        self.credential(req).is_some()
+    }
+
+    /// Which credential let the request in (`bearer`, `cookie`; `none` when no admin token
+    /// is set), or `None` when it needs one and showed none that matches.
+    fn credential<B>(&self, req: &Request<B>) -> Option<&'static str> {
         if self.view.load().token_sha256.is_none() {
-            return true;
+            return Some("none");
         }
         let bearer = req
             .headers()
@@ -335,7 +343,106 @@ impl OpsApi {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|c| c.trim().strip_prefix(AUTH_COOKIE)?.strip_prefix('='));
-        bearer.chain(cookies).any(|t| self.token_matches(t))
+        if bearer.into_iter().any(|t| self.token_matches(t)) {
+            return Some("bearer");
+        }
+        cookies
+            .into_iter()
+            .any(|t| self.token_matches(t))
+            .then_some("cookie")
+    }
+
+    /// `GET /api/sessions/{id}/watch`: a read-only WebSocket carrying the session's
+    /// backend→client bytes from now on (terminal routes: the recent output first). `None`
+    /// for any other path. The answer: `101` (the watch runs on the API's tasks until the
+    /// session, the watcher or the gateway ends), `401` without the admin token, `403` from
+    /// another origin, `404` for an unknown session, `405` for another method, `426` for a
+    /// request that is not a WebSocket upgrade, `409` for a session that cannot be watched
+    /// (its kind, or it is ending), `503` when it has all the watchers it may have.
+    pub fn watch<B>(&self, req: &mut Request<B>, peer: SocketAddr) -> Option<Response<Body>> {
+        let id = req
+            .uri()
+            .path()
+            .strip_prefix("/api/sessions/")?
+            .strip_suffix("/watch")?;
+        if id.contains('/') {
+            return None;
+        }
+        let id = id.to_owned();
+        let mut response = self.start_watch(req, &id, peer);
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let h = response.headers_mut();
+            h.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        Some(response)
+    }
+
+    fn start_watch<B>(&self, req: &mut Request<B>, id: &str, peer: SocketAddr) -> Response<Body> {
+        let Some(credential) = self.credential(req) else {
+            return unauthorized();
+        };
+        if req.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "a watch is a GET\n");
+        }
+        // A WebSocket from a page of another site carries that site's Origin.
+        if !same_origin(req) {
+            return text(StatusCode::FORBIDDEN, "cross-origin request refused\n");
+        }
+        let Some(entry) = self.find(id) else {
+            return not_found("no such session");
+        };
+        let version_13 = req
+            .headers()
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v == "13");
+        if !fastwebsockets::upgrade::is_upgrade_request(req) || !version_13 {
+            let mut r = text(
+                StatusCode::UPGRADE_REQUIRED,
+                "a watch is a WebSocket (version 13): open it with a WebSocket client\n",
+            );
+            let h = r.headers_mut();
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+            return r;
+        }
+        let watcher = match entry.watch.subscribe() {
+            Ok(w) => w,
+            Err(why @ NotWatchable::Full) => {
+                return text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
+            }
+            Err(why) => return text(StatusCode::CONFLICT, format!("{why}\n")),
+        };
+        let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut *req) {
+            Ok(r) => r,
+            Err(_) => {
+                entry.watch.leave(watcher.id);
+                return text(StatusCode::BAD_REQUEST, "invalid WebSocket upgrade\n");
+            }
+        };
+        let who = Who {
+            peer,
+            credential,
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        self.tasks.spawn(watch::serve(
+            entry,
+            watcher,
+            upgrade,
+            who,
+            self.stop.clone(),
+        ));
+        response.map(|_| Body::default())
     }
 
     fn token_matches(&self, token: &str) -> bool {
@@ -547,6 +654,9 @@ fn session_json(e: &SessionEntry) -> Value {
         "bytes_to_client": e.bytes.to_client.load(Relaxed),
         "age_secs": e.age().as_secs_f64(),
         "closing": e.control.is_cancelled(),
+        "watchable": e.watch.is_open(),
+        "terminal": e.watch.keeps_backlog(),
+        "watchers": e.watch.watchers(),
     })
 }
 

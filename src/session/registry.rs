@@ -3,7 +3,8 @@
 //! backend health are the backend side's: `backend::health`.)
 //!
 //! Everything here happens at session start and end or on an API call; the data path only adds
-//! to a session's byte counts (through its metric counters, see `metrics::SessionMetrics`).
+//! to a session's byte counts (through its metric counters, see `metrics::SessionMetrics`) and
+//! checks its watch point (one atomic load unless someone watches, `record::watch`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::metrics::ByteCounts;
+use crate::record::watch::WatchPoint;
 
 /// How many closed sessions the registry remembers for the status page.
 pub const RECENT_CLOSES: usize = 64;
@@ -91,6 +93,9 @@ pub struct SessionEntry {
     pub started: Instant,
     pub bytes: Arc<ByteCounts>,
     pub control: SessionControl,
+    /// Where operators watch the session's output (`GET /api/sessions/{id}/watch`); opened
+    /// by the pumps that can be watched.
+    pub watch: WatchPoint,
 }
 
 impl SessionEntry {
@@ -161,6 +166,7 @@ impl Registry {
             started: Instant::now(),
             bytes: Arc::default(),
             control: SessionControl::new(shutdown),
+            watch: WatchPoint::default(),
         });
         lock(&self.sessions).insert(entry.id, entry.clone());
         Registered {
@@ -256,6 +262,8 @@ impl Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         let r = &self.registry;
+        // Its watchers' streams end with it.
+        self.entry.watch.end();
         lock(&r.sessions).remove(&self.entry.id);
         r.closed_to_backend.fetch_add(
             self.entry.bytes.to_backend.load(Ordering::Relaxed),

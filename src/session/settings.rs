@@ -21,6 +21,8 @@ pub struct SessionSettings {
     pub max_message_bytes: usize,
     /// How backend bytes are framed for the client (bridge).
     pub message_type: MessageType,
+    /// Recent output kept for watchers who join late (`watch_backlog_bytes`); 0: none.
+    pub watch_backlog_bytes: usize,
     /// Ping interval for each hop; `None` disables keepalive.
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,

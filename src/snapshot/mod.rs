@@ -444,6 +444,7 @@ fn session_settings(config: &Config, r: &crate::config::RouteConfig) -> SessionS
         max_frame_bytes: config.max_frame_bytes(r),
         max_message_bytes: config.max_message_bytes(r),
         message_type: r.message_type,
+        watch_backlog_bytes: config.watch_backlog_bytes(r),
         ping_interval: config.ping_interval,
         pong_timeout: config.pong_timeout,
         close_grace: config.close_grace,

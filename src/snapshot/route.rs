@@ -110,6 +110,7 @@ impl Route {
                 max_frame_bytes: 1 << 20,
                 max_message_bytes: 1 << 20,
                 message_type: crate::config::MessageType::Binary,
+                watch_backlog_bytes: 0,
                 ping_interval: None,
                 pong_timeout: std::time::Duration::from_secs(10),
                 close_grace: std::time::Duration::from_secs(5),

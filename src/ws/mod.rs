@@ -21,8 +21,11 @@ pub mod close_code {
     /// Not sent on the wire: recorded when a peer vanished without a Close.
     pub const ABNORMAL: u16 = 1006;
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A peer sent what it may not (a watcher writing to the session it watches).
+    pub const POLICY_VIOLATION: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
-    /// The gateway is short of a shared resource (the frame memory budget): a retry may work.
+    /// The gateway is short of a shared resource (the frame memory budget), or a watcher fell
+    /// behind its session: a retry may work.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const INTERNAL_ERROR: u16 = 1011;
     /// A WebSocket backend broke the protocol (the gateway got a bad answer upstream).

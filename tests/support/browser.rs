@@ -23,7 +23,7 @@ pub struct Browser {
 }
 
 /// Chromium flags: no GPU, no sandbox (containers), nothing that phones home or updates itself.
-const CHROMIUM_FLAGS: &[&str] = &[
+pub const CHROMIUM_FLAGS: &[&str] = &[
     "--headless",
     "--no-sandbox",
     "--disable-gpu",

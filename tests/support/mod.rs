@@ -20,6 +20,7 @@ pub mod pebble;
 pub mod pki;
 pub mod python;
 pub mod resume;
+pub mod shell;
 
 pub use admin::*;
 pub use backends::*;
@@ -36,3 +37,4 @@ pub use metrics::*;
 pub use pebble::*;
 pub use pki::*;
 pub use python::*;
+pub use shell::*;

@@ -88,3 +88,27 @@ impl PythonPeer {
         self.child.kill().await.unwrap();
     }
 }
+
+/// A Python `websockets` echo server on a free port (printed first), with compression per its
+/// argument (`on`/`off`); it prints the extensions its hop negotiated for each connection.
+pub const PYTHON_WS_ECHO: &str = r#"
+import asyncio, sys
+import websockets
+
+compression = None if sys.argv[1] == "off" else "deflate"
+
+async def echo(ws):
+    print("extensions", ws.response.headers.get("Sec-WebSocket-Extensions", "none"), flush=True)
+    try:
+        async for message in ws:
+            await ws.send(message)
+    except websockets.ConnectionClosed:
+        pass
+
+async def main():
+    async with websockets.serve(echo, "127.0.0.1", 0, max_size=None, compression=compression) as server:
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.get_running_loop().create_future()
+
+asyncio.run(main())
+"#;

@@ -52,6 +52,10 @@ impl FaultRelay {
                     let Ok(server) = TcpStream::connect(target).await else {
                         return;
                     };
+                    // No Nagle delays on the relay's hops: small protocol messages (ACK,
+                    // PONG) go out at once, as on the direct path.
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
                     let (mut client, mut server) = (client, server);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
@@ -155,7 +159,7 @@ pub async fn resume_connect(
     let mut req = url.into_client_request()?;
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", SUBPROTOCOL.parse().unwrap());
-    let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
+    let (ws, resp) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
     let chosen = resp
         .headers()
         .get("Sec-WebSocket-Protocol")

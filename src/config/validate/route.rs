@@ -36,6 +36,12 @@ impl FileConfig {
                 r.compression_level
             );
         }
+        if let Some(b) = r
+            .watch_backlog_bytes
+            .filter(|&b| b > MAX_WATCH_BACKLOG_BYTES)
+        {
+            bail!("{at}.watch_backlog_bytes: must be 0..={MAX_WATCH_BACKLOG_BYTES}, got {b}");
+        }
         Ok(())
     }
 

@@ -1,4 +1,5 @@
-// wsgate status page: polls /api/status once a second and draws it, chart included.
+// wsgate status page: polls /api/status once a second and draws it, chart included; a
+// session's "watch" button shows its live output (read-only) below the session list.
 // A separate file so the page's Content-Security-Policy needs no inline script.
 'use strict';
 
@@ -26,7 +27,14 @@
       const tr = document.createElement('tr');
       for (const c of cells(item)) {
         const td = document.createElement('td');
-        if (c && typeof c === 'object') {
+        if (c && typeof c === 'object' && c.button) {
+          const b = document.createElement('button');
+          b.type = 'button';
+          b.textContent = c.button;
+          b.className = c.className || '';
+          b.addEventListener('click', c.onClick);
+          td.append(b);
+        } else if (c && typeof c === 'object') {
           td.textContent = c.text;
           if (c.className) td.className = c.className;
         } else {
@@ -103,6 +111,9 @@
     rows($('session-rows'), s.session_list, (x) => [
       x.id, x.route, x.client, x.backend, x.subprotocol,
       bytes(x.bytes_to_backend), bytes(x.bytes_to_client), duration(x.age_secs),
+      x.watchable
+        ? { button: 'watch', className: 'watch', onClick: () => watch(x) }
+        : { text: '', className: 'muted' },
     ]);
     $('sessions-note').textContent = s.session_list.length < s.sessions
       ? `(first ${s.session_list.length} of ${s.sessions}; all in /api/sessions)` : '';
@@ -112,6 +123,75 @@
     ]);
     drawChart(s.history);
   }
+
+  // Live watch: a read-only WebSocket to /api/sessions/{id}/watch, shown as plain text.
+  // Not a terminal emulator: escape sequences are dropped, \r and backspace are applied to
+  // the last line, and the newest WATCH_KEEP characters are kept.
+  const WATCH_KEEP = 200000;
+  let watching = null;
+
+  function stopWatch(note) {
+    if (watching) {
+      watching.socket.onclose = null;
+      watching.socket.close(1000);
+      watching = null;
+    }
+    if (note) $('watch-state').textContent = note;
+  }
+
+  // Apply terminal output to the text shown: escape sequences dropped, CR and BS applied.
+  function applyOutput(text, chunk) {
+    const clean = chunk
+      .replace(/\x1b\][^\x07\x1b]*(\x07|\x1b\\)/g, '') // OSC (window titles)
+      .replace(/\x1b\[[0-9;?<>=!]*[ -\/]*[@-~]/g, '') // CSI (colours, cursor)
+      .replace(/\x1b[()][0-9A-Za-z]|\x1b[@-Z\\-_=>78]/g, ''); // other escapes
+    let out = text;
+    for (const ch of clean) {
+      if (ch === '\b') {
+        if (out.length && !out.endsWith('\n')) out = out.slice(0, -1);
+      } else if (ch === '\r') {
+        // A lone CR rewrites the line; CR LF is a plain newline.
+        continue;
+      } else if (ch === '\x07' || ch === '\x00') {
+        continue;
+      } else {
+        out += ch;
+      }
+    }
+    return out.length > WATCH_KEEP ? out.slice(out.length - WATCH_KEEP) : out;
+  }
+
+  function watch(session) {
+    stopWatch();
+    const panel = $('watch-panel');
+    const pre = $('watch-output');
+    panel.hidden = false;
+    $('watch-title').textContent = `session ${session.id} (${session.route}, ${session.client})`;
+    pre.textContent = '';
+    $('watch-state').textContent = 'connecting…';
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const socket = new WebSocket(`${scheme}//${location.host}/api/sessions/${session.id}/watch`);
+    socket.binaryType = 'arraybuffer';
+    const decoder = new TextDecoder('utf-8');
+    let text = '';
+    watching = { socket, id: session.id };
+    socket.onopen = () => { $('watch-state').textContent = 'watching (read-only)'; };
+    socket.onmessage = (ev) => {
+      const chunk = typeof ev.data === 'string' ? ev.data : decoder.decode(ev.data, { stream: true });
+      text = applyOutput(text, chunk);
+      pre.textContent = text;
+      pre.scrollTop = pre.scrollHeight;
+    };
+    socket.onclose = (ev) => {
+      watching = null;
+      $('watch-state').textContent = `ended: ${ev.code}${ev.reason ? ` ${ev.reason}` : ''}`;
+    };
+  }
+
+  $('watch-close').addEventListener('click', () => {
+    stopWatch('closed');
+    $('watch-panel').hidden = true;
+  });
 
   async function poll() {
     try {

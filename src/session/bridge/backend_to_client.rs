@@ -31,6 +31,8 @@ pub(super) struct Writer<'a, CW> {
     pub(super) deflater: Option<Deflater>,
     /// Recording of what the backend sends (`[route.record]`).
     pub(super) record: Option<Box<Tap>>,
+    /// Live watchers of the session (one atomic load per message when there are none).
+    pub(super) watch: &'a WatchPoint,
 }
 
 pub(super) type Ending = (u16, Initiator, Cow<'static, str>);
@@ -434,8 +436,8 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
     }
 
     /// Backend bytes → one client message: where every backend→client message crosses the
-    /// bridge (counted here; a recorder would tap here). `ready`: the complete bytes at the
-    /// front of the read buffer.
+    /// bridge (counted, recorded and shown to watchers here). `ready`: the complete bytes at
+    /// the front of the read buffer.
     async fn forward(
         &mut self,
         reads: &mut Reads,
@@ -467,6 +469,7 @@ impl<CW: AsyncWrite + Unpin> Writer<'_, CW> {
         self.sent += ready as u64;
         metrics.bytes_to_client.increment(ready as u64);
         metrics.messages_to_client.increment(1);
+        self.watch.publish(data);
         if let Some(tap) = self.record.as_mut() {
             // Required recordings end the session when they fail: through its close request,
             // so the close handshake runs as for an operator's close.

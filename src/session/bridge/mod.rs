@@ -33,6 +33,7 @@ use super::settings::SessionSettings;
 use crate::config::MessageType;
 use crate::error::close_code;
 use crate::metrics::{SessionMetrics, Tally};
+use crate::record::watch::WatchPoint;
 use crate::record::{Tap, Taps};
 use crate::ws::deflate::{Deflater, HopDeflate, Inflater};
 use crate::ws::frames::{close_payload_code, GuardedWriter, MessageCheck, WriteFailed};
@@ -114,6 +115,7 @@ pub fn run<'a, CR, CW, BR, BW>(
     control: &'a SessionControl,
     hard_stop: &'a CancellationToken,
     taps: Taps,
+    watch: &'a WatchPoint,
 ) -> impl Future<Output = Outcome> + 'a
 where
     CR: ReadReady + Send + 'static,
@@ -156,6 +158,7 @@ where
         sent: 0,
         deflater: deflate.map(|d| d.deflater()),
         record: taps.output,
+        watch,
     };
     async move {
         let (code, initiator, reason) = writer

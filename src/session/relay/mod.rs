@@ -24,10 +24,11 @@ use tokio_util::sync::CancellationToken;
 use super::bridge::{Initiator, Outcome, OVER_BUDGET};
 use super::keepalive::{sleep_until_opt, Due, Held, Keepalive};
 use super::pacer::Pacer;
-use super::registry::SessionControl;
+use super::registry::{SessionControl, SessionEntry};
 use super::settings::SessionSettings;
 use crate::error::close_code;
 use crate::metrics::{SessionMetrics, Tally};
+use crate::record::watch::WatchPoint;
 use crate::ws::deflate::{Deflater, HopDeflate, Inflater, RelayDeflate, MIN_COMPRESS};
 use crate::ws::frames::{close_payload_code, GuardedWriter, MessageCheck, Violation, WriteFailed};
 use crate::ws::reader::{FrameReader, ReadError, ReadReady};
@@ -147,6 +148,7 @@ impl Counts {
         metrics: &SessionMetrics,
         total: &Arc<AtomicU64>,
         held: &Arc<Held>,
+        watch: Option<Arc<SessionEntry>>,
     ) -> Self {
         let (bytes, messages, inflater, as_is) = match hop {
             Hop::Client => (
@@ -171,6 +173,7 @@ impl Counts {
             inflater: inflater.map(|d| d.inflater()),
             as_is,
             held: held.clone(),
+            watch,
         }
     }
 }
@@ -183,6 +186,8 @@ fn record(first: &FirstEnd, code: u16, initiator: Initiator, reason: impl Into<C
 }
 
 /// Relay frames between `client` and `backend` until both close handshakes are done.
+/// `watched`: the session, whose watchers see the data of every message the backend sends
+/// (`record::watch`).
 #[allow(clippy::too_many_arguments)]
 pub async fn run<CR, CW, BR, BW>(
     client: (FrameReader<CR>, FrameWriter<CW>),
@@ -192,6 +197,7 @@ pub async fn run<CR, CW, BR, BW>(
     metrics: &SessionMetrics,
     control: &SessionControl,
     hard_stop: &CancellationToken,
+    watched: Option<Arc<SessionEntry>>,
 ) -> Outcome
 where
     CR: ReadReady + Send + 'static,
@@ -205,8 +211,7 @@ where
     let (to_client_tx, to_client_rx) = mpsc::channel(1);
     let (client_own_tx, client_own_rx) = mpsc::channel(4);
     let (backend_own_tx, backend_own_rx) = mpsc::channel(4);
-    let up = Arc::new(AtomicU64::new(0));
-    let down = Arc::new(AtomicU64::new(0));
+    let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let stop_readers = CancellationToken::new();
     // Each hop's reader is held while the other hop's writer cannot take its frames.
     let (client_held, backend_held) = (Held::new(), Held::new());
@@ -216,7 +221,15 @@ where
         Hop::Client,
         client_own_tx,
         to_backend_tx,
-        Counts::new(Hop::Client, config, deflate, metrics, &up, &client_held),
+        Counts::new(
+            Hop::Client,
+            config,
+            deflate,
+            metrics,
+            &up,
+            &client_held,
+            None,
+        ),
         first.clone(),
         stop_readers.clone(),
     ));
@@ -225,17 +238,20 @@ where
         Hop::Backend,
         backend_own_tx,
         to_client_tx,
-        Counts::new(Hop::Backend, config, deflate, metrics, &down, &backend_held),
+        Counts::new(
+            Hop::Backend,
+            config,
+            deflate,
+            metrics,
+            &down,
+            &backend_held,
+            watched,
+        ),
         first.clone(),
         stop_readers.clone(),
     ));
 
-    let keepalive = || {
-        config
-            .ping_interval
-            .map(|i| Keepalive::new(i, config.pong_timeout, Instant::now()))
-    };
-    let (keepalive_client, keepalive_backend) = (keepalive(), keepalive());
+    let (keepalive_client, keepalive_backend) = (hop_keepalive(config), hop_keepalive(config));
     let client_writer = HopWriter {
         hop: Hop::Client,
         ws: GuardedWriter::new(
@@ -288,6 +304,13 @@ where
     let _ = tokio::join!(client_reader, backend_reader);
 
     outcome(&first, &up, &down)
+}
+
+/// A hop's keepalive, when the route pings.
+fn hop_keepalive(config: &SessionSettings) -> Option<Keepalive> {
+    config
+        .ping_interval
+        .map(|i| Keepalive::new(i, config.pong_timeout, Instant::now()))
 }
 
 /// A hop writer's compressor: none when the other hop's compressed frames pass through as

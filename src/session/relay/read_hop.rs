@@ -15,6 +15,9 @@ pub(super) struct Counts {
     pub(super) as_is: bool,
     /// Marked while the other hop's writer cannot take this reader's frames.
     pub(super) held: Arc<Held>,
+    /// The backend hop's reader: the session whose watchers see each message's data as it
+    /// is relayed to the client (inflated); `None` on the client hop.
+    pub(super) watch: Option<Arc<SessionEntry>>,
 }
 
 /// One hop's reader: frames from its peer, checked, to the other hop (data, Close)
@@ -171,7 +174,7 @@ impl HopFrame<'_> {
                 inflater,
                 as_is,
                 messages,
-                self.relay,
+                (self.relay, counts.watch.as_deref().map(|e| &e.watch)),
                 &counts.held,
                 &mut counts.pacer,
             );
@@ -212,6 +215,9 @@ impl HopFrame<'_> {
             }
             opcode => {
                 let n = frame.payload.len() as u64;
+                if let Some(session) = &counts.watch {
+                    session.watch.publish(&frame.payload);
+                }
                 let payload = match frame.payload {
                     Payload::Bytes(b) => b,
                     other => BytesMut::from(&other[..]),
@@ -267,7 +273,7 @@ async fn relay_compressed(
     inflater: &mut Inflater,
     as_is: bool,
     messages: &mut MessageCheck,
-    relay: &mpsc::Sender<Relayed>,
+    (relay, watch): (&mpsc::Sender<Relayed>, Option<&WatchPoint>),
     held: &Held,
     pacer: &mut Pacer,
 ) -> Result<(bool, u64), Violation> {
@@ -285,6 +291,9 @@ async fn relay_compressed(
         pacer.spent(chunk.len());
         messages.data_frame(OpCode::Continuation, false, chunk)?;
         inflated += chunk.len() as u64;
+        if let Some(watch) = watch {
+            watch.publish(chunk);
+        }
         if as_is || !delivering {
             continue;
         }
