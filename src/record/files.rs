@@ -127,12 +127,21 @@ pub fn new_file(path: &Path) -> io::Result<File> {
 /// The metadata beside a recording: `NAME.json`, created exclusively, mode 0600.
 pub fn write_metadata(final_path: &Path, metadata: &serde_json::Value) -> io::Result<PathBuf> {
     let path = metadata_path(final_path);
-    let mut f = new_file(&path)?;
+    // Written beside as `.part` and linked into place whole, like the recording: a reader
+    // (an indexer, a sweep, a test) never sees a half-written metadata file, and an
+    // existing one is never overwritten.
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    let mut f = new_file(&part)?;
     let mut text = serde_json::to_vec_pretty(metadata).map_err(io::Error::other)?;
     text.push(b'\n');
-    f.write_all(&text)?;
-    f.sync_all()?;
-    Ok(path)
+    let written = f
+        .write_all(&text)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::hard_link(&part, &path));
+    let _ = std::fs::remove_file(&part);
+    written.map(|()| path)
 }
 
 /// `….cast` → `….cast.json`.
