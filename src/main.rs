@@ -277,14 +277,19 @@ enum Command {
     /// Print the manual page (roff), e.g. `wsgate man > /usr/local/share/man/man1/wsgate.1`.
     Man,
     /// Read a session recording (raw `.wsrec` or asciicast `.cast`): list it (default), write
-    /// what the backend sent (`--cat`), or play it again to clients that connect, as a TCP
+    /// what the backend sent (`--cat`), export it for noVNC's playback page
+    /// (`--websockify-export`), or play it again to clients that connect, as a TCP
     /// stream (`--tcp`) or a WebSocket server (`--ws`) that a client connects to as if live.
     Replay {
         /// The recording.
         file: PathBuf,
         /// Write the backend→client bytes to stdout, as sent, without timing.
-        #[arg(long, conflicts_with_all = ["tcp", "ws"])]
+        #[arg(long, conflicts_with_all = ["tcp", "ws", "websockify_export"])]
         cat: bool,
+        /// Write the recording to stdout in the form websockify's `--record` writes
+        /// (`var VNC_frame_data = [...]`), which noVNC's playback page loads.
+        #[arg(long, conflicts_with_all = ["tcp", "ws"])]
+        websockify_export: bool,
         /// Serve the recording as a TCP stream on this address (port 0: any free port).
         #[arg(long, value_name = "ADDR", conflicts_with = "ws")]
         tcp: Option<SocketAddr>,
@@ -320,11 +325,19 @@ enum Command {
     },
 }
 
+/// What `wsgate replay` writes to stdout when it does not serve the recording.
+#[derive(Debug, Clone, Copy)]
+enum Print {
+    Listing,
+    Cat,
+    WebsockifyExport,
+}
+
 /// `wsgate replay`: exit 0 when the listing, the bytes or the replays were given, 1 and why
 /// when the file could not be read or the address not bound.
 fn replay(
     file: &Path,
-    cat: bool,
+    print: Print,
     tcp: Option<SocketAddr>,
     ws: Option<SocketAddr>,
     pace: wsgate::record::replay::Pace,
@@ -337,10 +350,12 @@ fn replay(
     }
     let Some((addr, websocket)) = tcp.map(|a| (a, false)).or(ws.map(|a| (a, true))) else {
         let mut out = std::io::stdout().lock();
-        let done = if cat {
-            replay::cat(file, &mut out)
-        } else {
-            replay::print_listing(file, &mut out)
+        let done = match print {
+            Print::Cat => replay::cat(file, &mut out),
+            Print::WebsockifyExport => {
+                wsgate::record::websockify::export(file, &mut out).map(|_| ())
+            }
+            Print::Listing => replay::print_listing(file, &mut out),
         };
         return match done {
             Ok(()) => ExitCode::SUCCESS,
@@ -452,6 +467,7 @@ fn main() -> ExitCode {
         Some(Command::Replay {
             file,
             cat,
+            websockify_export,
             tcp,
             ws,
             speed,
@@ -462,7 +478,12 @@ fn main() -> ExitCode {
                 speed: *speed,
                 max_wait: Duration::try_from_secs_f64(*max_wait_secs).unwrap_or(Duration::ZERO),
             };
-            return replay(file, *cat, *tcp, *ws, pace, *once);
+            let print = match (*cat, *websockify_export) {
+                (true, _) => Print::Cat,
+                (false, true) => Print::WebsockifyExport,
+                (false, false) => Print::Listing,
+            };
+            return replay(file, print, *tcp, *ws, pace, *once);
         }
         Some(Command::Man) => {
             let mut out = Vec::new();

@@ -1,8 +1,9 @@
 //! Session recording on routes to WebSocket backends, through the real gateway and a real
 //! WebSocket echo backend: both directions of the frame relay recorded raw and as asciicast,
 //! each file played back by `wsgate replay --cat` (and the asciicast by the real asciinema
-//! CLI when it is installed) equal to what the client received, and a session compressed on
-//! the client hop recorded as the inflated message data.
+//! CLI when it is installed) equal to what the client received, a session compressed on the
+//! client hop recorded as the inflated message data, and the export for noVNC's playback page
+//! (`wsgate replay --websockify-export`) read back the way that page reads it.
 
 mod support;
 
@@ -314,4 +315,147 @@ async fn compression_on_the_client_hop_still_records_inflated_data() {
         "the replay differs from what the client received"
     );
     gw.stop().await.unwrap();
+}
+
+/// How noVNC's playback page (`tests/playback-ui.js` in noVNC's source) turns a websockify
+/// record file into frames, run by Node.js on the file: load it as a script, tell the encoding
+/// from the first entry, drop everything from `'EOF'`, then per entry `fromClient` (a leading
+/// `}`), the time (digits after the first character) and the data (from after the first `{`
+/// past index 0, one byte per character). Client entries' data is also read past their second
+/// `}` (`client_data`), since noVNC's own split only suits server entries (it skips the
+/// others when playing).
+const NOVNC_PLAYBACK_PARSE: &str = r#"
+const fs = require('fs');
+const vm = require('vm');
+const ctx = {};
+vm.runInNewContext(fs.readFileSync(process.argv[1], 'latin1'), ctx);
+const frames = ctx.VNC_frame_data;
+const first = frames[0];
+const start = first.indexOf('{', 1) + 1;
+const encoding = first.slice(start, start + 4) === 'UkZC' ? 'base64' : 'binary';
+const out = [];
+for (let i = 0; i < frames.length; i++) {
+    const frame = frames[i];
+    if (frame === 'EOF') {
+        if (i !== frames.length - 1) throw new Error('entries after EOF');
+        break;
+    }
+    const dataIdx = frame.indexOf('{', 1) + 1;
+    const time = parseInt(frame.slice(1, dataIdx - 1));
+    const bytes = (s) => Array.from(s, (c) => {
+        const code = c.charCodeAt(0);
+        if (code > 255) throw new Error('a character above 255');
+        return code;
+    });
+    out.push({
+        fromClient: frame[0] === '}',
+        timestamp: time,
+        data: bytes(frame.slice(dataIdx)),
+        client_data: bytes(frame.slice(frame.indexOf('}', 1) + 1)),
+    });
+}
+process.stdout.write(JSON.stringify({ encoding, frames: out }));
+"#;
+
+/// Node.js for the playback check; under `CI=true` missing is a failure (`.ci/run` installs
+/// Node.js for tests/oidc.rs).
+fn node() -> Option<&'static str> {
+    let works = std::process::Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works {
+        return Some("node");
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but no node: the websockify export is parsed as noVNC's playback page does"
+    );
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED the websockify export check: no node"
+    );
+    None
+}
+
+#[tokio::test]
+async fn the_websockify_export_parses_as_novnc_playback_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = recorded_ws_gateway("wsvnc", dir.path(), "", "format = \"raw\"\ninput = true").await;
+    let mut ws = ws_client(&gw.url("/")).await;
+    // The first server message is an RFB greeting, as in a VNC session; then every byte,
+    // quotes, backslashes and line ends among them.
+    let messages: Vec<Vec<u8>> = vec![
+        b"RFB 003.008\n".to_vec(),
+        (0..=255u8).rev().collect(),
+        b"it's a \\ 'quoted' \"line\"\r\n</script>".to_vec(),
+    ];
+    for m in &messages {
+        ws.send(Message::Binary(m.clone().into())).await.unwrap();
+        assert_eq!(&next_data(&mut ws).await.expect("the echo"), m);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    ws.close(None).await.unwrap();
+    finish_close(&mut ws).await;
+    let (file, _) = the_recording(dir.path()).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .arg("replay")
+        .arg(&file)
+        .arg("--websockify-export")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "wsgate replay --websockify-export: {out:?}"
+    );
+    let text = String::from_utf8(out.stdout).expect("the export is ASCII");
+    assert!(text.is_ascii());
+    assert!(text.starts_with("var VNC_frame_data = [\n"), "{text}");
+    assert!(text.ends_with("'EOF'];\n"), "{text}");
+    gw.stop().await.unwrap();
+
+    let Some(node) = node() else { return };
+    let js = dir.path().join("export.js");
+    std::fs::write(&js, &text).unwrap();
+    let parsed = std::process::Command::new(node)
+        .arg("-e")
+        .arg(NOVNC_PLAYBACK_PARSE)
+        .arg(&js)
+        .output()
+        .unwrap();
+    assert!(parsed.status.success(), "node: {parsed:?}");
+    let v: serde_json::Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    assert_eq!(v["encoding"], "binary");
+    let frames = v["frames"].as_array().unwrap();
+    let bytes = |d: &serde_json::Value| -> Vec<u8> {
+        d.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect()
+    };
+    let server: Vec<Vec<u8>> = frames
+        .iter()
+        .filter(|f| f["fromClient"] == false)
+        .map(|f| bytes(&f["data"]))
+        .collect();
+    let client: Vec<Vec<u8>> = frames
+        .iter()
+        .filter(|f| f["fromClient"] == true)
+        .map(|f| bytes(&f["client_data"]))
+        .collect();
+    assert_eq!(server, messages, "server frames, as noVNC plays them");
+    assert_eq!(client, messages, "client frames");
+    // Each client message comes before its echo; times in milliseconds, never decreasing.
+    assert_eq!(frames[0]["fromClient"], true);
+    let times: Vec<u64> = frames
+        .iter()
+        .map(|f| f["timestamp"].as_u64().expect("an integer time"))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(times.last().unwrap() >= &30, "{times:?}");
 }
