@@ -250,6 +250,25 @@ async fn a_ws_route_records_no_input_unless_asked() {
 }
 
 #[tokio::test]
+async fn a_ws_route_under_the_required_policy_is_refused_when_its_recording_cannot_be_made() {
+    let dir = tempfile::tempdir().unwrap();
+    // A regular file where the folder should be: nothing can be created under it.
+    let blocked = dir.path().join("not-a-folder");
+    std::fs::write(&blocked, b"x").unwrap();
+    let gw = recorded_ws_gateway("wsreq", &blocked, "", "policy = \"required\"").await;
+    let (status, answer) = upgrade_with(gw.addr, "/", &[]).await;
+    assert_eq!(status, 503, "{answer}");
+    gw.stop().await.unwrap();
+    // Under best_effort the session runs unrecorded.
+    let gw = recorded_ws_gateway("wsbest", &blocked, "", "").await;
+    let mut ws = ws_client(&gw.url("/")).await;
+    assert_echoes(&mut ws, b"still works").await;
+    ws.close(None).await.unwrap();
+    finish_close(&mut ws).await;
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn compression_on_the_client_hop_still_records_inflated_data() {
     let dir = tempfile::tempdir().unwrap();
     let gw = recorded_ws_gateway(
