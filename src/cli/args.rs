@@ -269,14 +269,19 @@ pub enum Command {
     /// Print the manual page (roff), e.g. `wsgate man > /usr/local/share/man/man1/wsgate.1`.
     Man,
     /// Read a session recording (raw `.wsrec` or asciicast `.cast`): list it (default), write
-    /// what the backend sent (`--cat`), or play it again to clients that connect, as a TCP
+    /// what the backend sent (`--cat`), export it for noVNC's playback page
+    /// (`--websockify-export`), or play it again to clients that connect, as a TCP
     /// stream (`--tcp`) or a WebSocket server (`--ws`) that a client connects to as if live.
     Replay {
         /// The recording.
         file: PathBuf,
         /// Write the backend→client bytes to stdout, as sent, without timing.
-        #[arg(long, conflicts_with_all = ["tcp", "ws"])]
+        #[arg(long, conflicts_with_all = ["tcp", "ws", "websockify_export"])]
         cat: bool,
+        /// Write the recording to stdout in the form websockify's `--record` writes
+        /// (`var VNC_frame_data = [...]`), which noVNC's playback page loads.
+        #[arg(long, conflicts_with_all = ["tcp", "ws"])]
+        websockify_export: bool,
         /// Serve the recording as a TCP stream on this address (port 0: any free port).
         #[arg(long, value_name = "ADDR", conflicts_with = "ws")]
         tcp: Option<SocketAddr>,

@@ -13,11 +13,19 @@ use wsgate::{Config, Snapshot};
 
 use super::args::Cli;
 
+/// What `wsgate replay` writes to stdout when it does not serve the recording.
+#[derive(Debug, Clone, Copy)]
+pub enum Print {
+    Listing,
+    Cat,
+    WebsockifyExport,
+}
+
 /// `wsgate replay`: exit 0 when the listing, the bytes or the replays were given, 1 and why
 /// when the file could not be read or the address not bound.
 pub fn replay(
     file: &Path,
-    cat: bool,
+    print: Print,
     tcp: Option<SocketAddr>,
     ws: Option<SocketAddr>,
     pace: wsgate::record::replay::Pace,
@@ -30,10 +38,12 @@ pub fn replay(
     }
     let Some((addr, websocket)) = tcp.map(|a| (a, false)).or(ws.map(|a| (a, true))) else {
         let mut out = std::io::stdout().lock();
-        let done = if cat {
-            replay::cat(file, &mut out)
-        } else {
-            replay::print_listing(file, &mut out)
+        let done = match print {
+            Print::Cat => replay::cat(file, &mut out),
+            Print::WebsockifyExport => {
+                wsgate::record::websockify::export(file, &mut out).map(|_| ())
+            }
+            Print::Listing => replay::print_listing(file, &mut out),
         };
         return match done {
             Ok(()) => ExitCode::SUCCESS,

@@ -12,7 +12,7 @@ use clap::CommandFactory;
 use wsgate::config::LogConfig;
 
 pub use args::{Cli, Command, LogFormatArg, RunArgs};
-use commands::{check, config_from_flags, print, reload_command, replay};
+use commands::{check, config_from_flags, print, reload_command, replay, Print};
 
 /// Run the subcommand `cli` names, if any, to its exit code; `None`: no subcommand, run the
 /// gateway. `init_logging` sets up logging for the subcommands that log.
@@ -43,6 +43,7 @@ pub fn subcommand(cli: &Cli, init_logging: fn(&Cli, &LogConfig)) -> Option<ExitC
         Command::Replay {
             file,
             cat,
+            websockify_export,
             tcp,
             ws,
             speed,
@@ -53,7 +54,12 @@ pub fn subcommand(cli: &Cli, init_logging: fn(&Cli, &LogConfig)) -> Option<ExitC
                 speed: *speed,
                 max_wait: Duration::try_from_secs_f64(*max_wait_secs).unwrap_or(Duration::ZERO),
             };
-            replay(file, *cat, *tcp, *ws, pace, *once)
+            let printed = match (*cat, *websockify_export) {
+                (true, _) => Print::Cat,
+                (false, true) => Print::WebsockifyExport,
+                (false, false) => Print::Listing,
+            };
+            replay(file, printed, *tcp, *ws, pace, *once)
         }
         Command::Man => {
             let mut out = Vec::new();

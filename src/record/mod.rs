@@ -7,8 +7,9 @@
 //! bytes are dropped and a gap is marked; `required`: the session waits for room and ends when
 //! the recording fails). One writer task per recording encodes and writes in batches on the
 //! blocking pool, hashes the file, and on close renames it, writes the metadata and runs the
-//! retention sweep. Replay of both formats is in [`replay`]; live watchers of a session's
-//! output (with or without a recording) are fed by [`watch`].
+//! retention sweep. Replay of both formats is in [`replay`], their export for noVNC's playback
+//! page in [`websockify`]; live watchers of a session's output (with or without a recording)
+//! are fed by [`watch`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ pub mod raw;
 pub mod replay;
 mod sweep;
 pub mod watch;
+pub mod websockify;
 mod writer;
 
 /// A route's recording settings, compiled once per config (shared by its sessions).

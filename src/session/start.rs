@@ -383,6 +383,7 @@ impl Pumping<'_> {
                     &entry.control,
                     hard_stop,
                     Some(entry.clone()),
+                    taps,
                 ))
                 .await
             }
@@ -622,7 +623,15 @@ mod tests {
         let backend = websocket_halves(br, bw, Role::Client, 1 << 20, &budget);
         let deflate = RelayDeflate::default();
         let relay = relay::run(
-            client, backend, &settings, &deflate, &metrics, &control, &stop, None,
+            client,
+            backend,
+            &settings,
+            &deflate,
+            &metrics,
+            &control,
+            &stop,
+            None,
+            Taps::default(),
         );
         let relay_size = std::mem::size_of_val(&relay);
         println!("bridge future: {bridge_size} bytes; relay future: {relay_size} bytes");

@@ -194,18 +194,14 @@ fn check_name_and_path(
     Ok(())
 }
 
-/// `[route.record]`: its own keys, and a byte backend to record.
+/// `[route.record]`: its own keys, and a backend whose stream can be recorded.
 fn check_record(at: &str, r: &RouteConfig, record: &RecordConfig) -> anyhow::Result<()> {
     record.validate(at, &r.name)?;
-    let websocket = |u: &str| u.starts_with("ws://") || u.starts_with("wss://");
-    if r.backend.as_deref().is_some_and(websocket) || r.backends.iter().any(|b| websocket(b)) {
-        bail!("{at}.record: WebSocket backends (ws://, wss://) are not recorded yet; only byte backends (tcp://, unix:, targets)");
-    }
     if r.backend
         .as_deref()
         .is_some_and(|u| u.starts_with("udp://"))
     {
-        bail!("{at}.record: udp:// backends are not recorded (datagrams are not a byte stream); only byte backends (tcp://, unix:, targets)");
+        bail!("{at}.record: udp:// backends are not recorded (datagrams are not a byte stream); only byte backends (tcp://, unix:, targets) and WebSocket backends (ws://, wss://)");
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::bridge::{Initiator, Outcome, OVER_BUDGET};
+use super::bridge::{Initiator, Outcome, OVER_BUDGET, RECORDING_FAILED};
 use super::keepalive::{sleep_until_opt, Due, Held, Keepalive};
 use super::pacer::Pacer;
 use super::registry::{SessionControl, SessionEntry};
@@ -29,6 +29,7 @@ use super::settings::SessionSettings;
 use crate::error::close_code;
 use crate::metrics::{SessionMetrics, Tally};
 use crate::record::watch::WatchPoint;
+use crate::record::{Tap, Taps};
 use crate::ws::deflate::{Deflater, HopDeflate, Inflater, RelayDeflate, MIN_COMPRESS};
 use crate::ws::frames::{close_payload_code, GuardedWriter, MessageCheck, Violation, WriteFailed};
 use crate::ws::reader::{FrameReader, ReadError, ReadReady};
@@ -174,6 +175,17 @@ impl Counts {
             as_is,
             held: held.clone(),
             watch,
+            record: None,
+        }
+    }
+}
+
+impl Counts {
+    /// This hop's message data also goes to the session's recording through `tap`.
+    fn recorded(self, tap: Option<Box<Tap>>) -> Self {
+        Self {
+            record: tap,
+            ..self
         }
     }
 }
@@ -187,7 +199,8 @@ fn record(first: &FirstEnd, code: u16, initiator: Initiator, reason: impl Into<C
 
 /// Relay frames between `client` and `backend` until both close handshakes are done.
 /// `watched`: the session, whose watchers see the data of every message the backend sends
-/// (`record::watch`).
+/// (`record::watch`). `taps`: the session's recording, fed each message's data (inflated)
+/// from the backend (output) and, when the route records input, from the client.
 #[allow(clippy::too_many_arguments)]
 pub async fn run<CR, CW, BR, BW>(
     client: (FrameReader<CR>, FrameWriter<CW>),
@@ -198,6 +211,7 @@ pub async fn run<CR, CW, BR, BW>(
     control: &SessionControl,
     hard_stop: &CancellationToken,
     watched: Option<Arc<SessionEntry>>,
+    taps: Taps,
 ) -> Outcome
 where
     CR: ReadReady + Send + 'static,
@@ -229,7 +243,8 @@ where
             &up,
             &client_held,
             None,
-        ),
+        )
+        .recorded(taps.input),
         first.clone(),
         stop_readers.clone(),
     ));
@@ -246,7 +261,8 @@ where
             &down,
             &backend_held,
             watched,
-        ),
+        )
+        .recorded(taps.output),
         first.clone(),
         stop_readers.clone(),
     ));

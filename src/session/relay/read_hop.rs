@@ -18,6 +18,9 @@ pub(super) struct Counts {
     /// The backend hop's reader: the session whose watchers see each message's data as it
     /// is relayed to the client (inflated); `None` on the client hop.
     pub(super) watch: Option<Arc<SessionEntry>>,
+    /// The recording's tap for this hop's message data (inflated): the backend hop's is the
+    /// output, the client hop's the input (`[route.record] input = true`).
+    pub(super) record: Option<Box<Tap>>,
 }
 
 /// One hop's reader: frames from its peer, checked, to the other hop (data, Close)
@@ -46,6 +49,8 @@ enum Next {
     Stop,
     /// The peer broke a rule: close both hops for it.
     Violated(Violation),
+    /// A required recording failed: the gateway closes both hops with this code (1011).
+    RecordingFailed(u16),
 }
 
 impl Counts {
@@ -93,6 +98,10 @@ async fn pump_hop<R: ReadReady>(
         match next {
             Next::Read => continue,
             Next::Stop => return,
+            Next::RecordingFailed(code) => {
+                recording_failed(code, first, own, relay).await;
+                return;
+            }
             Next::Violated((code, reason)) => {
                 record(first, code, hop.initiator(), reason);
                 let _ = own.send(Own::Violation(code, reason)).await;
@@ -174,7 +183,11 @@ impl HopFrame<'_> {
                 inflater,
                 as_is,
                 messages,
-                (self.relay, counts.watch.as_deref().map(|e| &e.watch)),
+                Taken {
+                    relay: self.relay,
+                    watch: counts.watch.as_deref().map(|e| &e.watch),
+                    record: counts.record.as_deref_mut(),
+                },
                 &counts.held,
                 &mut counts.pacer,
             );
@@ -183,6 +196,7 @@ impl HopFrame<'_> {
                     counts.delivered(n, ends_message);
                     Next::Read
                 }
+                Err((code, RECORDING_FAILED)) => Next::RecordingFailed(code),
                 Err(v) => Next::Violated(v),
             };
         }
@@ -218,6 +232,11 @@ impl HopFrame<'_> {
                 if let Some(session) = &counts.watch {
                     session.watch.publish(&frame.payload);
                 }
+                if let Some(tap) = counts.record.as_mut() {
+                    if tap.record(&frame.payload).await.is_err() {
+                        return Next::RecordingFailed(close_code::INTERNAL_ERROR);
+                    }
+                }
                 let payload = match frame.payload {
                     Payload::Bytes(b) => b,
                     other => BytesMut::from(&other[..]),
@@ -247,6 +266,27 @@ impl HopFrame<'_> {
     }
 }
 
+/// A required recording failed: the session ends, both hops closed with `code` (1011) by
+/// the gateway.
+async fn recording_failed(
+    code: u16,
+    first: &FirstEnd,
+    own: &mpsc::Sender<Own>,
+    relay: &mpsc::Sender<Relayed>,
+) {
+    record(first, code, Initiator::Gateway, RECORDING_FAILED);
+    let _ = own.send(Own::Violation(code, RECORDING_FAILED)).await;
+    let _ = relay.send(Relayed::Lost(code, RECORDING_FAILED)).await;
+}
+
+/// Where a compressed message's inflated pieces go: the other hop's writer, the session's
+/// watchers (backend hop) and its recording.
+struct Taken<'a> {
+    relay: &'a mpsc::Sender<Relayed>,
+    watch: Option<&'a WatchPoint>,
+    record: Option<&'a mut Tap>,
+}
+
 /// Hand one frame to the other hop's writer; false once that writer is gone. When its
 /// channel is full (its peer reads slowly) this hop's reader is marked held meanwhile: this
 /// hop's peer waits too, and its late pongs are excused.
@@ -268,12 +308,17 @@ async fn deliver(relay: &mpsc::Sender<Relayed>, frame: Relayed, held: &Held) -> 
 /// for the other hop's writer to send plain or recompress. `Ok((ends message, inflated
 /// bytes delivered))`, or the violation. Once the other hop's writer is gone the message is
 /// still checked but no longer delivered (the caller keeps reading for this hop's Close).
+/// A required recording that fails is `Err((1011, RECORDING_FAILED))`.
 async fn relay_compressed(
     frame: Frame<'static>,
     inflater: &mut Inflater,
     as_is: bool,
     messages: &mut MessageCheck,
-    (relay, watch): (&mpsc::Sender<Relayed>, Option<&WatchPoint>),
+    Taken {
+        relay,
+        watch,
+        mut record,
+    }: Taken<'_>,
     held: &Held,
     pacer: &mut Pacer,
 ) -> Result<(bool, u64), Violation> {
@@ -293,6 +338,11 @@ async fn relay_compressed(
         inflated += chunk.len() as u64;
         if let Some(watch) = watch {
             watch.publish(chunk);
+        }
+        if let Some(tap) = record.as_mut() {
+            if tap.record(chunk).await.is_err() {
+                return Err((close_code::INTERNAL_ERROR, RECORDING_FAILED));
+            }
         }
         if as_is || !delivering {
             continue;
