@@ -68,12 +68,18 @@ fn program(name: &str, package: &str) -> Option<PathBuf> {
 }
 
 /// A free UDP port on loopback (bound, then released) for a program that binds it itself.
+/// A loopback port free for UDP and for TCP alike: dnsmasq binds both, and exits when the
+/// TCP one is taken (the defect: a port picked for UDP alone was sometimes held by a TCP
+/// connection on a busy machine, and dnsmasq never answered).
 fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..100 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no loopback port free for both UDP and TCP in 100 tries")
 }
 
 /// A child process in a process group of its own, ended (group and all: socat forks a child
