@@ -176,7 +176,9 @@ async fn upgrade(
             // A kind that carries messages as they are sent (udp://) takes no
             // permessage-deflate.
             let deflate = deflate.filter(|_| dialed.backend.takes_deflate());
-            let recording = record(req, &matched, principal.clone()).await?;
+            let recording = record(req, &matched, principal.clone())
+                .await?
+                .map(Box::new);
             let ask = ask.map(|(ask, _)| ask);
             accept(
                 req,
@@ -395,7 +397,7 @@ fn accept(
     matched: Matched,
     shared: &Arc<Shared>,
     held: Held,
-    (dialed, recording, user): (Dialed, Option<Pending>, Option<String>),
+    (dialed, recording, user): (Dialed, Option<Box<Pending>>, Option<String>),
     deflate: Option<Agreement>,
     resume: Option<ResumeAsk>,
 ) -> Result<Response<Body>, RejectError> {
