@@ -67,7 +67,7 @@ async fn every_backend_dead_is_a_502() {
 
 #[tokio::test]
 async fn an_active_check_brings_a_revived_backend_back() {
-    let dead_addr = refused_addr().await;
+    let dead_addr = released_addr().await;
     let dead = tcp(dead_addr);
     let live = tcp(greeting_backend("live").await);
     let gw = spawn_gateway(&config_with(&pool_route(

@@ -53,8 +53,21 @@ pub async fn small_window_listener() -> TcpListener {
     socket.listen(16).unwrap()
 }
 
-/// A loopback address where nothing listens (bound, then released).
+/// A loopback address where nothing listens: a socket bound there that never listens, kept
+/// for the rest of the test process, so connections are refused and the port cannot be
+/// handed to another test's listener (the defect: a port bound and released was sometimes
+/// taken by a parallel test's backend, and `a_failed_dial_gives_its_slot_back` got a 101).
 pub async fn refused_addr() -> SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    addr
+}
+
+/// A loopback address nothing listens on now, released so the test can listen there later
+/// (a backend that comes back); unlike [`refused_addr`], another test could take it meanwhile.
+pub async fn released_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
 }
