@@ -108,9 +108,11 @@ impl Provider {
             .expect("node starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        // Generous: on a busy two-core machine node loads oidc-provider slowly while other
+        // test binaries run (it took over 30 s once).
+        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
             .await
-            .expect("the provider says where it listens within 30 s")
+            .expect("the provider says where it listens within 120 s")
             .expect("reading the provider's stdout")
             .expect("the provider printed a line");
         let info: Value = serde_json::from_str(&line).expect("a JSON line");

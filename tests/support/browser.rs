@@ -101,16 +101,32 @@ impl Browser {
             "goog:chromeOptions".to_owned(),
             json!({ "binary": chromium, "args": args }),
         );
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let client = tokio::time::timeout(
-            Duration::from_secs(60),
-            ClientBuilder::new(connector)
-                .capabilities(caps)
-                .connect(&format!("http://127.0.0.1:{port}")),
-        )
-        .await
-        .expect("chromium starts within 60 s")
-        .expect("WebDriver session");
+        // One retry: a chromedriver that just opened its port has reset the first session
+        // request on a busy machine.
+        let mut attempt = 0;
+        let client = loop {
+            attempt += 1;
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            let session = tokio::time::timeout(
+                Duration::from_secs(60),
+                ClientBuilder::new(connector)
+                    .capabilities(caps.clone())
+                    .connect(&format!("http://127.0.0.1:{port}")),
+            )
+            .await
+            .expect("chromium starts within 60 s");
+            match session {
+                Ok(client) => break client,
+                Err(e) if attempt < 2 => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "{test}: WebDriver session: {e}; once more"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => panic!("WebDriver session: {e}"),
+            }
+        };
         browser.client = Some(client);
         Some(browser)
     }
