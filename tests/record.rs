@@ -67,43 +67,6 @@ fn finished_recordings(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
     out
 }
 
-/// The command that runs the asciinema CLI (`asciinema` 2.4 from PyPI): `WSGATE_PYTHON -m
-/// asciinema` (CI installs it beside `websockets`), else `python3 -m asciinema`, else
-/// `asciinema` on the PATH. Under `CI=true` a missing asciinema fails the test.
-fn asciinema() -> Option<Vec<String>> {
-    let mut candidates = Vec::new();
-    if let Ok(p) = std::env::var("WSGATE_PYTHON") {
-        if !p.is_empty() {
-            candidates.push(vec![p, "-m".into(), "asciinema".into()]);
-        }
-    }
-    candidates.push(vec!["python3".into(), "-m".into(), "asciinema".into()]);
-    candidates.push(vec!["asciinema".into()]);
-    for c in candidates {
-        let works = std::process::Command::new(&c[0])
-            .args(&c[1..])
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if works {
-            return Some(c);
-        }
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but no asciinema CLI: install it with pip install 'asciinema==2.4.*' \
-         (into WSGATE_PYTHON's environment)"
-    );
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED the asciinema playback check: no asciinema CLI (pip install 'asciinema==2.4.*')"
-    );
-    None
-}
-
 /// Read every data message until the server closes; everything concatenated.
 async fn read_to_close(ws: &mut WsClient) -> Vec<u8> {
     let mut out = Vec::new();

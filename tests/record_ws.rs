@@ -95,42 +95,6 @@ fn raw_records(file: &Path, kind: wsgate::record::raw::Kind) -> Vec<Vec<u8>> {
     out
 }
 
-/// The asciinema CLI (`asciinema` 2.4 from PyPI) as tests/record.rs finds it: `WSGATE_PYTHON
-/// -m asciinema`, `python3 -m asciinema`, or `asciinema`; under `CI=true` missing is a failure.
-fn asciinema() -> Option<Vec<String>> {
-    let mut candidates = Vec::new();
-    if let Ok(p) = std::env::var("WSGATE_PYTHON") {
-        if !p.is_empty() {
-            candidates.push(vec![p, "-m".into(), "asciinema".into()]);
-        }
-    }
-    candidates.push(vec!["python3".into(), "-m".into(), "asciinema".into()]);
-    candidates.push(vec!["asciinema".into()]);
-    for c in candidates {
-        let works = std::process::Command::new(&c[0])
-            .args(&c[1..])
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if works {
-            return Some(c);
-        }
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but no asciinema CLI: install it with pip install 'asciinema==2.4.*' \
-         (into WSGATE_PYTHON's environment)"
-    );
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED the asciinema playback check: no asciinema CLI (pip install 'asciinema==2.4.*')"
-    );
-    None
-}
-
 #[tokio::test]
 async fn a_ws_route_recorded_raw_keeps_both_directions_and_replays_what_the_client_received() {
     let dir = tempfile::tempdir().unwrap();
