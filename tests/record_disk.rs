@@ -1,10 +1,11 @@
 //! Recording onto a full disk, under both policies: a 256 KiB tmpfs mounted for the test
-//! (root can; where mounting is not allowed the tests say so and run what needs no small
-//! file system: `min_free_bytes` above what the disk has, and a folder that cannot be made).
-//! `best_effort` keeps the session whole and says in the metadata that the recording was cut
-//! short; `required` closes a session whose recording fails with 1011 and refuses with 503,
-//! before the upgrade and with a log line saying why, a session whose file cannot be created
-//! or whose disk has less than `min_free_bytes` free.
+//! (root can; where mounting is not allowed the full-disk tests print a skip line, and the
+//! refusals run on what needs no small file system: `min_free_bytes` above what the disk
+//! has, and a folder that cannot be made). `best_effort` keeps the session whole and says in
+//! the metadata that the recording was cut short; `required` closes a session whose
+//! recording fails with 1011, and refuses with 503, before the upgrade and with a log line
+//! saying why, a session whose file cannot be created (no inode left) or whose disk has less
+//! than `min_free_bytes` free; `best_effort` serves that session unrecorded.
 
 mod support;
 
@@ -47,14 +48,6 @@ impl SmallDisk {
         self.dir.path()
     }
 
-    /// Take every byte left (a file written until the disk refuses more).
-    fn fill(&self) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(self.path().join("filler")).expect("filler");
-        while f.write_all(&[0u8; 4096]).is_ok() {}
-        assert_eq!(self.free(), 0);
-    }
-
     /// Bytes free for the gateway's user, as its `min_free_bytes` check reads them.
     fn free(&self) -> u64 {
         let st = rustix::fs::statvfs(self.path()).expect("statvfs");
@@ -75,19 +68,23 @@ impl Drop for SmallDisk {
     }
 }
 
-/// A 256 KiB tmpfs, or `None` with a line saying what is not tested here and why.
+/// A tmpfs for a test that cannot run without one, or `None` with a line saying why.
 fn small_disk(test: &str, options: &str) -> Option<SmallDisk> {
     match SmallDisk::mount(options) {
         Ok(disk) => Some(disk),
         Err(why) => {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
+            say(&format!(
                 "SKIPPED {test}: a full disk needs a small file system to fill, and {why}"
-            );
+            ));
             None
         }
     }
+}
+
+/// Straight to stderr: libtest hides what a passing test prints with `eprintln!`.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// The payload bytes of each kind in a raw recording, and its markers' texts.
@@ -228,31 +225,7 @@ async fn best_effort_on_a_full_disk_still_writes_the_metadata_saying_truncated_a
         "wsgate_recording_dropped_bytes_total{route=\"disk_best\",cause=\"write_error\"}";
     assert!(metric(&page, write_error).unwrap_or(0.0) > 0.0, "{page}");
 
-    // Fill what the failed write gave back: the next session cannot have a recording, runs
-    // unrecorded, and the metrics say why.
-    disk.fill();
-    let echo = tcp_echo_backend().await;
-    let gw2 = recorded_gateway(
-        "disk_best_again",
-        &format!("tcp://{echo}"),
-        disk.path(),
-        "min_free_bytes = 0",
-    )
-    .await;
-    let mut ws = ws_client(&gw2.url("/")).await;
-    assert_echoes(&mut ws, b"unrecorded but served").await;
-    ws.close(None).await.unwrap();
-    finish_close(&mut ws).await;
-    assert_eq!(
-        metric(
-            &scrape(gw2.admin.expect("admin listener")).await,
-            "wsgate_recording_failures_total{route=\"disk_best_again\",stage=\"create\"}"
-        ),
-        Some(1.0),
-        "the recording that could not be made is counted"
-    );
     gw.stop().await.unwrap();
-    gw2.stop().await.unwrap();
 }
 
 /// Regression: as above, and the metadata of a session closed for its failed recording
@@ -270,7 +243,10 @@ async fn required_on_a_full_disk_closes_with_1011_and_the_metadata_still_records
         "disk_required",
         &format!("tcp://{backend}"),
         disk.path(),
-        "policy = \"required\"\nmin_free_bytes = 0",
+        // A short queue ties the session to its writer: with the default 1024 chunks the
+        // whole session could be queued before the disk fills, and end normally with nothing
+        // left to move when the failure is known.
+        "policy = \"required\"\nmin_free_bytes = 0\nqueue_chunks = 4",
     )
     .await;
     let admin = gw.admin.expect("admin listener");
@@ -310,31 +286,33 @@ async fn required_on_a_full_disk_closes_with_1011_and_the_metadata_still_records
     gw.stop().await.unwrap();
 }
 
+/// The only test here that reads the log, and the only one whose sessions log these lines:
+/// `tracing` caches a call site's interest process-wide, so a concurrent test hitting the
+/// same call site on another thread could hide it from this test's scoped subscriber.
 #[tokio::test]
-async fn required_refuses_with_503_before_the_upgrade_when_the_file_cannot_be_created() {
+async fn without_room_for_its_recording_a_session_is_refused_with_503_under_required_and_says_why()
+{
     let (logs, _guard) = capture_logs();
-    let test = "required_refuses_with_503_before_the_upgrade_when_the_file_cannot_be_created";
+    let test =
+        "without_room_for_its_recording_a_session_is_refused_with_503_under_required_and_says_why";
+    let echo = tcp_echo_backend().await;
+
     // A file system with no inode left: not even the date's folder can be made. Without a
     // mount, a regular file where the folder should be does the same.
-    let disk = small_disk(test, "size=256k,nr_inodes=1,mode=0700");
+    let no_inode = SmallDisk::mount("size=256k,nr_inodes=1,mode=0700");
     let fallback = tempfile::tempdir().unwrap();
-    let dir = match &disk {
-        Some(d) => d.path().to_path_buf(),
-        None => {
+    let (dir, why) = match &no_inode {
+        Ok(d) => {
+            say(&format!("{test}: a tmpfs with no inode left"));
+            (d.path().to_path_buf(), "No space left on device")
+        }
+        Err(e) => {
+            say(&format!("{test}: a file where the folder should be ({e})"));
             let blocked = fallback.path().join("not-a-folder");
             std::fs::write(&blocked, b"x").unwrap();
-            blocked
+            (blocked, "Not a directory")
         }
     };
-    eprintln!(
-        "{test}: {}",
-        if disk.is_some() {
-            "a tmpfs with no inode left"
-        } else {
-            "a file where the folder should be"
-        }
-    );
-    let echo = tcp_echo_backend().await;
     let gw = recorded_gateway(
         "disk_no_file",
         &format!("tcp://{echo}"),
@@ -342,7 +320,6 @@ async fn required_refuses_with_503_before_the_upgrade_when_the_file_cannot_be_cr
         "policy = \"required\"\nmin_free_bytes = 0",
     )
     .await;
-    let admin = gw.admin.expect("admin listener");
     let (status, answer) = upgrade_with(gw.addr, "/", &[]).await;
     assert_eq!(status, 503, "{answer}");
     let text = logs.text();
@@ -350,13 +327,8 @@ async fn required_refuses_with_503_before_the_upgrade_when_the_file_cannot_be_cr
         .lines()
         .find(|l| l.contains("session recording could not be created"))
         .unwrap_or_else(|| panic!("no log line says why: {text}"));
-    let why = if disk.is_some() {
-        "No space left on device"
-    } else {
-        "Not a directory"
-    };
     assert!(line.contains(why), "{line}");
-    let page = scrape(admin).await;
+    let page = scrape(gw.admin.expect("admin listener")).await;
     assert_eq!(
         metric(&page, &rejections("disk_no_file", "recording_unavailable")),
         Some(1.0)
@@ -369,34 +341,47 @@ async fn required_refuses_with_503_before_the_upgrade_when_the_file_cannot_be_cr
         Some(1.0)
     );
     gw.stop().await.unwrap();
-}
 
-#[tokio::test]
-async fn required_refuses_a_session_while_the_disk_has_less_than_min_free_bytes() {
-    let (logs, _guard) = capture_logs();
-    let test = "required_refuses_a_session_while_the_disk_has_less_than_min_free_bytes";
-    let disk = small_disk(test, "size=256k,mode=0700");
-    let fallback = tempfile::tempdir().unwrap();
-    let echo = tcp_echo_backend().await;
-    let (dir, min_free, filler) = match &disk {
-        // 128 KiB wanted; a filler leaves 64 KiB.
-        Some(d) => {
+    // The same disk under best_effort: the session is served unrecorded, and counted.
+    let gw = recorded_gateway(
+        "disk_no_file_best",
+        &format!("tcp://{echo}"),
+        &dir,
+        "min_free_bytes = 0",
+    )
+    .await;
+    let mut ws = ws_client(&gw.url("/")).await;
+    assert_echoes(&mut ws, b"unrecorded but served").await;
+    ws.close(None).await.unwrap();
+    finish_close(&mut ws).await;
+    expect_metric(
+        gw.admin.expect("admin listener"),
+        "wsgate_recording_failures_total{route=\"disk_no_file_best\",stage=\"create\"}",
+        1.0,
+    )
+    .await;
+    gw.stop().await.unwrap();
+
+    // Less free than min_free_bytes: 128 KiB wanted, a filler leaves 64 KiB of 256 KiB.
+    // Without a mount, more than any disk has.
+    let small = SmallDisk::mount("size=256k,mode=0700");
+    let (dir, min_free, filler) = match &small {
+        Ok(d) => {
+            say(&format!(
+                "{test}: a 256 KiB tmpfs with 64 KiB free and min_free_bytes = 128 KiB"
+            ));
             let filler = d.path().join("filler");
             std::fs::write(&filler, vec![7u8; 192 << 10]).unwrap();
             assert!(d.free() < 128 << 10, "{} bytes free", d.free());
             (d.path().to_path_buf(), 128u64 << 10, Some(filler))
         }
-        // More than any disk has.
-        None => (fallback.path().to_path_buf(), 1u64 << 60, None),
-    };
-    eprintln!(
-        "{test}: {}",
-        if disk.is_some() {
-            "a 256 KiB tmpfs with 64 KiB free and min_free_bytes = 128 KiB"
-        } else {
-            "min_free_bytes = 2^60 on the temporary folder's disk"
+        Err(e) => {
+            say(&format!(
+                "{test}: min_free_bytes = 2^60 on the temporary folder's disk ({e})"
+            ));
+            (fallback.path().to_path_buf(), 1u64 << 60, None)
         }
-    );
+    };
     let gw = recorded_gateway(
         "disk_min_free",
         &format!("tcp://{echo}"),
