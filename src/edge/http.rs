@@ -434,11 +434,16 @@ fn accept(
     let Matched {
         route, snapshot, ..
     } = matched;
+    // What the session is handed once the upgrade completes, boxed while it waits: a task's
+    // future keeps everything it captures for its whole life, and these move on to the
+    // session (docs/benchmarks.md, memory per idle session).
+    let handover = Box::new((backend, info, recording, deflate, resume));
     let session = {
         let shared = shared.clone();
         async move {
-            let (_permit, _slot) = held;
-            let _lease = lease;
+            // Captured, so held until the session ends: the connection's and the route's
+            // slots, and the pooled backend's lease.
+            let _held = (&held, &lease);
             let protocol = upgrade.protocol();
             let stream = match upgrade.wait().await {
                 Ok(stream) => stream,
@@ -447,6 +452,7 @@ fn accept(
                     return;
                 }
             };
+            let (backend, info, recording, deflate, resume) = *handover;
             session::start(
                 ClientSide {
                     stream,

@@ -19,9 +19,12 @@
 //! (`messages_to_client`): in `bridge` the client reader's backend write and the writer's
 //! framed send, in `relay` each hop's `read_hop` → `deliver`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use fastwebsockets::Role;
+use futures_util::future::Either;
 use hyper::upgrade::Upgraded;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -30,7 +33,6 @@ use tracing::{info, Span};
 
 use super::bridge::{self, Outcome};
 use super::io::{websocket_halves, ClientStream};
-use super::registry::Registered;
 use super::registry::SessionEntry;
 use super::relay;
 use super::resume::{self, ResumeSettings};
@@ -97,17 +99,22 @@ pub struct Gateway<'a> {
 
 /// Run a session from its hand-over to its end; the close code is recorded in the registry's
 /// recent closes, the access log and the close metrics.
-pub async fn start(client: ClientSide, backend: BackendSide<'_>, gateway: Gateway<'_>) {
-    // In the session's task: the thread it counts on is the one it runs on.
-    let _worker = metrics::WorkerSessionGuard::open();
-    let mut registered = gateway.registry.register(backend.info, gateway.shutdown);
-    Span::current().record("session", registered.entry().id);
-    let recording = backend.recording;
+///
+/// Not an `async fn`, and neither are the steps below it: each takes its arguments apart
+/// here and returns a future that holds only what the session needs while it runs. An
+/// `async fn` keeps its arguments for its whole life beside everything it moves them into,
+/// and an idle session is mostly these futures (docs/benchmarks.md).
+pub fn start<'a>(
+    client: ClientSide,
+    backend: BackendSide<'a>,
+    gateway: Gateway<'a>,
+) -> impl Future<Output = ()> + 'a {
+    let registered = gateway.registry.register(backend.info, gateway.shutdown);
+    let stream = ClientStream::new(client.stream);
     let joined = Joined {
-        recording,
+        recording: backend.recording,
         backend: backend.backend,
         settings: backend.settings,
-        registered: &registered,
         hard_stop: gateway.hard_stop,
         frame_budget: gateway.frame_budget,
         protocol: client.protocol,
@@ -115,13 +122,20 @@ pub async fn start(client: ClientSide, backend: BackendSide<'_>, gateway: Gatewa
         resume: client.resume,
         registry: gateway.registry,
     };
-    // Each client stream kind boxed, sized to itself: the task that waits for the upgrade
-    // stays small, and a TLS or h2 session does not also carry a plain session's state.
-    let code = match ClientStream::new(client.stream) {
-        ClientStream::Tcp(read, write) => Box::pin(joined.run(read, write)).await,
-        ClientStream::Other(read, write) => Box::pin(joined.run(read, write)).await,
-    };
-    registered.set_close_code(code);
+    async move {
+        let mut registered = registered;
+        // In the session's task: the thread it counts on is the one it runs on.
+        let _worker = metrics::WorkerSessionGuard::open();
+        let entry = registered.entry().clone();
+        Span::current().record("session", entry.id);
+        // Both client stream kinds inline: a future is as large as its largest arm, not
+        // their sum.
+        let code = match stream {
+            ClientStream::Tcp(read, write) => joined.run(&entry, read, write).await,
+            ClientStream::Other(read, write) => joined.run(&entry, read, write).await,
+        };
+        registered.set_close_code(code);
+    }
 }
 
 /// One client connection joined to the backend side, ready to pump.
@@ -129,7 +143,6 @@ struct Joined<'a> {
     recording: Option<Box<Pending>>,
     backend: Backend,
     settings: &'a SessionSettings,
-    registered: &'a Registered,
     hard_stop: &'a CancellationToken,
     frame_budget: &'a Arc<FrameBudget>,
     protocol: Protocol,
@@ -138,18 +151,22 @@ struct Joined<'a> {
     registry: &'a Arc<Registry>,
 }
 
-impl Joined<'_> {
-    /// Bridge or relay the session; returns the close code it ended with.
-    async fn run<CR, CW>(self, client_read: CR, client_write: CW) -> u16
+impl<'a> Joined<'a> {
+    /// Bridge or relay the session; the future gives the close code it ended with.
+    fn run<CR, CW>(
+        self,
+        entry: &'a Arc<SessionEntry>,
+        client_read: CR,
+        client_write: CW,
+    ) -> impl Future<Output = u16> + 'a
     where
         CR: ReadReady + Send + 'static,
-        CW: AsyncWrite + Unpin,
+        CW: AsyncWrite + Unpin + Send + 'a,
     {
         let Self {
             recording,
             backend,
             settings,
-            registered,
             hard_stop,
             frame_budget,
             protocol,
@@ -157,7 +174,6 @@ impl Joined<'_> {
             resume: resume_ask,
             registry,
         } = self;
-        let entry = registered.entry();
         let started = Instant::now();
         // The tap: when the route records, both directions are copied from the pump's two
         // crossings; when it does not, the pump holds two `None`s and nothing else.
@@ -174,32 +190,36 @@ impl Joined<'_> {
         );
         // A resumable session on a byte backend: the resume pump instead of the bridge.
         let resumable = resume_ask.zip(settings.resume.clone());
-        let backend = match (backend, resumable) {
-            (Backend::Tcp(stream), Some((ask, resume_settings))) => {
-                let (backend_read, backend_write) = stream.into_split();
-                let request = resume_request(registry, entry, ask, resume_settings, settings);
-                let halves = (client_read, client_write, backend_read, backend_write);
-                return run_resumable(halves, request, entry, &metrics, started).await;
-            }
-            (Backend::Unix(stream), Some((ask, resume_settings))) => {
-                let (backend_read, backend_write) = stream.into_split();
-                let request = resume_request(registry, entry, ask, resume_settings, settings);
-                let halves = (client_read, client_write, backend_read, backend_write);
-                return run_resumable(halves, request, entry, &metrics, started).await;
-            }
-            (backend, _) => backend,
-        };
-        let pumping = Pumping {
-            settings,
-            deflate,
-            metrics: &metrics,
-            entry,
-            hard_stop,
-            frame_budget,
-            taps,
-        };
-        let outcome = pumping.run(backend, client_read, client_write).await;
-        ended(outcome, recorder, &metrics, entry, started).await
+        async move {
+            let backend = match (backend, resumable) {
+                (Backend::Tcp(stream), Some((ask, resume_settings))) => {
+                    let (backend_read, backend_write) = stream.into_split();
+                    let request = resume_request(registry, entry, ask, resume_settings, settings);
+                    let halves = (client_read, client_write, backend_read, backend_write);
+                    let ran = run_resumable(halves, request, entry, &metrics, started);
+                    return Box::pin(ran).await;
+                }
+                (Backend::Unix(stream), Some((ask, resume_settings))) => {
+                    let (backend_read, backend_write) = stream.into_split();
+                    let request = resume_request(registry, entry, ask, resume_settings, settings);
+                    let halves = (client_read, client_write, backend_read, backend_write);
+                    let ran = run_resumable(halves, request, entry, &metrics, started);
+                    return Box::pin(ran).await;
+                }
+                (backend, _) => backend,
+            };
+            let pumping = Pumping {
+                settings,
+                deflate,
+                metrics: &metrics,
+                entry,
+                hard_stop,
+                frame_budget,
+                taps,
+            };
+            let outcome = pumping.run(backend, client_read, client_write).await;
+            ended(outcome, recorder, &metrics, entry, started).await
+        }
     }
 }
 
@@ -272,17 +292,21 @@ struct Pumping<'a> {
     taps: Taps,
 }
 
-impl Pumping<'_> {
-    /// The pump for the backend's kind, run to the end.
-    async fn run<CR, CW>(
+/// A pump's future: the TCP bridge inline (the common case, sized into every session's
+/// task), the rarer kinds boxed so that TCP sessions do not carry their larger state.
+type PumpFuture<'a, F> = Either<F, Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>>;
+
+impl<'a> Pumping<'a> {
+    /// The pump for the backend's kind, to be run to the end.
+    fn run<CR, CW>(
         self,
         backend: Backend,
         mut client_read: FrameReader<CR>,
         client_write: FrameWriter<CW>,
-    ) -> Outcome
+    ) -> PumpFuture<'a, impl Future<Output = Outcome> + 'a>
     where
         CR: ReadReady + Send + 'static,
-        CW: AsyncWrite + Unpin,
+        CW: AsyncWrite + Unpin + Send + 'a,
     {
         let Self {
             settings,
@@ -294,11 +318,31 @@ impl Pumping<'_> {
             taps,
         } = self;
         match backend {
+            Backend::Tcp(stream) => {
+                let client_deflate = client_deflate(deflate, settings);
+                if client_deflate.is_some() {
+                    client_read.allow_rsv1();
+                }
+                let (backend_read, backend_write) = stream.into_split();
+                Either::Left(bridge::run(
+                    client_read,
+                    client_write,
+                    backend_read,
+                    backend_write,
+                    settings,
+                    client_deflate,
+                    metrics,
+                    &entry.control,
+                    hard_stop,
+                    taps,
+                    open_watch(entry, settings),
+                ))
+            }
             // Datagrams: one message per datagram (never deflated; the edge declined it).
-            Backend::Udp(UdpBackend { socket, slot }) => {
+            Backend::Udp(UdpBackend { socket, slot }) => Either::Right(Box::pin(async move {
                 // The place under `[udp] max_sessions` is held until the pump ends.
                 let _slot = slot;
-                Box::pin(udp::run(
+                udp::run(
                     client_read,
                     client_write,
                     socket,
@@ -307,17 +351,16 @@ impl Pumping<'_> {
                     UdpMetrics::for_route(&entry.info.route),
                     &entry.control,
                     hard_stop,
-                ))
+                )
                 .await
-            }
+            })),
             Backend::Unix(stream) => {
                 let client_deflate = client_deflate(deflate, settings);
                 if client_deflate.is_some() {
                     client_read.allow_rsv1();
                 }
                 let (backend_read, backend_write) = stream.into_split();
-                // Boxed: sessions on TCP routes should not carry a second bridge's state.
-                Box::pin(bridge::run(
+                Either::Right(Box::pin(bridge::run(
                     client_read,
                     client_write,
                     backend_read,
@@ -329,29 +372,7 @@ impl Pumping<'_> {
                     hard_stop,
                     taps,
                     open_watch(entry, settings),
-                ))
-                .await
-            }
-            Backend::Tcp(stream) => {
-                let client_deflate = client_deflate(deflate, settings);
-                if client_deflate.is_some() {
-                    client_read.allow_rsv1();
-                }
-                let (backend_read, backend_write) = stream.into_split();
-                bridge::run(
-                    client_read,
-                    client_write,
-                    backend_read,
-                    backend_write,
-                    settings,
-                    client_deflate,
-                    metrics,
-                    &entry.control,
-                    hard_stop,
-                    taps,
-                    open_watch(entry, settings),
-                )
-                .await
+                )))
             }
             Backend::WebSocket {
                 io,
@@ -375,19 +396,20 @@ impl Pumping<'_> {
                 }
                 // Watchers see each message's data as the backend sent it (inflated).
                 open_watch(entry, settings);
-                // Boxed so that sessions on TCP routes do not carry the relay's larger state.
-                Box::pin(relay::run(
-                    (client_read, client_write),
-                    backend,
-                    settings,
-                    &deflate,
-                    metrics,
-                    &entry.control,
-                    hard_stop,
-                    Some(entry.clone()),
-                    taps,
-                ))
-                .await
+                Either::Right(Box::pin(async move {
+                    relay::run(
+                        (client_read, client_write),
+                        backend,
+                        settings,
+                        &deflate,
+                        metrics,
+                        &entry.control,
+                        hard_stop,
+                        Some(entry.clone()),
+                        taps,
+                    )
+                    .await
+                }))
             }
         }
     }
