@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
-use super::jwks::{is_loopback, post_form, KeySet};
+use super::jwks::KeySet;
 use super::jwt::{Claims, JwtPolicy};
+use super::provider_client::{is_loopback, post_form};
 use super::sealed::CookieKeys;
 use crate::config::{JwtAlgorithm, JwtConfig, RouteSigninConfig, SigninConfig};
 use crate::http_util::{query_value, remove_cookies, text, Body};
