@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use fastwebsockets::Role;
 use futures_util::future::Either;
+use futures_util::FutureExt;
 use hyper::upgrade::Upgraded;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -109,8 +110,9 @@ pub fn start<'a>(
     backend: BackendSide<'a>,
     gateway: Gateway<'a>,
 ) -> impl Future<Output = ()> + 'a {
-    let registered = gateway.registry.register(backend.info, gateway.shutdown);
-    let stream = ClientStream::new(client.stream);
+    let mut registered = gateway.registry.register(backend.info, gateway.shutdown);
+    let entry = registered.entry().clone();
+    Span::current().record("session", entry.id);
     let joined = Joined {
         recording: backend.recording,
         backend: backend.backend,
@@ -122,20 +124,19 @@ pub fn start<'a>(
         resume: client.resume,
         registry: gateway.registry,
     };
-    async move {
-        let mut registered = registered;
-        // In the session's task: the thread it counts on is the one it runs on.
-        let _worker = metrics::WorkerSessionGuard::open();
-        let entry = registered.entry().clone();
-        Span::current().record("session", entry.id);
-        // Both client stream kinds inline: a future is as large as its largest arm, not
-        // their sum.
-        let code = match stream {
-            ClientStream::Tcp(read, write) => joined.run(&entry, read, write).await,
-            ClientStream::Other(read, write) => joined.run(&entry, read, write).await,
-        };
+    // Both client stream kinds in the session's one task: a future is as large as its
+    // largest arm, not their sum.
+    let run = match ClientStream::new(client.stream) {
+        ClientStream::Tcp(read, write) => Either::Left(joined.run(entry, read, write)),
+        ClientStream::Other(read, write) => Either::Right(joined.run(entry, read, write)),
+    };
+    // Called in the session's task: the thread it counts on is the one it runs on.
+    let worker = metrics::WorkerSessionGuard::open();
+    // `map`, not an `async` block: awaiting a captured future would hold it twice.
+    run.map(move |code| {
         registered.set_close_code(code);
-    }
+        drop(worker);
+    })
 }
 
 /// One client connection joined to the backend side, ready to pump.
@@ -155,7 +156,7 @@ impl<'a> Joined<'a> {
     /// Bridge or relay the session; the future gives the close code it ended with.
     fn run<CR, CW>(
         self,
-        entry: &'a Arc<SessionEntry>,
+        entry: Arc<SessionEntry>,
         client_read: CR,
         client_write: CW,
     ) -> impl Future<Output = u16> + 'a
@@ -177,7 +178,7 @@ impl<'a> Joined<'a> {
         let started = Instant::now();
         // The tap: when the route records, both directions are copied from the pump's two
         // crossings; when it does not, the pump holds two `None`s and nothing else.
-        let recorder = recording.map(|pending| start_recording(*pending, entry));
+        let recorder = recording.map(|pending| start_recording(*pending, &entry));
         let taps = recorder.as_ref().map(Recorder::taps).unwrap_or_default();
         let metrics =
             SessionMetrics::start_counted(entry.info.route.clone(), protocol, &entry.bytes);
@@ -190,7 +191,12 @@ impl<'a> Joined<'a> {
         );
         // A resumable session on a byte backend: the resume pump instead of the bridge.
         let resumable = resume_ask.zip(settings.resume.clone());
+        // What the pump is made of, boxed until it is: the future keeps everything it
+        // captures for its whole life, and these move on into the pump.
+        let parts = Box::new((backend, resumable, client_read, client_write, deflate, taps));
         async move {
+            let entry = &entry;
+            let (backend, resumable, client_read, client_write, deflate, taps) = *parts;
             let backend = match (backend, resumable) {
                 (Backend::Tcp(stream), Some((ask, resume_settings))) => {
                     let (backend_read, backend_write) = stream.into_split();
