@@ -1,11 +1,11 @@
 //! The RFC 8441 parts of an HTTP/2 WebSocket handshake: what an extended CONNECT must carry,
 //! the `200` that opens the stream, and the headers HTTP/2 forbids in answers.
 
-use hyper::ext::Protocol;
+use h2::ext::Protocol;
 use hyper::header::{self, HeaderValue};
-use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode};
 
+use super::h2::PendingStream;
 use crate::error::RejectError;
 
 /// RFC 8441 §4–5: what makes an HTTP/2 request a WebSocket handshake. Neither
@@ -33,13 +33,18 @@ pub fn check_extended_connect<B>(req: &Request<B>) -> Result<(), RejectError> {
     }
 }
 
-/// The `200` that opens the stream as a WebSocket, and the stream to come once hyper has
-/// sent it.
-pub fn accept<B: Default>(req: &mut Request<hyper::body::Incoming>) -> (Response<B>, OnUpgrade) {
-    let upgrade = hyper::upgrade::on(req);
-    let mut response = Response::new(B::default());
+/// The `200` that opens the stream as a WebSocket, and the stream to come once it is sent.
+pub(super) fn accept<B, D: Default>(
+    req: &mut Request<B>,
+) -> Result<(Response<D>, PendingStream), RejectError> {
+    // Every HTTP/2 request comes from `super::h2::serve`, which gives a CONNECT its stream.
+    let stream = req
+        .extensions_mut()
+        .remove::<PendingStream>()
+        .ok_or(RejectError::BadRequest("an upgrade needs a CONNECT stream"))?;
+    let mut response = Response::new(D::default());
     *response.status_mut() = StatusCode::OK;
-    (response, upgrade)
+    Ok((response, stream))
 }
 
 /// Headers that name the connection, which HTTP/2 forbids (RFC 9113 §8.2.2): a response

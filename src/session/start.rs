@@ -22,14 +22,14 @@
 use std::sync::Arc;
 
 use fastwebsockets::Role;
-use hyper::upgrade::Upgraded;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Span};
 
 use super::bridge::{self, Outcome};
-use super::io::{websocket_halves, ClientStream};
+use super::io::websocket_halves;
+pub use super::io::ClientStream;
 use super::registry::Registered;
 use super::registry::SessionEntry;
 use super::relay;
@@ -54,8 +54,8 @@ pub use super::resume::protocol as resume_protocol;
 
 /// One client connection, as the edge accepted it.
 pub struct ClientSide {
-    /// The upgraded stream (`101`, or an HTTP/2 stream after its `200`).
-    pub stream: Upgraded,
+    /// The client's stream (after the `101`, or an HTTP/2 stream after its `200`).
+    pub stream: ClientStream,
     pub protocol: Protocol,
     /// permessage-deflate as agreed with this client.
     pub deflate: Option<Agreement>,
@@ -117,8 +117,9 @@ pub async fn start(client: ClientSide, backend: BackendSide<'_>, gateway: Gatewa
     };
     // Each client stream kind boxed, sized to itself: the task that waits for the upgrade
     // stays small, and a TLS or h2 session does not also carry a plain session's state.
-    let code = match ClientStream::new(client.stream) {
+    let code = match client.stream {
         ClientStream::Tcp(read, write) => Box::pin(joined.run(read, write)).await,
+        ClientStream::H2(read, write) => Box::pin(joined.run(read, write)).await,
         ClientStream::Other(read, write) => Box::pin(joined.run(read, write)).await,
     };
     registered.set_close_code(code);
@@ -516,8 +517,13 @@ pub async fn join(
         max_message_bytes: settings.max_message_bytes,
     };
     let max_frame = settings.max_frame_bytes;
-    match ClientStream::new(client.stream) {
+    match client.stream {
         ClientStream::Tcp(read, write) => {
+            let (r, w) =
+                websocket_halves(read, write, Role::Server, max_frame, gateway.frame_budget);
+            Box::pin(resume::resume(r, w, request)).await
+        }
+        ClientStream::H2(read, write) => {
             let (r, w) =
                 websocket_halves(read, write, Role::Server, max_frame, gateway.frame_budget);
             Box::pin(resume::resume(r, w, request)).await
