@@ -173,7 +173,10 @@ async fn a_client_that_does_not_read_holds_the_backend_back() {
     .await;
     let client = h2c_connection(gw.addr, 65_535).await;
     let (_send, mut recv) = websocket(&client, "/").await;
-    let mut socket = accepted.recv().await.expect("the gateway dialed the backend");
+    let mut socket = accepted
+        .recv()
+        .await
+        .expect("the gateway dialed the backend");
     let chunk = vec![5u8; 64 * 1024];
     let mut written = 0usize;
     let stalled = loop {
@@ -226,7 +229,11 @@ async fn a_closed_session_ends_its_stream_with_end_stream() {
     while let Some(data) = next_data(&mut recv).await {
         frames.feed(&data);
     }
-    assert_eq!(frames.opcodes.last(), Some(&0x8), "the gateway's Close came");
+    assert_eq!(
+        frames.opcodes.last(),
+        Some(&0x8),
+        "the gateway's Close came"
+    );
     assert!(recv.is_end_stream(), "the stream ended with END_STREAM");
     expect_metric(
         admin,

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument, Span};
 
 use super::console::Console;
+use super::h2_writes::GatheredWrites;
 use super::http::ConnectionBody;
 use super::shared::{ConnectionSlot, InUse, Shared};
 use crate::metrics;
@@ -76,7 +77,7 @@ pub async fn serve<IO>(
     tokio::pin!(unused);
     // The preface and SETTINGS count towards the first request's deadline.
     let handshake = tokio::select! {
-        r = builder.handshake::<_, Bytes>(io) => r,
+        r = builder.handshake::<_, Bytes>(GatheredWrites::new(io)) => r,
         phase = &mut unused => {
             metrics::connection_timed_out(phase);
             debug!(phase, "HTTP/2 preface not completed in time: closed");

@@ -72,6 +72,10 @@ impl AsyncRead for H2Read {
         let n = self.chunk.len().min(buf.remaining());
         buf.put_slice(&self.chunk[..n]);
         self.chunk.advance(n);
+        if self.chunk.is_empty() {
+            // An empty slice still pins the buffer it was cut from: an idle session holds none.
+            self.chunk = Bytes::new();
+        }
         // What the session has taken is the client's to send again (WINDOW_UPDATE as h2 sees
         // fit); what it has not stays counted against the window.
         let _ = self.recv.flow_control().release_capacity(n);
