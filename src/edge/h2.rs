@@ -8,7 +8,7 @@
 use std::convert::Infallible;
 use std::error::Error;
 use std::future::poll_fn;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,17 +21,16 @@ use hyper::service::Service;
 use hyper::{Method, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument, Span};
 
 use super::console::Console;
+use super::extended_connect::{strip_connection_headers, PendingStream};
 use super::h2_writes::GatheredWrites;
 use super::http::ConnectionBody;
 use super::shared::{ConnectionSlot, InUse, Shared};
 use crate::metrics;
 use crate::policy::ConnInfo;
-use crate::session::start::ClientStream;
 use crate::snapshot::Snapshot;
 
 /// Serve one HTTP/2 connection: each stream is a request to `http::handle`, and an extended
@@ -141,26 +140,6 @@ pub async fn serve<IO>(
     }
 }
 
-/// An extended CONNECT's stream, promised to the request's answer: put in the request's
-/// extensions by [`serve`], taken by `extended_connect::accept`, and handed over once a
-/// `2xx` has been sent on it. (Shared only because extensions must be `Clone`; one copy
-/// exists.)
-#[derive(Clone)]
-pub(super) struct PendingStream(Arc<Mutex<Option<StreamReceiver>>>);
-
-type StreamReceiver = oneshot::Receiver<(SendStream<Bytes>, RecvStream)>;
-
-impl PendingStream {
-    /// The stream, once its `200` went out; an error if it was reset first.
-    pub(super) async fn wait(self) -> Result<ClientStream, Box<dyn Error + Send + Sync>> {
-        let receiver = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let (send, recv) = receiver
-            .ok_or("the stream was handed over already")?
-            .await?;
-        Ok(ClientStream::h2(send, recv))
-    }
-}
-
 /// Answer one stream: the request through `requests` (abandoned if the client resets the
 /// stream first), then the answer — an extended CONNECT's `2xx` without a body, its stream
 /// handed to the session, or any other answer with its body sent within the stream's flow
@@ -177,10 +156,9 @@ async fn answer<S>(
     let (mut parts, recv) = req.into_parts();
     // No stage reads a request's body; an extended CONNECT's stream is the session's.
     let handover = (parts.method == Method::CONNECT).then(|| {
-        let (tx, rx) = oneshot::channel();
-        let pending = PendingStream(Arc::new(Mutex::new(Some(rx))));
+        let (handover, pending) = PendingStream::new();
         parts.extensions.insert(pending);
-        tx
+        handover
     });
     let answered = tokio::select! {
         r = requests.call(Request::from_parts(parts, Empty::new())) => r,
@@ -194,7 +172,7 @@ async fn answer<S>(
         Ok(response) => response.into_parts(),
         Err(never) => match never {},
     };
-    super::extended_connect::strip_connection_headers(&mut head.headers);
+    strip_connection_headers(&mut head.headers);
     // RFC 9110 §6.6.1, as hyper does on HTTP/1.1.
     if !head.headers.contains_key(header::DATE) {
         let now = httpdate::fmt_http_date(std::time::SystemTime::now());

@@ -4,7 +4,7 @@
 use hyper::header;
 use hyper::{Method, Request, Response, Version};
 
-use super::h2::PendingStream;
+use super::extended_connect::PendingStream;
 use crate::error::RejectError;
 use crate::http_util::{header_has_token, Body};
 use crate::metrics::Protocol;
