@@ -20,11 +20,14 @@ const GATHER_BYTES: usize = 64 * 1024;
 /// task woken to run again; the next flush with nothing new written in between (the end of
 /// the turn, after the other ready tasks — sessions adding their own data — have run) writes
 /// what was gathered. At most one extra turn of the connection's task per batch; no timer.
+/// The first flush (the server's SETTINGS) is written at once.
 pub struct GatheredWrites<IO> {
     io: IO,
     gathered: Vec<u8>,
     /// Something was gathered since the last flush.
     fresh: bool,
+    /// The first flush (the server's preface, SETTINGS) went out: the client may wait for it.
+    started: bool,
 }
 
 impl<IO> GatheredWrites<IO> {
@@ -33,6 +36,7 @@ impl<IO> GatheredWrites<IO> {
             io,
             gathered: Vec::new(),
             fresh: false,
+            started: false,
         }
     }
 }
@@ -101,12 +105,14 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for GatheredWrites<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if std::mem::take(&mut self.fresh) && self.gathered.len() < GATHER_BYTES {
+        let fresh = std::mem::take(&mut self.fresh);
+        if fresh && self.started && self.gathered.len() < GATHER_BYTES {
             // More may come in this turn: run the connection once more before writing.
             cx.waker().wake_by_ref();
             return Poll::Ready(Ok(()));
         }
         ready!(self.poll_write_gathered(cx))?;
+        self.started = true;
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
