@@ -9,9 +9,10 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes gathered at most before they are written whatever h2 says: a few DATA frames, and
-/// what one connection holds for it (taken while it writes, released when written).
-const GATHER_BYTES: usize = 64 * 1024;
+/// Bytes gathered at most before they are written whatever h2 says, and what one connection
+/// holds for it (taken while it writes, released when written): two 64 KiB messages with
+/// their frame headers (one message alone is just over 64 KiB in 16 KiB DATA frames).
+const GATHER_BYTES: usize = 128 * 1024;
 
 /// A connection whose writes are gathered until h2 has nothing more to write in this turn.
 ///
