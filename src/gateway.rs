@@ -1,6 +1,10 @@
 //! The gateway's lifecycle: build the snapshot, bind every listener, serve the public
 //! listeners (`edge`) and the admin listener (`ops`), apply reloads (new snapshot, listeners
-//! added and removed), and on shutdown drain with a deadline.
+//! added and removed), and on shutdown drain with a deadline. The start-up steps are in
+//! `gateway/start.rs`, applying a reload in `gateway/reconfigure.rs`.
+
+mod reconfigure;
+mod start;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
@@ -20,23 +23,20 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::backend::health::RouteState;
-use crate::backend::pool::Pool;
 use crate::backend::{bind_echo_service, serve_echo_service};
-use crate::config::{AcmeConfig, Config, RuntimeMode};
-use crate::edge::proxy_protocol::Refused;
-use crate::edge::{accept_loop, listener, workers, PublicListener, Shared, Workers};
-use crate::http_util::decode_sha256_hex;
+use crate::config::{Config, RuntimeMode};
+use crate::edge::{workers, Shared, Workers};
 use crate::metrics;
-use crate::ops::admin;
-use crate::ops::api::{ApiSettings, OpsApi, RouteSummary};
-use crate::ops::config_view::ConfigView;
-use crate::ops::reload::{
-    self, config_hash, Applied, Apply, ReloadHandle, ReloadRequests, Trigger,
-};
-use crate::policy::jwks::KeySet;
-use crate::policy::{descriptors, UPKEEP_INTERVAL};
+use crate::ops::api::ApiSettings;
+use crate::ops::reload::{self, config_hash, Applied, ReloadHandle, ReloadRequests};
+use crate::policy::descriptors;
 use crate::session::registry::Registry;
 use crate::snapshot::{ListenerKey, Snapshot};
+use reconfigure::{watch_setting, Reconfigure};
+use start::{
+    api_settings, bind_public, descriptor_budget, register_metrics, spawn_checks,
+    spawn_key_refreshers, spawn_upkeep, start_acme, start_admin, start_listener, AdminParts,
+};
 
 /// A gateway whose sockets are bound; [`Gateway::run`] serves them.
 pub struct Gateway {
@@ -333,98 +333,6 @@ impl Gateway {
     }
 }
 
-/// The connection permits: `max_connections`, lowered (with a warning) when the descriptor
-/// limit cannot hold them and a backend socket per session.
-fn descriptor_budget(config: &Config) -> usize {
-    let fit = descriptors::fit(&config.limits);
-    if fit.lowered {
-        warn!(
-            event = "start",
-            nofile = descriptors::limit(),
-            reserved = descriptors::RESERVED,
-            max_connections = config.max_connections,
-            max_sessions = config.limits.max_sessions,
-            connections = fit.connections,
-            sessions = fit.sessions,
-            "the descriptor limit (RLIMIT_NOFILE) cannot hold max_connections and a backend \
-                 socket per session: serving fewer; raise LimitNOFILE (ulimit -n) to at least \
-                 max_connections + sessions + reserved"
-        );
-    } else if let Some(nofile) = descriptors::limit() {
-        info!(
-            event = "start",
-            nofile,
-            connections = fit.connections,
-            sessions = fit.sessions,
-            "descriptor budget"
-        );
-    }
-    fit.connections
-}
-
-/// What the admin listener serves besides its socket.
-struct AdminParts {
-    registry: Arc<Registry>,
-    routes: Arc<RouteState>,
-    settings: ApiSettings,
-    handle: PrometheusHandle,
-    ready: Arc<AtomicBool>,
-    reload: ReloadHandle,
-}
-
-/// Serve the admin listener (metrics, health, the API) and its API's sampler on `aux`.
-fn start_admin(
-    listener: TcpListener,
-    parts: AdminParts,
-    aux: &TaskTracker,
-    aux_stop: &CancellationToken,
-) -> Arc<OpsApi> {
-    let ops_api = Arc::new(OpsApi::new(
-        parts.registry,
-        parts.routes,
-        parts.settings,
-        aux.clone(),
-        aux_stop.clone(),
-    ));
-    aux.spawn(ops_api.clone().run_sampler());
-    aux.spawn(admin::serve(
-        listener,
-        parts.handle,
-        parts.ready,
-        ops_api.clone(),
-        parts.reload,
-        aux_stop.clone(),
-    ));
-    ops_api
-}
-
-/// The periodic upkeep: the metrics exporter's, and the handshake limiter's (whichever
-/// snapshot runs), until `stop`.
-fn spawn_upkeep(
-    handle: PrometheusHandle,
-    shared: &Arc<Shared>,
-    aux: &TaskTracker,
-    stop: &CancellationToken,
-) {
-    aux.spawn({
-        let stop = stop.clone();
-        let shared = shared.clone();
-        async move {
-            let mut metrics_tick = tokio::time::interval(Duration::from_secs(5));
-            // Keeps the handshake limiter's memory bounded, whichever snapshot runs.
-            let mut admission_tick = tokio::time::interval(UPKEEP_INTERVAL);
-            admission_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = metrics_tick.tick() => handle.run_upkeep(),
-                    _ = admission_tick.tick() => shared.snapshot.load().admission.upkeep(),
-                    () = stop.cancelled() => break,
-                }
-            }
-        }
-    });
-}
-
 /// The drain: close every session with 1001 and wait up to `shutdown_grace` (of the config
 /// running now); past it, stop what is left without waiting for close handshakes.
 async fn drain(shared: &Shared, hard_stop: &CancellationToken) {
@@ -449,336 +357,4 @@ async fn drain(shared: &Shared, hard_stop: &CancellationToken) {
         hard_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), shared.tracker.wait()).await;
     }
-}
-
-/// Bind listener `key` as `sockets` sockets (one per worker in the per-core mode).
-fn bind_public(key: ListenerKey, sockets: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
-    listener::bind(key.address, sockets).with_context(|| format!("binding listener {key}"))
-}
-
-/// Accept on `sockets` until shutdown or until a reload removes the listener (the returned
-/// token). With `places` (the per-core workers' runtimes), socket i is served on worker i,
-/// and everything its accept loop spawns runs there; without, on the calling runtime.
-fn start_listener(
-    key: ListenerKey,
-    sockets: Vec<std::net::TcpListener>,
-    places: &[Handle],
-    permits: &Arc<Semaphore>,
-    shared: &Arc<Shared>,
-) -> CancellationToken {
-    let stop = CancellationToken::new();
-    for (i, listener) in sockets.into_iter().enumerate() {
-        let l = PublicListener {
-            listener,
-            key,
-            stop: stop.clone(),
-        };
-        let task = accept_loop(l, permits.clone(), shared.clone());
-        match places.get(i) {
-            Some(place) => shared.tracker.spawn_on(task, place),
-            None => shared.tracker.spawn(task),
-        };
-    }
-    stop
-}
-
-/// Spawn [`Pool::run_checks`] for every pool of `snapshot` with active checks that
-/// `previous` does not already run them for.
-fn spawn_checks(
-    snapshot: &Snapshot,
-    previous: Option<&Snapshot>,
-    aux: &TaskTracker,
-    stop: &CancellationToken,
-) {
-    for route in &snapshot.routes {
-        let Some(pool) = &route.pool else { continue };
-        let running = previous.is_some_and(|p| p.pools().any(|q| Arc::ptr_eq(q, pool)));
-        if pool.check_interval().is_some() && !running {
-            aux.spawn(Pool::run_checks(
-                Arc::downgrade(pool),
-                snapshot.dialer.clone(),
-                route.backend_tls.clone(),
-                stop.clone(),
-            ));
-        }
-    }
-}
-
-/// Spawn [`KeySet::run_refresher`] for every JWT key set of `snapshot` without one (a kept
-/// set keeps its task; a dropped set's task ends with its last snapshot).
-fn spawn_key_refreshers(snapshot: &Snapshot, aux: &TaskTracker, stop: &CancellationToken) {
-    for set in snapshot.key_sets() {
-        if set.claim_refresher() {
-            aux.spawn(KeySet::run_refresher(Arc::downgrade(set), stop.clone()));
-        }
-    }
-}
-
-/// Watch files only when running from a file (or from flags naming certificates).
-fn watch_setting(config: &Config, source: &Source) -> Option<Duration> {
-    let has_files = matches!(source, Source::File(_)) || !config.watched_files().is_empty();
-    (config.reload.watch && has_files)
-        .then(|| Duration::from_millis(config.reload.watch_debounce_ms))
-}
-
-/// What a reload changes in a running gateway.
-struct Reconfigure {
-    shared: Arc<Shared>,
-    source: Source,
-    /// Each public listener's stop, by key.
-    running: HashMap<ListenerKey, CancellationToken>,
-    bound: BoundListeners,
-    permits: Arc<Semaphore>,
-    /// The per-core workers' runtimes (empty in the shared mode): an added listener gets a
-    /// socket on each.
-    places: Vec<Handle>,
-    echo_addr: Option<SocketAddr>,
-    /// The admin API, which shows the running config's routes and settings.
-    api: Option<Arc<OpsApi>>,
-    aux: TaskTracker,
-    aux_stop: CancellationToken,
-    /// The running ACME client's `[acme]` and its stop.
-    acme: Option<(AcmeConfig, CancellationToken)>,
-}
-
-/// Start the ACME client for `snapshot`'s `[acme]` (if any) on its certificate store.
-fn start_acme(
-    snapshot: &Snapshot,
-    aux: &TaskTracker,
-    aux_stop: &CancellationToken,
-) -> Option<(AcmeConfig, CancellationToken)> {
-    let (config, store) = (snapshot.config.acme.as_ref()?, snapshot.acme.as_ref()?);
-    let stop = aux_stop.child_token();
-    aux.spawn(crate::ops::acme::run(
-        config.clone(),
-        store.clone(),
-        stop.clone(),
-    ));
-    Some((config.clone(), stop))
-}
-
-impl Apply for Reconfigure {
-    /// Everything that can fail (reading, validating, certificates, binding new listeners)
-    /// happens before the swap; after it nothing fails. Live sessions keep the snapshot they
-    /// started with; listeners the new config still has keep their sockets.
-    async fn apply(&mut self, trigger: Trigger) -> anyhow::Result<Applied> {
-        // File reads and certificate parsing run off the async workers: with one worker
-        // thread they would otherwise stall every session for the length of the reload.
-        let source = self.source.clone();
-        let (config, hash) = blocking(move || source.load()).await?;
-        let old = self.shared.snapshot.load_full();
-        // A file caught half-written can be valid and open; only an operator's reload may
-        // take access control away.
-        if trigger == Trigger::FileChange {
-            let removed = reload::access_removed(&old.config, &config);
-            if !removed.is_empty() {
-                anyhow::bail!(
-                    "a file change would remove access control ({}); if that is meant, reload \
-                     with SIGHUP, `wsgate reload` or POST /reload",
-                    removed.join("; ")
-                );
-            }
-        }
-        let echo = match self.echo_addr {
-            None if Snapshot::needs_echo(&config) => Some(
-                bind_echo_service()
-                    .await
-                    .context("starting the echo service")?,
-            ),
-            _ => None,
-        };
-        let echo_addr = self
-            .echo_addr
-            .or_else(|| echo.as_ref().and_then(|l| l.local_addr().ok()));
-        let previous = old.clone();
-        let snapshot = blocking(move || Snapshot::succeed(config, echo_addr, &previous)).await?;
-        // New JWT key sets are fetched before the swap; kept ones keep their keys.
-        snapshot.fetch_keys().await;
-        let api_settings = api_settings(&snapshot)?;
-        let mut added = Vec::new();
-        for (key, _) in &snapshot.listeners {
-            if !self.running.contains_key(key) {
-                added.push((*key, bind_public(*key, self.places.len().max(1))?));
-            }
-        }
-
-        let needs_restart = warn_needs_restart(&old.config, &snapshot.config);
-        if let Some(echo) = echo {
-            serve_echo_service(echo, &self.aux, self.aux_stop.clone());
-            self.echo_addr = echo_addr;
-        }
-        let snapshot = Arc::new(snapshot);
-        self.shared.snapshot.store(snapshot.clone());
-        register_metrics(&snapshot);
-        // Kept pools keep their check task; a dropped pool's task ends with its last Arc.
-        spawn_checks(&snapshot, Some(&old), &self.aux, &self.aux_stop);
-        spawn_key_refreshers(&snapshot, &self.aux, &self.aux_stop);
-        // A changed `[acme]`: the old client stops mid-order if it must; the new one keeps the
-        // certificates of names it still lists and orders the rest.
-        if self.acme.as_ref().map(|(c, _)| c) != snapshot.config.acme.as_ref() {
-            if let Some((_, stop)) = self.acme.take() {
-                stop.cancel();
-            }
-            if let (Some(config), Some(store)) = (&snapshot.config.acme, &snapshot.acme) {
-                store.retain_names(&config.names);
-            }
-            self.acme = start_acme(&snapshot, &self.aux, &self.aux_stop);
-            info!(event = "reload", "[acme] changed: its client restarted");
-        }
-        if let Some(api) = &self.api {
-            api.update(api_settings);
-        }
-        let (n_added, mut removed) = (added.len(), 0);
-        let mut addrs: HashMap<ListenerKey, SocketAddr> = self
-            .bound
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, a, _)| (*k, *a))
-            .collect();
-        for (key, sockets) in added {
-            if let Some(a) = sockets.first().and_then(|l| l.local_addr().ok()) {
-                addrs.insert(key, a);
-            }
-            info!(event = "reload", listener = %key, sockets = sockets.len(), "listener added");
-            let stop = start_listener(key, sockets, &self.places, &self.permits, &self.shared);
-            self.running.insert(key, stop);
-        }
-        self.running.retain(|key, stop| {
-            let keep = snapshot.listener_tls(*key).is_some();
-            if !keep {
-                // Stops accepting; its connections and sessions carry on to their end.
-                stop.cancel();
-                removed += 1;
-                info!(event = "reload", listener = %key, "listener removed");
-            }
-            keep
-        });
-        self.bound.set(&snapshot, &addrs);
-        Ok(Applied {
-            hash,
-            files: self.source.watched_files(&snapshot.config),
-            watch: watch_setting(&snapshot.config, &self.source),
-            summary: format!(
-                "{} listener(s) ({n_added} added, {removed} removed), {} route(s){}",
-                snapshot.listeners.len(),
-                snapshot.routes.len(),
-                restart_note(&needs_restart)
-            ),
-        })
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .context("reload task panicked")?
-}
-
-/// Settings a reload reads but cannot apply to a running process: each changed one is
-/// logged, and returned for the reload's answer.
-fn warn_needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    if old.admin != new.admin {
-        keys.push("admin.address");
-    }
-    if old.max_connections != new.max_connections {
-        keys.push("limits.max_connections");
-    }
-    if old.worker_threads != new.worker_threads {
-        keys.push("runtime.worker_threads");
-    }
-    if old.runtime_mode != new.runtime_mode {
-        keys.push("runtime.mode");
-    }
-    if old.log != new.log {
-        keys.push("log");
-    }
-    for key in &keys {
-        warn!(
-            event = "reload",
-            key, "changed, but applies only after a restart; the running value stays"
-        );
-    }
-    keys
-}
-
-/// The end of a reload's summary naming the keys that wait for a restart (empty if none).
-fn restart_note(keys: &[&str]) -> String {
-    if keys.is_empty() {
-        return String::new();
-    }
-    format!(
-        "; changed, but applies only after a restart (the running value stays): {}",
-        keys.join(", ")
-    )
-}
-
-/// What the admin API needs from the snapshot: the token digest, the routes, the running
-/// config with secrets redacted, the default drain grace.
-fn api_settings(snapshot: &Snapshot) -> anyhow::Result<ApiSettings> {
-    let config = &snapshot.config;
-    let token_sha256 = match &config.admin_bearer_sha256 {
-        Some(hex) => {
-            Some(decode_sha256_hex(hex).context("admin.bearer_sha256: not a SHA-256 digest")?)
-        }
-        None => None,
-    };
-    Ok(ApiSettings {
-        token_sha256,
-        allowed_hosts: config.admin_allowed_hosts.clone(),
-        routes: snapshot
-            .routes
-            .iter()
-            .map(|r| RouteSummary {
-                name: r.name.clone(),
-                path: r.path.to_string(),
-            })
-            .collect(),
-        config_json: ConfigView::of(config).to_json(),
-        drain_grace: config.drain_grace,
-    })
-}
-
-/// Show at zero every series `snapshot`'s routes and listeners can produce.
-fn register_metrics(snapshot: &Snapshot) {
-    let listeners = &snapshot.config.listeners;
-    let reads_proxy_headers = listeners.iter().any(|l| l.proxy_protocol);
-    // udp:// (session::udp): routes whose sessions may carry datagrams.
-    let udp_routes: Vec<Arc<str>> = snapshot
-        .routes
-        .iter()
-        .filter(|r| r.backend.may_be_udp())
-        .map(|r| r.name.clone())
-        .collect();
-    let named = |keep: fn(&crate::snapshot::Route) -> bool| -> Vec<Arc<str>> {
-        snapshot
-            .routes
-            .iter()
-            .filter(|r| keep(r))
-            .map(|r| r.name.clone())
-            .collect()
-    };
-    let record_routes = named(|r| r.session.record.is_some());
-    let resume_routes = named(|r| r.session.resume.is_some());
-    metrics::register(
-        snapshot.routes.iter().map(|r| &r.name),
-        &metrics::Registered {
-            rejection_reasons: crate::error::RejectError::LABELS,
-            h2: listeners
-                .iter()
-                .any(|l| (l.tls.is_some() && l.http2) || l.h2c),
-            proxy_refusals: if reads_proxy_headers {
-                Refused::LABELS
-            } else {
-                &[]
-            },
-            udp_routes: &udp_routes,
-            record_routes: &record_routes,
-            resume_routes: &resume_routes,
-        },
-    );
 }

@@ -8,7 +8,8 @@
 //!              line is cli/ (args.rs: clap; commands.rs: check, config, replay, reload, man)
 //! gateway.rs   build the snapshot, bind, serve edge and ops (edge on the per-core workers
 //!              when `[runtime] mode = "per-core"`), apply reloads (swap the snapshot,
-//!              bind/close listeners on every worker), drain on shutdown
+//!              bind/close listeners on every worker), drain on shutdown; gateway/start.rs:
+//!              the start-up steps, gateway/reconfigure.rs: a reload applied
 //! edge/        listener.rs: accept with permits, per-connection span, PROXY header, TLS, hyper
 //!              proxy_protocol.rs: PROXY v1/v2 from trusted load balancers only
 //!              h2.rs: HTTP/2 connections (ALPN h2, h2c) on the h2 crate, extended
@@ -26,7 +27,8 @@
 //!              workers.rs: the per-core mode's threads, one single-threaded runtime each,
 //!              each accepting on its own SO_REUSEPORT socket of every listener
 //! ops/         admin.rs: /metrics, /healthz, /readyz, POST /reload; api.rs: status page and
-//!              session API (list, close, drain, config); config_view.rs: the config as
+//!              session API (list, close, drain, config; api/sessions.rs, api/status.rs);
+//!              config_view.rs: the config as
 //!              GET /api/config shows it (its own types, secrets redacted by their type);
 //!              watch.rs: a session's read-only watch WebSocket (/api/sessions/{id}/watch);
 //!              shutdown.rs: signals → one token;
@@ -42,23 +44,26 @@
 //!              side, the pump chosen by the backend's kind, access log, close metrics);
 //!              settings (SessionSettings), keepalive, pacer, io (client streams → frame
 //!              halves), h2_stream (an HTTP/2 stream as a client side, within h2's flow
-//!              control), bridge (WS ↔ bytes), relay (WS ↔ WS), udp (WS ↔ datagrams, one
-//!              message per datagram, drops instead of queues), registry (live sessions and
-//!              each one's close request; sessions only)
+//!              control), bridge (WS ↔ bytes), relay (WS ↔ WS), udp (WS ↔ datagrams,
+//!              one message per datagram, drops instead of queues; udp/readers.rs,
+//!              udp/writer.rs), resume (core.rs, core/session.rs: the loop), registry (live
+//!              sessions and each one's close request; sessions only)
 //! backend/     dial TCP / unix / WebSocket (ws, wss) backends under a timeout, socket
 //!              options, PROXY v2 to backends, the subprotocol a backend answers; pool.rs:
 //!              pools, ejection, active checks; health.rs: each route's backend health as
 //!              handshakes see it, and route drains; udp.rs: a connected UDP socket per
 //!              session under `[udp] max_sessions`; the built-in echo
 //! policy/      access (origin, bearer, JWT, client certificates), jwks (key sets from
-//!              OpenID providers: discovery, refresh, rotation), sealed and signin (browser
-//!              sign-in: cookies, the authorization code flow), identity (ConnInfo,
+//!              OpenID providers: discovery, refresh, rotation; jwks/documents.rs),
+//!              provider_client (HTTP exchanges with a provider), sealed and signin (browser
+//!              sign-in: cookies, the authorization code flow in signin/flow.rs), identity (ConnInfo,
 //!              targets (token files, JWT claims, egress), admission (session caps, connections
 //!              per address, handshake rate), auth_failures (budget of failed credentials per
 //!              address), descriptors (RLIMIT_NOFILE budget, accept back-off on EMFILE)
 //! tls.rs       PEM → rustls server configs (certificates by SNI, ACME's, mTLS) and backend
 //!              client configs
-//! config/      the file format only: serde structs, defaults, validation once at load
+//! config/      the file format only: serde structs (file.rs, file/listener.rs,
+//!              file/limits.rs, file/route.rs, …), defaults, validation once at load
 //!              (validate/, validate/route.rs), secrets as Secret<T> (secret.rs), quick
 //!              mode, the embedded default (default.toml); imports nothing of ours
 //! error.rs     the boundary error: status and label before the upgrade, close codes after
@@ -69,7 +74,9 @@
 //!              .part, 0600, metadata, caps, retention sweep), replay (print, TCP, WebSocket);
 //!              watch.rs: a session's output fanned out to live watchers (bounded queues,
 //!              the terminal backlog, slow watchers dropped)
-//! metrics.rs   metric names, descriptions, recorder, per-route and per-session handles
+//! metrics.rs   metric names, the recorder, one-off events; metrics/registration.rs:
+//!              descriptions, series at zero; metrics/handles.rs: per-route and
+//!              per-session handles
 //! ws/          the WebSocket protocol, a leaf that knows no route, backend or session:
 //!              reader (RFC 6455 §5 per frame), writer (frames out, RSV1), frames (message
 //!              rules, guarded writes), utf8, extensions (permessage-deflate negotiation),

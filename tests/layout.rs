@@ -1,5 +1,6 @@
 //! The architecture, checked: modules form layers, dependencies point down only, no file
-//! imports in a cycle, and `config` imports nothing of ours (issue 8).
+//! imports in a cycle, and `config` imports nothing of ours (issue 8); no function and no
+//! file outside tests grows past its length limit.
 //!
 //! It reads every `src/**/*.rs`, collects the `crate::…` and `super::…` paths each file
 //! names, and resolves them to files. `cargo test --test layout -- --nocapture` prints the
@@ -632,4 +633,79 @@ fn the_length_checker_counts_function_bodies() {
                 #[cfg(test)]\nmod tests {\n    fn very_long() {\n\n\n\n\n\n\n\n\n    }\n}\n";
     let got = long_functions(text, 5);
     assert_eq!(got, vec![("long".to_owned(), 6, 7)], "{text}");
+}
+
+/// The most lines of code a source file may hold outside tests: the lines before its
+/// `#[cfg(test)]`, or the whole file when it has none. A file that grows past it is split
+/// along a seam into a folder of its own (`config/file/`, `metrics/`, `gateway/`).
+const MAX_FILE_LINES: usize = 600;
+
+/// Files allowed past [`MAX_FILE_LINES`] for now.
+const LONG_FILES: &[&str] = &[
+    "edge/http.rs", // being split after the HTTP/2 serving change
+];
+
+/// The lines of `text` outside tests: those before the first `#[cfg(test)]` at the start of
+/// a line, or all of them.
+fn lines_of_code(text: &str) -> usize {
+    let code = text
+        .find("\n#[cfg(test)]")
+        .map_or(text, |at| &text[..at + 1]);
+    code.lines().count()
+}
+
+#[test]
+fn no_file_outside_tests_has_more_than_600_lines_of_code() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("reading src") {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&src(), &mut files);
+    files.sort();
+    let mut long = Vec::new();
+    for path in files {
+        if path.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let file = path
+            .strip_prefix(src())
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .replace('\\', "/");
+        if LONG_FILES.contains(&file.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("reading source");
+        let lines = lines_of_code(&text);
+        if lines > MAX_FILE_LINES {
+            long.push(format!("src/{file}: {lines} lines"));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "files with more than {MAX_FILE_LINES} lines of code; split them along a seam:\n  {}",
+        long.join("\n  ")
+    );
+}
+
+/// The file-length counter itself: test modules do not count, a file without one counts
+/// whole, and one line past the limit is over it.
+#[test]
+fn the_file_length_counter_stops_at_the_test_module() {
+    let code = "//! x\nfn a() {}\n".repeat(300);
+    assert_eq!(lines_of_code(&code), MAX_FILE_LINES);
+    let over = format!("{code}fn b() {{}}\n");
+    assert_eq!(lines_of_code(&over), MAX_FILE_LINES + 1);
+    let with_tests = format!(
+        "{code}#[cfg(test)]\nmod tests {{\n{}}}\n",
+        "    \n".repeat(50)
+    );
+    assert_eq!(lines_of_code(&with_tests), MAX_FILE_LINES);
 }

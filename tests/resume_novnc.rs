@@ -8,86 +8,12 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use serde_json::json;
 use support::browser::*;
 use support::resume::FaultRelay;
 use support::*;
-use tokio::process::{Child, Command};
-
-/// The tools this test needs, or `None` (a panic under CI, a skip otherwise).
-fn tools() -> Option<PathBuf> {
-    let novnc = PathBuf::from(
-        std::env::var_os("WSGATE_NOVNC").unwrap_or_else(|| "/usr/share/novnc".into()),
-    );
-    let mut missing = Vec::new();
-    if !novnc.join("core/rfb.js").is_file() {
-        missing.push("novnc");
-    }
-    for (bin, package) in [("Xvfb", "xvfb"), ("x11vnc", "x11vnc")] {
-        if find_tool("", bin).is_none() {
-            missing.push(package);
-        }
-    }
-    if missing.is_empty() {
-        return Some(novnc);
-    }
-    let msg = format!(
-        "not installed: {} (apt-get install {})",
-        missing.join(", "),
-        missing.join(" ")
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}; CI must run the noVNC test (.ci/run installs them)");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
-}
-
-/// Xvfb on a free display and x11vnc serving it on a loopback port; both end on drop.
-async fn vnc_server() -> (Child, Child, std::net::SocketAddr) {
-    let number = 100 + free_port() % 800;
-    let display = format!(":{number}");
-    let xvfb = Command::new("Xvfb")
-        .args([
-            display.as_str(),
-            "-screen",
-            "0",
-            "320x240x24",
-            "-nolisten",
-            "tcp",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("Xvfb starts");
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !socket.exists() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("Xvfb is up within 10 s");
-    let x11vnc = Command::new("x11vnc")
-        .args(["-display", display.as_str(), "-rfbport"])
-        .arg(port.to_string())
-        .args(["-localhost", "-nopw", "-forever", "-shared", "-quiet"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("x11vnc starts");
-    wait_for_listener(addr).await;
-    (xvfb, x11vnc, addr)
-}
 
 /// The page: noVNC's RFB over a ResumableWebSocket to `/vnc` on the page's own origin.
 const PAGE: &str = r#"<!doctype html>
@@ -111,13 +37,15 @@ const PAGE: &str = r#"<!doctype html>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn novnc_on_the_resume_library_keeps_its_vnc_session_through_cut_connections() {
     let test = "novnc_on_the_resume_library_keeps_its_vnc_session_through_cut_connections";
-    let Some(novnc) = tools() else { return };
+    let Some(novnc) = novnc_tools(test, &[]) else {
+        return;
+    };
     let Some(browser) = Browser::start(test, None).await else {
         return;
     };
-    let (_xvfb, _x11vnc, vnc) = vnc_server().await;
+    let desktop = VncDesktop::start(320, 240).await;
     // A relay in front of the VNC server, never cut: it counts the gateway's connections.
-    let backend = FaultRelay::start(vnc).await;
+    let backend = FaultRelay::start(desktop.addr).await;
     let web = tempfile::tempdir().unwrap();
     std::fs::write(web.path().join("index.html"), PAGE).unwrap();
     std::os::unix::fs::symlink(&novnc, web.path().join("novnc")).unwrap();

@@ -4,9 +4,13 @@
 //! `/metrics`, `/healthz` and `/readyz` stay open (scrapers and orchestrators); `/`, `/assets/`,
 //! `/api/` and `POST /reload` need the token when `[admin] bearer_sha256` is set, a `Host`
 //! naming this listener (DNS rebinding guard, [`OpsApi::refuse`]) and, to change state, no
-//! other site's `Origin`.
+//! other site's `Origin`. This file is that gate and the dispatch; the session endpoints
+//! are in `api/sessions.rs`, the status page's data in `api/status.rs`.
 
-use std::collections::{BTreeMap, VecDeque};
+mod sessions;
+mod status;
+
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,11 +26,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use super::watch::{self, Who};
+use super::watch::{self};
 use crate::backend::health::RouteState;
 use crate::http_util::{json as json_response, query_value, text, Body};
-use crate::record::watch::NotWatchable;
-use crate::session::registry::{is_sendable_close_code, Registry, SessionEntry};
+use crate::session::registry::Registry;
+use sessions::session_json;
+use status::Sample;
 
 const INDEX_HTML: &str = include_str!("status/index.html");
 const STATUS_JS: &str = include_str!("status/status.js");
@@ -44,10 +49,6 @@ const AUTH_COOKIE: &str = "wsgate_admin";
 pub const SESSIONS_PAGE: usize = 100;
 pub const SESSIONS_PAGE_MAX: usize = 1000;
 
-/// The status page's history: one sample every [`SAMPLE_EVERY`], [`SAMPLES`] kept (5 minutes).
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
-pub const SAMPLES: usize = 150;
-
 /// Close code for `DELETE /api/sessions/{id}` without `?code=`: policy violation.
 pub const DEFAULT_CLOSE_CODE: u16 = 1008;
 
@@ -56,14 +57,6 @@ pub const DEFAULT_CLOSE_CODE: u16 = 1008;
 pub struct RouteSummary {
     pub name: Arc<str>,
     pub path: String,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    at: Instant,
-    sessions: usize,
-    to_backend: u64,
-    to_client: u64,
 }
 
 /// Everything the API answers from; one per gateway.
@@ -141,37 +134,6 @@ impl OpsApi {
     /// Answer from a reloaded config from now on: its routes, config, token and drain grace.
     pub fn update(&self, settings: ApiSettings) {
         self.view.store(Arc::new(View::from(settings)));
-    }
-
-    /// Sample the totals for the chart every [`SAMPLE_EVERY`] until `stop`.
-    pub async fn run_sampler(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(SAMPLE_EVERY);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.sample(),
-                () = self.stop.cancelled() => break,
-            }
-        }
-    }
-
-    fn sample(&self) {
-        let t = self.registry.totals();
-        let mut h = self.history();
-        if h.len() == SAMPLES {
-            h.pop_front();
-        }
-        h.push_back(Sample {
-            at: Instant::now(),
-            sessions: t.sessions,
-            to_backend: t.bytes_to_backend,
-            to_client: t.bytes_to_client,
-        });
-    }
-
-    fn history(&self) -> std::sync::MutexGuard<'_, VecDeque<Sample>> {
-        self.history
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The refusal of a request that must not be served, checked before any other answer:
@@ -352,99 +314,6 @@ impl OpsApi {
             .then_some("cookie")
     }
 
-    /// `GET /api/sessions/{id}/watch`: a read-only WebSocket carrying the session's
-    /// backend→client bytes from now on (terminal routes: the recent output first). `None`
-    /// for any other path. The answer: `101` (the watch runs on the API's tasks until the
-    /// session, the watcher or the gateway ends), `401` without the admin token, `403` from
-    /// another origin, `404` for an unknown session, `405` for another method, `426` for a
-    /// request that is not a WebSocket upgrade, `409` for a session that cannot be watched
-    /// (its kind, or it is ending), `503` when it has all the watchers it may have.
-    pub fn watch<B>(&self, req: &mut Request<B>, peer: SocketAddr) -> Option<Response<Body>> {
-        let id = req
-            .uri()
-            .path()
-            .strip_prefix("/api/sessions/")?
-            .strip_suffix("/watch")?;
-        if id.contains('/') {
-            return None;
-        }
-        let id = id.to_owned();
-        let mut response = self.start_watch(req, &id, peer);
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let h = response.headers_mut();
-            h.insert(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        }
-        Some(response)
-    }
-
-    fn start_watch<B>(&self, req: &mut Request<B>, id: &str, peer: SocketAddr) -> Response<Body> {
-        let Some(credential) = self.credential(req) else {
-            return unauthorized();
-        };
-        if req.method() != Method::GET {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "a watch is a GET\n");
-        }
-        // A WebSocket from a page of another site carries that site's Origin.
-        if !same_origin(req) {
-            return text(StatusCode::FORBIDDEN, "cross-origin request refused\n");
-        }
-        let Some(entry) = self.find(id) else {
-            return not_found("no such session");
-        };
-        let version_13 = req
-            .headers()
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .is_some_and(|v| v == "13");
-        if !fastwebsockets::upgrade::is_upgrade_request(req) || !version_13 {
-            let mut r = text(
-                StatusCode::UPGRADE_REQUIRED,
-                "a watch is a WebSocket (version 13): open it with a WebSocket client\n",
-            );
-            let h = r.headers_mut();
-            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            h.insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
-            return r;
-        }
-        let watcher = match entry.watch.subscribe() {
-            Ok(w) => w,
-            Err(why @ NotWatchable::Full) => {
-                return text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
-            }
-            Err(why) => return text(StatusCode::CONFLICT, format!("{why}\n")),
-        };
-        let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut *req) {
-            Ok(r) => r,
-            Err(_) => {
-                entry.watch.leave(watcher.id);
-                return text(StatusCode::BAD_REQUEST, "invalid WebSocket upgrade\n");
-            }
-        };
-        let who = Who {
-            peer,
-            credential,
-            user_agent: req
-                .headers()
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        };
-        self.tasks.spawn(watch::serve(
-            entry,
-            watcher,
-            upgrade,
-            who,
-            self.stop.clone(),
-        ));
-        response.map(|_| Body::default())
-    }
-
     fn token_matches(&self, token: &str) -> bool {
         let view = self.view.load();
         let Some(want) = &view.token_sha256 else {
@@ -453,211 +322,6 @@ impl OpsApi {
         let got = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
         got.as_ref().ct_eq(want).into()
     }
-
-    fn find(&self, id: &str) -> Option<Arc<SessionEntry>> {
-        id.parse().ok().and_then(|id| self.registry.get(id))
-    }
-
-    fn list(&self, query: Option<&str>) -> Response<Body> {
-        let after = query_value(query, "after").and_then(|v| v.parse().ok());
-        let limit = query_value(query, "limit").and_then(|v| v.parse().ok());
-        let limit = limit.unwrap_or(SESSIONS_PAGE).clamp(1, SESSIONS_PAGE_MAX);
-        // One more than asked, to know whether another page follows.
-        let mut page = self.registry.list(after.unwrap_or(0), limit + 1);
-        let more = page.len() > limit;
-        page.truncate(limit);
-        let next = more.then(|| page.last().map(|e| e.id)).flatten();
-        json_response(
-            StatusCode::OK,
-            &json!({
-                "sessions": page.iter().map(|e| session_json(e)).collect::<Vec<_>>(),
-                "next_after": next,
-            }),
-        )
-    }
-
-    fn close(&self, id: &str, query: Option<&str>) -> Response<Body> {
-        let Some(entry) = self.find(id) else {
-            return not_found("no such session");
-        };
-        let code = match query_value(query, "code") {
-            None => DEFAULT_CLOSE_CODE,
-            Some(v) => match v.parse::<u16>() {
-                Ok(c) if is_sendable_close_code(c) => c,
-                _ => return text(
-                    StatusCode::BAD_REQUEST,
-                    "code: a close code an endpoint may send (1000-1003, 1007-1014, 3000-4999)\n",
-                ),
-            },
-        };
-        let asked = entry.control.close(code, "closed by the operator");
-        info!(
-            session = entry.id,
-            route = %entry.info.route,
-            code,
-            "session close requested through the admin API"
-        );
-        json_response(
-            StatusCode::ACCEPTED,
-            &json!({ "id": entry.id, "code": entry.control.reason().0, "already_closing": !asked }),
-        )
-    }
-
-    fn drain(&self, name: &str, query: Option<&str>) -> Response<Body> {
-        let view = self.view.load();
-        let Some(route) = view.routes.iter().find(|r| &*r.name == name) else {
-            return not_found("no such route");
-        };
-        let grace = match query_value(query, "grace_secs") {
-            None => view.drain_grace,
-            Some(v) => match v.parse::<f64>() {
-                Ok(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => {
-                    Duration::from_secs_f64(s)
-                }
-                _ => return text(StatusCode::BAD_REQUEST, "grace_secs: 0 to 86400\n"),
-            },
-        };
-        let drain = self.routes.start_drain(&route.name);
-        let live = self
-            .registry
-            .per_route()
-            .get(&route.name)
-            .copied()
-            .unwrap_or(0);
-        info!(route = %route.name, grace_secs = grace.as_secs_f64(), live, "route draining");
-        let (registry, routes) = (self.registry.clone(), self.routes.clone());
-        let (name, stop) = (route.name.clone(), self.stop.clone());
-        self.tasks.spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(grace) => {
-                    // Only if this drain still holds: an undrain during the grace calls the
-                    // closes off, and a later drain has its own grace.
-                    if routes.drain_is_current(&name, drain) {
-                        let n = registry.close_route(&name, 1001, "route drained");
-                        info!(route = %name, closed = n, "drain grace over: sessions closed with 1001");
-                    }
-                }
-                () = stop.cancelled() => {}
-            }
-        });
-        json_response(
-            StatusCode::ACCEPTED,
-            &json!({
-                "route": &*route.name,
-                "draining": true,
-                "already_draining": !drain.fresh,
-                "live_sessions": live,
-                "grace_secs": grace.as_secs_f64(),
-            }),
-        )
-    }
-
-    fn undrain(&self, name: &str) -> Response<Body> {
-        let view = self.view.load();
-        let Some(route) = view.routes.iter().find(|r| &*r.name == name) else {
-            return not_found("no such route");
-        };
-        let was = self.routes.end_drain(&route.name);
-        info!(route = %route.name, "route open again");
-        json_response(
-            StatusCode::OK,
-            &json!({ "route": &*route.name, "draining": false, "was_draining": was }),
-        )
-    }
-
-    /// Everything the status page draws, in one answer.
-    fn status(&self) -> Value {
-        let totals = self.registry.totals();
-        let per_route = self.registry.per_route();
-        let routes: Vec<Value> = self
-            .view
-            .load()
-            .routes
-            .iter()
-            .map(|r| {
-                let h = self.routes.backend_health(&r.name);
-                let ago = |t: Instant| t.elapsed().as_secs_f64();
-                json!({
-                    "name": &*r.name,
-                    "path": r.path,
-                    "sessions": per_route.get(&r.name).copied().unwrap_or(0),
-                    "draining": self.routes.is_draining(&r.name),
-                    "backend": {
-                        "state": match (h.consecutive_failures, h.last_ok) {
-                            (0, None) => "unknown",
-                            (0, Some(_)) => "ok",
-                            _ => "failing",
-                        },
-                        "consecutive_failures": h.consecutive_failures,
-                        "last_ok_secs_ago": h.last_ok.map(ago),
-                        "last_error": h.last_failure.map(|f| f.1),
-                        "last_error_secs_ago": h.last_failure.map(|f| ago(f.0)),
-                    },
-                })
-            })
-            .collect();
-        let recent = self.registry.recent_closes();
-        let mut by_code = BTreeMap::new();
-        for c in &recent {
-            *by_code.entry(c.code.to_string()).or_insert(0u64) += 1;
-        }
-        let history = self.history();
-        let first = history.front().map(|s| s.at);
-        let mut points = Vec::with_capacity(history.len());
-        let mut rate = (0.0, 0.0);
-        for (prev, s) in history.iter().zip(history.iter().skip(1)) {
-            let dt = (s.at - prev.at).as_secs_f64().max(1e-3);
-            rate = (
-                s.to_backend.saturating_sub(prev.to_backend) as f64 / dt,
-                s.to_client.saturating_sub(prev.to_client) as f64 / dt,
-            );
-            points.push(json!({
-                "t": first.map_or(0.0, |f| (s.at - f).as_secs_f64()),
-                "sessions": s.sessions,
-                "bytes_per_sec": (rate.0 + rate.1).round(),
-            }));
-        }
-        drop(history);
-        let list: Vec<Value> = self
-            .registry
-            .list(0, SESSIONS_PAGE)
-            .iter()
-            .map(|e| session_json(e))
-            .collect();
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime_secs": self.started.elapsed().as_secs(),
-            "sessions": totals.sessions,
-            "bytes": { "to_backend": totals.bytes_to_backend, "to_client": totals.bytes_to_client },
-            "bytes_per_sec": { "to_backend": rate.0.round(), "to_client": rate.1.round() },
-            "routes": routes,
-            "session_list": list,
-            "closes_by_code": by_code,
-            "recent_closes": recent.iter().map(|c| json!({
-                "id": c.id, "route": &*c.route, "code": c.code, "at_unix_ms": c.at_unix_ms,
-            })).collect::<Vec<_>>(),
-            "history": points,
-        })
-    }
-}
-
-fn session_json(e: &SessionEntry) -> Value {
-    use std::sync::atomic::Ordering::Relaxed;
-    json!({
-        "id": e.id,
-        "route": &*e.info.route,
-        "client": e.info.client.to_string(),
-        "backend": e.info.backend,
-        "subprotocol": e.info.subprotocol,
-        "user": e.info.user,
-        "bytes_to_backend": e.bytes.to_backend.load(Relaxed),
-        "bytes_to_client": e.bytes.to_client.load(Relaxed),
-        "age_secs": e.age().as_secs_f64(),
-        "closing": e.control.is_cancelled(),
-        "watchable": e.watch.is_open(),
-        "terminal": e.watch.keeps_backlog(),
-        "watchers": e.watch.watchers(),
-    })
 }
 
 /// A state-changing request from a page must come from this listener's own pages: browsers

@@ -12,6 +12,7 @@ pub mod descriptors;
 pub mod identity;
 pub mod jwks;
 pub mod jwt;
+mod provider_client;
 pub mod sealed;
 pub mod signin;
 pub mod targets;

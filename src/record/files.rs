@@ -1,26 +1,37 @@
 //! Where a recording lives on disk and how it gets there: `dir/YYYY-MM-DD/ROUTE/NAME`, folders
 //! mode 0700, the file written as `NAME.part` (created exclusively, mode 0600) and linked to
 //! its final name on close, so a name never points at half a recording and nothing is ever
-//! overwritten.
+//! overwritten. The metadata's room is taken when the recording starts (`NAME.json.part`),
+//! so a disk that fills up during the session still has space for the metadata that says
+//! the recording was cut short.
 
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A recording file being written.
+/// A recording file being written, and the room reserved for its metadata.
 pub struct PartFile {
     pub file: File,
     pub name: PartName,
+    /// `NAME.json.part`, [`METADATA_RESERVE`] bytes long until the metadata is written in.
+    pub metadata: File,
 }
+
+/// Bytes written into a recording's metadata file when the recording starts, so the file
+/// system has given them before the session can fill it. Metadata is well under this
+/// (a `User-Agent` is cut at 256 characters); a longer one still grows the file.
+pub const METADATA_RESERVE: usize = 4096;
 
 /// Where a recording is written, and what its final name is made of.
 #[derive(Debug, Clone)]
 pub struct PartName {
     /// `….part`, while it is written.
     pub part: PathBuf,
+    /// `….json.part`: the metadata's reserved room until it is written and linked.
+    pub metadata_part: PathBuf,
     /// `DIR/DATE/ROUTE`.
     pub folder: PathBuf,
     /// `YYYYMMDDTHHMMSSZ` of the start: the final name begins with it.
@@ -42,21 +53,43 @@ pub fn create(dir: &Path, route: &str, ext: &'static str, now: SystemTime) -> io
         .create(&folder)?;
     for _ in 0..100 {
         let n = NEXT_PART.fetch_add(1, Ordering::Relaxed);
-        let part = folder.join(format!("{stamp}-{}-{n}.{ext}.part", std::process::id()));
-        match new_file(&part) {
-            Ok(file) => {
+        let base = format!("{stamp}-{}-{n}.{ext}", std::process::id());
+        let part = folder.join(format!("{base}.part"));
+        let metadata_part = folder.join(format!("{base}.json.part"));
+        let file = match new_file(&part) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        };
+        let reserved = new_file(&metadata_part).and_then(|mut m| {
+            m.write_all(&[b' '; METADATA_RESERVE])?;
+            Ok(m)
+        });
+        match reserved {
+            Ok(metadata) => {
                 return Ok(PartFile {
                     file,
                     name: PartName {
                         part,
+                        metadata_part,
                         folder,
                         stamp,
                         ext,
                     },
+                    metadata,
                 })
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(&part);
+                continue;
+            }
+            Err(e) => {
+                // No room for the metadata: no recording (a full disk refuses it here,
+                // before the session starts, rather than in its first write).
+                let _ = std::fs::remove_file(&part);
+                let _ = std::fs::remove_file(&metadata_part);
+                return Err(e);
+            }
         }
     }
     Err(io::Error::new(
@@ -124,23 +157,26 @@ pub fn new_file(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// The metadata beside a recording: `NAME.json`, created exclusively, mode 0600.
-pub fn write_metadata(final_path: &Path, metadata: &serde_json::Value) -> io::Result<PathBuf> {
+/// The metadata beside a recording: `NAME.json`, mode 0600, written over the room reserved
+/// for it at the start (`reserved`, named `reserved_path`) and linked into place whole, like
+/// the recording: a reader (an indexer, a sweep, a test) never sees a half-written metadata
+/// file, and an existing one is never overwritten.
+pub fn write_metadata(
+    final_path: &Path,
+    metadata: &serde_json::Value,
+    mut reserved: File,
+    reserved_path: &Path,
+) -> io::Result<PathBuf> {
     let path = metadata_path(final_path);
-    // Written beside as `.part` and linked into place whole, like the recording: a reader
-    // (an indexer, a sweep, a test) never sees a half-written metadata file, and an
-    // existing one is never overwritten.
-    let mut part = path.as_os_str().to_owned();
-    part.push(".part");
-    let part = PathBuf::from(part);
-    let mut f = new_file(&part)?;
     let mut text = serde_json::to_vec_pretty(metadata).map_err(io::Error::other)?;
     text.push(b'\n');
-    let written = f
-        .write_all(&text)
-        .and_then(|()| f.sync_all())
-        .and_then(|()| std::fs::hard_link(&part, &path));
-    let _ = std::fs::remove_file(&part);
+    let written = reserved
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| reserved.write_all(&text))
+        .and_then(|()| reserved.set_len(text.len() as u64))
+        .and_then(|()| reserved.sync_all())
+        .and_then(|()| std::fs::hard_link(reserved_path, &path));
+    let _ = std::fs::remove_file(reserved_path);
     written.map(|()| path)
 }
 
@@ -223,6 +259,10 @@ mod tests {
             & 0o777;
         assert_eq!(folder_mode, 0o700);
         assert!(a.name.part.to_string_lossy().ends_with(".cast.part"));
+        // The metadata's room is taken at the start, as private as the recording.
+        let reserved = std::fs::metadata(&a.name.metadata_part).unwrap();
+        assert_eq!(reserved.len(), METADATA_RESERVE as u64);
+        assert_eq!(reserved.permissions().mode() & 0o777, 0o600);
         let b = create(dir.path(), "term", "cast", now).unwrap();
         assert_ne!(a.name.part, b.name.part);
         let first = publish(&a.name, 1).unwrap();

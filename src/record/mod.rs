@@ -138,6 +138,9 @@ enum Chunk {
 /// What the session side and the writer share.
 struct Shared {
     started: Instant,
+    /// Every byte given to the taps, recorded or not.
+    offered: AtomicU64,
+    /// Bytes given to the taps until the recording stopped (what the caps count).
     recorded: AtomicU64,
     dropped: AtomicU64,
     /// Past a cap, or the writer is gone: the taps record nothing more.
@@ -267,6 +270,7 @@ impl Pending {
         let file = self.file.take().expect("a pending recording starts once");
         let shared = Arc::new(Shared {
             started: self.started,
+            offered: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
@@ -297,6 +301,7 @@ impl Drop for Pending {
         // The session never started (its upgrade failed): no empty recording is left.
         if let Some(f) = self.file.take() {
             let _ = std::fs::remove_file(&f.name.part);
+            let _ = std::fs::remove_file(&f.name.metadata_part);
         }
     }
 }
@@ -327,6 +332,9 @@ impl Tap {
         if data.is_empty() {
             return Ok(());
         }
+        self.shared
+            .offered
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         if self.shared.stopped.load(Ordering::Relaxed) {
             return self.after_stop(data.len() as u64);
         }
@@ -528,6 +536,26 @@ mod tests {
         assert!(r.next_record().unwrap().is_none());
         assert_eq!(m["truncated"], true);
         assert_eq!(m["dropped_bytes"], 12);
+        assert_eq!(m["recorded_bytes"], 8);
+    }
+
+    /// Regression: `recorded_bytes` was the bytes tapped before the stop less every dropped
+    /// byte, so each chunk after a cap was taken off without having been added (down to 0).
+    #[tokio::test]
+    async fn chunks_after_a_cap_made_recorded_bytes_undercount() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), |c| c.max_session_bytes = 10);
+        let rec = Recorder::start(&s, meta(8)).await.unwrap().unwrap();
+        let mut out = rec.output_tap();
+        out.record(b"12345678").await.unwrap();
+        for _ in 0..5 {
+            out.record(b"abcdefgh").await.unwrap();
+        }
+        drop(out);
+        rec.finish(Ending::default()).await;
+        let (_, m) = recordings(dir.path()).remove(0);
+        assert_eq!(m["recorded_bytes"], 8, "{m}");
+        assert_eq!(m["dropped_bytes"], 40, "{m}");
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! and on the session's end renames the `.part`, writes the metadata and sweeps.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,8 +17,8 @@ use super::raw::{self, Kind};
 use super::{sweep, Chunk, Direction, Ending, RecordSettings, SessionMeta, Shared};
 use crate::config::RecordFormat;
 use crate::metrics::{
-    RECORDINGS_ACTIVE, RECORDING_BYTES_WRITTEN_TOTAL, RECORDING_FAILURES_TOTAL,
-    RECORDING_GAPS_TOTAL,
+    RECORDINGS_ACTIVE, RECORDING_BYTES_WRITTEN_TOTAL, RECORDING_DROPPED_BYTES_TOTAL,
+    RECORDING_FAILURES_TOTAL, RECORDING_GAPS_TOTAL,
 };
 
 /// Most chunks encoded into one write.
@@ -35,15 +35,22 @@ pub(super) fn open(settings: &RecordSettings, now: SystemTime) -> std::io::Resul
 }
 
 /// The file and what is known about what went into it; moved to the blocking pool and back.
+/// Each batch is one write straight to the file (no buffer in between), so `written` is
+/// what the file holds.
 struct Sink {
-    out: BufWriter<File>,
+    out: File,
     sha256: digest::Context,
     written: u64,
 }
 
 impl Sink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(buf)?;
+        if let Err(e) = self.out.write_all(buf) {
+            // The batch that did not fit is taken back whole: the file ends where a record
+            // ends, and what the write took of a full disk is free again.
+            let _ = self.out.set_len(self.written);
+            return Err(e);
+        }
         self.sha256.update(buf);
         self.written += buf.len() as u64;
         Ok(())
@@ -150,9 +157,13 @@ pub(super) async fn run(
     let route = settings.route.to_string();
     let active = gauge!(RECORDINGS_ACTIVE, "route" => route.clone());
     active.increment(1.0);
-    let PartFile { file, name } = file;
+    let PartFile {
+        file,
+        name,
+        metadata: metadata_file,
+    } = file;
     let sink = Sink {
-        out: BufWriter::with_capacity(64 * 1024, file),
+        out: file,
         sha256: digest::Context::new(&digest::SHA256),
         written: 0,
     };
@@ -167,18 +178,21 @@ pub(super) async fn run(
     };
     let header = file_header(&settings, &meta, wall_start);
     let written = write_chunks(sink, &mut encoder, header, &rx, &shared, &route).await;
-    let Some((sink, failure, ending)) = written else {
+    let Some(Written {
+        sink,
+        failure,
+        ending,
+        payload,
+    }) = written
+    else {
         // The blocking task died, and the file with it.
         shared.failed.store(true, Ordering::Relaxed);
         shared.stopped.store(true, Ordering::Relaxed);
         active.decrement(1.0);
         return;
     };
+    drop(rx);
     if failure.is_some() {
-        shared.failed.store(true, Ordering::Relaxed);
-        shared.stopped.store(true, Ordering::Relaxed);
-        // The taps see a closed queue from now on.
-        drop(rx);
         counter!(RECORDING_FAILURES_TOTAL, "route" => route.clone(), "stage" => "write")
             .increment(1);
     }
@@ -214,13 +228,16 @@ pub(super) async fn run(
         ended,
         ending: ending.unwrap_or_default(),
         gaps: encoder.gaps,
+        payload,
         closed,
     };
     let metadata = end_metadata(&settings, &meta, wall_start, &shared, ends);
     let meta_path = final_path.clone();
     let sweep_settings = settings.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        if let Err(e) = files::write_metadata(&meta_path, &metadata) {
+        let written =
+            files::write_metadata(&meta_path, &metadata, metadata_file, &name.metadata_part);
+        if let Err(e) = written {
             tracing::warn!(file = %meta_path.display(), error = %e, "recording metadata not written");
         }
         sweep::run(&sweep_settings, SystemTime::now());
@@ -248,9 +265,21 @@ fn file_header(settings: &RecordSettings, meta: &SessionMeta, wall_start: System
     }
 }
 
-/// Encode and write chunks in batches until the session's end (or the queue closes or a
-/// write fails). `None`: the blocking task died; else the sink, the write error if any, and
-/// how the session ended.
+/// What [`write_chunks`] leaves.
+struct Written {
+    sink: Sink,
+    /// Why writing stopped before the end.
+    failure: Option<String>,
+    /// How the session ended (`None`: its recorder went without saying).
+    ending: Option<Ending>,
+    /// Session bytes in the file.
+    payload: u64,
+}
+
+/// Encode and write chunks in batches until the session's end (or the queue closes). When a
+/// write fails the recording stops (the taps record nothing more) and what is still queued
+/// is counted as dropped, until the session's end, which the metadata waits for. `None`:
+/// the blocking task died.
 async fn write_chunks(
     mut sink: Sink,
     encoder: &mut Encoder,
@@ -258,9 +287,10 @@ async fn write_chunks(
     rx: &flume::Receiver<Chunk>,
     shared: &Shared,
     route: &str,
-) -> Option<(Sink, Option<String>, Option<Ending>)> {
+) -> Option<Written> {
     let written_total = counter!(RECORDING_BYTES_WRITTEN_TOTAL, "route" => route.to_owned());
     let mut ending: Option<Ending> = None;
+    let mut payload = 0u64;
     let mut buf = header;
     let mut batch = Vec::with_capacity(BATCH_CHUNKS);
     loop {
@@ -275,7 +305,8 @@ async fn write_chunks(
                 Err(_) => break,
             }
         }
-        let end_now = encode_batch(&mut batch, encoder, &mut buf, route, &mut ending);
+        let (end_now, batch_payload) =
+            encode_batch(&mut batch, encoder, &mut buf, route, &mut ending);
         if end_now {
             let dropped = shared.dropped.load(Ordering::Relaxed);
             let unmarked = dropped.saturating_sub(encoder.gap_bytes_marked);
@@ -291,26 +322,60 @@ async fn write_chunks(
             let (s, r) = write(sink, out).await?;
             sink = s;
             if let Err(e) = r {
-                return Some((sink, Some(e.to_string()), ending));
+                shared.failed.store(true, Ordering::Relaxed);
+                shared.stopped.store(true, Ordering::Relaxed);
+                let mut lost = batch_payload;
+                if !end_now {
+                    ending = until_the_end(rx, &mut lost).await;
+                }
+                counter!(RECORDING_DROPPED_BYTES_TOTAL, "route" => route.to_owned(), "cause" => "write_error")
+                    .increment(lost);
+                return Some(Written {
+                    sink,
+                    failure: Some(e.to_string()),
+                    ending,
+                    payload,
+                });
             }
             written_total.increment(len);
         }
+        payload += batch_payload;
         if end_now {
             break;
         }
     }
-    Some((sink, None, ending))
+    Some(Written {
+        sink,
+        failure: None,
+        ending,
+        payload,
+    })
 }
 
-/// Encode one batch into `buf`, emptying it; true when it held the session's end.
+/// After a failed write: take what the taps had queued before they saw the failure (adding
+/// its bytes to `lost`) until the session's end.
+async fn until_the_end(rx: &flume::Receiver<Chunk>, lost: &mut u64) -> Option<Ending> {
+    while let Ok(chunk) = rx.recv_async().await {
+        match chunk {
+            Chunk::Data { bytes, .. } => *lost += bytes.len() as u64,
+            Chunk::Marker { .. } => {}
+            Chunk::End(e) => return Some(*e),
+        }
+    }
+    None
+}
+
+/// Encode one batch into `buf`, emptying it: whether it held the session's end, and the
+/// session bytes it held.
 fn encode_batch(
     batch: &mut Vec<Chunk>,
     encoder: &mut Encoder,
     buf: &mut Vec<u8>,
     route: &str,
     ending: &mut Option<Ending>,
-) -> bool {
+) -> (bool, u64) {
     let mut end_now = false;
+    let mut payload = 0u64;
     for chunk in batch.drain(..) {
         match chunk {
             Chunk::Data {
@@ -323,6 +388,7 @@ fn encode_batch(
                     encoder.gap(at, direction, dropped_before, buf);
                 }
                 encoder.data(direction, at, &bytes, buf);
+                payload += bytes.len() as u64;
             }
             Chunk::Marker { at, text } => {
                 counter!(RECORDING_GAPS_TOTAL, "route" => route.to_owned(), "cause" => "cap")
@@ -337,7 +403,7 @@ fn encode_batch(
         }
     }
     batch.clear();
-    end_now
+    (end_now, payload)
 }
 
 /// A recording file, flushed and synced.
@@ -356,11 +422,8 @@ async fn close_file(
     session_id: u64,
 ) -> Option<(Closed, std::io::Result<std::path::PathBuf>)> {
     tokio::task::spawn_blocking(move || {
-        let mut sink = sink;
-        let flushed = sink
-            .out
-            .flush()
-            .and_then(|()| sink.out.get_ref().sync_all());
+        let sink = sink;
+        let flushed = sink.out.sync_all();
         if let (Err(e), None) = (&flushed, &failure) {
             failure = Some(e.to_string());
         }
@@ -385,6 +448,8 @@ struct Ends<'a> {
     ended: SystemTime,
     ending: Ending,
     gaps: u64,
+    /// Session bytes in the file.
+    payload: u64,
     closed: Closed,
 }
 
@@ -401,8 +466,12 @@ fn end_metadata(
         ended,
         ending,
         gaps,
+        payload,
         closed,
     } = ends;
+    // Every byte the taps were given is in the file or was left out: what they counted as
+    // dropped, and what was queued when a write failed.
+    let offered = shared.offered.load(Ordering::Relaxed);
     let mut metadata = start_metadata(settings, meta, wall_start);
     if let Some(m) = metadata.as_object_mut() {
         let extra = serde_json::json!({
@@ -414,9 +483,8 @@ fn end_metadata(
             "bytes_to_client": ending.bytes_to_client,
             "close_code": ending.close_code,
             "closed_by": ending.closed_by,
-            "recorded_bytes": shared.recorded.load(Ordering::Relaxed)
-                .saturating_sub(shared.dropped.load(Ordering::Relaxed)),
-            "dropped_bytes": shared.dropped.load(Ordering::Relaxed),
+            "recorded_bytes": payload,
+            "dropped_bytes": offered.saturating_sub(payload),
             "gaps": gaps,
             "truncated": shared.truncated.load(Ordering::Relaxed) || closed.failure.is_some(),
             "error": closed.failure,
