@@ -12,8 +12,9 @@
 //!              the start-up steps, gateway/reconfigure.rs: a reload applied
 //! edge/        listener.rs: accept with permits, per-connection span, PROXY header, TLS, hyper
 //!              proxy_protocol.rs: PROXY v1/v2 from trusted load balancers only
-//!              h2.rs: HTTP/2 connections (ALPN h2, h2c) with extended CONNECT enabled,
-//!              GOAWAY when unused (first request, idle timeout)
+//!              h2.rs: HTTP/2 connections (ALPN h2, h2c) on the h2 crate, extended
+//!              CONNECT enabled, GOAWAY when unused (first request, idle timeout); a
+//!              CONNECT's stream handed to the session after its 200
 //!              graceful.rs: an HTTP/1.1 connection's graceful end at shutdown
 //!              http.rs: one request as named stages: route (400/404) → forwarded client →
 //!              upgrade checks (400/426) → check_open (503) → authorize (429/403/401/404)
@@ -42,10 +43,11 @@
 //! session/     after the 101: start.rs, the front door (a client side joined to a backend
 //!              side, the pump chosen by the backend's kind, access log, close metrics);
 //!              settings (SessionSettings), keepalive, pacer, io (client streams → frame
-//!              halves), bridge (WS ↔ bytes), relay (WS ↔ WS), udp (WS ↔ datagrams,
+//!              halves), h2_stream (an HTTP/2 stream as a client side, within h2's flow
+//!              control), bridge (WS ↔ bytes), relay (WS ↔ WS), udp (WS ↔ datagrams,
 //!              one message per datagram, drops instead of queues; udp/readers.rs,
-//!              udp/writer.rs), resume (core.rs, core/session.rs: the loop), registry (live sessions
-//!              and each one's close request; sessions only)
+//!              udp/writer.rs), resume (core.rs, core/session.rs: the loop), registry (live
+//!              sessions and each one's close request; sessions only)
 //! backend/     dial TCP / unix / WebSocket (ws, wss) backends under a timeout, socket
 //!              options, PROXY v2 to backends, the subprotocol a backend answers; pool.rs:
 //!              pools, ejection, active checks; health.rs: each route's backend health as

@@ -1,12 +1,19 @@
 //! The RFC 8441 parts of an HTTP/2 WebSocket handshake: what an extended CONNECT must carry,
-//! the `200` that opens the stream, and the headers HTTP/2 forbids in answers.
+//! the `200` that opens the stream and the stream it promises, and the headers HTTP/2 forbids
+//! in answers.
 
-use hyper::ext::Protocol;
+use std::error::Error;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use h2::ext::Protocol;
+use h2::{RecvStream, SendStream};
 use hyper::header::{self, HeaderValue};
-use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::oneshot;
 
 use crate::error::RejectError;
+use crate::session::start::ClientStream;
 
 /// RFC 8441 §4–5: what makes an HTTP/2 request a WebSocket handshake. Neither
 /// `Sec-WebSocket-Key` nor `Sec-WebSocket-Accept` is used; the version must still be 13.
@@ -33,13 +40,44 @@ pub fn check_extended_connect<B>(req: &Request<B>) -> Result<(), RejectError> {
     }
 }
 
-/// The `200` that opens the stream as a WebSocket, and the stream to come once hyper has
-/// sent it.
-pub fn accept<B: Default>(req: &mut Request<hyper::body::Incoming>) -> (Response<B>, OnUpgrade) {
-    let upgrade = hyper::upgrade::on(req);
-    let mut response = Response::new(B::default());
+/// The `200` that opens the stream as a WebSocket, and the stream to come once it is sent.
+pub(super) fn accept<B, D: Default>(
+    req: &mut Request<B>,
+) -> Result<(Response<D>, PendingStream), RejectError> {
+    // Every HTTP/2 request comes from `super::h2::serve`, which gives a CONNECT its stream.
+    let stream = req
+        .extensions_mut()
+        .remove::<PendingStream>()
+        .ok_or(RejectError::BadRequest("an upgrade needs a CONNECT stream"))?;
+    let mut response = Response::new(D::default());
     *response.status_mut() = StatusCode::OK;
-    (response, upgrade)
+    Ok((response, stream))
+}
+
+/// An extended CONNECT's stream, promised to the request's answer: put in the request's
+/// extensions by `super::h2`, taken by [`accept`], and handed over once a `2xx` has been
+/// sent on it. (Shared only because extensions must be `Clone`; one copy exists.)
+#[derive(Clone)]
+pub struct PendingStream(Arc<Mutex<Option<oneshot::Receiver<H2Stream>>>>);
+
+/// An HTTP/2 stream's two halves.
+type H2Stream = (SendStream<Bytes>, RecvStream);
+
+impl PendingStream {
+    /// The promise, and where its stream is handed over.
+    pub(super) fn new() -> (oneshot::Sender<H2Stream>, Self) {
+        let (handover, receiver) = oneshot::channel();
+        (handover, Self(Arc::new(Mutex::new(Some(receiver)))))
+    }
+
+    /// The stream, once its `200` went out; an error if it was reset first.
+    pub(super) async fn wait(self) -> Result<ClientStream, Box<dyn Error + Send + Sync>> {
+        let receiver = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (send, recv) = receiver
+            .ok_or("the stream was handed over already")?
+            .await?;
+        Ok(ClientStream::h2(send, recv))
+    }
 }
 
 /// Headers that name the connection, which HTTP/2 forbids (RFC 9113 §8.2.2): a response

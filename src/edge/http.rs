@@ -11,7 +11,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use http_body_util::Either;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::service::{service_fn, Service};
 use hyper::{Method, Request, Response, StatusCode, Version};
@@ -47,18 +46,22 @@ pub type ConnectionBody = super::web::WebBody;
 /// the connection), ACME HTTP-01 answers, the `[signin]` endpoints (start, callback,
 /// sign-out), then `[web]` files (behind the sign-in with `protect_web`); the rest go to the
 /// routes.
-pub(super) fn connection_service(
+///
+/// No stage reads a request's body: hyper's HTTP/1.1 requests come with theirs, and
+/// `super::h2` hands HTTP/2 requests over without it (an extended CONNECT's stream is the
+/// session's).
+pub(super) fn connection_service<B: hyper::body::Body + Send + Sync + 'static>(
     console: Option<Arc<Console>>,
     conn: ConnInfo,
     permit: Arc<ConnectionSlot>,
     shared: Arc<Shared>,
 ) -> impl Service<
-    Request<hyper::body::Incoming>,
+    Request<B>,
     Response = Response<ConnectionBody>,
     Error = Infallible,
     Future = impl Future<Output = Result<Response<ConnectionBody>, Infallible>> + Send,
 > + Clone {
-    service_fn(move |req: Request<hyper::body::Incoming>| {
+    service_fn(move |req: Request<B>| {
         let page = resume_library(&req).or_else(|| console.as_ref().and_then(|c| c.answer(&req)));
         let (conn, shared, permit) = (conn.clone(), shared.clone(), permit.enter());
         async move {
@@ -100,8 +103,8 @@ pub(super) fn connection_service(
 }
 
 /// Answer one request on a public listener. Never fails: errors become HTTP answers.
-pub async fn handle(
-    mut req: Request<Incoming>,
+pub async fn handle<B: Send + Sync>(
+    mut req: Request<B>,
     conn: ConnInfo,
     shared: Arc<Shared>,
     permit: InUse,
@@ -137,8 +140,8 @@ struct Matched {
 }
 
 /// Every stage after routing, in order; the first error is the answer.
-async fn upgrade(
-    req: &mut Request<Incoming>,
+async fn upgrade<B: Send + Sync>(
+    req: &mut Request<B>,
     matched: Matched,
     shared: &Arc<Shared>,
     permit: InUse,
@@ -314,8 +317,8 @@ struct Dialed {
 
 /// Dial: only a live backend earns a `101` — the route's pool in its order (a failed dial
 /// tries the next backend), or this session's one target (502/504; egress 403).
-async fn dial(
-    req: &Request<Incoming>,
+async fn dial<B: Sync>(
+    req: &Request<B>,
     matched: &Matched,
     shared: &Shared,
     target: Option<BackendAddr>,
@@ -392,8 +395,8 @@ type Held = (InUse, SessionSlot);
 
 /// Accept: the `101` (h2: `200`) with the chosen subprotocol and extension, and the session
 /// task, which waits for hyper to hand over the client's stream and then starts the session.
-fn accept(
-    req: &mut Request<Incoming>,
+fn accept<B>(
+    req: &mut Request<B>,
     matched: Matched,
     shared: &Arc<Shared>,
     held: Held,
@@ -508,8 +511,8 @@ fn resume_ask<B>(
 
 /// Accept a connection that resumes a session: the `101` with `wsgate.resume.v1`, then the
 /// session (found by id) takes it or refuses it with a close code.
-fn accept_join(
-    req: &mut Request<Incoming>,
+fn accept_join<B>(
+    req: &mut Request<B>,
     matched: Matched,
     shared: &Arc<Shared>,
     held: Held,

@@ -6,6 +6,7 @@ pub mod console;
 pub mod extended_connect;
 mod graceful;
 pub mod h2;
+mod h2_writes;
 pub mod http;
 pub mod listener;
 pub mod proxy_protocol;

@@ -2,12 +2,13 @@
 //! HTTP/2), the answer that completes it, and the client stream it promises.
 
 use hyper::header;
-use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, Version};
 
+use super::extended_connect::PendingStream;
 use crate::error::RejectError;
 use crate::http_util::{header_has_token, Body};
 use crate::metrics::Protocol;
+use crate::session::start::ClientStream;
 
 /// RFC 6455 §4.2.1: what makes a request a WebSocket upgrade.
 pub fn check_upgrade<B>(req: &Request<B>) -> Result<(), RejectError> {
@@ -53,21 +54,19 @@ fn is_valid_key(key: &[u8]) -> bool {
 }
 
 /// The upgrade a `101` or an extended CONNECT's `200` promises: the client's stream once
-/// hyper has sent the answer.
+/// the answer is sent (by hyper on HTTP/1.1, by `super::h2` on HTTP/2).
 pub(super) enum PendingUpgrade {
     Http1(fastwebsockets::upgrade::UpgradeFut),
-    H2(hyper::upgrade::OnUpgrade),
+    H2(PendingStream),
 }
 
 impl PendingUpgrade {
     /// The answer that completes the handshake (`101` with `Sec-WebSocket-Accept`, or `200`
     /// on an h2 stream), and the stream to come.
-    pub(super) fn accept(
-        req: &mut Request<hyper::body::Incoming>,
-    ) -> Result<(Response<Body>, Self), RejectError> {
+    pub(super) fn accept<B>(req: &mut Request<B>) -> Result<(Response<Body>, Self), RejectError> {
         if req.version() == Version::HTTP_2 {
-            let (response, upgrade) = super::extended_connect::accept(req);
-            return Ok((response, Self::H2(upgrade)));
+            let (response, stream) = super::extended_connect::accept(req)?;
+            return Ok((response, Self::H2(stream)));
         }
         let (response, upgrade) = fastwebsockets::upgrade::upgrade(req)
             .map_err(|_| RejectError::BadRequest("invalid upgrade request"))?;
@@ -81,10 +80,12 @@ impl PendingUpgrade {
         }
     }
 
-    pub(super) async fn wait(self) -> Result<Upgraded, Box<dyn std::error::Error + Send + Sync>> {
+    pub(super) async fn wait(
+        self,
+    ) -> Result<ClientStream, Box<dyn std::error::Error + Send + Sync>> {
         match self {
-            Self::Http1(fut) => Ok(fut.await?.into_inner().into_inner()),
-            Self::H2(on) => Ok(on.await?),
+            Self::Http1(fut) => Ok(ClientStream::upgraded(fut.await?.into_inner().into_inner())),
+            Self::H2(stream) => stream.wait().await,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Stream plumbing: upgraded connections → split halves → frame reader and writer.
+//! Stream plumbing: upgraded connections and HTTP/2 streams → split halves → frame reader and
+//! writer.
 
 use std::io;
 use std::pin::Pin;
@@ -14,6 +15,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use super::h2_stream::{H2Read, H2Write};
 use crate::ws::reader::{FrameBudget, FrameReader, ReadReady};
 use crate::ws::writer::FrameWriter;
 
@@ -125,10 +127,12 @@ impl<R: AsyncRead + Unpin + Send> BackendSource for tokio::io::BufReader<R> {
     }
 }
 
-/// An upgraded client connection, split for the two bridge directions.
+/// A client connection after its `101` or `200`, split for the two bridge directions.
 pub enum ClientStream {
     /// Plain TCP: the socket itself, split without a lock.
     Tcp(Rewind<OwnedReadHalf>, OwnedWriteHalf),
+    /// An HTTP/2 stream (RFC 8441): h2's own halves, no lock and no task between.
+    H2(H2Read, H2Write),
     /// Anything else (TLS): hyper's type-erased stream behind `tokio::io::split`.
     Other(
         tokio::io::ReadHalf<TokioIo<Upgraded>>,
@@ -137,7 +141,8 @@ pub enum ClientStream {
 }
 
 impl ClientStream {
-    pub fn new(upgraded: Upgraded) -> Self {
+    /// An HTTP/1.1 connection hyper handed over after the `101`.
+    pub fn upgraded(upgraded: Upgraded) -> Self {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let (read, write) = parts.io.into_inner().into_split();
@@ -154,6 +159,12 @@ impl ClientStream {
                 Self::Other(read, write)
             }
         }
+    }
+
+    /// An extended CONNECT's stream, after its `200` went out.
+    pub fn h2(send: h2::SendStream<Bytes>, recv: h2::RecvStream) -> Self {
+        let (read, write) = super::h2_stream::split(send, recv);
+        Self::H2(read, write)
     }
 }
 

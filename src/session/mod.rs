@@ -7,6 +7,7 @@
 //! close request (admin API) to its pump.
 
 pub mod bridge;
+pub mod h2_stream;
 pub mod io;
 pub mod keepalive;
 pub mod pacer;

@@ -26,14 +26,14 @@ use std::sync::Arc;
 use fastwebsockets::Role;
 use futures_util::future::Either;
 use futures_util::FutureExt;
-use hyper::upgrade::Upgraded;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Span};
 
 use super::bridge::{self, Outcome};
-use super::io::{websocket_halves, ClientStream};
+use super::io::websocket_halves;
+pub use super::io::ClientStream;
 use super::registry::SessionEntry;
 use super::relay;
 use super::resume::{self, ResumeSettings};
@@ -57,8 +57,8 @@ pub use super::resume::protocol as resume_protocol;
 
 /// One client connection, as the edge accepted it.
 pub struct ClientSide {
-    /// The upgraded stream (`101`, or an HTTP/2 stream after its `200`).
-    pub stream: Upgraded,
+    /// The client's stream (after the `101`, or an HTTP/2 stream after its `200`).
+    pub stream: ClientStream,
     pub protocol: Protocol,
     /// permessage-deflate as agreed with this client.
     pub deflate: Option<Agreement>,
@@ -124,11 +124,16 @@ pub fn start<'a>(
         resume: client.resume,
         registry: gateway.registry,
     };
-    // Both client stream kinds in the session's one task: a future is as large as its
+    // Every client stream kind in the session's one task: a future is as large as its
     // largest arm, not their sum.
-    let run = match ClientStream::new(client.stream) {
+    let run = match client.stream {
         ClientStream::Tcp(read, write) => Either::Left(joined.run(entry, read, write)),
-        ClientStream::Other(read, write) => Either::Right(joined.run(entry, read, write)),
+        ClientStream::H2(read, write) => {
+            Either::Right(Either::Left(joined.run(entry, read, write)))
+        }
+        ClientStream::Other(read, write) => {
+            Either::Right(Either::Right(joined.run(entry, read, write)))
+        }
     };
     // Called in the session's task: the thread it counts on is the one it runs on.
     let worker = metrics::WorkerSessionGuard::open();
@@ -544,8 +549,13 @@ pub async fn join(
         max_message_bytes: settings.max_message_bytes,
     };
     let max_frame = settings.max_frame_bytes;
-    match ClientStream::new(client.stream) {
+    match client.stream {
         ClientStream::Tcp(read, write) => {
+            let (r, w) =
+                websocket_halves(read, write, Role::Server, max_frame, gateway.frame_budget);
+            Box::pin(resume::resume(r, w, request)).await
+        }
+        ClientStream::H2(read, write) => {
             let (r, w) =
                 websocket_halves(read, write, Role::Server, max_frame, gateway.frame_budget);
             Box::pin(resume::resume(r, w, request)).await
