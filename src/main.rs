@@ -3,6 +3,12 @@
 
 mod cli;
 
+/// jemalloc, not the system's malloc: rustls's record buffers and the bridge's message
+/// buffers churn through it (docs/benchmarks.md has the figures that chose it).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
