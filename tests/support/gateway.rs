@@ -51,13 +51,45 @@ pub fn route(name: &str, path: &str, backend: &str) -> String {
 
 /// Start a gateway from TOML text.
 pub async fn spawn_gateway(toml: &str) -> TestGateway {
-    let config = Config::from_toml(toml).expect("test config is valid");
-    run_gateway(Gateway::bind(config).await.expect("gateway binds"))
+    let gateway = bind_retrying(|| async {
+        Gateway::bind(Config::from_toml(toml).expect("test config is valid")).await
+    })
+    .await;
+    run_gateway(gateway)
 }
 
 /// Start a gateway from a config file, which its reloads read again.
 pub async fn spawn_gateway_from_file(path: &std::path::Path) -> TestGateway {
-    run_gateway(Gateway::bind_file(path).await.expect("gateway binds"))
+    run_gateway(bind_retrying(|| Gateway::bind_file(path)).await)
+}
+
+/// Bind, trying again for up to 2 s while an address is in use: a port a test picked with
+/// [`free_port`] (and wrote into a config) can be held for a moment by a parallel test's
+/// own `free_port` probe (`acme::a_reload_adds_and_removes_acme_names` failed that way once).
+async fn bind_retrying<F, Fut>(bind: F) -> Gateway
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Gateway>>,
+{
+    let mut tries = 0;
+    loop {
+        match bind().await {
+            Ok(gateway) => return gateway,
+            Err(e) if tries < 40 && in_use(&e) => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("gateway binds: {e:?}"),
+        }
+    }
+}
+
+fn in_use(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    })
 }
 
 fn run_gateway(gateway: Gateway) -> TestGateway {
