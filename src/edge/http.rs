@@ -326,10 +326,6 @@ fn resume_ask<B>(
     Ok(Some((ResumeAsk { id }, joining)))
 }
 
-/// The resume client library (docs/resume.md), on every public listener.
-const RESUME_JS: &str = include_str!("resume.js");
-
-/// `GET /.wsgate/resume.js`: the library; anything else is not for it.
 /// `[acme] challenge = "http-01"`: the CA's `GET /.well-known/acme-challenge/TOKEN` answered
 /// with the key authorization while that token's order is being validated, `404` otherwise.
 /// `None` when the gateway does no ACME (the path is then a route's or `[web]`'s, as any).
@@ -351,6 +347,10 @@ fn acme_http_challenge<B>(req: &Request<B>, snapshot: &Snapshot) -> Option<Respo
     })
 }
 
+/// The resume client library (docs/resume.md), on every public listener.
+const RESUME_JS: &str = include_str!("resume.js");
+
+/// `GET /.wsgate/resume.js`: the library; anything else is not for it.
 fn resume_library<B>(req: &Request<B>) -> Option<Response<Body>> {
     if req.uri().path() != "/.wsgate/resume.js"
         || !matches!(*req.method(), Method::GET | Method::HEAD)
