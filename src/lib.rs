@@ -19,7 +19,10 @@
 //!              http.rs: one request as named stages: route (400/404) → forwarded client →
 //!              upgrade checks (400/426) → check_open (503) → authorize (429/403/401/404)
 //!              → admit (429/503) → dial (403/502/504) → accept (101, h2: 200), which hands
-//!              over to session::start — the one session item edge imports
+//!              over to session::start — the one session item edge imports;
+//!              http/dial.rs: the dial and the backend's handshake (forwarded headers);
+//!              http/handover.rs: the 101 and the task that starts or joins the session;
+//!              http/matched.rs: what the stages after routing know about the request
 //!              upgrade.rs: what makes a request an upgrade, the 101/200, the client stream
 //!              extended_connect.rs: the RFC 8441 checks (426/501) and the 200
 //!              console.rs: the browser console (plain GETs on listeners that serve it)

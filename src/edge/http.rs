@@ -4,36 +4,39 @@
 //! 404/403), [`admit`] (limits 429/503), [`dial`] (egress 403, backend 502/504) and
 //! [`accept`] (`101`, or `200` for an HTTP/2 extended CONNECT), which hands the session over
 //! to `session::start`. Each stage returns `Result<_, RejectError>`; [`reject`] turns the
-//! error into the answer, a metric and a log line.
+//! error into the answer, a metric and a log line. The stages before the dial are here; the
+//! dial is in `http/dial.rs`, the `101` and the session task in `http/handover.rs`.
+
+mod dial;
+mod handover;
+mod matched;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
 use http_body_util::Either;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::service::{service_fn, Service};
 use hyper::{Method, Request, Response, StatusCode, Version};
-use tokio::time::Instant;
-use tracing::{debug, info, warn, Instrument, Span};
+use tracing::{debug, info, warn, Span};
 
 use super::console::Console;
 use super::shared::{ConnectionSlot, InUse, Shared};
-use super::upgrade::PendingUpgrade;
-use crate::backend::pool::Lease;
-use crate::backend::{handshake_path, Backend, Handshake, ProxyAddrs};
 use crate::config::BackendAddr;
 use crate::error::RejectError;
 use crate::http_util::{header_has_token, log_uri, query_value, text, typed, Body};
 use crate::logsafe::Escaped;
 use crate::metrics;
-use crate::policy::{ClientSource, ConnInfo, SessionSlot};
+use crate::policy::{ConnInfo, SessionSlot};
 use crate::record::{Pending, Recorder};
-use crate::session::start::{
-    self as session, resume_protocol, BackendSide, ClientSide, ResumeAsk, SessionInfo,
-};
-use crate::snapshot::{check_path, select_subprotocol, Route, Snapshot};
-use crate::ws::extensions::{self, Agreement};
+use crate::session::start::{resume_protocol, ResumeAsk};
+use crate::snapshot::{check_path, Route, Snapshot};
+use crate::ws::extensions;
+
+use dial::dial;
+use handover::{accept, accept_join};
+use matched::Matched;
 
 pub use super::upgrade::check_upgrade;
 
@@ -130,13 +133,6 @@ pub async fn handle<B: Send + Sync>(
         Ok(response) => response,
         Err(e) => reject(&req, Some(&route), e),
     })
-}
-
-/// What the stages after routing know about the request.
-struct Matched {
-    conn: ConnInfo,
-    route: Arc<Route>,
-    snapshot: Arc<Snapshot>,
 }
 
 /// Every stage after routing, in order; the first error is the answer.
@@ -304,185 +300,6 @@ fn admit(matched: &Matched) -> Result<SessionSlot, RejectError> {
         .admit(&matched.route.name, matched.conn.peer.ip())
 }
 
-/// A backend that answered, and what the client is told about it.
-struct Dialed {
-    backend: Backend,
-    /// The pool member in use (released when the session ends).
-    lease: Option<Lease>,
-    /// The backend as the registry and the access log name it.
-    name: String,
-    /// The `Sec-WebSocket-Protocol` answer.
-    subprotocol: Option<HeaderValue>,
-}
-
-/// Dial: only a live backend earns a `101` — the route's pool in its order (a failed dial
-/// tries the next backend), or this session's one target (502/504; egress 403).
-async fn dial<B: Sync>(
-    req: &Request<B>,
-    matched: &Matched,
-    shared: &Shared,
-    target: Option<BackendAddr>,
-    deflate: Option<Agreement>,
-) -> Result<Dialed, RejectError> {
-    let Matched {
-        conn,
-        route,
-        snapshot,
-    } = matched;
-    // The offer without `bearer.` credentials: never chosen, echoed or forwarded.
-    let offered = route.access.offered_protocols(req);
-    let dial_started = Instant::now();
-    let proxy = route.send_proxy_protocol.then_some(ProxyAddrs {
-        source: conn.peer,
-        destination: conn.local,
-    });
-    let handshake = |target: &BackendAddr| match handshake_path(target) {
-        Some(path) => Handshake {
-            deflate,
-            ..backend_handshake(req, route, snapshot, path, conn, &offered)
-        },
-        None => Handshake::default(),
-    };
-    let dialer = &snapshot.dialer;
-    let dialed = match (&route.pool, &target) {
-        (Some(pool), _) => pool
-            .dial(dialer, route.backend_tls.as_ref(), handshake, proxy)
-            .await
-            .map(|(b, lease)| {
-                Span::current().record("backend", tracing::field::display(lease.backend()));
-                (b, Some(lease))
-            }),
-        (None, Some(target)) => dialer
-            .dial(route.backend_tls.as_ref(), target, handshake(target), proxy)
-            .await
-            .map(|b| (b, None)),
-        (None, None) => Err(RejectError::BackendUnreachable(std::io::Error::other(
-            "route has neither a pool nor a target",
-        ))),
-    };
-    let (backend, lease) = dialed.inspect_err(|e| {
-        // 502/504: the backend's fault (a refused egress is the config's, not its health).
-        if matches!(
-            e.status(),
-            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
-        ) {
-            shared.routes.backend_failed(&route.name, e.label());
-        }
-    })?;
-    shared.routes.backend_reached(&route.name);
-    metrics::backend_connected(&route.name, dial_started.elapsed());
-    // A WebSocket backend chose from the client's offer; for a byte backend the route decides.
-    let subprotocol = backend.subprotocol(|| {
-        select_subprotocol(route, offered.iter().copied())
-            .and_then(|p| HeaderValue::from_str(p).ok())
-    });
-    let name = match (&lease, &target) {
-        (Some(lease), _) => lease.backend().to_string(),
-        (None, Some(target)) => target.to_string(),
-        (None, None) => String::new(),
-    };
-    Ok(Dialed {
-        backend,
-        lease,
-        name,
-        subprotocol,
-    })
-}
-
-/// What a session holds from the request until it ends: its connection's permit and its
-/// slot under the session caps.
-type Held = (InUse, SessionSlot);
-
-/// Accept: the `101` (h2: `200`) with the chosen subprotocol and extension, and the session
-/// task, which waits for hyper to hand over the client's stream and then starts the session.
-fn accept<B>(
-    req: &mut Request<B>,
-    matched: Matched,
-    shared: &Arc<Shared>,
-    held: Held,
-    (dialed, recording, user): (Dialed, Option<Box<Pending>>, Option<String>),
-    deflate: Option<Agreement>,
-    resume: Option<ResumeAsk>,
-) -> Result<Response<Body>, RejectError> {
-    let (mut response, upgrade) = PendingUpgrade::accept(req)?;
-    let Dialed {
-        backend,
-        lease,
-        name,
-        mut subprotocol,
-    } = dialed;
-    if resume.is_some() {
-        subprotocol = Some(HeaderValue::from_static(resume_protocol::SUBPROTOCOL));
-    }
-    let info = SessionInfo {
-        route: matched.route.name.clone(),
-        client: matched.conn.peer,
-        backend: name,
-        subprotocol: subprotocol
-            .as_ref()
-            .and_then(|p| p.to_str().ok())
-            .map(str::to_owned),
-        user,
-    };
-    if let Some(p) = subprotocol {
-        response
-            .headers_mut()
-            .insert(header::SEC_WEBSOCKET_PROTOCOL, p);
-    }
-    if let Some(answer) = deflate.and_then(|a| HeaderValue::from_str(&a.response()).ok()) {
-        response
-            .headers_mut()
-            .insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
-    }
-    let Matched {
-        route, snapshot, ..
-    } = matched;
-    // What the session is handed once the upgrade completes, boxed while it waits: a task's
-    // future keeps everything it captures for its whole life, and these move on to the
-    // session (docs/benchmarks.md, memory per idle session).
-    let handover = Box::new((backend, info, recording, deflate, resume));
-    let session = {
-        let shared = shared.clone();
-        async move {
-            // Captured, so held until the session ends: the connection's and the route's
-            // slots, and the pooled backend's lease.
-            let _held = (&held, &lease);
-            let protocol = upgrade.protocol();
-            let stream = match upgrade.wait().await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    debug!(error = %e, "upgrade did not complete");
-                    return;
-                }
-            };
-            let (backend, info, recording, deflate, resume) = *handover;
-            session::start(
-                ClientSide {
-                    stream,
-                    protocol,
-                    deflate,
-                    resume,
-                },
-                BackendSide {
-                    backend,
-                    settings: &route.session,
-                    info,
-                    recording,
-                },
-                session::Gateway {
-                    registry: &shared.registry,
-                    shutdown: &shared.shutdown,
-                    hard_stop: &shared.hard_stop,
-                    frame_budget: &snapshot.frame_budget,
-                },
-            )
-            .await;
-        }
-    };
-    shared.tracker.spawn(session.instrument(Span::current()));
-    Ok(response)
-}
-
 /// A resumable-session request: the route resumes, and the client offered
 /// `wsgate.resume.v1`; then the URL must name the session (400 otherwise). The flag says
 /// whether it joins an existing session (`wsgate_resume=1`).
@@ -509,65 +326,6 @@ fn resume_ask<B>(
     Ok(Some((ResumeAsk { id }, joining)))
 }
 
-/// Accept a connection that resumes a session: the `101` with `wsgate.resume.v1`, then the
-/// session (found by id) takes it or refuses it with a close code.
-fn accept_join<B>(
-    req: &mut Request<B>,
-    matched: Matched,
-    shared: &Arc<Shared>,
-    held: Held,
-    ask: ResumeAsk,
-) -> Result<Response<Body>, RejectError> {
-    let (mut response, upgrade) = PendingUpgrade::accept(req)?;
-    response.headers_mut().insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(resume_protocol::SUBPROTOCOL),
-    );
-    let Matched {
-        route,
-        snapshot,
-        conn,
-    } = matched;
-    let session = {
-        let shared = shared.clone();
-        async move {
-            let (_permit, _slot) = held;
-            let protocol = upgrade.protocol();
-            let stream = match upgrade.wait().await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    debug!(error = %e, "upgrade did not complete");
-                    return;
-                }
-            };
-            session::join(
-                ClientSide {
-                    stream,
-                    protocol,
-                    deflate: None,
-                    resume: Some(ask),
-                },
-                conn.peer.ip(),
-                route.name.clone(),
-                &route.session,
-                session::Gateway {
-                    registry: &shared.registry,
-                    shutdown: &shared.shutdown,
-                    hard_stop: &shared.hard_stop,
-                    frame_budget: &snapshot.frame_budget,
-                },
-            )
-            .await;
-        }
-    };
-    shared.tracker.spawn(session.instrument(Span::current()));
-    Ok(response)
-}
-
-/// The resume client library (docs/resume.md), on every public listener.
-const RESUME_JS: &str = include_str!("resume.js");
-
-/// `GET /.wsgate/resume.js`: the library; anything else is not for it.
 /// `[acme] challenge = "http-01"`: the CA's `GET /.well-known/acme-challenge/TOKEN` answered
 /// with the key authorization while that token's order is being validated, `404` otherwise.
 /// `None` when the gateway does no ACME (the path is then a route's or `[web]`'s, as any).
@@ -589,6 +347,10 @@ fn acme_http_challenge<B>(req: &Request<B>, snapshot: &Snapshot) -> Option<Respo
     })
 }
 
+/// The resume client library (docs/resume.md), on every public listener.
+const RESUME_JS: &str = include_str!("resume.js");
+
+/// `GET /.wsgate/resume.js`: the library; anything else is not for it.
 fn resume_library<B>(req: &Request<B>) -> Option<Response<Body>> {
     if req.uri().path() != "/.wsgate/resume.js"
         || !matches!(*req.method(), Method::GET | Method::HEAD)
@@ -609,88 +371,6 @@ fn resume_library<B>(req: &Request<B>) -> Option<Response<Body>> {
         HeaderValue::from_static("nosniff"),
     );
     Some(response)
-}
-
-/// The backend handshake for a WebSocket route: mapped path, forwarded headers (without
-/// the credentials the gateway checked and the sign-in's cookies), `X-Forwarded-*`, and the
-/// client's subprotocol offer (`offered`, credentials removed).
-fn backend_handshake<B>(
-    req: &Request<B>,
-    route: &Route,
-    snapshot: &Snapshot,
-    backend_path: &str,
-    conn: &ConnInfo,
-    offered: &[&str],
-) -> Handshake {
-    let mut headers = HeaderMap::new();
-    for name in &route.forward_headers {
-        for value in req.headers().get_all(name) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    drop_connection_listed(&mut headers, req.headers());
-    if !route.forward_credentials {
-        route.access.withhold_credentials(&mut headers);
-    }
-    if let Some(signin) = &snapshot.signin {
-        let keep_session = route.forward_credentials && route.access.takes_signin();
-        signin.withhold_cookies(&mut headers, keep_session);
-    }
-    // The hop before us: the balancer when its headers named the client, else the client.
-    let hop = match conn.source {
-        ClientSource::ForwardedHeaders => conn.tcp_peer,
-        _ => conn.peer,
-    };
-    let client_ip = hop.ip().to_string();
-    // Every earlier proxy's line, in order, then the address this connection came from.
-    let forwarded_for = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .chain(std::iter::once(client_ip.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", v);
-    }
-    headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
-    // HTTP/2 carries the host as `:authority`, which hyper puts in the URI.
-    let host = req.headers().get(header::HOST).cloned().or_else(|| {
-        let authority = req.uri().authority()?;
-        HeaderValue::from_str(authority.as_str()).ok()
-    });
-    if let Some(host) = host {
-        headers.insert("x-forwarded-host", host);
-    }
-    let protocols = offered.join(", ");
-    let query = route.access.forwarded_query(req.uri().query());
-    Handshake {
-        path: route.backend_path(backend_path, req.uri().path(), query.as_deref()),
-        headers,
-        protocols: (!protocols.is_empty())
-            .then(|| HeaderValue::from_str(&protocols).ok())
-            .flatten(),
-        deflate: None,
-    }
-}
-
-/// RFC 9110 §7.6.1: a header the client names in `Connection` belongs to its hop alone,
-/// whatever `forward_headers` says (`Connection: Cookie` would otherwise be a way to ask us
-/// to drop or keep headers at will, and hop-by-hop means never forwarded).
-fn drop_connection_listed(forwarded: &mut HeaderMap, request: &HeaderMap) {
-    let listed = request
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| header::HeaderName::from_bytes(name.trim().as_bytes()).ok());
-    for name in listed {
-        forwarded.remove(name);
-    }
 }
 
 /// Turn a rejection into its HTTP answer, a metric and a log line.
