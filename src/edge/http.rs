@@ -1,7 +1,7 @@
 //! One HTTP request on a public listener, as named stages: [`route`] (path rules 400, no
 //! route 404), the forwarded client, upgrade checks (400/426) and [`check_open`] (503),
 //! [`authorize`] (failed-credential budget 429, origin 403, credentials 401/403, target
-//! 404/403), [`admit`] (limits 429/503), [`dial`] (egress 403, backend 502/504) and
+//! 404/403), [`admit`] (limits 429/503), [`dial()`] (egress 403, backend 502/504) and
 //! [`accept`] (`101`, or `200` for an HTTP/2 extended CONNECT), which hands the session over
 //! to `session::start`. Each stage returns `Result<_, RejectError>`; [`reject`] turns the
 //! error into the answer, a metric and a log line. The stages before the dial are here; the
