@@ -53,6 +53,14 @@ fn test_pki() -> TestPki {
     }
 }
 
+/// A script for [`Browser::eventually`]: whether the status page's open watch terminal (the
+/// xterm.js `Terminal` the page exposes as `window.wsgateWatchTerminal`) has `arguments[0]`
+/// in its buffer, scrollback included, read as text (escape sequences are never text there).
+const WATCH_BUFFER_HAS: &str = "const t = window.wsgateWatchTerminal; if (!t) return false; \
+     const b = t.buffer.active; let text = ''; \
+     for (let i = 0; i < b.length; i++) text += b.getLine(i).translateToString(true) + '\\n'; \
+     return text.includes(arguments[0]);";
+
 /// The token route `/secure` of [`wss_console_gateway`] accepts.
 const SECURE_TOKEN: &str = "browser-test-token";
 
@@ -308,9 +316,11 @@ async fn status_page_shows_a_session_until_the_api_closes_it_with_the_code_asked
     gw.stop().await.unwrap();
 }
 
-/// The status page's watch button shows a live shell session's output: the browser signs in
-/// with the admin token (`/?token=`, then the cookie), opens the session's watch WebSocket
-/// from the page, and what a WebSocket client makes a real `/bin/sh` print appears.
+/// The status page's watch button shows a live shell session's output in an xterm.js
+/// terminal: the browser signs in with the admin token (`/?token=`, then the cookie), opens
+/// the session's watch WebSocket from the page, and what a WebSocket client makes a real
+/// `/bin/sh` print appears in the terminal's buffer and on screen, its colour escapes drawn
+/// as colour (red cells), not shown as text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_watch_shows_a_live_shell_sessions_output() {
     let test = "status_page_watch_shows_a_live_shell_sessions_output";
@@ -363,17 +373,65 @@ async fn status_page_watch_shows_a_live_shell_sessions_output() {
             json!(null),
         )
         .await;
+    browser
+        .eventually(
+            "the watch view is an xterm.js terminal that takes no input",
+            "const t = window.wsgateWatchTerminal; \
+             return !!t && !!document.querySelector('#watch-terminal .xterm .xterm-rows') \
+               && t.options.disableStdin === true && t.cols === 100 && t.rows === 30;",
+            json!(null),
+        )
+        .await;
     client
         .send(run("echo from-the-shell-$((6*7))"))
         .await
         .unwrap();
     browser
         .eventually(
-            "the shell's output shows in the watch view",
-            "return document.getElementById('watch-output').textContent.includes('from-the-shell-42');",
+            "the shell's output is in the terminal's buffer",
+            WATCH_BUFFER_HAS,
+            json!("from-the-shell-42"),
+        )
+        .await;
+    client
+        .send(run(r"printf 'plain \033[31mRED\033[0m after\n'"))
+        .await
+        .unwrap();
+    browser
+        .eventually(
+            "the coloured line is in the buffer, its escapes interpreted",
+            WATCH_BUFFER_HAS,
+            json!("plain RED after"),
+        )
+        .await;
+    let screen = browser
+        .eventually(
+            "the coloured line is drawn on the terminal's screen",
+            "const rows = document.querySelector('#watch-terminal .xterm-rows'); \
+             if (!rows || !rows.textContent.includes('RED')) return null; \
+             const red = [...rows.querySelectorAll('span')] \
+               .filter((s) => s.textContent.includes('RED')) \
+               .map((s) => s.className); \
+             return { rows: rows.textContent, red };",
             json!(null),
         )
         .await;
+    let (rows, red) = (&screen["rows"], &screen["red"]);
+    let rows = rows.as_str().expect("rows text");
+    assert!(
+        rows.contains("from-the-shell-42") && rows.contains("RED"),
+        "the screen shows the output: {rows:?}"
+    );
+    assert!(
+        !rows.contains("[31m") && !rows.contains('\u{1b}'),
+        "no escape sequence shown as text: {rows:?}"
+    );
+    assert!(
+        red.as_array().is_some_and(|c| c.iter().any(|c| c
+            .as_str()
+            .is_some_and(|c| c.split_whitespace().any(|k| k == "xterm-fg-1")))),
+        "RED is drawn in the terminal's red (xterm-fg-1): {red}"
+    );
     browser.screenshot("status-watch-live-shell").await;
     // The page's own watch is one open watch.
     expect_metric(admin, "wsgate_watchers_active{route=\"shell\"}", 1.0).await;

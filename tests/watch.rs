@@ -2,7 +2,8 @@
 //! WebSocket client, watched read-only on the admin listener (`/api/sessions/{id}/watch`) by
 //! one or two watchers; what a watcher sends never reaches the shell; a terminal route's
 //! watcher gets the output so far; a watcher that never reads is dropped while the session
-//! moves all its bytes; the answers for no token, an unknown session and a plain GET.
+//! moves all its bytes; the answers for no token, an unknown session and a plain GET; the
+//! status page's xterm.js served from the binary.
 
 mod support;
 
@@ -425,5 +426,47 @@ async fn an_unrecorded_route_with_watch_backlog_bytes_keeps_that_much() {
     );
     conn.write_all(b"then live").await.unwrap();
     assert_eq!(next_data(&mut late).await.unwrap(), b"then live");
+    gw.stop().await.unwrap();
+}
+
+/// The status page's watch view is xterm.js served from the binary: the page loads it and its
+/// stylesheet from `/assets/vendor/`, each answers with its content type and the vendored
+/// file byte for byte (nosniff, so a wrong type would stop the browser running it), and,
+/// like the page's other assets, only with the admin token.
+#[tokio::test]
+async fn the_watch_views_xterm_js_is_served_from_the_binary_behind_the_token() {
+    let shell = shell_backend().await;
+    let gw = watched_gateway("vendor", shell, "").await;
+    let admin = gw.admin.unwrap();
+    let (auth, value) = bearer();
+    let (status, page) = admin_request(admin, "GET", "/", &[(auth, &value)]).await;
+    assert_eq!(status, 200, "{page}");
+    for (path, content_type, file) in [
+        (
+            "/assets/vendor/xterm.js",
+            "text/javascript; charset=utf-8",
+            include_str!("../src/ops/status/vendor/xterm.js"),
+        ),
+        (
+            "/assets/vendor/xterm.css",
+            "text/css; charset=utf-8",
+            include_str!("../src/ops/status/vendor/xterm.css"),
+        ),
+    ] {
+        assert!(
+            page.contains(&format!("\"{path}\"")),
+            "the page loads {path}"
+        );
+        let (status, answer) = admin_request(admin, "GET", path, &[]).await;
+        assert_eq!(status, 401, "{path} without the token: {answer}");
+        let (status, answer) = admin_request(admin, "GET", path, &[(auth, &value)]).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(answer_header(&answer, "content-type"), Some(content_type));
+        assert_eq!(
+            answer_header(&answer, "x-content-type-options"),
+            Some("nosniff")
+        );
+        assert!(answer_body(&answer) == file, "{path} is the vendored file");
+    }
     gw.stop().await.unwrap();
 }

@@ -36,10 +36,17 @@ use status::Sample;
 const INDEX_HTML: &str = include_str!("status/index.html");
 const STATUS_JS: &str = include_str!("status/status.js");
 const STATUS_CSS: &str = include_str!("status/status.css");
+/// xterm.js for the watch view, vendored unmodified (version and update steps in
+/// docs/development.md).
+const XTERM_JS: &str = include_str!("status/vendor/xterm.js");
+const XTERM_CSS: &str = include_str!("status/vendor/xterm.css");
 
-/// Same-origin scripts, styles and fetches only; no inline code; never framed.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-                   connect-src 'self'; base-uri 'none'; form-action 'none'; \
+/// Same-origin scripts, styles and fetches only; no inline script; never framed. Inline
+/// styles are allowed because xterm.js (the watch view) sizes and colours its cells through
+/// `<style>` elements it writes; the page puts no API text into HTML, so there is nothing to
+/// inject them with.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+                   img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; \
                    frame-ancestors 'none'";
 
 /// The cookie a browser gets after opening `/?token=…`, so the page's own requests carry it.
@@ -236,6 +243,12 @@ impl OpsApi {
             }
             (&Method::GET, ["assets", "status.css"]) => {
                 asset(STATUS_CSS, "text/css; charset=utf-8")
+            }
+            (&Method::GET, ["assets", "vendor", "xterm.js"]) => {
+                asset(XTERM_JS, "text/javascript; charset=utf-8")
+            }
+            (&Method::GET, ["assets", "vendor", "xterm.css"]) => {
+                asset(XTERM_CSS, "text/css; charset=utf-8")
             }
             (&Method::GET, ["api", "status"]) => json_response(StatusCode::OK, &self.status()),
             (&Method::GET, ["api", "config"]) => {

@@ -1,5 +1,5 @@
 // wsgate status page: polls /api/status once a second and draws it, chart included; a
-// session's "watch" button shows its live output (read-only) below the session list.
+// session's "watch" button shows its live output (read-only, in xterm.js) below the list.
 // A separate file so the page's Content-Security-Policy needs no inline script.
 'use strict';
 
@@ -124,66 +124,55 @@
     drawChart(s.history);
   }
 
-  // Live watch: a read-only WebSocket to /api/sessions/{id}/watch, shown as plain text.
-  // Not a terminal emulator: escape sequences are dropped, \r and backspace are applied to
-  // the last line, and the newest WATCH_KEEP characters are kept.
-  const WATCH_KEEP = 200000;
+  // Live watch: a read-only WebSocket to /api/sessions/{id}/watch drawn by xterm.js (vendored,
+  // /assets/vendor/xterm.js), which interprets the escape sequences and decodes the UTF-8
+  // itself. The terminal takes no input: nothing is ever sent on the socket.
+  const WATCH_COLS = 100, WATCH_ROWS = 30, WATCH_SCROLLBACK = 5000;
   let watching = null;
 
   function stopWatch(note) {
     if (watching) {
-      watching.socket.onclose = null;
-      watching.socket.close(1000);
+      if (watching.socket) {
+        watching.socket.onclose = null;
+        watching.socket.close(1000);
+      }
+      watching.term.dispose();
       watching = null;
+      window.wsgateWatchTerminal = null;
     }
     if (note) $('watch-state').textContent = note;
-  }
-
-  // Apply terminal output to the text shown: escape sequences dropped, CR and BS applied.
-  function applyOutput(text, chunk) {
-    const clean = chunk
-      .replace(/\x1b\][^\x07\x1b]*(\x07|\x1b\\)/g, '') // OSC (window titles)
-      .replace(/\x1b\[[0-9;?<>=!]*[ -\/]*[@-~]/g, '') // CSI (colours, cursor)
-      .replace(/\x1b[()][0-9A-Za-z]|\x1b[@-Z\\-_=>78]/g, ''); // other escapes
-    let out = text;
-    for (const ch of clean) {
-      if (ch === '\b') {
-        if (out.length && !out.endsWith('\n')) out = out.slice(0, -1);
-      } else if (ch === '\r') {
-        // A lone CR rewrites the line; CR LF is a plain newline.
-        continue;
-      } else if (ch === '\x07' || ch === '\x00') {
-        continue;
-      } else {
-        out += ch;
-      }
-    }
-    return out.length > WATCH_KEEP ? out.slice(out.length - WATCH_KEEP) : out;
   }
 
   function watch(session) {
     stopWatch();
     const panel = $('watch-panel');
-    const pre = $('watch-output');
+    const screen = $('watch-terminal');
     panel.hidden = false;
     $('watch-title').textContent = `session ${session.id} (${session.route}, ${session.client})`;
-    pre.textContent = '';
+    screen.replaceChildren();
+    if (typeof Terminal !== 'function') {
+      $('watch-state').textContent = 'cannot watch: /assets/vendor/xterm.js did not load';
+      return;
+    }
+    const term = new Terminal({
+      cols: WATCH_COLS, rows: WATCH_ROWS, scrollback: WATCH_SCROLLBACK,
+      disableStdin: true, cursorBlink: false, convertEol: false,
+    });
+    term.open(screen);
+    // For tests and the curious: the open watch's xterm.js Terminal (its buffer, its options).
+    window.wsgateWatchTerminal = term;
     $('watch-state').textContent = 'connecting…';
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const socket = new WebSocket(`${scheme}//${location.host}/api/sessions/${session.id}/watch`);
     socket.binaryType = 'arraybuffer';
-    const decoder = new TextDecoder('utf-8');
-    let text = '';
-    watching = { socket, id: session.id };
+    watching = { socket, term, id: session.id };
     socket.onopen = () => { $('watch-state').textContent = 'watching (read-only)'; };
     socket.onmessage = (ev) => {
-      const chunk = typeof ev.data === 'string' ? ev.data : decoder.decode(ev.data, { stream: true });
-      text = applyOutput(text, chunk);
-      pre.textContent = text;
-      pre.scrollTop = pre.scrollHeight;
+      term.write(typeof ev.data === 'string' ? ev.data : new Uint8Array(ev.data));
     };
     socket.onclose = (ev) => {
-      watching = null;
+      // The terminal keeps what it showed until the panel is closed or another watch opens.
+      if (watching && watching.term === term) watching.socket = null;
       $('watch-state').textContent = `ended: ${ev.code}${ev.reason ? ` ${ev.reason}` : ''}`;
     };
   }
