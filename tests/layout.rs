@@ -587,17 +587,16 @@ fn long_functions(text: &str, max: usize) -> Vec<(String, usize, usize)> {
     found
 }
 
-/// Every source file's functions (the binary's too; tests aside) stay under
-/// [`MAX_FN_LINES`]: a function that
-/// grows past it is split into named steps, as `session::relay`'s hop writer is.
-#[test]
-fn no_function_outside_tests_is_longer_than_120_lines() {
+/// Every `.rs` file under `src/` in path order, test-only files (`tests.rs`) left out.
+fn code_files() -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).expect("reading src") {
             let path = entry.expect("directory entry").path();
             if path.is_dir() {
                 walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
+            } else if path.extension().is_some_and(|e| e == "rs")
+                && path.file_name().is_none_or(|n| n != "tests.rs")
+            {
                 out.push(path);
             }
         }
@@ -605,11 +604,16 @@ fn no_function_outside_tests_is_longer_than_120_lines() {
     let mut files = Vec::new();
     walk(&src(), &mut files);
     files.sort();
+    files
+}
+
+/// Every source file's functions (the binary's too; tests aside) stay under
+/// [`MAX_FN_LINES`]: a function that
+/// grows past it is split into named steps, as `session::relay`'s hop writer is.
+#[test]
+fn no_function_outside_tests_is_longer_than_120_lines() {
     let mut long = Vec::new();
-    for path in files {
-        if path.file_name().is_some_and(|n| n == "tests.rs") {
-            continue;
-        }
+    for path in code_files() {
         let text = std::fs::read_to_string(&path).expect("reading source");
         for (name, line, lines) in long_functions(&text, MAX_FN_LINES) {
             let file = path.strip_prefix(src()).unwrap_or(&path).display();
@@ -651,24 +655,8 @@ fn lines_of_code(text: &str) -> usize {
 
 #[test]
 fn no_file_outside_tests_has_more_than_600_lines_of_code() {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).expect("reading src") {
-            let path = entry.expect("directory entry").path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(&src(), &mut files);
-    files.sort();
     let mut long = Vec::new();
-    for path in files {
-        if path.file_name().is_some_and(|n| n == "tests.rs") {
-            continue;
-        }
+    for path in code_files() {
         let file = path
             .strip_prefix(src())
             .unwrap_or(&path)

@@ -20,6 +20,7 @@ use crate::record::Pending;
 use crate::session::start::{
     self as session, resume_protocol, BackendSide, ClientSide, ResumeAsk, SessionInfo,
 };
+use crate::snapshot::Snapshot;
 use crate::ws::extensions::Agreement;
 
 /// What a session holds from the request until it ends: its connection's permit and its
@@ -102,12 +103,7 @@ pub(super) fn accept<B>(
                     info,
                     recording,
                 },
-                session::Gateway {
-                    registry: &shared.registry,
-                    shutdown: &shared.shutdown,
-                    hard_stop: &shared.hard_stop,
-                    frame_budget: &snapshot.frame_budget,
-                },
+                session_gateway(&shared, &snapshot),
             )
             .await;
         }
@@ -157,16 +153,22 @@ pub(super) fn accept_join<B>(
                 conn.peer.ip(),
                 route.name.clone(),
                 &route.session,
-                session::Gateway {
-                    registry: &shared.registry,
-                    shutdown: &shared.shutdown,
-                    hard_stop: &shared.hard_stop,
-                    frame_budget: &snapshot.frame_budget,
-                },
+                session_gateway(&shared, &snapshot),
             )
             .await;
         }
     };
     shared.tracker.spawn(session.instrument(Span::current()));
     Ok(response)
+}
+
+/// What a session answers to: the gateway's registry and stop signals, and the frame budget
+/// of the snapshot it was accepted under.
+fn session_gateway<'a>(shared: &'a Shared, snapshot: &'a Snapshot) -> session::Gateway<'a> {
+    session::Gateway {
+        registry: &shared.registry,
+        shutdown: &shared.shutdown,
+        hard_stop: &shared.hard_stop,
+        frame_budget: &snapshot.frame_budget,
+    }
 }
